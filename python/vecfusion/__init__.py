@@ -1,0 +1,33 @@
+"""vecfusion: fast, memory-frugal embeddings with a Rust core.
+
+Open, write and memory-map finalfusion files; look up known and unknown words.
+
+>>> import vecfusion as vf
+>>> emb = vf.load("vectors.fifu", mmap=True)     # doctest: +SKIP
+>>> emb["berlin"].shape                           # doctest: +SKIP
+(300,)
+"""
+
+from __future__ import annotations
+
+from ._native import (
+    Embeddings as Embeddings,
+    FormatError as FormatError,
+    QuantizedStorage as QuantizedStorage,
+    VecfusionError as VecfusionError,
+    Vocab as Vocab,
+    __version__ as __version__,
+    build_profile as build_profile,
+    load as load,
+)
+
+__all__ = [
+    "Embeddings",
+    "FormatError",
+    "QuantizedStorage",
+    "VecfusionError",
+    "Vocab",
+    "__version__",
+    "build_profile",
+    "load",
+]

@@ -1,0 +1,387 @@
+//! Embeddings: an optional metadata chunk, a vocabulary, a storage and optional norms.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::format::{ByteReader, ChunkId, PosWriter, MAGIC, VERSION};
+use crate::storage::{read_norms, write_norms, FileBytes, Storage};
+use crate::vocab::{Vocab, WordIndex};
+
+/// A finalfusion embedding: `[Metadata] Vocab Storage [NdNorms]`.
+#[derive(Clone, Debug)]
+pub struct Embeddings {
+    /// The metadata chunk's TOML text, kept verbatim.
+    pub metadata: Option<String>,
+    pub vocab: Vocab,
+    pub storage: Storage,
+    /// One norm per word: the L2 norm each word vector had before normalization.
+    pub norms: Option<Vec<f32>>,
+}
+
+/// How to open a file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Read everything into memory.
+    #[default]
+    Read,
+    /// Memory-map the matrix (NdArray data, QuantizedArray codes).
+    Mmap,
+}
+
+impl Embeddings {
+    /// Assemble embeddings, checking that the pieces fit together.
+    pub fn new(metadata: Option<String>, vocab: Vocab, storage: Storage, norms: Option<Vec<f32>>) -> Result<Self> {
+        let need = vocab.rows();
+        let have = storage.rows() as u64;
+        if need != have {
+            return Err(Error::invalid(
+                "storage",
+                format!(
+                    "{have} rows, but the {} needs {need} ({} words{})",
+                    vocab.kind(),
+                    vocab.words_len(),
+                    if need > vocab.words_len() as u64 { " plus n-gram rows" } else { "" }
+                ),
+            ));
+        }
+        if let Some(n) = &norms {
+            if n.len() != vocab.words_len() {
+                return Err(Error::invalid(
+                    "norms",
+                    format!("{} norms for {} words", n.len(), vocab.words_len()),
+                ));
+            }
+        }
+        if let Some(m) = &metadata {
+            m.parse::<toml::Table>().map_err(|e| Error::Toml(e.to_string()))?;
+        }
+        Ok(Embeddings {
+            metadata,
+            vocab,
+            storage,
+            norms,
+        })
+    }
+
+    /// Open a finalfusion file.
+    pub fn open(path: impl AsRef<Path>, mode: OpenMode) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = read_file(path, mode)?;
+        let map = if mode == OpenMode::Mmap { Some(&bytes) } else { None };
+        Self::from_bytes(bytes.as_slice(), map).map_err(|e| e.context(path.display()))
+    }
+
+    /// Parse a finalfusion file held in memory. With `map`, the matrix is used in place
+    /// from `map` (which must hold the same bytes) instead of being copied.
+    pub fn from_bytes(data: &[u8], map: Option<&FileBytes>) -> Result<Self> {
+        let mut r = ByteReader::new(data);
+        let magic = r.bytes(4, "magic")?;
+        if magic != MAGIC {
+            return Err(Error::Magic {
+                format: "finalfusion",
+                expected: MAGIC.to_vec(),
+                got: magic.to_vec(),
+            });
+        }
+        let version = r.u32("version")?;
+        if version != VERSION {
+            return Err(Error::Version {
+                format: "finalfusion",
+                expected: VERSION.to_string(),
+                got: u64::from(version),
+            });
+        }
+        let n_chunks = r.u32("chunk count")?;
+        if u64::from(n_chunks) > r.remaining() as u64 / 4 {
+            return Err(Error::Truncated {
+                what: "chunk list",
+                offset: r.abs_pos(),
+                need: u64::from(n_chunks) * 4,
+                have: r.remaining() as u64,
+            });
+        }
+        for _ in 0..n_chunks {
+            ChunkId::from_u32(r.u32("chunk id")?)?;
+        }
+
+        // Positional reading, as the reference readers do.
+        let (mut id, mut body) = next_chunk(&mut r)?;
+        let mut metadata = None;
+        if id == ChunkId::Metadata {
+            let text = std::str::from_utf8(body.bytes(body.remaining() as u64, "metadata")?)
+                .map_err(|source| Error::Utf8 {
+                    what: "metadata",
+                    index: 0,
+                    source,
+                })?;
+            metadata = Some(text.to_string());
+            (id, body) = next_chunk(&mut r)?;
+        }
+        if !id.is_vocab() {
+            return Err(Error::UnexpectedChunk {
+                expected: "a vocabulary chunk",
+                got: id.name().to_string(),
+            });
+        }
+        let vocab = Vocab::read_chunk(id, &mut body)?;
+        finish_chunk(&body, id)?;
+
+        let (id, mut body) = next_chunk(&mut r)?;
+        if !id.is_storage() {
+            return Err(Error::UnexpectedChunk {
+                expected: "a storage chunk",
+                got: id.name().to_string(),
+            });
+        }
+        let storage = Storage::read_chunk(id, &mut body, map)?;
+        finish_chunk(&body, id)?;
+
+        let mut norms = None;
+        if !r.is_empty() {
+            let (id, mut body) = next_chunk(&mut r)?;
+            if id != ChunkId::NdNorms {
+                return Err(Error::UnexpectedChunk {
+                    expected: "a norms chunk or the end of the file",
+                    got: id.name().to_string(),
+                });
+            }
+            norms = Some(read_norms(&mut body)?);
+            finish_chunk(&body, id)?;
+        }
+        Embeddings::new(metadata, vocab, storage, norms)
+    }
+
+    /// Write the embeddings as a finalfusion file: to a temporary file beside `path`,
+    /// then renamed, so that `path` is never left half written.
+    pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
+        write_atomically(path.as_ref(), |w| self.write_to(w))
+    }
+
+    /// Write the embeddings to any writer.
+    pub fn write_to<W: Write>(&self, w: W) -> std::io::Result<()> {
+        self.write_to_with_metadata(w, self.metadata.as_deref())
+    }
+
+    /// Write the embeddings to any writer, with `metadata` in place of `self.metadata`.
+    pub fn write_to_with_metadata<W: Write>(&self, w: W, metadata: Option<&str>) -> std::io::Result<()> {
+        let mut w = PosWriter::new(w);
+        let mut ids = Vec::new();
+        if metadata.is_some() {
+            ids.push(ChunkId::Metadata);
+        }
+        ids.push(self.vocab.chunk_id());
+        ids.push(self.storage.chunk_id());
+        if self.norms.is_some() {
+            ids.push(ChunkId::NdNorms);
+        }
+        w.bytes(MAGIC)?;
+        w.u32(VERSION)?;
+        w.u32(ids.len() as u32)?;
+        for id in &ids {
+            w.u32(*id as u32)?;
+        }
+        if let Some(m) = metadata {
+            w.u32(ChunkId::Metadata as u32)?;
+            w.u64(m.len() as u64)?;
+            w.bytes(m.as_bytes())?;
+        }
+        self.vocab.write_chunk(&mut w)?;
+        self.storage.write_chunk(&mut w)?;
+        if let Some(n) = &self.norms {
+            write_norms(n, &mut w)?;
+        }
+        w.into_inner().flush()
+    }
+
+    /// Number of dimensions.
+    #[inline]
+    pub fn dims(&self) -> usize {
+        self.storage.dims()
+    }
+
+    /// Number of known words.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.vocab.words_len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The norm of known word `i` (1.0 without a norms chunk).
+    #[inline]
+    pub fn word_norm(&self, i: usize) -> f32 {
+        self.norms.as_ref().map_or(1.0, |n| n[i])
+    }
+
+    /// Write the embedding of `word` into `out` (`dims` long). Returns the norm, or
+    /// `None` (leaving `out` unspecified) when the word has no embedding.
+    ///
+    /// A known word gets its stored row; an unknown word in a subword vocabulary gets
+    /// the sum of its n-gram rows, L2-normalized (a zero sum stays zero, norm 0).
+    pub fn embedding_into(&self, word: &str, out: &mut [f32], scratch: &mut Vec<usize>) -> Option<f32> {
+        if let Some(i) = self.vocab.word_index(word) {
+            self.storage.row_into(i, out);
+            return Some(self.word_norm(i));
+        }
+        scratch.clear();
+        self.vocab.push_subword_indices(word, scratch);
+        if scratch.is_empty() {
+            return None;
+        }
+        out.fill(0.0);
+        for &row in scratch.iter() {
+            self.storage.add_row(row, out);
+        }
+        Some(l2_normalize(out))
+    }
+
+    /// The embedding of `word` and its norm.
+    pub fn embedding_with_norm(&self, word: &str) -> Option<(Vec<f32>, f32)> {
+        let mut out = vec![0f32; self.dims()];
+        let mut scratch = Vec::new();
+        self.embedding_into(word, &mut out, &mut scratch).map(|n| (out, n))
+    }
+
+    /// The embedding of `word`.
+    pub fn embedding(&self, word: &str) -> Option<Vec<f32>> {
+        self.embedding_with_norm(word).map(|(v, _)| v)
+    }
+
+    /// Look up many words at once, in parallel: fills `out` (`words.len() x dims`, row-major)
+    /// and `found`; rows of words without an embedding are zero.
+    pub fn lookup_into<S: AsRef<str> + Sync>(&self, words: &[S], out: &mut [f32], found: &mut [bool]) {
+        let dims = self.dims();
+        assert_eq!(out.len(), words.len() * dims);
+        assert_eq!(found.len(), words.len());
+        if dims == 0 {
+            for (f, w) in found.iter_mut().zip(words) {
+                *f = self.vocab.idx(w.as_ref()).is_some();
+            }
+            return;
+        }
+        const CHUNK: usize = 1024;
+        out.par_chunks_mut(CHUNK * dims)
+            .zip(found.par_chunks_mut(CHUNK))
+            .zip(words.par_chunks(CHUNK))
+            .for_each(|((out, found), words)| {
+                let mut scratch = Vec::new();
+                for ((row, f), w) in out.chunks_exact_mut(dims).zip(found.iter_mut()).zip(words) {
+                    *f = self.embedding_into(w.as_ref(), row, &mut scratch).is_some();
+                    if !*f {
+                        row.fill(0.0);
+                    }
+                }
+            });
+    }
+
+    /// Where the embedding of `word` comes from.
+    pub fn idx(&self, word: &str) -> Option<WordIndex> {
+        self.vocab.idx(word)
+    }
+}
+
+/// L2-normalize `v` in place and return its former norm (a zero vector stays zero).
+#[inline]
+pub fn l2_normalize(v: &mut [f32]) -> f32 {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        for x in v.iter_mut() {
+            *x /= norm;
+        }
+    }
+    norm
+}
+
+fn next_chunk<'a>(r: &mut ByteReader<'a>) -> Result<(ChunkId, ByteReader<'a>)> {
+    let id = ChunkId::from_u32(r.u32("chunk id")?)?;
+    let len = r.u64("chunk length")?;
+    let start = r.abs_pos();
+    let body = r.bytes(len, "chunk")?;
+    Ok((id, ByteReader::with_base(body, start)))
+}
+
+fn finish_chunk(body: &ByteReader<'_>, id: ChunkId) -> Result<()> {
+    if body.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "chunk length",
+            format!("{} chunk has {} bytes after its content", id.name(), body.remaining()),
+        ))
+    }
+}
+
+/// Open a file for reading: memory-mapped (read-only, copy-on-write private mapping).
+pub fn read_file(path: &Path, mode: OpenMode) -> Result<FileBytes> {
+    let file = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?
+        .len();
+    #[cfg(feature = "mmap")]
+    if len > 0 {
+        let mut opts = memmap2::MmapOptions::new();
+        if mode == OpenMode::Read {
+            opts.populate();
+        }
+        // SAFETY: the mapping is private and read-only; a file changed by another process
+        // while mapped is outside what this library can guard against (documented).
+        let map = unsafe { opts.map_copy_read_only(&file) };
+        if let Ok(map) = map {
+            return Ok(FileBytes::Mapped(std::sync::Arc::new(map)));
+        }
+    }
+    let _ = mode;
+    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    use std::io::Read;
+    (&file)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    Ok(FileBytes::Owned(std::sync::Arc::new(buf)))
+}
+
+/// Write through `f` into a temporary file beside `path`, sync it and rename it to `path`.
+/// On any error the temporary file is removed and `path` is untouched.
+pub fn write_atomically<F>(path: &Path, f: F) -> Result<()>
+where
+    F: FnOnce(&mut BufWriter<&File>) -> std::io::Result<()>,
+{
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::argument(format!("not a file path: {}", path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    let result = (|| {
+        let file = File::create(&tmp)?;
+        {
+            let mut w = BufWriter::with_capacity(1 << 20, &file);
+            f(&mut w)?;
+            w.flush()?;
+        }
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(Error::io(format!("cannot write {}", path.display()), e))
+        }
+    }
+}

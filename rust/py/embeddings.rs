@@ -1,0 +1,251 @@
+//! The `Embeddings` class.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use numpy::{PyArray1, PyArray2, PyArrayMethods};
+use pyo3::exceptions::{PyKeyError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyString, PyTuple};
+
+use super::metadata::{py_to_toml, toml_to_py};
+use super::storage::PyQuantizedStorage;
+use super::views;
+use super::vocab::PyVocab;
+use crate::embeddings::{write_atomically, Embeddings, OpenMode};
+use crate::storage::Storage;
+
+/// Word embeddings: a vocabulary, a storage (dense, memory-mapped or quantized),
+/// optional norms and metadata.
+#[pyclass(name = "Embeddings", module = "vecfusion._native", frozen)]
+pub struct PyEmbeddings {
+    pub(crate) inner: Arc<Embeddings>,
+    metadata: Mutex<Option<String>>,
+}
+
+impl PyEmbeddings {
+    /// Wrap core embeddings (used by every loader and converter).
+    pub fn from_rust(emb: Embeddings) -> Self {
+        let metadata = Mutex::new(emb.metadata.clone());
+        PyEmbeddings {
+            inner: Arc::new(emb),
+            metadata,
+        }
+    }
+
+    pub fn metadata_text(&self) -> Option<String> {
+        self.metadata.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    fn word_array<'py>(&self, py: Python<'py>, word: &str) -> Option<Bound<'py, PyArray1<f32>>> {
+        let emb = &self.inner;
+        if let (Some(i), Storage::Array(a)) = (emb.vocab.word_index(word), &emb.storage) {
+            return Some(PyArray1::from_slice(py, a.row(i)));
+        }
+        emb.embedding(word).map(|v| PyArray1::from_vec(py, v))
+    }
+}
+
+/// Extract a list of words from any iterable of str.
+pub(crate) fn extract_words<'py>(words: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyString>>> {
+    if words.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err("expected an iterable of words, got a single str"));
+    }
+    let mut out = Vec::with_capacity(words.len().unwrap_or(0));
+    for w in words.try_iter()? {
+        let w = w?;
+        let s = w
+            .cast_into::<PyString>()
+            .map_err(|e| PyTypeError::new_err(format!("words must be str, got {}", e.into_inner().get_type().name().map(|n| n.to_string()).unwrap_or_default())))?;
+        out.push(s);
+    }
+    Ok(out)
+}
+
+#[pymethods]
+impl PyEmbeddings {
+    /// Number of dimensions.
+    #[getter]
+    fn dims(&self) -> usize {
+        self.inner.dims()
+    }
+
+    /// Number of known words (n-gram rows are not counted).
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// The embedding of `word`; KeyError if it has none.
+    fn __getitem__<'py>(&self, py: Python<'py>, word: &str) -> PyResult<Bound<'py, PyArray1<f32>>> {
+        self.word_array(py, word)
+            .ok_or_else(|| PyKeyError::new_err(word.to_string()))
+    }
+
+    /// True if `word` has an embedding (a known word, or an unknown word with n-grams).
+    fn __contains__(&self, word: &str) -> bool {
+        self.inner.vocab.word_index(word).is_some() || self.inner.vocab.idx(word).is_some()
+    }
+
+    /// Iterate over the known words in row order.
+    fn __iter__(&self) -> WordIter {
+        WordIter {
+            inner: self.inner.clone(),
+            pos: AtomicUsize::new(0),
+        }
+    }
+
+    /// The embedding of `word`, or `default` if it has none.
+    #[pyo3(signature = (word, default=None))]
+    fn embedding<'py>(&self, py: Python<'py>, word: &str, default: Option<Bound<'py, PyAny>>) -> Bound<'py, PyAny> {
+        match self.word_array(py, word) {
+            Some(a) => a.into_any(),
+            None => default.unwrap_or_else(|| py.None().into_bound(py)),
+        }
+    }
+
+    /// `(embedding, norm)` of `word`, or None. The norm is the stored norm of a known
+    /// word (1.0 without a norms chunk) or the norm of the n-gram sum of an unknown word.
+    fn embedding_with_norm<'py>(&self, py: Python<'py>, word: &str) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        match self.inner.embedding_with_norm(word) {
+            Some((v, n)) => Ok(Some(PyTuple::new(py, [PyArray1::from_vec(py, v).into_any(), n.into_pyobject(py)?.into_any()])?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Look up many words in one call: `(float32 array (n, dims), bool array (n,))`.
+    /// Rows of words without an embedding are zero and marked False.
+    fn lookup<'py>(&self, py: Python<'py>, words: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray1<bool>>)> {
+        let words = extract_words(words)?;
+        let strs = words.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
+        let n = strs.len();
+        let dims = self.inner.dims();
+        let out = PyArray2::<f32>::zeros(py, [n, dims], false);
+        let found = PyArray1::<bool>::zeros(py, n, false);
+        {
+            let mut out_rw = out.readwrite();
+            let mut found_rw = found.readwrite();
+            let out_s = out_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
+            let found_s = found_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
+            let emb = &self.inner;
+            py.detach(|| emb.lookup_into(&strs, out_s, found_s));
+        }
+        Ok((out, found))
+    }
+
+    /// The vocabulary.
+    #[getter]
+    fn vocab(&self) -> PyVocab {
+        PyVocab {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// The storage: a read-only NumPy view for dense storage (no copy when memory-mapped),
+    /// or a QuantizedStorage object.
+    #[getter]
+    fn storage<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let this = slf.get();
+        match &this.inner.storage {
+            Storage::Array(a) => Ok(views::readonly_2d(slf.clone().into_any(), a.as_slice(), a.rows(), a.cols())?.into_any()),
+            Storage::Quantized(_) => Ok(Bound::new(slf.py(), PyQuantizedStorage { inner: this.inner.clone() })?.into_any()),
+        }
+    }
+
+    /// Per-word norms (float32 array) or None.
+    #[getter]
+    fn norms<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, PyArray1<f32>>>> {
+        match &slf.get().inner.norms {
+            Some(n) => Ok(Some(views::readonly_1d(slf.clone().into_any(), n)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The metadata as a dict (parsed from the TOML chunk), or None. Assign a dict or None.
+    #[getter]
+    fn get_metadata<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        match self.metadata_text() {
+            Some(t) => Ok(Some(toml_to_py(py, &t)?)),
+            None => Ok(None),
+        }
+    }
+
+    #[setter]
+    fn set_metadata(&self, value: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let text = match value {
+            None => None,
+            Some(v) if v.is_none() => None,
+            Some(v) => Some(py_to_toml(v)?),
+        };
+        *self.metadata.lock().map_err(|_| PyTypeError::new_err("metadata lock poisoned"))? = text;
+        Ok(())
+    }
+
+    /// Write a finalfusion file (to a temporary name, then renamed).
+    fn write(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        let meta = self.metadata_text();
+        let emb = &self.inner;
+        py.detach(|| write_atomically(&path, |w| emb.write_to_with_metadata(w, meta.as_deref())))?;
+        Ok(())
+    }
+
+    /// Name of the vocabulary kind, e.g. "SimpleVocab".
+    #[getter]
+    fn vocab_kind(&self) -> &'static str {
+        self.inner.vocab.kind()
+    }
+
+    /// Name of the storage kind: "NdArray", "MmapArray", "QuantizedArray" or "MmapQuantizedArray".
+    #[getter]
+    fn storage_kind(&self) -> &'static str {
+        self.inner.storage.kind()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Embeddings(words={}, dims={}, vocab={}, storage={}, norms={})",
+            self.inner.len(),
+            self.inner.dims(),
+            self.inner.vocab.kind(),
+            self.inner.storage.kind(),
+            self.inner.norms.is_some()
+        )
+    }
+}
+
+/// Iterator over the words of an embedding or vocabulary.
+#[pyclass(module = "vecfusion._native", frozen)]
+pub struct WordIter {
+    pub(crate) inner: Arc<Embeddings>,
+    pub(crate) pos: AtomicUsize,
+}
+
+#[pymethods]
+impl WordIter {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self) -> Option<String> {
+        let i = self.pos.fetch_add(1, Ordering::Relaxed);
+        self.inner.vocab.word(i).map(str::to_string)
+    }
+}
+
+/// Open a finalfusion file. With `mmap=True` the matrix is memory-mapped, not read.
+#[pyfunction]
+#[pyo3(signature = (path, mmap=false))]
+pub fn load(py: Python<'_>, path: PathBuf, mmap: bool) -> PyResult<PyEmbeddings> {
+    let mode = if mmap { OpenMode::Mmap } else { OpenMode::Read };
+    let emb = py.detach(|| Embeddings::open(&path, mode))?;
+    Ok(PyEmbeddings::from_rust(emb))
+}
+
+/// A list of the given words (helper for the stubs' `words` property).
+pub(crate) fn words_list<'py>(py: Python<'py>, emb: &Embeddings) -> PyResult<Bound<'py, PyList>> {
+    let words = emb.vocab.words();
+    match words {
+        Some(w) => PyList::new(py, w.iter()),
+        None => Ok(PyList::empty(py)),
+    }
+}

@@ -1,0 +1,46 @@
+//! The exception tree and the one conversion from the core error to Python.
+
+use pyo3::create_exception;
+use pyo3::exceptions::{
+    PyException, PyFileNotFoundError, PyIsADirectoryError, PyKeyError, PyOSError, PyPermissionError, PyValueError,
+};
+use pyo3::prelude::*;
+
+use crate::error::Error;
+
+create_exception!(
+    vecfusion._native,
+    VecfusionError,
+    PyException,
+    "Base class of vecfusion's own errors."
+);
+create_exception!(
+    vecfusion._native,
+    FormatError,
+    VecfusionError,
+    "A file is malformed: corrupt, truncated, of an unknown chunk or version, or inconsistent."
+);
+
+impl From<Error> for PyErr {
+    fn from(e: Error) -> PyErr {
+        let msg = e.to_string();
+        match e {
+            Error::Io { source, .. } => match source.kind() {
+                std::io::ErrorKind::NotFound => PyFileNotFoundError::new_err(msg),
+                std::io::ErrorKind::PermissionDenied => PyPermissionError::new_err(msg),
+                std::io::ErrorKind::IsADirectory => PyIsADirectoryError::new_err(msg),
+                _ => PyOSError::new_err(msg),
+            },
+            Error::Argument(_) => PyValueError::new_err(msg),
+            Error::UnknownWord(w) => PyKeyError::new_err(w),
+            _ => FormatError::new_err(msg),
+        }
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("VecfusionError", py.get_type::<VecfusionError>())?;
+    m.add("FormatError", py.get_type::<FormatError>())?;
+    Ok(())
+}

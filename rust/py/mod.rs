@@ -1,0 +1,26 @@
+//! Python bindings (only with the `python` feature). Nothing here parses bytes or
+//! runs hot loops: it converts arguments, releases the GIL and calls the core.
+
+mod embeddings;
+mod errors;
+mod metadata;
+mod storage;
+mod views;
+mod vocab;
+
+use pyo3::prelude::*;
+
+pub use embeddings::PyEmbeddings;
+
+#[pymodule(gil_used = false)]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    errors::register(m)?;
+    m.add_class::<embeddings::PyEmbeddings>()?;
+    m.add_class::<vocab::PyVocab>()?;
+    m.add_class::<storage::PyQuantizedStorage>()?;
+    m.add_class::<embeddings::WordIter>()?;
+    m.add_function(wrap_pyfunction!(embeddings::load, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("build_profile", if cfg!(debug_assertions) { "debug" } else { "release" })?;
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! The `Vocab` class: the same API for every vocabulary kind.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyIndexError, PyKeyError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+
+use super::embeddings::{words_list, WordIter};
+use crate::embeddings::Embeddings;
+use crate::vocab::WordIndex;
+
+/// A vocabulary: known words in row order and, for subword vocabularies, n-gram rows.
+#[pyclass(name = "Vocab", module = "vecfusion._native", frozen)]
+pub struct PyVocab {
+    pub(crate) inner: Arc<Embeddings>,
+}
+
+#[pymethods]
+impl PyVocab {
+    /// Number of known words.
+    fn __len__(&self) -> usize {
+        self.inner.vocab.words_len()
+    }
+
+    /// `vocab[i]` is the word at row `i` (negative counts from the end);
+    /// `vocab[word]` is what `index(word)` returns, KeyError if None.
+    fn __getitem__<'py>(&self, py: Python<'py>, key: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        if let Ok(word) = key.extract::<&str>() {
+            return match self.index(py, word)? {
+                Some(v) => Ok(v),
+                None => Err(PyKeyError::new_err(word.to_string())),
+            };
+        }
+        let i: isize = key
+            .extract()
+            .map_err(|_| PyTypeError::new_err("vocabulary indices must be int or str"))?;
+        let n = self.inner.vocab.words_len() as isize;
+        let j = if i < 0 { i + n } else { i };
+        if j < 0 || j >= n {
+            return Err(PyIndexError::new_err(format!("word index {i} out of range for {n} words")));
+        }
+        Ok(self.inner.vocab.word(j as usize).unwrap_or_default().into_pyobject(py)?.into_any())
+    }
+
+    /// True if `word` is a known word (in the word list).
+    fn __contains__(&self, word: &str) -> bool {
+        self.inner.vocab.word_index(word).is_some()
+    }
+
+    fn __iter__(&self) -> WordIter {
+        WordIter {
+            inner: self.inner.clone(),
+            pos: AtomicUsize::new(0),
+        }
+    }
+
+    /// The row of a known word (int), the n-gram rows of an unknown word (list of int),
+    /// or None when the word has no embedding.
+    fn index<'py>(&self, py: Python<'py>, word: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+        Ok(match self.inner.vocab.idx(word) {
+            Some(WordIndex::Word(i)) => Some(i.into_pyobject(py)?.into_any()),
+            Some(WordIndex::Subwords(v)) => Some(PyList::new(py, v)?.into_any()),
+            None => None,
+        })
+    }
+
+    /// The n-grams of `word` (bracketed with < and >), in finalfusion order.
+    fn ngrams(&self, word: &str) -> Vec<String> {
+        self.inner.vocab.ngrams(word)
+    }
+
+    /// The storage rows of the n-grams of `word` (n-grams without a row are left out).
+    fn subword_indices(&self, word: &str) -> Vec<usize> {
+        self.inner.vocab.subword_indices(word)
+    }
+
+    /// All known words in row order.
+    #[getter]
+    fn words<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        words_list(py, &self.inner)
+    }
+
+    /// The vocabulary kind, e.g. "SimpleVocab", "BucketSubwordVocab".
+    #[getter]
+    fn kind(&self) -> &'static str {
+        self.inner.vocab.kind()
+    }
+
+    /// Smallest n-gram length, or None for a vocabulary without subwords.
+    #[getter]
+    fn min_n(&self) -> Option<u32> {
+        self.inner.vocab.ngram_range().map(|r| r.0)
+    }
+
+    /// Largest n-gram length, or None for a vocabulary without subwords.
+    #[getter]
+    fn max_n(&self) -> Option<u32> {
+        self.inner.vocab.ngram_range().map(|r| r.1)
+    }
+
+    /// Number of storage rows for words and n-grams together.
+    #[getter]
+    fn rows(&self) -> u64 {
+        self.inner.vocab.rows()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Vocab(kind={}, words={}, rows={})", self.inner.vocab.kind(), self.inner.vocab.words_len(), self.inner.vocab.rows())
+    }
+}

@@ -1,0 +1,139 @@
+//! Embedding matrices: dense f32 arrays (owned or memory-mapped), product-quantized
+//! arrays, and per-word norms.
+
+mod array;
+mod quantized;
+
+pub use array::{ArrayStorage, F32Data};
+pub use quantized::{QuantizedStorage, U8Data};
+
+use std::io::Write;
+
+use crate::error::{Error, Result};
+use crate::format::{checked_mul, ByteReader, ChunkId, PosWriter, TYPE_F32};
+
+/// The bytes of a whole file: a read-only memory map or an owned buffer.
+#[derive(Clone)]
+pub enum FileBytes {
+    #[cfg(feature = "mmap")]
+    Mapped(std::sync::Arc<memmap2::Mmap>),
+    Owned(std::sync::Arc<Vec<u8>>),
+}
+
+impl FileBytes {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            #[cfg(feature = "mmap")]
+            FileBytes::Mapped(m) => m,
+            FileBytes::Owned(v) => v,
+        }
+    }
+}
+
+/// Any embedding matrix.
+#[derive(Clone, Debug)]
+pub enum Storage {
+    Array(ArrayStorage),
+    Quantized(QuantizedStorage),
+}
+
+impl Storage {
+    /// (rows, cols)
+    pub fn shape(&self) -> (usize, usize) {
+        match self {
+            Storage::Array(a) => (a.rows(), a.cols()),
+            Storage::Quantized(q) => (q.rows(), q.dims()),
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.shape().0
+    }
+
+    pub fn dims(&self) -> usize {
+        self.shape().1
+    }
+
+    /// The chunk this storage is written as.
+    pub fn chunk_id(&self) -> ChunkId {
+        match self {
+            Storage::Array(_) => ChunkId::NdArray,
+            Storage::Quantized(_) => ChunkId::QuantizedArray,
+        }
+    }
+
+    /// A short description: "NdArray", "NdArray (mmap)", "QuantizedArray", ...
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Storage::Array(a) if a.is_mapped() => "MmapArray",
+            Storage::Array(_) => "NdArray",
+            Storage::Quantized(q) if q.is_mapped() => "MmapQuantizedArray",
+            Storage::Quantized(_) => "QuantizedArray",
+        }
+    }
+
+    /// Copy (or rebuild) row `i` into `out` (`out.len() == dims`). `i` must be in range.
+    #[inline]
+    pub fn row_into(&self, i: usize, out: &mut [f32]) {
+        match self {
+            Storage::Array(a) => out.copy_from_slice(a.row(i)),
+            Storage::Quantized(q) => q.reconstruct_into(i, out),
+        }
+    }
+
+    /// Add row `i` to `out`.
+    #[inline]
+    pub fn add_row(&self, i: usize, out: &mut [f32]) {
+        match self {
+            Storage::Array(a) => {
+                for (o, v) in out.iter_mut().zip(a.row(i)) {
+                    *o += v;
+                }
+            }
+            Storage::Quantized(q) => q.add_reconstructed(i, out),
+        }
+    }
+
+    /// Read a storage chunk body. `file` is given when the matrix may be memory-mapped from it.
+    pub fn read_chunk(id: ChunkId, r: &mut ByteReader<'_>, map: Option<&FileBytes>) -> Result<Storage> {
+        match id {
+            ChunkId::NdArray => Ok(Storage::Array(ArrayStorage::read_chunk(r, map)?)),
+            ChunkId::QuantizedArray => Ok(Storage::Quantized(QuantizedStorage::read_chunk(r, map)?)),
+            other => Err(Error::UnexpectedChunk {
+                expected: "a storage chunk",
+                got: other.name().to_string(),
+            }),
+        }
+    }
+
+    /// Write the whole chunk (header included) at the writer's position.
+    pub fn write_chunk<W: Write>(&self, w: &mut PosWriter<W>) -> std::io::Result<()> {
+        match self {
+            Storage::Array(a) => a.write_chunk(w),
+            Storage::Quantized(q) => q.write_chunk(w),
+        }
+    }
+}
+
+/// Read the body of an NdNorms chunk.
+pub fn read_norms(r: &mut ByteReader<'_>) -> Result<Vec<f32>> {
+    let n = r.u64("norms length")?;
+    let ty = r.u32("norms type")?;
+    if ty != TYPE_F32 {
+        return Err(Error::invalid("norms type", format!("type id {ty}, expected {TYPE_F32} (f32)")));
+    }
+    r.skip_padding()?;
+    checked_mul(n, 4, "norms size")?;
+    r.f32_vec(n, "norms")
+}
+
+/// Write an NdNorms chunk (header included).
+pub fn write_norms<W: Write>(norms: &[f32], w: &mut PosWriter<W>) -> std::io::Result<()> {
+    w.u32(ChunkId::NdNorms as u32)?;
+    let pad = crate::format::padding(w.pos() + 8 + 8 + 4);
+    w.u64(8 + 4 + pad + 4 * norms.len() as u64)?;
+    w.u64(norms.len() as u64)?;
+    w.u32(TYPE_F32)?;
+    w.padding()?;
+    w.f32s(norms)
+}

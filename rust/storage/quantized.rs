@@ -1,0 +1,334 @@
+//! Product-quantized matrices (finalfusion's QuantizedArray chunk).
+//!
+//! A row is rebuilt by concatenating centroid `code[m]` of each subquantizer `m`,
+//! multiplying by the transposed projection if there is one, and scaling by the
+//! row's norm if norms are stored.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use super::FileBytes;
+use crate::error::{Error, Result};
+use crate::format::{checked_mul, padding, ByteReader, ChunkId, PosWriter, TYPE_F32, TYPE_U8};
+
+const PROJECTED_TABLE_LIMIT: usize = 64 << 20;
+
+/// The u8 codes of a quantized matrix: owned or inside a (memory-mapped) file buffer.
+#[derive(Clone)]
+pub enum U8Data {
+    Owned(Arc<Vec<u8>>),
+    Mapped { bytes: FileBytes, offset: usize, len: usize },
+}
+
+impl U8Data {
+    #[inline]
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            U8Data::Owned(v) => v,
+            U8Data::Mapped { bytes, offset, len } => &bytes.as_slice()[*offset..*offset + *len],
+        }
+    }
+
+    pub fn is_mapped(&self) -> bool {
+        matches!(self, U8Data::Mapped { bytes, .. } if !matches!(bytes, FileBytes::Owned(_)))
+    }
+}
+
+/// A product-quantized `rows x dims` matrix.
+#[derive(Clone)]
+pub struct QuantizedStorage {
+    /// `dims x dims` row-major projection P (encoding used x·P), if any.
+    projection: Option<Arc<Vec<f32>>>,
+    /// `m x k x (dims / m)` centroids.
+    centroids: Arc<Vec<f32>>,
+    /// One norm per row, if stored.
+    norms: Option<Arc<Vec<f32>>>,
+    /// `rows x m` codes.
+    codes: U8Data,
+    rows: usize,
+    dims: usize,
+    m: usize,
+    k: usize,
+    /// With a projection: `m x k x dims`, each centroid already multiplied by its block of Pᵀ,
+    /// so that rebuilding a row is `m` vector additions.
+    projected: Option<Arc<Vec<f32>>>,
+}
+
+impl std::fmt::Debug for QuantizedStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuantizedStorage")
+            .field("rows", &self.rows)
+            .field("dims", &self.dims)
+            .field("subquantizers", &self.m)
+            .field("centroids", &self.k)
+            .field("projection", &self.projection.is_some())
+            .field("norms", &self.norms.is_some())
+            .finish()
+    }
+}
+
+impl QuantizedStorage {
+    /// Assemble a quantized matrix, checking every size.
+    pub fn new(
+        projection: Option<Vec<f32>>,
+        centroids: Vec<f32>,
+        norms: Option<Vec<f32>>,
+        codes: U8Data,
+        rows: usize,
+        dims: usize,
+        m: usize,
+        k: usize,
+    ) -> Result<Self> {
+        if m == 0 || dims == 0 || dims % m != 0 {
+            return Err(Error::invalid(
+                "quantizer",
+                format!("{m} subquantizers do not divide {dims} dimensions"),
+            ));
+        }
+        if k == 0 || k > 256 {
+            return Err(Error::invalid("quantizer", format!("{k} centroids (must be 1 to 256 for u8 codes)")));
+        }
+        if let Some(p) = &projection {
+            if p.len() != dims * dims {
+                return Err(Error::invalid("projection", "size is not dims x dims"));
+            }
+        }
+        if centroids.len() != m * k * (dims / m) {
+            return Err(Error::invalid("centroids", "size is not subquantizers x centroids x block"));
+        }
+        if let Some(n) = &norms {
+            if n.len() != rows {
+                return Err(Error::invalid("quantized norms", "count differs from rows"));
+            }
+        }
+        if codes.as_slice().len() != rows * m {
+            return Err(Error::invalid("quantized codes", "size is not rows x subquantizers"));
+        }
+        if let Some(&bad) = codes.as_slice().iter().find(|&&c| usize::from(c) >= k) {
+            return Err(Error::invalid(
+                "quantized codes",
+                format!("code {bad} refers to a centroid beyond the {k} stored"),
+            ));
+        }
+        // The table costs m·k·dims floats; beyond 64 Mi floats rows are rebuilt with a product.
+        let projected = projection
+            .as_ref()
+            .filter(|_| m.saturating_mul(k).saturating_mul(dims) <= PROJECTED_TABLE_LIMIT)
+            .map(|p| Arc::new(project_centroids(p, &centroids, dims, m, k)));
+        Ok(QuantizedStorage {
+            projection: projection.map(Arc::new),
+            centroids: Arc::new(centroids),
+            norms: norms.map(Arc::new),
+            codes,
+            rows,
+            dims,
+            m,
+            k,
+            projected,
+        })
+    }
+
+    #[inline]
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    #[inline]
+    pub fn dims(&self) -> usize {
+        self.dims
+    }
+
+    /// Number of subquantizers.
+    pub fn n_subquantizers(&self) -> usize {
+        self.m
+    }
+
+    /// Centroids per subquantizer.
+    pub fn n_centroids(&self) -> usize {
+        self.k
+    }
+
+    pub fn projection(&self) -> Option<&[f32]> {
+        self.projection.as_deref().map(Vec::as_slice)
+    }
+
+    pub fn centroids(&self) -> &[f32] {
+        &self.centroids
+    }
+
+    pub fn norms(&self) -> Option<&[f32]> {
+        self.norms.as_deref().map(Vec::as_slice)
+    }
+
+    pub fn codes(&self) -> &[u8] {
+        self.codes.as_slice()
+    }
+
+    pub fn codes_data(&self) -> &U8Data {
+        &self.codes
+    }
+
+    pub fn is_mapped(&self) -> bool {
+        self.codes.is_mapped()
+    }
+
+    /// Add the rebuilt row `i` to `out` (`out.len() == dims`).
+    #[inline]
+    pub fn add_reconstructed(&self, i: usize, out: &mut [f32]) {
+        let codes = &self.codes.as_slice()[i * self.m..(i + 1) * self.m];
+        let scale = self.norms.as_ref().map_or(1.0, |n| n[i]);
+        let ds = self.dims / self.m;
+        match &self.projected {
+            Some(table) => {
+                for (sub, &c) in codes.iter().enumerate() {
+                    let base = (sub * self.k + usize::from(c)) * self.dims;
+                    for (o, v) in out.iter_mut().zip(&table[base..base + self.dims]) {
+                        *o += scale * v;
+                    }
+                }
+            }
+            None if self.projection.is_some() => {
+                let mut concat = vec![0f32; self.dims];
+                for (sub, &c) in codes.iter().enumerate() {
+                    let base = (sub * self.k + usize::from(c)) * ds;
+                    concat[sub * ds..(sub + 1) * ds].copy_from_slice(&self.centroids[base..base + ds]);
+                }
+                let p = self.projection.as_deref().map_or(&[][..], Vec::as_slice);
+                for (j, o) in out.iter_mut().enumerate() {
+                    let prow = &p[j * self.dims..(j + 1) * self.dims];
+                    *o += scale * concat.iter().zip(prow).map(|(a, b)| a * b).sum::<f32>();
+                }
+            }
+            None => {
+                for (sub, &c) in codes.iter().enumerate() {
+                    let base = (sub * self.k + usize::from(c)) * ds;
+                    let dst = &mut out[sub * ds..(sub + 1) * ds];
+                    for (o, v) in dst.iter_mut().zip(&self.centroids[base..base + ds]) {
+                        *o += scale * v;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rebuild row `i` into `out`.
+    #[inline]
+    pub fn reconstruct_into(&self, i: usize, out: &mut [f32]) {
+        out.fill(0.0);
+        self.add_reconstructed(i, out);
+    }
+
+    /// Read the body of a QuantizedArray chunk; map the codes from `map` when given.
+    pub fn read_chunk(r: &mut ByteReader<'_>, map: Option<&FileBytes>) -> Result<Self> {
+        let has_projection = read_bool(r, "projection flag")?;
+        let has_norms = read_bool(r, "norms flag")?;
+        let m = r.u32("subquantizer count")? as usize;
+        let dims = r.u32("dimensions")? as usize;
+        let k = r.u32("centroid count")? as usize;
+        let rows = r.u64("rows")?;
+        let qty = r.u32("code type")?;
+        let rty = r.u32("reconstruction type")?;
+        if qty != TYPE_U8 {
+            return Err(Error::invalid("code type", format!("type id {qty}, expected {TYPE_U8} (u8)")));
+        }
+        if rty != TYPE_F32 {
+            return Err(Error::invalid("reconstruction type", format!("type id {rty}, expected {TYPE_F32} (f32)")));
+        }
+        if m == 0 || dims == 0 || dims % m != 0 {
+            return Err(Error::invalid("quantizer", format!("{m} subquantizers do not divide {dims} dimensions")));
+        }
+        if k == 0 || k > 256 {
+            return Err(Error::invalid("quantizer", format!("{k} centroids (must be 1 to 256 for u8 codes)")));
+        }
+        r.skip_padding()?;
+        let remaining = r.remaining() as u64;
+        let proj_len = if has_projection { checked_mul(dims as u64, dims as u64, "projection size")? } else { 0 };
+        let cent_len = checked_mul(k as u64, dims as u64, "centroids size")?;
+        let norms_len = if has_norms { rows } else { 0 };
+        let codes_len = checked_mul(rows, m as u64, "codes size")?;
+        let need = proj_len
+            .checked_add(cent_len)
+            .and_then(|x| x.checked_add(norms_len))
+            .and_then(|x| x.checked_mul(4))
+            .and_then(|x| x.checked_add(codes_len))
+            .ok_or(Error::Overflow("quantized matrix size"))?;
+        if need > remaining {
+            return Err(Error::Truncated {
+                what: "quantized matrix",
+                offset: r.abs_pos(),
+                need,
+                have: remaining,
+            });
+        }
+        let projection = if has_projection { Some(r.f32_vec(proj_len, "projection")?) } else { None };
+        let centroids = r.f32_vec(cent_len, "centroids")?;
+        let norms = if has_norms { Some(r.f32_vec(norms_len, "quantized norms")?) } else { None };
+        let codes = match map {
+            Some(bytes) => {
+                let offset = usize::try_from(r.abs_pos()).map_err(|_| Error::Overflow("offset"))?;
+                r.bytes(codes_len, "codes")?;
+                U8Data::Mapped {
+                    bytes: bytes.clone(),
+                    offset,
+                    len: codes_len as usize,
+                }
+            }
+            None => U8Data::Owned(Arc::new(r.bytes(codes_len, "codes")?.to_vec())),
+        };
+        QuantizedStorage::new(projection, centroids, norms, codes, rows as usize, dims, m, k)
+    }
+
+    /// Write a QuantizedArray chunk (header included).
+    pub fn write_chunk<W: Write>(&self, w: &mut PosWriter<W>) -> std::io::Result<()> {
+        let to_u32 = |v: usize| u32::try_from(v).map_err(|_| std::io::Error::other("value exceeds u32"));
+        w.u32(ChunkId::QuantizedArray as u32)?;
+        let pad = padding(w.pos() + 8 + 4 * 5 + 8 + 4 * 2);
+        let floats = self.projection().map_or(0, <[f32]>::len) + self.centroids.len() + self.norms().map_or(0, <[f32]>::len);
+        let len = 4 * 5 + 8 + 4 * 2 + pad + 4 * floats as u64 + self.codes().len() as u64;
+        w.u64(len)?;
+        w.u32(u32::from(self.projection.is_some()))?;
+        w.u32(u32::from(self.norms.is_some()))?;
+        w.u32(to_u32(self.m)?)?;
+        w.u32(to_u32(self.dims)?)?;
+        w.u32(to_u32(self.k)?)?;
+        w.u64(self.rows as u64)?;
+        w.u32(TYPE_U8)?;
+        w.u32(TYPE_F32)?;
+        w.padding()?;
+        if let Some(p) = self.projection() {
+            w.f32s(p)?;
+        }
+        w.f32s(&self.centroids)?;
+        if let Some(n) = self.norms() {
+            w.f32s(n)?;
+        }
+        w.bytes(self.codes())
+    }
+}
+
+fn read_bool(r: &mut ByteReader<'_>, what: &'static str) -> Result<bool> {
+    match r.u32(what)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        v => Err(Error::invalid(what, format!("{v} (must be 0 or 1)"))),
+    }
+}
+
+/// For each subquantizer `s` and centroid `c`, the contribution of that centroid to the
+/// rebuilt row: `centroid · Pᵀ[block s]`, a `dims`-vector.
+fn project_centroids(p: &[f32], centroids: &[f32], dims: usize, m: usize, k: usize) -> Vec<f32> {
+    let ds = dims / m;
+    let mut out = vec![0f32; m * k * dims];
+    for s in 0..m {
+        for c in 0..k {
+            let cent = &centroids[(s * k + c) * ds..(s * k + c + 1) * ds];
+            let dst = &mut out[(s * k + c) * dims..(s * k + c + 1) * dims];
+            // x̂_j = Σ_i c_i · P[j][i] over the block's i
+            for (j, o) in dst.iter_mut().enumerate() {
+                let prow = &p[j * dims + s * ds..j * dims + (s + 1) * ds];
+                *o = cent.iter().zip(prow).map(|(a, b)| a * b).sum();
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,250 @@
+//! N-grams of bracketed words and the subword indexers (finalfusion buckets,
+//! fastText buckets, explicit n-gram tables, floret hashing).
+
+use hashbrown::HashMap;
+
+/// Byte ranges of the n-grams of `word` bracketed as `bow word eow`, in finalfusion
+/// order: for each start position, longest first, lengths `max_n` down to `min_n`.
+///
+/// Returns the bracketed string and the ranges into it.
+pub fn ngram_ranges(word: &str, min_n: usize, max_n: usize, bow: &str, eow: &str) -> (String, Vec<(usize, usize)>) {
+    let mut bracketed = String::with_capacity(word.len() + bow.len() + eow.len());
+    bracketed.push_str(bow);
+    bracketed.push_str(word);
+    bracketed.push_str(eow);
+    let mut bounds: Vec<usize> = bracketed.char_indices().map(|(i, _)| i).collect();
+    bounds.push(bracketed.len());
+    let n_chars = bounds.len() - 1;
+    let mut out = Vec::new();
+    if min_n == 0 || min_n > max_n {
+        return (bracketed, out);
+    }
+    for start in 0..n_chars {
+        let longest = max_n.min(n_chars - start);
+        if longest < min_n {
+            continue;
+        }
+        for len in (min_n..=longest).rev() {
+            out.push((bounds[start], bounds[start + len]));
+        }
+    }
+    (bracketed, out)
+}
+
+/// The n-gram strings of `word` bracketed with `<` and `>`.
+pub fn ngrams(word: &str, min_n: usize, max_n: usize) -> Vec<String> {
+    let (b, r) = ngram_ranges(word, min_n, max_n, "<", ">");
+    r.into_iter().map(|(s, e)| b[s..e].to_string()).collect()
+}
+
+/// finalfusion's n-gram hash: 64-bit FNV-1a over the character count (u64 LE)
+/// and the characters as u32 LE.
+pub fn finalfusion_hash(ngram: &str) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0100_0000_01b3;
+    let mut h = OFFSET;
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(PRIME);
+        }
+    };
+    let n = ngram.chars().count() as u64;
+    feed(&n.to_le_bytes());
+    for c in ngram.chars() {
+        feed(&(c as u32).to_le_bytes());
+    }
+    h
+}
+
+/// fastText's n-gram hash: 32-bit FNV-1a over the UTF-8 bytes, each byte
+/// sign-extended first (fastText hashes signed chars).
+pub fn fasttext_hash(ngram: &str) -> u32 {
+    let mut h: u32 = 2_166_136_261;
+    for &b in ngram.as_bytes() {
+        h ^= (b as i8) as i32 as u32;
+        h = h.wrapping_mul(16_777_619);
+    }
+    h
+}
+
+/// MurmurHash3 x64 128 (as the `murmur3` crate returns it: `h2 << 64 | h1`).
+pub fn murmur3_x64_128(data: &[u8], seed: u32) -> u128 {
+    const C1: u64 = 0x87c3_7b91_1142_53d5;
+    const C2: u64 = 0x4cf5_ad43_2745_937f;
+    fn fmix(mut k: u64) -> u64 {
+        k ^= k >> 33;
+        k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        k ^= k >> 33;
+        k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        k ^= k >> 33;
+        k
+    }
+    let mut h1 = u64::from(seed);
+    let mut h2 = u64::from(seed);
+    let nblocks = data.len() / 16;
+    for i in 0..nblocks {
+        let b = &data[i * 16..i * 16 + 16];
+        let mut k1 = u64::from_le_bytes(b[0..8].try_into().unwrap_or([0; 8]));
+        let mut k2 = u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8]));
+        k1 = k1.wrapping_mul(C1).rotate_left(31).wrapping_mul(C2);
+        h1 ^= k1;
+        h1 = h1.rotate_left(27).wrapping_add(h2).wrapping_mul(5).wrapping_add(0x52dc_e729);
+        k2 = k2.wrapping_mul(C2).rotate_left(33).wrapping_mul(C1);
+        h2 ^= k2;
+        h2 = h2.rotate_left(31).wrapping_add(h1).wrapping_mul(5).wrapping_add(0x3849_5ab5);
+    }
+    let tail = &data[nblocks * 16..];
+    let mut k1: u64 = 0;
+    let mut k2: u64 = 0;
+    for (i, &b) in tail.iter().enumerate() {
+        if i < 8 {
+            k1 |= u64::from(b) << (8 * i);
+        } else {
+            k2 |= u64::from(b) << (8 * (i - 8));
+        }
+    }
+    if tail.len() > 8 {
+        k2 = k2.wrapping_mul(C2).rotate_left(33).wrapping_mul(C1);
+        h2 ^= k2;
+    }
+    if !tail.is_empty() {
+        k1 = k1.wrapping_mul(C1).rotate_left(31).wrapping_mul(C2);
+        h1 ^= k1;
+    }
+    let len = data.len() as u64;
+    h1 ^= len;
+    h2 ^= len;
+    h1 = h1.wrapping_add(h2);
+    h2 = h2.wrapping_add(h1);
+    h1 = fmix(h1);
+    h2 = fmix(h2);
+    h1 = h1.wrapping_add(h2);
+    h2 = h2.wrapping_add(h1);
+    (u128::from(h2) << 64) | u128::from(h1)
+}
+
+/// How n-grams are mapped to storage rows (after the word rows).
+#[derive(Clone, Debug)]
+pub enum Indexer {
+    /// finalfusion hashing into `2^exponent` buckets.
+    Bucket { exponent: u32 },
+    /// fastText hashing into `buckets` buckets.
+    FastText { buckets: u32 },
+    /// An explicit n-gram table; indices are dense (renumbered in order of first appearance).
+    Explicit(ExplicitNgrams),
+}
+
+/// The n-gram table of an explicit subword vocabulary.
+#[derive(Clone, Debug, Default)]
+pub struct ExplicitNgrams {
+    /// n-grams in file order with their dense index.
+    pub ngrams: Vec<(String, u64)>,
+    pub map: HashMap<String, u64>,
+    pub n_indices: u64,
+}
+
+impl ExplicitNgrams {
+    /// Build from `(ngram, index)` pairs, renumbering indices densely in order of first appearance.
+    pub fn new(pairs: Vec<(String, u64)>) -> crate::Result<Self> {
+        let mut renumber: HashMap<u64, u64> = HashMap::new();
+        let mut map = HashMap::with_capacity(pairs.len());
+        let mut ngrams = Vec::with_capacity(pairs.len());
+        for (ngram, idx) in pairs {
+            let next = renumber.len() as u64;
+            let dense = *renumber.entry(idx).or_insert(next);
+            if map.insert(ngram.clone(), dense).is_some() {
+                return Err(crate::Error::invalid(
+                    "explicit n-gram table",
+                    format!("duplicate n-gram {ngram:?}"),
+                ));
+            }
+            ngrams.push((ngram, dense));
+        }
+        Ok(ExplicitNgrams {
+            ngrams,
+            map,
+            n_indices: renumber.len() as u64,
+        })
+    }
+}
+
+impl Indexer {
+    /// Number of n-gram rows.
+    pub fn n_buckets(&self) -> u64 {
+        match self {
+            Indexer::Bucket { exponent } => 1u64 << exponent,
+            Indexer::FastText { buckets } => u64::from(*buckets),
+            Indexer::Explicit(e) => e.n_indices,
+        }
+    }
+
+    /// Index of an n-gram among the n-gram rows, if it has one.
+    #[inline]
+    pub fn index(&self, ngram: &str) -> Option<u64> {
+        match self {
+            Indexer::Bucket { exponent } => {
+                let mask = if *exponent >= 64 { u64::MAX } else { (1u64 << exponent) - 1 };
+                Some(finalfusion_hash(ngram) & mask)
+            }
+            Indexer::FastText { buckets } => {
+                if *buckets == 0 {
+                    None
+                } else {
+                    Some(u64::from(fasttext_hash(ngram) % buckets))
+                }
+            }
+            Indexer::Explicit(e) => e.map.get(ngram).copied(),
+        }
+    }
+}
+
+/// floret's hashing of n-grams into `n_buckets` rows, `n_hashes` rows per n-gram.
+#[derive(Clone, Debug)]
+pub struct FloretIndexer {
+    pub n_buckets: u64,
+    pub n_hashes: u32,
+    pub seed: u32,
+}
+
+impl FloretIndexer {
+    /// Push the rows of `ngram` onto `out`.
+    pub fn push_indices(&self, ngram: &str, out: &mut Vec<usize>) {
+        let h = murmur3_x64_128(ngram.as_bytes(), self.seed);
+        let parts = [h as u32, (h >> 32) as u32, (h >> 64) as u32, (h >> 96) as u32];
+        for p in parts.iter().take(self.n_hashes as usize) {
+            out.push((u64::from(*p) % self.n_buckets) as usize);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ngrams_of_test() {
+        assert_eq!(
+            ngrams("Test", 3, 6),
+            vec!["<Test>", "<Test", "<Tes", "<Te", "Test>", "Test", "Tes", "est>", "est", "st>"]
+        );
+        assert!(ngrams("", 3, 6).is_empty());
+        assert_eq!(ngrams("ü", 3, 6), vec!["<ü>"]);
+    }
+
+    #[test]
+    fn bucket_index_of_tue() {
+        // from the reference implementation's tests (ff_buckets.fifu, exponent 10)
+        assert_eq!(finalfusion_hash("<tü") & 1023, 818);
+    }
+
+    #[test]
+    fn murmur_known_values() {
+        // Reference values of MurmurHash3_x64_128 (smhasher): empty input, seed 0 -> 0.
+        assert_eq!(murmur3_x64_128(b"", 0), 0);
+        // "hello", seed 0: h1 = 0xcbd8a7b341bd9b02, h2 = 0x5b1e906a48ae1d19
+        let h = murmur3_x64_128(b"hello", 0);
+        assert_eq!(h as u64, 0xcbd8_a7b3_41bd_9b02);
+        assert_eq!((h >> 64) as u64, 0x5b1e_906a_48ae_1d19);
+    }
+}
