@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export CARGO_TERM_COLOR := never
+# Cargo profile of the extension: release (default, used by CI and benchmarks) or fastbuild.
+PROFILE ?= release
 
 .PHONY: all venv build demo test test-rust test-python bench clean
 
@@ -20,7 +22,7 @@ venv: $(VENV)/.deps-stamp
 
 # Build the extension in release mode and install it into the venv.
 build: venv
-	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --profile $(PROFILE)
 
 demo: build
 	$(PY) -m vecfusion.demo

@@ -1,0 +1,56 @@
+"""The ``vecfusion`` command line.
+
+Each subcommand lives in ``vecfusion/commands/<name>.py`` and provides
+``add_parser(subparsers)`` (which registers the subcommand and sets ``func``)
+and the function that runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+
+#: Subcommands, in the order ``--help`` lists them.
+COMMANDS = ("info", "convert", "quantize", "similar", "analogy")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vecfusion",
+        description="Inspect, convert, quantize and query embedding files.",
+    )
+    parser.add_argument("--version", action="version", version=f"vecfusion {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"vecfusion.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"vecfusion.commands.{name}":
+                raise
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from . import VecfusionError
+
+    try:
+        return int(args.func(args) or 0)
+    except (VecfusionError, OSError, KeyError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"vecfusion {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

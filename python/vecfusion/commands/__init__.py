@@ -1,0 +1,1 @@
+"""Subcommands of the ``vecfusion`` CLI (see ``vecfusion.cli``)."""
