@@ -70,6 +70,18 @@ class QuantizedStorage:
     def norms(self) -> npt.NDArray[np.float32] | None: ...
 
 class Embeddings:
+    def __init__(
+        self,
+        words: Iterable[str],
+        matrix: npt.NDArray[np.float32],
+        *,
+        norms: npt.NDArray[np.float32] | None = None,
+        metadata: dict[str, Any] | None = None,
+        vocab: str = "simple",
+        min_n: int = 3,
+        max_n: int = 6,
+        buckets: int | None = None,
+    ) -> None: ...
     @property
     def dims(self) -> int: ...
     def __len__(self) -> int: ...

@@ -1,0 +1,81 @@
+//! Building embeddings from NumPy arrays.
+
+use numpy::{PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use super::embeddings::{extract_words, PyEmbeddings};
+use super::metadata::py_to_toml;
+use crate::embeddings::Embeddings;
+use crate::storage::{ArrayStorage, Storage};
+use crate::vocab::{Indexer, SubwordVocab, Vocab, WordList};
+
+#[pymethods]
+impl PyEmbeddings {
+    /// Build embeddings from words and a float32 matrix.
+    ///
+    /// `vocab` is "simple" (one row per word), "bucket" (finalfusion hashing into
+    /// 2**buckets n-gram rows) or "fasttext" (fastText hashing into `buckets` rows);
+    /// subword vocabularies need `len(words) + n_buckets` matrix rows, word rows first.
+    #[new]
+    #[pyo3(signature = (words, matrix, *, norms=None, metadata=None, vocab="simple", min_n=3, max_n=6, buckets=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn py_new(
+        py: Python<'_>,
+        words: &Bound<'_, PyAny>,
+        matrix: PyReadonlyArray2<'_, f32>,
+        norms: Option<PyReadonlyArray1<'_, f32>>,
+        metadata: Option<&Bound<'_, PyAny>>,
+        vocab: &str,
+        min_n: u32,
+        max_n: u32,
+        buckets: Option<u32>,
+    ) -> PyResult<Self> {
+        let words = extract_words(words)?;
+        let strs = words.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
+        let (rows, cols) = (matrix.shape()[0], matrix.shape()[1]);
+        let data = matrix.as_array().iter().copied().collect::<Vec<f32>>();
+        let norms = norms.map(|n| n.as_array().to_vec());
+        let metadata = match metadata {
+            Some(m) if !m.is_none() => Some(py_to_toml(m)?),
+            _ => None,
+        };
+        let vocab_kind = vocab.to_string();
+        let emb = py.detach(move || -> crate::Result<Embeddings> {
+            let list = WordList::new(strs.iter().copied())?;
+            let vocab = match vocab_kind.as_str() {
+                "simple" => Vocab::Simple(list),
+                "bucket" | "fasttext" => {
+                    if min_n == 0 || min_n > max_n {
+                        return Err(crate::Error::argument(format!("bad n-gram range min_n={min_n}, max_n={max_n}")));
+                    }
+                    let indexer = if vocab_kind == "bucket" {
+                        let exponent = buckets.unwrap_or(21);
+                        if exponent > 40 {
+                            return Err(crate::Error::argument("bucket exponent must be at most 40"));
+                        }
+                        Indexer::Bucket { exponent }
+                    } else {
+                        let buckets = buckets.unwrap_or(2_000_000);
+                        if buckets == 0 {
+                            return Err(crate::Error::argument("fastText buckets must be positive"));
+                        }
+                        Indexer::FastText { buckets }
+                    };
+                    Vocab::Subword(SubwordVocab { words: list, min_n, max_n, indexer })
+                }
+                other => {
+                    return Err(crate::Error::argument(format!(
+                        "unknown vocab kind {other:?} (expected 'simple', 'bucket' or 'fasttext')"
+                    )))
+                }
+            };
+            let storage = Storage::Array(ArrayStorage::new(data, rows, cols)?);
+            Embeddings::new(metadata, vocab, storage, norms).map_err(|e| match e {
+                crate::Error::Invalid { message, .. } => crate::Error::argument(message),
+                e => e,
+            })
+        });
+        emb.map(PyEmbeddings::from_rust).map_err(|e| PyValueError::new_err(e.to_string()))
+    }
+}
