@@ -1,0 +1,277 @@
+"""The Python API on the golden finalfusion files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vecfusion as vf
+
+EMB_NORMS = [
+    6.557438373565674,
+    8.83176040649414,
+    6.164413928985596,
+    9.165151596069336,
+    7.4833149909973145,
+    7.211102485656738,
+    7.4833149909973145,
+]
+
+
+@pytest.fixture(params=[False, True], ids=["read", "mmap"])
+def mmap(request: pytest.FixtureRequest) -> bool:
+    return request.param
+
+
+def test_version_and_profile() -> None:
+    assert isinstance(vf.__version__, str) and vf.__version__.count(".") == 2
+    assert vf.build_profile in ("debug", "release")
+
+
+def test_embeddings_fifu(ff: Path, mmap: bool) -> None:
+    emb = vf.load(ff / "python/embeddings.fifu", mmap=mmap)
+    assert len(emb) == 7 and emb.dims == 10
+    assert list(emb) == ["one", "two", "three", "four", "five", "six", "seven"]
+    assert emb.vocab.words == list(emb)
+    np.testing.assert_allclose(emb.norms, EMB_NORMS, rtol=0, atol=1e-6)
+    raw = {}
+    for line in (ff / "python/embeddings.txt").read_text().splitlines():
+        w, *xs = line.split()
+        raw[w] = np.array(xs, dtype=np.float32)
+    for i, (w, v) in enumerate(raw.items()):
+        norm = np.linalg.norm(v)
+        np.testing.assert_allclose(emb[w], v / norm, atol=1e-6)
+        vec, n = emb.embedding_with_norm(w)
+        np.testing.assert_allclose(vec, v / norm, atol=1e-6)
+        assert n == pytest.approx(EMB_NORMS[i], abs=1e-6)
+        assert emb.vocab.index(w) == i and emb.vocab[i] == w and emb.vocab[w] == i
+    assert "OOV" not in emb
+    assert emb.embedding("OOV") is None
+    assert emb.embedding("OOV", default=0) == 0
+    assert emb.embedding_with_norm("OOV") is None
+    with pytest.raises(KeyError, match="OOV"):
+        emb["OOV"]
+    assert emb.vocab.index("OOV") is None
+    assert emb.vocab.ngrams("one") == [] and emb.vocab.subword_indices("one") == []
+    assert emb.vocab_kind == "SimpleVocab"
+    assert emb.storage_kind == ("MmapArray" if mmap else "NdArray")
+
+
+def test_ff_buckets(ff: Path, mmap: bool) -> None:
+    emb = vf.load(ff / "python/ff_buckets.fifu", mmap=mmap)
+    assert emb.vocab.kind == "BucketSubwordVocab"
+    assert (emb.vocab.min_n, emb.vocab.max_n) == (3, 6)
+    assert len(emb) == 2 and emb.vocab.words == ["one", "</s>"]
+    assert emb.storage.shape == (1026, 5) and emb.vocab.rows == 1026
+    idx = emb.vocab.subword_indices("tübingen")
+    assert sorted({i - 2 for i in idx}) == [
+        12, 67, 72, 122, 166, 179, 195, 244, 248, 274, 298, 306, 323, 414, 547,
+        588, 646, 649, 705, 715, 759, 815, 818, 855, 858, 1005,
+    ]  # fmt: skip
+    assert emb.vocab.index("tübingen") == idx
+    ngrams = emb.vocab.ngrams("tübingen")
+    assert emb.vocab.subword_indices("<tü")  # any string works as a word
+    assert idx[ngrams.index("<tü")] == 818 + 2
+    expected = emb.storage[idx].sum(axis=0)
+    norm = np.linalg.norm(expected)
+    vec, n = emb.embedding_with_norm("tübingen")
+    np.testing.assert_allclose(vec, expected / norm, rtol=1e-5, atol=1e-6)
+    assert n == pytest.approx(norm, rel=1e-5)
+    np.testing.assert_allclose(emb["tübingen"], vec)
+    assert "tübingen" in emb and "tübingen" not in emb.vocab
+    assert emb.embedding("") is None and "" not in emb
+    assert emb.metadata["common_config"]["dims"] == 5
+    assert emb.vocab.ngrams("Test") == [
+        "<Test>", "<Test", "<Tes", "<Te", "Test>", "Test", "Tes", "est>", "est", "st>",
+    ]  # fmt: skip
+
+
+def test_zero_ngram_sum_stays_zero() -> None:
+    words = ["a", "b"]
+    matrix = np.zeros((2 + 2**4, 3), dtype=np.float32)
+    matrix[:2] = 1
+    emb = vf.Embeddings(words, matrix, vocab="bucket", buckets=4)
+    vec, norm = emb.embedding_with_norm("zzzz")
+    assert norm == 0.0
+    assert np.all(vec == 0) and not np.any(np.isnan(vec))
+
+
+def test_peer_w2v_fifu_matches_finalfusion_python(peers: Path, mmap: bool) -> None:
+    expected = json.loads((peers / "finalfusion.expected.json").read_text())["w2v.fifu"]
+    emb = vf.load(peers / "w2v.fifu", mmap=mmap)
+    assert [len(emb), emb.dims] == expected["shape"]
+    for w, v in expected["embedding"].items():
+        np.testing.assert_array_equal(emb[w], np.array(v, dtype=np.float32))
+    for w, n in expected["norms"].items():
+        assert emb.embedding_with_norm(w)[1] == np.float32(n)
+
+
+def test_peer_ft_skipgram_fifu_matches_finalfusion_python(peers: Path, mmap: bool) -> None:
+    expected = json.loads((peers / "finalfusion.expected.json").read_text())["ft_skipgram.fifu"]
+    emb = vf.load(peers / "ft_skipgram.fifu", mmap=mmap)
+    assert emb.vocab.kind == "FastTextSubwordVocab"
+    assert list(emb.storage.shape) == expected["shape"]
+    for w, v in expected["embedding_iv"].items():
+        np.testing.assert_allclose(emb[w], v, atol=1e-6)
+    for w, v in expected["embedding_oov"].items():
+        got = emb[w]
+        v = np.array(v, dtype=np.float32)
+        if np.isnan(v).any():
+            # finalfusion-python turns an all-zero n-gram sum into NaN; vecfusion keeps zero.
+            assert np.all(got == 0), w
+            assert emb.embedding_with_norm(w)[1] == 0.0
+        else:
+            np.testing.assert_allclose(got, v, atol=1e-6, err_msg=w)
+
+
+def test_fasttext_subword_ids_match_fasttext(peers: Path) -> None:
+    expected = json.loads((peers / "ft_skipgram.expected.json").read_text())["subwords"]
+    emb = vf.load(peers / "ft_skipgram.fifu")
+    for word, sub in expected.items():
+        # fastText lists the word's own id first for known words, then the n-gram rows
+        assert sorted(emb.vocab.subword_indices(word)) == sorted(sub["subword_ids_api"]), word
+        # the same n-gram strings, each with fastText's row
+        got = dict(zip(emb.vocab.ngrams(word), emb.vocab.subword_indices(word)))
+        want = {s: i for s, i in zip(sub["subwords"], sub["ids"]) if i >= len(emb)}
+        assert got == want, word
+
+
+def test_lookup_batch(ff: Path, mmap: bool) -> None:
+    emb = vf.load(ff / "python/ff_buckets.fifu", mmap=mmap)
+    words = ["one", "tübingen", "", "</s>", "x"]  # "" is too short for any n-gram; "<x>" is one
+    out, found = emb.lookup(words)
+    assert out.dtype == np.float32 and out.shape == (5, 5)
+    assert found.dtype == np.bool_ and found.tolist() == [True, True, False, True, True]
+    for w, row, f in zip(words, out, found):
+        if f:
+            np.testing.assert_array_equal(row, emb[w])
+        else:
+            assert np.all(row == 0)
+    out, found = emb.lookup([])
+    assert out.shape == (0, 5) and found.shape == (0,)
+    out, _ = emb.lookup(w for w in ["one"])  # any iterable
+    assert out.shape == (1, 5)
+    with pytest.raises(TypeError):
+        emb.lookup("one")
+    with pytest.raises(TypeError):
+        emb.lookup(["one", 3])
+
+
+def test_quantized(ff: Path, mmap: bool) -> None:
+    pq = vf.load(ff / "python/pq.fifu", mmap=mmap)
+    dense = vf.load(ff / "python/similarity.fifu")
+    q = pq.storage
+    assert isinstance(q, vf.QuantizedStorage)
+    assert q.shape == (41, 100) and len(q) == 41
+    assert q.n_subquantizers == 50 and q.n_centroids == 32 and q.mmapped == mmap
+    rec = q.reconstruct()
+    assert rec.shape == (41, 100)
+    assert np.abs(rec - dense.storage).max() < 0.06
+    np.testing.assert_array_equal(q.reconstruct([3, -1]), rec[[3, 40]])
+    np.testing.assert_array_equal(q.reconstruct(5), rec[5])
+    np.testing.assert_array_equal(pq[pq.vocab[7]], rec[7])
+    # reconstruction by the format's definition from the exposed arrays
+    codes, cents = q.codes, q.centroids
+    assert codes.shape == (41, 50) and cents.shape == (50, 32, 2)
+    manual = np.concatenate([cents[m, codes[:, m]] for m in range(50)], axis=1)
+    if q.projection is not None:
+        manual = manual @ q.projection.T
+    if q.norms is not None:
+        manual *= q.norms[:, None]
+    np.testing.assert_allclose(rec, manual, rtol=1e-5, atol=1e-6)
+    with pytest.raises(IndexError):
+        q.reconstruct(41)
+
+
+def test_rust_quantized_matches_similarity(ff: Path) -> None:
+    q = vf.load(ff / "rust/quantized.fifu")
+    assert q.storage.shape == (41, 100) and q.storage.n_subquantizers == 50
+    dense = vf.load(ff / "rust/similarity.fifu")
+    assert q.vocab.words == dense.vocab.words
+    rec = q.storage.reconstruct()
+    # PQ with norms of the raw (not normalized) vectors: relative error is small
+    err = np.linalg.norm(rec - dense.storage) / np.linalg.norm(dense.storage)
+    assert err < 0.1
+
+
+def test_metadata_roundtrip(tmp_path: Path, ff: Path) -> None:
+    emb = vf.load(ff / "python/similarity.fifu")
+    assert emb.metadata is None
+    emb.metadata = {"name": "cities", "dims": 100, "nested": {"lr": 0.05, "ok": True, "tags": ["a", "b"]}}
+    out = tmp_path / "m.fifu"
+    emb.write(out)
+    back = vf.load(out)
+    assert back.metadata == emb.metadata
+    np.testing.assert_array_equal(back.storage, emb.storage)
+    emb.metadata = None
+    emb.write(out)
+    assert vf.load(out).metadata is None
+    with pytest.raises(TypeError):
+        emb.metadata = {"x": object()}
+    with pytest.raises(TypeError):
+        emb.metadata = [1, 2]
+
+
+def test_write_is_byte_identical(tmp_path: Path, ff: Path, mmap: bool) -> None:
+    for name in ["python/similarity.fifu", "python/pq.fifu", "rust/quantized.fifu", "python/simple_vocab.fifu"]:
+        out = tmp_path / "x.fifu"
+        vf.load(ff / name, mmap=mmap).write(out)
+        assert out.read_bytes() == (ff / name).read_bytes(), name
+    # files with an unlisted norms chunk gain its id in the header, nothing else
+    for name in ["python/embeddings.fifu", "python/ff_buckets.fifu"]:
+        out = tmp_path / "y.fifu"
+        vf.load(ff / name).write(out)
+        a, b = (ff / name).read_bytes(), out.read_bytes()
+        assert len(b) == len(a) + 4
+        back = vf.load(out)
+        np.testing.assert_array_equal(back.norms, vf.load(ff / name).norms)
+
+
+def test_write_overwrites_the_file_it_was_mapped_from(tmp_path: Path, ff: Path) -> None:
+    path = tmp_path / "self.fifu"
+    path.write_bytes((ff / "python/similarity.fifu").read_bytes())
+    emb = vf.load(path, mmap=True)
+    before = np.array(emb.storage)
+    emb.write(path)  # renamed over the mapped file: the mapping keeps the old inode
+    np.testing.assert_array_equal(emb.storage, before)
+    np.testing.assert_array_equal(vf.load(path).storage, before)
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_failed_write_leaves_no_file(tmp_path: Path, ff: Path) -> None:
+    emb = vf.load(ff / "python/similarity.fifu")
+    with pytest.raises(OSError):
+        emb.write(tmp_path / "missing-dir" / "x.fifu")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_constructor_checks(tmp_path: Path) -> None:
+    m = np.ones((3, 4), dtype=np.float32)
+    with pytest.raises(ValueError, match="duplicate"):
+        vf.Embeddings(["a", "b", "a"], m)
+    with pytest.raises(ValueError, match="rows"):
+        vf.Embeddings(["a", "b"], m)
+    with pytest.raises(ValueError, match="vocab"):
+        vf.Embeddings(["a", "b", "c"], m, vocab="nope")
+    emb = vf.Embeddings(["a", "b", "c"], m, metadata={"k": "v"})
+    emb.write(tmp_path / "c.fifu")
+    back = vf.load(tmp_path / "c.fifu", mmap=True)
+    assert back.metadata == {"k": "v"} and list(back) == ["a", "b", "c"]
+
+
+def test_vocab_indexing(ff: Path) -> None:
+    v = vf.load(ff / "python/simple_vocab.fifu").vocab
+    assert len(v) == 43
+    assert v[-1] == v.words[-1] and v[0] == v.words[0]
+    with pytest.raises(IndexError):
+        v[43]
+    with pytest.raises(KeyError):
+        v["not a word"]
+    with pytest.raises(TypeError):
+        v[1.5]
+    assert list(iter(v)) == v.words
+    assert v.words[3] in v

@@ -1,0 +1,154 @@
+"""Broken files: every one raises vf.FormatError naming the problem, never crashes,
+never hangs and never allocates far more than its own size."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vecfusion as vf
+
+GOLDEN = [
+    "python/embeddings.fifu",
+    "python/ff_buckets.fifu",
+    "python/similarity.fifu",
+    "python/pq.fifu",
+    "python/simple_vocab.fifu",
+    "rust/quantized.fifu",
+]
+
+
+def test_exception_tree() -> None:
+    assert issubclass(vf.FormatError, vf.VecfusionError)
+    assert issubclass(vf.VecfusionError, Exception)
+    mod = __import__(vf.FormatError.__module__, fromlist=["FormatError"])
+    assert mod.FormatError is vf.FormatError
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.fifu"):
+        vf.load(tmp_path / "nope.fifu")
+    with pytest.raises(IsADirectoryError):
+        vf.load(tmp_path)
+
+
+def _write(tmp_path: Path, data: bytes, name: str = "bad.fifu") -> Path:
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_named_errors(tmp_path: Path, ff: Path, mmap: bool) -> None:
+    good = (ff / "python/similarity.fifu").read_bytes()
+    cases = {
+        "magic": b"XiFu" + good[4:],
+        "version": good[:4] + struct.pack("<I", 7) + good[8:],
+        "unknown chunk id 99": good[:12] + struct.pack("<I", 99) + good[16:],
+        "truncated": good[: len(good) // 2],
+        "empty": b"",
+    }
+    # a vocabulary claiming 2^60 words
+    vocab_at = 12 + 4 * 2
+    cases["huge"] = good[: vocab_at + 12] + struct.pack("<Q", 1 << 60) + good[vocab_at + 20 :]
+    # storage rows x cols that disagree with the file size
+    storage_at = vocab_at + 12 + struct.unpack("<Q", good[vocab_at + 4 : vocab_at + 12])[0]
+    cases["rows"] = good[: storage_at + 12] + struct.pack("<Q", 42) + good[storage_at + 20 :]
+    cases["cols"] = good[: storage_at + 20] + struct.pack("<I", 1000) + good[storage_at + 24 :]
+    expect = {
+        "magic": "magic",
+        "version": "version 7",
+        "unknown chunk id 99": "unknown chunk id 99",
+        "truncated": "truncated",
+        "empty": "truncated magic",
+        "huge": "truncated vocabulary words",
+        "rows": "truncated matrix|41|42",
+        "cols": "truncated matrix",
+    }
+    for name, data in cases.items():
+        with pytest.raises(vf.FormatError, match=expect[name]):
+            vf.load(_write(tmp_path, data), mmap=mmap)
+
+
+def test_rows_disagree_with_vocab(tmp_path: Path) -> None:
+    # a vocabulary of 3 words with a 2-row matrix, written by hand
+    def s(w: str) -> bytes:
+        return struct.pack("<I", len(w)) + w.encode()
+
+    vocab = struct.pack("<Q", 3) + s("a") + s("b") + s("c")
+    body = bytearray()
+    body += struct.pack("<4sII", b"FiFu", 0, 2) + struct.pack("<II", 1, 2)
+    body += struct.pack("<IQ", 1, len(vocab)) + vocab
+    start = len(body) + 12 + 16
+    pad = 4 - start % 4
+    mat = np.ones((2, 2), dtype="<f4").tobytes()
+    body += struct.pack("<IQ", 2, 16 + pad + len(mat)) + struct.pack("<QII", 2, 2, 10) + b"\0" * pad + mat
+    with pytest.raises(vf.FormatError, match="2 rows, but the SimpleVocab needs 3"):
+        vf.load(_write(tmp_path, bytes(body)))
+
+
+CORPUS_SCRIPT = textwrap.dedent(
+    """
+    import random, resource, sys
+    import vecfusion as vf
+    from pathlib import Path
+
+    # Cap the address space: a file may not make us allocate far more than its size.
+    # (The interpreter, numpy and the extension need ~1 GiB of address space already.)
+    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+    ff, tmp = Path(sys.argv[1]), Path(sys.argv[2])
+    files = sys.argv[3:]
+    rng = random.Random(1234)
+    n_ok = n_err = 0
+    for name in files:
+        good = (ff / name).read_bytes()
+        variants = [good[:k] for k in range(len(good))]
+        for _ in range(200):
+            b = bytearray(good)
+            for _ in range(rng.randint(1, 8)):
+                b[rng.randrange(len(b))] = rng.randrange(256)
+            variants.append(bytes(b))
+        for _ in range(100):  # huge length fields anywhere 8-aligned
+            b = bytearray(good)
+            at = rng.randrange(0, len(b) - 8)
+            b[at:at + 8] = rng.choice([2**63 - 1, 2**32 + 5, 2**40]).to_bytes(8, "little")
+            variants.append(bytes(b))
+        for i, data in enumerate(variants):
+            p = tmp / f"v{i}.fifu"
+            p.write_bytes(data)
+            for mmap in (False, True):
+                try:
+                    e = vf.load(p, mmap=mmap)
+                    # whatever parses must be usable without crashing
+                    for w in list(e)[:3]:
+                        e.embedding(w)
+                    e.lookup(["x", "tübingen"])
+                    n_ok += 1
+                except vf.FormatError as ex:
+                    assert str(ex), "empty message"
+                    n_err += 1
+            p.unlink()
+    print(n_ok, n_err)
+    """
+)
+
+
+def test_corruption_corpus(tmp_path: Path, ff: Path) -> None:
+    """Truncations at every length, random byte flips and huge length fields."""
+    r = subprocess.run(
+        [sys.executable, "-c", CORPUS_SCRIPT, str(ff), str(tmp_path), *GOLDEN],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "RAYON_NUM_THREADS": "2"},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    n_ok, n_err = map(int, r.stdout.split())
+    assert n_err > 10 * len(GOLDEN)
