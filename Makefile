@@ -24,8 +24,12 @@ venv: $(VENV)/.deps-stamp
 build: venv
 	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --profile $(PROFILE)
 
-demo: build
-	$(PY) -m vecfusion.demo
+$(VENV)/.demo-stamp: requirements-demo.txt | venv
+	$(PIP) install --quiet -r requirements-demo.txt
+	touch $@
+
+demo: build $(VENV)/.demo-stamp
+	$(PY) scripts/demo.py
 
 test-rust:
 	cargo test --quiet
