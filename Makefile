@@ -8,7 +8,7 @@ export CARGO_TERM_COLOR := never
 # Cargo profile of the extension: release (default, used by CI and benchmarks) or fastbuild.
 PROFILE ?= release
 
-.PHONY: all venv build demo test test-rust test-python bench clean
+.PHONY: all venv build demo test test-rust test-python bench-deps clean
 
 all: build
 
@@ -30,6 +30,12 @@ $(VENV)/.demo-stamp: requirements-demo.txt | venv
 
 demo: build $(VENV)/.demo-stamp
 	$(PY) scripts/demo.py
+
+# Peers for benches/ (gensim, finalfusion-python, ...): `make bench-deps`, then run a script,
+# e.g. `.venv/bin/python benches/bench_lookup.py`.
+bench-deps: build
+	$(PIP) install --quiet cython
+	$(PIP) install --quiet --no-build-isolation -r requirements-bench.txt
 
 test-rust:
 	cargo test --quiet
