@@ -34,7 +34,7 @@ demo: build $(VENV)/.demo-stamp
 # Peers for benches/ (gensim, finalfusion-python, ...): `make bench-deps`, then run a script,
 # e.g. `.venv/bin/python benches/bench_lookup.py`.
 bench-deps: build
-	$(PIP) install --quiet cython
+	$(PIP) install --quiet cython wheel setuptools
 	$(PIP) install --quiet --no-build-isolation -r requirements-bench.txt
 
 test-rust:
