@@ -71,8 +71,8 @@ impl Embeddings {
     pub fn open(path: impl AsRef<Path>, mode: OpenMode) -> Result<Self> {
         let path = path.as_ref();
         let bytes = read_file(path, mode)?;
-        let map = if mode == OpenMode::Mmap { Some(&bytes) } else { None };
-        Self::from_bytes(bytes.as_slice(), map).map_err(|e| e.context(path.display()))
+        // Both ways the matrix is used in place: from the mapping or from the one buffer.
+        Self::from_bytes(bytes.as_slice(), Some(&bytes)).map_err(|e| e.context(path.display()))
     }
 
     /// Parse a finalfusion file held in memory. With `map`, the matrix is used in place
@@ -234,6 +234,9 @@ impl Embeddings {
         if scratch.is_empty() {
             return None;
         }
+        for &row in scratch.iter() {
+            self.storage.prefetch_row(row);
+        }
         out.fill(0.0);
         for &row in scratch.iter() {
             self.storage.add_row(row, out);
@@ -265,19 +268,43 @@ impl Embeddings {
             }
             return;
         }
-        const CHUNK: usize = 1024;
-        out.par_chunks_mut(CHUNK * dims)
-            .zip(found.par_chunks_mut(CHUNK))
-            .zip(words.par_chunks(CHUNK))
-            .for_each(|((out, found), words)| {
-                let mut scratch = Vec::new();
-                for ((row, f), w) in out.chunks_exact_mut(dims).zip(found.iter_mut()).zip(words) {
-                    *f = self.embedding_into(w.as_ref(), row, &mut scratch).is_some();
+        // Known words are resolved a group at a time and their rows prefetched, so that
+        // the cache misses of a group overlap instead of coming one after another.
+        const GROUP: usize = 16;
+        let fill = |out: &mut [f32], found: &mut [bool], words: &[S]| {
+            let mut scratch = Vec::new();
+            let mut rows = [None; GROUP];
+            for ((out, found), words) in out.chunks_mut(GROUP * dims).zip(found.chunks_mut(GROUP)).zip(words.chunks(GROUP)) {
+                for (r, w) in rows.iter_mut().zip(words) {
+                    *r = self.vocab.word_index(w.as_ref());
+                    if let Some(i) = *r {
+                        self.storage.prefetch_row(i);
+                    }
+                }
+                for (((row, f), w), r) in out.chunks_exact_mut(dims).zip(found.iter_mut()).zip(words).zip(rows) {
+                    *f = match r {
+                        Some(i) => {
+                            self.storage.row_into(i, row);
+                            true
+                        }
+                        None => self.embedding_into(w.as_ref(), row, &mut scratch).is_some(),
+                    };
                     if !*f {
                         row.fill(0.0);
                     }
                 }
-            });
+            }
+        };
+        // Small batches are not worth waking the thread pool for.
+        const CHUNK: usize = 2048;
+        if words.len() <= CHUNK {
+            fill(out, found, words);
+            return;
+        }
+        out.par_chunks_mut(CHUNK * dims)
+            .zip(found.par_chunks_mut(CHUNK))
+            .zip(words.par_chunks(CHUNK))
+            .for_each(|((out, found), words)| fill(out, found, words));
     }
 
     /// Where the embedding of `word` comes from.
@@ -317,31 +344,35 @@ fn finish_chunk(body: &ByteReader<'_>, id: ChunkId) -> Result<()> {
     }
 }
 
-/// Open a file for reading: memory-mapped (read-only, copy-on-write private mapping).
+/// The bytes of a file: memory-mapped (a read-only private mapping) with
+/// [`OpenMode::Mmap`], else read into one aligned buffer (a single copy, no page-cache
+/// mapping counted twice in the process's memory).
 pub fn read_file(path: &Path, mode: OpenMode) -> Result<FileBytes> {
     let file = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
-    let len = file
+    let meta = file
         .metadata()
-        .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?
-        .len();
+        .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
+    if meta.is_dir() {
+        return Err(Error::io(
+            format!("cannot read {}", path.display()),
+            std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory"),
+        ));
+    }
+    let len = usize::try_from(meta.len()).map_err(|_| Error::Overflow("file size"))?;
     #[cfg(feature = "mmap")]
-    if len > 0 {
-        let mut opts = memmap2::MmapOptions::new();
-        if mode == OpenMode::Read {
-            opts.populate();
-        }
+    if mode == OpenMode::Mmap && len > 0 {
         // SAFETY: the mapping is private and read-only; a file changed by another process
         // while mapped is outside what this library can guard against (documented).
-        let map = unsafe { opts.map_copy_read_only(&file) };
+        let map = unsafe { memmap2::MmapOptions::new().map_copy_read_only(&file) };
         if let Ok(map) = map {
             return Ok(FileBytes::Mapped(std::sync::Arc::new(map)));
         }
     }
     let _ = mode;
-    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    let mut buf = crate::storage::AlignedBytes::zeroed(len);
     use std::io::Read;
     (&file)
-        .read_to_end(&mut buf)
+        .read_exact(buf.as_mut_slice())
         .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
     Ok(FileBytes::Owned(std::sync::Arc::new(buf)))
 }

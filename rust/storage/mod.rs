@@ -7,17 +7,21 @@ mod quantized;
 pub use array::{ArrayStorage, F32Data};
 pub use quantized::{QuantizedStorage, U8Data};
 
+
 use std::io::Write;
 
 use crate::error::{Error, Result};
 use crate::format::{checked_mul, ByteReader, ChunkId, PosWriter, TYPE_F32};
 
-/// The bytes of a whole file: a read-only memory map or an owned buffer.
+/// The bytes of a whole file: a read-only memory map or an owned, 8-byte aligned buffer.
+///
+/// Either way the file's f32 matrices (4-aligned by the format's padding) can be used
+/// in place, so reading a file into memory costs one copy and no more than its size.
 #[derive(Clone)]
 pub enum FileBytes {
     #[cfg(feature = "mmap")]
     Mapped(std::sync::Arc<memmap2::Mmap>),
-    Owned(std::sync::Arc<Vec<u8>>),
+    Owned(std::sync::Arc<AlignedBytes>),
 }
 
 impl FileBytes {
@@ -25,8 +29,41 @@ impl FileBytes {
         match self {
             #[cfg(feature = "mmap")]
             FileBytes::Mapped(m) => m,
-            FileBytes::Owned(v) => v,
+            FileBytes::Owned(v) => v.as_slice(),
         }
+    }
+}
+
+/// A byte buffer whose start is 8-byte aligned.
+pub struct AlignedBytes {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl AlignedBytes {
+    /// A zeroed buffer of `len` bytes.
+    pub fn zeroed(len: usize) -> Self {
+        AlignedBytes {
+            words: vec![0u64; len.div_ceil(8)],
+            len,
+        }
+    }
+
+    /// A copy of `data`.
+    pub fn copy_from(data: &[u8]) -> Self {
+        let mut b = Self::zeroed(data.len());
+        b.as_mut_slice().copy_from_slice(data);
+        b
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the u64 buffer holds at least `len` initialized bytes; u8 has alignment 1.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`, and we hold the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), self.len) }
     }
 }
 
@@ -78,6 +115,15 @@ impl Storage {
         match self {
             Storage::Array(a) => out.copy_from_slice(a.row(i)),
             Storage::Quantized(q) => q.reconstruct_into(i, out),
+        }
+    }
+
+    /// Hint the CPU to start loading row `i` (dense storage; a no-op elsewhere), so that
+    /// the memory latency of many rows overlaps. `i` must be in range.
+    #[inline]
+    pub fn prefetch_row(&self, i: usize) {
+        if let Storage::Array(a) = self {
+            prefetch(a.row(i));
         }
     }
 
@@ -136,4 +182,24 @@ pub fn write_norms<W: Write>(norms: &[f32], w: &mut PosWriter<W>) -> std::io::Re
     w.u32(TYPE_F32)?;
     w.padding()?;
     w.f32s(norms)
+}
+
+/// Ask the CPU to pull `data` into the cache (x86-64; elsewhere a no-op).
+#[inline]
+pub fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let bytes = std::mem::size_of_val(data);
+        let p = data.as_ptr().cast::<i8>();
+        let mut off = 0;
+        while off < bytes {
+            // SAFETY: a prefetch never faults and has no visible effect; the address lies
+            // inside `data`.
+            unsafe { _mm_prefetch(p.add(off), _MM_HINT_T0) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
 }
