@@ -12,6 +12,7 @@
 //! for the chunk layout and for what is checked at open and at use.
 
 use std::io::Write;
+use std::cell::Cell;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
@@ -83,10 +84,78 @@ impl Table {
 
 /// Run a read of the automaton; a panic inside the `fst` crate (which decodes nodes with
 /// checked indexing and so panics, never misbehaves, on a corrupt automaton) becomes an error.
+///
+/// Such panics are expected on corrupt files and are turned into errors, so the panic hook is
+/// told to stay quiet about them (other panics are reported as before).
 #[inline]
 fn guarded<T>(what: &'static str, f: impl FnOnce() -> T) -> Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-        .map_err(|_| Error::invalid(what, "corrupt automaton (malformed node)"))
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let before = QUIET.with(|q| q.replace(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(before));
+    r.map_err(|_| Error::invalid(what, "corrupt automaton (malformed node)"))
+}
+
+static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+
+thread_local! {
+    static QUIET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Walks every key of an automaton at most `max_len` bytes long, following at most `budget`
+/// transitions in all: a corrupt automaton (a cycle, absurd fan-out) ends the walk with an
+/// error instead of a hang or an unbounded stack.
+struct Bounded {
+    max_len: usize,
+    budget: Cell<u64>,
+    exhausted: Cell<bool>,
+}
+
+impl Bounded {
+    fn new(max_len: usize, n_keys: usize) -> Self {
+        let budget = (n_keys as u64).saturating_mul(max_len as u64 + 1).saturating_add(1024);
+        Bounded { max_len, budget: Cell::new(budget), exhausted: Cell::new(false) }
+    }
+
+    fn check(&self, what: &'static str) -> Result<()> {
+        if self.exhausted.get() {
+            return Err(Error::invalid(what, "corrupt automaton (keys longer or more numerous than the header says)"));
+        }
+        Ok(())
+    }
+}
+
+impl fst::Automaton for &Bounded {
+    type State = usize;
+    fn start(&self) -> usize {
+        0
+    }
+    fn is_match(&self, s: &usize) -> bool {
+        *s <= self.max_len
+    }
+    fn can_match(&self, s: &usize) -> bool {
+        if *s > self.max_len {
+            self.exhausted.set(true);
+            return false;
+        }
+        !self.exhausted.get()
+    }
+    fn accept(&self, s: &usize, _byte: u8) -> usize {
+        let left = self.budget.get();
+        if left == 0 {
+            self.exhausted.set(true);
+        } else {
+            self.budget.set(left - 1);
+        }
+        s + 1
+    }
 }
 
 /// Look up a key's value in a raw fst, guarded against corrupt data.
@@ -264,12 +333,13 @@ impl FstWords {
     /// All words in row order, as concatenated bytes and end offsets (one pass over the
     /// automaton in key order).
     pub fn materialize(&self) -> Result<(Vec<u8>, Vec<usize>)> {
-        use fst::Streamer;
+        use fst::{IntoStreamer, Streamer};
         let n = self.len();
         let mut by_rank: Vec<(usize, usize)> = Vec::with_capacity(n);
         let mut sorted = Vec::new();
+        let bound = Bounded::new(self.max_len, n);
         guarded("fst vocabulary", || -> Result<()> {
-            let mut s = self.fst.stream();
+            let mut s = self.fst.search(&bound).into_stream();
             let mut expect = 0u64;
             while let Some((k, v)) = s.next() {
                 if v.value() != expect || by_rank.len() >= n {
@@ -282,6 +352,7 @@ impl FstWords {
             }
             Ok(())
         })??;
+        bound.check("fst vocabulary")?;
         if by_rank.len() != n {
             return Err(Error::invalid("fst vocabulary", format!("automaton has {} keys for {n} words", by_rank.len())));
         }
@@ -333,6 +404,7 @@ fn check_permutation(a: &Table, b: &Table, what: &'static str) -> Result<()> {
 pub struct FstNgrams {
     fst: fst::raw::Fst<SharedBytes>,
     order: Table,
+    max_len: usize,
     pub n_indices: u64,
 }
 
@@ -367,10 +439,11 @@ impl FstNgrams {
 
     /// `(ngram, dense index)` pairs in the original file order.
     pub fn pairs(&self) -> Result<Vec<(String, u64)>> {
-        use fst::Streamer;
+        use fst::{IntoStreamer, Streamer};
         let mut sorted: Vec<(String, u64)> = Vec::with_capacity(self.len());
+        let bound = Bounded::new(self.max_len, self.len());
         guarded("fst n-gram table", || -> Result<()> {
-            let mut s = self.fst.stream();
+            let mut s = self.fst.search(&bound).into_stream();
             while let Some((k, v)) = s.next() {
                 if sorted.len() >= self.order.len() {
                     return Err(Error::invalid("fst n-gram table", "more n-grams than the header says"));
@@ -384,6 +457,7 @@ impl FstNgrams {
             }
             Ok(())
         })??;
+        bound.check("fst n-gram table")?;
         let n = sorted.len();
         if n != self.len() {
             return Err(Error::invalid("fst n-gram table", format!("automaton has {n} n-grams, header says {}", self.len())));
@@ -563,6 +637,7 @@ pub fn read_chunk(id: ChunkId, r: &mut ByteReader<'_>, map: Option<&FileBytes>) 
                 return Err(Error::invalid("n-gram index count", format!("{n_indices} indices for {n_ngrams} n-grams")));
             }
             let owidth = p.width(n_ngrams, "n-gram order table width")?;
+            let max_ngram_len = p.r.u32("longest n-gram length")? as usize;
             let gfst = p.fst(n_ngrams, "fst n-gram automaton")?;
             let order = p.table(n_ngrams, owidth, "n-gram order table")?;
             FstExtra::Explicit {
@@ -571,6 +646,7 @@ pub fn read_chunk(id: ChunkId, r: &mut ByteReader<'_>, map: Option<&FileBytes>) 
                 ngrams: FstNgrams {
                     fst: gfst,
                     order,
+                    max_len: max_ngram_len,
                     n_indices,
                 },
             }
@@ -666,7 +742,9 @@ pub fn chunk_body(spec: &FstChunkSpec<'_>, body_pos: u64) -> std::io::Result<Vec
         let gkeys: Vec<&[u8]> = ngrams.iter().map(|(g, _)| g.as_bytes()).collect();
         let (gfst, grank_of) = build_fst(&gkeys, |_, pos| ngrams[pos].1)?;
         let gwidth = width_for(ngrams.len() as u64);
+        let max_glen = ngrams.iter().map(|(g, _)| g.len()).max().unwrap_or(0);
         w.u32(gwidth)?;
+        w.u32(u32::try_from(max_glen).map_err(|_| std::io::Error::other("n-gram longer than 4 GiB"))?)?;
         put_fst(&mut w, &gfst)?;
         put_table(&mut w, &grank_of, gwidth)?;
     }
