@@ -379,10 +379,31 @@ impl FstWords {
     /// Full check (used when reading into memory): automaton checksum and the two tables
     /// being inverse permutations of each other.
     fn verify(&self) -> Result<()> {
+        use fst::{IntoStreamer, Streamer};
         self.fst
             .verify()
             .map_err(|e| Error::invalid("fst vocabulary", format!("automaton checksum: {e}")))?;
-        check_permutation(&self.rank_to_row, &self.row_to_rank, "fst vocabulary tables")
+        check_permutation(&self.rank_to_row, &self.row_to_rank, "fst vocabulary tables")?;
+        // Every key within max_word_len, values exactly the ranks 0..n in key order, valid UTF-8.
+        let n = self.len();
+        let bound = Bounded::new(self.max_len, n);
+        let count = guarded("fst vocabulary", || -> Result<u64> {
+            let mut s = self.fst.search(&bound).into_stream();
+            let mut expect = 0u64;
+            while let Some((k, v)) = s.next() {
+                if v.value() != expect || expect >= n as u64 {
+                    return Err(Error::invalid("fst vocabulary", format!("automaton value {} where rank {expect} was expected", v.value())));
+                }
+                std::str::from_utf8(k).map_err(|source| Error::Utf8 { what: "fst vocabulary word", index: expect, source })?;
+                expect += 1;
+            }
+            Ok(expect)
+        })??;
+        bound.check("fst vocabulary")?;
+        if count != n as u64 {
+            return Err(Error::invalid("fst vocabulary", format!("automaton has {count} keys within the length bound for {n} words")));
+        }
+        Ok(())
     }
 }
 
