@@ -34,6 +34,7 @@ import _data  # noqa: E402
 import vecfusion as vf  # noqa: E402
 
 RUNS = 3
+ONLY = sys.argv[1:]  # optional: names of data sets to run (substring match)
 
 # --- data preparation (cached) -----------------------------------------------------------------
 
@@ -127,7 +128,7 @@ def prepare() -> dict[str, dict[str, Path]]:
 OPEN = {
     "vecfusion fst+mmap": "import vecfusion as vf\ndef op(p): return vf.load(p, mmap=True)",
     "vecfusion std+mmap": "import vecfusion as vf\ndef op(p): return vf.load(p, mmap=True)",
-    "vecfusion fst read": "import vecfusion as vf\ndef op(p): return vf.load(p, mmap=False)",
+    "vecfusion fst, mmap=False": "import vecfusion as vf\ndef op(p): return vf.load(p, mmap=False)",
     "gensim mmap='r'": "from gensim.models import KeyedVectors\ndef op(p): return KeyedVectors.load(p, mmap='r')",
     "fasttext.load_model": "import fasttext\ndef op(p): return fasttext.load_model(p)",
     "finalfusion-python mmap": "import finalfusion\ndef op(p): return finalfusion.load_finalfusion(p, mmap=True)",
@@ -135,7 +136,7 @@ OPEN = {
 FILE_OF = {
     "vecfusion fst+mmap": "fst",
     "vecfusion std+mmap": "std",
-    "vecfusion fst read": "fst",
+    "vecfusion fst, mmap=False": "fst",
     "gensim mmap='r'": "gensim",
     "fasttext.load_model": "fasttext",
     "finalfusion-python mmap": "finalfusion",
@@ -198,6 +199,20 @@ def measure_lookup(path: Path, mode: str) -> dict[str, float]:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def rust_lookup(fst: Path, std: Path) -> None:
+    """The vocabulary alone, from Rust (benches/vocab_lookup.rs)."""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(
+        ["cargo", "bench", "--quiet", "--bench", "vocab_lookup", "--", str(fst), str(std)],
+        cwd=root, capture_output=True, text=True,
+    )
+    if r.returncode != 0:
+        print(f"  Rust lookup benchmark failed: {r.stderr.strip().splitlines()[-1:]}")
+        return
+    for line in r.stdout.strip().splitlines():
+        print(f"  Rust, vocabulary only: {line}")
+
+
 def vocab_chunk_len(path: Path) -> int:
     with open(path, "rb") as f:
         head = f.read(12)
@@ -214,8 +229,10 @@ def main() -> None:
     print(f"vecfusion {vf.__version__} ({vf.build_profile}), Python {platform.python_version()}, "
           f"{platform.machine()} {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     sets = prepare()
-    rows = []
+
     for label, files in sets.items():
+        if ONLY and not any(o in label for o in ONLY):
+            continue
         print(f"\n== {label}")
         print(f"  vocab chunk: standard {vocab_chunk_len(files['std']) / 1e6:.1f} MB, "
               f"fst {vocab_chunk_len(files['fst']) / 1e6:.1f} MB "
@@ -234,13 +251,14 @@ def main() -> None:
                 base = t
             ratio = f"{t / base:8.1f}x" if base else ""
             print(f"  {name:26s} open {t * 1e3:10.2f} ms  RSS +{rss / 2**20:9.1f} MiB  {ratio}")
-            rows.append((label, name, t, rss))
+        # Both memory-mapped, so that only the vocabulary differs.
         fst = measure_lookup(files["fst"], "mmap")
-        std = measure_lookup(files["std"], "read")
-        print(f"  known-word lookup (emb.lookup, 200k words): fst+mmap {fst['batch_ns']:.0f} ns/word, "
+        std = measure_lookup(files["std"], "mmap")
+        print(f"  known-word emb.lookup (200k words, Python list in): fst {fst['batch_ns']:.0f} ns/word, "
               f"hash map {std['batch_ns']:.0f} ns/word ({fst['batch_ns'] / std['batch_ns']:.2f}x)")
-        print(f"  vocab.index(w) from Python: fst+mmap {fst['index_ns']:.0f} ns, "
+        print(f"  vocab.index(w) called from Python: fst {fst['index_ns']:.0f} ns, "
               f"hash map {std['index_ns']:.0f} ns ({fst['index_ns'] / std['index_ns']:.2f}x)")
+        rust_lookup(files["fst"], files["std"])
 
 
 if __name__ == "__main__":
