@@ -47,3 +47,4 @@ test: build test-rust test-python
 
 clean:
 	rm -rf $(VENV) target
+

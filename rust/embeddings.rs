@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::format::{ByteReader, ChunkId, PosWriter, MAGIC, VERSION};
 use crate::storage::{read_norms, write_norms, FileBytes, Storage};
-use crate::vocab::{Vocab, WordIndex};
+use crate::vocab::{Vocab, VocabFormat, WordIndex};
 
 /// A finalfusion embedding: `[Metadata] Vocab Storage [NdNorms]`.
 #[derive(Clone, Debug)]
@@ -127,7 +127,7 @@ impl Embeddings {
                 got: id.name().to_string(),
             });
         }
-        let vocab = Vocab::read_chunk(id, &mut body)?;
+        let vocab = Vocab::read_chunk_mapped(id, &mut body, map)?;
         finish_chunk(&body, id)?;
 
         let (id, mut body) = next_chunk(&mut r)?;
@@ -166,14 +166,32 @@ impl Embeddings {
         self.write_to_with_metadata(w, self.metadata.as_deref())
     }
 
+    /// Write the embeddings to `path` (atomically) with the vocabulary in format `fmt`
+    /// (`None`: the vocabulary's own format) and `metadata` in place of `self.metadata`.
+    /// Converting the vocabulary happens before anything is written, so a corrupt fst
+    /// vocabulary is reported as a format error and `path` is left untouched.
+    pub fn write_with_vocab(&self, path: impl AsRef<Path>, metadata: Option<&str>, fmt: Option<VocabFormat>) -> Result<()> {
+        let fmt = fmt.unwrap_or(if self.vocab.is_fst() { VocabFormat::Fst } else { VocabFormat::Standard });
+        if fmt == VocabFormat::Fst && matches!(self.vocab, Vocab::Floret(_)) {
+            return Err(Error::argument("a floret vocabulary has no words: it has no fst form (use vocab='standard')"));
+        }
+        let std_vocab = self.vocab.to_standard()?;
+        write_atomically(path.as_ref(), |w| self.write_parts(w, metadata, &std_vocab, fmt))
+    }
+
     /// Write the embeddings to any writer, with `metadata` in place of `self.metadata`.
     pub fn write_to_with_metadata<W: Write>(&self, w: W, metadata: Option<&str>) -> std::io::Result<()> {
+        let fmt = if self.vocab.is_fst() { VocabFormat::Fst } else { VocabFormat::Standard };
+        self.write_parts(w, metadata, &self.vocab, fmt)
+    }
+
+    fn write_parts<W: Write>(&self, w: W, metadata: Option<&str>, vocab: &Vocab, fmt: VocabFormat) -> std::io::Result<()> {
         let mut w = PosWriter::new(w);
         let mut ids = Vec::new();
         if metadata.is_some() {
             ids.push(ChunkId::Metadata);
         }
-        ids.push(self.vocab.chunk_id());
+        ids.push(vocab.chunk_id_as(fmt));
         ids.push(self.storage.chunk_id());
         if self.norms.is_some() {
             ids.push(ChunkId::NdNorms);
@@ -189,7 +207,7 @@ impl Embeddings {
             w.u64(m.len() as u64)?;
             w.bytes(m.as_bytes())?;
         }
-        self.vocab.write_chunk(&mut w)?;
+        vocab.write_chunk_as(&mut w, fmt)?;
         self.storage.write_chunk(&mut w)?;
         if let Some(n) = &self.norms {
             write_norms(n, &mut w)?;

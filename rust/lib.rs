@@ -30,4 +30,4 @@ pub mod py;
 pub use embeddings::{l2_normalize, Embeddings, OpenMode};
 pub use error::{Error, Result};
 pub use storage::{ArrayStorage, QuantizedStorage, Storage};
-pub use vocab::{Vocab, WordIndex, WordList};
+pub use vocab::{Vocab, VocabFormat, WordIndex, WordList};

@@ -32,6 +32,12 @@ pub enum ChunkId {
     FastTextSubwordVocab = 7,
     ExplicitSubwordVocab = 8,
     FloretSubwordVocab = 9,
+    // vecfusion extensions (docs/FORMAT-vecfusion.md): fst (automaton) vocabularies.
+    // "VF" in the high half keeps them far from finalfusion's small ids.
+    FstSimpleVocab = 0x5646_0001,
+    FstBucketSubwordVocab = 0x5646_0003,
+    FstFastTextSubwordVocab = 0x5646_0007,
+    FstExplicitSubwordVocab = 0x5646_0008,
 }
 
 impl ChunkId {
@@ -47,6 +53,10 @@ impl ChunkId {
             7 => ChunkId::FastTextSubwordVocab,
             8 => ChunkId::ExplicitSubwordVocab,
             9 => ChunkId::FloretSubwordVocab,
+            0x5646_0001 => ChunkId::FstSimpleVocab,
+            0x5646_0003 => ChunkId::FstBucketSubwordVocab,
+            0x5646_0007 => ChunkId::FstFastTextSubwordVocab,
+            0x5646_0008 => ChunkId::FstExplicitSubwordVocab,
             other => return Err(Error::UnknownChunk(other)),
         })
     }
@@ -60,6 +70,17 @@ impl ChunkId {
                 | ChunkId::FastTextSubwordVocab
                 | ChunkId::ExplicitSubwordVocab
                 | ChunkId::FloretSubwordVocab
+        ) || self.is_fst_vocab()
+    }
+
+    /// Is this one of vecfusion's fst vocabulary chunks?
+    pub fn is_fst_vocab(self) -> bool {
+        matches!(
+            self,
+            ChunkId::FstSimpleVocab
+                | ChunkId::FstBucketSubwordVocab
+                | ChunkId::FstFastTextSubwordVocab
+                | ChunkId::FstExplicitSubwordVocab
         )
     }
 
@@ -80,6 +101,10 @@ impl ChunkId {
             ChunkId::FastTextSubwordVocab => "FastTextSubwordVocab",
             ChunkId::ExplicitSubwordVocab => "ExplicitSubwordVocab",
             ChunkId::FloretSubwordVocab => "FloretSubwordVocab",
+            ChunkId::FstSimpleVocab => "FstSimpleVocab",
+            ChunkId::FstBucketSubwordVocab => "FstBucketSubwordVocab",
+            ChunkId::FstFastTextSubwordVocab => "FstFastTextSubwordVocab",
+            ChunkId::FstExplicitSubwordVocab => "FstExplicitSubwordVocab",
         }
     }
 }

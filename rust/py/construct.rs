@@ -8,17 +8,19 @@ use super::embeddings::{extract_words, PyEmbeddings};
 use super::metadata::py_to_toml;
 use crate::embeddings::Embeddings;
 use crate::storage::{ArrayStorage, Storage};
-use crate::vocab::{Indexer, SubwordVocab, Vocab, WordList};
+use crate::vocab::{ExplicitNgrams, Indexer, SubwordVocab, Vocab, WordList};
 
 #[pymethods]
 impl PyEmbeddings {
     /// Build embeddings from words and a float32 matrix.
     ///
     /// `vocab` is "simple" (one row per word), "bucket" (finalfusion hashing into
-    /// 2**buckets n-gram rows) or "fasttext" (fastText hashing into `buckets` rows);
+    /// 2**buckets n-gram rows), "fasttext" (fastText hashing into `buckets` rows) or
+    /// "explicit" (an explicit n-gram table: `ngrams` is a list of `(ngram, index)` pairs;
+    /// indices are renumbered densely in order of first appearance);
     /// subword vocabularies need `len(words) + n_buckets` matrix rows, word rows first.
     #[new]
-    #[pyo3(signature = (words, matrix, *, norms=None, metadata=None, vocab="simple", min_n=3, max_n=6, buckets=None))]
+    #[pyo3(signature = (words, matrix, *, norms=None, metadata=None, vocab="simple", min_n=3, max_n=6, buckets=None, ngrams=None))]
     #[allow(clippy::too_many_arguments)]
     fn py_new(
         py: Python<'_>,
@@ -30,7 +32,11 @@ impl PyEmbeddings {
         min_n: u32,
         max_n: u32,
         buckets: Option<u32>,
+        ngrams: Option<Vec<(String, u64)>>,
     ) -> PyResult<Self> {
+        if ngrams.is_some() != (vocab == "explicit") {
+            return Err(PyValueError::new_err("ngrams is given exactly when vocab='explicit'"));
+        }
         let words = extract_words(words)?;
         let strs = words.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
         let (rows, cols) = (matrix.shape()[0], matrix.shape()[1]);
@@ -45,6 +51,14 @@ impl PyEmbeddings {
             let list = WordList::new(strs.iter().copied())?;
             let vocab = match vocab_kind.as_str() {
                 "simple" => Vocab::Simple(list),
+                "explicit" => {
+                    if min_n == 0 || min_n > max_n {
+                        return Err(crate::Error::argument(format!("bad n-gram range min_n={min_n}, max_n={max_n}")));
+                    }
+                    let table = ExplicitNgrams::new(ngrams.unwrap_or_default())
+                        .map_err(|e| crate::Error::argument(e.to_string()))?;
+                    Vocab::Subword(SubwordVocab { words: list, min_n, max_n, indexer: Indexer::Explicit(table) })
+                }
                 "bucket" | "fasttext" => {
                     if min_n == 0 || min_n > max_n {
                         return Err(crate::Error::argument(format!("bad n-gram range min_n={min_n}, max_n={max_n}")));
@@ -66,7 +80,7 @@ impl PyEmbeddings {
                 }
                 other => {
                     return Err(crate::Error::argument(format!(
-                        "unknown vocab kind {other:?} (expected 'simple', 'bucket' or 'fasttext')"
+                        "unknown vocab kind {other:?} (expected 'simple', 'bucket', 'fasttext' or 'explicit')"
                     )))
                 }
             };

@@ -13,7 +13,7 @@ use super::metadata::{py_to_toml, toml_to_py};
 use super::storage::PyQuantizedStorage;
 use super::views;
 use super::vocab::PyVocab;
-use crate::embeddings::{write_atomically, Embeddings, OpenMode};
+use crate::embeddings::{Embeddings, OpenMode};
 use crate::storage::Storage;
 
 /// Word embeddings: a vocabulary, a storage (dense, memory-mapped or quantized),
@@ -182,10 +182,16 @@ impl PyEmbeddings {
     }
 
     /// Write a finalfusion file (to a temporary name, then renamed).
-    fn write(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+    ///
+    /// `vocab="standard"` (default) writes finalfusion's own vocabulary chunk, readable by
+    /// every finalfusion reader; `vocab="fst"` writes vecfusion's memory-mappable automaton
+    /// vocabulary (opens with no per-word work; readable only by vecfusion).
+    #[pyo3(signature = (path, vocab="standard"))]
+    fn write(&self, py: Python<'_>, path: PathBuf, vocab: &str) -> PyResult<()> {
+        let fmt = crate::vocab::VocabFormat::parse(vocab)?;
         let meta = self.metadata_text();
         let emb = &self.inner;
-        py.detach(|| write_atomically(&path, |w| emb.write_to_with_metadata(w, meta.as_deref())))?;
+        py.detach(|| emb.write_with_vocab(&path, meta.as_deref(), Some(fmt)))?;
         Ok(())
     }
 
@@ -226,9 +232,9 @@ impl WordIter {
         slf
     }
 
-    fn __next__(&self) -> Option<String> {
+    fn __next__(&self) -> PyResult<Option<String>> {
         let i = self.pos.fetch_add(1, Ordering::Relaxed);
-        self.inner.vocab.word(i).map(str::to_string)
+        Ok(self.inner.vocab.try_word(i)?.map(|w| w.into_owned()))
     }
 }
 
@@ -243,9 +249,13 @@ pub fn load(py: Python<'_>, path: PathBuf, mmap: bool) -> PyResult<PyEmbeddings>
 
 /// A list of the given words (helper for the stubs' `words` property).
 pub(crate) fn words_list<'py>(py: Python<'py>, emb: &Embeddings) -> PyResult<Bound<'py, PyList>> {
-    let words = emb.vocab.words();
-    match words {
-        Some(w) => PyList::new(py, w.iter()),
+    match emb.vocab.words() {
+        Some(w) if !w.is_fst() => PyList::new(py, w.iter()),
+        Some(w) => {
+            // Decode the automaton once in key order instead of one reverse walk per row.
+            let h = py.detach(|| w.to_hash())?;
+            PyList::new(py, h.iter())
+        }
         None => Ok(PyList::empty(py)),
     }
 }

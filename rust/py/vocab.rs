@@ -41,12 +41,13 @@ impl PyVocab {
         if j < 0 || j >= n {
             return Err(PyIndexError::new_err(format!("word index {i} out of range for {n} words")));
         }
-        Ok(self.inner.vocab.word(j as usize).unwrap_or_default().into_pyobject(py)?.into_any())
+        let w = self.inner.vocab.try_word(j as usize)?.unwrap_or_default();
+        Ok(w.into_pyobject(py)?.into_any())
     }
 
     /// True if `word` is a known word (in the word list).
-    fn __contains__(&self, word: &str) -> bool {
-        self.inner.vocab.word_index(word).is_some()
+    fn __contains__(&self, word: &str) -> PyResult<bool> {
+        Ok(self.inner.vocab.try_word_index(word)?.is_some())
     }
 
     fn __iter__(&self) -> WordIter {
@@ -59,7 +60,7 @@ impl PyVocab {
     /// The row of a known word (int), the n-gram rows of an unknown word (list of int),
     /// or None when the word has no embedding.
     fn index<'py>(&self, py: Python<'py>, word: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
-        Ok(match self.inner.vocab.idx(word) {
+        Ok(match self.inner.vocab.try_idx(word)? {
             Some(WordIndex::Word(i)) => Some(i.into_pyobject(py)?.into_any()),
             Some(WordIndex::Subwords(v)) => Some(PyList::new(py, v)?.into_any()),
             None => None,
@@ -72,8 +73,8 @@ impl PyVocab {
     }
 
     /// The storage rows of the n-grams of `word` (n-grams without a row are left out).
-    fn subword_indices(&self, word: &str) -> Vec<usize> {
-        self.inner.vocab.subword_indices(word)
+    fn subword_indices(&self, word: &str) -> PyResult<Vec<usize>> {
+        Ok(self.inner.vocab.try_subword_indices(word)?)
     }
 
     /// All known words in row order.
@@ -82,7 +83,8 @@ impl PyVocab {
         words_list(py, &self.inner)
     }
 
-    /// The vocabulary kind, e.g. "SimpleVocab", "BucketSubwordVocab".
+    /// The vocabulary kind, e.g. "SimpleVocab", "BucketSubwordVocab", "FstSimpleVocab",
+    /// "FstBucketSubwordVocab", "FstFastTextSubwordVocab", "FstExplicitSubwordVocab".
     #[getter]
     fn kind(&self) -> &'static str {
         self.inner.vocab.kind()

@@ -1,15 +1,39 @@
 //! Vocabularies: plain word lists and subword vocabularies.
 
+pub mod fstvocab;
 pub mod subword;
 pub mod words;
 
+use std::borrow::Cow;
 use std::io::Write;
 
 pub use subword::{ExplicitNgrams, FloretIndexer, Indexer};
+pub use fstvocab::{FstNgrams, FstWords};
 pub use words::WordList;
 
 use crate::error::{Error, Result};
 use crate::format::{string_len, ByteReader, ChunkId, PosWriter};
+use crate::storage::FileBytes;
+
+/// How a vocabulary chunk is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VocabFormat {
+    /// finalfusion's chunks (ids 1, 3, 7, 8, 9): readable by every finalfusion reader.
+    Standard,
+    /// vecfusion's fst chunks (docs/FORMAT-vecfusion.md): memory-mappable, no hash map at open.
+    Fst,
+}
+
+impl VocabFormat {
+    /// Parse "standard" or "fst".
+    pub fn parse(s: &str) -> Result<VocabFormat> {
+        match s {
+            "standard" => Ok(VocabFormat::Standard),
+            "fst" => Ok(VocabFormat::Fst),
+            other => Err(Error::argument(format!("unknown vocabulary format {other:?} (expected 'standard' or 'fst')"))),
+        }
+    }
+}
 
 /// Where a word's embedding comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,15 +74,98 @@ pub enum Vocab {
 impl Vocab {
     /// The finalfusion chunk this vocabulary is written as.
     pub fn chunk_id(&self) -> ChunkId {
+        self.chunk_id_as(if self.is_fst() { VocabFormat::Fst } else { VocabFormat::Standard })
+    }
+
+    /// Is this vocabulary backed by fst automata (read from an fst chunk)?
+    pub fn is_fst(&self) -> bool {
         match self {
+            Vocab::Simple(w) => w.is_fst(),
+            Vocab::Subword(s) => s.words.is_fst() || matches!(s.indexer, Indexer::ExplicitFst(_)),
+            Vocab::Floret(_) => false,
+        }
+    }
+
+    /// The chunk this vocabulary is written as in format `fmt` (floret has no fst form).
+    pub fn chunk_id_as(&self, fmt: VocabFormat) -> ChunkId {
+        let fst = fmt == VocabFormat::Fst;
+        match self {
+            Vocab::Simple(_) if fst => ChunkId::FstSimpleVocab,
             Vocab::Simple(_) => ChunkId::SimpleVocab,
-            Vocab::Subword(s) => match s.indexer {
-                Indexer::Bucket { .. } => ChunkId::BucketSubwordVocab,
-                Indexer::FastText { .. } => ChunkId::FastTextSubwordVocab,
-                Indexer::Explicit(_) => ChunkId::ExplicitSubwordVocab,
+            Vocab::Subword(s) => match (&s.indexer, fst) {
+                (Indexer::Bucket { .. }, false) => ChunkId::BucketSubwordVocab,
+                (Indexer::Bucket { .. }, true) => ChunkId::FstBucketSubwordVocab,
+                (Indexer::FastText { .. }, false) => ChunkId::FastTextSubwordVocab,
+                (Indexer::FastText { .. }, true) => ChunkId::FstFastTextSubwordVocab,
+                (Indexer::Explicit(_) | Indexer::ExplicitFst(_), false) => ChunkId::ExplicitSubwordVocab,
+                (Indexer::Explicit(_) | Indexer::ExplicitFst(_), true) => ChunkId::FstExplicitSubwordVocab,
             },
             Vocab::Floret(_) => ChunkId::FloretSubwordVocab,
         }
+    }
+
+    /// The same vocabulary with in-memory (standard) backends: borrowed when it already is,
+    /// otherwise decoded from the automata in one pass (errors if they turn out corrupt).
+    pub fn to_standard(&self) -> Result<Cow<'_, Vocab>> {
+        if !self.is_fst() {
+            return Ok(Cow::Borrowed(self));
+        }
+        Ok(Cow::Owned(match self {
+            Vocab::Simple(w) => Vocab::Simple(w.to_hash()?),
+            Vocab::Subword(s) => Vocab::Subword(SubwordVocab {
+                words: s.words.to_hash()?,
+                min_n: s.min_n,
+                max_n: s.max_n,
+                indexer: match &s.indexer {
+                    Indexer::ExplicitFst(e) => Indexer::Explicit(ExplicitNgrams::new(e.pairs()?)?),
+                    other => other.clone(),
+                },
+            }),
+            Vocab::Floret(f) => Vocab::Floret(f.clone()),
+        }))
+    }
+
+    /// The row of a known word; an error if an fst chunk turns out corrupt.
+    pub fn try_word_index(&self, word: &str) -> Result<Option<usize>> {
+        match self.words() {
+            Some(w) => w.try_index(word),
+            None => Ok(None),
+        }
+    }
+
+    /// The word at row `i`; an error if an fst chunk turns out corrupt.
+    pub fn try_word(&self, i: usize) -> Result<Option<Cow<'_, str>>> {
+        match self.words() {
+            Some(w) => w.try_get(i),
+            None => Ok(None),
+        }
+    }
+
+    /// Like [`Vocab::subword_indices`], but an error if an fst n-gram table is corrupt.
+    pub fn try_subword_indices(&self, word: &str) -> Result<Vec<usize>> {
+        if let Vocab::Subword(s) = self {
+            if let Indexer::ExplicitFst(_) = s.indexer {
+                let offset = s.words.len();
+                let (b, ranges) = subword::ngram_ranges(word, s.min_n as usize, s.max_n as usize, "<", ">");
+                let mut out = Vec::new();
+                for (st, en) in ranges {
+                    if let Some(i) = s.indexer.try_index(&b[st..en])? {
+                        out.push(offset + i as usize);
+                    }
+                }
+                return Ok(out);
+            }
+        }
+        Ok(self.subword_indices(word))
+    }
+
+    /// Like [`Vocab::idx`], but an error if an fst chunk turns out corrupt.
+    pub fn try_idx(&self, word: &str) -> Result<Option<WordIndex>> {
+        if let Some(i) = self.try_word_index(word)? {
+            return Ok(Some(WordIndex::Word(i)));
+        }
+        let sub = self.try_subword_indices(word)?;
+        Ok(if sub.is_empty() { None } else { Some(WordIndex::Subwords(sub)) })
     }
 
     /// A short name of the vocabulary kind.
@@ -171,7 +278,33 @@ impl Vocab {
 
     /// Read a vocabulary chunk body (after the chunk header).
     pub fn read_chunk(id: ChunkId, r: &mut ByteReader<'_>) -> Result<Vocab> {
+        Self::read_chunk_mapped(id, r, None)
+    }
+
+    /// Read a vocabulary chunk body. With `map` (the whole file, memory-mapped), an fst chunk
+    /// is used in place from the map with no per-word work; without, an fst chunk is copied
+    /// into one buffer and fully verified.
+    pub fn read_chunk_mapped(id: ChunkId, r: &mut ByteReader<'_>, map: Option<&FileBytes>) -> Result<Vocab> {
         match id {
+            ChunkId::FstSimpleVocab
+            | ChunkId::FstBucketSubwordVocab
+            | ChunkId::FstFastTextSubwordVocab
+            | ChunkId::FstExplicitSubwordVocab => {
+                let (words, extra) = fstvocab::read_chunk(id, r, map)?;
+                let words = WordList::from_fst(words);
+                Ok(match extra {
+                    fstvocab::FstExtra::None => Vocab::Simple(words),
+                    fstvocab::FstExtra::Buckets { min_n, max_n, buckets } => {
+                        check_ngram_range(min_n, max_n)?;
+                        let indexer = bucket_indexer(id == ChunkId::FstBucketSubwordVocab, buckets)?;
+                        Vocab::Subword(SubwordVocab { words, min_n, max_n, indexer })
+                    }
+                    fstvocab::FstExtra::Explicit { min_n, max_n, ngrams } => {
+                        check_ngram_range(min_n, max_n)?;
+                        Vocab::Subword(SubwordVocab { words, min_n, max_n, indexer: Indexer::ExplicitFst(ngrams) })
+                    }
+                })
+            }
             ChunkId::SimpleVocab => {
                 let n = r.u64("vocabulary length")?;
                 Ok(Vocab::Simple(words::read_words(r, n)?))
@@ -182,20 +315,7 @@ impl Vocab {
                 let max_n = r.u32("max_n")?;
                 let buckets = r.u32("buckets")?;
                 check_ngram_range(min_n, max_n)?;
-                let indexer = if id == ChunkId::BucketSubwordVocab {
-                    if buckets > 40 {
-                        return Err(Error::invalid(
-                            "bucket exponent",
-                            format!("2^{buckets} buckets is more than any storage can hold"),
-                        ));
-                    }
-                    Indexer::Bucket { exponent: buckets }
-                } else {
-                    if buckets == 0 {
-                        return Err(Error::invalid("fastText buckets", "bucket count is 0"));
-                    }
-                    Indexer::FastText { buckets }
-                };
+                let indexer = bucket_indexer(id == ChunkId::BucketSubwordVocab, buckets)?;
                 let words = words::read_words(r, n)?;
                 Ok(Vocab::Subword(SubwordVocab {
                     words,
@@ -270,13 +390,75 @@ impl Vocab {
         }
     }
 
-    /// The length of the chunk body as written.
+    /// The body of this vocabulary as an fst chunk starting at absolute offset `body_pos`
+    /// (fst chunks are aligned from absolute offsets, so their length depends on it).
+    pub fn fst_chunk_body(&self, body_pos: u64) -> Result<Vec<u8>> {
+        let std = self.to_standard()?;
+        let words = std
+            .words()
+            .and_then(WordList::hash_words)
+            .ok_or_else(|| Error::argument("a floret vocabulary has no words: it has no fst form"))?;
+        let spec = match &*std {
+            Vocab::Simple(_) => fstvocab::FstChunkSpec { id: ChunkId::FstSimpleVocab, words: &words, subword: None, explicit: None },
+            Vocab::Subword(s) => match &s.indexer {
+                Indexer::Bucket { exponent } => fstvocab::FstChunkSpec {
+                    id: ChunkId::FstBucketSubwordVocab,
+                    words: &words,
+                    subword: Some((s.min_n, s.max_n, *exponent)),
+                    explicit: None,
+                },
+                Indexer::FastText { buckets } => fstvocab::FstChunkSpec {
+                    id: ChunkId::FstFastTextSubwordVocab,
+                    words: &words,
+                    subword: Some((s.min_n, s.max_n, *buckets)),
+                    explicit: None,
+                },
+                Indexer::Explicit(e) => fstvocab::FstChunkSpec {
+                    id: ChunkId::FstExplicitSubwordVocab,
+                    words: &words,
+                    subword: None,
+                    explicit: Some((s.min_n, s.max_n, &e.ngrams, e.n_indices)),
+                },
+                Indexer::ExplicitFst(_) => return Err(Error::invalid("vocabulary", "fst n-grams left after conversion")),
+            },
+            Vocab::Floret(_) => return Err(Error::argument("a floret vocabulary has no words: it has no fst form")),
+        };
+        fstvocab::chunk_body(&spec, body_pos).map_err(|e| Error::io("cannot build the fst vocabulary", e))
+    }
+
+    /// Write the whole chunk (header included) in format `fmt`.
+    pub fn write_chunk_as<W: Write>(&self, w: &mut PosWriter<W>, fmt: VocabFormat) -> std::io::Result<()> {
+        let bad = |e: Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string());
+        match fmt {
+            VocabFormat::Fst => {
+                let body = self.fst_chunk_body(w.pos() + 12).map_err(bad)?;
+                w.u32(self.chunk_id_as(VocabFormat::Fst) as u32)?;
+                w.u64(body.len() as u64)?;
+                w.bytes(&body)
+            }
+            VocabFormat::Standard => match self.to_standard().map_err(bad)? {
+                Cow::Borrowed(v) => v.write_standard_chunk(w),
+                Cow::Owned(v) => v.write_standard_chunk(w),
+            },
+        }
+    }
+
+    /// Write the whole chunk (header included) in the vocabulary's own format.
+    pub fn write_chunk<W: Write>(&self, w: &mut PosWriter<W>) -> std::io::Result<()> {
+        self.write_chunk_as(w, if self.is_fst() { VocabFormat::Fst } else { VocabFormat::Standard })
+    }
+
+    /// The length of the chunk body as written (fst kinds: when written at an 8-aligned offset).
     pub fn chunk_len(&self) -> u64 {
+        if self.is_fst() {
+            return self.fst_chunk_body(0).map_or(0, |b| b.len() as u64);
+        }
         let words_len = |w: &WordList| w.iter().map(string_len).sum::<u64>();
         match self {
             Vocab::Simple(w) => 8 + words_len(w),
             Vocab::Subword(s) => match &s.indexer {
                 Indexer::Bucket { .. } | Indexer::FastText { .. } => 8 + 12 + words_len(&s.words),
+                Indexer::ExplicitFst(_) => 0,
                 Indexer::Explicit(e) => {
                     8 + 8 + 8 + words_len(&s.words) + e.ngrams.iter().map(|(g, _)| string_len(g) + 8).sum::<u64>()
                 }
@@ -285,9 +467,9 @@ impl Vocab {
         }
     }
 
-    /// Write the whole chunk (header included).
-    pub fn write_chunk<W: Write>(&self, w: &mut PosWriter<W>) -> std::io::Result<()> {
-        w.u32(self.chunk_id() as u32)?;
+    /// Write a standard chunk (header included); the vocabulary must have standard backends.
+    fn write_standard_chunk<W: Write>(&self, w: &mut PosWriter<W>) -> std::io::Result<()> {
+        w.u32(self.chunk_id_as(VocabFormat::Standard) as u32)?;
         w.u64(self.chunk_len())?;
         let write_words = |w: &mut PosWriter<W>, words: &WordList| -> std::io::Result<()> {
             for word in words.iter() {
@@ -315,6 +497,7 @@ impl Vocab {
                     w.u32(*buckets)?;
                     write_words(w, &s.words)
                 }
+                Indexer::ExplicitFst(_) => Err(std::io::Error::other("fst n-grams in a standard chunk")),
                 Indexer::Explicit(e) => {
                     w.u64(s.words.len() as u64)?;
                     w.u64(e.ngrams.len() as u64)?;
@@ -338,6 +521,23 @@ impl Vocab {
                 w.string(&f.eow)
             }
         }
+    }
+}
+
+fn bucket_indexer(finalfusion: bool, buckets: u32) -> Result<Indexer> {
+    if finalfusion {
+        if buckets > 40 {
+            return Err(Error::invalid(
+                "bucket exponent",
+                format!("2^{buckets} buckets is more than any storage can hold"),
+            ));
+        }
+        Ok(Indexer::Bucket { exponent: buckets })
+    } else {
+        if buckets == 0 {
+            return Err(Error::invalid("fastText buckets", "bucket count is 0"));
+        }
+        Ok(Indexer::FastText { buckets })
     }
 }
 

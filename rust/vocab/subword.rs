@@ -133,6 +133,8 @@ pub enum Indexer {
     FastText { buckets: u32 },
     /// An explicit n-gram table; indices are dense (renumbered in order of first appearance).
     Explicit(ExplicitNgrams),
+    /// An explicit n-gram table as an automaton used in place (vecfusion fst chunk).
+    ExplicitFst(super::fstvocab::FstNgrams),
 }
 
 /// The n-gram table of an explicit subword vocabulary.
@@ -176,6 +178,7 @@ impl Indexer {
             Indexer::Bucket { exponent } => 1u64 << exponent,
             Indexer::FastText { buckets } => u64::from(*buckets),
             Indexer::Explicit(e) => e.n_indices,
+            Indexer::ExplicitFst(e) => e.n_indices,
         }
     }
 
@@ -195,6 +198,17 @@ impl Indexer {
                 }
             }
             Indexer::Explicit(e) => e.map.get(ngram).copied(),
+            // A corrupt entry (index out of range) reads as no row; see `try_index`.
+            Indexer::ExplicitFst(e) => e.try_index(ngram).ok().flatten(),
+        }
+    }
+
+    /// Like [`Indexer::index`], but an error for a corrupt fst n-gram table.
+    #[inline]
+    pub fn try_index(&self, ngram: &str) -> crate::Result<Option<u64>> {
+        match self {
+            Indexer::ExplicitFst(e) => e.try_index(ngram),
+            other => Ok(other.index(ngram)),
         }
     }
 }

@@ -3,11 +3,33 @@
 
 use hashbrown::HashTable;
 
-use crate::error::{Error, Result};
+use std::borrow::Cow;
 
-/// Words in row order, with word -> row lookup.
-#[derive(Clone, Default)]
+use crate::error::{Error, Result};
+use super::fstvocab::FstWords;
+
+/// Words in row order, with word -> row lookup: an in-memory hash table (the standard
+/// vocabulary chunks) or an automaton used in place from the file (the fst chunks).
+#[derive(Clone)]
 pub struct WordList {
+    repr: Repr,
+}
+
+#[derive(Clone)]
+enum Repr {
+    Hash(HashWords),
+    Fst(FstWords),
+}
+
+impl Default for WordList {
+    fn default() -> Self {
+        WordList { repr: Repr::Hash(HashWords::default()) }
+    }
+}
+
+/// The hash-table backend: all strings in one buffer plus a table of rows.
+#[derive(Clone, Default)]
+struct HashWords {
     bytes: Vec<u8>,
     /// `ends[i]` is the end offset of word `i` in `bytes`; word `i` starts at `ends[i-1]`.
     ends: Vec<usize>,
@@ -17,7 +39,7 @@ pub struct WordList {
 
 impl std::fmt::Debug for WordList {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WordList").field("len", &self.len()).finish()
+        f.debug_struct("WordList").field("len", &self.len()).field("fst", &self.is_fst()).finish()
     }
 }
 
@@ -27,11 +49,11 @@ fn hash_str(state: &foldhash::fast::FixedState, s: &[u8]) -> u64 {
     state.hash_one(s)
 }
 
-impl WordList {
+impl HashWords {
     /// Build from words in row order. Duplicate words are an error.
     pub fn new<'a, I: IntoIterator<Item = &'a str>>(words: I) -> Result<Self> {
         let it = words.into_iter();
-        let mut list = WordList {
+        let mut list = HashWords {
             bytes: Vec::new(),
             ends: Vec::with_capacity(it.size_hint().0),
             table: HashTable::new(),
@@ -47,7 +69,7 @@ impl WordList {
 
     /// Build from a buffer of concatenated words and their end offsets (already validated UTF-8).
     pub(crate) fn from_parts(bytes: Vec<u8>, ends: Vec<usize>) -> Result<Self> {
-        let mut list = WordList {
+        let mut list = HashWords {
             bytes,
             ends,
             table: HashTable::new(),
@@ -104,10 +126,6 @@ impl WordList {
         self.ends.len()
     }
 
-    #[inline]
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
 
     /// The word at row `i`.
     #[inline]
@@ -129,14 +147,122 @@ impl WordList {
             .map(|&j| j as usize)
     }
 
-    /// Iterate words in row order.
+    /// Total bytes of all words.
+    pub fn total_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+
+impl WordList {
+    /// Build from words in row order (hash-table backend). Duplicate words are an error.
+    pub fn new<'a, I: IntoIterator<Item = &'a str>>(words: I) -> Result<Self> {
+        Ok(WordList { repr: Repr::Hash(HashWords::new(words)?) })
+    }
+
+    /// Build from a buffer of concatenated words and their end offsets (already validated UTF-8).
+    pub(crate) fn from_parts(bytes: Vec<u8>, ends: Vec<usize>) -> Result<Self> {
+        Ok(WordList { repr: Repr::Hash(HashWords::from_parts(bytes, ends)?) })
+    }
+
+    /// Wrap an automaton-backed word list.
+    pub(crate) fn from_fst(words: FstWords) -> Self {
+        WordList { repr: Repr::Fst(words) }
+    }
+
+    /// Is this list backed by an fst automaton (read from an fst vocabulary chunk)?
+    pub fn is_fst(&self) -> bool {
+        matches!(self.repr, Repr::Fst(_))
+    }
+
+    /// Number of words.
+    #[inline]
+    pub fn len(&self) -> usize {
+        match &self.repr {
+            Repr::Hash(h) => h.len(),
+            Repr::Fst(f) => f.len(),
+        }
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The word at row `i`. For the fst backend the word is read back from the automaton
+    /// and kept (interned) for the lifetime of the list, so that a `&str` can be returned;
+    /// prefer [`WordList::get_cow`] in loops over many rows. A corrupt fst entry reads as
+    /// `None` (use [`WordList::try_get`] to get the error).
+    #[inline]
+    pub fn get(&self, i: usize) -> Option<&str> {
+        match &self.repr {
+            Repr::Hash(h) => h.get(i),
+            Repr::Fst(f) => f.get_interned(i),
+        }
+    }
+
+    /// The word at row `i`, borrowed (hash backend) or freshly decoded (fst backend).
+    pub fn get_cow(&self, i: usize) -> Option<Cow<'_, str>> {
+        self.try_get(i).ok().flatten()
+    }
+
+    /// The word at row `i`; an error if an fst chunk turns out corrupt.
+    pub fn try_get(&self, i: usize) -> Result<Option<Cow<'_, str>>> {
+        match &self.repr {
+            Repr::Hash(h) => Ok(h.get(i).map(Cow::Borrowed)),
+            Repr::Fst(f) => Ok(f.try_get(i)?.map(Cow::Owned)),
+        }
+    }
+
+    /// The row of `word`. A corrupt fst entry (inconsistent tables, rank out of range)
+    /// reads as unknown (use [`WordList::try_index`] to get the error).
+    #[inline]
+    pub fn index(&self, word: &str) -> Option<usize> {
+        match &self.repr {
+            Repr::Hash(h) => h.index(word),
+            Repr::Fst(f) => f.try_index(word).ok().flatten(),
+        }
+    }
+
+    /// The row of `word`; an error if an fst chunk turns out corrupt.
+    #[inline]
+    pub fn try_index(&self, word: &str) -> Result<Option<usize>> {
+        match &self.repr {
+            Repr::Hash(h) => Ok(h.index(word)),
+            Repr::Fst(f) => f.try_index(word),
+        }
+    }
+
+    /// Iterate words in row order (fst backend: interns every word; see [`WordList::get`]).
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
         (0..self.len()).map(move |i| self.get(i).unwrap_or_default())
     }
 
-    /// Total bytes of all words.
+    /// Total bytes of all words (fst backend: bytes of the automaton and tables).
     pub fn total_bytes(&self) -> usize {
-        self.bytes.len()
+        match &self.repr {
+            Repr::Hash(h) => h.total_bytes(),
+            Repr::Fst(f) => f.size_bytes(),
+        }
+    }
+
+    /// An equivalent hash-table-backed list (a copy; the fst backend is decoded in one pass).
+    pub fn to_hash(&self) -> Result<WordList> {
+        match &self.repr {
+            Repr::Hash(_) => Ok(self.clone()),
+            Repr::Fst(f) => {
+                let (bytes, ends) = f.materialize()?;
+                WordList::from_parts(bytes, ends)
+            }
+        }
+    }
+
+    /// All words in row order as borrowed strings (hash backend only; `None` for fst).
+    pub(crate) fn hash_words(&self) -> Option<Vec<&str>> {
+        match &self.repr {
+            Repr::Hash(h) => Some((0..h.len()).map(|i| h.get(i).unwrap_or_default()).collect()),
+            Repr::Fst(_) => None,
+        }
     }
 }
 
@@ -169,3 +295,4 @@ pub(crate) fn read_words(r: &mut crate::format::ByteReader<'_>, n: u64) -> Resul
     bytes.shrink_to_fit();
     WordList::from_parts(bytes, ends)
 }
+
