@@ -602,9 +602,10 @@ impl ChunkParser<'_, '_> {
     }
 }
 
-/// Read an fst vocabulary chunk body. With `map`, everything is used in place from the map
-/// (nothing per word is read); without, the body is copied into one buffer and fully
-/// verified (automaton checksums, tables being inverse permutations, n-gram indices).
+/// Read an fst vocabulary chunk body. With `map`, everything is used in place from it
+/// (nothing per word is read); without, the body is copied into one buffer. Unless `map`
+/// is a memory map, the chunk is fully verified (automaton checksums, tables being inverse
+/// permutations, n-gram indices).
 pub fn read_chunk(id: ChunkId, r: &mut ByteReader<'_>, map: Option<&FileBytes>) -> Result<(FstWords, FstExtra)> {
     let (data, data_base) = match map {
         Some(m) => (m.clone(), 0u64),
@@ -613,7 +614,7 @@ pub fn read_chunk(id: ChunkId, r: &mut ByteReader<'_>, map: Option<&FileBytes>) 
             let mut probe = r.clone();
             let base = probe.abs_pos();
             let rest = probe.bytes(probe.remaining() as u64, "fst vocabulary")?;
-            (FileBytes::Owned(Arc::new(rest.to_vec())), base)
+            (FileBytes::Owned(Arc::new(crate::storage::AlignedBytes::copy_from(rest))), base)
         }
     };
     let mut p = ChunkParser { r, data, data_base };
@@ -675,7 +676,13 @@ pub fn read_chunk(id: ChunkId, r: &mut ByteReader<'_>, map: Option<&FileBytes>) 
         (_, Some((min_n, max_n, buckets, _, _))) => FstExtra::Buckets { min_n, max_n, buckets },
         _ => FstExtra::None,
     };
-    if map.is_none() {
+    // A memory map is trusted cheaply (bounds are checked at use); anything read into
+    // memory is verified in full, since it costs little next to reading it.
+    #[cfg(feature = "mmap")]
+    let verify = !matches!(map, Some(FileBytes::Mapped(_)));
+    #[cfg(not(feature = "mmap"))]
+    let verify = true;
+    if verify {
         words.verify()?;
         if let FstExtra::Explicit { ngrams, .. } = &extra {
             ngrams.verify()?;
