@@ -1,0 +1,689 @@
+//! Similarity and analogy queries: the nearest words to a word, a vector or a batch of
+//! vectors, over dense (owned or memory-mapped) and product-quantized storage.
+//!
+//! Candidates are the word rows `0..n_words` only (never n-gram rows); the score is the
+//! dot product with the query; ties go to the word that sorts first (byte order of the
+//! UTF-8 string, the same as Python's `str` order).
+//!
+//! * Dense storage is scored in place (no copy of the matrix) by a register-tiled dot
+//!   product kernel (`3 rows x 4 queries` for batches, `4 rows x 1 query` for one query),
+//!   in row blocks processed in parallel with rayon. Every thread keeps a bounded top-k
+//!   heap per query, merged at the end, so no score vector is ever materialized.
+//!   Each single dot product is computed with the same operations in the same order
+//!   whatever the tile, so batch and single queries give bit-identical scores.
+//!   On x86-64 the kernel is compiled twice and picked at run time: AVX2 + FMA where the
+//!   CPU has them, the SSE2 baseline otherwise.
+//! * Quantized storage is scored against the codes (asymmetric distance): per query, a
+//!   lookup table holds the dot product of each query block with each centroid (with a
+//!   projection P the query is projected once, `q·P`, since a rebuilt row is `c·Pᵀ`), and a
+//!   row's score is the sum of its table entries times the row's norm. The matrix is
+//!   never rebuilt.
+
+use rayon::prelude::*;
+
+use crate::embeddings::{l2_normalize, Embeddings};
+use crate::error::{Error, Result};
+use crate::storage::{QuantizedStorage, Storage};
+use crate::vocab::WordList;
+
+/// One answer of a query: a word row and its score.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Neighbor {
+    /// The word's row (index in the vocabulary).
+    pub index: usize,
+    /// Dot product of the (normalized) query with the word's row.
+    pub score: f32,
+}
+
+/// Queries per chunk of a dense batch: bounds the heaps kept per thread.
+const DENSE_QUERY_CHUNK: usize = 2048;
+/// Bytes of lookup tables per chunk of a quantized batch.
+const TABLE_BUDGET: usize = 8 << 20;
+/// Below this many multiply-adds a query runs on the calling thread.
+const PARALLEL_WORK: usize = 1 << 18;
+
+impl Embeddings {
+    /// The `k` words nearest to `word`, best first, skipping `word` itself and the rows
+    /// in `skip`. A known word's query is its stored row as is; an unknown word with
+    /// n-grams is a query through its (normalized) n-gram embedding.
+    /// Errors with [`Error::UnknownWord`] when `word` has no embedding.
+    pub fn similar_to_word(&self, word: &str, k: usize, skip: &[usize]) -> Result<Vec<Neighbor>> {
+        let mut query = vec![0f32; self.dims()];
+        let mut scratch = Vec::new();
+        if self.embedding_into(word, &mut query, &mut scratch).is_none() {
+            return Err(Error::UnknownWord(word.to_string()));
+        }
+        let mut skip = skip.to_vec();
+        if let Some(i) = self.vocab.word_index(word) {
+            skip.push(i);
+        }
+        Ok(self.search_normalized(&query, 1, k, &skip).pop().unwrap_or_default())
+    }
+
+    /// The `k` words nearest to the vector `query` (normalized first; a zero vector stays
+    /// zero and scores 0 everywhere), best first, skipping the rows in `skip`.
+    pub fn similar_to_vector(&self, query: &[f32], k: usize, skip: &[usize]) -> Result<Vec<Neighbor>> {
+        if query.len() != self.dims() {
+            return Err(Error::argument(format!(
+                "query vector has {} values, but the embeddings have {} dimensions",
+                query.len(),
+                self.dims()
+            )));
+        }
+        check_queries(query, self.dims(), "query vector")?;
+        let mut q = query.to_vec();
+        l2_normalize(&mut q);
+        Ok(self.search_normalized(&q, 1, k, skip).pop().unwrap_or_default())
+    }
+
+    /// Number of answers per query of [`Embeddings::similar_batch_into`]: `min(k, words)`.
+    pub fn batch_width(&self, k: usize) -> usize {
+        k.min(self.len())
+    }
+
+    /// The nearest words to each of the `nq` rows of `queries` (`nq x dims`, row-major;
+    /// each row is normalized). Writes `nq x w` word rows and scores, best first, where
+    /// `w = self.batch_width(k)`. Candidates scoring NaN are never returned; places left
+    /// over (only then) hold index -1 and score NaN.
+    /// Gives exactly what [`Embeddings::similar_to_vector`] gives for each row.
+    pub fn similar_batch_into(
+        &self,
+        queries: &[f32],
+        nq: usize,
+        k: usize,
+        indices: &mut [i64],
+        scores: &mut [f32],
+    ) -> Result<()> {
+        let d = self.dims();
+        if Some(queries.len()) != nq.checked_mul(d) {
+            return Err(Error::argument(format!(
+                "query matrix has {} values, expected {nq} x {d}",
+                queries.len()
+            )));
+        }
+        check_queries(queries, d, "query matrix")?;
+        let w = self.batch_width(k);
+        if indices.len() != nq * w || scores.len() != nq * w {
+            return Err(Error::argument(format!(
+                "output buffers hold {} and {} entries, expected {nq} queries x {w}",
+                indices.len(),
+                scores.len(),
+            )));
+        }
+        if w == 0 || nq == 0 {
+            return Ok(());
+        }
+        let chunk = match &self.storage {
+            Storage::Array(_) => DENSE_QUERY_CHUNK,
+            Storage::Quantized(q) => (TABLE_BUDGET / (4 * q.n_subquantizers() * q.n_centroids())).max(1),
+        };
+        let mut normalized = vec![0f32; chunk.min(nq) * d];
+        let mut first = 0;
+        while first < nq {
+            let count = chunk.min(nq - first);
+            let buf = &mut normalized[..count * d];
+            buf.copy_from_slice(&queries[first * d..(first + count) * d]);
+            if d > 0 {
+                for row in buf.chunks_exact_mut(d) {
+                    l2_normalize(row);
+                }
+            }
+            let answers = self.search_normalized(buf, count, w, &[]);
+            for (j, answer) in answers.into_iter().enumerate() {
+                let at = (first + j) * w;
+                let (idx, sc) = (&mut indices[at..at + w], &mut scores[at..at + w]);
+                idx.fill(-1);
+                sc.fill(f32::NAN);
+                for (p, nb) in answer.into_iter().enumerate() {
+                    idx[p] = nb.index as i64;
+                    sc[p] = nb.score;
+                }
+            }
+            first += count;
+        }
+        Ok(())
+    }
+
+    /// Analogy: the `k` words nearest to `normalize(e(b) - e(a) + e(c))`, best first.
+    /// `mask[i]` true skips the i-th query word from the answers (when it is a known word).
+    /// Errors with [`Error::UnknownWord`] naming every argument without an embedding.
+    pub fn analogy(&self, a: &str, b: &str, c: &str, k: usize, mask: [bool; 3]) -> Result<Vec<Neighbor>> {
+        let d = self.dims();
+        let mut query = vec![0f32; d];
+        let mut buf = vec![0f32; d];
+        let mut scratch = Vec::new();
+        let mut missing = Vec::new();
+        for (name, word, sign) in [("a", a, -1f32), ("b", b, 1.0), ("c", c, 1.0)] {
+            if self.embedding_into(word, &mut buf, &mut scratch).is_none() {
+                missing.push(format!("{name} ({word:?})"));
+                continue;
+            }
+            for (q, v) in query.iter_mut().zip(&buf) {
+                *q += sign * v;
+            }
+        }
+        if !missing.is_empty() {
+            let (noun, verb) = if missing.len() == 1 { ("word", "has") } else { ("words", "have") };
+            return Err(Error::UnknownWord(format!("analogy {noun} {} {verb} no embedding", missing.join(", "))));
+        }
+        check_queries(&query, d, "analogy query")?;
+        l2_normalize(&mut query);
+        let skip: Vec<usize> = [a, b, c]
+            .iter()
+            .zip(mask)
+            .filter(|(_, m)| *m)
+            .filter_map(|(w, _)| self.vocab.word_index(w))
+            .collect();
+        Ok(self.search_normalized(&query, 1, k, &skip).pop().unwrap_or_default())
+    }
+
+    /// Top-k of each of the `nq` queries (already normalized, `nq x dims`) over the word
+    /// rows, skipping the rows in `skip`; the answers of each query, best first.
+    fn search_normalized(&self, queries: &[f32], nq: usize, k: usize, skip: &[usize]) -> Vec<Vec<Neighbor>> {
+        let Some(words) = self.vocab.words() else {
+            return vec![Vec::new(); nq];
+        };
+        let n = words.len();
+        let k = k.min(n);
+        if k == 0 || nq == 0 {
+            return vec![Vec::new(); nq];
+        }
+        let mut skip = skip.to_vec();
+        skip.sort_unstable();
+        skip.dedup();
+        let skip = &skip[..];
+        let new_tops = || (0..nq).map(|_| TopK::new(k, words, skip)).collect::<Vec<_>>();
+        let d = self.dims();
+        let tops = match &self.storage {
+            Storage::Array(a) => {
+                let mat = &a.as_slice()[..n * d];
+                let isa = kernel::Isa::detect();
+                let scan = |tops: &mut [TopK<'_>], start: usize, end: usize| {
+                    kernel::scan_dense(isa, mat, d, start, end, queries, tops);
+                };
+                let work = n.saturating_mul(d).saturating_mul(nq);
+                run_blocks(n, work, dense_block_rows(d, nq), new_tops, scan)
+            }
+            Storage::Quantized(q) => {
+                let tables = lookup_tables(q, queries, nq);
+                let scan = |tops: &mut [TopK<'_>], start: usize, end: usize| {
+                    scan_quantized(q, start, end, &tables, tops);
+                };
+                let work = n.saturating_mul(q.n_subquantizers()).saturating_mul(nq);
+                run_blocks(n, work, 8192, new_tops, scan)
+            }
+        };
+        tops.into_iter().map(TopK::into_sorted).collect()
+    }
+}
+
+/// Reject queries of the wrong size or holding NaN / infinity.
+fn check_queries(q: &[f32], d: usize, what: &str) -> Result<()> {
+    if d == 0 {
+        if !q.is_empty() {
+            return Err(Error::argument(format!("{what} has {} values, but the embeddings have 0 dimensions", q.len())));
+        }
+        return Ok(());
+    }
+    if q.len() % d != 0 {
+        return Err(Error::argument(format!("{what} has {} values, expected a multiple of {d} dimensions", q.len())));
+    }
+    if let Some(pos) = q.iter().position(|x| !x.is_finite()) {
+        let (row, col) = (pos / d, pos % d);
+        let kind = if q[pos].is_nan() { "NaN" } else { "infinity" };
+        return Err(Error::argument(format!("{what} contains {kind} (row {row}, column {col})")));
+    }
+    Ok(())
+}
+
+/// Rows per parallel task of a dense scan (a few MB of matrix per task).
+fn dense_block_rows(d: usize, nq: usize) -> usize {
+    let bytes_per_row = (4 * d).max(4);
+    let target = if nq == 1 { 4 << 20 } else { 1 << 20 };
+    (target / bytes_per_row).max(64)
+}
+
+/// Scan word rows `0..n` in blocks of `block` rows: in parallel when the work is large
+/// (one set of heaps per rayon fold, merged), else on the calling thread.
+fn run_blocks<'a, N, F>(n: usize, work: usize, block: usize, new_tops: N, scan: F) -> Vec<TopK<'a>>
+where
+    N: Fn() -> Vec<TopK<'a>> + Sync + Send,
+    F: Fn(&mut [TopK<'a>], usize, usize) + Sync + Send,
+{
+    let threads = rayon::current_num_threads();
+    if work < PARALLEL_WORK || threads <= 1 || n <= block {
+        let mut tops = new_tops();
+        scan(&mut tops, 0, n);
+        return tops;
+    }
+    let n_blocks = n.div_ceil(block);
+    let min_len = (n_blocks / (threads * 4)).max(1);
+    (0..n_blocks)
+        .into_par_iter()
+        .with_min_len(min_len)
+        .fold(&new_tops, |mut tops, b| {
+            scan(&mut tops, b * block, ((b + 1) * block).min(n));
+            tops
+        })
+        .reduce(&new_tops, |mut a, b| {
+            for (x, y) in a.iter_mut().zip(b) {
+                x.merge(y);
+            }
+            a
+        })
+}
+
+/// A bounded top-k: a binary heap whose root is the worst kept answer.
+pub(crate) struct TopK<'a> {
+    k: usize,
+    heap: Vec<(f32, u32)>,
+    /// The root's score once full; -inf before. A candidate below it is rejected at once.
+    threshold: f32,
+    /// The words, to break ties.
+    words: &'a WordList,
+    /// Sorted rows that are never answers.
+    skip: &'a [usize],
+}
+
+impl<'a> TopK<'a> {
+    fn new(k: usize, words: &'a WordList, skip: &'a [usize]) -> Self {
+        TopK {
+            k,
+            heap: Vec::new(),
+            threshold: f32::NEG_INFINITY,
+            words,
+            skip,
+        }
+    }
+
+    /// Offer row `i` with `score`. NaN never enters.
+    #[inline(always)]
+    pub(crate) fn offer(&mut self, i: usize, score: f32) {
+        // `!(>=)` also rejects NaN.
+        if !(score >= self.threshold) {
+            return;
+        }
+        self.offer_slow(i as u32, score);
+    }
+
+    #[inline(never)]
+    fn offer_slow(&mut self, i: u32, score: f32) {
+        if self.k == 0 || self.skip.binary_search(&(i as usize)).is_ok() {
+            return;
+        }
+        if self.heap.len() < self.k {
+            self.heap.push((score, i));
+            self.sift_up(self.heap.len() - 1);
+            if self.heap.len() == self.k {
+                self.threshold = self.heap[0].0;
+            }
+            return;
+        }
+        if !self.worse(self.heap[0], (score, i)) {
+            return;
+        }
+        self.heap[0] = (score, i);
+        self.sift_down(0);
+        self.threshold = self.heap[0].0;
+    }
+
+    /// True if answer `a` is worse than `b`: a lower score, or the same score and a
+    /// word that sorts later.
+    #[inline]
+    fn worse(&self, a: (f32, u32), b: (f32, u32)) -> bool {
+        if a.0 != b.0 {
+            return a.0 < b.0;
+        }
+        let wa = self.words.get(a.1 as usize).unwrap_or_default();
+        let wb = self.words.get(b.1 as usize).unwrap_or_default();
+        wa > wb || (wa == wb && a.1 > b.1)
+    }
+
+    fn sift_up(&mut self, mut pos: usize) {
+        while pos > 0 {
+            let parent = (pos - 1) / 2;
+            if self.worse(self.heap[pos], self.heap[parent]) {
+                self.heap.swap(pos, parent);
+                pos = parent;
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn sift_down(&mut self, mut pos: usize) {
+        let len = self.heap.len();
+        loop {
+            let (l, r) = (2 * pos + 1, 2 * pos + 2);
+            let mut worst = pos;
+            if l < len && self.worse(self.heap[l], self.heap[worst]) {
+                worst = l;
+            }
+            if r < len && self.worse(self.heap[r], self.heap[worst]) {
+                worst = r;
+            }
+            if worst == pos {
+                break;
+            }
+            self.heap.swap(pos, worst);
+            pos = worst;
+        }
+    }
+
+    /// Merge the answers of `other` (the same query over other rows) into `self`.
+    fn merge(&mut self, other: TopK<'a>) {
+        if self.heap.is_empty() {
+            self.heap = other.heap;
+            self.threshold = other.threshold;
+            return;
+        }
+        for (s, i) in other.heap {
+            self.offer(i as usize, s);
+        }
+    }
+
+    /// The answers, best first.
+    fn into_sorted(self) -> Vec<Neighbor> {
+        let mut v = self.heap.clone();
+        v.sort_unstable_by(|&a, &b| {
+            if self.worse(a, b) {
+                std::cmp::Ordering::Greater
+            } else if self.worse(b, a) {
+                std::cmp::Ordering::Less
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        });
+        v.into_iter()
+            .map(|(score, i)| Neighbor {
+                index: i as usize,
+                score,
+            })
+            .collect()
+    }
+}
+
+/// Per query, the dot product of each query block with each centroid: `nq x m x k`.
+/// With a projection P the query is projected once (`q·P`): a rebuilt row is `c·Pᵀ`
+/// (times its norm), so `q·x = (q·P)·c`.
+fn lookup_tables(q: &QuantizedStorage, queries: &[f32], nq: usize) -> Vec<f32> {
+    let (d, m, kc) = (q.dims(), q.n_subquantizers(), q.n_centroids());
+    let ds = d / m;
+    let cent = q.centroids();
+    let per = m * kc;
+    let mut tables = vec![0f32; nq * per];
+    let fill = |(table, query): (&mut [f32], &[f32])| {
+        let mut projected = Vec::new();
+        let qp: &[f32] = match q.projection() {
+            Some(p) => {
+                projected.resize(d, 0f32);
+                for (j, &qj) in query.iter().enumerate() {
+                    for (o, &pv) in projected.iter_mut().zip(&p[j * d..(j + 1) * d]) {
+                        *o += qj * pv;
+                    }
+                }
+                &projected
+            }
+            None => query,
+        };
+        for s in 0..m {
+            let qb = &qp[s * ds..(s + 1) * ds];
+            for c in 0..kc {
+                let cb = &cent[(s * kc + c) * ds..(s * kc + c + 1) * ds];
+                table[s * kc + c] = qb.iter().zip(cb).map(|(a, b)| a * b).sum();
+            }
+        }
+    };
+    if nq * per * ds >= PARALLEL_WORK {
+        tables.par_chunks_mut(per).zip(queries.par_chunks_exact(d)).for_each(fill);
+    } else {
+        tables.chunks_mut(per).zip(queries.chunks_exact(d)).for_each(fill);
+    }
+    tables
+}
+
+/// Score quantized rows `start..end` against every query through its lookup table.
+fn scan_quantized(q: &QuantizedStorage, start: usize, end: usize, tables: &[f32], tops: &mut [TopK<'_>]) {
+    const INNER: usize = 2048;
+    let (m, kc) = (q.n_subquantizers(), q.n_centroids());
+    let per = m * kc;
+    let codes = q.codes();
+    let norms = q.norms();
+    let mut s0 = start;
+    while s0 < end {
+        let s1 = (s0 + INNER).min(end);
+        let block = &codes[s0 * m..s1 * m];
+        for (qi, top) in tops.iter_mut().enumerate() {
+            let table = &tables[qi * per..(qi + 1) * per];
+            for (r, code) in block.chunks_exact(m).enumerate() {
+                let row = s0 + r;
+                // Four partial sums for instruction-level parallelism, in a fixed order.
+                let mut acc = [0f32; 4];
+                let mut sub = 0;
+                for quad in code.chunks_exact(4) {
+                    for (j, &c) in quad.iter().enumerate() {
+                        acc[j] += table[(sub + j) * kc + usize::from(c)];
+                    }
+                    sub += 4;
+                }
+                for (j, &c) in code[sub..].iter().enumerate() {
+                    acc[j] += table[(sub + j) * kc + usize::from(c)];
+                }
+                let mut score = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+                if let Some(n) = norms {
+                    score *= n[row];
+                }
+                top.offer(row, score);
+            }
+        }
+        s0 = s1;
+    }
+}
+
+/// The dense dot-product kernel, compiled for the baseline and (on x86-64) for AVX2+FMA.
+mod kernel {
+    use super::TopK;
+
+    /// Lanes of one accumulator: each dot product keeps 8 partial sums (lane `l` sums the
+    /// products of dimensions `l, l+8, l+16, ...`), added up in a fixed order at the end.
+    const LANES: usize = 8;
+
+    /// Instruction set chosen at run time.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(crate) enum Isa {
+        Baseline,
+        #[cfg(target_arch = "x86_64")]
+        Avx2Fma,
+    }
+
+    impl Isa {
+        pub(crate) fn detect() -> Isa {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    return Isa::Avx2Fma;
+                }
+            }
+            Isa::Baseline
+        }
+    }
+
+    /// How a product is added to an accumulator.
+    trait Madd {
+        fn madd(a: f32, b: f32, acc: f32) -> f32;
+    }
+
+    /// One rounding (`fma`): only where the CPU has it (else it would be a libm call).
+    struct Fused;
+    impl Madd for Fused {
+        #[inline(always)]
+        fn madd(a: f32, b: f32, acc: f32) -> f32 {
+            a.mul_add(b, acc)
+        }
+    }
+
+    /// Multiply, then add.
+    #[allow(dead_code)]
+    struct Separate;
+    impl Madd for Separate {
+        #[inline(always)]
+        fn madd(a: f32, b: f32, acc: f32) -> f32 {
+            a * b + acc
+        }
+    }
+
+    /// aarch64 always has a fused multiply-add.
+    #[cfg(target_arch = "aarch64")]
+    type Native = Fused;
+    #[cfg(not(target_arch = "aarch64"))]
+    type Native = Separate;
+
+    #[inline(always)]
+    fn hsum(a: [f32; LANES]) -> f32 {
+        ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
+    }
+
+    /// Dot products of `R` rows with `Q` queries (every slice `d` long): `out[r][q]`.
+    /// Each product is computed by the same operations whatever `R` and `Q` are.
+    #[inline(always)]
+    fn tile<M: Madd, const R: usize, const Q: usize>(rows: [&[f32]; R], qs: [&[f32]; Q], d: usize) -> [[f32; Q]; R] {
+        let n = d / LANES;
+        let rc: [&[[f32; LANES]]; R] = std::array::from_fn(|r| &rows[r].as_chunks::<LANES>().0[..n]);
+        let qc: [&[[f32; LANES]]; Q] = std::array::from_fn(|q| &qs[q].as_chunks::<LANES>().0[..n]);
+        let mut acc = [[[0f32; LANES]; Q]; R];
+        for c in 0..n {
+            let rv: [[f32; LANES]; R] = std::array::from_fn(|r| rc[r][c]);
+            for q in 0..Q {
+                let qv = qc[q][c];
+                for r in 0..R {
+                    for l in 0..LANES {
+                        acc[r][q][l] = M::madd(rv[r][l], qv[l], acc[r][q][l]);
+                    }
+                }
+            }
+        }
+        let t = n * LANES;
+        for l in 0..d - t {
+            for q in 0..Q {
+                for r in 0..R {
+                    acc[r][q][l] = M::madd(rows[r][t + l], qs[q][t + l], acc[r][q][l]);
+                }
+            }
+        }
+        std::array::from_fn(|r| std::array::from_fn(|q| hsum(acc[r][q])))
+    }
+
+    /// Row-block size (rows of the matrix kept in cache while every query of a batch
+    /// passes over them): about 128 KiB, a multiple of 3.
+    fn inner_rows(d: usize) -> usize {
+        ((32 * 1024 / d.max(1)) / 3 * 3).max(3)
+    }
+
+    #[inline(always)]
+    fn scan<M: Madd>(mat: &[f32], d: usize, start: usize, end: usize, queries: &[f32], tops: &mut [TopK<'_>]) {
+        let row = |i: usize| &mat[i * d..(i + 1) * d];
+        let nq = tops.len();
+        if nq == 1 {
+            let q = &queries[..d];
+            let top = &mut tops[0];
+            let mut i = start;
+            while i + 4 <= end {
+                let s = tile::<M, 4, 1>([row(i), row(i + 1), row(i + 2), row(i + 3)], [q], d);
+                for (r, sr) in s.iter().enumerate() {
+                    top.offer(i + r, sr[0]);
+                }
+                i += 4;
+            }
+            while i < end {
+                top.offer(i, tile::<M, 1, 1>([row(i)], [q], d)[0][0]);
+                i += 1;
+            }
+            return;
+        }
+        let query = |j: usize| &queries[j * d..(j + 1) * d];
+        let block = inner_rows(d);
+        let mut b0 = start;
+        while b0 < end {
+            let b1 = (b0 + block).min(end);
+            let mut j = 0;
+            while j + 4 <= nq {
+                let qs = [query(j), query(j + 1), query(j + 2), query(j + 3)];
+                let mut i = b0;
+                while i + 3 <= b1 {
+                    let s = tile::<M, 3, 4>([row(i), row(i + 1), row(i + 2)], qs, d);
+                    for (r, sr) in s.iter().enumerate() {
+                        for (q, &v) in sr.iter().enumerate() {
+                            tops[j + q].offer(i + r, v);
+                        }
+                    }
+                    i += 3;
+                }
+                while i < b1 {
+                    let s = tile::<M, 1, 4>([row(i)], qs, d);
+                    for (q, &v) in s[0].iter().enumerate() {
+                        tops[j + q].offer(i, v);
+                    }
+                    i += 1;
+                }
+                j += 4;
+            }
+            while j < nq {
+                let q = query(j);
+                let mut i = b0;
+                while i + 4 <= b1 {
+                    let s = tile::<M, 4, 1>([row(i), row(i + 1), row(i + 2), row(i + 3)], [q], d);
+                    for (r, sr) in s.iter().enumerate() {
+                        tops[j].offer(i + r, sr[0]);
+                    }
+                    i += 4;
+                }
+                while i < b1 {
+                    tops[j].offer(i, tile::<M, 1, 1>([row(i)], [q], d)[0][0]);
+                    i += 1;
+                }
+                j += 1;
+            }
+            b0 = b1;
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn scan_avx2_fma(mat: &[f32], d: usize, start: usize, end: usize, queries: &[f32], tops: &mut [TopK<'_>]) {
+        scan::<Fused>(mat, d, start, end, queries, tops);
+    }
+
+    fn scan_baseline(mat: &[f32], d: usize, start: usize, end: usize, queries: &[f32], tops: &mut [TopK<'_>]) {
+        scan::<Native>(mat, d, start, end, queries, tops);
+    }
+
+    /// Score rows `start..end` of `mat` (row-major, `d` columns) against every query
+    /// (`tops.len() x d`, row-major) and offer each score to the query's top-k.
+    pub(crate) fn scan_dense(
+        isa: Isa,
+        mat: &[f32],
+        d: usize,
+        start: usize,
+        end: usize,
+        queries: &[f32],
+        tops: &mut [TopK<'_>],
+    ) {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx2Fma` is only produced by `Isa::detect` after the CPU was
+            // found to support AVX2 and FMA.
+            Isa::Avx2Fma => unsafe { scan_avx2_fma(mat, d, start, end, queries, tops) },
+            Isa::Baseline => scan_baseline(mat, d, start, end, queries, tops),
+        }
+    }
+
+    /// Every available variant (for tests).
+    #[cfg(test)]
+    pub(crate) fn available() -> Vec<Isa> {
+        let mut v = vec![Isa::Baseline];
+        if Isa::detect() != Isa::Baseline {
+            v.push(Isa::detect());
+        }
+        v
+    }
+}
