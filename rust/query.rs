@@ -687,3 +687,219 @@ mod kernel {
         v
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{ArrayStorage, U8Data};
+    use crate::vocab::Vocab;
+    use std::sync::Arc;
+
+    /// A small deterministic generator (xorshift64*), values in [-1, 1).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f32 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+        fn vec(&mut self, n: usize) -> Vec<f32> {
+            (0..n).map(|_| self.next()).collect()
+        }
+    }
+
+    fn words(n: usize) -> Vocab {
+        let w: Vec<String> = (0..n).map(|i| format!("w{i:06}")).collect();
+        Vocab::Simple(WordList::new(w.iter().map(String::as_str)).unwrap())
+    }
+
+    fn dense(n: usize, d: usize, seed: u64) -> Embeddings {
+        let m = Rng(seed).vec(n * d);
+        Embeddings::new(None, words(n), Storage::Array(ArrayStorage::new(m, n, d).unwrap()), None).unwrap()
+    }
+
+    /// Reference: f64 dot products with every row, best first, ties to the lower word.
+    fn reference(rows: &[Vec<f32>], q: &[f32], k: usize, skip: &[usize]) -> Vec<(usize, f64)> {
+        let mut s: Vec<(usize, f64)> = rows
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !skip.contains(i))
+            .map(|(i, r)| (i, r.iter().zip(q).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum()))
+            .collect();
+        s.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        s.truncate(k);
+        s
+    }
+
+    fn rows_of(emb: &Embeddings) -> Vec<Vec<f32>> {
+        let d = emb.dims();
+        (0..emb.len())
+            .map(|i| {
+                let mut v = vec![0f32; d];
+                emb.storage.row_into(i, &mut v);
+                v
+            })
+            .collect()
+    }
+
+    fn unit(v: &[f32]) -> Vec<f32> {
+        let mut v = v.to_vec();
+        l2_normalize(&mut v);
+        v
+    }
+
+    fn check(got: &[Neighbor], want: &[(usize, f64)], tol: f64) {
+        assert_eq!(got.len(), want.len());
+        if let Some(p) = got.iter().zip(want).position(|(g, w)| g.index != w.0) {
+            panic!("answer {p}: row {} ({}), expected row {} ({})", got[p].index, got[p].score, want[p].0, want[p].1);
+        }
+        for (g, w) in got.iter().zip(want) {
+            assert!((f64::from(g.score) - w.1).abs() <= tol, "{} vs {}", g.score, w.1);
+        }
+    }
+
+    #[test]
+    fn dense_matches_reference_for_many_shapes() {
+        for (n, d) in [(1, 1), (5, 3), (17, 8), (100, 19), (3000, 64), (20_000, 37)] {
+            let emb = dense(n, d, 42 + n as u64);
+            let rows = rows_of(&emb);
+            let mut rng = Rng(9);
+            // every word only for small n, where f32 and f64 orders cannot disagree
+            let ks = if n <= 100 { vec![1, 3, 10, n + 2] } else { vec![1, 3, 10] };
+            for k in ks {
+                let q = rng.vec(d);
+                check(&emb.similar_to_vector(&q, k, &[]).unwrap(), &reference(&rows, &unit(&q), k, &[]), 1e-5);
+                let w = emb.vocab.word(n / 2).unwrap().to_string();
+                check(&emb.similar_to_word(&w, k, &[]).unwrap(), &reference(&rows, &rows[n / 2], k, &[n / 2]), 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn batch_is_bit_identical_to_single() {
+        for (n, d, nq) in [(50, 5, 3), (2000, 24, 9), (30_000, 41, 6)] {
+            let emb = dense(n, d, 7);
+            let qs = Rng(11).vec(nq * d);
+            let w = emb.batch_width(12);
+            let (mut idx, mut sc) = (vec![0i64; nq * w], vec![0f32; nq * w]);
+            emb.similar_batch_into(&qs, nq, 12, &mut idx, &mut sc).unwrap();
+            for j in 0..nq {
+                let single = emb.similar_to_vector(&qs[j * d..(j + 1) * d], 12, &[]).unwrap();
+                assert_eq!(single.len(), w);
+                for (p, nb) in single.iter().enumerate() {
+                    assert_eq!(idx[j * w + p], nb.index as i64);
+                    assert_eq!(sc[j * w + p].to_bits(), nb.score.to_bits());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kernel_variants_agree() {
+        let (n, d) = (257, 45);
+        let emb = dense(n, d, 3);
+        let Storage::Array(a) = &emb.storage else { unreachable!() };
+        let Some(words) = emb.vocab.words() else { unreachable!() };
+        let qs = Rng(5).vec(6 * d);
+        let mut results = Vec::new();
+        for isa in kernel::available() {
+            let mut tops: Vec<TopK<'_>> = (0..6).map(|_| TopK::new(10, words, &[])).collect();
+            kernel::scan_dense(isa, a.as_slice(), d, 0, n, &qs, &mut tops);
+            results.push(tops.into_iter().map(TopK::into_sorted).collect::<Vec<_>>());
+        }
+        let rows = rows_of(&emb);
+        for r in &results {
+            for (j, answer) in r.iter().enumerate() {
+                check(answer, &reference(&rows, &qs[j * d..(j + 1) * d], 10, &[]), 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn quantized_with_projection_and_norms_matches_reconstruction() {
+        let (n, d, m, k) = (300, 12, 4, 16);
+        let mut rng = Rng(77);
+        let projection = rng.vec(d * d);
+        let centroids = rng.vec(m * k * (d / m));
+        let norms: Vec<f32> = (0..n).map(|_| 1.0 + rng.next().abs()).collect();
+        let codes: Vec<u8> = (0..n * m).map(|_| ((rng.next() + 1.0) * 8.0) as u8 % 16).collect();
+        for (proj, nrm) in [(true, true), (true, false), (false, true), (false, false)] {
+            let q = QuantizedStorage::new(
+                proj.then(|| projection.clone()),
+                centroids.clone(),
+                nrm.then(|| norms.clone()),
+                U8Data::Owned(Arc::new(codes.clone())),
+                n,
+                d,
+                m,
+                k,
+            )
+            .unwrap();
+            let emb = Embeddings::new(None, words(n), Storage::Quantized(q), None).unwrap();
+            let rows = rows_of(&emb);
+            let query = rng.vec(d);
+            check(&emb.similar_to_vector(&query, 10, &[]).unwrap(), &reference(&rows, &unit(&query), 10, &[]), 1e-4);
+            check(&emb.similar_to_word("w000007", 10, &[3]).unwrap(), &reference(&rows, &rows[7], 10, &[3, 7]), 1e-4);
+            let qs = rng.vec(5 * d);
+            let (mut idx, mut sc) = (vec![0i64; 50], vec![0f32; 50]);
+            emb.similar_batch_into(&qs, 5, 10, &mut idx, &mut sc).unwrap();
+            for j in 0..5 {
+                let single = emb.similar_to_vector(&qs[j * d..(j + 1) * d], 10, &[]).unwrap();
+                assert_eq!(single.iter().map(|s| s.index as i64).collect::<Vec<_>>(), idx[j * 10..(j + 1) * 10]);
+            }
+        }
+    }
+
+    #[test]
+    fn subword_rows_are_never_candidates() {
+        let (n_words, d) = (5, 4);
+        let w: Vec<String> = (0..n_words).map(|i| format!("word{i}")).collect();
+        let vocab = Vocab::Subword(crate::vocab::SubwordVocab {
+            words: WordList::new(w.iter().map(String::as_str)).unwrap(),
+            min_n: 3,
+            max_n: 6,
+            indexer: crate::vocab::Indexer::Bucket { exponent: 4 },
+        });
+        let mut m = Rng(1).vec((n_words + 16) * d);
+        // make the n-gram rows far better matches than any word row
+        for x in &mut m[n_words * d..] {
+            *x = 100.0;
+        }
+        let emb = Embeddings::new(None, vocab, Storage::Array(ArrayStorage::new(m, n_words + 16, d).unwrap()), None).unwrap();
+        let got = emb.similar_to_vector(&[1.0; 4], 100, &[]).unwrap();
+        assert_eq!(got.len(), n_words);
+        assert!(got.iter().all(|g| g.index < n_words));
+        // an unknown word is a query through its n-grams
+        assert_eq!(emb.similar_to_word("unknown", 3, &[]).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn errors_and_edges() {
+        let emb = dense(10, 3, 1);
+        assert!(matches!(emb.similar_to_word("nope", 3, &[]), Err(Error::UnknownWord(w)) if w == "nope"));
+        match emb.analogy("w000001", "x", "y", 3, [true; 3]) {
+            Err(Error::UnknownWord(msg)) => {
+                assert!(msg.contains("b (\"x\")") && msg.contains("c (\"y\")") && !msg.contains("w000001"), "{msg}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(emb.similar_to_vector(&[f32::NAN, 0.0, 0.0], 3, &[]), Err(Error::Argument(_))));
+        assert!(matches!(emb.similar_to_vector(&[1.0, 0.0], 3, &[]), Err(Error::Argument(_))));
+        assert!(emb.similar_to_vector(&[1.0, 0.0, 0.0], 0, &[]).unwrap().is_empty());
+        // a zero query: every score is 0, the words in sorted order
+        let zero = emb.similar_to_vector(&[0.0; 3], 4, &[]).unwrap();
+        assert_eq!(zero.iter().map(|n| n.index).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        assert!(zero.iter().all(|n| n.score == 0.0));
+        // skip and the analogy mask
+        let all = emb.similar_to_vector(&[1.0, 2.0, 3.0], 10, &[]).unwrap();
+        let skipped = emb.similar_to_vector(&[1.0, 2.0, 3.0], 10, &[all[0].index, 99]).unwrap();
+        assert_eq!(skipped.len(), 9);
+        assert_eq!(skipped[0], all[1]);
+        let masked = emb.analogy("w000001", "w000002", "w000003", 10, [false; 3]).unwrap();
+        assert_eq!(masked.len(), 10);
+        let unmasked = emb.analogy("w000001", "w000002", "w000003", 10, [true; 3]).unwrap();
+        assert_eq!(unmasked.len(), 7);
+    }
+}
