@@ -8,7 +8,7 @@ export CARGO_TERM_COLOR := never
 # Cargo profile of the extension: release (default, used by CI and benchmarks) or fastbuild.
 PROFILE ?= release
 
-.PHONY: all venv build demo test test-rust test-python bench clean
+.PHONY: all venv build demo test test-rust test-python bench bench-deps clean
 
 all: build
 
@@ -34,6 +34,10 @@ test-python: build
 	$(PY) -m pytest -q
 
 test: build test-rust test-python
+
+# Peers the benchmarks in benches/ compare against (gensim, ...).
+bench-deps: venv
+	$(PIP) install --quiet -r requirements-bench.txt
 
 clean:
 	rm -rf $(VENV) target

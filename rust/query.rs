@@ -298,6 +298,7 @@ impl<'a> TopK<'a> {
 
     /// Offer row `i` with `score`. NaN never enters.
     #[inline(always)]
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     pub(crate) fn offer(&mut self, i: usize, score: f32) {
         // `!(>=)` also rejects NaN.
         if !(score >= self.threshold) {
@@ -513,7 +514,9 @@ mod kernel {
         fn madd(a: f32, b: f32, acc: f32) -> f32;
     }
 
-    /// One rounding (`fma`): only where the CPU has it (else it would be a libm call).
+    /// One rounding (`fma`): only where the CPU has it (else it would be a libm call;
+    /// the tests use it so, as the reference of the AVX2 kernel).
+    #[cfg_attr(not(any(test, target_arch = "aarch64")), allow(dead_code))]
     struct Fused;
     impl Madd for Fused {
         #[inline(always)]
@@ -543,18 +546,47 @@ mod kernel {
         ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
     }
 
+    /// The `c`-th group of `LANES` values of `s` (`s.len() >= (c + 1) * LANES`).
+    #[inline(always)]
+    fn lanes(s: &[f32], c: usize) -> [f32; LANES] {
+        let mut v = [0f32; LANES];
+        v.copy_from_slice(&s[c * LANES..(c + 1) * LANES]);
+        v
+    }
+
+    /// The last `d % LANES` values of `s` (`d` long), zero-padded to `LANES`
+    /// (a constant-length loop, so that it compiles to a few moves, not a `memcpy`).
+    #[inline(always)]
+    fn tail(s: &[f32], d: usize) -> [f32; LANES] {
+        let t = d - d % LANES;
+        let mut v = [0f32; LANES];
+        for (l, x) in v.iter_mut().enumerate() {
+            if t + l < d {
+                *x = s[t + l];
+            }
+        }
+        v
+    }
+
     /// Dot products of `R` rows with `Q` queries (every slice `d` long): `out[r][q]`.
-    /// Each product is computed by the same operations whatever `R` and `Q` are.
+    /// Each product is computed by the same operations whatever `R` and `Q` are: lane `l`
+    /// accumulates dimensions `l, l + LANES, ...` (the tail zero-padded, which leaves the
+    /// sums unchanged), then the lanes are added in a fixed order.
     #[inline(always)]
     fn tile<M: Madd, const R: usize, const Q: usize>(rows: [&[f32]; R], qs: [&[f32]; Q], d: usize) -> [[f32; Q]; R] {
         let n = d / LANES;
-        let rc: [&[[f32; LANES]]; R] = std::array::from_fn(|r| &rows[r].as_chunks::<LANES>().0[..n]);
-        let qc: [&[[f32; LANES]]; Q] = std::array::from_fn(|q| &qs[q].as_chunks::<LANES>().0[..n]);
+        let rows: [&[f32]; R] = std::array::from_fn(|r| &rows[r][..d]);
+        let qs: [&[f32]; Q] = std::array::from_fn(|q| &qs[q][..d]);
         let mut acc = [[[0f32; LANES]; Q]; R];
-        for c in 0..n {
-            let rv: [[f32; LANES]; R] = std::array::from_fn(|r| rc[r][c]);
+        #[inline(always)]
+        fn step<M: Madd, const R: usize, const Q: usize>(
+            acc: &mut [[[f32; LANES]; Q]; R],
+            rv: &[[f32; LANES]; R],
+            qs: &[&[f32]; Q],
+            load: impl Fn(&[f32]) -> [f32; LANES],
+        ) {
             for q in 0..Q {
-                let qv = qc[q][c];
+                let qv = load(qs[q]);
                 for r in 0..R {
                     for l in 0..LANES {
                         acc[r][q][l] = M::madd(rv[r][l], qv[l], acc[r][q][l]);
@@ -562,15 +594,108 @@ mod kernel {
                 }
             }
         }
-        let t = n * LANES;
-        for l in 0..d - t {
+        for c in 0..n {
+            let mut rv = [[0f32; LANES]; R];
+            for r in 0..R {
+                rv[r] = lanes(rows[r], c);
+            }
+            step::<M, R, Q>(&mut acc, &rv, &qs, |s| lanes(s, c));
+        }
+        if d % LANES != 0 {
+            let mut rv = [[0f32; LANES]; R];
+            for r in 0..R {
+                rv[r] = tail(rows[r], d);
+            }
+            step::<M, R, Q>(&mut acc, &rv, &qs, |s| tail(s, d));
+        }
+        let mut out = [[0f32; Q]; R];
+        for r in 0..R {
             for q in 0..Q {
-                for r in 0..R {
-                    acc[r][q][l] = M::madd(rows[r][t + l], qs[q][t + l], acc[r][q][l]);
-                }
+                out[r][q] = hsum(acc[r][q]);
             }
         }
-        std::array::from_fn(|r| std::array::from_fn(|q| hsum(acc[r][q])))
+        out
+    }
+
+    /// A way of computing a tile of dot products (see [`tile`] for the contract).
+    trait Tiles {
+        fn tile<const R: usize, const Q: usize>(rows: [&[f32]; R], qs: [&[f32]; Q], d: usize) -> [[f32; Q]; R];
+    }
+
+    /// The portable kernel (vectorized by the compiler as it can).
+    struct Portable<M>(std::marker::PhantomData<M>);
+    impl<M: Madd> Tiles for Portable<M> {
+        #[inline(always)]
+        fn tile<const R: usize, const Q: usize>(rows: [&[f32]; R], qs: [&[f32]; Q], d: usize) -> [[f32; Q]; R] {
+            tile::<M, R, Q>(rows, qs, d)
+        }
+    }
+
+    /// The same computation as `Portable<Fused>`, written with AVX2/FMA intrinsics so
+    /// that the accumulators surely live in registers. Bit-identical to `Portable<Fused>`:
+    /// lane `l` of each accumulator takes the same fused multiply-adds in the same order,
+    /// and the lanes are added in the same order as [`hsum`].
+    #[cfg(target_arch = "x86_64")]
+    struct Avx2Fma;
+
+    #[cfg(target_arch = "x86_64")]
+    impl Tiles for Avx2Fma {
+        #[inline(always)]
+        fn tile<const R: usize, const Q: usize>(rows: [&[f32]; R], qs: [&[f32]; Q], d: usize) -> [[f32; Q]; R] {
+            use std::arch::x86_64::*;
+            // SAFETY: `Avx2Fma` is only used by `scan_avx2_fma`, which is only called
+            // after the CPU was found to support AVX2 and FMA; every load reads 8 floats
+            // from an 8-float array or from a slice checked to hold them.
+            unsafe {
+                #[inline(always)]
+                unsafe fn load(s: &[f32], c: usize) -> __m256 {
+                    let v = &s[c * LANES..(c + 1) * LANES];
+                    // SAFETY: `v` holds 8 floats.
+                    unsafe { _mm256_loadu_ps(v.as_ptr()) }
+                }
+                let n = d / LANES;
+                let rows: [&[f32]; R] = std::array::from_fn(|r| &rows[r][..d]);
+                let qs: [&[f32]; Q] = std::array::from_fn(|q| &qs[q][..d]);
+                let mut acc = [[_mm256_setzero_ps(); Q]; R];
+                for c in 0..n {
+                    let mut rv = [_mm256_setzero_ps(); R];
+                    for r in 0..R {
+                        rv[r] = load(rows[r], c);
+                    }
+                    for q in 0..Q {
+                        let qv = load(qs[q], c);
+                        for r in 0..R {
+                            acc[r][q] = _mm256_fmadd_ps(rv[r], qv, acc[r][q]);
+                        }
+                    }
+                }
+                if d % LANES != 0 {
+                    let mut rv = [_mm256_setzero_ps(); R];
+                    for r in 0..R {
+                        rv[r] = load(&tail(rows[r], d), 0);
+                    }
+                    for q in 0..Q {
+                        let qv = load(&tail(qs[q], d), 0);
+                        for r in 0..R {
+                            acc[r][q] = _mm256_fmadd_ps(rv[r], qv, acc[r][q]);
+                        }
+                    }
+                }
+                let mut out = [[0f32; Q]; R];
+                for r in 0..R {
+                    for q in 0..Q {
+                        // [a0+a4, a1+a5, a2+a6, a3+a7]
+                        let b = _mm_add_ps(_mm256_castps256_ps128(acc[r][q]), _mm256_extractf128_ps::<1>(acc[r][q]));
+                        // [b0+b2, b1+b3, ..]
+                        let c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+                        // (b0+b2) + (b1+b3)
+                        let e = _mm_add_ss(c, _mm_shuffle_ps::<0b01>(c, c));
+                        out[r][q] = _mm_cvtss_f32(e);
+                    }
+                }
+                out
+            }
+        }
     }
 
     /// Row-block size (rows of the matrix kept in cache while every query of a batch
@@ -580,7 +705,7 @@ mod kernel {
     }
 
     #[inline(always)]
-    fn scan<M: Madd>(mat: &[f32], d: usize, start: usize, end: usize, queries: &[f32], tops: &mut [TopK<'_>]) {
+    fn scan<T: Tiles>(mat: &[f32], d: usize, start: usize, end: usize, queries: &[f32], tops: &mut [TopK<'_>]) {
         let row = |i: usize| &mat[i * d..(i + 1) * d];
         let nq = tops.len();
         if nq == 1 {
@@ -588,14 +713,14 @@ mod kernel {
             let top = &mut tops[0];
             let mut i = start;
             while i + 4 <= end {
-                let s = tile::<M, 4, 1>([row(i), row(i + 1), row(i + 2), row(i + 3)], [q], d);
+                let s = T::tile::<4, 1>([row(i), row(i + 1), row(i + 2), row(i + 3)], [q], d);
                 for (r, sr) in s.iter().enumerate() {
                     top.offer(i + r, sr[0]);
                 }
                 i += 4;
             }
             while i < end {
-                top.offer(i, tile::<M, 1, 1>([row(i)], [q], d)[0][0]);
+                top.offer(i, T::tile::<1, 1>([row(i)], [q], d)[0][0]);
                 i += 1;
             }
             return;
@@ -610,7 +735,7 @@ mod kernel {
                 let qs = [query(j), query(j + 1), query(j + 2), query(j + 3)];
                 let mut i = b0;
                 while i + 3 <= b1 {
-                    let s = tile::<M, 3, 4>([row(i), row(i + 1), row(i + 2)], qs, d);
+                    let s = T::tile::<3, 4>([row(i), row(i + 1), row(i + 2)], qs, d);
                     for (r, sr) in s.iter().enumerate() {
                         for (q, &v) in sr.iter().enumerate() {
                             tops[j + q].offer(i + r, v);
@@ -619,7 +744,7 @@ mod kernel {
                     i += 3;
                 }
                 while i < b1 {
-                    let s = tile::<M, 1, 4>([row(i)], qs, d);
+                    let s = T::tile::<1, 4>([row(i)], qs, d);
                     for (q, &v) in s[0].iter().enumerate() {
                         tops[j + q].offer(i, v);
                     }
@@ -631,14 +756,14 @@ mod kernel {
                 let q = query(j);
                 let mut i = b0;
                 while i + 4 <= b1 {
-                    let s = tile::<M, 4, 1>([row(i), row(i + 1), row(i + 2), row(i + 3)], [q], d);
+                    let s = T::tile::<4, 1>([row(i), row(i + 1), row(i + 2), row(i + 3)], [q], d);
                     for (r, sr) in s.iter().enumerate() {
                         tops[j].offer(i + r, sr[0]);
                     }
                     i += 4;
                 }
                 while i < b1 {
-                    tops[j].offer(i, tile::<M, 1, 1>([row(i)], [q], d)[0][0]);
+                    tops[j].offer(i, T::tile::<1, 1>([row(i)], [q], d)[0][0]);
                     i += 1;
                 }
                 j += 1;
@@ -647,14 +772,16 @@ mod kernel {
         }
     }
 
+    /// # Safety
+    /// Only call on a CPU with AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    fn scan_avx2_fma(mat: &[f32], d: usize, start: usize, end: usize, queries: &[f32], tops: &mut [TopK<'_>]) {
-        scan::<Fused>(mat, d, start, end, queries, tops);
+    unsafe fn scan_avx2_fma(mat: &[f32], d: usize, start: usize, end: usize, queries: &[f32], tops: &mut [TopK<'_>]) {
+        scan::<Avx2Fma>(mat, d, start, end, queries, tops);
     }
 
     fn scan_baseline(mat: &[f32], d: usize, start: usize, end: usize, queries: &[f32], tops: &mut [TopK<'_>]) {
-        scan::<Native>(mat, d, start, end, queries, tops);
+        scan::<Portable<Native>>(mat, d, start, end, queries, tops);
     }
 
     /// Score rows `start..end` of `mat` (row-major, `d` columns) against every query
@@ -675,6 +802,49 @@ mod kernel {
             Isa::Avx2Fma => unsafe { scan_avx2_fma(mat, d, start, end, queries, tops) },
             Isa::Baseline => scan_baseline(mat, d, start, end, queries, tops),
         }
+    }
+
+    /// The AVX2 kernel gives bit for bit what the portable kernel with fused
+    /// multiply-adds gives (here through libm's `fmaf`).
+    #[cfg(all(test, target_arch = "x86_64"))]
+    #[test]
+    fn avx2_kernel_is_bit_identical_to_portable_fused() {
+        if Isa::detect() != Isa::Avx2Fma {
+            return;
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        for d in [1usize, 7, 8, 9, 16, 45, 300] {
+            let rows: Vec<f32> = (0..5 * d).map(|_| next()).collect();
+            let qs: Vec<f32> = (0..4 * d).map(|_| next()).collect();
+            let r = |i: usize| &rows[i * d..(i + 1) * d];
+            let q = |j: usize| &qs[j * d..(j + 1) * d];
+            let reference = Portable::<Fused>::tile::<3, 4>([r(0), r(1), r(2)], [q(0), q(1), q(2), q(3)], d);
+            // SAFETY: AVX2 and FMA were detected above.
+            let got = unsafe { avx2_tile_3x4([r(0), r(1), r(2)], [q(0), q(1), q(2), q(3)], d) };
+            for (a, b) in reference.iter().flatten().zip(got.iter().flatten()) {
+                assert_eq!(a.to_bits(), b.to_bits(), "d = {d}: {a} vs {b}");
+            }
+            let single = unsafe { avx2_tile_1x1(r(4), q(2), d) };
+            assert_eq!(single.to_bits(), Portable::<Fused>::tile::<1, 1>([r(4)], [q(2)], d)[0][0].to_bits());
+        }
+    }
+
+    #[cfg(all(test, target_arch = "x86_64"))]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2_tile_3x4(rows: [&[f32]; 3], qs: [&[f32]; 4], d: usize) -> [[f32; 4]; 3] {
+        Avx2Fma::tile::<3, 4>(rows, qs, d)
+    }
+
+    #[cfg(all(test, target_arch = "x86_64"))]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2_tile_1x1(row: &[f32], q: &[f32], d: usize) -> f32 {
+        Avx2Fma::tile::<1, 1>([row], [q], d)[0][0]
     }
 
     /// Every available variant (for tests).

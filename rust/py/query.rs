@@ -9,6 +9,9 @@ use super::embeddings::{extract_words, PyEmbeddings};
 use crate::embeddings::Embeddings;
 use crate::query::Neighbor;
 
+/// `(indices, scores)` of a batch.
+type BatchAnswers<'py> = (Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>);
+
 /// `k` from Python: a non-negative int.
 fn check_k(k: i64) -> PyResult<usize> {
     usize::try_from(k).map_err(|_| PyValueError::new_err(format!("k must be >= 0, got {k}")))
@@ -86,7 +89,7 @@ impl PyEmbeddings {
         py: Python<'py>,
         matrix: &Bound<'py, PyAny>,
         k: i64,
-    ) -> PyResult<(Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>)> {
+    ) -> PyResult<BatchAnswers<'py>> {
         let k = check_k(k)?;
         let emb = &self.inner;
         let m: PyArrayLike2<'py, f32, AllowTypeChange> = matrix.extract().map_err(|_| {
