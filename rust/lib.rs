@@ -21,6 +21,7 @@
 pub mod embeddings;
 pub mod error;
 pub mod format;
+pub mod query;
 pub mod storage;
 pub mod vocab;
 
@@ -29,5 +30,6 @@ pub mod py;
 
 pub use embeddings::{l2_normalize, Embeddings, OpenMode};
 pub use error::{Error, Result};
+pub use query::Neighbor;
 pub use storage::{ArrayStorage, QuantizedStorage, Storage};
 pub use vocab::{Vocab, VocabFormat, WordIndex, WordList};

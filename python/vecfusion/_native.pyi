@@ -118,5 +118,23 @@ class Embeddings:
     def vocab_kind(self) -> str: ...
     @property
     def storage_kind(self) -> str: ...
+    # queries (issue 4)
+    def similar(
+        self,
+        query: str | npt.ArrayLike,
+        k: int = 10,
+        skip: Iterable[str] | None = None,
+    ) -> list[tuple[str, float]]: ...
+    def similar_batch(
+        self, matrix: npt.ArrayLike, k: int = 10
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
+    def analogy(
+        self,
+        a: str,
+        b: str,
+        c: str,
+        k: int = 10,
+        mask: tuple[bool, bool, bool] = (True, True, True),
+    ) -> list[tuple[str, float]]: ...
 
 def load(path: str | os.PathLike[str], mmap: bool = False) -> Embeddings: ...

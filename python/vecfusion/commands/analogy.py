@@ -1,0 +1,30 @@
+"""``vecfusion analogy FILE A B C [-k 10] [--mmap]``: A is to B as C is to ?"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "analogy",
+        help="print the answers of 'A is to B as C is to ?'",
+        description="Print the K words nearest to normalize(B - A + C), skipping A, B and C "
+        "(one 'word<TAB>score' line each, best first).",
+    )
+    p.add_argument("file", metavar="FILE", help="a finalfusion file")
+    p.add_argument("a", metavar="A")
+    p.add_argument("b", metavar="B")
+    p.add_argument("c", metavar="C")
+    p.add_argument("-k", type=int, default=10, help="number of words (default 10)")
+    p.add_argument("--mmap", action="store_true", help="memory-map the matrix instead of reading it")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import load
+
+    emb = load(args.file, mmap=args.mmap)
+    for word, score in emb.analogy(args.a, args.b, args.c, k=args.k):
+        print(f"{word}\t{score:.6f}")
+    return 0

@@ -1,0 +1,28 @@
+"""``vecfusion similar FILE WORD [-k 10] [--mmap]``: the nearest words to a word."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "similar",
+        help="print the words nearest to WORD",
+        description="Print the K words nearest to WORD (one 'word<TAB>score' line each, best first). "
+        "An unknown word works through its n-grams in a subword vocabulary.",
+    )
+    p.add_argument("file", metavar="FILE", help="a finalfusion file")
+    p.add_argument("word", metavar="WORD")
+    p.add_argument("-k", type=int, default=10, help="number of words (default 10)")
+    p.add_argument("--mmap", action="store_true", help="memory-map the matrix instead of reading it")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import load
+
+    emb = load(args.file, mmap=args.mmap)
+    for word, score in emb.similar(args.word, k=args.k):
+        print(f"{word}\t{score:.6f}")
+    return 0

@@ -1,0 +1,144 @@
+//! Similarity and analogy queries on `Embeddings` (the work is in `crate::query`).
+
+use numpy::{AllowTypeChange, PyArray2, PyArrayLike1, PyArrayLike2, PyArrayMethods, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyString, PyTuple};
+
+use super::embeddings::{extract_words, PyEmbeddings};
+use crate::embeddings::Embeddings;
+use crate::query::Neighbor;
+
+/// `(indices, scores)` of a batch.
+type BatchAnswers<'py> = (Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>);
+
+/// `k` from Python: a non-negative int.
+fn check_k(k: i64) -> PyResult<usize> {
+    usize::try_from(k).map_err(|_| PyValueError::new_err(format!("k must be >= 0, got {k}")))
+}
+
+/// `[(word, score), ...]`
+fn answers<'py>(py: Python<'py>, emb: &Embeddings, found: Vec<Neighbor>) -> PyResult<Bound<'py, PyList>> {
+    let items = found
+        .into_iter()
+        .map(|nb| {
+            let word = emb.vocab.word(nb.index).unwrap_or_default();
+            PyTuple::new(py, [PyString::new(py, word).into_any(), nb.score.into_pyobject(py)?.into_any()])
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    PyList::new(py, items)
+}
+
+#[pymethods]
+impl PyEmbeddings {
+    /// The `k` words nearest to `query`, best first, as a list of `(word, score)`.
+    ///
+    /// `query` is a word or a vector. A word is skipped from its own answers; an unknown
+    /// word with n-grams works through its subword embedding; a word without an embedding
+    /// raises KeyError. A vector is L2-normalized first (a zero vector stays zero); NaN or
+    /// infinity raise ValueError. The score is the dot product with each word row (the
+    /// cosine for normalized rows); ties go to the word that sorts first. `skip` is an
+    /// iterable of words never to return. `k` larger than the vocabulary returns every word.
+    #[pyo3(signature = (query, k=10, skip=None))]
+    fn similar<'py>(
+        &self,
+        py: Python<'py>,
+        query: &Bound<'py, PyAny>,
+        k: i64,
+        skip: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let k = check_k(k)?;
+        let emb = &self.inner;
+        let mut skip_rows = Vec::new();
+        if let Some(s) = skip.filter(|s| !s.is_none()) {
+            for w in extract_words(s)? {
+                if let Some(i) = emb.vocab.word_index(w.to_str()?) {
+                    skip_rows.push(i);
+                }
+            }
+        }
+        let found = if let Ok(word) = query.cast::<PyString>() {
+            let word = word.to_str()?;
+            py.detach(|| emb.similar_to_word(word, k, &skip_rows))?
+        } else {
+            let vec: PyArrayLike1<'py, f32, AllowTypeChange> = query.extract().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "query must be a word (str) or a 1-D vector of {} floats",
+                    emb.dims()
+                ))
+            })?;
+            let owned;
+            let slice = match vec.as_slice() {
+                Ok(s) => s,
+                Err(_) => {
+                    owned = vec.as_array().to_vec();
+                    &owned
+                }
+            };
+            py.detach(|| emb.similar_to_vector(slice, k, &skip_rows))?
+        };
+        answers(py, emb, found)
+    }
+
+    /// Nearest words to each row of `matrix` (`(n, dims)`; rows are L2-normalized):
+    /// `(indices int64 (n, w), scores float32 (n, w))` with `w = min(k, len(self))`, best
+    /// first; row `i` equals `similar(matrix[i], k)`. Indices are word rows (`vocab[i]`).
+    #[pyo3(signature = (matrix, k=10))]
+    fn similar_batch<'py>(
+        &self,
+        py: Python<'py>,
+        matrix: &Bound<'py, PyAny>,
+        k: i64,
+    ) -> PyResult<BatchAnswers<'py>> {
+        let k = check_k(k)?;
+        let emb = &self.inner;
+        let m: PyArrayLike2<'py, f32, AllowTypeChange> = matrix.extract().map_err(|_| {
+            PyTypeError::new_err(format!("matrix must be a 2-D array of shape (n, {})", emb.dims()))
+        })?;
+        let (n, cols) = (m.shape()[0], m.shape()[1]);
+        if cols != emb.dims() {
+            return Err(PyValueError::new_err(format!(
+                "matrix has {cols} columns, but the embeddings have {} dimensions",
+                emb.dims()
+            )));
+        }
+        let owned;
+        let slice = match m.as_slice() {
+            Ok(s) => s,
+            Err(_) => {
+                owned = m.as_array().iter().copied().collect::<Vec<f32>>();
+                &owned
+            }
+        };
+        let w = emb.batch_width(k);
+        let indices = PyArray2::<i64>::zeros(py, [n, w], false);
+        let scores = PyArray2::<f32>::zeros(py, [n, w], false);
+        {
+            let mut idx_rw = indices.readwrite();
+            let mut sc_rw = scores.readwrite();
+            let idx = idx_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
+            let sc = sc_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
+            py.detach(|| emb.similar_batch_into(slice, n, k, idx, sc))?;
+        }
+        Ok((indices, scores))
+    }
+
+    /// Analogy: the `k` words nearest to `normalize(e(b) - e(a) + e(c))` ("a is to b as
+    /// c is to ?"), best first, as `(word, score)`. `mask[i]` True skips the i-th query
+    /// word from the answers. KeyError names each argument that has no embedding.
+    #[pyo3(signature = (a, b, c, k=10, mask=(true, true, true)))]
+    fn analogy<'py>(
+        &self,
+        py: Python<'py>,
+        a: &str,
+        b: &str,
+        c: &str,
+        k: i64,
+        mask: (bool, bool, bool),
+    ) -> PyResult<Bound<'py, PyList>> {
+        let k = check_k(k)?;
+        let emb = &self.inner;
+        let found = py.detach(|| emb.analogy(a, b, c, k, [mask.0, mask.1, mask.2]))?;
+        answers(py, emb, found)
+    }
+}

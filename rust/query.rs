@@ -1,0 +1,1075 @@
+//! Similarity and analogy queries: the nearest words to a word, a vector or a batch of
+//! vectors, over dense (owned or memory-mapped) and product-quantized storage.
+//!
+//! Candidates are the word rows `0..n_words` only (never n-gram rows); the score is the
+//! dot product with the query; ties go to the word that sorts first (byte order of the
+//! UTF-8 string, the same as Python's `str` order).
+//!
+//! * Dense storage is scored in place (no copy of the matrix) by a register-tiled dot
+//!   product kernel (`3 rows x 4 queries` for batches, `4 rows x 1 query` for one query),
+//!   in row blocks processed in parallel with rayon. Every thread keeps a bounded top-k
+//!   heap per query, merged at the end, so no score vector is ever materialized.
+//!   Each single dot product is computed with the same operations in the same order
+//!   whatever the tile, so batch and single queries give bit-identical scores.
+//!   On x86-64 the kernel is compiled twice and picked at run time: AVX2 + FMA where the
+//!   CPU has them, the SSE2 baseline otherwise.
+//! * Quantized storage is scored against the codes (asymmetric distance): per query, a
+//!   lookup table holds the dot product of each query block with each centroid (with a
+//!   projection P the query is projected once, `q·P`, since a rebuilt row is `c·Pᵀ`), and a
+//!   row's score is the sum of its table entries times the row's norm. The matrix is
+//!   never rebuilt.
+
+use rayon::prelude::*;
+
+use crate::embeddings::{l2_normalize, Embeddings};
+use crate::error::{Error, Result};
+use crate::storage::{QuantizedStorage, Storage};
+use crate::vocab::WordList;
+
+/// One answer of a query: a word row and its score.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Neighbor {
+    /// The word's row (index in the vocabulary).
+    pub index: usize,
+    /// Dot product of the (normalized) query with the word's row.
+    pub score: f32,
+}
+
+/// Queries per chunk of a dense batch: bounds the heaps kept per thread.
+const DENSE_QUERY_CHUNK: usize = 2048;
+/// Bytes of lookup tables per chunk of a quantized batch.
+const TABLE_BUDGET: usize = 8 << 20;
+/// Below this many multiply-adds a query runs on the calling thread.
+const PARALLEL_WORK: usize = 1 << 18;
+
+impl Embeddings {
+    /// The `k` words nearest to `word`, best first, skipping `word` itself and the rows
+    /// in `skip`. A known word's query is its stored row as is; an unknown word with
+    /// n-grams is a query through its (normalized) n-gram embedding.
+    /// Errors with [`Error::UnknownWord`] when `word` has no embedding.
+    pub fn similar_to_word(&self, word: &str, k: usize, skip: &[usize]) -> Result<Vec<Neighbor>> {
+        let mut query = vec![0f32; self.dims()];
+        let mut scratch = Vec::new();
+        if self.embedding_into(word, &mut query, &mut scratch).is_none() {
+            return Err(Error::UnknownWord(word.to_string()));
+        }
+        let mut skip = skip.to_vec();
+        if let Some(i) = self.vocab.word_index(word) {
+            skip.push(i);
+        }
+        Ok(self.search_normalized(&query, 1, k, &skip).pop().unwrap_or_default())
+    }
+
+    /// The `k` words nearest to the vector `query` (normalized first; a zero vector stays
+    /// zero and scores 0 everywhere), best first, skipping the rows in `skip`.
+    pub fn similar_to_vector(&self, query: &[f32], k: usize, skip: &[usize]) -> Result<Vec<Neighbor>> {
+        if query.len() != self.dims() {
+            return Err(Error::argument(format!(
+                "query vector has {} values, but the embeddings have {} dimensions",
+                query.len(),
+                self.dims()
+            )));
+        }
+        check_queries(query, self.dims(), "query vector")?;
+        let mut q = query.to_vec();
+        l2_normalize(&mut q);
+        Ok(self.search_normalized(&q, 1, k, skip).pop().unwrap_or_default())
+    }
+
+    /// Number of answers per query of [`Embeddings::similar_batch_into`]: `min(k, words)`.
+    pub fn batch_width(&self, k: usize) -> usize {
+        k.min(self.len())
+    }
+
+    /// The nearest words to each of the `nq` rows of `queries` (`nq x dims`, row-major;
+    /// each row is normalized). Writes `nq x w` word rows and scores, best first, where
+    /// `w = self.batch_width(k)`. Candidates scoring NaN are never returned; places left
+    /// over (only then) hold index -1 and score NaN.
+    /// Gives exactly what [`Embeddings::similar_to_vector`] gives for each row.
+    pub fn similar_batch_into(
+        &self,
+        queries: &[f32],
+        nq: usize,
+        k: usize,
+        indices: &mut [i64],
+        scores: &mut [f32],
+    ) -> Result<()> {
+        let d = self.dims();
+        if Some(queries.len()) != nq.checked_mul(d) {
+            return Err(Error::argument(format!(
+                "query matrix has {} values, expected {nq} x {d}",
+                queries.len()
+            )));
+        }
+        check_queries(queries, d, "query matrix")?;
+        let w = self.batch_width(k);
+        if indices.len() != nq * w || scores.len() != nq * w {
+            return Err(Error::argument(format!(
+                "output buffers hold {} and {} entries, expected {nq} queries x {w}",
+                indices.len(),
+                scores.len(),
+            )));
+        }
+        if w == 0 || nq == 0 {
+            return Ok(());
+        }
+        let chunk = match &self.storage {
+            Storage::Array(_) => DENSE_QUERY_CHUNK,
+            Storage::Quantized(q) => (TABLE_BUDGET / (4 * q.n_subquantizers() * q.n_centroids())).max(1),
+        };
+        let mut normalized = vec![0f32; chunk.min(nq) * d];
+        let mut first = 0;
+        while first < nq {
+            let count = chunk.min(nq - first);
+            let buf = &mut normalized[..count * d];
+            buf.copy_from_slice(&queries[first * d..(first + count) * d]);
+            if d > 0 {
+                for row in buf.chunks_exact_mut(d) {
+                    l2_normalize(row);
+                }
+            }
+            let answers = self.search_normalized(buf, count, w, &[]);
+            for (j, answer) in answers.into_iter().enumerate() {
+                let at = (first + j) * w;
+                let (idx, sc) = (&mut indices[at..at + w], &mut scores[at..at + w]);
+                idx.fill(-1);
+                sc.fill(f32::NAN);
+                for (p, nb) in answer.into_iter().enumerate() {
+                    idx[p] = nb.index as i64;
+                    sc[p] = nb.score;
+                }
+            }
+            first += count;
+        }
+        Ok(())
+    }
+
+    /// Analogy: the `k` words nearest to `normalize(e(b) - e(a) + e(c))`, best first.
+    /// `mask[i]` true skips the i-th query word from the answers (when it is a known word).
+    /// Errors with [`Error::UnknownWord`] naming every argument without an embedding.
+    pub fn analogy(&self, a: &str, b: &str, c: &str, k: usize, mask: [bool; 3]) -> Result<Vec<Neighbor>> {
+        let d = self.dims();
+        let mut query = vec![0f32; d];
+        let mut buf = vec![0f32; d];
+        let mut scratch = Vec::new();
+        let mut missing = Vec::new();
+        for (name, word, sign) in [("a", a, -1f32), ("b", b, 1.0), ("c", c, 1.0)] {
+            if self.embedding_into(word, &mut buf, &mut scratch).is_none() {
+                missing.push(format!("{name} ({word:?})"));
+                continue;
+            }
+            for (q, v) in query.iter_mut().zip(&buf) {
+                *q += sign * v;
+            }
+        }
+        if !missing.is_empty() {
+            let (noun, verb) = if missing.len() == 1 { ("word", "has") } else { ("words", "have") };
+            return Err(Error::UnknownWord(format!("analogy {noun} {} {verb} no embedding", missing.join(", "))));
+        }
+        check_queries(&query, d, "analogy query")?;
+        l2_normalize(&mut query);
+        let skip: Vec<usize> = [a, b, c]
+            .iter()
+            .zip(mask)
+            .filter(|(_, m)| *m)
+            .filter_map(|(w, _)| self.vocab.word_index(w))
+            .collect();
+        Ok(self.search_normalized(&query, 1, k, &skip).pop().unwrap_or_default())
+    }
+
+    /// Top-k of each of the `nq` queries (already normalized, `nq x dims`) over the word
+    /// rows, skipping the rows in `skip`; the answers of each query, best first.
+    fn search_normalized(&self, queries: &[f32], nq: usize, k: usize, skip: &[usize]) -> Vec<Vec<Neighbor>> {
+        let Some(words) = self.vocab.words() else {
+            return vec![Vec::new(); nq];
+        };
+        let n = words.len();
+        let k = k.min(n);
+        if k == 0 || nq == 0 {
+            return vec![Vec::new(); nq];
+        }
+        let mut skip = skip.to_vec();
+        skip.sort_unstable();
+        skip.dedup();
+        let skip = &skip[..];
+        let new_tops = || (0..nq).map(|_| TopK::new(k, words, skip)).collect::<Vec<_>>();
+        let d = self.dims();
+        let tops = match &self.storage {
+            Storage::Array(a) => {
+                let mat = &a.as_slice()[..n * d];
+                let isa = kernel::Isa::detect();
+                let scan = |tops: &mut [TopK<'_>], start: usize, end: usize| {
+                    kernel::scan_dense(isa, mat, d, start, end, queries, tops);
+                };
+                let work = n.saturating_mul(d).saturating_mul(nq);
+                run_blocks(n, work, dense_block_rows(d, nq), new_tops, scan)
+            }
+            Storage::Quantized(q) => {
+                let tables = lookup_tables(q, queries, nq);
+                let scan = |tops: &mut [TopK<'_>], start: usize, end: usize| {
+                    scan_quantized(q, start, end, &tables, tops);
+                };
+                let work = n.saturating_mul(q.n_subquantizers()).saturating_mul(nq);
+                run_blocks(n, work, 8192, new_tops, scan)
+            }
+        };
+        tops.into_iter().map(TopK::into_sorted).collect()
+    }
+}
+
+/// Reject queries of the wrong size or holding NaN / infinity.
+fn check_queries(q: &[f32], d: usize, what: &str) -> Result<()> {
+    if d == 0 {
+        if !q.is_empty() {
+            return Err(Error::argument(format!("{what} has {} values, but the embeddings have 0 dimensions", q.len())));
+        }
+        return Ok(());
+    }
+    if q.len() % d != 0 {
+        return Err(Error::argument(format!("{what} has {} values, expected a multiple of {d} dimensions", q.len())));
+    }
+    if let Some(pos) = q.iter().position(|x| !x.is_finite()) {
+        let (row, col) = (pos / d, pos % d);
+        let kind = if q[pos].is_nan() { "NaN" } else { "infinity" };
+        return Err(Error::argument(format!("{what} contains {kind} (row {row}, column {col})")));
+    }
+    Ok(())
+}
+
+/// Rows per parallel task of a dense scan (a few MB of matrix per task).
+fn dense_block_rows(d: usize, nq: usize) -> usize {
+    let bytes_per_row = (4 * d).max(4);
+    let target = if nq == 1 { 4 << 20 } else { 1 << 20 };
+    (target / bytes_per_row).max(64)
+}
+
+/// Scan word rows `0..n` in blocks of `block` rows: in parallel when the work is large
+/// (one set of heaps per rayon fold, merged), else on the calling thread.
+fn run_blocks<'a, N, F>(n: usize, work: usize, block: usize, new_tops: N, scan: F) -> Vec<TopK<'a>>
+where
+    N: Fn() -> Vec<TopK<'a>> + Sync + Send,
+    F: Fn(&mut [TopK<'a>], usize, usize) + Sync + Send,
+{
+    let threads = rayon::current_num_threads();
+    if work < PARALLEL_WORK || threads <= 1 || n <= block {
+        let mut tops = new_tops();
+        scan(&mut tops, 0, n);
+        return tops;
+    }
+    let n_blocks = n.div_ceil(block);
+    let min_len = (n_blocks / (threads * 4)).max(1);
+    (0..n_blocks)
+        .into_par_iter()
+        .with_min_len(min_len)
+        .fold(&new_tops, |mut tops, b| {
+            scan(&mut tops, b * block, ((b + 1) * block).min(n));
+            tops
+        })
+        .reduce(&new_tops, |mut a, b| {
+            for (x, y) in a.iter_mut().zip(b) {
+                x.merge(y);
+            }
+            a
+        })
+}
+
+/// A bounded top-k: a binary heap whose root is the worst kept answer.
+pub(crate) struct TopK<'a> {
+    k: usize,
+    heap: Vec<(f32, u32)>,
+    /// The root's score once full; -inf before. A candidate below it is rejected at once.
+    threshold: f32,
+    /// The words, to break ties.
+    words: &'a WordList,
+    /// Sorted rows that are never answers.
+    skip: &'a [usize],
+}
+
+impl<'a> TopK<'a> {
+    fn new(k: usize, words: &'a WordList, skip: &'a [usize]) -> Self {
+        TopK {
+            k,
+            heap: Vec::new(),
+            threshold: f32::NEG_INFINITY,
+            words,
+            skip,
+        }
+    }
+
+    /// Offer row `i` with `score`. NaN never enters.
+    #[inline(always)]
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
+    pub(crate) fn offer(&mut self, i: usize, score: f32) {
+        // `!(>=)` also rejects NaN.
+        if !(score >= self.threshold) {
+            return;
+        }
+        self.offer_slow(i as u32, score);
+    }
+
+    #[inline(never)]
+    fn offer_slow(&mut self, i: u32, score: f32) {
+        if self.k == 0 || self.skip.binary_search(&(i as usize)).is_ok() {
+            return;
+        }
+        if self.heap.len() < self.k {
+            self.heap.push((score, i));
+            self.sift_up(self.heap.len() - 1);
+            if self.heap.len() == self.k {
+                self.threshold = self.heap[0].0;
+            }
+            return;
+        }
+        if !self.worse(self.heap[0], (score, i)) {
+            return;
+        }
+        self.heap[0] = (score, i);
+        self.sift_down(0);
+        self.threshold = self.heap[0].0;
+    }
+
+    /// True if answer `a` is worse than `b`: a lower score, or the same score and a
+    /// word that sorts later.
+    #[inline]
+    fn worse(&self, a: (f32, u32), b: (f32, u32)) -> bool {
+        if a.0 != b.0 {
+            return a.0 < b.0;
+        }
+        let wa = self.words.get(a.1 as usize).unwrap_or_default();
+        let wb = self.words.get(b.1 as usize).unwrap_or_default();
+        wa > wb || (wa == wb && a.1 > b.1)
+    }
+
+    fn sift_up(&mut self, mut pos: usize) {
+        while pos > 0 {
+            let parent = (pos - 1) / 2;
+            if self.worse(self.heap[pos], self.heap[parent]) {
+                self.heap.swap(pos, parent);
+                pos = parent;
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn sift_down(&mut self, mut pos: usize) {
+        let len = self.heap.len();
+        loop {
+            let (l, r) = (2 * pos + 1, 2 * pos + 2);
+            let mut worst = pos;
+            if l < len && self.worse(self.heap[l], self.heap[worst]) {
+                worst = l;
+            }
+            if r < len && self.worse(self.heap[r], self.heap[worst]) {
+                worst = r;
+            }
+            if worst == pos {
+                break;
+            }
+            self.heap.swap(pos, worst);
+            pos = worst;
+        }
+    }
+
+    /// Merge the answers of `other` (the same query over other rows) into `self`.
+    fn merge(&mut self, other: TopK<'a>) {
+        if self.heap.is_empty() {
+            self.heap = other.heap;
+            self.threshold = other.threshold;
+            return;
+        }
+        for (s, i) in other.heap {
+            self.offer(i as usize, s);
+        }
+    }
+
+    /// The answers, best first.
+    fn into_sorted(self) -> Vec<Neighbor> {
+        let mut v = self.heap.clone();
+        v.sort_unstable_by(|&a, &b| {
+            if self.worse(a, b) {
+                std::cmp::Ordering::Greater
+            } else if self.worse(b, a) {
+                std::cmp::Ordering::Less
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        });
+        v.into_iter()
+            .map(|(score, i)| Neighbor {
+                index: i as usize,
+                score,
+            })
+            .collect()
+    }
+}
+
+/// Per query, the dot product of each query block with each centroid: `nq x m x k`.
+/// With a projection P the query is projected once (`q·P`): a rebuilt row is `c·Pᵀ`
+/// (times its norm), so `q·x = (q·P)·c`.
+fn lookup_tables(q: &QuantizedStorage, queries: &[f32], nq: usize) -> Vec<f32> {
+    let (d, m, kc) = (q.dims(), q.n_subquantizers(), q.n_centroids());
+    let ds = d / m;
+    let cent = q.centroids();
+    let per = m * kc;
+    let mut tables = vec![0f32; nq * per];
+    let fill = |(table, query): (&mut [f32], &[f32])| {
+        let mut projected = Vec::new();
+        let qp: &[f32] = match q.projection() {
+            Some(p) => {
+                projected.resize(d, 0f32);
+                for (j, &qj) in query.iter().enumerate() {
+                    for (o, &pv) in projected.iter_mut().zip(&p[j * d..(j + 1) * d]) {
+                        *o += qj * pv;
+                    }
+                }
+                &projected
+            }
+            None => query,
+        };
+        for s in 0..m {
+            let qb = &qp[s * ds..(s + 1) * ds];
+            for c in 0..kc {
+                let cb = &cent[(s * kc + c) * ds..(s * kc + c + 1) * ds];
+                table[s * kc + c] = qb.iter().zip(cb).map(|(a, b)| a * b).sum();
+            }
+        }
+    };
+    if nq * per * ds >= PARALLEL_WORK {
+        tables.par_chunks_mut(per).zip(queries.par_chunks_exact(d)).for_each(fill);
+    } else {
+        tables.chunks_mut(per).zip(queries.chunks_exact(d)).for_each(fill);
+    }
+    tables
+}
+
+/// Score quantized rows `start..end` against every query through its lookup table.
+fn scan_quantized(q: &QuantizedStorage, start: usize, end: usize, tables: &[f32], tops: &mut [TopK<'_>]) {
+    const INNER: usize = 2048;
+    let (m, kc) = (q.n_subquantizers(), q.n_centroids());
+    let per = m * kc;
+    let codes = q.codes();
+    let norms = q.norms();
+    let mut s0 = start;
+    while s0 < end {
+        let s1 = (s0 + INNER).min(end);
+        let block = &codes[s0 * m..s1 * m];
+        for (qi, top) in tops.iter_mut().enumerate() {
+            let table = &tables[qi * per..(qi + 1) * per];
+            for (r, code) in block.chunks_exact(m).enumerate() {
+                let row = s0 + r;
+                // Four partial sums for instruction-level parallelism, in a fixed order.
+                let mut acc = [0f32; 4];
+                let mut sub = 0;
+                for quad in code.chunks_exact(4) {
+                    for (j, &c) in quad.iter().enumerate() {
+                        acc[j] += table[(sub + j) * kc + usize::from(c)];
+                    }
+                    sub += 4;
+                }
+                for (j, &c) in code[sub..].iter().enumerate() {
+                    acc[j] += table[(sub + j) * kc + usize::from(c)];
+                }
+                let mut score = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+                if let Some(n) = norms {
+                    score *= n[row];
+                }
+                top.offer(row, score);
+            }
+        }
+        s0 = s1;
+    }
+}
+
+/// The dense dot-product kernel, compiled for the baseline and (on x86-64) for AVX2+FMA.
+mod kernel {
+    use super::TopK;
+
+    /// Lanes of one accumulator: each dot product keeps 8 partial sums (lane `l` sums the
+    /// products of dimensions `l, l+8, l+16, ...`), added up in a fixed order at the end.
+    const LANES: usize = 8;
+
+    /// Instruction set chosen at run time.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(crate) enum Isa {
+        Baseline,
+        #[cfg(target_arch = "x86_64")]
+        Avx2Fma,
+    }
+
+    impl Isa {
+        pub(crate) fn detect() -> Isa {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    return Isa::Avx2Fma;
+                }
+            }
+            Isa::Baseline
+        }
+    }
+
+    /// How a product is added to an accumulator.
+    trait Madd {
+        fn madd(a: f32, b: f32, acc: f32) -> f32;
+    }
+
+    /// One rounding (`fma`): only where the CPU has it (else it would be a libm call;
+    /// the tests use it so, as the reference of the AVX2 kernel).
+    #[cfg_attr(not(any(test, target_arch = "aarch64")), allow(dead_code))]
+    struct Fused;
+    impl Madd for Fused {
+        #[inline(always)]
+        fn madd(a: f32, b: f32, acc: f32) -> f32 {
+            a.mul_add(b, acc)
+        }
+    }
+
+    /// Multiply, then add.
+    #[allow(dead_code)]
+    struct Separate;
+    impl Madd for Separate {
+        #[inline(always)]
+        fn madd(a: f32, b: f32, acc: f32) -> f32 {
+            a * b + acc
+        }
+    }
+
+    /// aarch64 always has a fused multiply-add.
+    #[cfg(target_arch = "aarch64")]
+    type Native = Fused;
+    #[cfg(not(target_arch = "aarch64"))]
+    type Native = Separate;
+
+    #[inline(always)]
+    fn hsum(a: [f32; LANES]) -> f32 {
+        ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
+    }
+
+    /// The `c`-th group of `LANES` values of `s` (`s.len() >= (c + 1) * LANES`).
+    #[inline(always)]
+    fn lanes(s: &[f32], c: usize) -> [f32; LANES] {
+        let mut v = [0f32; LANES];
+        v.copy_from_slice(&s[c * LANES..(c + 1) * LANES]);
+        v
+    }
+
+    /// The last `d % LANES` values of `s` (`d` long), zero-padded to `LANES`
+    /// (a constant-length loop, so that it compiles to a few moves, not a `memcpy`).
+    #[inline(always)]
+    fn tail(s: &[f32], d: usize) -> [f32; LANES] {
+        let t = d - d % LANES;
+        let mut v = [0f32; LANES];
+        for (l, x) in v.iter_mut().enumerate() {
+            if t + l < d {
+                *x = s[t + l];
+            }
+        }
+        v
+    }
+
+    /// Dot products of `R` rows with `Q` queries (every slice `d` long): `out[r][q]`.
+    /// Each product is computed by the same operations whatever `R` and `Q` are: lane `l`
+    /// accumulates dimensions `l, l + LANES, ...` (the tail zero-padded, which leaves the
+    /// sums unchanged), then the lanes are added in a fixed order.
+    #[inline(always)]
+    fn tile<M: Madd, const R: usize, const Q: usize>(rows: [&[f32]; R], qs: [&[f32]; Q], d: usize) -> [[f32; Q]; R] {
+        let n = d / LANES;
+        let rows: [&[f32]; R] = std::array::from_fn(|r| &rows[r][..d]);
+        let qs: [&[f32]; Q] = std::array::from_fn(|q| &qs[q][..d]);
+        let mut acc = [[[0f32; LANES]; Q]; R];
+        #[inline(always)]
+        fn step<M: Madd, const R: usize, const Q: usize>(
+            acc: &mut [[[f32; LANES]; Q]; R],
+            rv: &[[f32; LANES]; R],
+            qs: &[&[f32]; Q],
+            load: impl Fn(&[f32]) -> [f32; LANES],
+        ) {
+            for q in 0..Q {
+                let qv = load(qs[q]);
+                for r in 0..R {
+                    for l in 0..LANES {
+                        acc[r][q][l] = M::madd(rv[r][l], qv[l], acc[r][q][l]);
+                    }
+                }
+            }
+        }
+        for c in 0..n {
+            let mut rv = [[0f32; LANES]; R];
+            for r in 0..R {
+                rv[r] = lanes(rows[r], c);
+            }
+            step::<M, R, Q>(&mut acc, &rv, &qs, |s| lanes(s, c));
+        }
+        if d % LANES != 0 {
+            let mut rv = [[0f32; LANES]; R];
+            for r in 0..R {
+                rv[r] = tail(rows[r], d);
+            }
+            step::<M, R, Q>(&mut acc, &rv, &qs, |s| tail(s, d));
+        }
+        let mut out = [[0f32; Q]; R];
+        for r in 0..R {
+            for q in 0..Q {
+                out[r][q] = hsum(acc[r][q]);
+            }
+        }
+        out
+    }
+
+    /// A way of computing a tile of dot products (see [`tile`] for the contract).
+    trait Tiles {
+        fn tile<const R: usize, const Q: usize>(rows: [&[f32]; R], qs: [&[f32]; Q], d: usize) -> [[f32; Q]; R];
+    }
+
+    /// The portable kernel (vectorized by the compiler as it can).
+    struct Portable<M>(std::marker::PhantomData<M>);
+    impl<M: Madd> Tiles for Portable<M> {
+        #[inline(always)]
+        fn tile<const R: usize, const Q: usize>(rows: [&[f32]; R], qs: [&[f32]; Q], d: usize) -> [[f32; Q]; R] {
+            tile::<M, R, Q>(rows, qs, d)
+        }
+    }
+
+    /// The same computation as `Portable<Fused>`, written with AVX2/FMA intrinsics so
+    /// that the accumulators surely live in registers. Bit-identical to `Portable<Fused>`:
+    /// lane `l` of each accumulator takes the same fused multiply-adds in the same order,
+    /// and the lanes are added in the same order as [`hsum`].
+    #[cfg(target_arch = "x86_64")]
+    struct Avx2Fma;
+
+    #[cfg(target_arch = "x86_64")]
+    impl Tiles for Avx2Fma {
+        #[inline(always)]
+        fn tile<const R: usize, const Q: usize>(rows: [&[f32]; R], qs: [&[f32]; Q], d: usize) -> [[f32; Q]; R] {
+            use std::arch::x86_64::*;
+            // SAFETY: `Avx2Fma` is only used by `scan_avx2_fma`, which is only called
+            // after the CPU was found to support AVX2 and FMA; every load reads 8 floats
+            // from an 8-float array or from a slice checked to hold them.
+            unsafe {
+                #[inline(always)]
+                unsafe fn load(s: &[f32], c: usize) -> __m256 {
+                    let v = &s[c * LANES..(c + 1) * LANES];
+                    // SAFETY: `v` holds 8 floats.
+                    unsafe { _mm256_loadu_ps(v.as_ptr()) }
+                }
+                let n = d / LANES;
+                let rows: [&[f32]; R] = std::array::from_fn(|r| &rows[r][..d]);
+                let qs: [&[f32]; Q] = std::array::from_fn(|q| &qs[q][..d]);
+                let mut acc = [[_mm256_setzero_ps(); Q]; R];
+                for c in 0..n {
+                    let mut rv = [_mm256_setzero_ps(); R];
+                    for r in 0..R {
+                        rv[r] = load(rows[r], c);
+                    }
+                    for q in 0..Q {
+                        let qv = load(qs[q], c);
+                        for r in 0..R {
+                            acc[r][q] = _mm256_fmadd_ps(rv[r], qv, acc[r][q]);
+                        }
+                    }
+                }
+                if d % LANES != 0 {
+                    let mut rv = [_mm256_setzero_ps(); R];
+                    for r in 0..R {
+                        rv[r] = load(&tail(rows[r], d), 0);
+                    }
+                    for q in 0..Q {
+                        let qv = load(&tail(qs[q], d), 0);
+                        for r in 0..R {
+                            acc[r][q] = _mm256_fmadd_ps(rv[r], qv, acc[r][q]);
+                        }
+                    }
+                }
+                let mut out = [[0f32; Q]; R];
+                for r in 0..R {
+                    for q in 0..Q {
+                        // [a0+a4, a1+a5, a2+a6, a3+a7]
+                        let b = _mm_add_ps(_mm256_castps256_ps128(acc[r][q]), _mm256_extractf128_ps::<1>(acc[r][q]));
+                        // [b0+b2, b1+b3, ..]
+                        let c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+                        // (b0+b2) + (b1+b3)
+                        let e = _mm_add_ss(c, _mm_shuffle_ps::<0b01>(c, c));
+                        out[r][q] = _mm_cvtss_f32(e);
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// Row-block size (rows of the matrix kept in cache while every query of a batch
+    /// passes over them): about 128 KiB, a multiple of 3.
+    fn inner_rows(d: usize) -> usize {
+        ((32 * 1024 / d.max(1)) / 3 * 3).max(3)
+    }
+
+    #[inline(always)]
+    fn scan<T: Tiles>(mat: &[f32], d: usize, start: usize, end: usize, queries: &[f32], tops: &mut [TopK<'_>]) {
+        let row = |i: usize| &mat[i * d..(i + 1) * d];
+        let nq = tops.len();
+        if nq == 1 {
+            let q = &queries[..d];
+            let top = &mut tops[0];
+            let mut i = start;
+            while i + 4 <= end {
+                let s = T::tile::<4, 1>([row(i), row(i + 1), row(i + 2), row(i + 3)], [q], d);
+                for (r, sr) in s.iter().enumerate() {
+                    top.offer(i + r, sr[0]);
+                }
+                i += 4;
+            }
+            while i < end {
+                top.offer(i, T::tile::<1, 1>([row(i)], [q], d)[0][0]);
+                i += 1;
+            }
+            return;
+        }
+        let query = |j: usize| &queries[j * d..(j + 1) * d];
+        let block = inner_rows(d);
+        let mut b0 = start;
+        while b0 < end {
+            let b1 = (b0 + block).min(end);
+            let mut j = 0;
+            while j + 4 <= nq {
+                let qs = [query(j), query(j + 1), query(j + 2), query(j + 3)];
+                let mut i = b0;
+                while i + 3 <= b1 {
+                    let s = T::tile::<3, 4>([row(i), row(i + 1), row(i + 2)], qs, d);
+                    for (r, sr) in s.iter().enumerate() {
+                        for (q, &v) in sr.iter().enumerate() {
+                            tops[j + q].offer(i + r, v);
+                        }
+                    }
+                    i += 3;
+                }
+                while i < b1 {
+                    let s = T::tile::<1, 4>([row(i)], qs, d);
+                    for (q, &v) in s[0].iter().enumerate() {
+                        tops[j + q].offer(i, v);
+                    }
+                    i += 1;
+                }
+                j += 4;
+            }
+            while j < nq {
+                let q = query(j);
+                let mut i = b0;
+                while i + 4 <= b1 {
+                    let s = T::tile::<4, 1>([row(i), row(i + 1), row(i + 2), row(i + 3)], [q], d);
+                    for (r, sr) in s.iter().enumerate() {
+                        tops[j].offer(i + r, sr[0]);
+                    }
+                    i += 4;
+                }
+                while i < b1 {
+                    tops[j].offer(i, T::tile::<1, 1>([row(i)], [q], d)[0][0]);
+                    i += 1;
+                }
+                j += 1;
+            }
+            b0 = b1;
+        }
+    }
+
+    /// # Safety
+    /// Only call on a CPU with AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scan_avx2_fma(mat: &[f32], d: usize, start: usize, end: usize, queries: &[f32], tops: &mut [TopK<'_>]) {
+        scan::<Avx2Fma>(mat, d, start, end, queries, tops);
+    }
+
+    fn scan_baseline(mat: &[f32], d: usize, start: usize, end: usize, queries: &[f32], tops: &mut [TopK<'_>]) {
+        scan::<Portable<Native>>(mat, d, start, end, queries, tops);
+    }
+
+    /// Score rows `start..end` of `mat` (row-major, `d` columns) against every query
+    /// (`tops.len() x d`, row-major) and offer each score to the query's top-k.
+    pub(crate) fn scan_dense(
+        isa: Isa,
+        mat: &[f32],
+        d: usize,
+        start: usize,
+        end: usize,
+        queries: &[f32],
+        tops: &mut [TopK<'_>],
+    ) {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx2Fma` is only produced by `Isa::detect` after the CPU was
+            // found to support AVX2 and FMA.
+            Isa::Avx2Fma => unsafe { scan_avx2_fma(mat, d, start, end, queries, tops) },
+            Isa::Baseline => scan_baseline(mat, d, start, end, queries, tops),
+        }
+    }
+
+    /// The AVX2 kernel gives bit for bit what the portable kernel with fused
+    /// multiply-adds gives (here through libm's `fmaf`).
+    #[cfg(all(test, target_arch = "x86_64"))]
+    #[test]
+    fn avx2_kernel_is_bit_identical_to_portable_fused() {
+        if Isa::detect() != Isa::Avx2Fma {
+            return;
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        for d in [1usize, 7, 8, 9, 16, 45, 300] {
+            let rows: Vec<f32> = (0..5 * d).map(|_| next()).collect();
+            let qs: Vec<f32> = (0..4 * d).map(|_| next()).collect();
+            let r = |i: usize| &rows[i * d..(i + 1) * d];
+            let q = |j: usize| &qs[j * d..(j + 1) * d];
+            let reference = Portable::<Fused>::tile::<3, 4>([r(0), r(1), r(2)], [q(0), q(1), q(2), q(3)], d);
+            // SAFETY: AVX2 and FMA were detected above.
+            let got = unsafe { avx2_tile_3x4([r(0), r(1), r(2)], [q(0), q(1), q(2), q(3)], d) };
+            for (a, b) in reference.iter().flatten().zip(got.iter().flatten()) {
+                assert_eq!(a.to_bits(), b.to_bits(), "d = {d}: {a} vs {b}");
+            }
+            let single = unsafe { avx2_tile_1x1(r(4), q(2), d) };
+            assert_eq!(single.to_bits(), Portable::<Fused>::tile::<1, 1>([r(4)], [q(2)], d)[0][0].to_bits());
+        }
+    }
+
+    #[cfg(all(test, target_arch = "x86_64"))]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2_tile_3x4(rows: [&[f32]; 3], qs: [&[f32]; 4], d: usize) -> [[f32; 4]; 3] {
+        Avx2Fma::tile::<3, 4>(rows, qs, d)
+    }
+
+    #[cfg(all(test, target_arch = "x86_64"))]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2_tile_1x1(row: &[f32], q: &[f32], d: usize) -> f32 {
+        Avx2Fma::tile::<1, 1>([row], [q], d)[0][0]
+    }
+
+    /// Every available variant (for tests).
+    #[cfg(test)]
+    pub(crate) fn available() -> Vec<Isa> {
+        let mut v = vec![Isa::Baseline];
+        if Isa::detect() != Isa::Baseline {
+            v.push(Isa::detect());
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{ArrayStorage, U8Data};
+    use crate::vocab::Vocab;
+    use std::sync::Arc;
+
+    /// A small deterministic generator (xorshift64*), values in [-1, 1).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f32 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+        fn vec(&mut self, n: usize) -> Vec<f32> {
+            (0..n).map(|_| self.next()).collect()
+        }
+    }
+
+    fn words(n: usize) -> Vocab {
+        let w: Vec<String> = (0..n).map(|i| format!("w{i:06}")).collect();
+        Vocab::Simple(WordList::new(w.iter().map(String::as_str)).unwrap())
+    }
+
+    fn dense(n: usize, d: usize, seed: u64) -> Embeddings {
+        let m = Rng(seed).vec(n * d);
+        Embeddings::new(None, words(n), Storage::Array(ArrayStorage::new(m, n, d).unwrap()), None).unwrap()
+    }
+
+    /// Reference: f64 dot products with every row, best first, ties to the lower word.
+    fn reference(rows: &[Vec<f32>], q: &[f32], k: usize, skip: &[usize]) -> Vec<(usize, f64)> {
+        let mut s: Vec<(usize, f64)> = rows
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !skip.contains(i))
+            .map(|(i, r)| (i, r.iter().zip(q).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum()))
+            .collect();
+        s.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        s.truncate(k);
+        s
+    }
+
+    fn rows_of(emb: &Embeddings) -> Vec<Vec<f32>> {
+        let d = emb.dims();
+        (0..emb.len())
+            .map(|i| {
+                let mut v = vec![0f32; d];
+                emb.storage.row_into(i, &mut v);
+                v
+            })
+            .collect()
+    }
+
+    fn unit(v: &[f32]) -> Vec<f32> {
+        let mut v = v.to_vec();
+        l2_normalize(&mut v);
+        v
+    }
+
+    fn check(got: &[Neighbor], want: &[(usize, f64)], tol: f64) {
+        assert_eq!(got.len(), want.len());
+        if let Some(p) = got.iter().zip(want).position(|(g, w)| g.index != w.0) {
+            panic!("answer {p}: row {} ({}), expected row {} ({})", got[p].index, got[p].score, want[p].0, want[p].1);
+        }
+        for (g, w) in got.iter().zip(want) {
+            assert!((f64::from(g.score) - w.1).abs() <= tol, "{} vs {}", g.score, w.1);
+        }
+    }
+
+    #[test]
+    fn dense_matches_reference_for_many_shapes() {
+        for (n, d) in [(1, 1), (5, 3), (17, 8), (100, 19), (3000, 64), (20_000, 37)] {
+            let emb = dense(n, d, 42 + n as u64);
+            let rows = rows_of(&emb);
+            let mut rng = Rng(9);
+            // every word only for small n, where f32 and f64 orders cannot disagree
+            let ks = if n <= 100 { vec![1, 3, 10, n + 2] } else { vec![1, 3, 10] };
+            for k in ks {
+                let q = rng.vec(d);
+                check(&emb.similar_to_vector(&q, k, &[]).unwrap(), &reference(&rows, &unit(&q), k, &[]), 1e-5);
+                let w = emb.vocab.word(n / 2).unwrap().to_string();
+                check(&emb.similar_to_word(&w, k, &[]).unwrap(), &reference(&rows, &rows[n / 2], k, &[n / 2]), 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn batch_is_bit_identical_to_single() {
+        for (n, d, nq) in [(50, 5, 3), (2000, 24, 9), (30_000, 41, 6)] {
+            let emb = dense(n, d, 7);
+            let qs = Rng(11).vec(nq * d);
+            let w = emb.batch_width(12);
+            let (mut idx, mut sc) = (vec![0i64; nq * w], vec![0f32; nq * w]);
+            emb.similar_batch_into(&qs, nq, 12, &mut idx, &mut sc).unwrap();
+            for j in 0..nq {
+                let single = emb.similar_to_vector(&qs[j * d..(j + 1) * d], 12, &[]).unwrap();
+                assert_eq!(single.len(), w);
+                for (p, nb) in single.iter().enumerate() {
+                    assert_eq!(idx[j * w + p], nb.index as i64);
+                    assert_eq!(sc[j * w + p].to_bits(), nb.score.to_bits());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kernel_variants_agree() {
+        let (n, d) = (257, 45);
+        let emb = dense(n, d, 3);
+        let Storage::Array(a) = &emb.storage else { unreachable!() };
+        let Some(words) = emb.vocab.words() else { unreachable!() };
+        let qs = Rng(5).vec(6 * d);
+        let mut results = Vec::new();
+        for isa in kernel::available() {
+            let mut tops: Vec<TopK<'_>> = (0..6).map(|_| TopK::new(10, words, &[])).collect();
+            kernel::scan_dense(isa, a.as_slice(), d, 0, n, &qs, &mut tops);
+            results.push(tops.into_iter().map(TopK::into_sorted).collect::<Vec<_>>());
+        }
+        let rows = rows_of(&emb);
+        for r in &results {
+            for (j, answer) in r.iter().enumerate() {
+                check(answer, &reference(&rows, &qs[j * d..(j + 1) * d], 10, &[]), 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn quantized_with_projection_and_norms_matches_reconstruction() {
+        let (n, d, m, k) = (300, 12, 4, 16);
+        let mut rng = Rng(77);
+        let projection = rng.vec(d * d);
+        let centroids = rng.vec(m * k * (d / m));
+        let norms: Vec<f32> = (0..n).map(|_| 1.0 + rng.next().abs()).collect();
+        let codes: Vec<u8> = (0..n * m).map(|_| ((rng.next() + 1.0) * 8.0) as u8 % 16).collect();
+        for (proj, nrm) in [(true, true), (true, false), (false, true), (false, false)] {
+            let q = QuantizedStorage::new(
+                proj.then(|| projection.clone()),
+                centroids.clone(),
+                nrm.then(|| norms.clone()),
+                U8Data::Owned(Arc::new(codes.clone())),
+                n,
+                d,
+                m,
+                k,
+            )
+            .unwrap();
+            let emb = Embeddings::new(None, words(n), Storage::Quantized(q), None).unwrap();
+            let rows = rows_of(&emb);
+            let query = rng.vec(d);
+            check(&emb.similar_to_vector(&query, 10, &[]).unwrap(), &reference(&rows, &unit(&query), 10, &[]), 1e-4);
+            check(&emb.similar_to_word("w000007", 10, &[3]).unwrap(), &reference(&rows, &rows[7], 10, &[3, 7]), 1e-4);
+            let qs = rng.vec(5 * d);
+            let (mut idx, mut sc) = (vec![0i64; 50], vec![0f32; 50]);
+            emb.similar_batch_into(&qs, 5, 10, &mut idx, &mut sc).unwrap();
+            for j in 0..5 {
+                let single = emb.similar_to_vector(&qs[j * d..(j + 1) * d], 10, &[]).unwrap();
+                assert_eq!(single.iter().map(|s| s.index as i64).collect::<Vec<_>>(), idx[j * 10..(j + 1) * 10]);
+            }
+        }
+    }
+
+    #[test]
+    fn subword_rows_are_never_candidates() {
+        let (n_words, d) = (5, 4);
+        let w: Vec<String> = (0..n_words).map(|i| format!("word{i}")).collect();
+        let vocab = Vocab::Subword(crate::vocab::SubwordVocab {
+            words: WordList::new(w.iter().map(String::as_str)).unwrap(),
+            min_n: 3,
+            max_n: 6,
+            indexer: crate::vocab::Indexer::Bucket { exponent: 4 },
+        });
+        let mut m = Rng(1).vec((n_words + 16) * d);
+        // make the n-gram rows far better matches than any word row
+        for x in &mut m[n_words * d..] {
+            *x = 100.0;
+        }
+        let emb = Embeddings::new(None, vocab, Storage::Array(ArrayStorage::new(m, n_words + 16, d).unwrap()), None).unwrap();
+        let got = emb.similar_to_vector(&[1.0; 4], 100, &[]).unwrap();
+        assert_eq!(got.len(), n_words);
+        assert!(got.iter().all(|g| g.index < n_words));
+        // an unknown word is a query through its n-grams
+        assert_eq!(emb.similar_to_word("unknown", 3, &[]).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn errors_and_edges() {
+        let emb = dense(10, 3, 1);
+        assert!(matches!(emb.similar_to_word("nope", 3, &[]), Err(Error::UnknownWord(w)) if w == "nope"));
+        match emb.analogy("w000001", "x", "y", 3, [true; 3]) {
+            Err(Error::UnknownWord(msg)) => {
+                assert!(msg.contains("b (\"x\")") && msg.contains("c (\"y\")") && !msg.contains("w000001"), "{msg}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(emb.similar_to_vector(&[f32::NAN, 0.0, 0.0], 3, &[]), Err(Error::Argument(_))));
+        assert!(matches!(emb.similar_to_vector(&[1.0, 0.0], 3, &[]), Err(Error::Argument(_))));
+        assert!(emb.similar_to_vector(&[1.0, 0.0, 0.0], 0, &[]).unwrap().is_empty());
+        // a zero query: every score is 0, the words in sorted order
+        let zero = emb.similar_to_vector(&[0.0; 3], 4, &[]).unwrap();
+        assert_eq!(zero.iter().map(|n| n.index).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        assert!(zero.iter().all(|n| n.score == 0.0));
+        // skip and the analogy mask
+        let all = emb.similar_to_vector(&[1.0, 2.0, 3.0], 10, &[]).unwrap();
+        let skipped = emb.similar_to_vector(&[1.0, 2.0, 3.0], 10, &[all[0].index, 99]).unwrap();
+        assert_eq!(skipped.len(), 9);
+        assert_eq!(skipped[0], all[1]);
+        let masked = emb.analogy("w000001", "w000002", "w000003", 10, [false; 3]).unwrap();
+        assert_eq!(masked.len(), 10);
+        let unmasked = emb.analogy("w000001", "w000002", "w000003", 10, [true; 3]).unwrap();
+        assert_eq!(unmasked.len(), 7);
+    }
+}

@@ -1,0 +1,392 @@
+"""Similarity and analogy queries (issue 4) against golden answers and brute force."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vecfusion as vf
+
+from conftest import FF, PEERS
+
+BERLIN_TOP10 = [
+    "Potsdam",
+    "Hamburg",
+    "Leipzig",
+    "Dresden",
+    "München",
+    "Düsseldorf",
+    "Bonn",
+    "Stuttgart",
+    "Weimar",
+    "Berlin-Charlottenburg",
+]
+
+
+def _json(name: str) -> dict:
+    return json.loads((PEERS / name).read_text(encoding="utf-8"))
+
+
+def assert_answers(
+    got: list[tuple[str, float]], expected: list[tuple[str, float]], tol: float = 1e-5, rtol: float = 0.0
+) -> None:
+    """Same words in the same order, scores within `tol` (plus `rtol` relative)."""
+    assert [w for w, _ in got] == [w for w, _ in expected]
+    np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], atol=tol, rtol=rtol)
+
+
+def brute_force(
+    matrix: np.ndarray, words: list[str], query: np.ndarray, k: int, skip: set[str] = frozenset()
+) -> list[tuple[str, float]]:
+    """Reference answers: dot products in float64, best first, ties to the word that sorts first."""
+    scores = matrix.astype(np.float64) @ query.astype(np.float64)
+    order = sorted(
+        (i for i in range(len(words)) if words[i] not in skip), key=lambda i: (-scores[i], words[i])
+    )
+    return [(words[i], float(scores[i])) for i in order[:k]]
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(v)
+    return v / n if n > 0 else v
+
+
+@pytest.fixture(scope="module")
+def cities() -> vf.Embeddings:
+    return vf.load(FF / "python" / "similarity.fifu")
+
+
+@pytest.fixture(scope="module")
+def w2v() -> vf.Embeddings:
+    return vf.load(PEERS / "w2v.fifu")
+
+
+@pytest.fixture(scope="module")
+def ft() -> vf.Embeddings:
+    return vf.load(PEERS / "ft_skipgram.fifu")
+
+
+# --- golden answers -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_berlin_golden_list(mmap: bool) -> None:
+    emb = vf.load(FF / "python" / "similarity.fifu", mmap=mmap)
+    got = emb.similar("Berlin", k=10)
+    assert [w for w, _ in got] == BERLIN_TOP10
+    assert got[0][1] == pytest.approx(0.8848505, abs=1e-6)
+    assert "Berlin" not in [w for w, _ in got]
+
+
+def test_berlin_from_raw_rust_file() -> None:
+    # rust/similarity.fifu stores the raw (not normalized) vectors; the reference answer is
+    # the cosine, i.e. the query over the row-normalized matrix.
+    raw = vf.load(FF / "rust" / "similarity.fifu")
+    m = np.asarray(raw.storage)
+    normalized = vf.Embeddings(list(raw.vocab.words), m / np.linalg.norm(m, axis=1, keepdims=True))
+    got = normalized.similar("Berlin", k=10)
+    assert [w for w, _ in got] == BERLIN_TOP10
+    assert got[0][1] == pytest.approx(0.8848505, abs=1e-6)
+
+
+def test_raw_storage_scores_are_dot_products() -> None:
+    # On a non-normalized matrix a word query is its stored row as is, and the score is
+    # the dot product (FORMAT.md "Meaning"); a vector query is normalized.
+    raw = vf.load(FF / "rust" / "similarity.fifu")
+    m = np.asarray(raw.storage)
+    words = list(raw.vocab.words)
+    for w in ("Berlin", "Köln", "Weimar"):
+        expected = brute_force(m, words, m[words.index(w)], 12, skip={w})
+        assert_answers(raw.similar(w, k=12), expected, rtol=1e-6)
+    q = m[3] + m[7]
+    assert_answers(raw.similar(q, k=41), brute_force(m, words, unit(q), 41))
+
+
+def test_gensim_most_similar(w2v: vf.Embeddings) -> None:
+    expected = _json("w2v.expected.json")["most_similar_top10"]
+    assert len(expected) >= 8
+    for word, answers in expected.items():
+        assert_answers(w2v.similar(word, k=10), [(w, s) for w, s in answers])
+
+
+def test_gensim_similar_by_vector(w2v: vf.Embeddings) -> None:
+    case = _json("w2v.expected.json")["similar_by_vector"]["window+license"]
+    vec = np.array(case["vector"], dtype=np.float32)  # not normalized: similar() normalizes
+    assert_answers(w2v.similar(vec, k=10), [(w, s) for w, s in case["top10"]])
+    # a list of floats works as well
+    assert_answers(w2v.similar(case["vector"], k=10), [(w, s) for w, s in case["top10"]])
+
+
+def test_gensim_analogies(w2v: vf.Embeddings) -> None:
+    cases = _json("w2v.expected.json")["analogy_most_similar"]
+    assert cases
+    for case in cases:
+        (pos1, pos2), (neg,) = case["positive"], case["negative"]
+        # gensim: pos1 - neg + pos2; ours: analogy(a, b, c) = b - a + c
+        got = w2v.analogy(neg, pos1, pos2, k=10)
+        assert_answers(got, [(w, s) for w, s in case["result"]])
+
+
+def test_finalfusion_python_answers(w2v: vf.Embeddings) -> None:
+    expected = _json("finalfusion.expected.json")["w2v.fifu"]
+    for word, answers in expected["word_similarity_k10"].items():
+        assert_answers(w2v.similar(word, k=10), [(w, s) for w, s in answers])
+    for case in expected["analogy_k10"]:
+        assert_answers(w2v.analogy(*case["query"], k=10), [(w, s) for w, s in case["result"]])
+
+
+def test_fasttext_nearest_neighbors(ft: vf.Embeddings) -> None:
+    # fastText ranks its own word vectors (mean of word and n-gram rows), normalized; the
+    # finalfusion conversion stores exactly those rows, and an unknown word's query is the
+    # normalized n-gram sum, the same direction as fastText's n-gram mean.
+    expected = _json("ft_skipgram.expected.json")["nearest_neighbors_k10"]
+    oov = [w for w in expected if ft.vocab.index(w) is None or isinstance(ft.vocab.index(w), list)]
+    assert oov, "the fixture has unknown query words (über, softwares)"
+    for word, answers in expected.items():
+        assert_answers(ft.similar(word, k=10), [(w, s) for s, w in answers])
+
+
+def test_fasttext_analogies(ft: vf.Embeddings) -> None:
+    for case in _json("ft_skipgram.expected.json")["analogies_k10"]:
+        a, b, c = case["query"]  # fastText: vec(a) - vec(b) + vec(c)
+        assert_answers(ft.analogy(b, a, c, k=10), [(w, s) for s, w in case["result"]])
+
+
+def test_candidates_are_word_rows_only(ft: vf.Embeddings) -> None:
+    emb = vf.load(FF / "python" / "ff_buckets.fifu")
+    assert emb.vocab.rows > len(emb)
+    got = emb.similar(np.ones(emb.dims, dtype=np.float32), k=100)
+    assert sorted(w for w, _ in got) == sorted(emb.vocab.words)
+    idx, _ = ft.similar_batch(np.ones((2, ft.dims), dtype=np.float32), k=len(ft) + 50)
+    assert idx.shape == (2, len(ft)) and idx.max() < len(ft)
+
+
+# --- quantized storage ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [FF / "python" / "pq.fifu", FF / "rust" / "quantized.fifu"])
+@pytest.mark.parametrize("mmap", [False, True])
+def test_quantized_equals_brute_force_over_reconstruction(path: Path, mmap: bool) -> None:
+    emb = vf.load(path, mmap=mmap)
+    assert emb.storage_kind.endswith("QuantizedArray")
+    recon = emb.storage.reconstruct()
+    words = list(emb.vocab.words)
+    for w in ("Berlin", "Potsdam", "Weimar"):
+        q = recon[words.index(w)]
+        # rust/quantized.fifu is not normalized (scores in the hundreds): relative tolerance
+        assert_answers(emb.similar(w, k=15), brute_force(recon, words, q, 15, skip={w}), rtol=1e-6)
+    rng = np.random.default_rng(7)
+    queries = rng.standard_normal((9, emb.dims)).astype(np.float32)
+    idx, scores = emb.similar_batch(queries, k=6)
+    for i, q in enumerate(queries):
+        expected = brute_force(recon, words, unit(q), 6)
+        assert [words[j] for j in idx[i]] == [w for w, _ in expected]
+        np.testing.assert_allclose(scores[i], [s for _, s in expected], atol=1e-5)
+        assert_answers(emb.similar(q, k=6), expected)
+    a, b, c = "Berlin", "Potsdam", "Hamburg"
+    q = unit(recon[words.index(b)] - recon[words.index(a)] + recon[words.index(c)])
+    assert_answers(emb.analogy(a, b, c, k=5), brute_force(recon, words, q, 5, skip={a, b, c}))
+
+
+def test_quantized_close_to_dense(cities: vf.Embeddings) -> None:
+    pq = vf.load(FF / "python" / "pq.fifu")
+    dense = [w for w, _ in cities.similar("Berlin", k=5)]
+    approx = [w for w, _ in pq.similar("Berlin", k=5)]
+    assert len(set(dense) & set(approx)) >= 3
+
+
+# --- batch, edge cases ----------------------------------------------------------------
+
+
+def test_batch_equals_single(w2v: vf.Embeddings) -> None:
+    rng = np.random.default_rng(1)
+    queries = rng.standard_normal((37, w2v.dims)).astype(np.float32)
+    queries[5] = np.asarray(w2v.storage)[17]
+    idx, scores = w2v.similar_batch(queries, k=12)
+    assert idx.dtype == np.int64 and scores.dtype == np.float32 and idx.shape == (37, 12)
+    words = w2v.vocab.words
+    for i, q in enumerate(queries):
+        single = w2v.similar(q, k=12)
+        assert [words[j] for j in idx[i]] == [w for w, _ in single]
+        assert scores[i].tolist() == [s for _, s in single]  # bit-identical
+
+
+def test_large_random_matrix_against_numpy() -> None:
+    # Big enough for the parallel row blocks, 37 dims to exercise the kernel's tail.
+    rng = np.random.default_rng(3)
+    n, d = 40_000, 37
+    m = rng.standard_normal((n, d)).astype(np.float32)
+    words = [f"w{i:05d}" for i in range(n)]
+    emb = vf.Embeddings(words, m)
+    queries = rng.standard_normal((7, d)).astype(np.float32)
+    idx, scores = emb.similar_batch(queries, k=20)
+    for i, q in enumerate(queries):
+        u = unit(q.astype(np.float64))
+        ref = m.astype(np.float64) @ u
+        top = np.argsort(-ref, kind="stable")[:20]
+        assert idx[i].tolist() == top.tolist()
+        np.testing.assert_allclose(scores[i], ref[top], atol=1e-5)
+        single = emb.similar(q, k=20)
+        assert [words[j] for j in idx[i]] == [w for w, _ in single]
+        assert scores[i].tolist() == [s for _, s in single]
+    got = emb.similar(words[123], k=5)
+    ref = m.astype(np.float64) @ m[123].astype(np.float64)
+    ref[123] = -np.inf
+    assert [w for w, _ in got] == [words[j] for j in np.argsort(-ref, kind="stable")[:5]]
+
+
+def test_ties_go_to_the_word_that_sorts_first() -> None:
+    words = ["delta", "Alpha", "charlie", "bravo", "über", "echo"]
+    m = np.tile(np.array([[1.0, 0.0, 0.0]], dtype=np.float32), (6, 1))
+    m[5] = [0.0, 1.0, 0.0]
+    emb = vf.Embeddings(words, m)
+    got = emb.similar(np.array([1.0, 0.0, 0.0]), k=4)
+    assert [w for w, _ in got] == ["Alpha", "bravo", "charlie", "delta"]
+    assert emb.similar("delta", k=10)[:4] == [("Alpha", 1.0), ("bravo", 1.0), ("charlie", 1.0), ("über", 1.0)]
+    idx, _ = emb.similar_batch(np.array([[2.0, 0.0, 0.0]] * 5), k=5)
+    assert [[words[j] for j in row] for row in idx] == [["Alpha", "bravo", "charlie", "delta", "über"]] * 5
+
+
+def test_k_larger_than_vocabulary_and_k_zero(cities: vf.Embeddings) -> None:
+    n = len(cities)
+    got = cities.similar("Berlin", k=10_000)
+    assert len(got) == n - 1 and "Berlin" not in [w for w, _ in got]
+    assert len(cities.similar(cities["Berlin"], k=n + 5)) == n
+    idx, scores = cities.similar_batch(np.stack([cities["Bonn"]] * 3), k=n + 100)
+    assert idx.shape == scores.shape == (3, n)
+    assert sorted(idx[0].tolist()) == list(range(n))
+    assert cities.similar("Berlin", k=0) == []
+    assert cities.analogy("Berlin", "Potsdam", "Hamburg", k=0) == []
+    idx, scores = cities.similar_batch(np.ones((4, cities.dims)), k=0)
+    assert idx.shape == scores.shape == (4, 0)
+    idx, scores = cities.similar_batch(np.ones((0, cities.dims)), k=3)
+    assert idx.shape == scores.shape == (0, 3)
+    with pytest.raises(ValueError, match="k"):
+        cities.similar("Berlin", k=-1)
+
+
+def test_zero_vector(cities: vf.Embeddings) -> None:
+    zero = np.zeros(cities.dims, dtype=np.float32)
+    got = cities.similar(zero, k=5)
+    assert [s for _, s in got] == [0.0] * 5
+    assert [w for w, _ in got] == sorted(cities.vocab.words)[:5]
+    idx, scores = cities.similar_batch(np.zeros((2, cities.dims)), k=5)
+    assert (scores == 0).all()
+    assert [cities.vocab[int(j)] for j in idx[1]] == [w for w, _ in got]
+
+
+def test_bad_query_vectors(cities: vf.Embeddings) -> None:
+    v = np.array(cities["Bonn"])
+    v[3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        cities.similar(v)
+    m = np.stack([cities["Bonn"]] * 3)
+    m[2, 7] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        cities.similar_batch(m)
+    v[3] = np.inf
+    with pytest.raises(ValueError, match="infinity"):
+        cities.similar(v)
+    with pytest.raises(ValueError, match="dimensions"):
+        cities.similar(np.ones(cities.dims + 1, dtype=np.float32))
+    with pytest.raises(ValueError, match="columns"):
+        cities.similar_batch(np.ones((2, cities.dims - 1), dtype=np.float32))
+    with pytest.raises(TypeError):
+        cities.similar(np.ones((2, cities.dims), dtype=np.float32))
+    with pytest.raises(TypeError):
+        cities.similar(12)
+    with pytest.raises(TypeError):
+        cities.similar("Berlin", skip="Potsdam")
+
+
+def test_unknown_words(cities: vf.Embeddings, ft: vf.Embeddings) -> None:
+    with pytest.raises(KeyError, match="Atlantis"):
+        cities.similar("Atlantis")
+    with pytest.raises(KeyError) as e:
+        cities.analogy("Berlin", "Atlantis", "Hamburg")
+    msg = str(e.value)
+    assert "Atlantis" in msg and " b " in msg and "Hamburg" not in msg
+    with pytest.raises(KeyError) as e:
+        cities.analogy("Mu", "Berlin", "Lemuria")
+    msg = str(e.value)
+    assert "a ('Mu')" in msg.replace('"', "'") and "c ('Lemuria')" in msg.replace('"', "'")
+    # an unknown word with n-grams works as a query; one too short for any n-gram does not
+    assert ft.similar("softwarez", k=3)
+    with pytest.raises(KeyError):
+        ft.similar("", k=3)
+
+
+def test_skip_and_mask(cities: vf.Embeddings) -> None:
+    m = np.asarray(cities.storage)
+    words = list(cities.vocab.words)
+    skip = {"Potsdam", "Hamburg", "nowhere"}
+    got = cities.similar("Berlin", k=8, skip=skip)
+    assert_answers(got, brute_force(m, words, m[words.index("Berlin")], 8, skip={"Berlin"} | skip))
+    a, b, c = "Berlin", "Potsdam", "Hamburg"
+    q = unit(m[words.index(b)] - m[words.index(a)] + m[words.index(c)])
+    for mask in [(True, True, True), (False, True, True), (True, False, False), (False, False, False)]:
+        skipped = {w for w, on in zip((a, b, c), mask) if on}
+        assert_answers(cities.analogy(a, b, c, k=6, mask=mask), brute_force(m, words, q, 6, skip=skipped))
+
+
+def test_mmap_equals_memory() -> None:
+    path = PEERS / "w2v.fifu"
+    a, b = vf.load(path), vf.load(path, mmap=True)
+    assert b.storage_kind == "MmapArray"
+    assert a.similar("license", k=20) == b.similar("license", k=20)
+    q = np.random.default_rng(5).standard_normal((6, a.dims)).astype(np.float32)
+    for x, y in zip(a.similar_batch(q, k=7), b.similar_batch(q, k=7)):
+        np.testing.assert_array_equal(x, y)
+    assert a.analogy("insert", "mode", "normal") == b.analogy("insert", "mode", "normal")
+
+
+def test_queries_from_threads(w2v: vf.Embeddings) -> None:
+    expected = {w: w2v.similar(w, k=5) for w in ("license", "window", "vim", "the")}
+    results: dict[str, list] = {}
+
+    def work(word: str) -> None:
+        for _ in range(20):
+            results[word] = w2v.similar(word, k=5)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in expected]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == expected
+
+
+# --- CLI ------------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vecfusion", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_cli_similar() -> None:
+    r = _cli("similar", str(FF / "python" / "similarity.fifu"), "Berlin", "-k", "3")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == BERLIN_TOP10[:3]
+    assert float(lines[0].split("\t")[1]) == pytest.approx(0.8848505, abs=1e-6)
+    r = _cli("similar", str(FF / "python" / "similarity.fifu"), "Berlin", "--mmap")
+    assert r.returncode == 0 and len(r.stdout.strip().splitlines()) == 10
+    r = _cli("similar", str(FF / "python" / "similarity.fifu"), "Atlantis")
+    assert r.returncode == 1 and "Atlantis" in r.stderr
+
+
+def test_cli_analogy(w2v: vf.Embeddings) -> None:
+    r = _cli("analogy", str(PEERS / "w2v.fifu"), "insert", "mode", "normal", "-k", "4")
+    assert r.returncode == 0, r.stderr
+    got = [line.split("\t")[0] for line in r.stdout.strip().splitlines()]
+    assert got == [w for w, _ in w2v.analogy("insert", "mode", "normal", k=4)]
+    r = _cli("analogy", str(PEERS / "w2v.fifu"), "insert", "nosuchword", "normal")
+    assert r.returncode == 1 and "nosuchword" in r.stderr and " b " in r.stderr
