@@ -126,7 +126,7 @@ impl PyEmbeddings {
     /// Analogy: the `k` words nearest to `normalize(e(b) - e(a) + e(c))` ("a is to b as
     /// c is to ?"), best first, as `(word, score)`. `mask[i]` True skips the i-th query
     /// word from the answers. KeyError names each argument that has no embedding.
-    #[pyo3(signature = (a, b, c, k=10, mask=(true, true, true)))]
+    #[pyo3(signature = (a, b, c, k=10, mask=(true, true, true)), text_signature = "(self, /, a, b, c, k=10, mask=(True, True, True))")]
     fn analogy<'py>(
         &self,
         py: Python<'py>,
