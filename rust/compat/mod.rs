@@ -56,14 +56,15 @@ impl WordsBuilder {
                 self.bytes.extend_from_slice(String::from_utf8_lossy(raw).as_bytes());
             }
             Err(e) => {
+                let at = where_();
+                let at = if at.is_empty() { at } else { format!("{at}: ") };
                 return Err(Error::invalid(
                     "UTF-8",
                     format!(
-                        "{}: the word {:?} is not valid UTF-8 ({e}); read with lossy=True to replace invalid bytes with U+FFFD",
-                        where_(),
+                        "{at}the word {:?} is not valid UTF-8 ({e}); read with lossy=True to replace invalid bytes with U+FFFD",
                         String::from_utf8_lossy(raw)
                     ),
-                ))
+                ));
             }
         }
         self.ends.push(self.bytes.len());

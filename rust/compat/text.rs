@@ -105,7 +105,7 @@ fn read_text_inner(path: &Path, header: Header, opts: &ReadOptions) -> Result<Em
             lineno += 1;
         }
     } else {
-        read_parallel(&mut r, dims, &mut lineno, opts.lossy, &mut words, &mut data).map_err(|e| match e {
+        read_parallel(&mut r, dims, &mut lineno, opts.lossy, &mut words, &mut data, BLOCK).map_err(|e| match e {
             ParErr::Io(e) => io_err(e),
             ParErr::Format(e) => e,
         })?;
@@ -144,14 +144,15 @@ fn read_parallel<R: Read>(
     lossy: bool,
     words: &mut WordsBuilder,
     data: &mut Vec<f32>,
+    block: usize,
 ) -> Result<(), ParErr> {
-    let mut buf: Vec<u8> = Vec::with_capacity(BLOCK + (1 << 20));
+    let mut buf: Vec<u8> = Vec::with_capacity(block + (1 << 20));
     let mut eof = false;
     let pieces_per_block = rayon::current_num_threads() * 4;
     while !eof {
         // fill the buffer up to BLOCK bytes (it may already hold a partial line)
         let start = buf.len();
-        buf.resize(start + BLOCK, 0);
+        buf.resize(start + block, 0);
         let mut filled = start;
         while filled < buf.len() {
             let n = r.read(&mut buf[filled..]).map_err(ParErr::Io)?;
@@ -313,7 +314,7 @@ fn parse_line_with(
             String::from_utf8_lossy(word)
         )));
     }
-    words.push(word, lossy, || "the word".to_string()).map_err(|e| match e {
+    words.push(word, lossy, String::new).map_err(|e| match e {
         Error::Invalid { message, .. } => err(message),
         e => e,
     })
@@ -406,13 +407,12 @@ pub fn write_text(emb: &Embeddings, path: &Path, header: bool) -> Result<()> {
                     let e = (s + ROWS).min(end);
                     let mut out = Vec::with_capacity((e - s) * (dims * 11 + 16));
                     let mut row = vec![0f32; dims];
-                    let mut fbuf = ryu::Buffer::new();
                     for i in s..e {
                         out.extend_from_slice(words.get(i).unwrap_or_default().as_bytes());
                         export_row(emb, i, &mut row);
                         for &x in &row {
                             out.push(b' ');
-                            push_f32(&mut out, x, &mut fbuf);
+                            push_f32(&mut out, x);
                         }
                         out.push(b'\n');
                     }
@@ -440,6 +440,44 @@ mod tests {
         for w in b.windows(2) {
             assert!(w[0] < w[1]);
             assert!(w[1] == text.len() || text[w[1] - 1] == b'\n');
+        }
+    }
+
+    fn parse_blocks(text: &[u8], block: usize) -> Result<(WordsBuilder, Vec<f32>, u64)> {
+        let mut words = WordsBuilder::default();
+        let mut data = Vec::new();
+        let mut lineno = 1;
+        let mut r = std::io::Cursor::new(text);
+        read_parallel(&mut r, 2, &mut lineno, false, &mut words, &mut data, block).map_err(|e| match e {
+            ParErr::Io(e) => Error::io("read", e),
+            ParErr::Format(e) => e,
+        })?;
+        Ok((words, data, lineno))
+    }
+
+    #[test]
+    fn small_blocks_and_long_lines() {
+        let mut text = Vec::new();
+        for i in 0..5000 {
+            text.extend_from_slice(format!("w{i} {i} -{i}.5\n").as_bytes());
+        }
+        // no newline at the end of the last line
+        text.extend_from_slice(b"last 1 2");
+        for block in [7, 100, 4096, 1 << 20] {
+            let (words, data, lineno) = parse_blocks(&text, block).unwrap();
+            assert_eq!(words.len(), 5001);
+            assert_eq!(lineno, 5002);
+            assert_eq!(&data[2 * 4321..2 * 4321 + 2], &[4321.0, -4321.5]);
+            assert_eq!(&data[data.len() - 2..], &[1.0, 2.0]);
+            let list = words.finish().unwrap();
+            assert_eq!(list.get(4999), Some("w4999"));
+        }
+        let mut bad = text.clone();
+        let pos = bad.windows(7).position(|w| w == b"\nw3000 ").unwrap();
+        bad[pos + 7] = b'x';
+        for block in [7, 100, 4096, 1 << 20] {
+            let e = parse_blocks(&bad, block).err().unwrap().to_string();
+            assert!(e.contains("line 3001:"), "{block}: {e}");
         }
     }
 

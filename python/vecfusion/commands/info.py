@@ -36,7 +36,10 @@ def describe(path: str, fmt: str | None = None) -> dict[str, Any]:
         "rows": vocab.rows,
         "vocab": emb.vocab_kind,
         "ngram_range": None if vocab.min_n is None else [vocab.min_n, vocab.max_n],
-        "storage": emb.storage_kind,
+        # the file's storage chunk (info memory-maps finalfusion files to stay cheap)
+        "storage": {"MmapArray": "NdArray", "MmapQuantizedArray": "QuantizedArray"}.get(
+            emb.storage_kind, emb.storage_kind
+        ),
         "norms": emb.norms is not None,
         "metadata": emb.metadata,
     }
