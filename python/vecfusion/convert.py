@@ -72,7 +72,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     if ext in (".txt", ".vec", ".glove", ".nodims", ".dims"):
         return "glove" if ext in (".glove", ".nodims") else "text"
     # No telling extension: binary data after the first line means word2vec.
-    first, _, rest = head.partition(b"\n")
+    _, _, rest = head.partition(b"\n")
     if b"\x00" in rest or not _looks_textual(rest):
         return "word2vec"
     return "text"

@@ -127,7 +127,7 @@ impl FastTextArgs {
 
     /// Arguments from a `[fasttext]` metadata table, if there is one.
     fn from_metadata(meta: Option<&str>) -> FastTextArgs {
-        let mut args = FastTextArgs::default();
+        let args = FastTextArgs::default();
         let Some(table) = meta.and_then(|m| m.parse::<toml::Table>().ok()) else {
             return args;
         };
@@ -141,8 +141,7 @@ impl FastTextArgs {
             }
         }
         let t = ft.get("t").and_then(toml::Value::as_float).unwrap_or(args.t);
-        args = FastTextArgs::from_ints(ints, t);
-        args
+        FastTextArgs::from_ints(ints, t)
     }
 }
 
@@ -315,7 +314,6 @@ fn read_fasttext_inner(path: &Path, lossy: bool) -> Result<Embeddings> {
     let mut ints = [0i32; 12];
     for (slot, k) in ints.iter_mut().zip(INT_KEYS) {
         *slot = r.i32(path, k)?;
-        let _ = k;
     }
     let t = r.f64(path, "t")?;
     let mut args = FastTextArgs::from_ints(ints, t);

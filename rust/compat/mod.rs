@@ -51,8 +51,7 @@ impl WordsBuilder {
     pub fn push(&mut self, raw: &[u8], lossy: bool, where_: impl FnOnce() -> String) -> Result<()> {
         match std::str::from_utf8(raw) {
             Ok(_) => self.bytes.extend_from_slice(raw),
-            Err(e) if lossy => {
-                let _ = e;
+            Err(_) if lossy => {
                 self.bytes.extend_from_slice(String::from_utf8_lossy(raw).as_bytes());
             }
             Err(e) => {
@@ -110,15 +109,13 @@ pub(crate) fn assemble(words: WordsBuilder, mut data: Vec<f32>, dims: usize, nor
             format!("{} values for {rows} words of {dims} dimensions", data.len()),
         ));
     }
-    let norms = if normalize && dims > 0 {
-        Some(normalize_rows(&mut data, dims))
-    } else {
+    // (with 0 dims there is nothing to normalize: every norm is 0)
+    let norms = if !normalize {
         None
-    };
-    let norms = match norms {
-        Some(n) if n.len() == rows => Some(n),
-        Some(_) => None,
-        None => None,
+    } else if dims == 0 {
+        Some(vec![0f32; rows])
+    } else {
+        Some(normalize_rows(&mut data, dims))
     };
     let words = words.finish()?;
     let storage = Storage::Array(ArrayStorage::new(data, rows, dims)?);

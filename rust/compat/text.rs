@@ -134,7 +134,7 @@ struct Piece {
     words: WordsBuilder,
     data: Vec<f32>,
     lines: u64,
-    error: Option<(u64, Error)>,
+    error: Option<Error>,
 }
 
 fn read_parallel<R: Read>(
@@ -180,8 +180,7 @@ fn read_parallel<R: Read>(
             .map(|w| parse_piece(&region[w[0]..w[1]], dims, lossy))
             .collect();
         for p in pieces {
-            if let Some((local, e)) = p.error {
-                let _ = local;
+            if let Some(e) = p.error {
                 return Err(ParErr::Format(renumber(e, *lineno)));
             }
             words.extend(&p.words);
@@ -224,7 +223,7 @@ fn parse_piece(bytes: &[u8], dims: usize, lossy: bool) -> Piece {
         p.lines += 1;
         let local = p.lines;
         if let Err(e) = parse_line_piece(strip_eol(line), dims, local, lossy, &mut p.words, &mut p.data) {
-            p.error = Some((local, e));
+            p.error = Some(e);
             return p;
         }
     }

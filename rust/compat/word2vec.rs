@@ -159,7 +159,7 @@ pub fn write_word2vec_binary(emb: &Embeddings, path: &Path) -> Result<()> {
     }
     let dims = emb.dims();
     write_atomically(path, |w| {
-        write!(w, "{} {}\n", words.len(), dims)?;
+        writeln!(w, "{} {}", words.len(), dims)?;
         let mut row = vec![0f32; dims];
         let mut bytes = Vec::with_capacity(dims * 4 + 64);
         for (i, word) in words.iter().enumerate() {

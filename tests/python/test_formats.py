@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import vecfusion as vf
 from vecfusion.cli import main as cli_main
 from vecfusion.convert import detect_format
@@ -158,7 +157,7 @@ def test_limit_reads_only_what_it_needs(peers: Path, tmp_path: Path) -> None:
     # Everything after the first 100 records is garbage: a full read fails, a limited
     # read never gets there.
     data = (peers / "w2v.bin").read_bytes()
-    header, _, body = data.partition(b"\n")
+    header = data.partition(b"\n")[0]
     emb = vf.load_word2vec(peers / "w2v.bin", normalize=False, limit=100)
     pos = len(header) + 1
     for w in list(emb):
