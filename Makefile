@@ -8,7 +8,7 @@ export CARGO_TERM_COLOR := never
 # Cargo profile of the extension: release (default, used by CI and benchmarks) or fastbuild.
 PROFILE ?= release
 
-.PHONY: all venv build demo test test-rust test-python bench-deps clean
+.PHONY: all venv build demo test test-rust test-python bench-deps bench-formats clean
 
 all: build
 
@@ -44,6 +44,10 @@ test-python: build
 	$(PY) -m pytest -q
 
 test: build test-rust test-python
+
+# word2vec / text / fastText loading beside gensim and fastText (1M x 300 files in benches/_data/).
+bench-formats: build bench-deps
+	$(PY) benches/bench_formats.py
 
 clean:
 	rm -rf $(VENV) target

@@ -104,3 +104,48 @@ def big_files(n: int = 1_000_000, d: int = 300, bucket_exp: int = 21) -> dict[st
         vf.Embeddings(ws, full, norms=norms, vocab="bucket", buckets=bucket_exp).write(paths["buckets"])
         del full
     return paths
+
+
+# --- issue 5: word2vec / text / fastText benchmark files (bench_formats.py) ---
+
+
+def big_word2vec(n: int = 1_000_000, d: int = 300) -> Path:
+    """Only the word2vec binary of :func:`big_files` (same path, shared cache)."""
+    DATA.mkdir(parents=True, exist_ok=True)
+    path = DATA / f"big_{n}x{d}.w2v.bin"
+    if not path.exists():
+        write_word2vec_binary(path, words(n), matrix(n, d))
+    return path
+
+
+def big_text(n: int = 1_000_000, d: int = 300) -> Path:
+    """The same vectors as word2vec text (``"n d"`` header, shortest exact digits)."""
+    import vecfusion as vf
+
+    path = DATA / f"big_{n}x{d}.txt"
+    if not path.exists():
+        vf.load_word2vec(big_word2vec(n, d), normalize=False).write_text(path)
+    return path
+
+
+def big_fasttext(n: int = 1_000_000, d: int = 300, buckets: int = 1_000_000) -> Path:
+    """A fastText skipgram ``.bin`` with the same words, ``buckets`` n-gram rows
+    (minn 3, maxn 6) and its zero output matrix; written by vecfusion's fastText writer
+    (fastText's own pretrained models have 2M words and 2M buckets)."""
+    import vecfusion as vf
+
+    path = DATA / f"big_{n}x{d}_ft{buckets}.bin"
+    if not path.exists():
+        src = vf.load_word2vec(big_word2vec(n, d))
+        full = np.empty((n + buckets, d), dtype=np.float32)
+        full[:n] = np.asarray(src.storage)
+        norms = np.asarray(src.norms).copy()
+        del src
+        rng = np.random.default_rng(3)
+        for s in range(n, n + buckets, 200_000):
+            e = min(n + buckets, s + 200_000)
+            full[s:e] = 0.3 * rng.standard_normal((e - s, d)).astype(np.float32)
+        emb = vf.Embeddings(words(n), full, norms=norms, vocab="fasttext", buckets=buckets)
+        del full
+        emb.write_fasttext(path)
+    return path

@@ -18,6 +18,7 @@
 //! ```
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod compat;
 pub mod embeddings;
 pub mod error;
 pub mod format;

@@ -19,7 +19,11 @@ from ._native import (
     __version__ as __version__,
     build_profile as build_profile,
     load as load,
+    load_fasttext as load_fasttext,
+    load_text as load_text,
+    load_word2vec as load_word2vec,
 )
+from .convert import convert as convert
 
 __all__ = [
     "Embeddings",
@@ -30,4 +34,8 @@ __all__ = [
     "__version__",
     "build_profile",
     "load",
+    "convert",
+    "load_fasttext",
+    "load_text",
+    "load_word2vec",
 ]

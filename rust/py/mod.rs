@@ -1,6 +1,7 @@
 //! Python bindings (only with the `python` feature). Nothing here parses bytes or
 //! runs hot loops: it converts arguments, releases the GIL and calls the core.
 
+mod compat;
 mod construct;
 mod embeddings;
 mod errors;
@@ -22,6 +23,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<storage::PyQuantizedStorage>()?;
     m.add_class::<embeddings::WordIter>()?;
     m.add_function(wrap_pyfunction!(embeddings::load, m)?)?;
+    m.add_function(wrap_pyfunction!(compat::load_word2vec, m)?)?;
+    m.add_function(wrap_pyfunction!(compat::load_text, m)?)?;
+    m.add_function(wrap_pyfunction!(compat::load_fasttext, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("build_profile", if cfg!(debug_assertions) { "debug" } else { "release" })?;
     Ok(())

@@ -1,0 +1,77 @@
+"""``vecfusion info FILE``: format, words, dims, vocabulary and storage kinds, metadata."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "info",
+        help="show what an embedding file holds",
+        description="Show the format, word count, dims, vocabulary and storage kinds and "
+        "metadata of an embedding file (finalfusion, word2vec, text/GloVe, fastText).",
+    )
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--format", dest="fmt", metavar="FMT", help="file format (detected if omitted)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)
+    return p
+
+
+def describe(path: str, fmt: str | None = None) -> dict[str, Any]:
+    """The facts ``info`` prints, as a dict."""
+    from ..convert import _norm_format, detect_format, load_any
+
+    f = _norm_format(fmt) if fmt else detect_format(path)
+    emb = load_any(path, f, normalize=False, mmap=True)
+    vocab = emb.vocab
+    return {
+        "file": str(path),
+        "format": f,
+        "words": len(emb),
+        "dims": emb.dims,
+        "rows": vocab.rows,
+        "vocab": emb.vocab_kind,
+        "ngram_range": None if vocab.min_n is None else [vocab.min_n, vocab.max_n],
+        # the file's storage chunk (info memory-maps finalfusion files to stay cheap)
+        "storage": {"MmapArray": "NdArray", "MmapQuantizedArray": "QuantizedArray"}.get(
+            emb.storage_kind, emb.storage_kind
+        ),
+        "norms": emb.norms is not None,
+        "metadata": emb.metadata,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    d = describe(args.file, args.fmt)
+    if args.json:
+        print(json.dumps(d, ensure_ascii=False, indent=1, default=str))
+        return 0
+    width = max(len(k) for k in d)
+    for k, v in d.items():
+        if k == "metadata":
+            continue
+        if k == "ngram_range":
+            if v is None:
+                continue
+            v = f"{v[0]}..{v[1]}"
+        print(f"{k:<{width}}  {v}")
+    meta = d["metadata"]
+    print(f"{'metadata':<{width}}  {'none' if not meta else ''}")
+    if meta:
+        for line in _toml_lines(meta):
+            print(f"  {line}")
+    return 0
+
+
+def _toml_lines(meta: dict[str, Any], prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for k, v in meta.items():
+        if isinstance(v, dict):
+            out.extend(_toml_lines(v, f"{prefix}{k}."))
+        else:
+            out.append(f"{prefix}{k} = {v!r}")
+    return out

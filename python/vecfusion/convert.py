@@ -1,0 +1,219 @@
+"""Converting between embedding formats: finalfusion, word2vec binary, text
+(word2vec text with a ``"n d"`` header, or GloVe without one) and fastText ``.bin``.
+
+>>> import vecfusion as vf
+>>> vf.convert("vectors.w2v.bin", "vectors.fifu")     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ._native import (
+    Embeddings,
+    load,
+    load_fasttext,
+    load_text,
+    load_word2vec,
+)
+
+__all__ = ["FORMATS", "convert", "detect_format", "load_any", "write_any"]
+
+#: Format names; ``text`` has a ``"n d"`` header line, ``glove`` has none.
+FORMATS = ("finalfusion", "word2vec", "text", "glove", "fasttext")
+
+_ALIASES = {
+    "fifu": "finalfusion",
+    "ff": "finalfusion",
+    "w2v": "word2vec",
+    "word2vec-binary": "word2vec",
+    "textdims": "text",
+    "word2vec-text": "text",
+    "vec": "text",
+    "txt": "text",
+    "nodims": "glove",
+    "fasttext-bin": "fasttext",
+    "ft": "fasttext",
+}
+
+_FASTTEXT_MAGIC = (793712314).to_bytes(4, "little")
+
+
+def _norm_format(fmt: str) -> str:
+    f = fmt.lower()
+    f = _ALIASES.get(f, f)
+    if f not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    return f
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """The format of an existing file: from its magic bytes (finalfusion, fastText),
+    else from its extension or, failing that, its first bytes (text or word2vec)."""
+    p = Path(path)
+    with open(p, "rb") as f:
+        head = f.read(65536)
+    if head[:4] == b"FiFu":
+        return "finalfusion"
+    if head[:4] == _FASTTEXT_MAGIC:
+        return "fasttext"
+    ext = p.suffix.lower()
+    if ext == ".fifu":
+        return "finalfusion"
+    if ext == ".ftz":
+        return "fasttext"
+    if ext in (".bin", ".w2v"):
+        return "word2vec"
+    if ext in (".txt", ".vec", ".glove", ".nodims", ".dims"):
+        return "glove" if ext in (".glove", ".nodims") else "text"
+    # No telling extension: binary data after the first line means word2vec.
+    _, _, rest = head.partition(b"\n")
+    if b"\x00" in rest or not _looks_textual(rest):
+        return "word2vec"
+    return "text"
+
+
+def _looks_textual(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError as e:
+        # a multi-byte character cut at the end of the sample is fine
+        return e.start >= len(b) - 4
+    return True
+
+
+def _dst_format(path: Path, src_format: str) -> str:
+    ext = path.suffix.lower()
+    if ext == ".fifu":
+        return "finalfusion"
+    if ext == ".w2v":
+        return "word2vec"
+    if ext == ".bin":
+        # .bin is both word2vec and fastText: keep fastText models fastText
+        return "fasttext" if src_format == "fasttext" else "word2vec"
+    if ext in (".txt", ".vec"):
+        return "text"
+    if ext in (".glove", ".nodims"):
+        return "glove"
+    raise ValueError(
+        f"cannot tell the output format from the name {path.name!r}; pass dst_format "
+        f"(one of {', '.join(FORMATS)})"
+    )
+
+
+def load_any(path: str | os.PathLike[str], fmt: str | None = None, *, normalize: bool = True,
+             lossy: bool = False, mmap: bool = False) -> Embeddings:
+    """Load embeddings of any supported format (detected when ``fmt`` is None)."""
+    f = _norm_format(fmt) if fmt else detect_format(path)
+    if f == "finalfusion":
+        return load(path, mmap=mmap)
+    if f == "word2vec":
+        return load_word2vec(path, lossy=lossy, normalize=normalize)
+    if f == "text":
+        return load_text(path, dims=None, lossy=lossy, normalize=normalize)
+    if f == "glove":
+        return load_text(path, dims=False, lossy=lossy, normalize=normalize)
+    return load_fasttext(path, lossy=lossy)
+
+
+def write_any(emb: Embeddings, path: str | os.PathLike[str], fmt: str, vocab: str = "standard") -> None:
+    """Write embeddings in format ``fmt``."""
+    f = _norm_format(fmt)
+    if vocab != "standard":
+        if f != "finalfusion":
+            raise ValueError(f"vocab={vocab!r} applies to finalfusion output only, not {f}")
+        sig = getattr(Embeddings.write, "__text_signature__", None) or ""
+        if "vocab" not in sig:
+            raise ValueError(
+                f"vocab={vocab!r} is not supported by this build of vecfusion (only 'standard')"
+            )
+        emb.write(path, vocab=vocab)  # type: ignore[call-arg]
+        return
+    if f == "finalfusion":
+        emb.write(path)
+    elif f == "word2vec":
+        emb.write_word2vec(path)
+    elif f == "text":
+        emb.write_text(path, dims=True)
+    elif f == "glove":
+        emb.write_text(path, dims=False)
+    else:
+        emb.write_fasttext(path)
+
+
+@contextmanager
+def _step(bar: Any, desc: str) -> Iterator[None]:
+    """Show ``desc`` on the bar and keep its clock ticking while a (GIL-free) native
+    call runs; the bar itself appears only once a second has passed."""
+    if bar is None:
+        yield
+        return
+    bar.set_description(desc, refresh=False)
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.wait(0.25):
+            bar.refresh()
+
+    t = threading.Thread(target=tick, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        done.set()
+        t.join()
+        bar.update(1)
+
+
+def convert(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    src_format: str | None = None,
+    dst_format: str | None = None,
+    vocab: str = "standard",
+    progress: bool = True,
+) -> Embeddings:
+    """Convert an embedding file to another format and return the embeddings read.
+
+    Formats: ``finalfusion``, ``word2vec`` (binary), ``text`` (word2vec text, ``"n d"``
+    header), ``glove`` (text without header), ``fasttext`` (``.bin``). ``src_format`` is
+    detected from the magic bytes or the extension when None; ``dst_format`` from the
+    extension (``.fifu``, ``.bin``/``.w2v``, ``.txt``/``.vec``, ``.glove``; a ``.bin``
+    target stays fastText when the source is fastText). Converting to finalfusion
+    L2-normalizes rows and keeps their norms; other targets get the vectors as stored.
+    ``vocab`` other than ``"standard"`` is passed to ``Embeddings.write`` (finalfusion
+    targets only). ``progress`` shows a progress bar for steps longer than a second.
+    """
+    src_p, dst_p = Path(src), Path(dst)
+    sf = _norm_format(src_format) if src_format else detect_format(src_p)
+    df = _norm_format(dst_format) if dst_format else _dst_format(dst_p, sf)
+    if vocab != "standard" and df != "finalfusion":
+        raise ValueError(f"vocab={vocab!r} applies to finalfusion output only, not {df}")
+    if vocab != "standard":
+        sig = getattr(Embeddings.write, "__text_signature__", None) or ""
+        if "vocab" not in sig:
+            raise ValueError(
+                f"vocab={vocab!r} is not supported by this build of vecfusion (only 'standard')"
+            )
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=2, delay=1.0, unit="step", leave=False,
+                   bar_format="{desc}: {n_fmt}/{total_fmt} steps [{elapsed}]")
+    try:
+        with _step(bar, f"reading {src_p.name} ({sf})"):
+            emb = load_any(src_p, sf, normalize=(df == "finalfusion"))
+        with _step(bar, f"writing {dst_p.name} ({df})"):
+            write_any(emb, dst_p, df, vocab)
+    finally:
+        if bar is not None:
+            bar.close()
+    return emb
+
+

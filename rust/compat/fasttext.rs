@@ -1,0 +1,642 @@
+//! fastText `.bin` models.
+//!
+//! ```text
+//! u32 magic 793712314 | u32 version (<= 12)
+//! 12 x i32 args (dim ws epoch minCount neg wordNgrams loss model bucket minn maxn lrUpdateRate) | f64 t
+//! i32 size | i32 nwords | i32 nlabels | i64 ntokens | i64 pruneidx_size
+//! size x (NUL-terminated word | i64 count | u8 type)  [pruneidx_size x (i32, i32)]
+//! u8 quant | i64 rows | i64 cols | rows x cols f32   (input matrix, rows = nwords + bucket)
+//! u8 quant | output matrix
+//! ```
+//!
+//! Import (as finalfusion does): each word row becomes the mean of the word row and the
+//! rows of its n-grams (what fastText's `get_word_vector` returns), then word rows are
+//! L2-normalized and their norms kept; n-gram rows stay as they are. The vocabulary is
+//! a fastText subword vocabulary with the file's bucket count. fastText gives the
+//! end-of-sentence word `</s>` no n-grams; so does vecfusion. Writing inverts the import.
+//! Quantized models (`.ftz`) are refused.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use super::{normalize_rows, read_err};
+use crate::embeddings::{write_atomically, Embeddings};
+use crate::error::{Error, Result};
+use crate::storage::{ArrayStorage, Storage};
+use crate::vocab::{Indexer, SubwordVocab, Vocab, WordList};
+
+/// The magic number of fastText model files.
+pub const FASTTEXT_MAGIC: u32 = 793_712_314;
+/// The newest fastText file version.
+pub const FASTTEXT_VERSION: u32 = 12;
+/// fastText's end-of-sentence token (it has no n-grams).
+pub const EOS: &str = "</s>";
+
+/// The training arguments stored in a fastText model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FastTextArgs {
+    pub dim: i32,
+    pub ws: i32,
+    pub epoch: i32,
+    pub min_count: i32,
+    pub neg: i32,
+    pub word_ngrams: i32,
+    pub loss: i32,
+    pub model: i32,
+    pub bucket: i32,
+    pub minn: i32,
+    pub maxn: i32,
+    pub lr_update_rate: i32,
+    pub t: f64,
+}
+
+impl Default for FastTextArgs {
+    fn default() -> Self {
+        // fastText's defaults for skipgram with negative sampling
+        FastTextArgs {
+            dim: 100,
+            ws: 5,
+            epoch: 5,
+            min_count: 5,
+            neg: 5,
+            word_ngrams: 1,
+            loss: 2,
+            model: 2,
+            bucket: 2_000_000,
+            minn: 3,
+            maxn: 6,
+            lr_update_rate: 100,
+            t: 1e-4,
+        }
+    }
+}
+
+const INT_KEYS: [&str; 12] = [
+    "dim", "ws", "epoch", "minCount", "neg", "wordNgrams", "loss", "model", "bucket", "minn", "maxn", "lrUpdateRate",
+];
+
+impl FastTextArgs {
+    fn ints(&self) -> [i32; 12] {
+        [
+            self.dim,
+            self.ws,
+            self.epoch,
+            self.min_count,
+            self.neg,
+            self.word_ngrams,
+            self.loss,
+            self.model,
+            self.bucket,
+            self.minn,
+            self.maxn,
+            self.lr_update_rate,
+        ]
+    }
+
+    fn from_ints(v: [i32; 12], t: f64) -> Self {
+        FastTextArgs {
+            dim: v[0],
+            ws: v[1],
+            epoch: v[2],
+            min_count: v[3],
+            neg: v[4],
+            word_ngrams: v[5],
+            loss: v[6],
+            model: v[7],
+            bucket: v[8],
+            minn: v[9],
+            maxn: v[10],
+            lr_update_rate: v[11],
+            t,
+        }
+    }
+
+    /// The `[fasttext]` metadata table.
+    fn to_toml(&self, version: u32) -> String {
+        let mut s = String::from("[fasttext]\n");
+        s.push_str(&format!("version = {version}\n"));
+        for (k, v) in INT_KEYS.iter().zip(self.ints()) {
+            s.push_str(&format!("{k} = {v}\n"));
+        }
+        s.push_str(&format!("t = {:?}\n", self.t));
+        s
+    }
+
+    /// Arguments from a `[fasttext]` metadata table, if there is one.
+    fn from_metadata(meta: Option<&str>) -> FastTextArgs {
+        let args = FastTextArgs::default();
+        let Some(table) = meta.and_then(|m| m.parse::<toml::Table>().ok()) else {
+            return args;
+        };
+        let Some(ft) = table.get("fasttext").and_then(|v| v.as_table()) else {
+            return args;
+        };
+        let mut ints = args.ints();
+        for (slot, k) in ints.iter_mut().zip(INT_KEYS) {
+            if let Some(v) = ft.get(k).and_then(toml::Value::as_integer).and_then(|v| i32::try_from(v).ok()) {
+                *slot = v;
+            }
+        }
+        let t = ft.get("t").and_then(toml::Value::as_float).unwrap_or(args.t);
+        FastTextArgs::from_ints(ints, t)
+    }
+}
+
+fn fasttext_hash_bytes(b: &[u8]) -> u32 {
+    let mut h: u32 = 2_166_136_261;
+    for &c in b {
+        h ^= (c as i8) as i32 as u32;
+        h = h.wrapping_mul(16_777_619);
+    }
+    h
+}
+
+/// Call `f` with the byte range of every n-gram of `<word>` in fastText's order
+/// (for each start character, shortest first), with fastText's rules: n-grams of
+/// `minn..=maxn` characters, single `<` or `>` excluded, `</s>` has none.
+pub fn for_each_fasttext_ngram(word: &str, minn: usize, maxn: usize, mut f: impl FnMut(&str)) {
+    if word == EOS {
+        return;
+    }
+    let mut s = String::with_capacity(word.len() + 2);
+    s.push('<');
+    s.push_str(word);
+    s.push('>');
+    let b = s.as_bytes();
+    let len = b.len();
+    for i in 0..len {
+        if (b[i] & 0xC0) == 0x80 {
+            continue;
+        }
+        let mut j = i;
+        let mut n = 1;
+        while j < len && n <= maxn {
+            j += 1;
+            while j < len && (b[j] & 0xC0) == 0x80 {
+                j += 1;
+            }
+            if n >= minn && !(n == 1 && (i == 0 || j == len)) {
+                f(&s[i..j]);
+            }
+            n += 1;
+        }
+    }
+}
+
+/// The storage rows (`nwords + hash % bucket`) of the n-grams of `word`, fastText's way.
+pub fn fasttext_ngram_rows(word: &str, minn: u32, maxn: u32, bucket: u32, nwords: usize, out: &mut Vec<usize>) {
+    if bucket == 0 {
+        return;
+    }
+    for_each_fasttext_ngram(word, minn as usize, maxn as usize, |g| {
+        out.push(nwords + (fasttext_hash_bytes(g.as_bytes()) % bucket) as usize);
+    });
+}
+
+/// (min_n, max_n, buckets) of a fastText subword vocabulary.
+fn fasttext_params(vocab: &Vocab) -> Option<(u32, u32, u32)> {
+    match vocab {
+        Vocab::Subword(SubwordVocab {
+            min_n,
+            max_n,
+            indexer: Indexer::FastText { buckets },
+            ..
+        }) => Some((*min_n, *max_n, *buckets)),
+        _ => None,
+    }
+}
+
+/// fastText's `get_subwords`: for a known word, the word and its id first, then the
+/// n-grams and their rows.
+pub fn fasttext_subwords(emb: &Embeddings, word: &str) -> (Vec<String>, Vec<usize>) {
+    let mut strings = Vec::new();
+    let mut ids = Vec::new();
+    if let Some(i) = emb.vocab.word_index(word) {
+        strings.push(word.to_string());
+        ids.push(i);
+    }
+    if let Some((minn, maxn, bucket)) = fasttext_params(&emb.vocab) {
+        let nwords = emb.vocab.words_len();
+        for_each_fasttext_ngram(word, minn as usize, maxn as usize, |g| {
+            strings.push(g.to_string());
+            ids.push(nwords + (fasttext_hash_bytes(g.as_bytes()) % bucket) as usize);
+        });
+    }
+    (strings, ids)
+}
+
+/// What fastText's `get_word_vector` returns: a known word's vector before
+/// normalization (row times norm); for an unknown word the mean of its n-gram rows
+/// (zero without n-grams).
+pub fn fasttext_vector(emb: &Embeddings, word: &str) -> Vec<f32> {
+    let dims = emb.dims();
+    let mut out = vec![0f32; dims];
+    if let Some(i) = emb.vocab.word_index(word) {
+        super::export_row(emb, i, &mut out);
+        return out;
+    }
+    let mut rows = Vec::new();
+    match fasttext_params(&emb.vocab) {
+        Some((minn, maxn, bucket)) => fasttext_ngram_rows(word, minn, maxn, bucket, emb.vocab.words_len(), &mut rows),
+        None => emb.vocab.push_subword_indices(word, &mut rows),
+    }
+    if rows.is_empty() {
+        return out;
+    }
+    for &r in &rows {
+        emb.storage.add_row(r, &mut out);
+    }
+    let inv = 1.0 / rows.len() as f32;
+    for x in out.iter_mut() {
+        *x *= inv;
+    }
+    out
+}
+
+struct Reader<R> {
+    r: R,
+}
+
+impl<R: BufRead> Reader<R> {
+    fn i32(&mut self, path: &Path, what: &'static str) -> Result<i32> {
+        let mut b = [0u8; 4];
+        self.r.read_exact(&mut b).map_err(|e| read_err(path, what, e))?;
+        Ok(i32::from_le_bytes(b))
+    }
+    fn i64(&mut self, path: &Path, what: &'static str) -> Result<i64> {
+        let mut b = [0u8; 8];
+        self.r.read_exact(&mut b).map_err(|e| read_err(path, what, e))?;
+        Ok(i64::from_le_bytes(b))
+    }
+    fn f64(&mut self, path: &Path, what: &'static str) -> Result<f64> {
+        Ok(f64::from_bits(self.i64(path, what)? as u64))
+    }
+    fn u8(&mut self, path: &Path, what: &'static str) -> Result<u8> {
+        let mut b = [0u8; 1];
+        self.r.read_exact(&mut b).map_err(|e| read_err(path, what, e))?;
+        Ok(b[0])
+    }
+}
+
+/// Read a fastText `.bin` model.
+pub fn read_fasttext(path: &Path, lossy: bool) -> Result<Embeddings> {
+    read_fasttext_inner(path, lossy).map_err(|e| e.context(path.display()))
+}
+
+fn read_fasttext_inner(path: &Path, lossy: bool) -> Result<Embeddings> {
+    let file = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    let file_len = file
+        .metadata()
+        .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?
+        .len();
+    let mut r = Reader {
+        r: BufReader::with_capacity(1 << 20, file),
+    };
+    let magic = r.i32(path, "fastText magic")? as u32;
+    if magic != FASTTEXT_MAGIC {
+        return Err(Error::Magic {
+            format: "fastText",
+            expected: FASTTEXT_MAGIC.to_le_bytes().to_vec(),
+            got: magic.to_le_bytes().to_vec(),
+        });
+    }
+    let version = r.i32(path, "fastText version")?;
+    if !(0..=FASTTEXT_VERSION as i32).contains(&version) {
+        return Err(Error::Version {
+            format: "fastText",
+            expected: format!("<= {FASTTEXT_VERSION}"),
+            got: version as u32 as u64,
+        });
+    }
+    let mut ints = [0i32; 12];
+    for (slot, k) in ints.iter_mut().zip(INT_KEYS) {
+        *slot = r.i32(path, k)?;
+    }
+    let t = r.f64(path, "t")?;
+    let mut args = FastTextArgs::from_ints(ints, t);
+    if version == 11 && args.model == 3 {
+        // old supervised models: fastText ignores their n-grams
+        args.maxn = 0;
+    }
+    if args.dim <= 0 || args.bucket < 0 || args.minn < 0 || args.maxn < 0 || args.maxn > 1024 {
+        return Err(Error::invalid(
+            "fastText arguments",
+            format!(
+                "dim {}, bucket {}, minn {}, maxn {} (dim must be positive, the others not negative)",
+                args.dim, args.bucket, args.minn, args.maxn
+            ),
+        ));
+    }
+    let dims = args.dim as usize;
+
+    // dictionary
+    let size = r.i32(path, "dictionary size")?;
+    let nwords = r.i32(path, "word count")?;
+    let nlabels = r.i32(path, "label count")?;
+    let _ntokens = r.i64(path, "token count")?;
+    let pruneidx_size = r.i64(path, "pruneidx size")?;
+    if size < 0 || nwords < 0 || nlabels < 0 || i64::from(nwords) + i64::from(nlabels) != i64::from(size) {
+        return Err(Error::invalid(
+            "fastText dictionary",
+            format!("size {size} is not words {nwords} + labels {nlabels}"),
+        ));
+    }
+    // every entry needs at least 10 bytes
+    if (size as u64).saturating_mul(10) > file_len {
+        return Err(Error::invalid(
+            "fastText dictionary",
+            format!("{size} entries do not fit in a file of {file_len} bytes"),
+        ));
+    }
+    let nwords = nwords as usize;
+    let mut words = super::WordsBuilder::default();
+    words.ends.reserve(nwords);
+    let mut buf = Vec::with_capacity(64);
+    for i in 0..size as usize {
+        buf.clear();
+        r.r.read_until(0, &mut buf).map_err(|e| read_err(path, "fastText dictionary", e))?;
+        if buf.last() != Some(&0) {
+            return Err(Error::invalid("fastText dictionary", format!("the file ends inside entry {i}")));
+        }
+        buf.pop();
+        let _count = r.i64(path, "word count")?;
+        let ty = r.u8(path, "entry type")?;
+        match ty {
+            0 if i < nwords => {
+                words.push(&buf, lossy, || format!("fastText dictionary entry {i}"))?;
+            }
+            1 if i >= nwords => {} // a label: not part of the input matrix
+            _ => {
+                return Err(Error::invalid(
+                    "fastText dictionary",
+                    format!("entry {i} has type {ty}, but the first {nwords} entries must be words (0) and the rest labels (1)"),
+                ))
+            }
+        }
+    }
+    if pruneidx_size >= 0 {
+        return Err(Error::invalid(
+            "fastText model",
+            format!(
+                "the dictionary is pruned (pruneidx_size {pruneidx_size}): quantized fastText models (.ftz) are not supported; use the .bin model"
+            ),
+        ));
+    }
+    let quant = r.u8(path, "quantization flag")?;
+    if quant != 0 {
+        return Err(Error::invalid(
+            "fastText model",
+            "the input matrix is quantized: quantized fastText models (.ftz) are not supported; use the .bin model",
+        ));
+    }
+    let rows = r.i64(path, "matrix rows")?;
+    let cols = r.i64(path, "matrix columns")?;
+    let bucket = args.bucket as usize;
+    if rows < 0 || rows as u64 != nwords as u64 + bucket as u64 || cols != i64::from(args.dim) {
+        return Err(Error::invalid(
+            "fastText input matrix",
+            format!("shape ({rows}, {cols}), expected ({}, {dims}) = (words + buckets, dim)", nwords + bucket),
+        ));
+    }
+    let rows = rows as usize;
+    let n = rows.checked_mul(dims).ok_or(Error::Overflow("matrix size"))?;
+    let nbytes = (n as u64).checked_mul(4).ok_or(Error::Overflow("matrix size"))?;
+    if nbytes > file_len {
+        return Err(Error::invalid(
+            "fastText input matrix",
+            format!("{rows} x {dims} floats do not fit in a file of {file_len} bytes"),
+        ));
+    }
+    let mut data = vec![0f32; n];
+    {
+        let mut chunk = vec![0u8; 4 << 20];
+        let mut filled = 0usize;
+        while filled < n {
+            let take = (n - filled).min(chunk.len() / 4);
+            let bytes = &mut chunk[..take * 4];
+            r.r.read_exact(bytes).map_err(|e| read_err(path, "fastText input matrix", e))?;
+            for (o, c) in data[filled..filled + take].iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+            filled += take;
+        }
+    }
+    drop(r);
+
+    let words = words.finish()?;
+    let subwords = args.maxn > 0 && bucket > 0 && args.maxn >= args.minn && args.minn > 0;
+    let metadata = Some(args.to_toml(version as u32));
+    let (word_part, ngram_part) = data.split_at_mut(nwords * dims);
+    if subwords {
+        let (minn, maxn, bk) = (args.minn as u32, args.maxn as u32, args.bucket as u32);
+        word_part
+            .par_chunks_mut(dims)
+            .enumerate()
+            .with_min_len(64)
+            .for_each_init(Vec::new, |idx, (i, row)| {
+                idx.clear();
+                fasttext_ngram_rows(words.get(i).unwrap_or_default(), minn, maxn, bk, 0, idx);
+                if idx.is_empty() {
+                    return;
+                }
+                for &g in idx.iter() {
+                    for (o, v) in row.iter_mut().zip(&ngram_part[g * dims..(g + 1) * dims]) {
+                        *o += v;
+                    }
+                }
+                let inv = 1.0 / (idx.len() + 1) as f32;
+                for o in row.iter_mut() {
+                    *o *= inv;
+                }
+            });
+    }
+    let norms = normalize_rows(word_part, dims);
+    if subwords {
+        let vocab = Vocab::Subword(SubwordVocab {
+            words,
+            min_n: args.minn as u32,
+            max_n: args.maxn as u32,
+            indexer: Indexer::FastText {
+                buckets: args.bucket as u32,
+            },
+        });
+        let storage = Storage::Array(ArrayStorage::new(data, rows, dims)?);
+        Embeddings::new(metadata, vocab, storage, Some(norms))
+    } else {
+        // no n-grams: only the word rows matter
+        data.truncate(nwords * dims);
+        data.shrink_to_fit();
+        let storage = Storage::Array(ArrayStorage::new(data, nwords, dims)?);
+        Embeddings::new(metadata, Vocab::Simple(words), storage, Some(norms))
+    }
+}
+
+/// Write `emb` as a fastText `.bin` model that fastText loads: word rows are turned back
+/// into fastText's own rows (inverting the import), n-gram rows are written as they are,
+/// the dictionary has no pruning (`pruneidx_size = -1`), and the output matrix is zero.
+/// Word counts are not kept by vecfusion and are written as 1.
+///
+/// Works for fastText subword vocabularies and simple vocabularies (written without
+/// n-grams: minn = maxn = bucket = 0); other subword vocabularies are refused.
+pub fn write_fasttext(emb: &Embeddings, path: &Path) -> Result<()> {
+    let (words, minn, maxn, bucket): (&WordList, u32, u32, u32) = match &emb.vocab {
+        Vocab::Simple(w) => (w, 0, 0, 0),
+        Vocab::Subword(s) => match s.indexer {
+            Indexer::FastText { buckets } => (&s.words, s.min_n, s.max_n, buckets),
+            _ => {
+                return Err(Error::argument(format!(
+                    "a {} cannot be written as fastText: its n-grams are not indexed with fastText's hash",
+                    emb.vocab.kind()
+                )))
+            }
+        },
+        Vocab::Floret(_) => {
+            return Err(Error::argument(
+                "a FloretSubwordVocab cannot be written as fastText (.bin); floret models are not fastText models",
+            ))
+        }
+    };
+    for w in words.iter() {
+        if w.is_empty() || w.bytes().any(|b| b == 0 || b.is_ascii_whitespace()) {
+            return Err(Error::argument(format!(
+                "the word {w:?} is empty or contains whitespace or NUL and cannot be written as fastText"
+            )));
+        }
+    }
+    let dims = emb.dims();
+    let nwords = words.len();
+    let to_i32 = |v: usize, what: &str| {
+        i32::try_from(v).map_err(|_| Error::argument(format!("{what} {v} is too large for a fastText file")))
+    };
+    let mut args = FastTextArgs::from_metadata(emb.metadata.as_deref());
+    args.dim = to_i32(dims, "dims")?;
+    args.bucket = to_i32(bucket as usize, "bucket count")?;
+    args.minn = minn as i32;
+    args.maxn = maxn as i32;
+    if !matches!(args.model, 1 | 2) {
+        args.model = 2; // labels are not kept: write a skipgram model
+    }
+    if !matches!(args.loss, 1..=3) {
+        args.loss = 2;
+    }
+    let nwords_i32 = to_i32(nwords, "word count")?;
+    let rows = nwords + bucket as usize;
+
+    write_atomically(path, |w| {
+        w.write_all(&(FASTTEXT_MAGIC as i32).to_le_bytes())?;
+        w.write_all(&(FASTTEXT_VERSION as i32).to_le_bytes())?;
+        for v in args.ints() {
+            w.write_all(&v.to_le_bytes())?;
+        }
+        w.write_all(&args.t.to_le_bytes())?;
+        w.write_all(&nwords_i32.to_le_bytes())?; // size
+        w.write_all(&nwords_i32.to_le_bytes())?; // nwords
+        w.write_all(&0i32.to_le_bytes())?; // nlabels
+        w.write_all(&(nwords as i64).to_le_bytes())?; // ntokens
+        w.write_all(&(-1i64).to_le_bytes())?; // pruneidx_size
+        for word in words.iter() {
+            w.write_all(word.as_bytes())?;
+            w.write_all(&[0])?;
+            w.write_all(&1i64.to_le_bytes())?;
+            w.write_all(&[0])?;
+        }
+        w.write_all(&[0])?; // not quantized
+        w.write_all(&(rows as i64).to_le_bytes())?;
+        w.write_all(&(dims as i64).to_le_bytes())?;
+        // word rows: fastText's row = mean * (1 + k) - sum of its k n-gram rows
+        const GROUP: usize = 8192;
+        let mut start = 0;
+        while start < nwords {
+            let end = (start + GROUP).min(nwords);
+            let mut block = vec![0f32; (end - start) * dims];
+            if dims > 0 {
+                block.par_chunks_mut(dims).enumerate().with_min_len(64).for_each_init(Vec::new, |idx, (k, row)| {
+                    let i = start + k;
+                    super::export_row(emb, i, row);
+                    idx.clear();
+                    fasttext_ngram_rows(words.get(i).unwrap_or_default(), minn, maxn, bucket, nwords, idx);
+                    if idx.is_empty() {
+                        return;
+                    }
+                    let m = (idx.len() + 1) as f32;
+                    for x in row.iter_mut() {
+                        *x *= m;
+                    }
+                    let mut g = vec![0f32; row.len()];
+                    for &r in idx.iter() {
+                        emb.storage.row_into(r, &mut g);
+                        for (x, v) in row.iter_mut().zip(&g) {
+                            *x -= v;
+                        }
+                    }
+                });
+            }
+            write_f32s(w, &block)?;
+            start = end;
+        }
+        // n-gram rows as they are
+        let mut row = vec![0f32; dims];
+        let mut bytes = Vec::with_capacity(dims * 4);
+        for r in nwords..rows {
+            emb.storage.row_into(r, &mut row);
+            bytes.clear();
+            for x in &row {
+                bytes.extend_from_slice(&x.to_le_bytes());
+            }
+            w.write_all(&bytes)?;
+        }
+        // output matrix: zeros, nwords x dims (its shape for skipgram/cbow)
+        w.write_all(&[0])?;
+        w.write_all(&(nwords as i64).to_le_bytes())?;
+        w.write_all(&(dims as i64).to_le_bytes())?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = (nwords as u64) * (dims as u64) * 4;
+        while left > 0 {
+            let k = left.min(zeros.len() as u64) as usize;
+            w.write_all(&zeros[..k])?;
+            left -= k as u64;
+        }
+        Ok(())
+    })
+}
+
+fn write_f32s<W: Write>(w: &mut W, v: &[f32]) -> std::io::Result<()> {
+    let mut bytes = Vec::with_capacity(v.len().min(1 << 16) * 4);
+    for c in v.chunks(1 << 16) {
+        bytes.clear();
+        for x in c {
+            bytes.extend_from_slice(&x.to_le_bytes());
+        }
+        w.write_all(&bytes)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ngrams_in_fasttext_order() {
+        let mut got = Vec::new();
+        for_each_fasttext_ngram("vim", 3, 6, |g| got.push(g.to_string()));
+        assert_eq!(got, ["<vi", "<vim", "<vim>", "vim", "vim>", "im>"]);
+        got.clear();
+        for_each_fasttext_ngram("ab", 1, 2, |g| got.push(g.to_string()));
+        // single '<' and '>' are left out
+        assert_eq!(got, ["<a", "a", "ab", "b", "b>"]);
+        got.clear();
+        for_each_fasttext_ngram(EOS, 3, 6, |g| got.push(g.to_string()));
+        assert!(got.is_empty());
+    }
+
+    #[test]
+    fn hash_matches_vocab_hash() {
+        for g in ["<vi", "über", "日本>", "a"] {
+            assert_eq!(fasttext_hash_bytes(g.as_bytes()), crate::vocab::subword::fasttext_hash(g));
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! Text embeddings: one `word v1 v2 ... vd` line per word, fields separated by spaces
+//! or tabs; GloVe files have no header, word2vec text files start with `"n d"`.
+//!
+//! Reading runs on all cores: the file is read in large blocks, each block is cut into
+//! line-aligned pieces that are parsed in parallel (numbers with `fast-float2`), and the
+//! pieces are appended in order. With a `limit`, lines are streamed one by one and only
+//! the lines needed are read. Errors name the 1-based line number.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use super::fmt::push_f32;
+use super::{assemble, export_row, known_words, ReadOptions, WordsBuilder};
+use crate::embeddings::{write_atomically, Embeddings};
+use crate::error::{Error, Result};
+
+/// Is there a `"n d"` header line?
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Header {
+    /// Detect it: a first line of exactly two unsigned integers is a header.
+    Detect,
+    /// The first line is a header (word2vec text).
+    Yes,
+    /// No header (GloVe).
+    No,
+}
+
+const BLOCK: usize = 32 << 20;
+
+/// Read a text embedding file.
+pub fn read_text(path: &Path, header: Header, opts: &ReadOptions) -> Result<Embeddings> {
+    read_text_inner(path, header, opts).map_err(|e| e.context(path.display()))
+}
+
+fn line_err(line: u64, msg: impl std::fmt::Display) -> Error {
+    Error::invalid("text embeddings", format!("line {line}: {msg}"))
+}
+
+fn read_text_inner(path: &Path, header: Header, opts: &ReadOptions) -> Result<Embeddings> {
+    let file = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    let file_len = file
+        .metadata()
+        .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?
+        .len();
+    let io_err = |e: std::io::Error| Error::io(format!("cannot read {}", path.display()), e);
+    let mut r = BufReader::with_capacity(1 << 20, file);
+
+    let mut first = Vec::new();
+    r.read_until(b'\n', &mut first).map_err(io_err)?;
+    let parsed_header = parse_header(&first);
+    let shape = match header {
+        Header::Yes => Some(parsed_header.ok_or_else(|| {
+            line_err(
+                1,
+                format!(
+                    "expected a header \"<words> <dims>\", found {:?}",
+                    String::from_utf8_lossy(strip_eol(&first))
+                ),
+            )
+        })?),
+        Header::No => None,
+        Header::Detect => parsed_header,
+    };
+    let limit = opts.limit.unwrap_or(usize::MAX);
+    let mut words = WordsBuilder::default();
+    let mut data: Vec<f32> = Vec::new();
+    // the line number of the next line to parse
+    let mut lineno: u64 = 1;
+    let mut dims = shape.map(|(_, d)| d);
+    if let Some((n, d)) = shape {
+        // each value takes at least two bytes ("0 "): bound the allocation by the file size
+        let cap = n.min(limit).saturating_mul(d).min((file_len / 2) as usize);
+        data.reserve(cap);
+        words.ends.reserve(n.min(limit).min((file_len / 2) as usize));
+        lineno = 2;
+    } else if !first.is_empty() && limit > 0 {
+        // the first line is a data line: it fixes the dimensions
+        let line = strip_eol(&first);
+        let d = count_values(line, 1)?;
+        if d == 0 {
+            return Err(line_err(1, "no values after the word"));
+        }
+        dims = Some(d);
+        parse_line(line, d, 1, opts.lossy, &mut words, &mut data)?;
+        lineno = 2;
+    }
+    let Some(dims) = dims else {
+        // empty file (or limit 0 without a header)
+        return assemble(words, data, 0, opts.normalize);
+    };
+
+    if opts.limit.is_some() {
+        // Stream line by line: read no more than needed.
+        let mut buf = Vec::new();
+        while words.len() < limit {
+            buf.clear();
+            let n = r.read_until(b'\n', &mut buf).map_err(io_err)?;
+            if n == 0 {
+                break;
+            }
+            parse_line(strip_eol(&buf), dims, lineno, opts.lossy, &mut words, &mut data)?;
+            lineno += 1;
+        }
+    } else {
+        read_parallel(&mut r, dims, &mut lineno, opts.lossy, &mut words, &mut data, BLOCK).map_err(|e| match e {
+            ParErr::Io(e) => io_err(e),
+            ParErr::Format(e) => e,
+        })?;
+    }
+
+    if let Some((n, _)) = shape {
+        let expect = n.min(limit);
+        if words.len() != expect {
+            return Err(line_err(
+                1,
+                format!("the header announces {n} words, but the file has {} lines of vectors", words.len()),
+            ));
+        }
+    }
+    assemble(words, data, dims, opts.normalize)
+}
+
+enum ParErr {
+    Io(std::io::Error),
+    Format(Error),
+}
+
+/// One parsed piece of a block.
+#[derive(Default)]
+struct Piece {
+    words: WordsBuilder,
+    data: Vec<f32>,
+    lines: u64,
+    error: Option<Error>,
+}
+
+fn read_parallel<R: Read>(
+    r: &mut R,
+    dims: usize,
+    lineno: &mut u64,
+    lossy: bool,
+    words: &mut WordsBuilder,
+    data: &mut Vec<f32>,
+    block: usize,
+) -> Result<(), ParErr> {
+    let mut buf: Vec<u8> = Vec::with_capacity(block + (1 << 20));
+    let mut eof = false;
+    let pieces_per_block = rayon::current_num_threads() * 4;
+    while !eof {
+        // fill the buffer up to BLOCK bytes (it may already hold a partial line)
+        let start = buf.len();
+        buf.resize(start + block, 0);
+        let mut filled = start;
+        while filled < buf.len() {
+            let n = r.read(&mut buf[filled..]).map_err(ParErr::Io)?;
+            if n == 0 {
+                eof = true;
+                break;
+            }
+            filled += n;
+        }
+        buf.truncate(filled);
+        // complete lines only, unless at the end of the file
+        let cut = if eof {
+            buf.len()
+        } else {
+            match memchr_last(&buf) {
+                Some(p) => p + 1,
+                // a line longer than the block: read on
+                None => continue,
+            }
+        };
+        let region = &buf[..cut];
+        let bounds = split_lines(region, pieces_per_block);
+        let pieces: Vec<Piece> = bounds
+            .par_windows(2)
+            .map(|w| parse_piece(&region[w[0]..w[1]], dims, lossy))
+            .collect();
+        for p in pieces {
+            if let Some(e) = p.error {
+                return Err(ParErr::Format(renumber(e, *lineno)));
+            }
+            words.extend(&p.words);
+            data.extend_from_slice(&p.data);
+            *lineno += p.lines;
+        }
+        buf.drain(..cut);
+    }
+    Ok(())
+}
+
+/// Errors from pieces carry a line number relative to the piece start (1-based);
+/// make it absolute.
+fn renumber(e: Error, base: u64) -> Error {
+    match e {
+        Error::Invalid { what, message } => match message.strip_prefix("piece line ") {
+            Some(rest) => {
+                let (num, tail) = rest.split_once(':').unwrap_or((rest, ""));
+                let local: u64 = num.parse().unwrap_or(1);
+                Error::Invalid {
+                    what,
+                    message: format!("line {}:{tail}", base + local - 1),
+                }
+            }
+            None => Error::Invalid { what, message },
+        },
+        other => other,
+    }
+}
+
+fn parse_piece(bytes: &[u8], dims: usize, lossy: bool) -> Piece {
+    let mut p = Piece::default();
+    let mut est = 0;
+    if dims > 0 {
+        // rough capacity estimate: ~8 bytes per value
+        est = bytes.len() / 8;
+    }
+    p.data.reserve(est);
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        p.lines += 1;
+        let local = p.lines;
+        if let Err(e) = parse_line_piece(strip_eol(line), dims, local, lossy, &mut p.words, &mut p.data) {
+            p.error = Some(e);
+            return p;
+        }
+    }
+    p
+}
+
+fn parse_line_piece(
+    line: &[u8],
+    dims: usize,
+    local: u64,
+    lossy: bool,
+    words: &mut WordsBuilder,
+    data: &mut Vec<f32>,
+) -> Result<()> {
+    parse_line_with(line, dims, lossy, words, data, |msg| {
+        Error::invalid("text embeddings", format!("piece line {local}: {msg}"))
+    })
+}
+
+fn parse_line(line: &[u8], dims: usize, lineno: u64, lossy: bool, words: &mut WordsBuilder, data: &mut Vec<f32>) -> Result<()> {
+    parse_line_with(line, dims, lossy, words, data, |msg| line_err(lineno, msg))
+}
+
+#[inline]
+fn is_sep(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// Parse `word v1 ... vd` (without the line end) and append it.
+fn parse_line_with(
+    line: &[u8],
+    dims: usize,
+    lossy: bool,
+    words: &mut WordsBuilder,
+    data: &mut Vec<f32>,
+    err: impl Fn(String) -> Error,
+) -> Result<()> {
+    let mut i = 0;
+    while i < line.len() && is_sep(line[i]) {
+        i += 1;
+    }
+    if i == line.len() {
+        return Err(err("empty line".into()));
+    }
+    let ws = i;
+    while i < line.len() && !is_sep(line[i]) {
+        i += 1;
+    }
+    let word = &line[ws..i];
+    let before = data.len();
+    let mut count = 0usize;
+    loop {
+        while i < line.len() && is_sep(line[i]) {
+            i += 1;
+        }
+        if i == line.len() {
+            break;
+        }
+        let rest = &line[i..];
+        let parsed = fast_float2::parse_partial::<f32, _>(rest);
+        let ok = match parsed {
+            Ok((v, n)) if n > 0 && (n == rest.len() || is_sep(rest[n])) => {
+                count += 1;
+                if count <= dims {
+                    data.push(v);
+                }
+                i += n;
+                true
+            }
+            _ => false,
+        };
+        if !ok {
+            let end = rest.iter().position(|&b| is_sep(b)).unwrap_or(rest.len());
+            data.truncate(before);
+            return Err(err(format!(
+                "value {} of {:?} is not a number: {:?}",
+                count + 1,
+                String::from_utf8_lossy(word),
+                String::from_utf8_lossy(&rest[..end])
+            )));
+        }
+    }
+    if count != dims {
+        data.truncate(before);
+        return Err(err(format!(
+            "expected {dims} values after the word {:?}, found {count} (ragged rows or a wrong header)",
+            String::from_utf8_lossy(word)
+        )));
+    }
+    words.push(word, lossy, String::new).map_err(|e| match e {
+        Error::Invalid { message, .. } => err(message),
+        e => e,
+    })
+}
+
+/// Number of value fields in a line (`skip` leading fields not counted).
+fn count_values(line: &[u8], skip: usize) -> Result<usize> {
+    let n = line.split(|&b| is_sep(b)).filter(|f| !f.is_empty()).count();
+    if n == 0 {
+        return Err(line_err(1, "empty line"));
+    }
+    Ok(n.saturating_sub(skip))
+}
+
+fn strip_eol(line: &[u8]) -> &[u8] {
+    let mut l = line;
+    if l.last() == Some(&b'\n') {
+        l = &l[..l.len() - 1];
+    }
+    if l.last() == Some(&b'\r') {
+        l = &l[..l.len() - 1];
+    }
+    l
+}
+
+/// `"n d"`: exactly two unsigned integers.
+fn parse_header(line: &[u8]) -> Option<(usize, usize)> {
+    let text = std::str::from_utf8(strip_eol(line)).ok()?;
+    let mut parts = text.split_ascii_whitespace();
+    let n = parts.next()?.parse::<usize>().ok()?;
+    let d = parts.next()?.parse::<usize>().ok()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((n, d))
+}
+
+fn memchr_last(b: &[u8]) -> Option<usize> {
+    b.iter().rposition(|&c| c == b'\n')
+}
+
+/// Cut `region` (complete lines) into about `n` pieces at line boundaries.
+fn split_lines(region: &[u8], n: usize) -> Vec<usize> {
+    let mut bounds = vec![0];
+    let step = (region.len() / n.max(1)).max(1 << 16);
+    let mut pos = 0;
+    while pos < region.len() {
+        let target = (pos + step).min(region.len());
+        let end = if target >= region.len() {
+            region.len()
+        } else {
+            match region[target..].iter().position(|&b| b == b'\n') {
+                Some(k) => target + k + 1,
+                None => region.len(),
+            }
+        };
+        bounds.push(end);
+        pos = end;
+    }
+    bounds
+}
+
+/// Write the known words of `emb` as text, `word v1 ... vd` per line, with a
+/// `"n d"` header line when `header` is true. Values are printed with the shortest
+/// digits that read back to the same f32, without exponent.
+pub fn write_text(emb: &Embeddings, path: &Path, header: bool) -> Result<()> {
+    let words = known_words(emb, "text")?;
+    for w in words.iter() {
+        if w.is_empty() || w.bytes().any(|b| b == b' ' || b == b'\t' || b == b'\n') {
+            return Err(Error::argument(format!(
+                "the word {w:?} is empty or contains whitespace and cannot be written as text"
+            )));
+        }
+    }
+    let dims = emb.dims();
+    let n = words.len();
+    write_atomically(path, |w| {
+        if header {
+            writeln!(w, "{n} {dims}")?;
+        }
+        const ROWS: usize = 256;
+        const GROUP: usize = ROWS * 64;
+        let mut start = 0;
+        while start < n {
+            let end = (start + GROUP).min(n);
+            let bufs: Vec<Vec<u8>> = (start..end)
+                .into_par_iter()
+                .step_by(ROWS)
+                .map(|s| {
+                    let e = (s + ROWS).min(end);
+                    let mut out = Vec::with_capacity((e - s) * (dims * 11 + 16));
+                    let mut row = vec![0f32; dims];
+                    for i in s..e {
+                        out.extend_from_slice(words.get(i).unwrap_or_default().as_bytes());
+                        export_row(emb, i, &mut row);
+                        for &x in &row {
+                            out.push(b' ');
+                            push_f32(&mut out, x);
+                        }
+                        out.push(b'\n');
+                    }
+                    out
+                })
+                .collect();
+            for b in bufs {
+                w.write_all(&b)?;
+            }
+            start = end;
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_at_line_ends() {
+        let text = b"a 1\nb 2\nc 3\n".repeat(100_000);
+        let b = split_lines(&text, 7);
+        assert_eq!(*b.last().unwrap(), text.len());
+        for w in b.windows(2) {
+            assert!(w[0] < w[1]);
+            assert!(w[1] == text.len() || text[w[1] - 1] == b'\n');
+        }
+    }
+
+    fn parse_blocks(text: &[u8], block: usize) -> Result<(WordsBuilder, Vec<f32>, u64)> {
+        let mut words = WordsBuilder::default();
+        let mut data = Vec::new();
+        let mut lineno = 1;
+        let mut r = std::io::Cursor::new(text);
+        read_parallel(&mut r, 2, &mut lineno, false, &mut words, &mut data, block).map_err(|e| match e {
+            ParErr::Io(e) => Error::io("read", e),
+            ParErr::Format(e) => e,
+        })?;
+        Ok((words, data, lineno))
+    }
+
+    #[test]
+    fn small_blocks_and_long_lines() {
+        let mut text = Vec::new();
+        for i in 0..5000 {
+            text.extend_from_slice(format!("w{i} {i} -{i}.5\n").as_bytes());
+        }
+        // no newline at the end of the last line
+        text.extend_from_slice(b"last 1 2");
+        for block in [7, 100, 4096, 1 << 20] {
+            let (words, data, lineno) = parse_blocks(&text, block).unwrap();
+            assert_eq!(words.len(), 5001);
+            assert_eq!(lineno, 5002);
+            assert_eq!(&data[2 * 4321..2 * 4321 + 2], &[4321.0, -4321.5]);
+            assert_eq!(&data[data.len() - 2..], &[1.0, 2.0]);
+            let list = words.finish().unwrap();
+            assert_eq!(list.get(4999), Some("w4999"));
+        }
+        let mut bad = text.clone();
+        let pos = bad.windows(7).position(|w| w == b"\nw3000 ").unwrap();
+        bad[pos + 7] = b'x';
+        for block in [7, 100, 4096, 1 << 20] {
+            let e = parse_blocks(&bad, block).err().unwrap().to_string();
+            assert!(e.contains("line 3001:"), "{block}: {e}");
+        }
+    }
+
+    #[test]
+    fn line_errors() {
+        let mut words = WordsBuilder::default();
+        let mut data = Vec::new();
+        let e = parse_line(b"w 1 x 3", 3, 7, false, &mut words, &mut data).unwrap_err();
+        assert!(e.to_string().contains("line 7"), "{e}");
+        let e = parse_line(b"w 1 2", 3, 8, false, &mut words, &mut data).unwrap_err();
+        assert!(e.to_string().contains("line 8") && e.to_string().contains("found 2"), "{e}");
+        let e = parse_line(b"", 3, 9, false, &mut words, &mut data).unwrap_err();
+        assert!(e.to_string().contains("line 9: empty line"), "{e}");
+        parse_line(b"w 1 -2.5e1 3 ", 3, 10, false, &mut words, &mut data).unwrap();
+        assert_eq!(data, vec![1.0, -25.0, 3.0]);
+    }
+}

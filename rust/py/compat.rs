@@ -1,0 +1,117 @@
+//! Bindings of the word2vec, text and fastText readers and writers.
+
+use std::path::PathBuf;
+
+use numpy::PyArray1;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use super::embeddings::PyEmbeddings;
+use crate::compat::text::Header;
+use crate::compat::{fasttext, text, word2vec, ReadOptions};
+use crate::embeddings::Embeddings;
+
+fn options(lossy: bool, limit: Option<i64>, normalize: bool) -> PyResult<ReadOptions> {
+    let limit = match limit {
+        None => None,
+        Some(l) if l < 0 => return Err(PyValueError::new_err(format!("limit must be >= 0, got {l}"))),
+        Some(l) => Some(usize::try_from(l).unwrap_or(usize::MAX)),
+    };
+    Ok(ReadOptions { lossy, limit, normalize })
+}
+
+/// Read a word2vec binary file. `limit` reads only the first words; `normalize=False`
+/// keeps the vectors as stored (no norms); `lossy=True` replaces invalid UTF-8 with U+FFFD.
+#[pyfunction]
+#[pyo3(signature = (path, lossy=false, limit=None, normalize=true))]
+pub fn load_word2vec(py: Python<'_>, path: PathBuf, lossy: bool, limit: Option<i64>, normalize: bool) -> PyResult<PyEmbeddings> {
+    let opts = options(lossy, limit, normalize)?;
+    let emb = py.detach(|| word2vec::read_word2vec_binary(&path, &opts))?;
+    Ok(PyEmbeddings::from_rust(emb))
+}
+
+/// Read a text file (`word v1 ... vd` per line). `dims=None` detects a `"n d"` header line,
+/// `dims=True` requires one (word2vec text), `dims=False` reads every line as a vector (GloVe).
+#[pyfunction]
+#[pyo3(signature = (path, dims=None, lossy=false, limit=None, normalize=true))]
+pub fn load_text(
+    py: Python<'_>,
+    path: PathBuf,
+    dims: Option<bool>,
+    lossy: bool,
+    limit: Option<i64>,
+    normalize: bool,
+) -> PyResult<PyEmbeddings> {
+    let opts = options(lossy, limit, normalize)?;
+    let header = match dims {
+        None => Header::Detect,
+        Some(true) => Header::Yes,
+        Some(false) => Header::No,
+    };
+    let emb = py.detach(|| text::read_text(&path, header, &opts))?;
+    Ok(PyEmbeddings::from_rust(emb))
+}
+
+/// Read a fastText `.bin` model (quantized `.ftz` models are refused with FormatError).
+#[pyfunction]
+#[pyo3(signature = (path, lossy=false))]
+pub fn load_fasttext(py: Python<'_>, path: PathBuf, lossy: bool) -> PyResult<PyEmbeddings> {
+    let emb = py.detach(|| fasttext::read_fasttext(&path, lossy))?;
+    Ok(PyEmbeddings::from_rust(emb))
+}
+
+impl PyEmbeddings {
+    /// The core embeddings with the (possibly reassigned) metadata.
+    fn with_current_metadata(&self) -> std::borrow::Cow<'_, Embeddings> {
+        let meta = self.metadata_text();
+        if meta == self.inner.metadata {
+            std::borrow::Cow::Borrowed(&*self.inner)
+        } else {
+            let mut e = (*self.inner).clone();
+            e.metadata = meta;
+            std::borrow::Cow::Owned(e)
+        }
+    }
+}
+
+#[pymethods]
+impl PyEmbeddings {
+    /// Write the known words as a word2vec binary file (vectors as in the source file:
+    /// rows times norms).
+    fn write_word2vec(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        let emb = &self.inner;
+        py.detach(|| word2vec::write_word2vec_binary(emb, &path))?;
+        Ok(())
+    }
+
+    /// Write the known words as text, with a `"n d"` header line when `dims` is true
+    /// (word2vec text) and without (GloVe). Numbers use the shortest exact digits.
+    #[pyo3(signature = (path, dims=true))]
+    fn write_text(&self, py: Python<'_>, path: PathBuf, dims: bool) -> PyResult<()> {
+        let emb = &self.inner;
+        py.detach(|| text::write_text(emb, &path, dims))?;
+        Ok(())
+    }
+
+    /// Write a fastText `.bin` model that fastText itself loads (fastText subword or
+    /// simple vocabularies).
+    fn write_fasttext(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        let emb = self.with_current_metadata();
+        let emb = &*emb;
+        py.detach(|| fasttext::write_fasttext(emb, &path))?;
+        Ok(())
+    }
+
+    /// The vector fastText's `get_word_vector` gives: unnormalized; for an unknown word
+    /// the mean of its n-gram rows; zeros when the word has no n-grams.
+    fn fasttext_vector<'py>(&self, py: Python<'py>, word: &str) -> Bound<'py, PyArray1<f32>> {
+        let emb = &self.inner;
+        let v = py.detach(|| fasttext::fasttext_vector(emb, word));
+        PyArray1::from_vec(py, v)
+    }
+
+    /// fastText's `get_subwords`: `(strings, ids)`; a known word comes first with its row.
+    fn fasttext_subwords(&self, word: &str) -> (Vec<String>, Vec<usize>) {
+        fasttext::fasttext_subwords(&self.inner, word)
+    }
+}

@@ -1,0 +1,525 @@
+"""word2vec, text (GloVe / word2vec text) and fastText readers and writers, convert, CLI.
+
+Truth comes from golden files written by finalfusion, gensim and fastText
+(../shared/testdata), and from fastText itself where it can be installed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import vecfusion as vf
+from vecfusion.cli import main as cli_main
+from vecfusion.convert import detect_format
+
+# ---------------------------------------------------------------- helpers
+
+
+def _rows_normalized(m: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(m, axis=1, keepdims=True)
+    return np.divide(m, n, out=np.zeros_like(m), where=n > 0)
+
+
+@pytest.fixture(scope="module")
+def w2v_expected(peers: Path) -> dict:
+    return json.loads((peers / "w2v.expected.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def ft_expected(peers: Path) -> dict:
+    return json.loads((peers / "ft_skipgram.expected.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def ft_skipgram(peers: Path) -> vf.Embeddings:
+    return vf.load_fasttext(peers / "ft_skipgram.bin")
+
+
+# ------------------------------------------------- byte-identical round trips
+
+
+@pytest.mark.parametrize(
+    "name, load, write",
+    [
+        ("similarity.bin", lambda p: vf.load_word2vec(p, normalize=False), lambda e, p: e.write_word2vec(p)),
+        ("similarity.txt", lambda p: vf.load_text(p, normalize=False), lambda e, p: e.write_text(p)),
+        (
+            "similarity.nodims",
+            lambda p: vf.load_text(p, dims=False, normalize=False),
+            lambda e, p: e.write_text(p, dims=False),
+        ),
+    ],
+)
+def test_raw_round_trip_is_byte_identical(ff: Path, tmp_path: Path, name, load, write) -> None:
+    emb = load(ff / "rust" / name)
+    assert emb.norms is None
+    out = tmp_path / name
+    write(emb, out)
+    assert out.read_bytes() == (ff / "rust" / name).read_bytes()
+
+
+def test_normalized_round_trip_writes_the_original_vectors(ff: Path, tmp_path: Path) -> None:
+    raw = vf.load_word2vec(ff / "rust" / "similarity.bin", normalize=False)
+    emb = vf.load_word2vec(ff / "rust" / "similarity.bin")
+    emb.write_word2vec(tmp_path / "x.bin")
+    again = vf.load_word2vec(tmp_path / "x.bin", normalize=False)
+    np.testing.assert_allclose(again.storage, raw.storage, rtol=1e-6, atol=1e-6)
+
+
+def test_all_three_similarity_files_hold_the_finalfusion_matrix(ff: Path) -> None:
+    fifu = vf.load(ff / "rust" / "similarity.fifu")
+    for emb in (
+        vf.load_word2vec(ff / "rust" / "similarity.bin", normalize=False),
+        vf.load_text(ff / "rust" / "similarity.txt", normalize=False),
+        vf.load_text(ff / "rust" / "similarity.nodims", normalize=False),
+    ):
+        assert list(emb) == list(fifu)
+        np.testing.assert_array_equal(emb.storage, fifu.storage)
+
+
+def test_nearest_to_berlin(ff: Path) -> None:
+    emb = vf.load_word2vec(ff / "rust" / "similarity.bin")
+    m = np.asarray(emb.storage)
+    words = list(emb)
+    sims = m @ emb["Berlin"]
+    order = [words[i] for i in np.argsort(-sims, kind="stable") if words[i] != "Berlin"][:10]
+    assert order == [
+        "Potsdam", "Hamburg", "Leipzig", "Dresden", "München",
+        "Düsseldorf", "Bonn", "Stuttgart", "Weimar", "Berlin-Charlottenburg",
+    ]
+    assert sims[words.index("Potsdam")] == pytest.approx(0.8848505, abs=1e-6)
+
+
+# ------------------------------------------------------------ normalization
+
+
+def test_default_normalizes_and_keeps_norms(ff: Path) -> None:
+    ref = vf.load(ff / "python" / "embeddings.fifu")
+    for emb in (
+        vf.load_text(ff / "python" / "embeddings.txt"),
+        vf.load_text(ff / "python" / "embeddings.dims.txt"),
+    ):
+        assert list(emb) == ["one", "two", "three", "four", "five", "six", "seven"]
+        np.testing.assert_allclose(emb.storage, ref.storage, atol=1e-6)
+        np.testing.assert_allclose(
+            emb.norms,
+            [6.557438373565674, 8.83176040649414, 6.164413928985596, 9.165151596069336,
+             7.4833149909973145, 7.211102485656738, 7.4833149909973145],
+            rtol=1e-6,
+        )
+        assert emb.embedding("OOV") is None
+
+
+def test_gensim_files(peers: Path, w2v_expected: dict) -> None:
+    loaded = [
+        vf.load_word2vec(peers / "w2v.bin", normalize=False),
+        vf.load_text(peers / "w2v.txt", normalize=False),
+        vf.load_text(peers / "glove.txt", normalize=False),
+        vf.load_text(peers / "glove.txt", dims=False, normalize=False),
+    ]
+    for emb in loaded:
+        assert (len(emb), emb.dims) == tuple(w2v_expected["shape"])
+        assert list(emb)[:30] == w2v_expected["words_first30"]
+        for w, v in w2v_expected["vectors"].items():
+            np.testing.assert_array_equal(emb[w], np.array(v, dtype=np.float32))
+        np.testing.assert_array_equal(emb.storage, loaded[0].storage)
+    norm = vf.load_word2vec(peers / "w2v.bin")
+    for w, n in w2v_expected["norms"].items():
+        assert norm.embedding_with_norm(w)[1] == pytest.approx(n, rel=1e-6)
+        np.testing.assert_allclose(
+            norm[w], np.array(w2v_expected["vectors"][w]) / n, atol=1e-6
+        )
+    ffx = json.loads((peers / "finalfusion.expected.json").read_text(encoding="utf-8"))["w2v.fifu"]
+    for w, v in ffx["embedding"].items():
+        np.testing.assert_allclose(norm[w], v, atol=1e-6)
+
+
+@pytest.mark.parametrize("loader", [
+    lambda p, **k: vf.load_word2vec(p / "w2v.bin", **k),
+    lambda p, **k: vf.load_text(p / "w2v.txt", **k),
+    lambda p, **k: vf.load_text(p / "glove.txt", **k),
+])
+def test_limit(peers: Path, w2v_expected: dict, loader) -> None:
+    emb = loader(peers, limit=100)
+    assert (len(emb), emb.dims) == tuple(w2v_expected["limit100"]["shape"])
+    assert list(emb)[-1] == w2v_expected["limit100"]["last_word"]
+    assert len(loader(peers, limit=0)) == 0
+    with pytest.raises(ValueError):
+        loader(peers, limit=-1)
+
+
+def test_limit_reads_only_what_it_needs(peers: Path, tmp_path: Path) -> None:
+    # Everything after the first 100 records is garbage: a full read fails, a limited
+    # read never gets there.
+    data = (peers / "w2v.bin").read_bytes()
+    header = data.partition(b"\n")[0]
+    emb = vf.load_word2vec(peers / "w2v.bin", normalize=False, limit=100)
+    pos = len(header) + 1
+    for w in list(emb):
+        pos += len(w.encode()) + 1 + 20 * 4 + 1
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(data[:pos] + b"\xff" * 50)
+    with pytest.raises(vf.FormatError):
+        vf.load_word2vec(bad)
+    np.testing.assert_array_equal(vf.load_word2vec(bad, limit=100, normalize=False).storage, emb.storage)
+
+    lines = (peers / "w2v.txt").read_bytes().split(b"\n")
+    badt = tmp_path / "bad.txt"
+    badt.write_bytes(b"\n".join(lines[:101]) + b"\nthis is not a vector\n")
+    with pytest.raises(vf.FormatError, match="line 102"):
+        vf.load_text(badt)
+    np.testing.assert_array_equal(vf.load_text(badt, limit=100, normalize=False).storage, emb.storage)
+
+
+def test_fasttext_vec_text_export(peers: Path, ft_expected: dict) -> None:
+    # fastText's .vec: header, trailing space on every line
+    emb = vf.load_text(peers / "ft_skipgram.vec", normalize=False)
+    assert len(emb) == ft_expected["nwords"] and emb.dims == ft_expected["dim"]
+    for w, d in ft_expected["in_vocab"].items():
+        np.testing.assert_array_equal(emb[w], np.array(d["vector"], dtype=np.float32))
+
+
+# -------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "name, load",
+    [
+        ("utf8-incomplete.bin", lambda p, **k: vf.load_word2vec(p, **k)),
+        ("utf8-incomplete.txt", lambda p, **k: vf.load_text(p, dims=False, **k)),
+        ("utf8-incomplete.dims", lambda p, **k: vf.load_text(p, **k)),
+    ],
+)
+def test_invalid_utf8(ff: Path, name, load) -> None:
+    path = ff / "rust" / name
+    where = "record 2" if name.endswith(".bin") else ("line 3" if name.endswith(".dims") else "line 2")
+    with pytest.raises(vf.FormatError, match=f"{where}.*UTF-8"):
+        load(path)
+    emb = load(path, lossy=True)
+    assert list(emb) == ["meren", "zee\ufffdn", "rivieren"]
+    assert "zee\ufffdn" in emb
+
+
+@pytest.mark.parametrize(
+    "text, dims, match",
+    [
+        ("a 1 2 3\nb 1 2\n", False, "line 2: expected 3 values"),
+        ("a 1 2 3\nb 1 2 3 4\n", False, "line 2: expected 3 values"),
+        ("2 3\na 1 2 3\nb 1 2\n", None, "line 3: expected 3 values"),
+        ("3 3\na 1 2 3\nb 1 2 3\n", None, "header announces 3 words"),
+        ("2 4\na 1 2 3\nb 1 2 3\n", True, "line 2: expected 4 values"),
+        ("a 1 2 3\n\nb 1 2 3\n", False, "line 2: empty line"),
+        ("a 1 2 3\nb 1 x 3\n", False, "line 2: value 2 .* not a number"),
+        ("a 1 2 3\nb 1 2 3e\n", False, "line 2: value 3"),
+        ("a 1 2 3\n", True, "line 1: expected a header"),
+        ("a\n", False, "line 1: no values"),
+    ],
+)
+def test_malformed_text(tmp_path: Path, text: str, dims, match: str) -> None:
+    p = tmp_path / "bad.txt"
+    p.write_text(text)
+    with pytest.raises(vf.FormatError, match=match):
+        vf.load_text(p, dims=dims)
+
+
+def test_malformed_text_far_down_gets_the_right_line(tmp_path: Path) -> None:
+    # large enough to be cut into several pieces that are parsed in parallel
+    rows = [f"w{i} {i} {i + 1} {i + 2}" for i in range(60_000)]
+    rows[54_321] = "oops 1 2"
+    p = tmp_path / "big.txt"
+    p.write_text("\n".join(rows) + "\n")
+    with pytest.raises(vf.FormatError, match="line 54322: expected 3 values"):
+        vf.load_text(p)
+    rows[54_321] = "oops 1 2 3"
+    p.write_text("\n".join(rows) + "\n")
+    emb = vf.load_text(p, normalize=False)
+    assert len(emb) == 60_000
+    np.testing.assert_array_equal(emb["w59999"], [59999, 60000, 60001])
+    np.testing.assert_array_equal(emb["oops"], [1, 2, 3])
+
+
+def test_malformed_word2vec(tmp_path: Path, peers: Path) -> None:
+    data = (peers / "w2v.bin").read_bytes()
+    p = tmp_path / "x.bin"
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(vf.FormatError, match="3012 words"):
+        vf.load_word2vec(p)
+    p.write_bytes(b"hello world\n")
+    with pytest.raises(vf.FormatError, match="header"):
+        vf.load_word2vec(p)
+    p.write_bytes(b"99999999999 99999999\nx ")
+    with pytest.raises(vf.FormatError):
+        vf.load_word2vec(p)
+    with pytest.raises(FileNotFoundError):
+        vf.load_word2vec(tmp_path / "missing.bin")
+
+
+def test_duplicate_words_are_a_format_error(tmp_path: Path) -> None:
+    p = tmp_path / "dup.txt"
+    p.write_text("a 1 2\nb 3 4\na 5 6\n")
+    with pytest.raises(vf.FormatError, match="duplicate word"):
+        vf.load_text(p)
+
+
+# ---------------------------------------------------------------- fastText
+
+
+def test_fasttext_vectors_match_fasttext(ft_skipgram: vf.Embeddings, ft_expected: dict) -> None:
+    emb = ft_skipgram
+    assert emb.vocab_kind == "FastTextSubwordVocab"
+    assert len(emb) == ft_expected["nwords"] and emb.dims == ft_expected["dim"]
+    assert emb.vocab.rows == ft_expected["input_matrix_shape"][0]
+    assert list(emb)[:30] == ft_expected["first_words"]
+    zero_seen = False
+    for kind in ("in_vocab", "oov"):
+        for w, d in ft_expected[kind].items():
+            want = np.array(d["vector"], dtype=np.float32)
+            if kind == "in_vocab":
+                assert emb.vocab.index(w) == d["id"]
+            else:
+                assert w not in list(emb)[: len(emb)] and d["id"] == -1
+            np.testing.assert_allclose(emb.fasttext_vector(w), want, atol=1e-6, err_msg=w)
+            n = np.linalg.norm(want)
+            got = emb.embedding(w)
+            if n == 0:
+                zero_seen = True
+                assert got is not None and not np.isnan(got).any()
+                np.testing.assert_array_equal(got, 0)
+                assert emb.embedding_with_norm(w)[1] == 0
+            else:
+                np.testing.assert_allclose(got, want / n, atol=1e-6, err_msg=w)
+    assert zero_seen  # the expected file holds OOV words with untrained n-grams
+
+
+def test_fasttext_subwords(ft_skipgram: vf.Embeddings, ft_expected: dict) -> None:
+    for w, d in ft_expected["subwords"].items():
+        strings, ids = ft_skipgram.fasttext_subwords(w)
+        assert strings == d["subwords"], w
+        assert ids == d["ids"], w
+
+
+def test_fasttext_agrees_with_finalfusion_conversion(ft_skipgram: vf.Embeddings, peers: Path) -> None:
+    ref = vf.load(peers / "ft_skipgram.fifu")
+    assert ref.vocab_kind == ft_skipgram.vocab_kind
+    assert list(ref) == list(ft_skipgram)
+    nw = len(ref)
+    # n-gram rows are kept as they are; word rows (but </s>, which finalfusion gives
+    # n-grams and fastText does not) are the normalized means
+    np.testing.assert_array_equal(np.asarray(ref.storage)[nw:], np.asarray(ft_skipgram.storage)[nw:])
+    np.testing.assert_allclose(np.asarray(ref.storage)[1:nw], np.asarray(ft_skipgram.storage)[1:nw], atol=1e-6)
+    np.testing.assert_allclose(ref.norms[1:], ft_skipgram.norms[1:], rtol=1e-5)
+
+
+def test_finalfusion_fasttext_golden(ff: Path) -> None:
+    emb = vf.load_fasttext(ff / "rust" / "fasttext.bin")
+    assert (len(emb), emb.dims, emb.vocab.rows) == (157, 50, 257)
+    m = np.asarray(emb.storage)[: len(emb)]
+    q = emb["über"]
+    words = list(emb)
+    sims = m @ q
+    top = [(words[i], sims[i]) for i in np.argsort(-sims) if words[i] != "über"][:3]
+    assert [w for w, _ in top] == ["auf", "vor", "durch"]
+    np.testing.assert_allclose([s for _, s in top], [0.568513, 0.551551, 0.547349], atol=1e-5)
+
+
+def test_fasttext_supervised_bin(peers: Path) -> None:
+    exp = json.loads((peers / "ft_supervised.expected.json").read_text(encoding="utf-8"))["bin"]
+    emb = vf.load_fasttext(peers / "ft_supervised.bin")
+    assert len(emb) == exp["nwords"] and emb.dims == exp["dim"]
+    assert not any(w.startswith("__label__") for w in emb)
+    for w, v in exp["word_vectors"].items():
+        np.testing.assert_allclose(emb.fasttext_vector(w), v, atol=1e-6, err_msg=w)
+
+
+def test_ftz_is_refused_clearly(peers: Path) -> None:
+    with pytest.raises(vf.FormatError, match="quantized fastText"):
+        vf.load_fasttext(peers / "ft_supervised.ftz")
+
+
+def test_fasttext_bad_files(tmp_path: Path, peers: Path) -> None:
+    p = tmp_path / "x.bin"
+    p.write_bytes(b"FiFu" + b"\0" * 100)
+    with pytest.raises(vf.FormatError, match="fastText"):
+        vf.load_fasttext(p)
+    data = (peers / "ft_skipgram.bin").read_bytes()
+    p.write_bytes(data[:-(2_000_000)])
+    with pytest.raises(vf.FormatError):
+        vf.load_fasttext(p)
+    p.write_bytes(data[:4] + struct.pack("<i", 13) + data[8:])
+    with pytest.raises(vf.FormatError, match="version"):
+        vf.load_fasttext(p)
+
+
+def test_write_fasttext_inverts_the_import(ft_skipgram: vf.Embeddings, peers: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ft.bin"
+    ft_skipgram.write_fasttext(out)
+    b = out.read_bytes()
+    # header: magic, version, 12 args, t; dictionary: size, nwords, nlabels, ntokens, pruneidx_size
+    magic, version = struct.unpack_from("<ii", b, 0)
+    assert (magic, version) == (793712314, 12)
+    assert struct.unpack_from("<q", b, 4 * 14 + 8 + 12 + 8)[0] == -1
+    orig = (peers / "ft_skipgram.bin").read_bytes()
+    assert b[: 4 * 14 + 8] == orig[: 4 * 14 + 8]  # same arguments
+    again = vf.load_fasttext(out)
+    assert list(again) == list(ft_skipgram)
+    np.testing.assert_allclose(again.storage, ft_skipgram.storage, atol=1e-6)
+    np.testing.assert_allclose(again.norms, ft_skipgram.norms, rtol=1e-5)
+
+
+def test_written_fasttext_loads_in_fasttext(
+    ft_skipgram: vf.Embeddings, ft_expected: dict, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    fasttext = pytest.importorskip("fasttext", reason="the fasttext package cannot be installed here")
+    out = tmp_path / "ft.bin"
+    ft_skipgram.write_fasttext(out)
+    model = fasttext.load_model(str(out))
+    assert model.get_dimension() == ft_expected["dim"]
+    assert model.get_words()[:30] == ft_expected["first_words"]
+    for kind in ("in_vocab", "oov"):
+        for w, d in ft_expected[kind].items():
+            np.testing.assert_allclose(model.get_word_vector(w), d["vector"], atol=1e-6, err_msg=w)
+    for w, d in ft_expected["subwords"].items():
+        strings, ids = model.get_subwords(w)
+        assert list(strings) == d["subwords"] and [int(i) for i in ids] == d["ids"]
+
+
+def test_write_fasttext_simple_vocab(peers: Path, tmp_path: Path) -> None:
+    emb = vf.load_word2vec(peers / "w2v.bin")
+    out = tmp_path / "simple.bin"
+    emb.write_fasttext(out)
+    again = vf.load_fasttext(out)
+    assert again.vocab_kind == "SimpleVocab"
+    np.testing.assert_allclose(again.storage, emb.storage, atol=1e-6)
+    np.testing.assert_allclose(again.norms, emb.norms, rtol=1e-6)
+    try:
+        import fasttext
+    except ImportError:
+        return
+    model = fasttext.load_model(str(out))
+    raw = vf.load_word2vec(peers / "w2v.bin", normalize=False)
+    np.testing.assert_allclose(model.get_word_vector("license"), raw["license"], atol=1e-5)
+    np.testing.assert_array_equal(model.get_word_vector("zzzqqq-unknown"), 0)
+
+
+def test_write_fasttext_refuses_finalfusion_buckets(ff: Path, tmp_path: Path) -> None:
+    emb = vf.load(ff / "python" / "ff_buckets.fifu")
+    with pytest.raises(ValueError, match="fastText"):
+        emb.write_fasttext(tmp_path / "x.bin")
+    assert not (tmp_path / "x.bin").exists()
+
+
+def test_write_text_rejects_words_with_spaces(tmp_path: Path) -> None:
+    emb = vf.Embeddings(["a b", "c"], np.ones((2, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="whitespace"):
+        emb.write_text(tmp_path / "x.txt")
+    with pytest.raises(ValueError, match="space"):
+        emb.write_word2vec(tmp_path / "x.bin")
+
+
+def test_text_round_trip_of_awkward_floats(tmp_path: Path) -> None:
+    vals = np.array(
+        [[3.0, -0.5, 1e-10, -0.0], [1e20, 1.17549435e-38, 3.4028235e38, 1.4e-45],
+         [0.1, 123456.79, -7.006492e-45, 2.5]],
+        dtype=np.float32,
+    )
+    emb = vf.Embeddings(["a", "b", "c"], vals)
+    emb.write_text(tmp_path / "x.txt")
+    text = (tmp_path / "x.txt").read_text()
+    assert "e" not in text.replace("\n", " ").split(" ", 3)[-1].lower().replace("a", "")
+    assert text.splitlines()[1].split()[1:] == ["3", "-0.5", "0.0000000001", "-0"]
+    back = vf.load_text(tmp_path / "x.txt", normalize=False)
+    np.testing.assert_array_equal(back.storage.view(np.uint32), vals.view(np.uint32))
+
+
+# ----------------------------------------------------------- convert and CLI
+
+
+def test_detect_format(ff: Path, peers: Path, tmp_path: Path) -> None:
+    assert detect_format(ff / "rust" / "similarity.fifu") == "finalfusion"
+    assert detect_format(ff / "rust" / "similarity.bin") == "word2vec"
+    assert detect_format(ff / "rust" / "similarity.txt") == "text"
+    assert detect_format(peers / "ft_skipgram.bin") == "fasttext"
+    assert detect_format(peers / "ft_skipgram.vec") == "text"
+    shutil.copy(ff / "python" / "embeddings.w2v", tmp_path / "noext")
+    assert detect_format(tmp_path / "noext") == "word2vec"
+    shutil.copy(ff / "python" / "embeddings.txt", tmp_path / "noext2")
+    assert detect_format(tmp_path / "noext2") == "text"
+
+
+def test_convert_chain(ff: Path, tmp_path: Path) -> None:
+    src = ff / "rust" / "similarity.bin"
+    vf.convert(src, tmp_path / "a.fifu", progress=False)
+    fifu = vf.load(tmp_path / "a.fifu")
+    ref = vf.load_word2vec(src)
+    assert list(fifu) == list(ref)
+    np.testing.assert_array_equal(fifu.storage, ref.storage)
+    np.testing.assert_array_equal(fifu.norms, ref.norms)
+    # finalfusion -> text -> word2vec: the raw vectors survive
+    vf.convert(ff / "rust" / "similarity.fifu", tmp_path / "b.txt", progress=False)
+    assert (tmp_path / "b.txt").read_bytes() == (ff / "rust" / "similarity.txt").read_bytes()
+    vf.convert(tmp_path / "b.txt", tmp_path / "c.w2v", progress=False)
+    assert (tmp_path / "c.w2v").read_bytes() == src.read_bytes()
+    vf.convert(src, tmp_path / "d.out", dst_format="glove", progress=False)
+    assert (tmp_path / "d.out").read_bytes() == (ff / "rust" / "similarity.nodims").read_bytes()
+
+
+def test_convert_fasttext(peers: Path, tmp_path: Path, ft_expected: dict) -> None:
+    vf.convert(peers / "ft_skipgram.bin", tmp_path / "ft.fifu", progress=False)
+    emb = vf.load(tmp_path / "ft.fifu")
+    assert emb.vocab_kind == "FastTextSubwordVocab"
+    w, d = next(iter(ft_expected["oov"].items()))
+    want = np.array(d["vector"], dtype=np.float32)
+    np.testing.assert_allclose(emb.embedding(w), want / np.linalg.norm(want), atol=1e-6)
+    vf.convert(tmp_path / "ft.fifu", tmp_path / "ft2.bin", dst_format="fasttext", progress=False)
+    np.testing.assert_allclose(vf.load_fasttext(tmp_path / "ft2.bin").fasttext_vector(w), want, atol=1e-6)
+
+
+def test_convert_arguments(ff: Path, tmp_path: Path) -> None:
+    src = ff / "rust" / "similarity.bin"
+    with pytest.raises(ValueError, match="format"):
+        vf.convert(src, tmp_path / "x.unknown", progress=False)
+    with pytest.raises(ValueError, match="unknown format"):
+        vf.convert(src, tmp_path / "x.fifu", dst_format="nope", progress=False)
+    with pytest.raises(ValueError, match="finalfusion output only"):
+        vf.convert(src, tmp_path / "x.txt", vocab="fst", progress=False)
+    with pytest.raises(FileNotFoundError):
+        vf.convert(tmp_path / "missing.bin", tmp_path / "x.fifu", progress=False)
+
+
+def test_convert_vocab_passthrough(ff: Path, tmp_path: Path) -> None:
+    sig = getattr(vf.Embeddings.write, "__text_signature__", "") or ""
+    if "vocab" in sig:
+        vf.convert(ff / "rust" / "similarity.bin", tmp_path / "x.fifu", vocab="fst", progress=False)
+        assert list(vf.load(tmp_path / "x.fifu")) == list(vf.load(ff / "rust" / "similarity.fifu"))
+    else:
+        with pytest.raises(ValueError, match="not supported"):
+            vf.convert(ff / "rust" / "similarity.bin", tmp_path / "x.fifu", vocab="fst", progress=False)
+
+
+def test_convert_progress_bar_runs(ff: Path, tmp_path: Path) -> None:
+    vf.convert(ff / "rust" / "similarity.bin", tmp_path / "x.fifu", progress=True)
+    assert vf.load(tmp_path / "x.fifu").dims == 100
+
+
+def test_cli_convert_and_info(ff: Path, peers: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "x.fifu"
+    assert cli_main(["convert", str(peers / "w2v.txt"), str(out), "--from", "text"]) == 0
+    assert "3012 words x 20 dims" in capsys.readouterr().out
+    assert cli_main(["info", str(out)]) == 0
+    info = capsys.readouterr().out
+    for line in ("format", "finalfusion", "3012", "20", "SimpleVocab", "NdArray"):
+        assert line in info
+    assert cli_main(["info", "--json", str(peers / "ft_skipgram.bin")]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["format"] == "fasttext" and d["words"] == 3013 and d["dims"] == 24
+    assert d["vocab"] == "FastTextSubwordVocab" and d["rows"] == 23013
+    assert d["metadata"]["fasttext"]["bucket"] == 20000
+    assert cli_main(["convert", str(peers / "w2v.bin"), str(tmp_path / "y.txt"), "--vocab", "fst"]) == 1
+    assert "finalfusion output only" in capsys.readouterr().err
+    assert cli_main(["info", str(ff / "rust" / "utf8-incomplete.bin")]) == 1
+    assert "UTF-8" in capsys.readouterr().err
