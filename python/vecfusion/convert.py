@@ -124,18 +124,10 @@ def load_any(path: str | os.PathLike[str], fmt: str | None = None, *, normalize:
 def write_any(emb: Embeddings, path: str | os.PathLike[str], fmt: str, vocab: str = "standard") -> None:
     """Write embeddings in format ``fmt``."""
     f = _norm_format(fmt)
-    if vocab != "standard":
-        if f != "finalfusion":
-            raise ValueError(f"vocab={vocab!r} applies to finalfusion output only, not {f}")
-        sig = getattr(Embeddings.write, "__text_signature__", None) or ""
-        if "vocab" not in sig:
-            raise ValueError(
-                f"vocab={vocab!r} is not supported by this build of vecfusion (only 'standard')"
-            )
-        emb.write(path, vocab=vocab)  # type: ignore[call-arg]
-        return
+    if vocab != "standard" and f != "finalfusion":
+        raise ValueError(f"vocab={vocab!r} applies to finalfusion output only, not {f}")
     if f == "finalfusion":
-        emb.write(path)
+        emb.write(path, vocab=vocab)
     elif f == "word2vec":
         emb.write_word2vec(path)
     elif f == "text":
@@ -192,14 +184,10 @@ def convert(
     src_p, dst_p = Path(src), Path(dst)
     sf = _norm_format(src_format) if src_format else detect_format(src_p)
     df = _norm_format(dst_format) if dst_format else _dst_format(dst_p, sf)
+    if vocab not in ("standard", "fst"):
+        raise ValueError(f"vocab must be 'standard' or 'fst', not {vocab!r}")
     if vocab != "standard" and df != "finalfusion":
         raise ValueError(f"vocab={vocab!r} applies to finalfusion output only, not {df}")
-    if vocab != "standard":
-        sig = getattr(Embeddings.write, "__text_signature__", None) or ""
-        if "vocab" not in sig:
-            raise ValueError(
-                f"vocab={vocab!r} is not supported by this build of vecfusion (only 'standard')"
-            )
     bar = None
     if progress:
         from tqdm import tqdm
