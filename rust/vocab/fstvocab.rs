@@ -261,6 +261,9 @@ pub struct FstWords {
     rank_to_row: Table,
     row_to_rank: Table,
     max_len: usize,
+    /// The whole chunk was verified at open (read into memory): the tables are known to be
+    /// inverse permutations, so lookups skip the cross-check.
+    verified: bool,
     interned: Arc<Interner>,
 }
 
@@ -291,7 +294,7 @@ impl FstWords {
             .filter(|&r| r < n)
             .and_then(|r| self.rank_to_row.get(r as usize))
             .ok_or_else(|| Error::invalid("fst vocabulary", format!("rank {rank} of {word:?} out of range for {n} words")))?;
-        if row >= n || self.row_to_rank.get(row as usize) != Some(rank) {
+        if row >= n || (!self.verified && self.row_to_rank.get(row as usize) != Some(rank)) {
             return Err(Error::invalid(
                 "fst vocabulary",
                 format!("tables disagree for {word:?}: rank {rank} -> row {row}, but that row does not map back"),
@@ -307,7 +310,7 @@ impl FstWords {
             return Ok(None);
         }
         let rank = self.row_to_rank.get(i).unwrap_or(u64::MAX);
-        if rank >= n as u64 || self.rank_to_row.get(rank as usize) != Some(i as u64) {
+        if rank >= n as u64 || (!self.verified && self.rank_to_row.get(rank as usize) != Some(i as u64)) {
             return Err(Error::invalid(
                 "fst vocabulary",
                 format!("tables disagree for row {i}: row -> rank {rank}, which does not map back"),
@@ -645,11 +648,12 @@ pub fn read_chunk(id: ChunkId, r: &mut ByteReader<'_>, map: Option<&FileBytes>) 
     let fst = p.fst(n, "fst vocabulary automaton")?;
     let rank_to_row = p.table(n, width, "rank -> row table")?;
     let row_to_rank = p.table(n, width, "row -> rank table")?;
-    let words = FstWords {
+    let mut words = FstWords {
         fst,
         rank_to_row,
         row_to_rank,
         max_len,
+        verified: false,
         interned: Arc::new(Interner::default()),
     };
     let extra = match (id, extra_hdr) {
@@ -677,6 +681,7 @@ pub fn read_chunk(id: ChunkId, r: &mut ByteReader<'_>, map: Option<&FileBytes>) 
     };
     if map.is_none() {
         words.verify()?;
+        words.verified = true;
         if let FstExtra::Explicit { ngrams, .. } = &extra {
             ngrams.verify()?;
         }
