@@ -703,6 +703,9 @@ fn build_fst(keys: &[&[u8]], value: impl Fn(usize, usize) -> u64) -> std::io::Re
     Ok((b.into_inner().map_err(std::io::Error::other)?, rank_of))
 }
 
+/// `(min_n, max_n, n-grams in file order with dense indices, number of indices)`.
+pub type ExplicitSpec<'a> = (u32, u32, &'a [(String, u64)], u64);
+
 /// The body of an fst vocabulary chunk written at absolute offset `body_pos`.
 pub struct FstChunkSpec<'a> {
     pub id: ChunkId,
@@ -710,7 +713,7 @@ pub struct FstChunkSpec<'a> {
     pub words: &'a [&'a str],
     pub subword: Option<(u32, u32, u32)>,
     /// Explicit n-grams in file order with dense indices, and the number of indices.
-    pub explicit: Option<(u32, u32, &'a [(String, u64)], u64)>,
+    pub explicit: Option<ExplicitSpec<'a>>,
 }
 
 fn put_table<W: Write>(w: &mut PosWriter<W>, vals: &[u64], width: u32) -> std::io::Result<()> {
