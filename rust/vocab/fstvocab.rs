@@ -779,3 +779,66 @@ pub fn chunk_body(spec: &FstChunkSpec<'_>, body_pos: u64) -> std::io::Result<Vec
     }
     Ok(w.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(v: Vec<u8>) -> SharedBytes {
+        let len = v.len();
+        SharedBytes { data: FileBytes::Owned(Arc::new(v)), range: 0..len }
+    }
+
+    #[test]
+    fn pad8_aligns_from_absolute_offsets() {
+        assert_eq!(pad8(0), 0);
+        assert_eq!(pad8(1), 7);
+        assert_eq!(pad8(13), 3);
+        for p in 0..64 {
+            assert_eq!((p + pad8(p)) % 8, 0);
+            assert!(pad8(p) < 8);
+        }
+    }
+
+    #[test]
+    fn tables_of_both_widths_read_in_place() {
+        let vals = [0u64, 7, u64::from(u32::MAX), (1 << 40) + 3];
+        let mut b8 = Vec::new();
+        for v in vals {
+            b8.extend_from_slice(&v.to_le_bytes());
+        }
+        let t8 = Table { bytes: shared(b8), width: 8, len: 4 };
+        assert_eq!((0..5).map(|i| t8.get(i)).collect::<Vec<_>>(), vec![Some(0), Some(7), Some(u64::from(u32::MAX)), Some((1 << 40) + 3), None]);
+        let mut b4 = Vec::new();
+        for v in &vals[..3] {
+            b4.extend_from_slice(&(*v as u32).to_le_bytes());
+        }
+        let t4 = Table { bytes: shared(b4), width: 4, len: 3 };
+        assert_eq!(t4.get(2), Some(u64::from(u32::MAX)));
+        assert_eq!(t4.get(3), None);
+        assert_eq!(width_for(u64::from(u32::MAX)), 4);
+        assert_eq!(width_for(u64::from(u32::MAX) + 1), 8);
+    }
+
+    #[test]
+    fn reverse_walk_is_bounded_by_max_len() {
+        let mut b = fst::raw::Builder::memory();
+        for (i, k) in ["a", "abc", "b"].iter().enumerate() {
+            b.insert(k, i as u64).unwrap();
+        }
+        let f = open_fst(shared(b.into_inner().unwrap()), 3, "test").unwrap();
+        let mut key = Vec::new();
+        assert!(fst_key_of(&f, 1, 3, &mut key).unwrap());
+        assert_eq!(key, b"abc");
+        key.clear();
+        // A header claiming shorter words than the automaton holds is reported, not followed.
+        assert!(fst_key_of(&f, 1, 2, &mut key).is_err());
+        key.clear();
+        assert!(!fst_key_of(&f, 3, 3, &mut key).unwrap());
+        // Key count must match the header.
+        let mut b = fst::raw::Builder::memory();
+        b.insert("x", 0).unwrap();
+        assert!(open_fst(shared(b.into_inner().unwrap()), 2, "test").is_err());
+        assert!(open_fst(shared(vec![0; 10]), 0, "test").is_err());
+    }
+}
