@@ -261,6 +261,9 @@ pub struct FstWords {
     rank_to_row: Table,
     row_to_rank: Table,
     max_len: usize,
+    /// The whole chunk was verified at open (read into memory): the tables are known to be
+    /// inverse permutations, so lookups skip the cross-check.
+    verified: bool,
     interned: Arc<Interner>,
 }
 
@@ -291,7 +294,7 @@ impl FstWords {
             .filter(|&r| r < n)
             .and_then(|r| self.rank_to_row.get(r as usize))
             .ok_or_else(|| Error::invalid("fst vocabulary", format!("rank {rank} of {word:?} out of range for {n} words")))?;
-        if row >= n || self.row_to_rank.get(row as usize) != Some(rank) {
+        if row >= n || (!self.verified && self.row_to_rank.get(row as usize) != Some(rank)) {
             return Err(Error::invalid(
                 "fst vocabulary",
                 format!("tables disagree for {word:?}: rank {rank} -> row {row}, but that row does not map back"),
@@ -307,7 +310,7 @@ impl FstWords {
             return Ok(None);
         }
         let rank = self.row_to_rank.get(i).unwrap_or(u64::MAX);
-        if rank >= n as u64 || self.rank_to_row.get(rank as usize) != Some(i as u64) {
+        if rank >= n as u64 || (!self.verified && self.rank_to_row.get(rank as usize) != Some(i as u64)) {
             return Err(Error::invalid(
                 "fst vocabulary",
                 format!("tables disagree for row {i}: row -> rank {rank}, which does not map back"),
@@ -646,11 +649,12 @@ pub fn read_chunk(id: ChunkId, r: &mut ByteReader<'_>, map: Option<&FileBytes>) 
     let fst = p.fst(n, "fst vocabulary automaton")?;
     let rank_to_row = p.table(n, width, "rank -> row table")?;
     let row_to_rank = p.table(n, width, "row -> rank table")?;
-    let words = FstWords {
+    let mut words = FstWords {
         fst,
         rank_to_row,
         row_to_rank,
         max_len,
+        verified: false,
         interned: Arc::new(Interner::default()),
     };
     let extra = match (id, extra_hdr) {
@@ -684,6 +688,7 @@ pub fn read_chunk(id: ChunkId, r: &mut ByteReader<'_>, map: Option<&FileBytes>) 
     let verify = true;
     if verify {
         words.verify()?;
+        words.verified = true;
         if let FstExtra::Explicit { ngrams, .. } = &extra {
             ngrams.verify()?;
         }
@@ -705,6 +710,9 @@ fn build_fst(keys: &[&[u8]], value: impl Fn(usize, usize) -> u64) -> std::io::Re
     Ok((b.into_inner().map_err(std::io::Error::other)?, rank_of))
 }
 
+/// `(min_n, max_n, n-grams in file order with dense indices, number of indices)`.
+pub type ExplicitSpec<'a> = (u32, u32, &'a [(String, u64)], u64);
+
 /// The body of an fst vocabulary chunk written at absolute offset `body_pos`.
 pub struct FstChunkSpec<'a> {
     pub id: ChunkId,
@@ -712,7 +720,7 @@ pub struct FstChunkSpec<'a> {
     pub words: &'a [&'a str],
     pub subword: Option<(u32, u32, u32)>,
     /// Explicit n-grams in file order with dense indices, and the number of indices.
-    pub explicit: Option<(u32, u32, &'a [(String, u64)], u64)>,
+    pub explicit: Option<ExplicitSpec<'a>>,
 }
 
 fn put_table<W: Write>(w: &mut PosWriter<W>, vals: &[u64], width: u32) -> std::io::Result<()> {
@@ -777,4 +785,67 @@ pub fn chunk_body(spec: &FstChunkSpec<'_>, body_pos: u64) -> std::io::Result<Vec
         put_table(&mut w, &grank_of, gwidth)?;
     }
     Ok(w.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(v: Vec<u8>) -> SharedBytes {
+        let len = v.len();
+        SharedBytes { data: FileBytes::Owned(Arc::new(v)), range: 0..len }
+    }
+
+    #[test]
+    fn pad8_aligns_from_absolute_offsets() {
+        assert_eq!(pad8(0), 0);
+        assert_eq!(pad8(1), 7);
+        assert_eq!(pad8(13), 3);
+        for p in 0..64 {
+            assert_eq!((p + pad8(p)) % 8, 0);
+            assert!(pad8(p) < 8);
+        }
+    }
+
+    #[test]
+    fn tables_of_both_widths_read_in_place() {
+        let vals = [0u64, 7, u64::from(u32::MAX), (1 << 40) + 3];
+        let mut b8 = Vec::new();
+        for v in vals {
+            b8.extend_from_slice(&v.to_le_bytes());
+        }
+        let t8 = Table { bytes: shared(b8), width: 8, len: 4 };
+        assert_eq!((0..5).map(|i| t8.get(i)).collect::<Vec<_>>(), vec![Some(0), Some(7), Some(u64::from(u32::MAX)), Some((1 << 40) + 3), None]);
+        let mut b4 = Vec::new();
+        for v in &vals[..3] {
+            b4.extend_from_slice(&(*v as u32).to_le_bytes());
+        }
+        let t4 = Table { bytes: shared(b4), width: 4, len: 3 };
+        assert_eq!(t4.get(2), Some(u64::from(u32::MAX)));
+        assert_eq!(t4.get(3), None);
+        assert_eq!(width_for(u64::from(u32::MAX)), 4);
+        assert_eq!(width_for(u64::from(u32::MAX) + 1), 8);
+    }
+
+    #[test]
+    fn reverse_walk_is_bounded_by_max_len() {
+        let mut b = fst::raw::Builder::memory();
+        for (i, k) in ["a", "abc", "b"].iter().enumerate() {
+            b.insert(k, i as u64).unwrap();
+        }
+        let f = open_fst(shared(b.into_inner().unwrap()), 3, "test").unwrap();
+        let mut key = Vec::new();
+        assert!(fst_key_of(&f, 1, 3, &mut key).unwrap());
+        assert_eq!(key, b"abc");
+        key.clear();
+        // A header claiming shorter words than the automaton holds is reported, not followed.
+        assert!(fst_key_of(&f, 1, 2, &mut key).is_err());
+        key.clear();
+        assert!(!fst_key_of(&f, 3, 3, &mut key).unwrap());
+        // Key count must match the header.
+        let mut b = fst::raw::Builder::memory();
+        b.insert("x", 0).unwrap();
+        assert!(open_fst(shared(b.into_inner().unwrap()), 2, "test").is_err());
+        assert!(open_fst(shared(vec![0; 10]), 0, "test").is_err());
+    }
 }
