@@ -793,7 +793,7 @@ mod tests {
 
     fn shared(v: Vec<u8>) -> SharedBytes {
         let len = v.len();
-        SharedBytes { data: FileBytes::Owned(Arc::new(v)), range: 0..len }
+        SharedBytes { data: FileBytes::Owned(Arc::new(crate::storage::AlignedBytes::copy_from(&v))), range: 0..len }
     }
 
     #[test]
