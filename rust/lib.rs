@@ -21,6 +21,7 @@
 pub mod embeddings;
 pub mod error;
 pub mod format;
+pub mod reader;
 pub mod storage;
 pub mod vocab;
 

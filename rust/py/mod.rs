@@ -5,6 +5,7 @@ mod construct;
 mod embeddings;
 mod errors;
 mod metadata;
+mod reader;
 mod storage;
 mod views;
 mod vocab;
@@ -21,6 +22,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<storage::PyQuantizedStorage>()?;
     m.add_class::<embeddings::WordIter>()?;
     m.add_function(wrap_pyfunction!(embeddings::load, m)?)?;
+    reader::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("build_profile", if cfg!(debug_assertions) { "debug" } else { "release" })?;
     Ok(())
