@@ -258,6 +258,7 @@ mod tests {
             header.push(' ');
         }
         header.push('\n');
+        let off = 10 + header.len() as u64;
         let path = dir.path().join("a.npy");
         let mut f = File::create(&path).unwrap();
         f.write_all(b"\x93NUMPY\x01\x00").unwrap();
@@ -268,12 +269,12 @@ mod tests {
         }
         drop(f);
         let m = read_header(&path).unwrap();
-        assert_eq!((m.rows, m.dim, m.data_offset), (1000, 3, 64));
+        assert_eq!((m.rows, m.dim, m.data_offset), (1000, 3, off));
         // rows 10..510 then rows 0..10, as f64, in chunks of 1024 elements
         let row = 12u64;
         let pieces = vec![
-            Piece { path: path.clone(), file_offset: 64 + 10 * row, src_bytes: 500 * row, out_offset: 0 },
-            Piece { path: path.clone(), file_offset: 64, src_bytes: 10 * row, out_offset: 500 * 24 },
+            Piece { path: path.clone(), file_offset: off + 10 * row, src_bytes: 500 * row, out_offset: 0 },
+            Piece { path: path.clone(), file_offset: off, src_bytes: 10 * row, out_offset: 500 * 24 },
         ];
         let mut out = vec![0u8; 510 * 24];
         read_pieces(&pieces, DType::F32, false, &mut out, DType::F64, 3, 4096).unwrap();
