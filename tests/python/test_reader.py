@@ -281,10 +281,10 @@ def test_dask_distributed_ranges(collections: dict[str, Path]) -> None:
         return _read_all(reader, start=a, end=b, batch_size=5)
 
     cuts = [0, 8, 17, 33]
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
-        payload = pickle.dumps(r)  # what a process-based engine ships to its workers
-        futures = [client.submit(read_range, pickle.loads(payload), a, b, pure=False) for a, b in zip(cuts, cuts[1:])]
+        # worker processes: the reader travels pickled
+        futures = [client.submit(read_range, r, a, b, pure=False) for a, b in zip(cuts, cuts[1:])]
         parts = client.gather(futures)
     np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), full)
     assert pd.concat([p[1] for p in parts], ignore_index=True).equals(full_meta)
