@@ -8,7 +8,7 @@ export CARGO_TERM_COLOR := never
 # Cargo profile of the extension: release (default, used by CI and benchmarks) or fastbuild.
 PROFILE ?= release
 
-.PHONY: all venv build demo test test-rust test-python bench clean
+.PHONY: all venv build demo test test-rust test-python bench bench-deps clean
 
 all: build
 
@@ -37,3 +37,7 @@ test: build test-rust test-python
 
 clean:
 	rm -rf $(VENV) target
+
+# Benchmark-only peers (embedding-reader, ...), installed into the venv.
+bench-deps: venv
+	$(PIP) install --quiet -r requirements-bench.txt

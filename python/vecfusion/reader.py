@@ -566,8 +566,8 @@ class EmbeddingReader:
         if local:
             chunk = max_piece_size or _LOCAL_CHUNK
             threads = parallel_pieces or max(4, os.cpu_count() or 1)
-            if converting:  # each thread holds one chunk of source bytes
-                threads = max(1, min(threads, spare_ram // max(chunk, 1)))
+            if converting:  # each thread converts through a 256 KiB buffer
+                threads = max(1, min(threads, spare_ram // (256 << 10)))
             _native.read_npy_pieces(
                 out_bytes, out_code, [(h.path, off, n, o) for h, off, n, o in local],
                 first.dtype, first.big_endian, threads, chunk,

@@ -19,6 +19,9 @@ pub use npy::{header_size, parse_header, DType, NpyMatrix};
 
 use crate::error::{Error, Result};
 
+/// Bytes of the per-thread buffer used when converting (fits in L2).
+const SCRATCH_BYTES: usize = 256 << 10;
+
 /// Attach the file name to an error about that file.
 pub fn in_file(e: Error, path: &Path) -> Error {
     match e {
@@ -232,14 +235,25 @@ fn run_task<'a>(
     if !convert_needed {
         return read_exact_at(file, task.out, task.file_offset).map_err(io_err);
     }
-    let words = task.src_bytes.div_ceil(8);
-    if scratch.len() < words {
-        scratch.resize(words, 0);
+    // Read through a small buffer that stays in L2, converting each step straight into
+    // the output: the source bytes cross main memory once.
+    let step = (SCRATCH_BYTES / sd.size() / dd.size() * sd.size() * dd.size()).max(sd.size() * dd.size());
+    if scratch.len() < step / 8 + 1 {
+        scratch.resize(step / 8 + 1, 0);
     }
     // SAFETY: u64 -> u8 view of initialized memory; u8 has no alignment or validity needs.
-    let bytes = unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr().cast::<u8>(), task.src_bytes) };
-    read_exact_at(file, bytes, task.file_offset).map_err(io_err)?;
-    convert(bytes, sd, big_endian, task.out, dd)
+    let bytes = unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr().cast::<u8>(), step) };
+    let (ss, ds) = (sd.size(), dd.size());
+    let mut done = 0usize;
+    while done < task.src_bytes {
+        let k = step.min(task.src_bytes - done);
+        let src = &mut bytes[..k];
+        read_exact_at(file, src, task.file_offset + done as u64).map_err(io_err)?;
+        let o = done / ss * ds;
+        convert(src, sd, big_endian, &mut task.out[o..o + k / ss * ds], dd)?;
+        done += k;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
