@@ -63,7 +63,7 @@ _DTYPE_CODES = {np.dtype(np.float16): "f2", np.dtype(np.float32): "f4", np.dtype
 _CODE_DTYPES = {v: k for k, v in _DTYPE_CODES.items()}
 _HEADER_PREFIX = 4096
 _LOCAL_CHUNK = 4 << 20
-_REMOTE_PIECE = 32 << 20
+_REMOTE_PIECE = 50 * 10**6
 
 
 def natural_sort_key(name: str) -> list[Any]:
@@ -449,9 +449,11 @@ class EmbeddingReader:
         (``None``: the on-disk dtype, no conversion); ``meta`` is a pandas DataFrame
         with column ``"i"`` (global row number) and the ``meta_columns``.
 
-        ``max_piece_size`` (bytes) is the size of the sub-reads of one file (default
-        4 MiB locally, 32 MiB remote); ``parallel_pieces`` the number of concurrent reads
-        (default: max(4, CPUs) locally, 16 remote). Memory stays at most about
+        ``max_piece_size`` is the number of embeddings per read (as in embedding-reader;
+        default: 4 MiB of data locally, 50 MB remote); ``parallel_pieces`` the number of
+        concurrent reads (default: max(4, CPUs) locally, 16 remote). ``end`` beyond
+        ``count`` is clamped to ``count`` (as embedding-reader does); ``start`` beyond it
+        raises. Memory stays at most about
         ``max_ram_usage_in_bytes``: one batch plus the pieces in flight (parallelism is
         lowered to fit; a batch alone larger than the limit is refused). Arguments are
         checked at the call, before the first batch.
@@ -467,13 +469,14 @@ class EmbeddingReader:
         start, end, batch_size = int(start), int(end), int(batch_size)
         if start < 0 or start > count:
             raise ValueError(f"start={start} is outside [0, count={count}]")
-        if end < start or end > count:
-            raise ValueError(f"end={end} must be in [start={start}, count={count}]")
+        end = min(end, count)
+        if end < start:
+            raise ValueError(f"end={end} is before start={start}")
         out_dtype = self._disk_dtype if dtype is None else np.dtype(dtype)
         if out_dtype not in _DTYPE_CODES:
             raise ValueError(f"dtype must be float16, float32, float64 or None, got {out_dtype}")
         if max_piece_size is not None and (not isinstance(max_piece_size, (int, np.integer)) or max_piece_size <= 0):
-            raise ValueError(f"max_piece_size must be a positive number of bytes, got {max_piece_size!r}")
+            raise ValueError(f"max_piece_size must be a positive number of embeddings, got {max_piece_size!r}")
         if parallel_pieces is not None and (not isinstance(parallel_pieces, (int, np.integer)) or parallel_pieces <= 0):
             raise ValueError(f"parallel_pieces must be a positive integer, got {parallel_pieces!r}")
         batch_bytes = min(batch_size, max(end - start, 0)) * self._dim * out_dtype.itemsize
@@ -564,7 +567,7 @@ class EmbeddingReader:
             (local if self._emb_fss[h.source] is None else remote).append(piece)
         converting = out_code != first.dtype or first.big_endian != (np.little_endian is False)
         if local:
-            chunk = max_piece_size or _LOCAL_CHUNK
+            chunk = max_piece_size * row_bytes if max_piece_size else _LOCAL_CHUNK
             threads = parallel_pieces or max(4, os.cpu_count() or 1)
             if converting:  # each thread converts through a 256 KiB buffer
                 threads = max(1, min(threads, spare_ram // (256 << 10)))
@@ -573,7 +576,7 @@ class EmbeddingReader:
                 first.dtype, first.big_endian, threads, chunk,
             )
         if remote:
-            size = max_piece_size or _REMOTE_PIECE
+            size = max_piece_size * row_bytes if max_piece_size else _REMOTE_PIECE
             size = max(row_bytes, size - size % row_bytes)
             jobs = []
             for h, off, n, o in remote:

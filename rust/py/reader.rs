@@ -63,7 +63,12 @@ pub fn read_npy_pieces(
     let sd = DType::from_code(src_dtype)?;
     let pieces: Vec<Piece> = pieces
         .into_iter()
-        .map(|(path, file_offset, src_bytes, out_offset)| Piece { path, file_offset, src_bytes, out_offset })
+        .map(|(path, file_offset, src_bytes, out_offset)| Piece {
+            path,
+            file_offset,
+            src_bytes,
+            out_offset,
+        })
         .collect();
     let buf = out
         .as_slice_mut()

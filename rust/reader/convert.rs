@@ -3,8 +3,8 @@
 //! float16 -> float32 goes through the `half` crate's slice conversion, which uses
 //! F16C (x86-64, detected at run time) or FP16 (aarch64) instructions.
 
-use half::prelude::*;
 use half::f16;
+use half::prelude::*;
 
 use super::npy::DType;
 use crate::error::{Error, Result};
@@ -47,20 +47,32 @@ pub fn convert(src: &[u8], sd: DType, big_endian: bool, dst: &mut [u8], dd: DTyp
             DType::F16 => {
                 for (o, c) in a16[..k].iter_mut().zip(s.chunks_exact(2)) {
                     let b = [c[0], c[1]];
-                    *o = f16::from_bits(if big_endian { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) });
+                    *o = f16::from_bits(if big_endian {
+                        u16::from_be_bytes(b)
+                    } else {
+                        u16::from_le_bytes(b)
+                    });
                 }
             }
             DType::F32 => {
                 for (o, c) in a32[..k].iter_mut().zip(s.chunks_exact(4)) {
                     let b = [c[0], c[1], c[2], c[3]];
-                    *o = if big_endian { f32::from_be_bytes(b) } else { f32::from_le_bytes(b) };
+                    *o = if big_endian {
+                        f32::from_be_bytes(b)
+                    } else {
+                        f32::from_le_bytes(b)
+                    };
                 }
             }
             DType::F64 => {
                 for (o, c) in a64[..k].iter_mut().zip(s.chunks_exact(8)) {
                     let mut b = [0u8; 8];
                     b.copy_from_slice(c);
-                    *o = if big_endian { f64::from_be_bytes(b) } else { f64::from_le_bytes(b) };
+                    *o = if big_endian {
+                        f64::from_be_bytes(b)
+                    } else {
+                        f64::from_le_bytes(b)
+                    };
                 }
             }
         }
@@ -157,7 +169,11 @@ mod tests {
         v.iter()
             .flat_map(|x| {
                 let b = f16::from_f32(*x).to_bits();
-                if be { b.to_be_bytes() } else { b.to_le_bytes() }
+                if be {
+                    b.to_be_bytes()
+                } else {
+                    b.to_le_bytes()
+                }
             })
             .collect()
     }
@@ -186,11 +202,17 @@ mod tests {
         let src: Vec<u8> = vals.iter().flat_map(|v| v.to_be_bytes()).collect();
         let mut dst = vec![0u8; 12];
         convert(&src, DType::F64, true, &mut dst, DType::F32).unwrap();
-        let got: Vec<f32> = dst.chunks_exact(4).map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let got: Vec<f32> = dst
+            .chunks_exact(4)
+            .map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         assert_eq!(got, vec![1.5f32, -2.25, 1e10]);
         let mut same = vec![0u8; 24];
         convert(&src, DType::F64, true, &mut same, DType::F64).unwrap();
-        let got: Vec<f64> = same.chunks_exact(8).map(|c| f64::from_ne_bytes(c.try_into().unwrap())).collect();
+        let got: Vec<f64> = same
+            .chunks_exact(8)
+            .map(|c| f64::from_ne_bytes(c.try_into().unwrap()))
+            .collect();
         assert_eq!(got, vals);
         assert!(convert(&src, DType::F64, false, &mut dst[..8], DType::F32).is_err());
     }

@@ -61,7 +61,10 @@ fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()
 pub fn read_header(path: &Path) -> Result<NpyMatrix> {
     let go = || -> Result<NpyMatrix> {
         let file = File::open(path).map_err(|e| Error::io("opening npy file", e))?;
-        let len = file.metadata().map_err(|e| Error::io("reading npy file size", e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("reading npy file size", e))?
+            .len();
         if len == 0 {
             return Err(Error::invalid("npy file", "the file is empty (0 bytes)"));
         }
@@ -143,7 +146,7 @@ pub fn read_pieces(
     chunk_bytes: usize,
 ) -> Result<()> {
     let (ss, ds) = (sd.size(), dd.size());
-    let chunk_elems = (chunk_bytes / ss).max(1024);
+    let chunk_elems = (chunk_bytes / ss).max(1);
     // Carve `out` into disjoint slices, one per piece (sorted by output offset).
     let mut order: Vec<&Piece> = pieces.iter().collect();
     order.sort_by_key(|p| p.out_offset);
@@ -152,7 +155,11 @@ pub fn read_pieces(
     let mut pos = 0usize;
     for p in order {
         if p.src_bytes % ss as u64 != 0 {
-            return Err(Error::argument(format!("piece of {} bytes is not a whole number of {}", p.src_bytes, sd.code())));
+            return Err(Error::argument(format!(
+                "piece of {} bytes is not a whole number of {}",
+                p.src_bytes,
+                sd.code()
+            )));
         }
         let n = usize::try_from(p.src_bytes / ss as u64).map_err(|_| Error::Overflow("piece size"))?;
         let out_len = n.checked_mul(ds).ok_or(Error::Overflow("piece size"))?;
@@ -287,18 +294,40 @@ mod tests {
         // rows 10..510 then rows 0..10, as f64, in chunks of 1024 elements
         let row = 12u64;
         let pieces = vec![
-            Piece { path: path.clone(), file_offset: off + 10 * row, src_bytes: 500 * row, out_offset: 0 },
-            Piece { path: path.clone(), file_offset: off, src_bytes: 10 * row, out_offset: 500 * 24 },
+            Piece {
+                path: path.clone(),
+                file_offset: off + 10 * row,
+                src_bytes: 500 * row,
+                out_offset: 0,
+            },
+            Piece {
+                path: path.clone(),
+                file_offset: off,
+                src_bytes: 10 * row,
+                out_offset: 500 * 24,
+            },
         ];
         let mut out = vec![0u8; 510 * 24];
         read_pieces(&pieces, DType::F32, false, &mut out, DType::F64, 3, 4096).unwrap();
-        let got: Vec<f64> = out.chunks_exact(8).map(|c| f64::from_ne_bytes(c.try_into().unwrap())).collect();
-        let want: Vec<f64> = vals[30..1530].iter().chain(&vals[..30]).map(|v| f64::from(*v)).collect();
+        let got: Vec<f64> = out
+            .chunks_exact(8)
+            .map(|c| f64::from_ne_bytes(c.try_into().unwrap()))
+            .collect();
+        let want: Vec<f64> = vals[30..1530]
+            .iter()
+            .chain(&vals[..30])
+            .map(|v| f64::from(*v))
+            .collect();
         assert_eq!(got, want);
         // overlapping or out-of-bounds pieces are refused
         assert!(read_pieces(&pieces, DType::F32, false, &mut out[..100], DType::F64, 2, 4096).is_err());
         // a missing file names the file
-        let gone = vec![Piece { path: dir.path().join("gone.npy"), file_offset: 0, src_bytes: 4, out_offset: 0 }];
+        let gone = vec![Piece {
+            path: dir.path().join("gone.npy"),
+            file_offset: 0,
+            src_bytes: 4,
+            out_offset: 0,
+        }];
         let e = read_pieces(&gone, DType::F32, false, &mut out[..4], DType::F32, 1, 4096).unwrap_err();
         assert!(e.to_string().contains("gone.npy"), "{e}");
     }

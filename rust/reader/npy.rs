@@ -125,7 +125,10 @@ pub fn header_size(prefix: &[u8]) -> Result<u64> {
         }
     };
     if len > MAX_HEADER_LEN {
-        return Err(Error::invalid("npy header", format!("header length {len} is implausibly large")));
+        return Err(Error::invalid(
+            "npy header",
+            format!("header length {len} is implausibly large"),
+        ));
     }
     Ok(start + len)
 }
@@ -153,7 +156,10 @@ pub fn parse_header(prefix: &[u8], file_len: u64) -> Result<NpyMatrix> {
         match (key.as_str(), value) {
             ("descr", Value::Str(s)) => descr = Some(s),
             ("descr", _) => {
-                return Err(Error::invalid("npy header", "structured dtypes are not supported (need a plain float array)"))
+                return Err(Error::invalid(
+                    "npy header",
+                    "structured dtypes are not supported (need a plain float array)",
+                ))
             }
             ("fortran_order", Value::Bool(b)) => fortran = Some(b),
             ("shape", Value::Tuple(t)) => shape = Some(t),
@@ -161,7 +167,10 @@ pub fn parse_header(prefix: &[u8], file_len: u64) -> Result<NpyMatrix> {
         }
     }
     let (Some(descr), Some(fortran), Some(shape)) = (descr, fortran, shape) else {
-        return Err(Error::invalid("npy header", "missing 'descr', 'fortran_order' or 'shape'"));
+        return Err(Error::invalid(
+            "npy header",
+            "missing 'descr', 'fortran_order' or 'shape'",
+        ));
     };
     let (order, code) = match descr.as_bytes().first() {
         Some(b'<' | b'>' | b'=' | b'|') => descr.split_at(1),
@@ -201,8 +210,16 @@ pub fn parse_header(prefix: &[u8], file_len: u64) -> Result<NpyMatrix> {
             "Fortran-ordered (column-major) arrays are not supported: save with np.ascontiguousarray",
         ));
     }
-    let m = NpyMatrix { rows, dim, dtype, big_endian, data_offset: size };
-    let need = size.checked_add(m.data_bytes()?).ok_or(Error::Overflow("npy file size"))?;
+    let m = NpyMatrix {
+        rows,
+        dim,
+        dtype,
+        big_endian,
+        data_offset: size,
+    };
+    let need = size
+        .checked_add(m.data_bytes()?)
+        .ok_or(Error::Overflow("npy file size"))?;
     if file_len < need {
         return Err(Error::Truncated {
             what: "npy data",
@@ -214,7 +231,10 @@ pub fn parse_header(prefix: &[u8], file_len: u64) -> Result<NpyMatrix> {
     if file_len > need {
         return Err(Error::invalid(
             "npy file",
-            format!("{} unexpected bytes after the array data (shape {shape:?})", file_len - need),
+            format!(
+                "{} unexpected bytes after the array data (shape {shape:?})",
+                file_len - need
+            ),
         ));
     }
     Ok(m)
@@ -230,7 +250,10 @@ enum Value {
 /// Parse the small subset of Python literals that npy headers use.
 fn parse_dict(text: &str) -> Result<Vec<(String, Value)>> {
     let bad = |m: &str| Error::invalid("npy header", format!("{m} in {:?}", text.trim_end()));
-    let mut p = Parser { s: text.as_bytes(), i: 0 };
+    let mut p = Parser {
+        s: text.as_bytes(),
+        i: 0,
+    };
     p.ws();
     if !p.eat(b'{') {
         return Err(bad("expected '{'"));
@@ -252,7 +275,12 @@ fn parse_dict(text: &str) -> Result<Vec<(String, Value)>> {
             Some(b'(') => Value::Tuple(p.tuple().ok_or_else(|| bad("bad shape tuple"))?),
             Some(b'T') if p.word("True") => Value::Bool(true),
             Some(b'F') if p.word("False") => Value::Bool(false),
-            Some(b'[') => return Err(Error::invalid("npy header", "structured dtypes are not supported (need a plain float array)")),
+            Some(b'[') => {
+                return Err(Error::invalid(
+                    "npy header",
+                    "structured dtypes are not supported (need a plain float array)",
+                ))
+            }
             _ => return Err(bad("unexpected value")),
         };
         out.push((key, value));
