@@ -9,7 +9,10 @@ dimension 512 and, for the parquet_npy variant, one parquet file per npy file wi
 string columns. Every measurement runs in a fresh subprocess (so peak RSS is its own)
 reading the whole collection; warm cache first, then cold cache when the page cache can
 be dropped (root with a writable /proc/sys/vm/drop_caches), else that is said.
-Prints time, MB/s of on-disk data, peak RSS and ratios; never asserts.
+Prints time (construction + reading; imports excluded), MB/s of on-disk data, peak RSS and
+peak RSS minus the RSS after imports minus one batch (the reader's own memory; np.load's
+mmap pages count as RSS), and ratios; never asserts. Every consumer loop drops its batch
+(`del emb, meta`) before asking for the next one, as a memory-conscious consumer does.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ def run_one(mode: str, root: Path, batch_size: int) -> dict[str, float]:
 
     if mode.startswith("er"):
         from embedding_reader import EmbeddingReader
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t0 = time.perf_counter()
     rows = 0
     if mode.startswith("vf"):
@@ -79,6 +83,7 @@ def run_one(mode: str, root: Path, batch_size: int) -> dict[str, float]:
         dtype = None if mode.endswith("native") else np.float32
         for e, m in r(batch_size=batch_size, show_progress=False, dtype=dtype):
             rows += len(e)
+            del e, m  # a consumer done with the batch: flat memory
     elif mode.startswith("er"):
         if mode.startswith("er-parquet_npy"):
             r = EmbeddingReader(emb, file_format="parquet_npy", metadata_folder=meta, meta_columns=["url", "caption"])
@@ -86,6 +91,7 @@ def run_one(mode: str, root: Path, batch_size: int) -> dict[str, float]:
             r = EmbeddingReader(emb, file_format="npy")
         for e, m in r(batch_size=batch_size, start=0, end=r.count, show_progress=False):
             rows += len(e)
+            del e, m
     elif mode in ("np-mmap-f32", "np-copy"):
         # The floors: batches filled file by file from np.load(mmap_mode="r"), a fresh
         # array per batch (as any reader that yields batches must allocate).
@@ -105,12 +111,14 @@ def run_one(mode: str, root: Path, batch_size: int) -> dict[str, float]:
                 if pos == len(out):
                     rows += pos
                     pos = 0
+                    del out
                     out = np.empty((min(batch_size, total - rows), dim), dtype=dtype)
         rows += pos
     else:
         raise SystemExit(f"unknown mode {mode}")
     dt = time.perf_counter() - t0
-    return {"seconds": dt, "rows": rows, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"seconds": dt, "rows": rows, "peak_rss": peak, "base_rss": base_rss}
 
 
 def can_drop_caches() -> bool:
@@ -183,7 +191,7 @@ def main() -> None:
         if cache == "warm":
             measure("np-copy")  # load the files into the page cache
         print(f"\n{cache} cache")
-        print(f"{'reader':52s} {'time s':>8s} {'MB/s':>8s} {'peak RSS MB':>12s} {'RSS - batch MB':>15s}")
+        print(f"{'reader':52s} {'time s':>8s} {'MB/s':>8s} {'peak RSS MB':>12s} {'peak-imports-batch MB':>22s}")
         for mode, label, batch_bytes in modes:
             best = None
             for _ in range(args.repeat if cache == "warm" else 1):
@@ -197,7 +205,7 @@ def main() -> None:
             results[(cache, mode)] = best
             mbs = data_bytes / best["seconds"] / 1e6
             print(f"{label:52s} {best['seconds']:8.2f} {mbs:8.0f} {best['peak_rss'] / 1e6:12.0f} "
-                  f"{(best['peak_rss'] - batch_bytes) / 1e6:15.0f}", flush=True)
+                  f"{(best['peak_rss'] - best['base_rss'] - batch_bytes) / 1e6:22.0f}", flush=True)
         print()
 
         def ratio(a: str, b: str, text: str) -> None:

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -232,6 +233,11 @@ def _list_value_type(schema: Any, column: str, path: str) -> np.dtype:
     if not pa.types.is_floating(v):
         raise FormatError(f"{path}: column {column!r} holds {v}, not floats")
     return np.dtype(v.to_pandas_dtype())
+
+
+def _refcounts(arrays: list[np.ndarray]) -> list[int]:
+    """Reference counts of the arrays, measured the same way for the pool and its probe."""
+    return [sys.getrefcount(a) for a in arrays]
 
 
 class EmbeddingReader:
@@ -513,10 +519,24 @@ class EmbeddingReader:
                 progress = tqdm(total=end - start, unit="emb", unit_scale=True)
             except ImportError:
                 progress = None
+        # Batch arrays are recycled once the caller holds no reference to them (nothing,
+        # not even a view, refers to the array but this pool): reusing memory that is
+        # already mapped saves the kernel's page faults and zeroing of a fresh batch.
+        pool: list[np.ndarray] = []
+        base_refs = _refcounts([np.empty(0)])[0]  # what the pool's own reference amounts to
         try:
             for b0 in range(start, end, batch_size):
                 b1 = min(b0 + batch_size, end)
-                out = np.empty((b1 - b0, self._dim), dtype=out_dtype)
+                shape = (b1 - b0, self._dim)
+                out = None
+                free = [k for k, refs in enumerate(_refcounts(pool)) if refs <= base_refs]
+                for k in free:
+                    if out is None and pool[k].shape == shape and pool[k].dtype == out_dtype:
+                        out = pool[k]
+                pool = [a for k, a in enumerate(pool) if k not in free or a is out]
+                if out is None:
+                    out = np.empty(shape, dtype=out_dtype)
+                    pool = [*pool[-1:], out]
                 meta = pd.DataFrame({"i": np.arange(b0, b1, dtype=np.int64)})
                 ranges = self._ranges(b0, b1)
                 if self._npy:
@@ -528,6 +548,7 @@ class EmbeddingReader:
                 if progress is not None:
                     progress.update(b1 - b0)
                 yield out, meta
+                del out, meta
         finally:
             if progress is not None:
                 progress.close()

@@ -406,3 +406,21 @@ def test_bad_parquet_embeddings(tmp_path: Path) -> None:
     pq.write_table(pa.table({"embedding": pa.array([[1, 2]], type=pa.list_(pa.int64()))}), d / "0.parquet")
     with pytest.raises(vf.FormatError, match=r"0\.parquet.*not floats"):
         vf.EmbeddingReader(d, file_format="parquet")
+
+
+def test_batches_recycled_only_when_unreferenced(collections: dict[str, Path]) -> None:
+    r = vf.EmbeddingReader(collections["f16"])
+    truth = _truth("float16")
+    copies, views, addresses = [], [], []
+    for e, m in r(batch_size=5, dtype=None, show_progress=False):
+        copies.append(e.copy())
+        if len(views) < 2:
+            views.append(e[1:3])  # a view keeps its batch alive: that memory is never reused
+        addresses.append(e.ctypes.data)
+        del e, m
+    np.testing.assert_array_equal(np.concatenate(copies), truth)
+    for k, v in enumerate(views):
+        np.testing.assert_array_equal(v, truth[5 * k + 1 : 5 * k + 3])
+    # batches the caller let go of are refilled in place (the last, shorter one is new)
+    assert len(set(addresses[2:-1])) == 1
+    assert addresses[2] not in addresses[:2]
