@@ -524,6 +524,7 @@ class EmbeddingReader:
         # already mapped saves the kernel's page faults and zeroing of a fresh batch.
         pool: list[np.ndarray] = []
         base_refs = _refcounts([np.empty(0)])[0]  # what the pool's own reference amounts to
+        side = ThreadPoolExecutor(max_workers=1)
         try:
             for b0 in range(start, end, batch_size):
                 b1 = min(b0 + batch_size, end)
@@ -539,17 +540,27 @@ class EmbeddingReader:
                     pool = [*pool[-1:], out]
                 meta = pd.DataFrame({"i": np.arange(b0, b1, dtype=np.int64)})
                 ranges = self._ranges(b0, b1)
-                if self._npy:
+                extra = None
+                if self._npy and self._parquet:
+                    # parquet_npy: metadata (pyarrow) and embeddings (Rust) are read at the
+                    # same time; both release the GIL.
+                    pending = side.submit(self._read_parquet, out, b0, ranges, parallel_pieces)
+                    try:
+                        self._fill_npy(out, b0, ranges, max_piece_size, parallel_pieces, spare_ram)
+                    finally:
+                        extra = pending.result()
+                elif self._npy:
                     self._fill_npy(out, b0, ranges, max_piece_size, parallel_pieces, spare_ram)
-                if self._parquet:
+                else:
                     extra = self._read_parquet(out, b0, ranges, parallel_pieces)
-                    if extra is not None:
-                        meta = pd.concat([meta, extra], axis=1)
+                if extra is not None:
+                    meta = pd.concat([meta, extra], axis=1)
                 if progress is not None:
                     progress.update(b1 - b0)
                 yield out, meta
                 del out, meta
         finally:
+            side.shutdown(wait=True)
             if progress is not None:
                 progress.close()
 
@@ -676,7 +687,11 @@ class EmbeddingReader:
                     raise FormatError(f"{p.path}: column {col!r} holds {values.type}, other files hold {self._disk_dtype}")
                 o = self._starts[f] + lo - b0
                 out[o : o + hi - lo] = values.to_numpy(zero_copy_only=False).reshape(hi - lo, self._dim)
-            return table.select(meta_cols).to_pandas() if meta_cols else None
+            if not meta_cols:
+                return None
+            # Strings stay Arrow-backed (pandas' "string[pyarrow]"): no Python str per value.
+            strings = {pa.string(): pd.StringDtype("pyarrow"), pa.large_string(): pd.StringDtype("pyarrow")}
+            return table.select(meta_cols).to_pandas(types_mapper=strings.get)
 
         workers = max(1, min(parallel_pieces or 8, len(ranges)))
         if workers == 1:

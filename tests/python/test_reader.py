@@ -272,7 +272,7 @@ def test_http_range_reads(collections: dict[str, Path]) -> None:
 
 
 def test_dask_distributed_ranges(collections: dict[str, Path]) -> None:
-    distributed = pytest.importorskip("distributed")  # installed by requirements-dev.txt
+    import distributed
     r = vf.EmbeddingReader(collections["f16"], file_format="parquet_npy", metadata_folder=collections["meta"],
                            meta_columns=["caption"])
     full, full_meta = _read_all(r, batch_size=6)
