@@ -60,8 +60,8 @@ from ._native import FormatError
 __all__ = ["EmbeddingReader", "natural_sort_key"]
 
 _FORMATS = ("npy", "parquet", "parquet_npy")
-_DTYPE_CODES = {np.dtype(np.float16): "f2", np.dtype(np.float32): "f4", np.dtype(np.float64): "f8"}
-_CODE_DTYPES = {v: k for k, v in _DTYPE_CODES.items()}
+_DTYPE_CODES: dict[np.dtype, str] = {np.dtype(np.float16): "f2", np.dtype(np.float32): "f4", np.dtype(np.float64): "f8"}
+_CODE_DTYPES: dict[str, np.dtype] = {v: k for k, v in _DTYPE_CODES.items()}
 _HEADER_PREFIX = 4096
 _LOCAL_CHUNK = 4 << 20
 _REMOTE_PIECE = 50 * 10**6
@@ -115,7 +115,7 @@ def _list(fs: Any, folder: str, suffix: str) -> list[tuple[str, int | None]]:
         names = sorted(
             (n for n in os.listdir(folder) if n.endswith(suffix)), key=natural_sort_key
         )
-        out = []
+        out: list[tuple[str, int | None]] = []
         for n in names:
             p = os.path.join(folder, n)
             if os.path.isfile(p):
@@ -145,7 +145,8 @@ def _folders(arg: Any) -> list[Any]:
 
 
 def _collect(folders: list[Any], suffix: str, what: str) -> tuple[list[Any], list[tuple[int, str, int | None]]]:
-    fss, files = [], []
+    fss: list[Any] = []
+    files: list[tuple[int, str, int | None]] = []
     for i, folder in enumerate(folders):
         fs, path = _split_url(folder)
         fss.append(fs)
@@ -167,8 +168,8 @@ def _npy_headers(fss: list[Any], files: list[tuple[int, str, int | None]], threa
     local = [k for k, (src, _, _) in enumerate(files) if fss[src] is None]
     if local:
         heads = _native.read_npy_headers([files[k][1] for k in local], threads)
-        for k, h in zip(local, heads):
-            out[k] = _Npy(files[k][0], files[k][1], *h)
+        for k, fields in zip(local, heads):
+            out[k] = _Npy(files[k][0], files[k][1], *fields)
     remote = [k for k, (src, _, _) in enumerate(files) if fss[src] is not None]
 
     def head(k: int) -> _Npy:
@@ -591,7 +592,8 @@ class EmbeddingReader:
         out_row = self._dim * out.dtype.itemsize
         first = self._npy[0]
         row_bytes = self._dim * np.dtype(_CODE_DTYPES[first.dtype]).itemsize
-        local, remote = [], []
+        local: list[tuple[_Npy, int, int, int]] = []
+        remote: list[tuple[_Npy, int, int, int]] = []
         for f, lo, hi in ranges:
             h = self._npy[f]
             piece = (h, h.data_offset + lo * row_bytes, (hi - lo) * row_bytes,

@@ -47,7 +47,7 @@ pub fn read_npy_headers(py: Python<'_>, paths: Vec<PathBuf>, threads: usize) -> 
 /// `pieces` are `(path, file_offset, src_bytes, out_offset)`; they are read by
 /// `threads` threads in sub-pieces of about `chunk_bytes`.
 #[pyfunction]
-#[pyo3(signature = (out, out_dtype, pieces, src_dtype, big_endian, threads, chunk_bytes=4 << 20))]
+#[pyo3(signature = (out, out_dtype, pieces, src_dtype, big_endian, threads, chunk_bytes=4194304))]
 #[allow(clippy::too_many_arguments)]
 pub fn read_npy_pieces(
     py: Python<'_>,
