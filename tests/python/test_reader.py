@@ -424,3 +424,21 @@ def test_batches_recycled_only_when_unreferenced(collections: dict[str, Path]) -
     # batches the caller let go of are refilled in place (the last, shorter one is new)
     assert len(set(addresses[2:-1])) == 1
     assert addresses[2] not in addresses[:2]
+
+
+def test_tight_memory_budget_still_reads_everything(collections: dict[str, Path]) -> None:
+    import fsspec
+
+    budget = 5 * DIM * 4  # exactly one float32 batch of 5 rows: one piece at a time
+    r = vf.EmbeddingReader(collections["f16"])
+    emb, _ = _read_all(r, batch_size=5, max_ram_usage_in_bytes=budget, parallel_pieces=8)
+    np.testing.assert_array_equal(emb, _truth("float16").astype(np.float32))
+    fs = fsspec.filesystem("memory")
+    for p in collections["f16"].iterdir():
+        fs.pipe(f"/vf_reader_budget/{p.name}", p.read_bytes())
+    try:
+        remote = vf.EmbeddingReader("memory://vf_reader_budget")
+        emb, _ = _read_all(remote, batch_size=5, max_ram_usage_in_bytes=budget, max_piece_size=2)
+        np.testing.assert_array_equal(emb, _truth("float16").astype(np.float32))
+    finally:
+        fs.rm("/vf_reader_budget", recursive=True)
