@@ -23,6 +23,7 @@ pub mod embeddings;
 pub mod error;
 pub mod format;
 pub mod query;
+pub mod reader;
 pub mod storage;
 pub mod vocab;
 

@@ -38,4 +38,14 @@ __all__ = [
     "load_fasttext",
     "load_text",
     "load_word2vec",
+    "EmbeddingReader",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # EmbeddingReader lives in vecfusion.reader; imported lazily to keep `import vecfusion` light.
+    if name == "EmbeddingReader":
+        from .reader import EmbeddingReader
+
+        return EmbeddingReader
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,6 +6,8 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar, final, overload
 
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -158,3 +160,27 @@ def load_text(
     normalize: bool = True,
 ) -> Embeddings: ...
 def load_fasttext(path: str | os.PathLike[str], lossy: bool = False) -> Embeddings: ...
+# -- EmbeddingReader helpers (rust/py/reader.rs; used by vecfusion.reader) -------------
+
+def npy_header_size(prefix: bytes) -> int: ...
+def parse_npy_header(prefix: bytes, file_len: int, name: str) -> tuple[int, int, str, bool, int]: ...
+def read_npy_headers(
+    paths: Sequence[str | os.PathLike[str]], threads: int = 8
+) -> list[tuple[int, int, str, bool, int]]: ...
+def read_npy_pieces(
+    out: npt.NDArray[np.uint8],
+    out_dtype: str,
+    pieces: Sequence[tuple[str | os.PathLike[str], int, int, int]],
+    src_dtype: str,
+    big_endian: bool,
+    threads: int,
+    chunk_bytes: int = 4194304,
+) -> None: ...
+def convert_into(
+    out: npt.NDArray[np.uint8],
+    out_dtype: str,
+    out_offset: int,
+    src: bytes,
+    src_dtype: str,
+    big_endian: bool,
+) -> None: ...

@@ -7,6 +7,7 @@ mod embeddings;
 mod errors;
 mod metadata;
 mod query;
+mod reader;
 mod storage;
 mod views;
 mod vocab;
@@ -26,6 +27,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compat::load_word2vec, m)?)?;
     m.add_function(wrap_pyfunction!(compat::load_text, m)?)?;
     m.add_function(wrap_pyfunction!(compat::load_fasttext, m)?)?;
+    reader::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("build_profile", if cfg!(debug_assertions) { "debug" } else { "release" })?;
     Ok(())

@@ -1,0 +1,444 @@
+"""vecfusion.EmbeddingReader: equality with plain numpy/pyarrow reads, remote filesystems,
+pickling, a distributed engine, and clear errors on malformed collections."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import pickle
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import vecfusion as vf
+from vecfusion.reader import natural_sort_key
+
+DIM = 6
+# Row counts per file, in natural order; the names are chosen so that plain string
+# sorting would give a different order ("10" < "2").
+ROWS = {"1": 7, "2": 0, "3": 12, "10": 5, "22": 9}
+
+
+def _matrix(name: str, rows: int, dtype: str) -> np.ndarray:
+    rng = np.random.default_rng(int(name))
+    return (rng.standard_normal((rows, DIM)) * 10).astype(dtype)
+
+
+def _truth(dtype: str) -> np.ndarray:
+    return np.concatenate([_matrix(n, r, dtype) for n, r in ROWS.items()])
+
+
+def _captions(name: str, rows: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "caption": [f"file {name} row {k}" for k in range(rows)],
+            "url": [f"http://x/{name}/{k}.jpg" for k in range(rows)],
+            "score": np.arange(rows, dtype=np.float64) + int(name) * 1000,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def collections(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("collections")
+    out = {}
+    # float16 npy, little-endian; file names with a non-npy distractor
+    f16 = root / "f16"
+    f16.mkdir()
+    for n, r in ROWS.items():
+        np.save(f16 / f"part_{n}.npy", _matrix(n, r, "float16"))
+    (f16 / "README.txt").write_text("not an embedding file")
+    out["f16"] = f16
+    # big-endian float32 npy: read correctly (byte-swapped)
+    be = root / "be"
+    be.mkdir()
+    for n, r in ROWS.items():
+        np.save(be / f"part_{n}.npy", _matrix(n, r, "float32").astype(">f4"))
+    out["be"] = be
+    # parquet with a list column and meta columns, several row groups per file
+    par = root / "parquet"
+    par.mkdir()
+    for n, r in ROWS.items():
+        df = _captions(n, r)
+        table = pa.table(
+            {
+                "embedding": pa.array(list(_matrix(n, r, "float32")), type=pa.list_(pa.float32())),
+                **{c: pa.array(df[c]) for c in df.columns},
+            }
+        )
+        pq.write_table(table, par / f"part_{n}.parquet", row_group_size=4)
+    out["parquet"] = par
+    # parquet_npy: metadata parquet files paired with the f16 npy files
+    meta = root / "meta"
+    meta.mkdir()
+    for n, r in ROWS.items():
+        pq.write_table(pa.Table.from_pandas(_captions(n, r), preserve_index=False), meta / f"part_{n}.parquet",
+                       row_group_size=3)
+    out["meta"] = meta
+    return out
+
+
+def _read_all(reader: vf.EmbeddingReader, **kw: object) -> tuple[np.ndarray, pd.DataFrame]:
+    kw.setdefault("show_progress", False)
+    embs, metas = [], []
+    for emb, meta in reader(**kw):  # type: ignore[arg-type]
+        assert emb.flags.c_contiguous
+        assert len(emb) == len(meta)
+        embs.append(emb)
+        metas.append(meta)
+    emb = np.concatenate(embs) if embs else np.empty((0, reader.dimension))
+    meta = pd.concat(metas, ignore_index=True) if metas else pd.DataFrame({"i": []})
+    return emb, meta
+
+
+def test_natural_sort_key() -> None:
+    names = ["b10.npy", "a.npy", "b2x.npy", "b2.npy", "b1.npy", "c.npy", "b9_100.npy", "b9_20.npy"]
+    assert sorted(names, key=natural_sort_key) == [
+        "a.npy", "b1.npy", "b2.npy", "b2x.npy", "b9_20.npy", "b9_100.npy", "b10.npy", "c.npy"
+    ]
+
+
+def test_attributes(collections: dict[str, Path]) -> None:
+    r = vf.EmbeddingReader(str(collections["f16"]), file_format="npy")
+    assert r.count == sum(ROWS.values())
+    assert r.dimension == DIM
+    assert r.byte_per_item == DIM * 2
+    assert r.total_size == r.count * DIM * 2
+    assert r.nb_files == len(ROWS)
+    assert r.max_file_size == max(ROWS.values()) * DIM * 2
+    assert r.dtype == np.float16
+    p = vf.EmbeddingReader(collections["parquet"], file_format="parquet", meta_columns=["caption"])
+    assert (p.count, p.dimension, p.byte_per_item, p.nb_files) == (r.count, DIM, DIM * 4, len(ROWS))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    kind=st.sampled_from(["f16", "be", "parquet", "parquet_npy"]),
+    dtype=st.sampled_from([None, "float16", "float32", "float64"]),
+    bounds=st.tuples(st.integers(0, sum(ROWS.values())), st.integers(0, sum(ROWS.values()))),
+    batch_size=st.integers(1, 40),
+    piece=st.sampled_from([None, 8, 24, 100]),
+    threads=st.sampled_from([None, 1, 3]),
+)
+def test_equals_numpy_read(
+    collections: dict[str, Path], kind: str, dtype: str | None, bounds: tuple[int, int],
+    batch_size: int, piece: int | None, threads: int | None,
+) -> None:
+    start, end = min(bounds), max(bounds)
+    if kind == "parquet":
+        r = vf.EmbeddingReader(collections["parquet"], file_format="parquet", meta_columns=["caption", "score"])
+        disk = "float32"
+    elif kind == "parquet_npy":
+        r = vf.EmbeddingReader(collections["f16"], file_format="parquet_npy", metadata_folder=collections["meta"],
+                               meta_columns=["caption", "score"])
+        disk = "float16"
+    else:
+        r = vf.EmbeddingReader(collections[kind])
+        disk = "float16" if kind == "f16" else "float32"
+    truth = _truth(disk)
+    emb, meta = _read_all(r, batch_size=batch_size, start=start, end=end, dtype=dtype,
+                          max_piece_size=piece, parallel_pieces=threads)
+    want_dtype = np.dtype(dtype or disk)
+    if end > start:
+        assert emb.dtype == want_dtype
+    assert emb.shape == (end - start, DIM)
+    np.testing.assert_array_equal(emb, truth[start:end].astype(want_dtype))
+    assert meta["i"].tolist() == list(range(start, end))
+    if kind.startswith("parquet") and end > start:
+        captions = pd.concat([_captions(n, k) for n, k in ROWS.items()], ignore_index=True)
+        assert meta["caption"].tolist() == captions["caption"][start:end].tolist()
+        np.testing.assert_array_equal(meta["score"].to_numpy(), captions["score"][start:end].to_numpy())
+
+
+def test_batches_are_ordered_and_sized(collections: dict[str, Path]) -> None:
+    r = vf.EmbeddingReader(collections["f16"])
+    sizes = [(len(e), int(m["i"].iloc[0])) for e, m in r(batch_size=10, show_progress=False)]
+    assert sizes == [(10, 0), (10, 10), (10, 20), (3, 30)]
+
+
+def test_list_of_folders_and_files(collections: dict[str, Path]) -> None:
+    f16 = collections["f16"]
+    files = [f16 / "part_22.npy", f16 / "part_1.npy"]
+    r = vf.EmbeddingReader([str(p) for p in files])
+    emb, _ = _read_all(r, dtype=None)
+    np.testing.assert_array_equal(emb, np.concatenate([_matrix("22", 9, "float16"), _matrix("1", 7, "float16")]))
+    two = vf.EmbeddingReader([f16, f"file://{f16}"])
+    assert two.count == 2 * sum(ROWS.values())
+    emb, _ = _read_all(two)
+    np.testing.assert_array_equal(emb, np.concatenate([_truth("float16")] * 2).astype(np.float32))
+
+
+def test_pickle_and_ranges_in_workers(collections: dict[str, Path]) -> None:
+    r = vf.EmbeddingReader(collections["f16"], file_format="parquet_npy", metadata_folder=collections["meta"],
+                           meta_columns=["caption"])
+    full, full_meta = _read_all(r, batch_size=7)
+    clone = pickle.loads(pickle.dumps(r))
+    assert (clone.count, clone.dimension, clone.nb_files) == (r.count, r.dimension, r.nb_files)
+    cuts = [0, 5, 6, 19, 30, r.count]
+    parts = [_read_all(clone, start=a, end=b, batch_size=4) for a, b in zip(cuts, cuts[1:])]
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), full)
+    assert pd.concat([p[1] for p in parts], ignore_index=True).equals(full_meta)
+
+
+def test_memory_filesystem(collections: dict[str, Path]) -> None:
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for kind in ("f16", "be", "parquet"):
+        for p in collections[kind].iterdir():
+            fs.pipe(f"/vf_reader_test/{kind}/{p.name}", p.read_bytes())
+    try:
+        for kind, fmt, disk in (("f16", "npy", "float16"), ("be", "npy", "float32"), ("parquet", "parquet", "float32")):
+            r = vf.EmbeddingReader(f"memory://vf_reader_test/{kind}", file_format=fmt)
+            assert r.count == sum(ROWS.values())
+            # tiny pieces and several threads: many ranges in flight, converted as they land
+            emb, meta = _read_all(r, batch_size=11, start=2, end=31, max_piece_size=3, parallel_pieces=3)
+            np.testing.assert_array_equal(emb, _truth(disk)[2:31].astype(np.float32))
+            assert meta["i"].tolist() == list(range(2, 31))
+        # a truncated remote file is refused, naming it
+        fs.pipe("/vf_reader_test/bad/0.npy", (collections["f16"] / "part_3.npy").read_bytes()[:-5])
+        with pytest.raises(vf.FormatError, match=r"0\.npy.*truncated"):
+            vf.EmbeddingReader("memory://vf_reader_test/bad")
+    finally:
+        fs.rm("/vf_reader_test", recursive=True)
+
+
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """SimpleHTTPRequestHandler plus single-range GET requests (206 Partial Content)."""
+
+    ranges_served = 0
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def send_head(self):  # type: ignore[no-untyped-def]
+        rng = self.headers.get("Range")
+        path = self.translate_path(self.path)
+        if rng is None or os.path.isdir(path):
+            return super().send_head()
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
+        if not os.path.isfile(path) or m is None:
+            self.send_error(404 if m else 416)
+            return None
+        size = os.path.getsize(path)
+        a = int(m.group(1))
+        b = min(int(m.group(2)) if m.group(2) else size - 1, size - 1)
+        f = open(path, "rb")  # noqa: SIM115 - closed by copyfile's caller
+        f.seek(a)
+        self.send_response(206)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Range", f"bytes {a}-{b}/{size}")
+        self.send_header("Content-Length", str(b - a + 1))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        type(self).ranges_served += 1
+        import io
+
+        data = f.read(b - a + 1)
+        f.close()
+        return io.BytesIO(data)
+
+
+def test_http_range_reads(collections: dict[str, Path]) -> None:
+    root = collections["f16"].parent
+
+    def handler(*args, **kwargs):  # type: ignore[no-untyped-def]
+        return _RangeHandler(*args, directory=str(root), **kwargs)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/f16/"
+        r = vf.EmbeddingReader(url)
+        assert r.count == sum(ROWS.values())
+        assert r.nb_files == len(ROWS)
+        before = _RangeHandler.ranges_served
+        emb, meta = _read_all(r, batch_size=8, start=1, end=30, max_piece_size=5, parallel_pieces=4)
+        np.testing.assert_array_equal(emb, _truth("float16")[1:30].astype(np.float32))
+        assert _RangeHandler.ranges_served > before  # byte ranges, not whole files
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_dask_distributed_ranges(collections: dict[str, Path]) -> None:
+    import distributed
+    r = vf.EmbeddingReader(collections["f16"], file_format="parquet_npy", metadata_folder=collections["meta"],
+                           meta_columns=["caption"])
+    full, full_meta = _read_all(r, batch_size=6)
+
+    def read_range(reader: vf.EmbeddingReader, a: int, b: int) -> tuple[np.ndarray, pd.DataFrame]:
+        return _read_all(reader, start=a, end=b, batch_size=5)
+
+    cuts = [0, 8, 17, 33]
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        # worker processes: the reader travels pickled
+        futures = [client.submit(read_range, r, a, b, pure=False) for a, b in zip(cuts, cuts[1:])]
+        parts = client.gather(futures)
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), full)
+    assert pd.concat([p[1] for p in parts], ignore_index=True).equals(full_meta)
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+
+def _folder(tmp_path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    d = tmp_path / "emb"
+    d.mkdir(exist_ok=True)
+    for name, a in arrays.items():
+        np.save(d / name, a)
+    return d
+
+
+GOOD = np.ones((4, DIM), dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (np.ones(5, dtype=np.float32), r"2-D.*1-D"),
+        (np.ones((2, 3, DIM), dtype=np.float32), r"2-D.*3-D"),
+        (np.ones((4, DIM), dtype=np.int32), r"not a float type"),
+        (np.asfortranarray(np.arange(4.0 * DIM, dtype=np.float32).reshape(4, DIM)), r"Fortran"),
+        (np.ones((4, DIM + 1), dtype=np.float32), r"mixed dimensions.*b\.npy.*7"),
+        (np.ones((4, DIM), dtype=np.float16), r"mixed dtypes.*b\.npy.*float16"),
+    ],
+)
+def test_bad_npy_files(tmp_path: Path, bad: np.ndarray, message: str) -> None:
+    d = _folder(tmp_path, {"a.npy": GOOD, "b.npy": bad})
+    with pytest.raises(vf.FormatError, match=message) as e:
+        vf.EmbeddingReader(d)
+    assert "b.npy" in str(e.value)
+
+
+def test_truncated_empty_and_garbage_files(tmp_path: Path) -> None:
+    d = _folder(tmp_path, {"a.npy": GOOD, "b.npy": GOOD})
+    data = (d / "b.npy").read_bytes()
+    (d / "b.npy").write_bytes(data[:-3])
+    with pytest.raises(vf.FormatError, match=r"b\.npy.*truncated npy data"):
+        vf.EmbeddingReader(d)
+    (d / "b.npy").write_bytes(data + b"xx")
+    with pytest.raises(vf.FormatError, match=r"b\.npy.*unexpected bytes"):
+        vf.EmbeddingReader(d)
+    (d / "b.npy").write_bytes(b"")
+    with pytest.raises(vf.FormatError, match=r"b\.npy.*empty"):
+        vf.EmbeddingReader(d)
+    (d / "b.npy").write_bytes(b"PK\x03\x04 this is a zip")
+    with pytest.raises(vf.FormatError, match=r"b\.npy.*magic"):
+        vf.EmbeddingReader(d)
+
+
+def test_file_changed_after_listing(tmp_path: Path) -> None:
+    d = _folder(tmp_path, {"a.npy": GOOD, "b.npy": GOOD})
+    r = vf.EmbeddingReader(d)
+    data = (d / "b.npy").read_bytes()
+    (d / "b.npy").write_bytes(data[: len(data) // 2])
+    with pytest.raises(OSError, match=r"b\.npy"):
+        list(r(show_progress=False))
+
+
+def test_folders_and_arguments(tmp_path: Path, collections: dict[str, Path]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"no \.npy files found"):
+        vf.EmbeddingReader(empty)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        vf.EmbeddingReader(tmp_path / "missing")
+    with pytest.raises(ValueError, match="file_format"):
+        vf.EmbeddingReader(collections["f16"], file_format="csv")
+    r = vf.EmbeddingReader(collections["f16"])
+    for kw, pattern in (
+        ({"start": r.count + 1}, "start"),
+        ({"start": -1}, "start"),
+        ({"start": 5, "end": 4}, "end"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"dtype": np.int8}, "dtype"),
+        ({"batch_size": 10, "max_ram_usage_in_bytes": 100}, "max_ram_usage_in_bytes"),
+    ):
+        with pytest.raises(ValueError, match=pattern):
+            r(show_progress=False, **kw)  # type: ignore[arg-type]
+    assert list(r(start=r.count, show_progress=False)) == []
+    # end past the count is clamped, as in embedding-reader
+    emb, _ = _read_all(r, start=30, end=r.count + 100, dtype=None)
+    np.testing.assert_array_equal(emb, _truth("float16")[30:])
+
+
+def test_parquet_npy_mismatches(tmp_path: Path, collections: dict[str, Path]) -> None:
+    d = _folder(tmp_path, {"0.npy": GOOD, "1.npy": GOOD})
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    pq.write_table(pa.table({"caption": ["a"] * 4}), meta / "0.parquet")
+    with pytest.raises(vf.FormatError, match=r"2 \.npy files but 1 \.parquet"):
+        vf.EmbeddingReader(d, file_format="parquet_npy", metadata_folder=meta, meta_columns=["caption"])
+    pq.write_table(pa.table({"caption": ["a"] * 3}), meta / "1.parquet")
+    with pytest.raises(vf.FormatError, match=r"1\.npy has 4 rows but .*1\.parquet has 3"):
+        vf.EmbeddingReader(d, file_format="parquet_npy", metadata_folder=meta, meta_columns=["caption"])
+    pq.write_table(pa.table({"caption": ["a"] * 4}), meta / "1.parquet")
+    with pytest.raises(vf.FormatError, match=r"missing column.*'url'"):
+        vf.EmbeddingReader(d, file_format="parquet_npy", metadata_folder=meta, meta_columns=["caption", "url"])
+    with pytest.raises(ValueError, match="metadata_folder"):
+        vf.EmbeddingReader(d, file_format="parquet_npy")
+
+
+def test_bad_parquet_embeddings(tmp_path: Path) -> None:
+    d = tmp_path / "p"
+    d.mkdir()
+    pq.write_table(pa.table({"embedding": pa.array([[1.0, 2.0], [3.0, 4.0]], type=pa.list_(pa.float32()))}),
+                   d / "0.parquet")
+    with pytest.raises(vf.FormatError, match=r"missing column.*'emb'"):
+        vf.EmbeddingReader(d, file_format="parquet", embedding_column="emb")
+    pq.write_table(pa.table({"embedding": pa.array([[1.0, 2.0], [3.0]], type=pa.list_(pa.float32()))}),
+                   d / "1.parquet")
+    r = vf.EmbeddingReader(d, file_format="parquet")
+    with pytest.raises(vf.FormatError, match=r"1\.parquet: embedding at row 1 has 1 values, expected 2"):
+        list(r(show_progress=False))
+    pq.write_table(pa.table({"embedding": pa.array([[1, 2]], type=pa.list_(pa.int64()))}), d / "0.parquet")
+    with pytest.raises(vf.FormatError, match=r"0\.parquet.*not floats"):
+        vf.EmbeddingReader(d, file_format="parquet")
+
+
+def test_batches_recycled_only_when_unreferenced(collections: dict[str, Path]) -> None:
+    r = vf.EmbeddingReader(collections["f16"])
+    truth = _truth("float16")
+    copies, views, addresses = [], [], []
+    for e, m in r(batch_size=5, dtype=None, show_progress=False):
+        copies.append(e.copy())
+        if len(views) < 2:
+            views.append(e[1:3])  # a view keeps its batch alive: that memory is never reused
+        addresses.append(e.ctypes.data)
+        del e, m
+    np.testing.assert_array_equal(np.concatenate(copies), truth)
+    for k, v in enumerate(views):
+        np.testing.assert_array_equal(v, truth[5 * k + 1 : 5 * k + 3])
+    # batches the caller let go of are refilled in place (the last, shorter one is new)
+    assert len(set(addresses[2:-1])) == 1
+    assert addresses[2] not in addresses[:2]
+
+
+def test_tight_memory_budget_still_reads_everything(collections: dict[str, Path]) -> None:
+    import fsspec
+
+    budget = 5 * DIM * 4  # exactly one float32 batch of 5 rows: one piece at a time
+    r = vf.EmbeddingReader(collections["f16"])
+    emb, _ = _read_all(r, batch_size=5, max_ram_usage_in_bytes=budget, parallel_pieces=8)
+    np.testing.assert_array_equal(emb, _truth("float16").astype(np.float32))
+    fs = fsspec.filesystem("memory")
+    for p in collections["f16"].iterdir():
+        fs.pipe(f"/vf_reader_budget/{p.name}", p.read_bytes())
+    try:
+        remote = vf.EmbeddingReader("memory://vf_reader_budget")
+        emb, _ = _read_all(remote, batch_size=5, max_ram_usage_in_bytes=budget, max_piece_size=2)
+        np.testing.assert_array_equal(emb, _truth("float16").astype(np.float32))
+    finally:
+        fs.rm("/vf_reader_budget", recursive=True)
