@@ -8,7 +8,7 @@ export CARGO_TERM_COLOR := never
 # Cargo profile of the extension: release (default, used by CI and benchmarks) or fastbuild.
 PROFILE ?= release
 
-.PHONY: all venv build demo test test-rust test-python bench clean
+.PHONY: all venv build demo test test-rust test-python bench clean bench-deps
 
 all: build
 
@@ -37,3 +37,7 @@ test: build test-rust test-python
 
 clean:
 	rm -rf $(VENV) target
+
+# Benchmark peers (faiss-cpu, data packages...): requirements-bench.txt.
+bench-deps: venv
+	$(PIP) install --quiet -r requirements-bench.txt

@@ -21,6 +21,7 @@
 pub mod embeddings;
 pub mod error;
 pub mod format;
+pub mod quant;
 pub mod storage;
 pub mod vocab;
 

@@ -5,6 +5,7 @@ mod construct;
 mod embeddings;
 mod errors;
 mod metadata;
+mod quant;
 mod storage;
 mod views;
 mod vocab;
