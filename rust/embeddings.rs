@@ -235,9 +235,7 @@ impl Embeddings {
             return None;
         }
         out.fill(0.0);
-        for &row in scratch.iter() {
-            self.storage.add_row(row, out);
-        }
+        self.storage.add_rows(scratch, out);
         Some(l2_normalize(out))
     }
 

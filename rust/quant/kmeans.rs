@@ -51,20 +51,49 @@ pub fn nearest_block(
         let rows = e - s;
         gemm_nt(dots, &x[s * stride..], rows, d, stride, centroids, k, Par::Seq);
         for r in 0..rows {
-            let row = &dots[r * k..(r + 1) * k];
-            let mut best = 0usize;
-            let mut best_v = f32::INFINITY;
-            for (j, (&dot, &cn)) in row.iter().zip(cnorms).enumerate() {
-                let v = cn - 2.0 * dot;
-                if v < best_v {
-                    best_v = v;
-                    best = j;
-                }
+            let row = &mut dots[r * k..(r + 1) * k];
+            for (v, &cn) in row.iter_mut().zip(cnorms) {
+                *v = cn - 2.0 * *v;
             }
+            let (best, best_v) = argmin(row);
             emit(s + r, best, best_v);
         }
         s = e;
     }
+}
+
+/// Index and value of the smallest element (the first one on ties); 8 lanes so that the
+/// compiler vectorizes the scan.
+#[inline]
+pub fn argmin(v: &[f32]) -> (usize, f32) {
+    const L: usize = 8;
+    let mut best = [f32::INFINITY; L];
+    let mut idx = [0u32; L];
+    let chunks = v.chunks_exact(L);
+    let tail = chunks.remainder();
+    for (c, chunk) in chunks.enumerate() {
+        for l in 0..L {
+            let better = chunk[l] < best[l];
+            best[l] = if better { chunk[l] } else { best[l] };
+            idx[l] = if better { (c * L + l) as u32 } else { idx[l] };
+        }
+    }
+    let mut b = 0usize;
+    let mut bv = f32::INFINITY;
+    for l in 0..L {
+        if best[l] < bv || (best[l] == bv && (idx[l] as usize) < b) {
+            bv = best[l];
+            b = idx[l] as usize;
+        }
+    }
+    let base = v.len() - tail.len();
+    for (i, &x) in tail.iter().enumerate() {
+        if x < bv {
+            bv = x;
+            b = base + i;
+        }
+    }
+    (b, bv)
 }
 
 /// Assign every row of `x` (`n x d`) to its nearest centroid; returns the objective.
@@ -303,6 +332,18 @@ mod tests {
             let want = &centers[c * d..(c + 1) * d];
             let found = km.centroids.chunks_exact(d).any(|got| got.iter().zip(want).all(|(a, b)| (a - b).abs() < 0.01));
             assert!(found, "cluster {c} not recovered");
+        }
+    }
+
+    #[test]
+    fn argmin_matches_scalar_scan() {
+        let mut rng = Rng::new(4);
+        for len in [1, 7, 8, 9, 31, 256] {
+            let mut v: Vec<f32> = (0..len).map(|_| (rng.below(5) as f32) - 2.0).collect();
+            let want = v.iter().enumerate().fold((0, f32::INFINITY), |b, (i, &x)| if x < b.1 { (i, x) } else { b });
+            assert_eq!(argmin(&v), want, "{v:?}");
+            v[len - 1] = -100.0;
+            assert_eq!(argmin(&v), (len - 1, -100.0));
         }
     }
 

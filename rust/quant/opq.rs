@@ -18,14 +18,20 @@ pub struct Opq {
     pub centroids: Vec<f32>,
 }
 
+/// OPQ alternations for `iterations` k-means iterations: twice as many (50 by default, as faiss).
+pub fn alternations(iterations: usize) -> usize {
+    2 * iterations.max(1)
+}
+
 /// Progress units [`train`] reports for `n` rows.
 pub fn progress_units(n: usize, m: usize, iterations: usize, attempts: usize) -> u64 {
     let encode_blocks = n.div_ceil(pq::ENCODE_ROWS) as u64;
-    let kmeans_steps = attempts * iterations + iterations.saturating_sub(1) * INNER_ITERATIONS + iterations;
-    (m * kmeans_steps) as u64 + iterations as u64 * encode_blocks
+    let alt = alternations(iterations);
+    let kmeans_steps = attempts * iterations + (alt - 1) * INNER_ITERATIONS + iterations;
+    (m * kmeans_steps) as u64 + alt as u64 * encode_blocks
 }
 
-/// Train OPQ on `x` (`n x d`): `iterations` alternations (the first trains the PQ from
+/// Train OPQ on `x` (`n x d`): [`alternations`] rounds (the first trains the PQ from
 /// scratch with `iterations` Lloyd steps and `attempts` attempts, the others refine it with
 /// [`INNER_ITERATIONS`] steps), then a final refinement of the PQ for the last rotation.
 #[allow(clippy::too_many_arguments)]
@@ -43,7 +49,7 @@ pub fn train(
     let mut rotation = random_orthogonal(d, &mut rng.fork(u64::MAX))?;
     let mut centroids: Option<Vec<f32>> = None;
     let mut xr = vec![0f32; n * d];
-    for it in 0..iterations.max(1) {
+    for it in 0..alternations(iterations) {
         progress.check()?;
         gemm_nn(&mut xr, x, n, d, &rotation, d, Par::rayon(0));
         let (steps, tries) = if it == 0 { (iterations, attempts) } else { (INNER_ITERATIONS, 1) };
