@@ -256,9 +256,7 @@ impl Embeddings {
             self.storage.prefetch_row(row);
         }
         out.fill(0.0);
-        for &row in scratch.iter() {
-            self.storage.add_row(row, out);
-        }
+        self.storage.add_rows(scratch, out);
         Some(l2_normalize(out))
     }
 

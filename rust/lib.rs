@@ -24,6 +24,7 @@ pub mod error;
 pub mod format;
 pub mod query;
 pub mod reader;
+pub mod quant;
 pub mod storage;
 pub mod vocab;
 

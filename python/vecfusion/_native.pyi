@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar, final, overload
 
 from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar, overload
 
 import numpy as np
@@ -144,6 +145,36 @@ class Embeddings:
     def write_fasttext(self, path: str | os.PathLike[str]) -> None: ...
     def fasttext_vector(self, word: str) -> npt.NDArray[np.float32]: ...
     def fasttext_subwords(self, word: str) -> tuple[list[str], list[int]]: ...
+    # --- issue 6: product quantization ---
+    def quantize(
+        self,
+        n_subquantizers: int | None = None,
+        bits: int = 8,
+        opq: bool = True,
+        n_iterations: int = 25,
+        n_attempts: int = 1,
+        normalize: bool = True,
+        sample: int | None = None,
+        seed: int = 0,
+        progress: bool | Callable[[int, int], object] | None = True,
+        stats: dict[str, Any] | None = None,
+    ) -> Embeddings:
+        """Product-quantize the storage (PQ, or OPQ with a learned rotation).
+
+        Returns new Embeddings with a QuantizedArray storage (finalfusion's chunk); the
+        vocabulary, metadata and norms are kept. ``n_subquantizers`` (M) must divide ``dims``;
+        default: the largest divisor of ``dims`` not above ``dims / 4`` (75 for 300 dims).
+        Each subquantizer has ``2**bits`` centroids (bits 1 to 8: one u8 code per
+        subquantizer). ``n_iterations`` Lloyd steps of k-means (k-means++ init, empty
+        clusters split), best of ``n_attempts`` runs; with ``opq`` also the number of
+        alternations between PQ training and the orthogonal Procrustes update of the rotation.
+        ``normalize`` L2-normalizes rows before training and stores their norms in the chunk.
+        ``sample``: training rows (default 256 per centroid, like faiss; all rows at most).
+        ``progress``: True/None for a bar (tqdm when installed), False for none, or a
+        callable ``(done, total)`` called about every 0.1 s. Bad parameters raise ValueError.
+        ``stats``: a dict to fill with ``train_seconds``, ``encode_seconds``, ``sample_rows``.
+        The work runs in Rust with the GIL released; Ctrl-C cancels it.
+        """
 
 def load(path: str | os.PathLike[str], mmap: bool = False) -> Embeddings: ...
 

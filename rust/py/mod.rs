@@ -8,6 +8,7 @@ mod errors;
 mod metadata;
 mod query;
 mod reader;
+mod quant;
 mod storage;
 mod views;
 mod vocab;

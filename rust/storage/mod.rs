@@ -140,6 +140,19 @@ impl Storage {
         }
     }
 
+    /// Add the sum of rows `rows` to `out` (an unknown word's n-gram rows).
+    #[inline]
+    pub fn add_rows(&self, rows: &[usize], out: &mut [f32]) {
+        match self {
+            Storage::Quantized(q) => q.add_reconstructed_rows(rows, out),
+            Storage::Array(_) => {
+                for &r in rows {
+                    self.add_row(r, out);
+                }
+            }
+        }
+    }
+
     /// Read a storage chunk body. `file` is given when the matrix may be memory-mapped from it.
     pub fn read_chunk(id: ChunkId, r: &mut ByteReader<'_>, map: Option<&FileBytes>) -> Result<Storage> {
         match id {

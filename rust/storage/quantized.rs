@@ -179,25 +179,12 @@ impl QuantizedStorage {
         let scale = self.norms.as_ref().map_or(1.0, |n| n[i]);
         let ds = self.dims / self.m;
         match &self.projected {
-            Some(table) => {
-                for (sub, &c) in codes.iter().enumerate() {
-                    let base = (sub * self.k + usize::from(c)) * self.dims;
-                    for (o, v) in out.iter_mut().zip(&table[base..base + self.dims]) {
-                        *o += scale * v;
-                    }
-                }
-            }
+            // m rows of the projected table, summed in registers (no matrix product).
+            Some(table) => kernels::add_table_rows(out, table, codes, self.k, self.dims, scale),
             None if self.projection.is_some() => {
                 let mut concat = vec![0f32; self.dims];
-                for (sub, &c) in codes.iter().enumerate() {
-                    let base = (sub * self.k + usize::from(c)) * ds;
-                    concat[sub * ds..(sub + 1) * ds].copy_from_slice(&self.centroids[base..base + ds]);
-                }
-                let p = self.projection.as_deref().map_or(&[][..], Vec::as_slice);
-                for (j, o) in out.iter_mut().enumerate() {
-                    let prow = &p[j * self.dims..(j + 1) * self.dims];
-                    *o += scale * concat.iter().zip(prow).map(|(a, b)| a * b).sum::<f32>();
-                }
+                self.add_concat(i, 1.0, &mut concat);
+                self.add_projected(&concat, scale, out);
             }
             None => {
                 for (sub, &c) in codes.iter().enumerate() {
@@ -208,6 +195,49 @@ impl QuantizedStorage {
                     }
                 }
             }
+        }
+    }
+
+    /// Add the sum of the rebuilt rows `rows` to `out` (an unknown word's n-gram rows).
+    ///
+    /// With a projection and many rows, the rows are summed before the projection
+    /// (`Σ_r s_r·concat_r` then one product with Pᵀ): `rows·dims + dims²` operations
+    /// instead of `rows·m·dims`.
+    pub fn add_reconstructed_rows(&self, rows: &[usize], out: &mut [f32]) {
+        let project_once = self.projection.is_some()
+            && (self.projected.is_none() || rows.len().saturating_mul(self.m) > 2 * self.dims);
+        if !project_once {
+            for &r in rows {
+                self.add_reconstructed(r, out);
+            }
+            return;
+        }
+        let mut concat = vec![0f32; self.dims];
+        for &r in rows {
+            let scale = self.norms.as_ref().map_or(1.0, |n| n[r]);
+            self.add_concat(r, scale, &mut concat);
+        }
+        self.add_projected(&concat, 1.0, out);
+    }
+
+    /// `concat += scale · (centroid code[m] of each subquantizer m)` (before any projection).
+    #[inline]
+    fn add_concat(&self, i: usize, scale: f32, concat: &mut [f32]) {
+        let codes = &self.codes.as_slice()[i * self.m..(i + 1) * self.m];
+        let ds = self.dims / self.m;
+        for (sub, &c) in codes.iter().enumerate() {
+            let base = (sub * self.k + usize::from(c)) * ds;
+            for (o, v) in concat[sub * ds..(sub + 1) * ds].iter_mut().zip(&self.centroids[base..base + ds]) {
+                *o += scale * v;
+            }
+        }
+    }
+
+    /// `out += scale · concat · Pᵀ`, i.e. `out_j += scale · Σ_i concat_i P[j][i]`.
+    fn add_projected(&self, concat: &[f32], scale: f32, out: &mut [f32]) {
+        let p = self.projection.as_deref().map_or(&[][..], Vec::as_slice);
+        for (j, o) in out.iter_mut().enumerate() {
+            *o += scale * kernels::dot(concat, &p[j * self.dims..(j + 1) * self.dims]);
         }
     }
 
@@ -326,9 +356,158 @@ fn project_centroids(p: &[f32], centroids: &[f32], dims: usize, m: usize, k: usi
             // x̂_j = Σ_i c_i · P[j][i] over the block's i
             for (j, o) in dst.iter_mut().enumerate() {
                 let prow = &p[j * dims + s * ds..j * dims + (s + 1) * ds];
-                *o = cent.iter().zip(prow).map(|(a, b)| a * b).sum();
+                *o = kernels::dot(cent, prow);
             }
         }
     }
     out
+}
+
+/// Hot loops of the lookups, compiled twice: generic and with AVX2 + FMA (chosen at run time).
+mod kernels {
+    /// `out += scale · Σ_s table[(s·k + codes[s])·dims ..][..dims]`.
+    #[inline]
+    pub fn add_table_rows(out: &mut [f32], table: &[f32], codes: &[u8], k: usize, dims: usize, scale: f32) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                unsafe { add_table_rows_avx2(out, table, codes, k, dims, scale) };
+                return;
+            }
+        }
+        add_table_rows_generic(out, table, codes, k, dims, scale);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn add_table_rows_avx2(out: &mut [f32], table: &[f32], codes: &[u8], k: usize, dims: usize, scale: f32) {
+        add_table_rows_generic(out, table, codes, k, dims, scale);
+    }
+
+    /// Columns summed per register block (8 AVX registers): the block's sum over the `m`
+    /// table rows stays in registers, `out` is touched once.
+    const BLOCK: usize = 64;
+
+    #[inline(always)]
+    fn add_table_rows_generic(out: &mut [f32], table: &[f32], codes: &[u8], k: usize, dims: usize, scale: f32) {
+        let mut c0 = 0;
+        while c0 + BLOCK <= dims {
+            let mut acc = [0f32; BLOCK];
+            for (s, &c) in codes.iter().enumerate() {
+                let base = (s * k + usize::from(c)) * dims + c0;
+                let row: &[f32; BLOCK] = table[base..base + BLOCK].try_into().expect("block of the table");
+                for l in 0..BLOCK {
+                    acc[l] += row[l];
+                }
+            }
+            for (o, a) in out[c0..c0 + BLOCK].iter_mut().zip(&acc) {
+                *o += scale * a;
+            }
+            c0 += BLOCK;
+        }
+        if c0 < dims {
+            let w = dims - c0;
+            let mut acc = [0f32; BLOCK];
+            for (s, &c) in codes.iter().enumerate() {
+                let base = (s * k + usize::from(c)) * dims + c0;
+                for (a, v) in acc[..w].iter_mut().zip(&table[base..base + w]) {
+                    *a += v;
+                }
+            }
+            for (o, a) in out[c0..].iter_mut().zip(&acc) {
+                *o += scale * a;
+            }
+        }
+    }
+
+    /// Dot product with 8 independent accumulators (vectorizes without fast-math).
+    #[inline]
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                return unsafe { dot_avx2(a, b) };
+            }
+        }
+        dot_generic(a, b)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+        dot_generic(a, b)
+    }
+
+    #[inline(always)]
+    fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0f32; 16];
+        let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+        let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+        for (x, y) in ca.zip(cb) {
+            for l in 0..16 {
+                acc[l] += x[l] * y[l];
+            }
+        }
+        acc.iter().sum::<f32>() + tail
+    }
+}
+
+#[cfg(test)]
+mod lookup_tests {
+    use super::*;
+
+    fn storage(with_table: bool) -> QuantizedStorage {
+        let (rows, dims, m, k) = (20, 70, 7, 4);
+        let f = |i: usize| ((i as f32) * 0.731).sin();
+        // An orthogonal projection: a permutation with signs.
+        let mut p = vec![0f32; dims * dims];
+        for j in 0..dims {
+            p[j * dims + (j * 3) % dims] = if j % 2 == 0 { 1.0 } else { -1.0 };
+        }
+        let centroids: Vec<f32> = (0..m * k * dims / m).map(f).collect();
+        let norms: Vec<f32> = (0..rows).map(|i| 0.5 + i as f32 * 0.1).collect();
+        let codes: Vec<u8> = (0..rows * m).map(|i| ((i * 7 + i / 3) % k) as u8).collect();
+        let mut q = QuantizedStorage::new(Some(p), centroids, Some(norms), U8Data::Owned(Arc::new(codes)), rows, dims, m, k).unwrap();
+        if !with_table {
+            q.projected = None;
+        }
+        q
+    }
+
+    #[test]
+    fn table_and_product_paths_agree_with_the_format_rule() {
+        let (a, b) = (storage(true), storage(false));
+        assert!(a.projected.is_some());
+        let dims = a.dims;
+        let (m, k, ds) = (a.m, a.k, dims / a.m);
+        let p = a.projection().unwrap();
+        for i in 0..a.rows {
+            // the format's rule, written out
+            let codes = &a.codes()[i * m..(i + 1) * m];
+            let concat: Vec<f32> = (0..dims)
+                .map(|t| a.centroids()[(t / ds * k + usize::from(codes[t / ds])) * ds + t % ds])
+                .collect();
+            let want: Vec<f32> = (0..dims)
+                .map(|j| a.norms().unwrap()[i] * (0..dims).map(|t| concat[t] * p[j * dims + t]).sum::<f32>())
+                .collect();
+            let (mut x, mut y) = (vec![0f32; dims], vec![0f32; dims]);
+            a.reconstruct_into(i, &mut x);
+            b.reconstruct_into(i, &mut y);
+            for j in 0..dims {
+                assert!((x[j] - want[j]).abs() < 1e-5 && (y[j] - want[j]).abs() < 1e-5);
+            }
+        }
+        // Summing many rows: the project-once path equals the sum of rebuilt rows.
+        let rows: Vec<usize> = (0..a.rows).chain([3, 3, 5]).collect();
+        let (mut x, mut want) = (vec![0f32; dims], vec![0f32; dims]);
+        a.add_reconstructed_rows(&rows, &mut x);
+        for &r in &rows {
+            a.add_reconstructed(r, &mut want);
+        }
+        for j in 0..dims {
+            assert!((x[j] - want[j]).abs() < 1e-4, "{} vs {}", x[j], want[j]);
+        }
+    }
 }

@@ -1,0 +1,136 @@
+//! `Embeddings.quantize`: PQ / OPQ training in Rust with the GIL released; progress is
+//! polled from a shared counter and reported to Python between short sleeps.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use super::embeddings::PyEmbeddings;
+use pyo3::types::PyDict;
+
+use crate::quant::{quantize_with_stats, Progress, QuantizeParams};
+
+fn non_negative(name: &str, v: i64) -> PyResult<usize> {
+    usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{name}={v} must not be negative")))
+}
+
+/// How progress is shown: nothing, a callable `(done, total)`, or a bar object from
+/// `vecfusion._progress` (tqdm when installed).
+enum Reporter {
+    None,
+    Callback(Py<PyAny>),
+    Bar(Py<PyAny>),
+}
+
+impl Reporter {
+    fn report(&self, py: Python<'_>, done: u64, total: u64) -> PyResult<()> {
+        match self {
+            Reporter::None => Ok(()),
+            Reporter::Callback(f) => f.call1(py, (done, total)).map(drop),
+            Reporter::Bar(b) => b.call_method1(py, "update_to", (done, total)).map(drop),
+        }
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        match self {
+            Reporter::Bar(b) => b.call_method0(py, "close").map(drop),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[pymethods]
+impl PyEmbeddings {
+    /// Product-quantize the storage; returns new Embeddings with a QuantizedArray storage
+    /// (same vocabulary, metadata and norms). See `vecfusion._native.pyi` for the parameters.
+    #[pyo3(signature = (n_subquantizers=None, bits=8, opq=true, n_iterations=25, n_attempts=1,
+                        normalize=true, sample=None, seed=0, progress=None, stats=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn quantize(
+        &self,
+        py: Python<'_>,
+        n_subquantizers: Option<i64>,
+        bits: i64,
+        opq: bool,
+        n_iterations: i64,
+        n_attempts: i64,
+        normalize: bool,
+        sample: Option<i64>,
+        seed: u64,
+        progress: Option<Bound<'_, PyAny>>,
+        stats: Option<Bound<'_, PyDict>>,
+    ) -> PyResult<PyEmbeddings> {
+        let params = QuantizeParams {
+            n_subquantizers: n_subquantizers.map(|m| non_negative("n_subquantizers", m)).transpose()?,
+            bits: u32::try_from(bits.clamp(0, 64)).unwrap_or(64),
+            opq,
+            n_iterations: non_negative("n_iterations", n_iterations)?,
+            n_attempts: non_negative("n_attempts", n_attempts)?,
+            normalize,
+            sample: sample.map(|s| non_negative("sample", s)).transpose()?,
+            seed,
+        };
+        if !(0..=64).contains(&bits) {
+            return Err(PyValueError::new_err(format!(
+                "bits={bits} is out of range: codes are u8, so bits must be 1 to 8"
+            )));
+        }
+        let (rows, dims) = self.inner.storage.shape();
+        crate::quant::check_params(&params, rows, dims)?;
+        // None (the default) means True: a bar.
+        let reporter = match progress {
+            Some(p) if p.is_callable() => Reporter::Callback(p.unbind()),
+            Some(p) if !p.is_truthy()? => Reporter::None,
+            _ => {
+                let bar = py.import("vecfusion._progress")?.call_method1("bar", ("quantize",))?;
+                Reporter::Bar(bar.unbind())
+            }
+        };
+        let emb = Arc::clone(&self.inner);
+        let state = Progress::default();
+        let mut py_err: Option<PyErr> = None;
+        let result = py.detach(|| {
+            std::thread::scope(|s| {
+                let worker = s.spawn(|| quantize_with_stats(&emb, &params, &state));
+                let mut last = Instant::now();
+                while !worker.is_finished() {
+                    std::thread::sleep(Duration::from_millis(5));
+                    if last.elapsed() < Duration::from_millis(100) {
+                        continue;
+                    }
+                    last = Instant::now();
+                    Python::attach(|py| {
+                        let r = py.check_signals().and_then(|_| reporter.report(py, state.done(), state.total()));
+                        if let Err(e) = r {
+                            if py_err.is_none() {
+                                py_err = Some(e);
+                            }
+                            state.cancel();
+                        }
+                    });
+                }
+                worker.join()
+            })
+        });
+        let result = match result {
+            Ok(r) => r,
+            Err(_) => return Err(PyValueError::new_err("quantization failed: a worker thread panicked")),
+        };
+        if let Some(e) = py_err {
+            let _ = reporter.close(py);
+            return Err(e);
+        }
+        let (q, st) = result?;
+        if let Some(d) = stats {
+            d.set_item("train_seconds", st.train_seconds)?;
+            d.set_item("encode_seconds", st.encode_seconds)?;
+            d.set_item("sample_rows", st.sample_rows)?;
+        }
+        let total = state.total();
+        reporter.report(py, total, total)?;
+        reporter.close(py)?;
+        Ok(PyEmbeddings::from_rust(q))
+    }
+}

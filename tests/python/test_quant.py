@@ -1,0 +1,223 @@
+"""Product quantization: golden quantized files, training, round trips, bad parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import vecfusion as vf
+from vecfusion.cli import main as cli_main
+
+
+def format_reconstruction(s: vf.QuantizedStorage) -> np.ndarray:
+    """All rows rebuilt with NumPy by the rule of FORMAT.md, independently of the Rust code."""
+    codes = np.asarray(s.codes)
+    rows, m = codes.shape
+    cent = np.asarray(s.centroids).reshape(m, s.n_centroids, -1)
+    concat = np.concatenate([cent[j][codes[:, j]] for j in range(m)], axis=1).astype(np.float64)
+    if s.projection is not None:
+        concat = concat @ np.asarray(s.projection, dtype=np.float64).T
+    if s.norms is not None:
+        concat *= np.asarray(s.norms, dtype=np.float64)[:, None]
+    return concat
+
+
+def clustered(rows: int, m: int, k: int, ds: int, seed: int = 0) -> np.ndarray:
+    """Rows made of one of ``k`` patterns per block: exactly representable by a PQ."""
+    rng = np.random.default_rng(seed)
+    patterns = rng.standard_normal((m, k, ds)).astype(np.float32)
+    picks = rng.integers(0, k, size=(rows, m))
+    return np.concatenate([patterns[j][picks[:, j]] for j in range(m)], axis=1)
+
+
+def words(n: int) -> list[str]:
+    return [f"w{i}" for i in range(n)]
+
+
+# --- golden files --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_python_pq_golden_reconstructs_similarity(ff, mmap):
+    pq = vf.load(ff / "python/pq.fifu", mmap=mmap)
+    dense = vf.load(ff / "python/similarity.fifu")
+    s = pq.storage
+    assert isinstance(s, vf.QuantizedStorage)
+    assert (s.n_subquantizers, s.n_centroids, s.shape) == (50, 32, (41, 100))
+    assert s.mmapped == mmap
+    rebuilt = s.reconstruct()
+    np.testing.assert_allclose(rebuilt, format_reconstruction(s), atol=1e-5)
+    assert np.abs(rebuilt - np.asarray(dense.storage)).max() <= 0.05
+    for w in dense.vocab.words:
+        np.testing.assert_allclose(pq[w], dense[w], atol=0.05)
+    arr, found = pq.lookup(dense.vocab.words)
+    assert found.all()
+    np.testing.assert_allclose(arr, rebuilt, atol=1e-6)
+
+
+def test_rust_quantized_golden(ff):
+    q = vf.load(ff / "rust/quantized.fifu")
+    s = q.storage
+    assert (s.n_subquantizers, s.n_centroids, s.shape) == (50, 32, (41, 100))
+    assert s.projection is None and s.norms is not None
+    rebuilt = s.reconstruct()
+    np.testing.assert_allclose(rebuilt, format_reconstruction(s), atol=1e-5)
+    # It quantizes the raw city vectors of rust/similarity.fifu.
+    dense = np.asarray(vf.load(ff / "rust/similarity.fifu").storage)
+    rel = np.linalg.norm(rebuilt - dense) / np.linalg.norm(dense)
+    assert rel < 0.08
+    np.testing.assert_allclose(np.linalg.norm(rebuilt, axis=1), np.linalg.norm(dense, axis=1), rtol=0.05)
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+def test_pq_on_exactly_representable_data_has_near_zero_error():
+    # Each 3-dim block of a row is one of 16 patterns: 16 centroids per block suffice.
+    x = clustered(600, m=4, k=16, ds=3, seed=1)
+    emb = vf.Embeddings(words(len(x)), x)
+    q = emb.quantize(n_subquantizers=4, bits=4, opq=False, n_iterations=25, n_attempts=3,
+                     normalize=False, progress=False)
+    assert q.storage.projection is None and q.storage.norms is None
+    rel = np.linalg.norm(q.storage.reconstruct() - x) / np.linalg.norm(x)
+    assert rel < 1e-4, rel
+
+
+def test_opq_on_exactly_representable_data_has_near_zero_error():
+    # 16 distinct rows (with different norms): under any rotation, 16 centroids per block
+    # represent the normalized rows exactly, and the stored norms restore the scale.
+    rng = np.random.default_rng(2)
+    protos = rng.standard_normal((16, 12)).astype(np.float32)
+    x = protos[rng.integers(0, 16, size=600)] * rng.uniform(0.5, 3.0, size=(600, 1)).astype(np.float32)
+    emb = vf.Embeddings(words(len(x)), x)
+    q = emb.quantize(n_subquantizers=4, bits=4, opq=True, n_iterations=10, n_attempts=2, progress=False)
+    assert q.storage.projection is not None
+    np.testing.assert_allclose(q.storage.norms, np.linalg.norm(x, axis=1), rtol=1e-5)
+    rel = np.linalg.norm(q.storage.reconstruct() - x) / np.linalg.norm(x)
+    assert rel < 1e-4, rel
+
+
+def test_opq_rotation_is_orthogonal_and_beats_pq_on_correlated_data():
+    rng = np.random.default_rng(3)
+    # Strongly correlated dimensions: a few directions carry the variance.
+    basis = rng.standard_normal((4, 16))
+    x = (rng.standard_normal((3000, 4)) * [4.0, 2.0, 1.0, 0.5]) @ basis
+    x = (x + 0.05 * rng.standard_normal(x.shape)).astype(np.float32)
+    emb = vf.Embeddings(words(len(x)), x)
+    kw = dict(n_subquantizers=4, bits=4, n_iterations=15, normalize=False, progress=False)
+    pq = emb.quantize(opq=False, **kw)
+    opq = emb.quantize(opq=True, **kw)
+    p = np.asarray(opq.storage.projection, dtype=np.float64)
+    np.testing.assert_allclose(p @ p.T, np.eye(16), atol=1e-4)
+    err = lambda e: np.linalg.norm(e.storage.reconstruct() - x) / np.linalg.norm(x)  # noqa: E731
+    assert err(opq) < err(pq)
+
+
+def test_quantize_write_mmap_round_trip(peers, tmp_path):
+    emb = vf.load(peers / "ft_skipgram.fifu")  # subword vocab: word rows + n-gram rows
+    calls = []
+    q = emb.quantize(n_subquantizers=6, bits=6, opq=True, n_iterations=8, seed=5,
+                     progress=lambda done, total: calls.append((done, total)))
+    assert calls and calls[-1][0] == calls[-1][1] > 0
+    s = q.storage
+    assert (s.shape, s.n_subquantizers, s.n_centroids) == (emb.storage.shape, 6, 64)
+    assert s.norms is not None
+    assert q.vocab.words == emb.vocab.words and q.vocab_kind == emb.vocab_kind
+    np.testing.assert_array_equal(q.norms, emb.norms)
+    assert q.metadata == emb.metadata
+
+    path = tmp_path / "q.fifu"
+    q.write(path)
+    back = vf.load(path, mmap=True)
+    assert back.storage_kind == "MmapQuantizedArray" and back.storage.mmapped
+    rebuilt = back.storage.reconstruct()
+    np.testing.assert_array_equal(rebuilt, s.reconstruct())
+    np.testing.assert_allclose(rebuilt, format_reconstruction(back.storage), atol=1e-5)
+
+    # Quality: better than the mean vector, and neighbours mostly preserved.
+    dense = np.asarray(emb.storage)
+    rel = np.linalg.norm(rebuilt - dense) / np.linalg.norm(dense)
+    base = np.linalg.norm(dense - dense.mean(0)) / np.linalg.norm(dense)
+    assert rel < 0.6 * base, (rel, base)
+
+    # Known words are rows; unknown words are normalized sums of rebuilt n-gram rows.
+    known = emb.vocab.words[:50]
+    arr, found = back.lookup(known + ["qqxyzzy", "über"])
+    assert found.all()
+    idx = [back.vocab.index(w) for w in known]
+    np.testing.assert_allclose(arr[:50], rebuilt[idx], atol=1e-6)
+    for j, w in enumerate(["qqxyzzy", "über"]):
+        v = rebuilt[back.vocab.subword_indices(w)].sum(0)
+        np.testing.assert_allclose(arr[50 + j], v / np.linalg.norm(v), atol=1e-5)
+        np.testing.assert_allclose(back[w], arr[50 + j], atol=1e-6)
+
+
+def test_seed_makes_training_deterministic():
+    x = np.random.default_rng(4).standard_normal((800, 8)).astype(np.float32)
+    emb = vf.Embeddings(words(len(x)), x)
+    kw = dict(n_subquantizers=2, bits=3, n_iterations=5, progress=False)
+    a = emb.quantize(seed=1, **kw).storage
+    b = emb.quantize(seed=1, **kw).storage
+    np.testing.assert_array_equal(a.codes, b.codes)
+    np.testing.assert_array_equal(a.centroids, b.centroids)
+
+
+def test_requantizing_quantized_storage(ff):
+    pq = vf.load(ff / "python/pq.fifu")
+    q = pq.quantize(n_subquantizers=25, bits=3, opq=False, n_iterations=5, progress=False)
+    assert q.storage.shape == (41, 100) and q.storage.n_centroids == 8
+
+
+# --- bad parameters ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        (dict(n_subquantizers=7), "does not divide the 20 dimensions"),
+        (dict(n_subquantizers=0), "at least 1"),
+        (dict(n_subquantizers=-2), "must not be negative"),
+        (dict(bits=9), "bits must be 1 to 8"),
+        (dict(bits=0), "bits must be 1 to 8"),
+        (dict(bits=8), "256 centroids per subquantizer, more than the 100 rows"),
+        (dict(bits=4, sample=8), "sample=8 is smaller than the 16 centroids"),
+        (dict(bits=4, n_iterations=0), "n_iterations must be at least 1"),
+        (dict(bits=4, n_attempts=0), "n_attempts must be at least 1"),
+    ],
+)
+def test_bad_parameters_raise_value_error(kwargs, reason):
+    x = np.random.default_rng(0).standard_normal((100, 20)).astype(np.float32)
+    emb = vf.Embeddings(words(100), x)
+    with pytest.raises(ValueError, match=reason):
+        emb.quantize(progress=False, **kwargs)
+
+
+def test_progress_callback_errors_propagate():
+    x = np.random.default_rng(0).standard_normal((20000, 16)).astype(np.float32)
+    emb = vf.Embeddings(words(len(x)), x)
+
+    def boom(done, total):
+        raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        emb.quantize(n_subquantizers=4, bits=8, n_iterations=50, sample=20000, progress=boom)
+
+
+# --- CLI -------------------------------------------------------------------------------------------
+
+
+def test_cli_quantize(ff, tmp_path, capsys):
+    dst = tmp_path / "out.fifu"
+    rc = cli_main(["quantize", str(ff / "python/similarity.fifu"), str(dst), "--subquantizers", "20",
+                   "--bits", "4", "--iterations", "10", "--quiet"])
+    assert rc == 0
+    q = vf.load(dst)
+    assert q.storage.n_subquantizers == 20 and q.storage.n_centroids == 16
+    assert q.storage.projection is not None
+    dense = vf.load(ff / "python/similarity.fifu")
+    rel = np.linalg.norm(q.storage.reconstruct() - np.asarray(dense.storage)) / np.linalg.norm(dense.storage)
+    assert rel < 0.5
+
+    rc = cli_main(["quantize", str(ff / "python/similarity.fifu"), str(dst), "--subquantizers", "7", "--quiet"])
+    assert rc == 1
+    assert "does not divide" in capsys.readouterr().err
