@@ -100,6 +100,21 @@ pub fn normalize_rows(data: &mut [f32], dims: usize) -> Vec<f32> {
     norms
 }
 
+/// Simple-vocabulary embeddings from words, a row-major matrix and norms already
+/// computed (the rows then are normalized already).
+pub(crate) fn assemble_normalized(words: WordsBuilder, data: Vec<f32>, dims: usize, norms: Option<Vec<f32>>) -> Result<Embeddings> {
+    let rows = words.len();
+    if rows.checked_mul(dims) != Some(data.len()) {
+        return Err(Error::invalid(
+            "matrix",
+            format!("{} values for {rows} words of {dims} dimensions", data.len()),
+        ));
+    }
+    let words = words.finish()?;
+    let storage = Storage::Array(ArrayStorage::new(data, rows, dims)?);
+    Embeddings::new(None, Vocab::Simple(words), storage, norms)
+}
+
 /// Simple-vocabulary embeddings from words and a row-major matrix.
 pub(crate) fn assemble(words: WordsBuilder, mut data: Vec<f32>, dims: usize, normalize: bool) -> Result<Embeddings> {
     let rows = words.len();

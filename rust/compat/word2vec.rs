@@ -9,12 +9,69 @@
 //! needed are read (`limit`), and memory holds just the matrix and the words.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 
-use super::{assemble, export_row, known_words, read_err, ReadOptions, WordsBuilder};
+use super::{assemble_normalized, export_row, known_words, ReadOptions, WordsBuilder};
+use crate::embeddings::l2_normalize;
 use crate::embeddings::{write_atomically, Embeddings};
 use crate::error::{Error, Result};
+
+/// A file read in large chunks into one buffer, parsed in place (one copy from the
+/// page cache; the page cache does not count towards the process's memory).
+struct Chunked {
+    file: File,
+    buf: Vec<u8>,
+    pos: usize,
+    len: usize,
+    eof: bool,
+}
+
+const CHUNK: usize = 8 << 20;
+
+impl Chunked {
+    fn new(file: File) -> Self {
+        Chunked {
+            file,
+            buf: vec![0u8; CHUNK],
+            pos: 0,
+            len: 0,
+            eof: false,
+        }
+    }
+
+    #[inline]
+    fn avail(&self) -> &[u8] {
+        &self.buf[self.pos..self.len]
+    }
+
+    /// Make at least `n` bytes available, unless the file ends first.
+    fn fill(&mut self, n: usize) -> std::io::Result<bool> {
+        if self.len - self.pos >= n {
+            return Ok(true);
+        }
+        // keep what is left at the front, then read on
+        self.buf.copy_within(self.pos..self.len, 0);
+        self.len -= self.pos;
+        self.pos = 0;
+        if self.buf.len() < n {
+            self.buf.resize(n.max(CHUNK), 0);
+        }
+        while self.len < n && !self.eof {
+            // read as much as fits (at least n), in large reads
+            match self.file.read(&mut self.buf[self.len..]) {
+                Ok(0) => self.eof = true,
+                Ok(k) => self.len += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.len >= n)
+    }
+}
+
+/// The longest word accepted (a bound on the buffer when no space comes).
+const MAX_WORD: usize = 1 << 20;
 
 /// Read a word2vec binary file.
 pub fn read_word2vec_binary(path: &Path, opts: &ReadOptions) -> Result<Embeddings> {
@@ -23,13 +80,16 @@ pub fn read_word2vec_binary(path: &Path, opts: &ReadOptions) -> Result<Embedding
         .metadata()
         .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?
         .len();
-    let mut r = BufReader::with_capacity(1 << 20, file);
+    let io = |e: std::io::Error| Error::io(format!("cannot read {}", path.display()), e);
+    let mut r = Chunked::new(file);
 
-    let mut header = Vec::new();
-    (&mut r)
-        .take(1024)
-        .read_until(b'\n', &mut header)
-        .map_err(|e| read_err(path, "word2vec header", e))?;
+    r.fill(1024).map_err(io)?;
+    let header_len = match r.avail().iter().position(|&b| b == b'\n') {
+        Some(p) => p + 1,
+        None => r.avail().len().min(1024),
+    };
+    let header = r.avail()[..header_len].to_vec();
+    r.pos += header_len;
     let (n, dims) = parse_header(&header)?;
 
     let rows = opts.limit.map_or(n, |l| l.min(n));
@@ -50,60 +110,62 @@ pub fn read_word2vec_binary(path: &Path, opts: &ReadOptions) -> Result<Embedding
     }
     let total = rows.checked_mul(dims).ok_or(Error::Overflow("matrix size"))?;
     let mut data = vec![0f32; total];
+    let mut norms = Vec::with_capacity(if opts.normalize { rows } else { 0 });
     let mut words = WordsBuilder::default();
     words.ends.reserve(rows);
-    let mut word = Vec::with_capacity(64);
-    let mut raw = vec![0u8; row_bytes];
-    for (i, row) in data.chunks_exact_mut(dims.max(1)).take(rows).enumerate() {
+    let ends_early = |record: usize, inside: &str| {
+        Error::invalid(
+            "word2vec file",
+            format!("record {record} of {n}: the file ends inside the {inside} ({})", path.display()),
+        )
+    };
+    for i in 0..rows {
         let record = i + 1;
-        skip_whitespace(&mut r).map_err(|e| read_err(path, "word2vec file", e))?;
-        word.clear();
-        r.read_until(b' ', &mut word)
-            .map_err(|e| read_err(path, "word2vec file", e))?;
-        if word.last() != Some(&b' ') {
-            return Err(Error::invalid(
-                "word2vec file",
-                format!("record {record} of {n}: the file ends inside the word ({})", path.display()),
-            ));
-        }
-        word.pop();
-        words.push(trim_ascii(&word), opts.lossy, || format!("word2vec record {record}"))?;
-        if dims > 0 {
-            r.read_exact(&mut raw).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                    Error::invalid(
-                        "word2vec file",
-                        format!("record {record} of {n}: the file ends inside the vector ({})", path.display()),
-                    )
-                } else {
-                    Error::io(format!("cannot read {}", path.display()), e)
-                }
-            })?;
-            for (o, c) in row.iter_mut().zip(raw.chunks_exact(4)) {
-                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        // skip the whitespace (the previous record's newline) before the word
+        loop {
+            let a = r.avail();
+            let k = a.iter().take_while(|b| b.is_ascii_whitespace()).count();
+            r.pos += k;
+            if r.pos < r.len || !r.fill(1).map_err(io)? {
+                break;
             }
         }
-    }
-    if dims == 0 {
-        // no rows to iterate over: still read the words
-        for i in 0..rows {
-            let record = i + 1;
-            skip_whitespace(&mut r).map_err(|e| read_err(path, "word2vec file", e))?;
-            word.clear();
-            r.read_until(b' ', &mut word)
-                .map_err(|e| read_err(path, "word2vec file", e))?;
-            if word.last() != Some(&b' ') {
+        // the word, up to a space
+        let mut scanned = 0;
+        let word_len = loop {
+            if let Some(p) = r.avail()[scanned..].iter().position(|&b| b == b' ') {
+                break scanned + p;
+            }
+            scanned = r.avail().len();
+            if scanned > MAX_WORD {
                 return Err(Error::invalid(
                     "word2vec file",
-                    format!("record {record} of {n}: the file ends inside the word"),
+                    format!("record {record} of {n}: no space within {MAX_WORD} bytes after the word starts"),
                 ));
             }
-            word.pop();
-            words.push(trim_ascii(&word), opts.lossy, || format!("word2vec record {record}"))?;
+            if !r.fill(scanned + 1).map_err(io)? {
+                return Err(ends_early(record, "word"));
+            }
+        };
+        let word = &r.buf[r.pos..r.pos + word_len];
+        words.push(trim_ascii(word), opts.lossy, || format!("word2vec record {record}"))?;
+        r.pos += word_len + 1;
+        // the vector
+        if !r.fill(row_bytes).map_err(io)? {
+            return Err(ends_early(record, "vector"));
+        }
+        let row = &mut data[i * dims..(i + 1) * dims];
+        for (o, c) in row.iter_mut().zip(r.buf[r.pos..r.pos + row_bytes].chunks_exact(4)) {
+            *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        r.pos += row_bytes;
+        if opts.normalize {
+            // normalized while the row is still in cache
+            norms.push(l2_normalize(row));
         }
     }
-    drop(raw);
-    assemble(words, data, dims, opts.normalize).map_err(|e| e.context(path.display()))
+    let norms = opts.normalize.then_some(norms);
+    assemble_normalized(words, data, dims, norms).map_err(|e| e.context(path.display()))
 }
 
 fn parse_header(line: &[u8]) -> Result<(usize, usize)> {
@@ -124,21 +186,6 @@ fn parse_header(line: &[u8]) -> Result<(usize, usize)> {
         return Err(bad());
     }
     Ok((n, d))
-}
-
-fn skip_whitespace<R: BufRead>(r: &mut R) -> std::io::Result<()> {
-    loop {
-        let buf = r.fill_buf()?;
-        if buf.is_empty() {
-            return Ok(());
-        }
-        let k = buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
-        let all = k == buf.len();
-        r.consume(k);
-        if !all {
-            return Ok(());
-        }
-    }
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
