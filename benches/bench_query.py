@@ -12,9 +12,13 @@ Data: the foundation benchmark's 1,000,000 x 300 embedding (``_data.big_files()`
 Peer: gensim ``KeyedVectors.load_word2vec_format(big.w2v.bin, binary=True)`` and
 ``most_similar(word, topn=10)`` on the same vectors (gensim has no batch query).
 
-Floor: matrix bytes / memory bandwidth, the bandwidth measured in the same run by a plain
-numpy copy of a matrix of the same size into a pre-touched buffer, counting the bytes read
-and written (2 x size / time), so the floor is half the copy time.
+Floor: bytes a query reads / memory bandwidth, the bandwidth measured in the same run and the
+same process (before and after the queries, best taken) by a plain numpy copy of a 1M x 300
+f32 matrix into a pre-touched buffer, counting the bytes read and written (2 x size / time),
+so the dense floor is half the copy time.
+
+The machine may be shared: besides wall time, each query's process CPU time (all threads)
+is printed, which is steadier when other processes compete for the cores.
 
 Every variant runs in its own subprocess so that its peak RSS is its own; the peak is
 taken over the queries only (``/proc/self/clear_refs`` resets it after loading).
@@ -84,28 +88,52 @@ def timed(fn, *args, **kw):
     return time.perf_counter() - t, out
 
 
+def timed_cpu(fn, *args, **kw):
+    """(wall seconds, process CPU seconds of all threads, result)"""
+    c, t = time.process_time(), time.perf_counter()
+    out = fn(*args, **kw)
+    return time.perf_counter() - t, time.process_time() - c, out
+
+
+MATRIX_BYTES = 1_000_000 * 300 * 4
+
+
+def copy_floor(scan_bytes: int) -> dict:
+    """Memory bandwidth of a plain numpy copy of a 1M x 300 f32 matrix into a pre-touched
+    buffer (bytes read + written per second, best of 3; the buffers are freed again), and
+    the floor of a query that reads `scan_bytes`: scan_bytes / bandwidth."""
+    src = np.ones(MATRIX_BYTES // 4, dtype=np.float32)
+    dst = np.zeros_like(src)
+    best = min(timed(np.copyto, dst, src)[0] for _ in range(3))
+    del src, dst
+    bandwidth = 2 * MATRIX_BYTES / best
+    return {"copy_ms": 1e3 * best, "bandwidth": bandwidth, "floor_ms": 1e3 * scan_bytes / bandwidth}
+
+
 # --- workers --------------------------------------------------------------------------
 
 
-def worker_vecfusion(path: str, mmap: bool, singles: int, batch: int, k: int) -> dict:
+def worker_vecfusion(path: str, mmap: bool, singles: int, batch: int, k: int, rows_bytes: int) -> dict:
     import vecfusion as vf
 
     t_load, emb = timed(vf.load, path, mmap=mmap)
     n = len(emb)
+    floor_before = copy_floor(rows_bytes)
     single_words = [emb.vocab[int(i)] for i in query_rows(n, singles, 1)]
     batch_words = [emb.vocab[int(i)] for i in query_rows(n, batch, 2)]
     base = proc_status()
     peak_reset = reset_peak()
     t_first, _ = timed(emb.similar, single_words[0], k=k)
-    times = []
+    times, cpus = [], []
     answers = {}
     for w in single_words:
-        t, ans = timed(emb.similar, w, k=k)
+        t, c, ans = timed_cpu(emb.similar, w, k=k)
         times.append(t)
+        cpus.append(c)
         answers[w] = [x for x, _ in ans]
     queries, found = emb.lookup(batch_words)
     assert found.all()
-    t_batch, (idx, _) = timed(emb.similar_batch, queries, k=k)
+    t_batch, c_batch, (idx, _) = timed_cpu(emb.similar_batch, queries, k=k)
     # batch answers agree with single answers (first 20 rows)
     agree = all(
         [emb.vocab[int(j)] for j in idx[i]] == [x for x, _ in emb.similar(queries[i], k=k)]
@@ -117,8 +145,11 @@ def worker_vecfusion(path: str, mmap: bool, singles: int, batch: int, k: int) ->
         "load_s": t_load,
         "first_ms": 1e3 * t_first,
         "single_ms": 1e3 * float(np.median(times)),
+        "single_cpu_ms": 1e3 * float(np.median(cpus)),
         "batch_s": t_batch,
         "batch_ms_per_query": 1e3 * t_batch / batch,
+        "batch_cpu_ms_per_query": 1e3 * c_batch / batch,
+        "floor": min(floor_before, copy_floor(rows_bytes), key=lambda f: f["floor_ms"]),
         "batch_agrees_with_single": agree,
         "rss_base": base["VmRSS"],
         "rss_peak": end["VmHWM"] if peak_reset else None,
@@ -128,39 +159,35 @@ def worker_vecfusion(path: str, mmap: bool, singles: int, batch: int, k: int) ->
     }
 
 
-def worker_gensim(path: str, singles: int, k: int) -> dict:
+def worker_gensim(path: str, singles: int, k: int, rows_bytes: int) -> dict:
     from gensim.models import KeyedVectors
 
     t_load, kv = timed(KeyedVectors.load_word2vec_format, path, binary=True)
     n = len(kv.index_to_key)
+    floor_before = copy_floor(rows_bytes)
     single_words = [kv.index_to_key[int(i)] for i in query_rows(n, singles, 1)]
     base = proc_status()
     peak_reset = reset_peak()
     t_first, _ = timed(kv.most_similar, single_words[0], topn=k)
-    times = []
+    times, cpus = [], []
     answers = {}
     for w in single_words:
-        t, ans = timed(kv.most_similar, w, topn=k)
+        t, c, ans = timed_cpu(kv.most_similar, w, topn=k)
         times.append(t)
+        cpus.append(c)
         answers[w] = [x for x, _ in ans]
     end = proc_status()
     return {
         "load_s": t_load,
         "first_ms": 1e3 * t_first,
         "single_ms": 1e3 * float(np.median(times)),
+        "single_cpu_ms": 1e3 * float(np.median(cpus)),
+        "floor": min(floor_before, copy_floor(rows_bytes), key=lambda f: f["floor_ms"]),
         "rss_base": base["VmRSS"],
         "rss_peak": end["VmHWM"] if peak_reset else None,
         "anon_growth": end["RssAnon"] - base["RssAnon"],
         "answers": {w: answers[w] for w in single_words[:5]},
     }
-
-
-def worker_floor(rows: int, dims: int) -> dict:
-    src = np.ones((rows, dims), dtype=np.float32)
-    dst = np.zeros_like(src)
-    best = min(timed(np.copyto, dst, src)[0] for _ in range(5))
-    bandwidth = 2 * src.nbytes / best
-    return {"copy_s": best, "bandwidth": bandwidth, "bytes": src.nbytes}
 
 
 def build_pq(fifu: str, out: str, m: int = PQ_M, k: int = PQ_K, seed: int = 0) -> dict:
@@ -254,13 +281,11 @@ def main() -> None:
     if a.worker:
         kind, *rest = a.worker
         if kind == "vecfusion":
-            path, mmap, singles, batch, k = rest
-            res = worker_vecfusion(path, mmap == "1", int(singles), int(batch), int(k))
+            path, mmap, singles, batch, k, scan = rest
+            res = worker_vecfusion(path, mmap == "1", int(singles), int(batch), int(k), int(scan))
         elif kind == "gensim":
             path, singles, k = rest
-            res = worker_gensim(path, int(singles), int(k))
-        elif kind == "floor":
-            res = worker_floor(int(rest[0]), int(rest[1]))
+            res = worker_gensim(path, int(singles), int(k), MATRIX_BYTES)
         elif kind == "build-pq":
             res = build_pq(rest[0], rest[1])
         else:
@@ -279,20 +304,19 @@ def main() -> None:
         print(f"building {pq.name} with the bench's numpy k-means (once) ...", flush=True)
         print("  ", run_worker(["build-pq", str(files["fifu"]), str(pq)]))
 
-    floor = run_worker(["floor", str(rows), str(dims)])
-    print(f"numpy copy of {rows}x{dims} f32: {floor['copy_s'] * 1e3:.0f} ms, "
-          f"{floor['bandwidth'] / 1e9:.1f} GB/s (read + write)", flush=True)
-    matrix_floor_ms = 1e3 * floor["bytes"] / floor["bandwidth"]
-    codes_floor_ms = 1e3 * rows * PQ_M / floor["bandwidth"]
-
     results = {}
-    for name, path, mmap in [("array", files["fifu"], "0"), ("mmap", files["fifu"], "1"), ("quantized", pq, "0")]:
-        results[name] = run_worker(["vecfusion", str(path), mmap, str(a.singles), str(a.batch), str(a.k)])
-        print(f"  {name}: {results[name]}", flush=True)
+    variants = [
+        ("array", files["fifu"], "0", MATRIX_BYTES),
+        ("mmap", files["fifu"], "1", MATRIX_BYTES),
+        ("quantized", pq, "0", rows * PQ_M),
+    ]
+    for name, path, mmap, scan in variants:
+        results[name] = run_worker(["vecfusion", str(path), mmap, str(a.singles), str(a.batch), str(a.k), str(scan)])
+        print(f"  {name}: {json.dumps(results[name])}", flush=True)
 
     gensim = None
     if not a.skip_gensim:
-        need = 2 * floor["bytes"] + (2 << 30)
+        need = 2 * MATRIX_BYTES + 2 * MATRIX_BYTES + (1 << 30)  # gensim's peak + the copy buffers
         if mem_available() < need:
             print(f"gensim skipped: {mem_available() / 2**30:.1f} GiB available, needs about {need / 2**30:.1f}")
         else:
@@ -302,11 +326,14 @@ def main() -> None:
                 print("gensim skipped: not installed (make bench-deps)")
             else:
                 gensim = run_worker(["gensim", str(files["w2v"]), str(a.singles), str(a.k)])
-                print(f"  gensim: {gensim}", flush=True)
+                print(f"  gensim: {json.dumps(gensim)}", flush=True)
+    g_ok = gensim is not None and "error" not in gensim
 
     print()
-    print(f"k={a.k}; single = median of {a.singles} word queries; batch = {a.batch} vector queries in one call")
-    head = ("storage", "single ms", "floor ms", "single/floor", "batch ms/query",
+    print(f"k={a.k}; single = median of {a.singles} word queries; batch = {a.batch} vector queries in one "
+          "call; wall ms (CPU ms of all threads, which is steadier on a shared machine); floor = bytes "
+          "scanned / bandwidth of a numpy copy measured in the same process (read + write bytes)")
+    head = ("storage", "single ms (cpu)", "floor ms", "single / floor", "batch ms/query (cpu)",
             "gensim single / batch", "RSS MB", "peak RSS MB (queries)", "anon growth MB")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
@@ -314,26 +341,32 @@ def main() -> None:
         if "error" in r:
             print(f"| {name} | error: {r['error']} |")
             continue
-        fl = codes_floor_ms if name == "quantized" else matrix_floor_ms
-        g = f"{gensim['single_ms'] / r['batch_ms_per_query']:.0f}x" if gensim and "error" not in gensim else "n/a"
-        print(f"| {name} ({r['storage']}) | {r['single_ms']:.1f} | {fl:.1f} | {r['single_ms'] / fl:.2f} | "
-              f"{r['batch_ms_per_query']:.2f} | {g} | {mb(r['rss_base'])} | {mb(r['rss_peak'])} | "
-              f"{mb(r['anon_growth'])} |")
-    if gensim and "error" not in gensim:
-        print(f"| gensim most_similar | {gensim['single_ms']:.1f} | {matrix_floor_ms:.1f} | "
-              f"{gensim['single_ms'] / matrix_floor_ms:.2f} | - | - | {mb(gensim['rss_base'])} | "
+        fl = r["floor"]["floor_ms"]
+        g = f"{gensim['single_ms'] / r['batch_ms_per_query']:.0f}x" if g_ok else "n/a"
+        print(f"| {name} ({r['storage']}) | {r['single_ms']:.1f} ({r['single_cpu_ms']:.0f}) | {fl:.1f} | "
+              f"{r['single_ms'] / fl:.2f} | {r['batch_ms_per_query']:.2f} ({r['batch_cpu_ms_per_query']:.1f}) | "
+              f"{g} | {mb(r['rss_base'])} | {mb(r['rss_peak'])} | {mb(r['anon_growth'])} |")
+    if g_ok:
+        fl = gensim["floor"]["floor_ms"]
+        print(f"| gensim most_similar | {gensim['single_ms']:.1f} ({gensim['single_cpu_ms']:.0f}) | {fl:.1f} | "
+              f"{gensim['single_ms'] / fl:.2f} | - | - | {mb(gensim['rss_base'])} | "
               f"{mb(gensim['rss_peak'])} | {mb(gensim['anon_growth'])} |")
-        arr = results.get("array", {})
-        if "error" not in arr:
-            print(f"\nvecfusion single vs gensim single: {gensim['single_ms'] / arr['single_ms']:.1f}x faster; "
-                  f"batch per query vs gensim single: {gensim['single_ms'] / arr['batch_ms_per_query']:.0f}x")
-            same = [w for w in arr["answers"] if arr["answers"][w] == gensim["answers"].get(w)]
-            print(f"same top-{a.k} as gensim for {len(same)}/{len(arr['answers'])} checked words")
-        print(f"gensim: load {gensim['load_s']:.0f} s, first query {gensim['first_ms']:.0f} ms")
-    for name, r in results.items():
+    print()
+    for name, r in list(results.items()) + ([("gensim", gensim)] if g_ok else []):
         if "error" not in r:
-            print(f"{name}: load {r['load_s']:.1f} s, first query {r['first_ms']:.0f} ms, "
-                  f"batch agrees with single: {r['batch_agrees_with_single']}")
+            f = r["floor"]
+            print(f"{name}: load {r['load_s']:.1f} s, first query {r['first_ms']:.0f} ms, numpy copy "
+                  f"{f['copy_ms']:.0f} ms = {f['bandwidth'] / 1e9:.1f} GB/s"
+                  + (f", batch agrees with single: {r['batch_agrees_with_single']}" if name != "gensim" else ""))
+    arr = results.get("array", {})
+    if g_ok and "error" not in arr:
+        print(f"\narray vs gensim, single query: {gensim['single_ms'] / arr['single_ms']:.2f}x (wall), "
+              f"{gensim['single_cpu_ms'] / arr['single_cpu_ms']:.2f}x (cpu); batch per query vs gensim single: "
+              f"{gensim['single_ms'] / arr['batch_ms_per_query']:.0f}x (wall), "
+              f"{gensim['single_cpu_ms'] / arr['batch_cpu_ms_per_query']:.0f}x (cpu)")
+        same = [w for w in arr["answers"] if arr["answers"][w] == gensim["answers"].get(w)]
+        print(f"same top-{a.k} as gensim for {len(same)}/{len(arr['answers'])} checked words; "
+              f"gensim peak RSS during queries grew {mb(gensim['rss_peak'] - gensim['rss_base'])} MB over its base")
 
 
 if __name__ == "__main__":

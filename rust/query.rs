@@ -645,8 +645,21 @@ mod kernel {
             use std::arch::x86_64::*;
             // SAFETY: `Avx2Fma` is only used by `scan_avx2_fma`, which is only called
             // after the CPU was found to support AVX2 and FMA; every load reads 8 floats
-            // from an 8-float array or from a slice checked to hold them.
+            // from a slice checked to hold them, or (the tail) is a masked load whose
+            // enabled lanes lie inside the slice (masked-off lanes are not accessed).
             unsafe {
+                #[inline(always)]
+                unsafe fn load_tail(s: &[f32], d: usize) -> __m256 {
+                    let t = d - d % LANES;
+                    let rest = &s[t..d];
+                    let n = rest.len() as i32;
+                    // SAFETY (all three): the caller runs on a CPU with AVX2; lanes `0..n`
+                    // of the load are inside `rest`, the others are masked off.
+                    let lanes = unsafe { _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7) };
+                    // all ones in lanes < n
+                    let mask = unsafe { _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lanes) };
+                    unsafe { _mm256_maskload_ps(rest.as_ptr(), mask) }
+                }
                 #[inline(always)]
                 unsafe fn load(s: &[f32], c: usize) -> __m256 {
                     let v = &s[c * LANES..(c + 1) * LANES];
@@ -672,10 +685,10 @@ mod kernel {
                 if d % LANES != 0 {
                     let mut rv = [_mm256_setzero_ps(); R];
                     for r in 0..R {
-                        rv[r] = load(&tail(rows[r], d), 0);
+                        rv[r] = load_tail(rows[r], d);
                     }
                     for q in 0..Q {
-                        let qv = load(&tail(qs[q], d), 0);
+                        let qv = load_tail(qs[q], d);
                         for r in 0..R {
                             acc[r][q] = _mm256_fmadd_ps(rv[r], qv, acc[r][q]);
                         }

@@ -102,10 +102,12 @@ impl PyEmbeddings {
                 emb.dims()
             )));
         }
+        // `as_slice` also accepts Fortran order (column-major memory): take only C order
+        // as is, copy anything else in logical (row-major) order.
         let owned;
         let slice = match m.as_slice() {
-            Ok(s) => s,
-            Err(_) => {
+            Ok(s) if m.is_c_contiguous() => s,
+            _ => {
                 owned = m.as_array().iter().copied().collect::<Vec<f32>>();
                 &owned
             }

@@ -390,3 +390,15 @@ def test_cli_analogy(w2v: vf.Embeddings) -> None:
     assert got == [w for w, _ in w2v.analogy("insert", "mode", "normal", k=4)]
     r = _cli("analogy", str(PEERS / "w2v.fifu"), "insert", "nosuchword", "normal")
     assert r.returncode == 1 and "nosuchword" in r.stderr and " b " in r.stderr
+
+
+def test_batch_accepts_any_layout_and_dtype(w2v: vf.Embeddings) -> None:
+    rng = np.random.default_rng(11)
+    q = rng.standard_normal((5, w2v.dims)).astype(np.float32)
+    idx, scores = w2v.similar_batch(q, k=4)
+    for variant in (np.asfortranarray(q), q.astype(np.float64), np.repeat(q, 2, axis=0)[::2], q.tolist()):
+        i2, s2 = w2v.similar_batch(variant, k=4)
+        np.testing.assert_array_equal(i2, idx)
+        np.testing.assert_allclose(s2, scores, atol=1e-6)
+    single = w2v.similar(np.repeat(q[0], 2)[::2], k=4)
+    assert [w for w, _ in single] == [w2v.vocab[int(j)] for j in idx[0]]
