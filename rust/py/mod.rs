@@ -1,6 +1,7 @@
 //! Python bindings (only with the `python` feature). Nothing here parses bytes or
 //! runs hot loops: it converts arguments, releases the GIL and calls the core.
 
+mod bag;
 mod construct;
 mod embeddings;
 mod errors;
