@@ -278,7 +278,8 @@ void embedding_renorm_cpu(at::Tensor& weight, const at::Tensor& indices, double 
           norm = std::pow(norm, static_cast<acc_t>(1.0 / norm_type));
         }
         if (norm > static_cast<acc_t>(max_norm)) {
-          const acc_t scale = static_cast<acc_t>(max_norm) / (norm + static_cast<acc_t>(1e-7));
+          // as torch.embedding_renorm_: the scale is computed in double, applied in acc_t
+          const acc_t scale = static_cast<acc_t>(max_norm / (static_cast<double>(norm) + 1e-7));
           for (int64_t j = 0; j < dim; ++j) row[j] = static_cast<scalar_t>(static_cast<acc_t>(row[j]) * scale);
         }
       }

@@ -112,7 +112,11 @@ def _embedding_backward(ctx, grad):
             grad, indices, ctx.num_weights, ctx.padding_idx, ctx.scale_grad_by_freq
         )
         gw = torch.sparse_coo_tensor(
-            rows.unsqueeze(0), values, (ctx.num_weights, grad.shape[-1]), is_coalesced=True
+            rows.unsqueeze(0),
+            values,
+            (ctx.num_weights, grad.shape[-1]),
+            is_coalesced=True,
+            check_invariants=False,
         )
     else:
         gw = ops.embedding_dense_backward(
