@@ -40,19 +40,24 @@ def ids(regime: str, num: int, batch: int, g: torch.Generator) -> torch.Tensor:
     return x
 
 
-def timeit(step, device: str, min_time: float, max_reps: int) -> float:
+def timeit_pair(step_a, step_b, device: str, min_time: float, max_reps: int) -> tuple[float, float]:
+    """Best time per call of two steps, measured alternately so that load changes on a shared
+    machine hit both alike (the minimum is the least disturbed run)."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(2):
-        step()
+        step_a()
+        step_b()
     sync()
-    times: list[float] = []
+    ta: list[float] = []
+    tb: list[float] = []
     start = time.perf_counter()
-    while len(times) < max_reps and (time.perf_counter() - start < min_time or len(times) < 3):
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    while len(ta) < max_reps and (time.perf_counter() - start < min_time or len(ta) < 5):
+        for step, out in ((step_a, ta), (step_b, tb)):
+            t0 = time.perf_counter()
+            step()
+            sync()
+            out.append(time.perf_counter() - t0)
+    return min(ta), min(tb)
 
 
 def train_step(module: nn.Module, x: torch.Tensor, sparse: bool):
@@ -80,8 +85,9 @@ def bench_single(args) -> None:
                 torch.manual_seed(0)
                 ref = nn.Embedding(num, dim, sparse=sparse, device=args.device)
                 fast = FastEmbedding(num, dim, sparse=sparse, device=args.device)
-                t_ref = timeit(train_step(ref, x, sparse), args.device, args.min_time, args.max_reps)
-                t_fast = timeit(train_step(fast, x, sparse), args.device, args.min_time, args.max_reps)
+                t_ref, t_fast = timeit_pair(
+                    train_step(ref, x, sparse), train_step(fast, x, sparse), args.device, args.min_time, args.max_reps
+                )
                 row.append(f"{t_ref * 1e3:8.3f}m {t_fast * 1e3:8.3f}m {t_ref / t_fast:6.2f}")
                 if not sparse:
                     ratios_dense.setdefault("dim<=64" if dim <= 64 else "dim>64", []).append(t_ref / t_fast)
@@ -108,8 +114,9 @@ def bench_multi(args) -> None:
         ref = ListCat()
         ref.embs = embs
         multi = FastMultiEmbedding(nums, dims, device=args.device)
-        t_ref = timeit(train_step(ref, x, False), args.device, args.min_time, args.max_reps)
-        t_fast = timeit(train_step(multi, x, False), args.device, args.min_time, args.max_reps)
+        t_ref, t_fast = timeit_pair(
+            train_step(ref, x, False), train_step(multi, x, False), args.device, args.min_time, args.max_reps
+        )
         print(f"{tables:>6} {batch:>6} | {t_ref * 1e3:8.3f}m {t_fast * 1e3:8.3f}m {t_ref / t_fast:6.2f}", flush=True)
 
 
@@ -125,9 +132,12 @@ def main() -> None:
     p.add_argument("--multi-rows", type=int, default=10_000, help="largest table of the multi-table runs")
     p.add_argument("--min-time", type=float, default=0.15, help="seconds measured per case")
     p.add_argument("--max-reps", type=int, default=50)
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--skip-single", action="store_true")
     p.add_argument("--skip-multi", action="store_true")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.full:
         args.nums = args.nums or [10_000, 100_000, 1_000_000]
         args.dims = args.dims or [8, 32, 64, 128, 300]

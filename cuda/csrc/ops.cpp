@@ -6,6 +6,7 @@
 
 #include <ATen/Parallel.h>
 #include <Python.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -183,8 +184,8 @@ at::Tensor embedding_dense_backward_cpu(const at::Tensor& grad_, const at::Tenso
 
 // ---------------------------------------------------------------- sparse backward
 
-// Returns (rows, values): the distinct rows hit (ascending, padding_idx left out) and the
-// summed gradient of each, so that the COO tensor they make is coalesced.
+// Returns (rows, values) of the sparse gradient as nn.Embedding makes it: one entry per
+// index (uncoalesced, no sort), padding_idx left out, values scaled by 1/count when asked.
 std::tuple<at::Tensor, at::Tensor> embedding_sparse_backward_cpu(const at::Tensor& grad_, const at::Tensor& indices,
                                                                  int64_t num_weights, int64_t padding_idx,
                                                                  bool scale_grad_by_freq) {
@@ -192,55 +193,31 @@ std::tuple<at::Tensor, at::Tensor> embedding_sparse_backward_cpu(const at::Tenso
   const int64_t dim = grad_.size(-1);
   const int64_t n = indices.numel();
   auto grad = grad_.contiguous().view({n, dim});
-  auto idx = indices.contiguous().to(at::kLong);
-  const int64_t* ip = idx.const_data_ptr<int64_t>();
-  // distinct rows, ascending
-  std::vector<int64_t> uniq;
-  uniq.reserve(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i)
-    if (ip[i] != padding_idx) uniq.push_back(ip[i]);
-  std::sort(uniq.begin(), uniq.end());
-  uniq.erase(std::unique(uniq.begin(), uniq.end()), uniq.end());
-  const int64_t u = static_cast<int64_t>(uniq.size());
-  // slot of each index (-1 for padding) and its count
-  std::vector<int64_t> slot(static_cast<size_t>(n), -1);
-  std::vector<int32_t> counts(static_cast<size_t>(u), 0);
-  for (int64_t i = 0; i < n; ++i) {
-    if (ip[i] == padding_idx) continue;
-    const int64_t s = std::lower_bound(uniq.begin(), uniq.end(), ip[i]) - uniq.begin();
-    slot[static_cast<size_t>(i)] = s;
-    counts[static_cast<size_t>(s)]++;
+  auto idx = indices.contiguous().view({n}).to(at::kLong);
+  if (padding_idx >= 0) {
+    auto keep = idx != padding_idx;
+    if (!keep.all().item<bool>()) {
+      idx = idx.masked_select(keep);
+      grad = grad.index({keep});
+    }
   }
-  auto rows = at::empty({u}, idx.options());
-  if (u > 0) std::memcpy(rows.data_ptr<int64_t>(), uniq.data(), sizeof(int64_t) * static_cast<size_t>(u));
-  const auto acc_t = acc_type_of(grad.scalar_type());
-  auto vals = at::zeros({u, dim}, grad.options().dtype(acc_t));
-  if (u == 0 || dim == 0) return {rows, vals.to(grad.scalar_type())};
+  if (!scale_grad_by_freq) return {idx, grad};
+  const int64_t m = idx.numel();
+  auto vals = at::empty_like(grad);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "vecfusion_sparse_bwd", [&] {
     using acc_t = acc_of<scalar_t>;
+    const int64_t* ip = idx.const_data_ptr<int64_t>();
+    const auto counts = row_counts(ip, m, num_weights);
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
-    acc_t* vp = vals.data_ptr<acc_t>();
-    auto section = [&](int64_t lo, int64_t hi) {
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t s = slot[static_cast<size_t>(i)];
-        if (s < lo || s >= hi) continue;
-        acc_t* row = vp + s * dim;
-        const scalar_t* g = gp + i * dim;
-        if (scale_grad_by_freq) {
-          const acc_t sc = static_cast<acc_t>(1.0 / static_cast<double>(counts[static_cast<size_t>(s)]));
-          for (int64_t j = 0; j < dim; ++j) row[j] += static_cast<acc_t>(g[j]) * sc;
-        } else {
-          for (int64_t j = 0; j < dim; ++j) row[j] += static_cast<acc_t>(g[j]);
-        }
+    scalar_t* vp = vals.data_ptr<scalar_t>();
+    at::parallel_for(0, m, grain_for(dim * 4), [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const acc_t sc = static_cast<acc_t>(1.0 / static_cast<double>(counts[static_cast<size_t>(ip[i])]));
+        for (int64_t j = 0; j < dim; ++j) vp[i * dim + j] = static_cast<scalar_t>(static_cast<acc_t>(gp[i * dim + j]) * sc);
       }
-    };
-    if (n * dim < 16384) {
-      section(0, u);
-    } else {
-      at::parallel_for(0, u, 1, section);
-    }
+    });
   });
-  return {rows, acc_t == grad.scalar_type() ? vals : vals.to(grad.scalar_type())};
+  return {idx, vals};
 }
 
 // ---------------------------------------------------------------- max_norm renormalization
@@ -364,6 +341,86 @@ at::Tensor multi_embedding_backward_cpu(const at::Tensor& grad_, const at::Tenso
   return acc_t == grad.scalar_type() ? gw : gw.to(grad.scalar_type());
 }
 
+// ---------------------------------------------------------------- autograd (C++, no Python per call)
+
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+
+c10::OperatorHandle op_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
+}
+
+class EmbeddingFn : public torch::autograd::Function<EmbeddingFn> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& weight, const at::Tensor& indices,
+                            int64_t padding_idx, bool scale_grad_by_freq, bool sparse) {
+    static auto op = op_handle("vecfusion_ops::embedding")
+                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, bool, bool)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto out = op.call(weight, indices, padding_idx, scale_grad_by_freq, sparse);
+    ctx->save_for_backward({indices});
+    ctx->saved_data["num_weights"] = weight.sym_size(0);
+    ctx->saved_data["padding_idx"] = padding_idx;
+    ctx->saved_data["scale"] = scale_grad_by_freq;
+    ctx->saved_data["sparse"] = sparse;
+    return out;
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const auto indices = ctx->get_saved_variables()[0];
+    const auto& grad = grads[0];
+    const c10::SymInt num_weights = ctx->saved_data["num_weights"].toSymInt();
+    const int64_t padding_idx = ctx->saved_data["padding_idx"].toInt();
+    const bool scale = ctx->saved_data["scale"].toBool();
+    at::Tensor gw;
+    if (ctx->saved_data["sparse"].toBool()) {
+      static auto op = op_handle("vecfusion_ops::embedding_sparse_backward")
+                           .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, c10::SymInt,
+                                                                     int64_t, bool)>();
+      auto [rows, values] = op.call(grad, indices, num_weights, padding_idx, scale);
+      const int64_t nw = num_weights.guard_int(__FILE__, __LINE__);
+      gw = at::_sparse_coo_tensor_unsafe(rows.unsqueeze(0), values, {nw, grad.size(-1)});
+    } else {
+      static auto op = op_handle("vecfusion_ops::embedding_dense_backward")
+                           .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymInt, int64_t, bool)>();
+      gw = op.call(grad, indices, num_weights, padding_idx, scale);
+    }
+    return {gw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+class MultiEmbeddingFn : public torch::autograd::Function<MultiEmbeddingFn> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& weight, const at::Tensor& indices,
+                            const at::Tensor& meta, c10::SymInt total_dim) {
+    static auto op = op_handle("vecfusion_ops::multi_embedding")
+                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto out = op.call(weight, indices, meta, total_dim);
+    ctx->save_for_backward({indices, meta});
+    ctx->saved_data["numel"] = weight.sym_numel();
+    return out;
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    static auto op = op_handle("vecfusion_ops::multi_embedding_backward")
+                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt)>();
+    const auto saved = ctx->get_saved_variables();
+    auto gw = op.call(grads[0], saved[0], saved[1], ctx->saved_data["numel"].toSymInt());
+    return {gw, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor embedding_autograd(const at::Tensor& weight, const at::Tensor& indices, int64_t padding_idx,
+                              bool scale_grad_by_freq, bool sparse) {
+  return EmbeddingFn::apply(weight, indices, padding_idx, scale_grad_by_freq, sparse);
+}
+
+at::Tensor multi_embedding_autograd(const at::Tensor& weight, const at::Tensor& indices, const at::Tensor& meta,
+                                    c10::SymInt total_dim) {
+  return MultiEmbeddingFn::apply(weight, indices, meta, std::move(total_dim));
+}
+
 bool compiled_with_cuda() {
 #ifdef VECFUSION_WITH_CUDA
   return true;
@@ -387,6 +444,11 @@ TORCH_LIBRARY(vecfusion_ops, m) {
   m.def("multi_embedding_backward(Tensor grad, Tensor indices, Tensor meta, SymInt numel) -> Tensor");
   m.def("compiled_with_cuda() -> bool");
   m.impl("compiled_with_cuda", &compiled_with_cuda);
+}
+
+TORCH_LIBRARY_IMPL(vecfusion_ops, Autograd, m) {
+  m.impl("embedding", &embedding_autograd);
+  m.impl("multi_embedding", &multi_embedding_autograd);
 }
 
 TORCH_LIBRARY_IMPL(vecfusion_ops, CPU, m) {

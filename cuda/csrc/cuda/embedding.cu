@@ -169,6 +169,7 @@ at::Tensor embedding_dense_backward_cuda(const at::Tensor& grad_, const at::Tens
   return gw.scalar_type() == grad.scalar_type() ? gw : gw.to(grad.scalar_type());
 }
 
+// As on CPU (and as nn.Embedding): one entry per index, uncoalesced, padding left out.
 std::tuple<at::Tensor, at::Tensor> embedding_sparse_backward_cuda(const at::Tensor& grad_, const at::Tensor& indices,
                                                                   int64_t num_weights, int64_t padding_idx,
                                                                   bool scale_grad_by_freq) {
@@ -181,16 +182,10 @@ std::tuple<at::Tensor, at::Tensor> embedding_sparse_backward_cuda(const at::Tens
     idx = idx.masked_select(keep);
     grad = grad.index({keep});
   }
-  auto [rows, inverse, unused] = at::_unique2(idx, /*sorted=*/true, /*return_inverse=*/true, /*return_counts=*/false);
-  (void)unused;
-  const int64_t u = rows.size(0);
-  at::Tensor vals;
-  if (at::globalContext().deterministicAlgorithms()) {
-    vals = at::embedding_dense_backward(grad, inverse, u, -1, scale_grad_by_freq);
-  } else {
-    vals = atomic_backward(grad, inverse, u, -1, scale_grad_by_freq);
-  }
-  return {rows, vals.scalar_type() == grad.scalar_type() ? vals : vals.to(grad.scalar_type())};
+  if (!scale_grad_by_freq) return {idx, grad};
+  const auto acc = acc_type_of(grad.scalar_type());
+  auto counts = at::bincount(idx, {}, num_weights).index_select(0, idx).to(acc);
+  return {idx, (grad.to(acc) / counts.unsqueeze(1)).to(grad.scalar_type())};
 }
 
 void embedding_renorm_cuda(at::Tensor& weight, const at::Tensor& indices, double max_norm, double norm_type) {

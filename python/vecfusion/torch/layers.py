@@ -28,7 +28,7 @@ class FastEmbedding(nn.Embedding):
     indices (CPU: each thread owns a range of rows; CUDA: atomic adds with warp-level
     pre-reduction, or a deterministic path under ``torch.use_deterministic_algorithms``).
     ``max_norm`` renormalizes the looked-up rows in place, as nn.Embedding does; ``sparse=True``
-    gives a coalesced sparse gradient. Indices are int32 or int64; an out-of-range index raises
+    gives nn.Embedding's sparse gradient (also with ``scale_grad_by_freq``). Indices are int32 or int64; an out-of-range index raises
     IndexError.
     """
 
