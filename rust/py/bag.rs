@@ -67,11 +67,22 @@ impl PyVocab {
         &self,
         py: Python<'py>,
         words: &Bound<'py, PyAny>,
-    ) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<bool>>)> {
+    ) -> PyResult<(
+        Bound<'py, PyArray1<i64>>,
+        Bound<'py, PyArray1<i64>>,
+        Bound<'py, PyArray1<bool>>,
+    )> {
         let words = extract_words(words)?;
-        let strs = words.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
+        let strs = words
+            .iter()
+            .map(|w| w.to_str())
+            .collect::<PyResult<Vec<&str>>>()?;
         let vocab = &self.inner.vocab;
         let (rows, offsets, known) = py.detach(|| indices_batch(vocab, &strs));
-        Ok((PyArray1::from_vec(py, rows), PyArray1::from_vec(py, offsets), PyArray1::from_vec(py, known)))
+        Ok((
+            PyArray1::from_vec(py, rows),
+            PyArray1::from_vec(py, offsets),
+            PyArray1::from_vec(py, known),
+        ))
     }
 }
