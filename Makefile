@@ -8,7 +8,7 @@ export CARGO_TERM_COLOR := never
 # Cargo profile of the extension: release (default, used by CI and benchmarks) or fastbuild.
 PROFILE ?= release
 
-.PHONY: all venv build demo test test-rust test-python bench-deps bench-formats clean
+.PHONY: all venv build demo test test-rust test-python bench-deps bench-formats clean torch-deps torch-ext
 
 all: build
 
@@ -40,7 +40,23 @@ bench-deps: build
 test-rust:
 	cargo test --quiet
 
-test-python: build
+# torch, nvcc wheels and the cuda/ extension (vecfusion_ops) for vecfusion.torch. The extension is
+# rebuilt only when its sources change (the stamp); a clean build compiles the CUDA kernels with the
+# nvcc wheels (sm_80 + sm_90), GPU or not.
+$(VENV)/.torch-deps-stamp: $(VENV)/.deps-stamp requirements-torch.txt
+	$(PIP) install --quiet -r requirements-torch.txt
+	touch $@
+
+torch-deps: $(VENV)/.torch-deps-stamp
+
+TORCH_EXT_SRC := cuda/setup.py cuda/build.sh $(wildcard cuda/csrc/*.cpp cuda/csrc/*.h cuda/csrc/cuda/*.cu cuda/vecfusion_ops/*.py)
+$(VENV)/.torch-ext-stamp: $(VENV)/.torch-deps-stamp $(TORCH_EXT_SRC)
+	bash cuda/build.sh $(PY)
+	touch $@
+
+torch-ext: $(VENV)/.torch-ext-stamp
+
+test-python: build torch-ext
 	$(PY) -m pytest -q
 
 test: build test-rust test-python

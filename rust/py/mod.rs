@@ -2,6 +2,7 @@
 //! runs hot loops: it converts arguments, releases the GIL and calls the core.
 
 mod compat;
+mod bag;
 mod construct;
 mod embeddings;
 mod errors;

@@ -1,0 +1,463 @@
+// vecfusion torch ops: schemas (TORCH_LIBRARY) and the CPU kernels.
+//
+// CPU kernels are plain C++ loops parallelized with at::parallel_for, without a tensor
+// op per row, and deterministic: each weight row is written by exactly one thread, which
+// adds the gradients of that row in index order (the order nn.Embedding uses).
+
+#include <ATen/Parallel.h>
+#include <Python.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "ops.h"
+
+// The extension is importable as a Python module (vecfusion_ops._C); importing it
+// registers the ops with the dispatcher.
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace vecfusion_ops {
+
+namespace {
+
+// Rows per parallel task so that a task copies or adds about 64 KiB.
+int64_t grain_for(int64_t row_bytes) {
+  return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(row_bytes, 1));
+}
+
+template <typename index_t>
+std::pair<int64_t, int64_t> min_max(const index_t* p, int64_t n) {
+  int64_t lo = 0, hi = 0;
+  if (n > 0) {
+    lo = hi = static_cast<int64_t>(p[0]);
+    for (int64_t i = 1; i < n; ++i) {
+      const int64_t v = static_cast<int64_t>(p[i]);
+      lo = v < lo ? v : lo;
+      hi = v > hi ? v : hi;
+    }
+  }
+  return {lo, hi};
+}
+
+void check_indices_tensor(const at::Tensor& indices) {
+  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong || indices.scalar_type() == at::kInt,
+                   "vecfusion embedding: indices must be int32 or int64, got ", indices.scalar_type());
+}
+
+void check_weight(const at::Tensor& weight) {
+  TORCH_CHECK_VALUE(weight.dim() == 2, "vecfusion embedding: weight must be 2-D, got ", weight.dim(), "-D");
+  TORCH_CHECK_TYPE(at::isFloatingType(weight.scalar_type()),
+                   "vecfusion embedding: weight must be floating point, got ", weight.scalar_type());
+}
+
+}  // namespace
+
+void check_index_range(const at::Tensor& indices, int64_t num_rows, const char* what) {
+  check_indices_tensor(indices);
+  const int64_t n = indices.numel();
+  if (n == 0) return;
+  int64_t lo, hi;
+  if (indices.is_cuda()) {
+    auto mm = at::aminmax(indices);
+    auto both = at::stack({std::get<0>(mm).to(at::kLong), std::get<1>(mm).to(at::kLong)}).cpu();
+    lo = both[0].item<int64_t>();
+    hi = both[1].item<int64_t>();
+  } else {
+    auto c = indices.contiguous();
+    AT_DISPATCH_INDEX_TYPES(c.scalar_type(), "vecfusion_check_range", [&] {
+      std::tie(lo, hi) = min_max(c.const_data_ptr<index_t>(), n);
+    });
+  }
+  TORCH_CHECK_INDEX(lo >= 0 && hi < num_rows, what, ": index out of range (indices span [", lo, ", ", hi,
+                    "], table has ", num_rows, " rows)");
+}
+
+void check_multi_index_range(const at::Tensor& indices, const at::Tensor& meta_cpu) {
+  check_indices_tensor(indices);
+  TORCH_CHECK_VALUE(indices.dim() == 2, "vecfusion multi-embedding: indices must be 2-D (batch, tables), got ",
+                    indices.dim(), "-D");
+  const int64_t tables = meta_cpu.size(0);
+  TORCH_CHECK_VALUE(indices.size(1) == tables, "vecfusion multi-embedding: indices have ", indices.size(1),
+                    " columns for ", tables, " tables");
+  if (indices.numel() == 0) return;
+  auto rows = meta_cpu.select(1, 0).to(indices.device()).to(indices.scalar_type());
+  auto bad = at::logical_or(indices < 0, indices >= rows.unsqueeze(0));
+  if (bad.any().item<bool>()) {
+    auto pos = at::nonzero(bad).cpu();
+    const int64_t b = pos[0][0].item<int64_t>(), t = pos[0][1].item<int64_t>();
+    TORCH_CHECK_INDEX(false, "vecfusion multi-embedding: index ", indices[b][t].item<int64_t>(), " at [", b, ", ",
+                      t, "] out of range for table ", t, " with ", meta_cpu[t][0].item<int64_t>(), " rows");
+  }
+}
+
+namespace {
+
+// ---------------------------------------------------------------- forward (gather)
+
+at::Tensor embedding_cpu(const at::Tensor& weight, const at::Tensor& indices, int64_t /*padding_idx*/,
+                         bool /*scale_grad_by_freq*/, bool /*sparse*/) {
+  check_weight(weight);
+  const int64_t num = weight.size(0), dim = weight.size(1);
+  check_index_range(indices, num, "vecfusion embedding");
+  auto w = weight.contiguous();
+  auto idx = indices.contiguous();
+  auto sizes = indices.sizes().vec();
+  sizes.push_back(dim);
+  auto out = at::empty(sizes, weight.options());
+  const int64_t n = idx.numel();
+  if (n == 0 || dim == 0) return out;
+  const int64_t row_bytes = dim * static_cast<int64_t>(w.element_size());
+  const char* src = static_cast<const char*>(w.const_data_ptr());
+  char* dst = static_cast<char*>(out.data_ptr());
+  AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "vecfusion_embedding_cpu", [&] {
+    const index_t* ip = idx.const_data_ptr<index_t>();
+    at::parallel_for(0, n, grain_for(row_bytes), [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        std::memcpy(dst + i * row_bytes, src + static_cast<int64_t>(ip[i]) * row_bytes, row_bytes);
+      }
+    });
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------- dense backward
+
+// Per-row counts of the indices (for scale_grad_by_freq), 0 for rows not hit.
+template <typename index_t>
+std::vector<int32_t> row_counts(const index_t* ip, int64_t n, int64_t num) {
+  std::vector<int32_t> counts(static_cast<size_t>(num), 0);
+  for (int64_t i = 0; i < n; ++i) counts[static_cast<size_t>(ip[i])]++;
+  return counts;
+}
+
+at::Tensor embedding_dense_backward_cpu(const at::Tensor& grad_, const at::Tensor& indices, int64_t num_weights,
+                                        int64_t padding_idx, bool scale_grad_by_freq) {
+  check_indices_tensor(indices);
+  const int64_t dim = grad_.size(-1);
+  const int64_t n = indices.numel();
+  auto grad = grad_.contiguous().view({n, dim});
+  auto idx = indices.contiguous();
+  const auto acc_t = acc_type_of(grad.scalar_type());
+  auto gw = at::zeros({num_weights, dim}, grad.options().dtype(acc_t));
+  if (n == 0 || dim == 0) return gw.to(grad.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "vecfusion_dense_bwd", [&] {
+    using acc_t = acc_of<scalar_t>;
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    acc_t* wp = gw.data_ptr<acc_t>();
+    AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "vecfusion_dense_bwd_idx", [&] {
+      const index_t* ip = idx.const_data_ptr<index_t>();
+      std::vector<int32_t> counts;
+      if (scale_grad_by_freq) counts = row_counts(ip, n, num_weights);
+      // Each task owns the weight rows [lo, hi) and scans all indices in order.
+      auto section = [&](int64_t lo, int64_t hi) {
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t k = static_cast<int64_t>(ip[i]);
+          if (k < lo || k >= hi || k == padding_idx) continue;
+          acc_t* row = wp + k * dim;
+          const scalar_t* g = gp + i * dim;
+          if (scale_grad_by_freq) {
+            const acc_t s = static_cast<acc_t>(1.0 / static_cast<double>(counts[static_cast<size_t>(k)]));
+            for (int64_t j = 0; j < dim; ++j) row[j] += static_cast<acc_t>(g[j]) * s;
+          } else {
+            for (int64_t j = 0; j < dim; ++j) row[j] += static_cast<acc_t>(g[j]);
+          }
+        }
+      };
+      if (n * dim < 16384) {
+        section(0, num_weights);
+      } else {
+        at::parallel_for(0, num_weights, 1, section);
+      }
+    });
+  });
+  return acc_t == grad.scalar_type() ? gw : gw.to(grad.scalar_type());
+}
+
+// ---------------------------------------------------------------- sparse backward
+
+// Returns (rows, values) of the sparse gradient as nn.Embedding makes it: one entry per
+// index (uncoalesced, no sort), padding_idx left out, values scaled by 1/count when asked.
+std::tuple<at::Tensor, at::Tensor> embedding_sparse_backward_cpu(const at::Tensor& grad_, const at::Tensor& indices,
+                                                                 int64_t num_weights, int64_t padding_idx,
+                                                                 bool scale_grad_by_freq) {
+  check_indices_tensor(indices);
+  const int64_t dim = grad_.size(-1);
+  const int64_t n = indices.numel();
+  auto grad = grad_.contiguous().view({n, dim});
+  auto idx = indices.contiguous().view({n}).to(at::kLong);
+  if (padding_idx >= 0) {
+    auto keep = idx != padding_idx;
+    if (!keep.all().item<bool>()) {
+      idx = idx.masked_select(keep);
+      grad = grad.index({keep});
+    }
+  }
+  if (!scale_grad_by_freq) return {idx, grad};
+  const int64_t m = idx.numel();
+  auto vals = at::empty_like(grad);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "vecfusion_sparse_bwd", [&] {
+    using acc_t = acc_of<scalar_t>;
+    const int64_t* ip = idx.const_data_ptr<int64_t>();
+    const auto counts = row_counts(ip, m, num_weights);
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    scalar_t* vp = vals.data_ptr<scalar_t>();
+    at::parallel_for(0, m, grain_for(dim * 4), [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const acc_t sc = static_cast<acc_t>(1.0 / static_cast<double>(counts[static_cast<size_t>(ip[i])]));
+        for (int64_t j = 0; j < dim; ++j) vp[i * dim + j] = static_cast<scalar_t>(static_cast<acc_t>(gp[i * dim + j]) * sc);
+      }
+    });
+  });
+  return {idx, vals};
+}
+
+// ---------------------------------------------------------------- max_norm renormalization
+
+// Like torch.embedding_renorm_: every distinct row in `indices` whose norm exceeds
+// max_norm is scaled to max_norm / (norm + 1e-7), in place.
+void embedding_renorm_cpu(at::Tensor& weight, const at::Tensor& indices, double max_norm, double norm_type) {
+  check_weight(weight);
+  TORCH_CHECK_VALUE(weight.is_contiguous(), "vecfusion embedding: max_norm needs a contiguous weight");
+  const int64_t num = weight.size(0), dim = weight.size(1);
+  check_index_range(indices, num, "vecfusion embedding");
+  auto idx = indices.contiguous().to(at::kLong);
+  const int64_t* ip = idx.const_data_ptr<int64_t>();
+  std::vector<int64_t> uniq(ip, ip + idx.numel());
+  std::sort(uniq.begin(), uniq.end());
+  uniq.erase(std::unique(uniq.begin(), uniq.end()), uniq.end());
+  const int64_t u = static_cast<int64_t>(uniq.size());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "vecfusion_renorm", [&] {
+    using acc_t = acc_of<scalar_t>;
+    scalar_t* wp = weight.data_ptr<scalar_t>();
+    at::parallel_for(0, u, grain_for(dim * 8), [&](int64_t b, int64_t e) {
+      for (int64_t s = b; s < e; ++s) {
+        scalar_t* row = wp + uniq[static_cast<size_t>(s)] * dim;
+        acc_t norm = 0;
+        if (norm_type == 1.0) {
+          for (int64_t j = 0; j < dim; ++j) norm += std::abs(static_cast<acc_t>(row[j]));
+        } else if (norm_type == 2.0) {
+          for (int64_t j = 0; j < dim; ++j) norm += static_cast<acc_t>(row[j]) * static_cast<acc_t>(row[j]);
+          norm = std::sqrt(norm);
+        } else if (std::isinf(norm_type)) {
+          for (int64_t j = 0; j < dim; ++j) norm = std::max(norm, std::abs(static_cast<acc_t>(row[j])));
+        } else {
+          for (int64_t j = 0; j < dim; ++j)
+            norm += std::pow(std::abs(static_cast<acc_t>(row[j])), static_cast<acc_t>(norm_type));
+          norm = std::pow(norm, static_cast<acc_t>(1.0 / norm_type));
+        }
+        if (norm > static_cast<acc_t>(max_norm)) {
+          // as torch.embedding_renorm_: the scale is computed in double, applied in acc_t
+          const acc_t scale = static_cast<acc_t>(max_norm / (static_cast<double>(norm) + 1e-7));
+          for (int64_t j = 0; j < dim; ++j) row[j] = static_cast<scalar_t>(static_cast<acc_t>(row[j]) * scale);
+        }
+      }
+    });
+  });
+}
+
+// ---------------------------------------------------------------- multi-table
+
+// meta is int64 (tables, 4): rows, dim, offset of the table in the flat weight, output column.
+struct Table {
+  int64_t rows, dim, woff, coff;
+};
+
+std::vector<Table> tables_of(const at::Tensor& meta) {
+  TORCH_CHECK_VALUE(meta.dim() == 2 && meta.size(1) == 4 && meta.scalar_type() == at::kLong,
+                    "vecfusion multi-embedding: meta must be int64 (tables, 4)");
+  auto m = meta.cpu().contiguous();
+  const int64_t* p = m.const_data_ptr<int64_t>();
+  std::vector<Table> t(static_cast<size_t>(m.size(0)));
+  for (size_t i = 0; i < t.size(); ++i) t[i] = {p[4 * i], p[4 * i + 1], p[4 * i + 2], p[4 * i + 3]};
+  return t;
+}
+
+at::Tensor multi_embedding_cpu(const at::Tensor& weight, const at::Tensor& indices, const at::Tensor& meta,
+                               int64_t total_dim) {
+  TORCH_CHECK_VALUE(weight.dim() == 1, "vecfusion multi-embedding: weight must be 1-D (flat)");
+  check_multi_index_range(indices, meta);
+  const auto tabs = tables_of(meta);
+  auto w = weight.contiguous();
+  auto idx = indices.contiguous();
+  const int64_t batch = idx.size(0), nt = idx.size(1);
+  auto out = at::empty({batch, total_dim}, weight.options());
+  if (batch == 0 || total_dim == 0) return out;
+  const int64_t es = static_cast<int64_t>(w.element_size());
+  const char* src = static_cast<const char*>(w.const_data_ptr());
+  char* dst = static_cast<char*>(out.data_ptr());
+  AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "vecfusion_multi_fwd", [&] {
+    const index_t* ip = idx.const_data_ptr<index_t>();
+    at::parallel_for(0, batch, grain_for(total_dim * es), [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        char* orow = dst + i * total_dim * es;
+        for (int64_t t = 0; t < nt; ++t) {
+          const Table& tb = tabs[static_cast<size_t>(t)];
+          const int64_t k = static_cast<int64_t>(ip[i * nt + t]);
+          std::memcpy(orow + tb.coff * es, src + (tb.woff + k * tb.dim) * es, tb.dim * es);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor multi_embedding_backward_cpu(const at::Tensor& grad_, const at::Tensor& indices, const at::Tensor& meta,
+                                        int64_t numel) {
+  const auto tabs = tables_of(meta);
+  auto grad = grad_.contiguous();
+  auto idx = indices.contiguous();
+  const int64_t batch = idx.size(0), nt = idx.size(1), total_dim = grad.size(1);
+  const auto acc_t = acc_type_of(grad.scalar_type());
+  auto gw = at::zeros({numel}, grad.options().dtype(acc_t));
+  if (batch == 0) return gw.to(grad.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "vecfusion_multi_bwd", [&] {
+    using acc_t = acc_of<scalar_t>;
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    acc_t* wp = gw.data_ptr<acc_t>();
+    AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "vecfusion_multi_bwd_idx", [&] {
+      const index_t* ip = idx.const_data_ptr<index_t>();
+      // One task per table: each table's region of the weight is written by one thread.
+      at::parallel_for(0, nt, 1, [&](int64_t tb_lo, int64_t tb_hi) {
+        for (int64_t t = tb_lo; t < tb_hi; ++t) {
+          const Table& tb = tabs[static_cast<size_t>(t)];
+          for (int64_t i = 0; i < batch; ++i) {
+            acc_t* row = wp + tb.woff + static_cast<int64_t>(ip[i * nt + t]) * tb.dim;
+            const scalar_t* g = gp + i * total_dim + tb.coff;
+            for (int64_t j = 0; j < tb.dim; ++j) row[j] += static_cast<acc_t>(g[j]);
+          }
+        }
+      });
+    });
+  });
+  return acc_t == grad.scalar_type() ? gw : gw.to(grad.scalar_type());
+}
+
+// ---------------------------------------------------------------- autograd (C++, no Python per call)
+
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+
+c10::OperatorHandle op_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
+}
+
+class EmbeddingFn : public torch::autograd::Function<EmbeddingFn> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& weight, const at::Tensor& indices,
+                            int64_t padding_idx, bool scale_grad_by_freq, bool sparse) {
+    static auto op = op_handle("vecfusion_ops::embedding")
+                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, bool, bool)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto out = op.call(weight, indices, padding_idx, scale_grad_by_freq, sparse);
+    ctx->save_for_backward({indices});
+    ctx->saved_data["num_weights"] = weight.sym_size(0);
+    ctx->saved_data["padding_idx"] = padding_idx;
+    ctx->saved_data["scale"] = scale_grad_by_freq;
+    ctx->saved_data["sparse"] = sparse;
+    return out;
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const auto indices = ctx->get_saved_variables()[0];
+    const auto& grad = grads[0];
+    const c10::SymInt num_weights = ctx->saved_data["num_weights"].toSymInt();
+    const int64_t padding_idx = ctx->saved_data["padding_idx"].toInt();
+    const bool scale = ctx->saved_data["scale"].toBool();
+    at::Tensor gw;
+    if (ctx->saved_data["sparse"].toBool()) {
+      static auto op = op_handle("vecfusion_ops::embedding_sparse_backward")
+                           .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, c10::SymInt,
+                                                                     int64_t, bool)>();
+      auto [rows, values] = op.call(grad, indices, num_weights, padding_idx, scale);
+      const int64_t nw = num_weights.guard_int(__FILE__, __LINE__);
+      gw = at::_sparse_coo_tensor_unsafe(rows.unsqueeze(0), values, {nw, grad.size(-1)});
+    } else {
+      static auto op = op_handle("vecfusion_ops::embedding_dense_backward")
+                           .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymInt, int64_t, bool)>();
+      gw = op.call(grad, indices, num_weights, padding_idx, scale);
+    }
+    return {gw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+class MultiEmbeddingFn : public torch::autograd::Function<MultiEmbeddingFn> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& weight, const at::Tensor& indices,
+                            const at::Tensor& meta, c10::SymInt total_dim) {
+    static auto op = op_handle("vecfusion_ops::multi_embedding")
+                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto out = op.call(weight, indices, meta, total_dim);
+    ctx->save_for_backward({indices, meta});
+    ctx->saved_data["numel"] = weight.sym_numel();
+    return out;
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    static auto op = op_handle("vecfusion_ops::multi_embedding_backward")
+                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt)>();
+    const auto saved = ctx->get_saved_variables();
+    auto gw = op.call(grads[0], saved[0], saved[1], ctx->saved_data["numel"].toSymInt());
+    return {gw, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor embedding_autograd(const at::Tensor& weight, const at::Tensor& indices, int64_t padding_idx,
+                              bool scale_grad_by_freq, bool sparse) {
+  return EmbeddingFn::apply(weight, indices, padding_idx, scale_grad_by_freq, sparse);
+}
+
+at::Tensor multi_embedding_autograd(const at::Tensor& weight, const at::Tensor& indices, const at::Tensor& meta,
+                                    c10::SymInt total_dim) {
+  return MultiEmbeddingFn::apply(weight, indices, meta, std::move(total_dim));
+}
+
+bool compiled_with_cuda() {
+#ifdef VECFUSION_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+TORCH_LIBRARY(vecfusion_ops, m) {
+  m.def("embedding(Tensor weight, Tensor indices, int padding_idx, bool scale_grad_by_freq, bool sparse) -> Tensor");
+  m.def(
+      "embedding_dense_backward(Tensor grad, Tensor indices, SymInt num_weights, int padding_idx, "
+      "bool scale_grad_by_freq) -> Tensor");
+  m.def(
+      "embedding_sparse_backward(Tensor grad, Tensor indices, SymInt num_weights, int padding_idx, "
+      "bool scale_grad_by_freq) -> (Tensor, Tensor)");
+  m.def("embedding_renorm_(Tensor(a!) weight, Tensor indices, float max_norm, float norm_type) -> ()");
+  m.def("multi_embedding(Tensor weight, Tensor indices, Tensor meta, SymInt total_dim) -> Tensor");
+  m.def("multi_embedding_backward(Tensor grad, Tensor indices, Tensor meta, SymInt numel) -> Tensor");
+  m.def("compiled_with_cuda() -> bool");
+  m.impl("compiled_with_cuda", &compiled_with_cuda);
+}
+
+TORCH_LIBRARY_IMPL(vecfusion_ops, Autograd, m) {
+  m.impl("embedding", &embedding_autograd);
+  m.impl("multi_embedding", &multi_embedding_autograd);
+}
+
+TORCH_LIBRARY_IMPL(vecfusion_ops, CPU, m) {
+  m.impl("embedding", &embedding_cpu);
+  m.impl("embedding_dense_backward", &embedding_dense_backward_cpu);
+  m.impl("embedding_sparse_backward", &embedding_sparse_backward_cpu);
+  m.impl("embedding_renorm_", &embedding_renorm_cpu);
+  m.impl("multi_embedding", &multi_embedding_cpu);
+  m.impl("multi_embedding_backward", &multi_embedding_backward_cpu);
+}
+
+}  // namespace vecfusion_ops

@@ -1,0 +1,25 @@
+// Shared declarations of the vecfusion torch ops (CPU kernels in ops.cpp, CUDA in cuda/*.cu).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <type_traits>
+
+namespace vecfusion_ops {
+
+// Raise IndexError (never crash) unless every index is in [0, num_rows).
+void check_index_range(const at::Tensor& indices, int64_t num_rows, const char* what);
+
+// Raise IndexError unless indices[:, t] is in [0, rows_t) for every table t (meta on CPU).
+void check_multi_index_range(const at::Tensor& indices, const at::Tensor& meta_cpu);
+
+// The type gradients are accumulated in: float for float/half/bfloat16, double for double.
+inline at::ScalarType acc_type_of(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// C++ accumulation type of a scalar type (matches acc_type_of).
+template <typename T>
+using acc_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+}  // namespace vecfusion_ops

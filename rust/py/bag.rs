@@ -1,0 +1,88 @@
+//! Batch row indices for bag-of-subwords layers (`Vocab.indices_batch`).
+
+use numpy::PyArray1;
+use pyo3::prelude::*;
+use rayon::prelude::*;
+
+use super::embeddings::extract_words;
+use super::vocab::PyVocab;
+
+/// Storage rows of many words: `(rows, offsets, known)`, flattened like `embedding_bag` input.
+///
+/// The rows of word `i` are `rows[offsets[i]:offsets[i + 1]]`: its own row for a known word
+/// (`known[i]` is True), otherwise the rows of its n-grams (repeats kept; empty when it has no
+/// embedding at all).
+fn indices_batch(vocab: &crate::vocab::Vocab, words: &[&str]) -> (Vec<i64>, Vec<i64>, Vec<bool>) {
+    const CHUNK: usize = 1024;
+    let parts: Vec<(Vec<i64>, Vec<i64>, Vec<bool>)> = words
+        .par_chunks(CHUNK)
+        .map(|chunk| {
+            let mut rows = Vec::with_capacity(chunk.len());
+            let mut lens = Vec::with_capacity(chunk.len());
+            let mut known = Vec::with_capacity(chunk.len());
+            let mut scratch = Vec::new();
+            for w in chunk {
+                let before = rows.len();
+                if let Some(i) = vocab.word_index(w) {
+                    rows.push(i as i64);
+                    known.push(true);
+                } else {
+                    scratch.clear();
+                    vocab.push_subword_indices(w, &mut scratch);
+                    rows.extend(scratch.iter().map(|&r| r as i64));
+                    known.push(false);
+                }
+                lens.push((rows.len() - before) as i64);
+            }
+            (rows, lens, known)
+        })
+        .collect();
+    let total: usize = parts.iter().map(|p| p.0.len()).sum();
+    let mut rows = Vec::with_capacity(total);
+    let mut offsets = Vec::with_capacity(words.len() + 1);
+    let mut known = Vec::with_capacity(words.len());
+    let mut acc = 0i64;
+    offsets.push(0);
+    for (r, l, k) in parts {
+        rows.extend_from_slice(&r);
+        for n in l {
+            acc += n;
+            offsets.push(acc);
+        }
+        known.extend_from_slice(&k);
+    }
+    (rows, offsets, known)
+}
+
+#[pymethods]
+impl PyVocab {
+    /// Storage rows of many words in one call: `(rows, offsets, known)` as NumPy arrays
+    /// (int64, int64 of length `len(words) + 1`, bool).
+    ///
+    /// The rows of word `i` are `rows[offsets[i]:offsets[i + 1]]`: its own row when it is a
+    /// known word (`known[i]`), else the rows of its n-grams (what `subword_indices` gives;
+    /// empty when the word has no embedding).
+    #[allow(clippy::type_complexity)]
+    fn indices_batch<'py>(
+        &self,
+        py: Python<'py>,
+        words: &Bound<'py, PyAny>,
+    ) -> PyResult<(
+        Bound<'py, PyArray1<i64>>,
+        Bound<'py, PyArray1<i64>>,
+        Bound<'py, PyArray1<bool>>,
+    )> {
+        let words = extract_words(words)?;
+        let strs = words
+            .iter()
+            .map(|w| w.to_str())
+            .collect::<PyResult<Vec<&str>>>()?;
+        let vocab = &self.inner.vocab;
+        let (rows, offsets, known) = py.detach(|| indices_batch(vocab, &strs));
+        Ok((
+            PyArray1::from_vec(py, rows),
+            PyArray1::from_vec(py, offsets),
+            PyArray1::from_vec(py, known),
+        ))
+    }
+}

@@ -1,0 +1,459 @@
+"""vecfusion.torch layers against torch.nn.Embedding / embedding_bag and finalfusion lookups."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import vecfusion as vf
+from vecfusion.torch import (
+    FastEmbedding,
+    FastMultiEmbedding,
+    SubwordEmbeddingBag,
+    compiled_with_cuda,
+    has_cuda_kernels,
+)
+from vecfusion.torch._ops import ops
+
+NUM, DIM = 12, 5
+
+
+def _indices(shape: str, dtype: torch.dtype) -> torch.Tensor:
+    g = torch.Generator().manual_seed(7)
+    if shape == "1d":
+        # repeats (scale_grad_by_freq, atomics), the padding rows 0 and NUM-1, every row hit
+        x = torch.cat([torch.arange(NUM), torch.randint(0, NUM, (20,), generator=g), torch.tensor([3, 3, 3])])
+    elif shape == "2d":
+        x = torch.randint(0, NUM, (4, 6), generator=g)
+        x[0, 0] = 0
+        x[1, 1] = NUM - 1
+    else:
+        x = torch.empty((0, 3), dtype=torch.long)
+    return x.to(dtype)
+
+
+def _pair(seed: int = 0, dtype: torch.dtype = torch.float32, **kw):
+    torch.manual_seed(seed)
+    ref = nn.Embedding(NUM, DIM, dtype=dtype, **kw)
+    torch.manual_seed(seed)
+    fast = FastEmbedding(NUM, DIM, dtype=dtype, **kw)
+    return ref, fast
+
+
+def _dense(g: torch.Tensor) -> torch.Tensor:
+    return g.to_dense() if g.is_sparse else g
+
+
+def _toolkit_present() -> bool:
+    """Whether the extension build (cuda/build.sh) had a CUDA toolkit to compile with."""
+    if os.environ.get("VECFUSION_NO_CUDA") == "1":
+        return False
+    if os.environ.get("CUDA_HOME"):
+        return True
+    site = Path(sysconfig.get_paths()["purelib"])
+    return (site / "nvidia" / "cu13" / "bin" / "nvcc").is_file()
+
+
+def test_kernels_registered() -> None:
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("vecfusion_ops::embedding", "CPU")
+    if _toolkit_present():
+        # the build found nvcc, so the CUDA kernels must have been compiled and registered
+        assert compiled_with_cuda()
+        assert has_cuda_kernels()
+        for op in ("embedding_dense_backward", "embedding_sparse_backward", "multi_embedding"):
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(f"vecfusion_ops::{op}", "CUDA")
+    else:
+        assert compiled_with_cuda() == has_cuda_kernels()
+
+
+OPTIONS = list(
+    itertools.product(
+        [None, 0, -1],  # padding_idx (negative counts from the end)
+        [None, 1.0],  # max_norm
+        [False, True],  # scale_grad_by_freq
+        [False, True],  # sparse
+    )
+)
+
+
+@pytest.mark.parametrize("shape", ["1d", "2d", "empty"])
+@pytest.mark.parametrize("idx_dtype", [torch.int64, torch.int32])
+@pytest.mark.parametrize("padding_idx,max_norm,scale,sparse", OPTIONS)
+def test_equals_nn_embedding(shape, idx_dtype, padding_idx, max_norm, scale, sparse) -> None:
+    kw = dict(padding_idx=padding_idx, max_norm=max_norm, scale_grad_by_freq=scale, sparse=sparse)
+    ref, fast = _pair(**kw)
+    if sparse and scale:
+        # nn.Embedding refuses this combination; FastEmbedding supports it: compare to dense
+        ref, _ = _pair(**{**kw, "sparse": False})
+    assert torch.equal(ref.weight, fast.weight)
+    x = _indices(shape, idx_dtype)
+    out_r, out_f = ref(x), fast(x)
+    assert out_f.shape == (*x.shape, DIM)
+    if max_norm is None:
+        assert torch.equal(out_f, out_r)
+    else:  # the row norms may be summed in another order: equal up to rounding
+        torch.testing.assert_close(out_f, out_r, rtol=1e-6, atol=1e-7)
+    # max_norm renormalized the looked-up rows of the weight in place, like nn.Embedding
+    torch.testing.assert_close(fast.weight.detach(), ref.weight.detach(), rtol=1e-6, atol=1e-7)
+    if max_norm is not None and x.numel():
+        assert fast.weight.detach()[x.long().unique()].norm(dim=1).max() <= max_norm + 1e-5
+    upstream = torch.randn(out_r.shape, generator=torch.Generator().manual_seed(3))
+    (out_r * upstream).sum().backward()
+    (out_f * upstream).sum().backward()
+    assert fast.weight.grad.is_sparse == sparse
+    torch.testing.assert_close(_dense(fast.weight.grad), _dense(ref.weight.grad), rtol=1e-6, atol=1e-6)
+    if padding_idx is not None:
+        assert not _dense(fast.weight.grad)[fast.padding_idx].any()
+
+
+@pytest.mark.parametrize(
+    "dtype,tol",
+    [(torch.float32, 1e-6), (torch.float64, 1e-12), (torch.bfloat16, 2e-2), (torch.float16, 2e-3)],
+)
+@pytest.mark.parametrize("sparse", [False, True])
+def test_dtypes(dtype, tol, sparse) -> None:
+    ref, fast = _pair(dtype=dtype, padding_idx=2, sparse=sparse)
+    x = _indices("1d", torch.int64)
+    out_r, out_f = ref(x), fast(x)
+    assert out_f.dtype == dtype
+    assert torch.equal(out_f, out_r)
+    up = torch.randn(out_r.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    (out_r * up).sum().backward()
+    (out_f * up).sum().backward()
+    assert fast.weight.grad.dtype == dtype
+    # fp16/bf16 accumulate in fp32 here, nn.Embedding in the low precision: compare to fp64
+    exact = torch.zeros(NUM, DIM, dtype=torch.float64).index_add_(0, x, up.double())
+    exact[2] = 0
+    torch.testing.assert_close(_dense(fast.weight.grad).double(), exact, rtol=tol, atol=tol)
+    torch.testing.assert_close(_dense(ref.weight.grad).double(), exact, rtol=4 * tol, atol=4 * tol)
+
+
+def test_half_accumulates_in_fp32() -> None:
+    # 3000 gradients of 0.1 on one row: fp32 accumulation gives ~300 (fp16 adding one at a
+    # time would stall at 256 because of rounding)
+    w = torch.zeros(4, 3, dtype=torch.float16, requires_grad=True)
+    x = torch.zeros(3000, dtype=torch.long)
+    out = ops.embedding(w, x, -1, False, False)
+    out.backward(torch.full_like(out, 0.1))
+    assert abs(float(w.grad[0, 0]) - 300.0) < 0.5
+
+
+def test_sparse_backward_entries() -> None:
+    x = torch.tensor([[7, 2, 7], [0, 2, 9]])
+    g = torch.randn(2, 3, DIM, dtype=torch.float64)
+    rows, values = ops.embedding_sparse_backward(g, x, NUM, 9, True)
+    # one entry per index as nn.Embedding makes them, padding row 9 left out, 1/count scaling
+    assert rows.tolist() == [7, 2, 7, 0, 2]
+    torch.testing.assert_close(values, torch.stack([g[0, 0] / 2, g[0, 1] / 2, g[0, 2] / 2, g[1, 0], g[1, 1] / 2]))
+
+
+def test_gradcheck_float64() -> None:
+    w = torch.randn(NUM, DIM, dtype=torch.float64, requires_grad=True)
+    x = _indices("2d", torch.int64)
+    # padding_idx and scale_grad_by_freq change the gradient on purpose: checked against
+    # nn.Embedding above; here the true Jacobian of the lookup, with repeated rows
+    for xi in (x, x.int()):
+        assert torch.autograd.gradcheck(lambda w: ops.embedding(w, xi, -1, False, False), (w,))
+    m = FastMultiEmbedding([4, 7, 3], [2, 1, 3], dtype=torch.float64)
+    xm = torch.tensor([[0, 6, 2], [3, 6, 1], [0, 0, 2]])
+    wm = m.weight.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda w: ops.multi_embedding(w, xm, m.meta, m.total_dim), (wm,))
+
+
+# opcheck's aot_dispatch test itself reads .grad of a non-leaf tensor (a torch-internal warning)
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")
+def test_opcheck() -> None:
+    w = torch.randn(NUM, DIM, requires_grad=True)
+    x = _indices("2d", torch.int64)
+    torch.library.opcheck(ops.embedding, (w, x, -1, False, False))
+    torch.library.opcheck(ops.embedding, (w, x.int(), 2, True, False))
+    g = torch.randn(*x.shape, DIM)
+    torch.library.opcheck(ops.embedding_dense_backward, (g, x, NUM, -1, True))
+    torch.library.opcheck(
+        ops.embedding_sparse_backward, (g, x, NUM, 1, False), test_utils=("test_schema", "test_faketensor")
+    )
+    torch.library.opcheck(ops.embedding_renorm_, (w.detach().clone(), x, 1.0, 2.0))
+    m = FastMultiEmbedding([4, 7], [2, 3])
+    xm = torch.tensor([[0, 6], [3, 5]])
+    torch.library.opcheck(ops.multi_embedding, (m.weight, xm, m.meta, m.total_dim))
+
+
+def test_torch_compile_forward_backward() -> None:
+    ref, fast = _pair(padding_idx=1, scale_grad_by_freq=True)
+    x = _indices("2d", torch.int64)
+    compiled = torch.compile(fast, backend="aot_eager", fullgraph=True)
+    out = compiled(x)
+    torch.testing.assert_close(out, ref(x))
+    out.sum().backward()
+    ref(x).sum().backward()
+    torch.testing.assert_close(fast.weight.grad, ref.weight.grad)
+
+
+@pytest.mark.parametrize("bad", [NUM, -1, 10**9])
+def test_out_of_range_raises_index_error(bad) -> None:
+    fast = FastEmbedding(NUM, DIM)
+    with pytest.raises(IndexError, match="out of range"):
+        fast(torch.tensor([0, bad]))
+    with pytest.raises(IndexError):
+        FastEmbedding(NUM, DIM, max_norm=1.0)(torch.tensor([bad]))
+    m = FastMultiEmbedding([3, 5], [2, 2])
+    with pytest.raises(IndexError, match="table 1"):
+        m(torch.tensor([[0, 0], [2, 5 if bad == NUM else bad]]))
+
+
+def test_bad_index_dtype() -> None:
+    with pytest.raises(TypeError, match="int32 or int64"):
+        FastEmbedding(NUM, DIM)(torch.tensor([0.0, 1.0]))
+
+
+def test_state_dict_interchangeable() -> None:
+    ref, fast = _pair(padding_idx=0)
+    assert list(fast.state_dict()) == list(ref.state_dict()) == ["weight"]
+    other = nn.Embedding(NUM, DIM, padding_idx=0)
+    other.load_state_dict(fast.state_dict())
+    assert torch.equal(other.weight, fast.weight)
+    f2 = FastEmbedding(NUM, DIM)
+    f2.load_state_dict(ref.state_dict())
+    assert torch.equal(f2.weight, ref.weight)
+    assert isinstance(fast, nn.Embedding)
+    assert repr(fast) == repr(ref).replace("Embedding", "FastEmbedding")
+
+
+def test_from_pretrained_tensor() -> None:
+    w = torch.randn(NUM, DIM)
+    fast = FastEmbedding.from_pretrained(w, padding_idx=-2)
+    ref = nn.Embedding.from_pretrained(w, padding_idx=-2)
+    assert not fast.weight.requires_grad and fast.padding_idx == ref.padding_idx == NUM - 2
+    x = _indices("1d", torch.int64)
+    assert torch.equal(fast(x), ref(x))
+    assert FastEmbedding.from_pretrained(w, freeze=False).weight.requires_grad
+    with pytest.raises(TypeError):
+        FastEmbedding.from_pretrained([[1.0]])
+
+
+def test_from_pretrained_finalfusion(ff: Path) -> None:
+    emb = vf.load(ff / "python" / "similarity.fifu", mmap=True)
+    fast = FastEmbedding.from_pretrained(emb)
+    words = ["Berlin", "Potsdam", "Bonn"]
+    rows = torch.tensor([emb.vocab.index(w) for w in words])
+    np.testing.assert_array_equal(fast(rows).numpy(), emb.lookup(words)[0])
+    q = vf.load(ff / "python" / "pq.fifu")
+    fq = FastEmbedding.from_pretrained(q)
+    assert tuple(fq.weight.shape) == q.storage.shape
+    np.testing.assert_array_equal(fq(rows).numpy(), q.storage.reconstruct(rows.numpy()))
+    np.testing.assert_array_equal(fq(rows).numpy(), q.lookup(words)[0])
+
+
+# ---------------------------------------------------------------- FastMultiEmbedding
+
+NUMS, DIMS = [5, 9, 1, 17], [3, 1, 4, 2]
+
+
+def _multi_input(batch: int, dtype=torch.int64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(11)
+    cols = [torch.randint(0, n, (batch,), generator=g) for n in NUMS]
+    x = torch.stack(cols, dim=1)
+    if batch > 2:
+        x[:3] = x[0]  # repeated rows
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("idx_dtype", [torch.int64, torch.int32])
+@pytest.mark.parametrize("batch", [0, 1, 40])
+def test_multi_equals_separate_tables(idx_dtype, batch) -> None:
+    torch.manual_seed(5)
+    tables = [nn.Embedding(n, d) for n, d in zip(NUMS, DIMS)]
+    torch.manual_seed(5)
+    multi = FastMultiEmbedding(NUMS, DIMS)
+    # same seed, same initialization, no padding between tables
+    assert multi.weight.shape == (sum(n * d for n, d in zip(NUMS, DIMS)),)
+    for t, tab in enumerate(tables):
+        assert torch.equal(multi.table(t), tab.weight)
+    x = _multi_input(batch, idx_dtype)
+    ref = torch.cat([tab(x[:, t]) for t, tab in enumerate(tables)], dim=1)
+    out = multi(x)
+    assert out.shape == (batch, sum(DIMS))
+    assert torch.equal(out, ref)
+    up = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2))
+    (ref * up).sum().backward()
+    (out * up).sum().backward()
+    for t, tab in enumerate(tables):
+        n, d = NUMS[t], DIMS[t]
+        off = multi._offsets[t]
+        torch.testing.assert_close(multi.weight.grad[off : off + n * d].view(n, d), tab.weight.grad)
+
+
+def test_multi_from_pretrained_and_dtypes() -> None:
+    tabs = [torch.randn(n, d, dtype=torch.float64) for n, d in zip(NUMS, DIMS)]
+    m = FastMultiEmbedding.from_pretrained(tabs)
+    assert not m.weight.requires_grad and m.weight.dtype == torch.float64
+    x = _multi_input(10)
+    assert torch.equal(m(x), torch.cat([tabs[t][x[:, t]] for t in range(len(tabs))], 1))
+    h = FastMultiEmbedding(NUMS, DIMS, dtype=torch.bfloat16)
+    out = h(x)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert h.weight.grad.dtype == torch.bfloat16
+    with pytest.raises(ValueError):
+        FastMultiEmbedding([3], [2, 2])
+    with pytest.raises(ValueError):
+        m(x[:, 0])
+
+
+# ---------------------------------------------------------------- SubwordEmbeddingBag
+
+
+def _bucket_embeddings(normalized: bool) -> vf.Embeddings:
+    rng = np.random.default_rng(4)
+    words = ["one", "two", "three", "tübingen"]
+    mat = rng.normal(size=(len(words) + 2**10, 6)).astype(np.float32) * 3
+    if normalized:
+        mat[: len(words)] /= np.linalg.norm(mat[: len(words)], axis=1, keepdims=True)
+    return vf.Embeddings(words, mat, vocab="bucket", buckets=10)
+
+
+QUERY = ["one", "tübingen", "Tübingen", "unknownword", "x", "", "one", "zwei"]
+
+
+def test_indices_batch_matches_vocab() -> None:
+    emb = _bucket_embeddings(False)
+    rows, offsets, known = emb.vocab.indices_batch(QUERY)
+    assert rows.dtype == np.int64 and offsets.dtype == np.int64 and known.dtype == np.bool_
+    assert len(offsets) == len(QUERY) + 1
+    for i, w in enumerate(QUERY):
+        idx = emb.vocab.index(w)
+        got = rows[offsets[i] : offsets[i + 1]].tolist()
+        if isinstance(idx, int):
+            assert known[i] and got == [idx]
+        else:
+            assert not known[i] and got == emb.vocab.subword_indices(w) == (idx or [])
+    with pytest.raises(TypeError):
+        emb.vocab.indices_batch("one")
+
+
+@pytest.mark.parametrize("normalized", [False, True])
+def test_bag_equals_lookup(normalized) -> None:
+    emb = _bucket_embeddings(normalized)
+    bag = SubwordEmbeddingBag.from_embeddings(emb)
+    out = bag(QUERY)
+    ref, found = emb.lookup(QUERY)
+    np.testing.assert_allclose(out.detach().numpy(), ref, rtol=1e-5, atol=1e-6)
+    assert not found[QUERY.index("")]  # no n-grams: zero row
+    assert not out[QUERY.index("")].any()
+
+
+def test_bag_golden_files(ff: Path) -> None:
+    for name in ["ff_buckets.fifu", "similarity.fifu", "pq.fifu"]:
+        emb = vf.load(ff / "python" / name)
+        words = emb.vocab.words[:3] + ["tübingen", "Berlinn", ""]
+        bag = SubwordEmbeddingBag.from_embeddings(emb, trainable=False)
+        assert not bag.weight.requires_grad
+        ref, _ = emb.lookup(words)
+        np.testing.assert_allclose(bag(words).numpy(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_bag_gradients_flow_to_word_and_ngram_rows() -> None:
+    emb = _bucket_embeddings(False)
+    bag = SubwordEmbeddingBag.from_embeddings(emb)
+    words = ["two", "unknownword", "two"]
+    up = torch.randn(len(words), 6, generator=torch.Generator().manual_seed(9))
+    (bag(words) * up).sum().backward()
+    # reference: the same function written with plain torch ops on a copy of the weight
+    w = bag.weight.detach().clone().requires_grad_(True)
+    outs = []
+    for word in words:
+        idx = emb.vocab.index(word)
+        if isinstance(idx, int):
+            outs.append(w[idx])
+        else:
+            s = w[torch.tensor(idx)].sum(0)
+            outs.append(s / s.norm())
+    (torch.stack(outs) * up).sum().backward()
+    torch.testing.assert_close(bag.weight.grad, w.grad)
+    touched = set(np.flatnonzero(bag.weight.grad.abs().sum(1).numpy()).tolist())
+    expected = {emb.vocab.index("two"), *emb.vocab.subword_indices("unknownword")}
+    assert touched == expected
+
+
+def test_bag_token_lists() -> None:
+    emb = _bucket_embeddings(False)
+    bag = SubwordEmbeddingBag.from_embeddings(emb)
+    batch = [["one", "tübingen"], [], ["zwei", "one", "x"]]
+    out = bag(batch)
+    assert out.shape == (3, 3, 6)
+    for b, toks in enumerate(batch):
+        if toks:
+            np.testing.assert_allclose(out[b, : len(toks)].detach().numpy(), emb.lookup(toks)[0], rtol=1e-5, atol=1e-6)
+        assert not out[b, len(toks) :].any()
+    with pytest.raises(TypeError):
+        bag("one")
+
+
+# ---------------------------------------------------------------- CUDA (run whenever a GPU is present)
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("padding_idx,max_norm,scale,sparse", OPTIONS)
+def test_cuda_equals_nn_embedding(dtype, padding_idx, max_norm, scale, sparse) -> None:
+    kw = dict(padding_idx=padding_idx, max_norm=max_norm, scale_grad_by_freq=scale, sparse=sparse)
+    ref, fast = _pair(dtype=dtype, **kw)
+    ref, fast = ref.cuda(), fast.cuda()
+    g = torch.Generator().manual_seed(0)
+    # hot rows: half the batch on one id, a quarter on the next, ...
+    x = torch.cat([torch.full((2**k,), k % NUM) for k in range(9)] + [torch.randint(0, NUM, (300,), generator=g)])
+    x = x[torch.randperm(len(x), generator=g)].cuda()
+    out_r, out_f = ref(x), fast(x)
+    assert torch.equal(out_f, out_r)
+    torch.testing.assert_close(fast.weight.detach(), ref.weight.detach())
+    up = torch.randn(out_r.shape, generator=g).to(dtype).cuda()
+    (out_r * up).sum().backward()
+    (out_f * up).sum().backward()
+    tol = {torch.float16: 5e-2, torch.bfloat16: 3e-1}.get(dtype, 1e-4)
+    torch.testing.assert_close(_dense(fast.weight.grad).double(), _dense(ref.weight.grad).double(), rtol=tol, atol=tol)
+
+
+@pytest.mark.cuda
+@cuda
+# opcheck's aot_dispatch test itself reads .grad of a non-leaf tensor (a torch-internal warning)
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")
+def test_cuda_deterministic_and_multi() -> None:
+    ref, fast = _pair(padding_idx=1)
+    ref, fast = ref.cuda(), fast.cuda()
+    x = torch.randint(0, NUM, (5000,), device="cuda")
+    torch.use_deterministic_algorithms(True)
+    try:
+        grads = []
+        for _ in range(2):
+            fast.weight.grad = None
+            fast(x).sum().backward()
+            grads.append(fast.weight.grad.clone())
+        assert torch.equal(grads[0], grads[1])
+    finally:
+        torch.use_deterministic_algorithms(False)
+    ref(x).sum().backward()
+    torch.testing.assert_close(grads[0], ref.weight.grad)
+    torch.manual_seed(5)
+    tables = [nn.Embedding(n, d).cuda() for n, d in zip(NUMS, DIMS)]
+    torch.manual_seed(5)
+    multi = FastMultiEmbedding(NUMS, DIMS).cuda()
+    xm = _multi_input(300).cuda()
+    ref_out = torch.cat([tab(xm[:, t]) for t, tab in enumerate(tables)], 1)
+    assert torch.equal(multi(xm), ref_out)
+    multi(xm).sum().backward()
+    ref_out.sum().backward()
+    for t, tab in enumerate(tables):
+        torch.testing.assert_close(multi.table(t).grad if False else multi.weight.grad[multi._offsets[t] : multi._offsets[t] + NUMS[t] * DIMS[t]].view(NUMS[t], DIMS[t]), tab.weight.grad)
+    with pytest.raises(IndexError):
+        fast(torch.tensor([NUM], device="cuda"))
+    torch.library.opcheck(ops.embedding, (fast.weight, x, -1, False, False))
