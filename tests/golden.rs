@@ -287,3 +287,76 @@ fn specific_corruptions_are_named() {
     b[vocab_chunk + 4..vocab_chunk + 12].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
     assert!(matches!(Embeddings::from_bytes(&b, None), Err(Error::Truncated { .. })));
 }
+
+/// A floret vocabulary (no words; every string hashed with murmur3 into 1-4 rows),
+/// written by hand as the format describes, read back and looked up.
+#[test]
+fn floret_vocabulary_reads_and_hashes() {
+    use vecfusion::vocab::subword::murmur3_x64_128;
+    let (n_buckets, n_hashes, seed) = (50u64, 2u32, 7u32);
+    let dims = 3usize;
+    let mut body = Vec::new();
+    body.extend_from_slice(&4u32.to_le_bytes()); // min_n
+    body.extend_from_slice(&5u32.to_le_bytes()); // max_n
+    body.extend_from_slice(&n_buckets.to_le_bytes());
+    body.extend_from_slice(&n_hashes.to_le_bytes());
+    body.extend_from_slice(&seed.to_le_bytes());
+    for s in ["<", ">"] {
+        body.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        body.extend_from_slice(s.as_bytes());
+    }
+    let mut file = Vec::new();
+    file.extend_from_slice(b"FiFu");
+    file.extend_from_slice(&0u32.to_le_bytes());
+    file.extend_from_slice(&2u32.to_le_bytes());
+    file.extend_from_slice(&9u32.to_le_bytes());
+    file.extend_from_slice(&2u32.to_le_bytes());
+    file.extend_from_slice(&9u32.to_le_bytes());
+    file.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    file.extend_from_slice(&body);
+    file.extend_from_slice(&2u32.to_le_bytes());
+    let pad = 4 - (file.len() + 8 + 16) % 4;
+    let matrix: Vec<f32> = (0..n_buckets as usize * dims).map(|i| i as f32).collect();
+    file.extend_from_slice(&((16 + pad + matrix.len() * 4) as u64).to_le_bytes());
+    file.extend_from_slice(&n_buckets.to_le_bytes());
+    file.extend_from_slice(&(dims as u32).to_le_bytes());
+    file.extend_from_slice(&10u32.to_le_bytes());
+    file.extend(std::iter::repeat(0u8).take(pad));
+    for x in &matrix {
+        file.extend_from_slice(&x.to_le_bytes());
+    }
+    let emb = Embeddings::from_bytes(&file, None).unwrap();
+    assert_eq!(emb.vocab.kind(), "FloretSubwordVocab");
+    assert_eq!(emb.len(), 0);
+    // expected rows: the whole bracketed word, then each n-gram, each hashed n_hashes times
+    let rows_of = |s: &str| {
+        let h = murmur3_x64_128(s.as_bytes(), seed);
+        [h as u32, (h >> 32) as u32].map(|p| (u64::from(p) % n_buckets) as usize)
+    };
+    let mut want = rows_of("<abcd>").to_vec();
+    for g in ["<abc", "<abcd", "abcd", "abcd>", "bcd>"] {
+        want.extend(rows_of(g));
+    }
+    let mut got = emb.vocab.subword_indices("abcd");
+    let mut want_sorted = want.clone();
+    got.sort_unstable();
+    want_sorted.sort_unstable();
+    assert_eq!(got, want_sorted);
+    // embedding: normalized sum of those rows
+    let mut sum = vec![0f32; dims];
+    for r in &want {
+        for (s, x) in sum.iter_mut().zip(&matrix[r * dims..(r + 1) * dims]) {
+            *s += x;
+        }
+    }
+    let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let (v, n) = emb.embedding_with_norm("abcd").unwrap();
+    assert!((n - norm).abs() <= 1e-3 * norm);
+    for (a, b) in v.iter().zip(&sum) {
+        assert!((a - b / norm).abs() < 1e-5);
+    }
+    // written back byte for byte
+    let mut out = Vec::new();
+    emb.write_to(&mut out).unwrap();
+    assert!(out == file);
+}
