@@ -284,11 +284,27 @@ std::vector<Table> tables_of(const at::Tensor& meta) {
 at::Tensor multi_embedding_cpu(const at::Tensor& weight, const at::Tensor& indices, const at::Tensor& meta,
                                int64_t total_dim) {
   TORCH_CHECK_VALUE(weight.dim() == 1, "vecfusion multi-embedding: weight must be 1-D (flat)");
-  check_multi_index_range(indices, meta);
+  check_indices_tensor(indices);
+  TORCH_CHECK_VALUE(indices.dim() == 2, "vecfusion multi-embedding: indices must be 2-D (batch, tables), got ",
+                    indices.dim(), "-D");
   const auto tabs = tables_of(meta);
+  TORCH_CHECK_VALUE(indices.size(1) == static_cast<int64_t>(tabs.size()), "vecfusion multi-embedding: indices have ",
+                    indices.size(1), " columns for ", tabs.size(), " tables");
   auto w = weight.contiguous();
   auto idx = indices.contiguous();
   const int64_t batch = idx.size(0), nt = idx.size(1);
+  // range check: one plain pass (no tensor ops per call)
+  AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "vecfusion_multi_check", [&] {
+    const index_t* ip = idx.const_data_ptr<index_t>();
+    for (int64_t i = 0; i < batch; ++i) {
+      for (int64_t t = 0; t < nt; ++t) {
+        const int64_t k = static_cast<int64_t>(ip[i * nt + t]);
+        TORCH_CHECK_INDEX(k >= 0 && k < tabs[static_cast<size_t>(t)].rows, "vecfusion multi-embedding: index ", k,
+                          " at [", i, ", ", t, "] out of range for table ", t, " with ",
+                          tabs[static_cast<size_t>(t)].rows, " rows");
+      }
+    }
+  });
   auto out = at::empty({batch, total_dim}, weight.options());
   if (batch == 0 || total_dim == 0) return out;
   const int64_t es = static_cast<int64_t>(w.element_size());
