@@ -33,8 +33,17 @@ struct HashWords {
     bytes: Vec<u8>,
     /// `ends[i]` is the end offset of word `i` in `bytes`; word `i` starts at `ends[i-1]`.
     ends: Vec<usize>,
-    table: HashTable<u32>,
+    table: HashTable<Slot>,
     state: foldhash::fast::FixedState,
+}
+
+/// A hash-table entry: the word's row and where its bytes are, so that a lookup touches
+/// the table and the word's bytes only (no detour through `ends`).
+#[derive(Clone, Copy)]
+struct Slot {
+    start: usize,
+    len: u32,
+    row: u32,
 }
 
 impl std::fmt::Debug for WordList {
@@ -84,19 +93,17 @@ impl HashWords {
             return Err(Error::invalid("vocabulary", "more than 2^32 words"));
         }
         let mut table = HashTable::with_capacity(self.ends.len());
+        let bytes = &self.bytes;
+        let state = &self.state;
+        let slot_bytes = |s: &Slot| &bytes[s.start..s.start + s.len as usize];
         for i in 0..self.ends.len() {
-            let w = self.bytes_of(i);
-            let h = hash_str(&self.state, w);
-            let bytes = &self.bytes;
-            let ends = &self.ends;
-            let get = |j: u32| {
-                let j = j as usize;
-                let s = if j == 0 { 0 } else { ends[j - 1] };
-                &bytes[s..ends[j]]
-            };
-            match table.entry(h, |&j| get(j) == w, |&j| hash_str(&self.state, get(j))) {
+            let start = if i == 0 { 0 } else { self.ends[i - 1] };
+            let w = &bytes[start..self.ends[i]];
+            let len = u32::try_from(w.len()).map_err(|_| Error::invalid("vocabulary", "a word longer than 4 GiB"))?;
+            let h = hash_str(state, w);
+            match table.entry(h, |s: &Slot| slot_bytes(s) == w, |s: &Slot| hash_str(state, slot_bytes(s))) {
                 hashbrown::hash_table::Entry::Occupied(e) => {
-                    let first = *e.get();
+                    let first = e.get().row;
                     return Err(Error::invalid(
                         "vocabulary",
                         format!(
@@ -106,7 +113,7 @@ impl HashWords {
                     ));
                 }
                 hashbrown::hash_table::Entry::Vacant(v) => {
-                    v.insert(i as u32);
+                    v.insert(Slot { start, len, row: i as u32 });
                 }
             }
         }
@@ -143,8 +150,8 @@ impl HashWords {
         let w = word.as_bytes();
         let h = hash_str(&self.state, w);
         self.table
-            .find(h, |&j| self.bytes_of(j as usize) == w)
-            .map(|&j| j as usize)
+            .find(h, |s| s.len as usize == w.len() && &self.bytes[s.start..s.start + w.len()] == w)
+            .map(|s| s.row as usize)
     }
 
     /// Total bytes of all words.
