@@ -46,7 +46,8 @@ impl PyEmbeddings {
     /// Product-quantize the storage; returns new Embeddings with a QuantizedArray storage
     /// (same vocabulary, metadata and norms). See `vecfusion._native.pyi` for the parameters.
     #[pyo3(signature = (n_subquantizers=None, bits=8, opq=true, n_iterations=25, n_attempts=1,
-                        normalize=true, sample=None, seed=0, progress=None, stats=None))]
+                        normalize=true, sample=None, seed=0, progress=None, stats=None),
+           text_signature = "($self, n_subquantizers=None, bits=8, opq=True, n_iterations=25, n_attempts=1, normalize=True, sample=None, seed=0, progress=True, stats=None)")]
     #[allow(clippy::too_many_arguments)]
     fn quantize(
         &self,
