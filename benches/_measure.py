@@ -17,8 +17,13 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 * 1.048576
+    """Peak resident set size of this process in MB: VmHWM, which (unlike ru_maxrss)
+    starts afresh at exec, so a worker does not inherit its parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e6
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
 
 
 def run_worker(script: str, *args: str, timeout: float = 1800) -> dict[str, Any]:
