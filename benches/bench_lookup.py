@@ -127,6 +127,12 @@ def main() -> None:
 
         KeyedVectors.load_word2vec_format(str(paths["w2v"]), binary=True).save(str(kv_path))
 
+    # Warm the page cache, so every library reads the same cached files.
+    for p in [*paths.values(), kv_path]:
+        if Path(p).exists():
+            with open(p, "rb") as f:
+                while f.read(1 << 24):
+                    pass
     me = os.path.abspath(__file__)
     n = str(args.words)
     runs = {

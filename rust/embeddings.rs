@@ -386,11 +386,27 @@ pub fn read_file(path: &Path, mode: OpenMode) -> Result<FileBytes> {
     }
     let _ = mode;
     let mut buf = crate::storage::AlignedBytes::zeroed(len);
-    use std::io::Read;
-    (&file)
-        .read_exact(buf.as_mut_slice())
-        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    read_into(&file, buf.as_mut_slice()).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
     Ok(FileBytes::Owned(std::sync::Arc::new(buf)))
+}
+
+/// Fill `buf` from the start of `file`: positional reads of 64 MiB pieces on all cores
+/// (on Unix), so that page-cache copies and page faults are spread over the threads.
+fn read_into(file: &File, buf: &mut [u8]) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        const PIECE: usize = 64 << 20;
+        buf.par_chunks_mut(PIECE)
+            .enumerate()
+            .try_for_each(|(i, chunk)| file.read_exact_at(chunk, (i * PIECE) as u64))
+    }
+    #[cfg(not(unix))]
+    {
+        use std::io::Read;
+        let mut f = file;
+        f.read_exact(buf)
+    }
 }
 
 /// Write through `f` into a temporary file beside `path`, sync it and rename it to `path`.

@@ -34,17 +34,34 @@ impl FileBytes {
     }
 }
 
-/// A byte buffer whose start is 8-byte aligned.
+/// A byte buffer whose start is 8-byte (with `mmap`: page) aligned.
+///
+/// Large buffers are anonymous mappings advised to use transparent huge pages, which
+/// makes filling them and random row access (fewer TLB misses) markedly faster.
 pub struct AlignedBytes {
-    words: Vec<u64>,
+    inner: AlignedInner,
     len: usize,
+}
+
+enum AlignedInner {
+    Words(Vec<u64>),
+    #[cfg(feature = "mmap")]
+    Anon(memmap2::MmapMut),
 }
 
 impl AlignedBytes {
     /// A zeroed buffer of `len` bytes.
     pub fn zeroed(len: usize) -> Self {
+        #[cfg(feature = "mmap")]
+        if len >= 1 << 21 {
+            if let Ok(map) = memmap2::MmapMut::map_anon(len) {
+                #[cfg(target_os = "linux")]
+                let _ = map.advise(memmap2::Advice::HugePage);
+                return AlignedBytes { inner: AlignedInner::Anon(map), len };
+            }
+        }
         AlignedBytes {
-            words: vec![0u64; len.div_ceil(8)],
+            inner: AlignedInner::Words(vec![0u64; len.div_ceil(8)]),
             len,
         }
     }
@@ -57,13 +74,21 @@ impl AlignedBytes {
     }
 
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: the u64 buffer holds at least `len` initialized bytes; u8 has alignment 1.
-        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+        match &self.inner {
+            // SAFETY: the u64 buffer holds at least `len` initialized bytes; u8 has alignment 1.
+            AlignedInner::Words(w) => unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<u8>(), self.len) },
+            #[cfg(feature = "mmap")]
+            AlignedInner::Anon(m) => &m[..self.len],
+        }
     }
 
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as in `as_slice`, and we hold the only reference.
-        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), self.len) }
+        match &mut self.inner {
+            // SAFETY: as in `as_slice`, and we hold the only reference.
+            AlignedInner::Words(w) => unsafe { std::slice::from_raw_parts_mut(w.as_mut_ptr().cast::<u8>(), self.len) },
+            #[cfg(feature = "mmap")]
+            AlignedInner::Anon(m) => &mut m[..self.len],
+        }
     }
 }
 
