@@ -69,16 +69,12 @@ impl Table {
             return None;
         }
         let b = self.bytes.as_ref();
-        let s = i * self.width;
-        if self.width == 4 {
-            let c = b.get(s..s + 4)?;
-            Some(u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-        } else {
-            let c = b.get(s..s + 8)?;
-            let mut a = [0u8; 8];
-            a.copy_from_slice(c);
-            Some(u64::from_le_bytes(a))
-        }
+        let w = self.width;
+        let s = i * w;
+        let c = b.get(s..s + w)?;
+        let mut a = [0u8; 8];
+        a[..w].copy_from_slice(c);
+        Some(u64::from_le_bytes(a))
     }
 }
 
@@ -521,11 +517,10 @@ pub enum FstExtra {
 
 /// Width (4 or 8 bytes) of tables indexing `n` items.
 fn width_for(n: u64) -> u32 {
-    if n > u64::from(u32::MAX) {
-        8
-    } else {
-        4
-    }
+    // The fewest bytes that hold every value below `n` (1 to 8): 3 bytes up to 16.7M words.
+    let max = n.saturating_sub(1);
+    let bits = 64 - max.leading_zeros();
+    bits.div_ceil(8).max(1)
 }
 
 struct Region {
@@ -727,11 +722,7 @@ fn put_table<W: Write>(w: &mut PosWriter<W>, vals: &[u64], width: u32) -> std::i
     w.bytes(&vec![0u8; pad8(w.pos()) as usize])?;
     let mut buf = Vec::with_capacity(vals.len() * width as usize);
     for &v in vals {
-        if width == 4 {
-            buf.extend_from_slice(&(v as u32).to_le_bytes());
-        } else {
-            buf.extend_from_slice(&v.to_le_bytes());
-        }
+        buf.extend_from_slice(&v.to_le_bytes()[..width as usize]);
     }
     w.bytes(&buf)
 }
@@ -823,8 +814,21 @@ mod tests {
         let t4 = Table { bytes: shared(b4), width: 4, len: 3 };
         assert_eq!(t4.get(2), Some(u64::from(u32::MAX)));
         assert_eq!(t4.get(3), None);
-        assert_eq!(width_for(u64::from(u32::MAX)), 4);
-        assert_eq!(width_for(u64::from(u32::MAX) + 1), 8);
+        let mut b3 = Vec::new();
+        for v in [5u64, 0xff_ffff, 70_000] {
+            b3.extend_from_slice(&v.to_le_bytes()[..3]);
+        }
+        let t3 = Table { bytes: shared(b3), width: 3, len: 3 };
+        assert_eq!((0..4).map(|i| t3.get(i)).collect::<Vec<_>>(), vec![Some(5), Some(0xff_ffff), Some(70_000), None]);
+        // the fewest bytes holding every value below n
+        assert_eq!(width_for(0), 1);
+        assert_eq!(width_for(256), 1);
+        assert_eq!(width_for(257), 2);
+        assert_eq!(width_for(1 << 24), 3);
+        assert_eq!(width_for((1 << 24) + 1), 4);
+        assert_eq!(width_for(u64::from(u32::MAX) + 1), 4);
+        assert_eq!(width_for(u64::from(u32::MAX) + 2), 5);
+        assert_eq!(width_for(u64::MAX), 8);
     }
 
     #[test]
