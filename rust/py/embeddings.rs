@@ -84,7 +84,7 @@ impl PyEmbeddings {
 
     /// True if `word` has an embedding (a known word, or an unknown word with n-grams).
     fn __contains__(&self, word: &str) -> bool {
-        self.inner.vocab.word_index(word).is_some() || self.inner.vocab.idx(word).is_some()
+        self.inner.vocab.idx(word).is_some()
     }
 
     /// Iterate over the known words in row order.
@@ -247,7 +247,7 @@ pub fn load(py: Python<'_>, path: PathBuf, mmap: bool) -> PyResult<PyEmbeddings>
     Ok(PyEmbeddings::from_rust(emb))
 }
 
-/// A list of the given words (helper for the stubs' `words` property).
+/// All known words as a Python list (backs `Vocab.words`).
 pub(crate) fn words_list<'py>(py: Python<'py>, emb: &Embeddings) -> PyResult<Bound<'py, PyList>> {
     match emb.vocab.words() {
         Some(w) if !w.is_fst() => PyList::new(py, w.iter()),
