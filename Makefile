@@ -43,8 +43,10 @@ test-rust:
 # torch, nvcc wheels and the cuda/ extension (vecfusion_ops) for vecfusion.torch. The extension is
 # rebuilt only when its sources change (the stamp); a clean build compiles the CUDA kernels with the
 # nvcc wheels (sm_80 + sm_90), GPU or not.
+# --no-cache-dir: the CUDA wheels are ~3 GB; a second copy in pip's cache can fill a small CI disk.
 $(VENV)/.torch-deps-stamp: $(VENV)/.deps-stamp requirements-torch.txt
-	$(PIP) install --quiet -r requirements-torch.txt
+	@df -h . | awk 'NR==2 {print "torch-deps: " $$4 " free on " $$6 " (torch + CUDA wheels need ~7 GB)"}'
+	$(PIP) install --quiet --no-cache-dir -r requirements-torch.txt
 	touch $@
 
 torch-deps: $(VENV)/.torch-deps-stamp
