@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::format::{ByteReader, ChunkId, PosWriter, MAGIC, VERSION};
-use crate::storage::{read_norms, write_norms, FileBytes, Storage};
+use crate::storage::{read_norms, write_norms, F32Data, FileBytes, Storage};
 use crate::vocab::{Vocab, VocabFormat, WordIndex};
 
 /// A finalfusion embedding: `[Metadata] Vocab Storage [NdNorms]`.
@@ -19,7 +19,8 @@ pub struct Embeddings {
     pub vocab: Vocab,
     pub storage: Storage,
     /// One norm per word: the L2 norm each word vector had before normalization.
-    pub norms: Option<Vec<f32>>,
+    /// Per-word norms (owned, or in place in the file's buffer when opened from a file).
+    pub norms: Option<F32Data>,
 }
 
 /// How to open a file.
@@ -35,6 +36,11 @@ pub enum OpenMode {
 impl Embeddings {
     /// Assemble embeddings, checking that the pieces fit together.
     pub fn new(metadata: Option<String>, vocab: Vocab, storage: Storage, norms: Option<Vec<f32>>) -> Result<Self> {
+        Self::with_norms(metadata, vocab, storage, norms.map(F32Data::from))
+    }
+
+    /// [`Embeddings::new`] with norms that may live in a file buffer.
+    pub fn with_norms(metadata: Option<String>, vocab: Vocab, storage: Storage, norms: Option<F32Data>) -> Result<Self> {
         let need = vocab.rows();
         let have = storage.rows() as u64;
         if need != have {
@@ -149,10 +155,10 @@ impl Embeddings {
                     got: id.name().to_string(),
                 });
             }
-            norms = Some(read_norms(&mut body)?);
+            norms = Some(read_norms(&mut body, map)?);
             finish_chunk(&body, id)?;
         }
-        Embeddings::new(metadata, vocab, storage, norms)
+        Embeddings::with_norms(metadata, vocab, storage, norms)
     }
 
     /// Write the embeddings as a finalfusion file: to a temporary file beside `path`,

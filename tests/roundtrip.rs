@@ -106,3 +106,29 @@ proptest! {
         }
     }
 }
+
+/// Norms are used in place from the file's buffer (memory map or read buffer), like the
+/// matrix: opening reads none of them, and they equal the written ones.
+#[test]
+fn norms_are_used_in_place() {
+    let words: Vec<String> = (0..1000).map(|i| format!("w{i}")).collect();
+    let vocab = Vocab::Simple(WordList::new(words.iter().map(String::as_str)).unwrap());
+    let dims = 3;
+    let data: Vec<f32> = (0..words.len() * dims).map(|i| (i % 7) as f32 * 0.25 - 0.5).collect();
+    let norms: Vec<f32> = (0..words.len()).map(|i| 1.0 + i as f32 / 8.0).collect();
+    let storage = Storage::Array(ArrayStorage::new(data, words.len(), dims).unwrap());
+    // the metadata's length varies the norms chunk's offset: padding keeps it 4-aligned
+    for meta in [None, Some("a = 1".to_string()), Some("ab = 12".to_string())] {
+        let emb = Embeddings::new(meta, vocab.clone(), storage.clone(), Some(norms.clone())).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.fifu");
+        emb.write(&path).unwrap();
+        for mode in [OpenMode::Mmap, OpenMode::Read] {
+            let back = Embeddings::open(&path, mode).unwrap();
+            let n = back.norms.as_ref().expect("norms");
+            assert_eq!(&n[..], &norms[..]);
+            assert!(matches!(n, vecfusion::storage::F32Data::Mapped { .. }), "{mode:?}: norms were copied");
+            assert_eq!(back.word_norm(999), norms[999]);
+        }
+    }
+}

@@ -245,7 +245,7 @@ pub fn quantize_with_stats(emb: &Embeddings, p: &QuantizeParams, progress: &Prog
     check_params(p, rows, dims)?;
     let x = dense_rows(&emb.storage);
     let (q, stats) = quantize_matrix_with_stats(x, rows, dims, p, progress)?;
-    let e = Embeddings::new(emb.metadata.clone(), emb.vocab.clone(), Storage::Quantized(q), emb.norms.clone())?;
+    let e = Embeddings::with_norms(emb.metadata.clone(), emb.vocab.clone(), Storage::Quantized(q), emb.norms.clone())?;
     Ok((e, stats))
 }
 

@@ -65,6 +65,28 @@ impl F32Data {
     }
 }
 
+impl std::ops::Deref for F32Data {
+    type Target = [f32];
+
+    #[inline]
+    fn deref(&self) -> &[f32] {
+        self.as_slice()
+    }
+}
+
+/// Equal values (wherever they live).
+impl PartialEq for F32Data {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl From<Vec<f32>> for F32Data {
+    fn from(v: Vec<f32>) -> Self {
+        F32Data::Owned(Arc::new(v))
+    }
+}
+
 /// A dense row-major `rows x cols` f32 matrix.
 #[derive(Clone, Debug)]
 pub struct ArrayStorage {

@@ -199,16 +199,28 @@ impl Storage {
     }
 }
 
-/// Read the body of an NdNorms chunk.
-pub fn read_norms(r: &mut ByteReader<'_>) -> Result<Vec<f32>> {
+/// Read the body of an NdNorms chunk. With `map` (the buffer holding the file) the norms
+/// are used in place, like the matrix: opening a memory-mapped file reads none of them.
+pub fn read_norms(r: &mut ByteReader<'_>, map: Option<&FileBytes>) -> Result<F32Data> {
     let n = r.u64("norms length")?;
     let ty = r.u32("norms type")?;
     if ty != TYPE_F32 {
         return Err(Error::invalid("norms type", format!("type id {ty}, expected {TYPE_F32} (f32)")));
     }
     r.skip_padding()?;
-    checked_mul(n, 4, "norms size")?;
-    r.f32_vec(n, "norms")
+    let nbytes = checked_mul(n, 4, "norms size")?;
+    if let Some(bytes) = map {
+        let offset = usize::try_from(r.abs_pos()).map_err(|_| Error::Overflow("offset"))?;
+        let len = usize::try_from(n).map_err(|_| Error::Overflow("norms size"))?;
+        r.bytes(nbytes, "norms")?;
+        // A file whose norms are not 4-byte aligned (not written by a finalfusion writer)
+        // is still read: by copying.
+        return F32Data::mapped(bytes.clone(), offset, len).or_else(|_| {
+            let b = &bytes.as_slice()[offset..offset + len * 4];
+            Ok(F32Data::from(crate::format::f32s_from_le(b)))
+        });
+    }
+    Ok(F32Data::from(r.f32_vec(n, "norms")?))
 }
 
 /// Write an NdNorms chunk (header included).
