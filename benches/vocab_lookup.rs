@@ -23,10 +23,7 @@ fn best_ns<F: FnMut() -> usize>(n: usize, mut f: F) -> f64 {
 }
 
 fn main() -> Result<(), vecfusion::Error> {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     if args.len() != 2 {
         eprintln!("usage: vocab_lookup FST_FILE STANDARD_FILE");
         std::process::exit(2);
@@ -38,69 +35,35 @@ fn main() -> Result<(), vecfusion::Error> {
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let rows: Vec<usize> = (0..200_000)
         .map(|_| {
-            x = x
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
             ((x >> 33) as usize) % n
         })
         .collect();
-    let words: Vec<String> = rows
-        .iter()
-        .map(|&i| std.vocab.word(i).unwrap_or_default().to_string())
-        .collect();
+    let words: Vec<String> = rows.iter().map(|&i| std.vocab.word(i).unwrap_or_default().to_string()).collect();
     for (w, &i) in words.iter().zip(&rows) {
-        assert_eq!(
-            fst.vocab.word_index(w),
-            Some(i),
-            "fst and standard disagree on {w:?}"
-        );
+        assert_eq!(fst.vocab.word_index(w), Some(i), "fst and standard disagree on {w:?}");
     }
     let idx = |e: &Embeddings| {
         let v = &e.vocab;
-        best_ns(words.len(), || {
-            words.iter().map(|w| v.word_index(w).unwrap_or(0)).sum()
-        })
+        best_ns(words.len(), || words.iter().map(|w| v.word_index(w).unwrap_or(0)).sum())
     };
     let (f_idx, s_idx) = (idx(&fst), idx(&std));
     let fst_read = Embeddings::open(&args[0], OpenMode::Read)?;
-    println!(
-        "word -> row, fst read into memory: {:.0} ns",
-        idx(&fst_read)
-    );
+    println!("word -> row, fst read into memory: {:.0} ns", idx(&fst_read));
     let rev = |e: &Embeddings| {
         let v = &e.vocab;
-        best_ns(rows.len(), || {
-            rows.iter()
-                .map(|&i| v.try_word(i).ok().flatten().map_or(0, |w| w.len()))
-                .sum()
-        })
+        best_ns(rows.len(), || rows.iter().map(|&i| v.try_word(i).ok().flatten().map_or(0, |w| w.len())).sum())
     };
     let (f_rev, s_rev) = (rev(&fst), rev(&std));
     // Lower bound: the bare automaton (fst::Map in memory, no tables, no checks).
-    let all: Vec<String> = std
-        .vocab
-        .words()
-        .map(|l| l.iter().map(str::to_string).collect())
-        .unwrap_or_default();
+    let all: Vec<String> = std.vocab.words().map(|l| l.iter().map(str::to_string).collect()).unwrap_or_default();
     let mut sorted: Vec<&str> = all.iter().map(String::as_str).collect();
     sorted.sort_unstable();
     sorted.dedup();
-    let bare = fst::Map::from_iter(sorted.iter().enumerate().map(|(i, w)| (*w, i as u64)))
-        .expect("sorted words");
-    let f_bare = best_ns(words.len(), || {
-        words
-            .iter()
-            .map(|w| bare.get(w).unwrap_or(0) as usize)
-            .sum()
-    });
+    let bare = fst::Map::from_iter(sorted.iter().enumerate().map(|(i, w)| (*w, i as u64))).expect("sorted words");
+    let f_bare = best_ns(words.len(), || words.iter().map(|w| bare.get(w).unwrap_or(0) as usize).sum());
     println!("bare fst::Map::get over the sampled words: {f_bare:.0} ns");
-    println!(
-        "word -> row: fst {f_idx:.0} ns, hash map {s_idx:.0} ns ({:.2}x)",
-        f_idx / s_idx
-    );
-    println!(
-        "row -> word: fst {f_rev:.0} ns, in-memory list {s_rev:.0} ns ({:.2}x)",
-        f_rev / s_rev
-    );
+    println!("word -> row: fst {f_idx:.0} ns, hash map {s_idx:.0} ns ({:.2}x)", f_idx / s_idx);
+    println!("row -> word: fst {f_rev:.0} ns, in-memory list {s_rev:.0} ns ({:.2}x)", f_rev / s_rev);
     Ok(())
 }

@@ -35,22 +35,12 @@ pub enum OpenMode {
 
 impl Embeddings {
     /// Assemble embeddings, checking that the pieces fit together.
-    pub fn new(
-        metadata: Option<String>,
-        vocab: Vocab,
-        storage: Storage,
-        norms: Option<Vec<f32>>,
-    ) -> Result<Self> {
+    pub fn new(metadata: Option<String>, vocab: Vocab, storage: Storage, norms: Option<Vec<f32>>) -> Result<Self> {
         Self::with_norms(metadata, vocab, storage, norms.map(F32Data::from))
     }
 
     /// [`Embeddings::new`] with norms that may live in a file buffer.
-    pub fn with_norms(
-        metadata: Option<String>,
-        vocab: Vocab,
-        storage: Storage,
-        norms: Option<F32Data>,
-    ) -> Result<Self> {
+    pub fn with_norms(metadata: Option<String>, vocab: Vocab, storage: Storage, norms: Option<F32Data>) -> Result<Self> {
         let need = vocab.rows();
         let have = storage.rows() as u64;
         if need != have {
@@ -60,11 +50,7 @@ impl Embeddings {
                     "{have} rows, but the {} needs {need} ({} words{})",
                     vocab.kind(),
                     vocab.words_len(),
-                    if need > vocab.words_len() as u64 {
-                        " plus n-gram rows"
-                    } else {
-                        ""
-                    }
+                    if need > vocab.words_len() as u64 { " plus n-gram rows" } else { "" }
                 ),
             ));
         }
@@ -77,8 +63,7 @@ impl Embeddings {
             }
         }
         if let Some(m) = &metadata {
-            m.parse::<toml::Table>()
-                .map_err(|e| Error::Toml(e.to_string()))?;
+            m.parse::<toml::Table>().map_err(|e| Error::Toml(e.to_string()))?;
         }
         Ok(Embeddings {
             metadata,
@@ -191,49 +176,22 @@ impl Embeddings {
     /// (`None`: the vocabulary's own format) and `metadata` in place of `self.metadata`.
     /// Converting the vocabulary happens before anything is written, so a corrupt fst
     /// vocabulary is reported as a format error and `path` is left untouched.
-    pub fn write_with_vocab(
-        &self,
-        path: impl AsRef<Path>,
-        metadata: Option<&str>,
-        fmt: Option<VocabFormat>,
-    ) -> Result<()> {
-        let fmt = fmt.unwrap_or(if self.vocab.is_fst() {
-            VocabFormat::Fst
-        } else {
-            VocabFormat::Standard
-        });
+    pub fn write_with_vocab(&self, path: impl AsRef<Path>, metadata: Option<&str>, fmt: Option<VocabFormat>) -> Result<()> {
+        let fmt = fmt.unwrap_or(if self.vocab.is_fst() { VocabFormat::Fst } else { VocabFormat::Standard });
         if fmt == VocabFormat::Fst && matches!(self.vocab, Vocab::Floret(_)) {
-            return Err(Error::argument(
-                "a floret vocabulary has no words: it has no fst form (use vocab='standard')",
-            ));
+            return Err(Error::argument("a floret vocabulary has no words: it has no fst form (use vocab='standard')"));
         }
         let std_vocab = self.vocab.to_standard()?;
-        write_atomically(path.as_ref(), |w| {
-            self.write_parts(w, metadata, &std_vocab, fmt)
-        })
+        write_atomically(path.as_ref(), |w| self.write_parts(w, metadata, &std_vocab, fmt))
     }
 
     /// Write the embeddings to any writer, with `metadata` in place of `self.metadata`.
-    pub fn write_to_with_metadata<W: Write>(
-        &self,
-        w: W,
-        metadata: Option<&str>,
-    ) -> std::io::Result<()> {
-        let fmt = if self.vocab.is_fst() {
-            VocabFormat::Fst
-        } else {
-            VocabFormat::Standard
-        };
+    pub fn write_to_with_metadata<W: Write>(&self, w: W, metadata: Option<&str>) -> std::io::Result<()> {
+        let fmt = if self.vocab.is_fst() { VocabFormat::Fst } else { VocabFormat::Standard };
         self.write_parts(w, metadata, &self.vocab, fmt)
     }
 
-    fn write_parts<W: Write>(
-        &self,
-        w: W,
-        metadata: Option<&str>,
-        vocab: &Vocab,
-        fmt: VocabFormat,
-    ) -> std::io::Result<()> {
+    fn write_parts<W: Write>(&self, w: W, metadata: Option<&str>, vocab: &Vocab, fmt: VocabFormat) -> std::io::Result<()> {
         let mut w = PosWriter::new(w);
         let mut ids = Vec::new();
         if metadata.is_some() {
@@ -290,12 +248,7 @@ impl Embeddings {
     ///
     /// A known word gets its stored row; an unknown word in a subword vocabulary gets
     /// the sum of its n-gram rows, L2-normalized (a zero sum stays zero, norm 0).
-    pub fn embedding_into(
-        &self,
-        word: &str,
-        out: &mut [f32],
-        scratch: &mut Vec<usize>,
-    ) -> Option<f32> {
+    pub fn embedding_into(&self, word: &str, out: &mut [f32], scratch: &mut Vec<usize>) -> Option<f32> {
         if let Some(i) = self.vocab.word_index(word) {
             self.storage.row_into(i, out);
             return Some(self.word_norm(i));
@@ -317,8 +270,7 @@ impl Embeddings {
     pub fn embedding_with_norm(&self, word: &str) -> Option<(Vec<f32>, f32)> {
         let mut out = vec![0f32; self.dims()];
         let mut scratch = Vec::new();
-        self.embedding_into(word, &mut out, &mut scratch)
-            .map(|n| (out, n))
+        self.embedding_into(word, &mut out, &mut scratch).map(|n| (out, n))
     }
 
     /// The embedding of `word`.
@@ -328,12 +280,7 @@ impl Embeddings {
 
     /// Look up many words at once, in parallel: fills `out` (`words.len() x dims`, row-major)
     /// and `found`; rows of words without an embedding are zero.
-    pub fn lookup_into<S: AsRef<str> + Sync>(
-        &self,
-        words: &[S],
-        out: &mut [f32],
-        found: &mut [bool],
-    ) {
+    pub fn lookup_into<S: AsRef<str> + Sync>(&self, words: &[S], out: &mut [f32], found: &mut [bool]) {
         let dims = self.dims();
         assert_eq!(out.len(), words.len() * dims);
         assert_eq!(found.len(), words.len());
@@ -349,23 +296,14 @@ impl Embeddings {
         let fill = |out: &mut [f32], found: &mut [bool], words: &[S]| {
             let mut scratch = Vec::new();
             let mut rows = [None; GROUP];
-            for ((out, found), words) in out
-                .chunks_mut(GROUP * dims)
-                .zip(found.chunks_mut(GROUP))
-                .zip(words.chunks(GROUP))
-            {
+            for ((out, found), words) in out.chunks_mut(GROUP * dims).zip(found.chunks_mut(GROUP)).zip(words.chunks(GROUP)) {
                 for (r, w) in rows.iter_mut().zip(words) {
                     *r = self.vocab.word_index(w.as_ref());
                     if let Some(i) = *r {
                         self.storage.prefetch_row(i);
                     }
                 }
-                for (((row, f), w), r) in out
-                    .chunks_exact_mut(dims)
-                    .zip(found.iter_mut())
-                    .zip(words)
-                    .zip(rows)
-                {
+                for (((row, f), w), r) in out.chunks_exact_mut(dims).zip(found.iter_mut()).zip(words).zip(rows) {
                     *f = match r {
                         Some(i) => {
                             self.storage.row_into(i, row);
@@ -423,11 +361,7 @@ fn finish_chunk(body: &ByteReader<'_>, id: ChunkId) -> Result<()> {
     } else {
         Err(Error::invalid(
             "chunk length",
-            format!(
-                "{} chunk has {} bytes after its content",
-                id.name(),
-                body.remaining()
-            ),
+            format!("{} chunk has {} bytes after its content", id.name(), body.remaining()),
         ))
     }
 }
@@ -436,8 +370,7 @@ fn finish_chunk(body: &ByteReader<'_>, id: ChunkId) -> Result<()> {
 /// [`OpenMode::Mmap`], else read into one aligned buffer (a single copy, no page-cache
 /// mapping counted twice in the process's memory).
 pub fn read_file(path: &Path, mode: OpenMode) -> Result<FileBytes> {
-    let file =
-        File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    let file = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
     let meta = file
         .metadata()
         .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
@@ -459,8 +392,7 @@ pub fn read_file(path: &Path, mode: OpenMode) -> Result<FileBytes> {
     }
     let _ = mode;
     let mut buf = crate::storage::AlignedBytes::zeroed(len);
-    read_into(&file, buf.as_mut_slice())
-        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    read_into(&file, buf.as_mut_slice()).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
     Ok(FileBytes::Owned(std::sync::Arc::new(buf)))
 }
 

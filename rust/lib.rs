@@ -22,9 +22,9 @@ pub mod compat;
 pub mod embeddings;
 pub mod error;
 pub mod format;
-pub mod quant;
 pub mod query;
 pub mod reader;
+pub mod quant;
 pub mod storage;
 pub mod vocab;
 

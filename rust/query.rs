@@ -50,30 +50,19 @@ impl Embeddings {
     pub fn similar_to_word(&self, word: &str, k: usize, skip: &[usize]) -> Result<Vec<Neighbor>> {
         let mut query = vec![0f32; self.dims()];
         let mut scratch = Vec::new();
-        if self
-            .embedding_into(word, &mut query, &mut scratch)
-            .is_none()
-        {
+        if self.embedding_into(word, &mut query, &mut scratch).is_none() {
             return Err(Error::UnknownWord(word.to_string()));
         }
         let mut skip = skip.to_vec();
         if let Some(i) = self.vocab.word_index(word) {
             skip.push(i);
         }
-        Ok(self
-            .search_normalized(&query, 1, k, &skip)
-            .pop()
-            .unwrap_or_default())
+        Ok(self.search_normalized(&query, 1, k, &skip).pop().unwrap_or_default())
     }
 
     /// The `k` words nearest to the vector `query` (normalized first; a zero vector stays
     /// zero and scores 0 everywhere), best first, skipping the rows in `skip`.
-    pub fn similar_to_vector(
-        &self,
-        query: &[f32],
-        k: usize,
-        skip: &[usize],
-    ) -> Result<Vec<Neighbor>> {
+    pub fn similar_to_vector(&self, query: &[f32], k: usize, skip: &[usize]) -> Result<Vec<Neighbor>> {
         if query.len() != self.dims() {
             return Err(Error::argument(format!(
                 "query vector has {} values, but the embeddings have {} dimensions",
@@ -84,10 +73,7 @@ impl Embeddings {
         check_queries(query, self.dims(), "query vector")?;
         let mut q = query.to_vec();
         l2_normalize(&mut q);
-        Ok(self
-            .search_normalized(&q, 1, k, skip)
-            .pop()
-            .unwrap_or_default())
+        Ok(self.search_normalized(&q, 1, k, skip).pop().unwrap_or_default())
     }
 
     /// Number of answers per query of [`Embeddings::similar_batch_into`]: `min(k, words)`.
@@ -129,9 +115,7 @@ impl Embeddings {
         }
         let chunk = match &self.storage {
             Storage::Array(_) => DENSE_QUERY_CHUNK,
-            Storage::Quantized(q) => {
-                (TABLE_BUDGET / (4 * q.n_subquantizers() * q.n_centroids())).max(1)
-            }
+            Storage::Quantized(q) => (TABLE_BUDGET / (4 * q.n_subquantizers() * q.n_centroids())).max(1),
         };
         let mut normalized = vec![0f32; chunk.min(nq) * d];
         let mut first = 0;
@@ -163,14 +147,7 @@ impl Embeddings {
     /// Analogy: the `k` words nearest to `normalize(e(b) - e(a) + e(c))`, best first.
     /// `mask[i]` true skips the i-th query word from the answers (when it is a known word).
     /// Errors with [`Error::UnknownWord`] naming every argument without an embedding.
-    pub fn analogy(
-        &self,
-        a: &str,
-        b: &str,
-        c: &str,
-        k: usize,
-        mask: [bool; 3],
-    ) -> Result<Vec<Neighbor>> {
+    pub fn analogy(&self, a: &str, b: &str, c: &str, k: usize, mask: [bool; 3]) -> Result<Vec<Neighbor>> {
         let d = self.dims();
         let mut query = vec![0f32; d];
         let mut buf = vec![0f32; d];
@@ -186,15 +163,8 @@ impl Embeddings {
             }
         }
         if !missing.is_empty() {
-            let (noun, verb) = if missing.len() == 1 {
-                ("word", "has")
-            } else {
-                ("words", "have")
-            };
-            return Err(Error::UnknownWord(format!(
-                "analogy {noun} {} {verb} no embedding",
-                missing.join(", ")
-            )));
+            let (noun, verb) = if missing.len() == 1 { ("word", "has") } else { ("words", "have") };
+            return Err(Error::UnknownWord(format!("analogy {noun} {} {verb} no embedding", missing.join(", "))));
         }
         check_queries(&query, d, "analogy query")?;
         l2_normalize(&mut query);
@@ -204,21 +174,12 @@ impl Embeddings {
             .filter(|(_, m)| *m)
             .filter_map(|(w, _)| self.vocab.word_index(w))
             .collect();
-        Ok(self
-            .search_normalized(&query, 1, k, &skip)
-            .pop()
-            .unwrap_or_default())
+        Ok(self.search_normalized(&query, 1, k, &skip).pop().unwrap_or_default())
     }
 
     /// Top-k of each of the `nq` queries (already normalized, `nq x dims`) over the word
     /// rows, skipping the rows in `skip`; the answers of each query, best first.
-    fn search_normalized(
-        &self,
-        queries: &[f32],
-        nq: usize,
-        k: usize,
-        skip: &[usize],
-    ) -> Vec<Vec<Neighbor>> {
+    fn search_normalized(&self, queries: &[f32], nq: usize, k: usize, skip: &[usize]) -> Vec<Vec<Neighbor>> {
         let Some(words) = self.vocab.words() else {
             return vec![Vec::new(); nq];
         };
@@ -231,11 +192,7 @@ impl Embeddings {
         skip.sort_unstable();
         skip.dedup();
         let skip = &skip[..];
-        let new_tops = || {
-            (0..nq)
-                .map(|_| TopK::new(k, words, skip))
-                .collect::<Vec<_>>()
-        };
+        let new_tops = || (0..nq).map(|_| TopK::new(k, words, skip)).collect::<Vec<_>>();
         let d = self.dims();
         let tops = match &self.storage {
             Storage::Array(a) => {
@@ -264,25 +221,17 @@ impl Embeddings {
 fn check_queries(q: &[f32], d: usize, what: &str) -> Result<()> {
     if d == 0 {
         if !q.is_empty() {
-            return Err(Error::argument(format!(
-                "{what} has {} values, but the embeddings have 0 dimensions",
-                q.len()
-            )));
+            return Err(Error::argument(format!("{what} has {} values, but the embeddings have 0 dimensions", q.len())));
         }
         return Ok(());
     }
     if q.len() % d != 0 {
-        return Err(Error::argument(format!(
-            "{what} has {} values, expected a multiple of {d} dimensions",
-            q.len()
-        )));
+        return Err(Error::argument(format!("{what} has {} values, expected a multiple of {d} dimensions", q.len())));
     }
     if let Some(pos) = q.iter().position(|x| !x.is_finite()) {
         let (row, col) = (pos / d, pos % d);
         let kind = if q[pos].is_nan() { "NaN" } else { "infinity" };
-        return Err(Error::argument(format!(
-            "{what} contains {kind} (row {row}, column {col})"
-        )));
+        return Err(Error::argument(format!("{what} contains {kind} (row {row}, column {col})")));
     }
     Ok(())
 }
@@ -487,27 +436,15 @@ fn lookup_tables(q: &QuantizedStorage, queries: &[f32], nq: usize) -> Vec<f32> {
         }
     };
     if nq * per * ds >= PARALLEL_WORK {
-        tables
-            .par_chunks_mut(per)
-            .zip(queries.par_chunks_exact(d))
-            .for_each(fill);
+        tables.par_chunks_mut(per).zip(queries.par_chunks_exact(d)).for_each(fill);
     } else {
-        tables
-            .chunks_mut(per)
-            .zip(queries.chunks_exact(d))
-            .for_each(fill);
+        tables.chunks_mut(per).zip(queries.chunks_exact(d)).for_each(fill);
     }
     tables
 }
 
 /// Score quantized rows `start..end` against every query through its lookup table.
-fn scan_quantized(
-    q: &QuantizedStorage,
-    start: usize,
-    end: usize,
-    tables: &[f32],
-    tops: &mut [TopK<'_>],
-) {
+fn scan_quantized(q: &QuantizedStorage, start: usize, end: usize, tables: &[f32], tops: &mut [TopK<'_>]) {
     const INNER: usize = 2048;
     let (m, kc) = (q.n_subquantizers(), q.n_centroids());
     let per = m * kc;
@@ -636,11 +573,7 @@ mod kernel {
     /// accumulates dimensions `l, l + LANES, ...` (the tail zero-padded, which leaves the
     /// sums unchanged), then the lanes are added in a fixed order.
     #[inline(always)]
-    fn tile<M: Madd, const R: usize, const Q: usize>(
-        rows: [&[f32]; R],
-        qs: [&[f32]; Q],
-        d: usize,
-    ) -> [[f32; Q]; R] {
+    fn tile<M: Madd, const R: usize, const Q: usize>(rows: [&[f32]; R], qs: [&[f32]; Q], d: usize) -> [[f32; Q]; R] {
         let n = d / LANES;
         let rows: [&[f32]; R] = std::array::from_fn(|r| &rows[r][..d]);
         let qs: [&[f32]; Q] = std::array::from_fn(|q| &qs[q][..d]);
@@ -686,22 +619,14 @@ mod kernel {
 
     /// A way of computing a tile of dot products (see [`tile`] for the contract).
     trait Tiles {
-        fn tile<const R: usize, const Q: usize>(
-            rows: [&[f32]; R],
-            qs: [&[f32]; Q],
-            d: usize,
-        ) -> [[f32; Q]; R];
+        fn tile<const R: usize, const Q: usize>(rows: [&[f32]; R], qs: [&[f32]; Q], d: usize) -> [[f32; Q]; R];
     }
 
     /// The portable kernel (vectorized by the compiler as it can).
     struct Portable<M>(std::marker::PhantomData<M>);
     impl<M: Madd> Tiles for Portable<M> {
         #[inline(always)]
-        fn tile<const R: usize, const Q: usize>(
-            rows: [&[f32]; R],
-            qs: [&[f32]; Q],
-            d: usize,
-        ) -> [[f32; Q]; R] {
+        fn tile<const R: usize, const Q: usize>(rows: [&[f32]; R], qs: [&[f32]; Q], d: usize) -> [[f32; Q]; R] {
             tile::<M, R, Q>(rows, qs, d)
         }
     }
@@ -716,11 +641,7 @@ mod kernel {
     #[cfg(target_arch = "x86_64")]
     impl Tiles for Avx2Fma {
         #[inline(always)]
-        fn tile<const R: usize, const Q: usize>(
-            rows: [&[f32]; R],
-            qs: [&[f32]; Q],
-            d: usize,
-        ) -> [[f32; Q]; R] {
+        fn tile<const R: usize, const Q: usize>(rows: [&[f32]; R], qs: [&[f32]; Q], d: usize) -> [[f32; Q]; R] {
             use std::arch::x86_64::*;
             // SAFETY: `Avx2Fma` is only used by `scan_avx2_fma`, which is only called
             // after the CPU was found to support AVX2 and FMA; every load reads 8 floats
@@ -777,10 +698,7 @@ mod kernel {
                 for r in 0..R {
                     for q in 0..Q {
                         // [a0+a4, a1+a5, a2+a6, a3+a7]
-                        let b = _mm_add_ps(
-                            _mm256_castps256_ps128(acc[r][q]),
-                            _mm256_extractf128_ps::<1>(acc[r][q]),
-                        );
+                        let b = _mm_add_ps(_mm256_castps256_ps128(acc[r][q]), _mm256_extractf128_ps::<1>(acc[r][q]));
                         // [b0+b2, b1+b3, ..]
                         let c = _mm_add_ps(b, _mm_movehl_ps(b, b));
                         // (b0+b2) + (b1+b3)
@@ -800,14 +718,7 @@ mod kernel {
     }
 
     #[inline(always)]
-    fn scan<T: Tiles>(
-        mat: &[f32],
-        d: usize,
-        start: usize,
-        end: usize,
-        queries: &[f32],
-        tops: &mut [TopK<'_>],
-    ) {
+    fn scan<T: Tiles>(mat: &[f32], d: usize, start: usize, end: usize, queries: &[f32], tops: &mut [TopK<'_>]) {
         let row = |i: usize| &mat[i * d..(i + 1) * d];
         let nq = tops.len();
         if nq == 1 {
@@ -878,25 +789,11 @@ mod kernel {
     /// Only call on a CPU with AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn scan_avx2_fma(
-        mat: &[f32],
-        d: usize,
-        start: usize,
-        end: usize,
-        queries: &[f32],
-        tops: &mut [TopK<'_>],
-    ) {
+    unsafe fn scan_avx2_fma(mat: &[f32], d: usize, start: usize, end: usize, queries: &[f32], tops: &mut [TopK<'_>]) {
         scan::<Avx2Fma>(mat, d, start, end, queries, tops);
     }
 
-    fn scan_baseline(
-        mat: &[f32],
-        d: usize,
-        start: usize,
-        end: usize,
-        queries: &[f32],
-        tops: &mut [TopK<'_>],
-    ) {
+    fn scan_baseline(mat: &[f32], d: usize, start: usize, end: usize, queries: &[f32], tops: &mut [TopK<'_>]) {
         scan::<Portable<Native>>(mat, d, start, end, queries, tops);
     }
 
@@ -940,18 +837,14 @@ mod kernel {
             let qs: Vec<f32> = (0..4 * d).map(|_| next()).collect();
             let r = |i: usize| &rows[i * d..(i + 1) * d];
             let q = |j: usize| &qs[j * d..(j + 1) * d];
-            let reference =
-                Portable::<Fused>::tile::<3, 4>([r(0), r(1), r(2)], [q(0), q(1), q(2), q(3)], d);
+            let reference = Portable::<Fused>::tile::<3, 4>([r(0), r(1), r(2)], [q(0), q(1), q(2), q(3)], d);
             // SAFETY: AVX2 and FMA were detected above.
             let got = unsafe { avx2_tile_3x4([r(0), r(1), r(2)], [q(0), q(1), q(2), q(3)], d) };
             for (a, b) in reference.iter().flatten().zip(got.iter().flatten()) {
                 assert_eq!(a.to_bits(), b.to_bits(), "d = {d}: {a} vs {b}");
             }
             let single = unsafe { avx2_tile_1x1(r(4), q(2), d) };
-            assert_eq!(
-                single.to_bits(),
-                Portable::<Fused>::tile::<1, 1>([r(4)], [q(2)], d)[0][0].to_bits()
-            );
+            assert_eq!(single.to_bits(), Portable::<Fused>::tile::<1, 1>([r(4)], [q(2)], d)[0][0].to_bits());
         }
     }
 
@@ -1007,13 +900,7 @@ mod tests {
 
     fn dense(n: usize, d: usize, seed: u64) -> Embeddings {
         let m = Rng(seed).vec(n * d);
-        Embeddings::new(
-            None,
-            words(n),
-            Storage::Array(ArrayStorage::new(m, n, d).unwrap()),
-            None,
-        )
-        .unwrap()
+        Embeddings::new(None, words(n), Storage::Array(ArrayStorage::new(m, n, d).unwrap()), None).unwrap()
     }
 
     /// Reference: f64 dot products with every row, best first, ties to the lower word.
@@ -1022,15 +909,7 @@ mod tests {
             .iter()
             .enumerate()
             .filter(|(i, _)| !skip.contains(i))
-            .map(|(i, r)| {
-                (
-                    i,
-                    r.iter()
-                        .zip(q)
-                        .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                        .sum(),
-                )
-            })
+            .map(|(i, r)| (i, r.iter().zip(q).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum()))
             .collect();
         s.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         s.truncate(k);
@@ -1057,18 +936,10 @@ mod tests {
     fn check(got: &[Neighbor], want: &[(usize, f64)], tol: f64) {
         assert_eq!(got.len(), want.len());
         if let Some(p) = got.iter().zip(want).position(|(g, w)| g.index != w.0) {
-            panic!(
-                "answer {p}: row {} ({}), expected row {} ({})",
-                got[p].index, got[p].score, want[p].0, want[p].1
-            );
+            panic!("answer {p}: row {} ({}), expected row {} ({})", got[p].index, got[p].score, want[p].0, want[p].1);
         }
         for (g, w) in got.iter().zip(want) {
-            assert!(
-                (f64::from(g.score) - w.1).abs() <= tol,
-                "{} vs {}",
-                g.score,
-                w.1
-            );
+            assert!((f64::from(g.score) - w.1).abs() <= tol, "{} vs {}", g.score, w.1);
         }
     }
 
@@ -1079,24 +950,12 @@ mod tests {
             let rows = rows_of(&emb);
             let mut rng = Rng(9);
             // every word only for small n, where f32 and f64 orders cannot disagree
-            let ks = if n <= 100 {
-                vec![1, 3, 10, n + 2]
-            } else {
-                vec![1, 3, 10]
-            };
+            let ks = if n <= 100 { vec![1, 3, 10, n + 2] } else { vec![1, 3, 10] };
             for k in ks {
                 let q = rng.vec(d);
-                check(
-                    &emb.similar_to_vector(&q, k, &[]).unwrap(),
-                    &reference(&rows, &unit(&q), k, &[]),
-                    1e-5,
-                );
+                check(&emb.similar_to_vector(&q, k, &[]).unwrap(), &reference(&rows, &unit(&q), k, &[]), 1e-5);
                 let w = emb.vocab.word(n / 2).unwrap().to_string();
-                check(
-                    &emb.similar_to_word(&w, k, &[]).unwrap(),
-                    &reference(&rows, &rows[n / 2], k, &[n / 2]),
-                    1e-5,
-                );
+                check(&emb.similar_to_word(&w, k, &[]).unwrap(), &reference(&rows, &rows[n / 2], k, &[n / 2]), 1e-5);
             }
         }
     }
@@ -1108,12 +967,9 @@ mod tests {
             let qs = Rng(11).vec(nq * d);
             let w = emb.batch_width(12);
             let (mut idx, mut sc) = (vec![0i64; nq * w], vec![0f32; nq * w]);
-            emb.similar_batch_into(&qs, nq, 12, &mut idx, &mut sc)
-                .unwrap();
+            emb.similar_batch_into(&qs, nq, 12, &mut idx, &mut sc).unwrap();
             for j in 0..nq {
-                let single = emb
-                    .similar_to_vector(&qs[j * d..(j + 1) * d], 12, &[])
-                    .unwrap();
+                let single = emb.similar_to_vector(&qs[j * d..(j + 1) * d], 12, &[]).unwrap();
                 assert_eq!(single.len(), w);
                 for (p, nb) in single.iter().enumerate() {
                     assert_eq!(idx[j * w + p], nb.index as i64);
@@ -1127,12 +983,8 @@ mod tests {
     fn kernel_variants_agree() {
         let (n, d) = (257, 45);
         let emb = dense(n, d, 3);
-        let Storage::Array(a) = &emb.storage else {
-            unreachable!()
-        };
-        let Some(words) = emb.vocab.words() else {
-            unreachable!()
-        };
+        let Storage::Array(a) = &emb.storage else { unreachable!() };
+        let Some(words) = emb.vocab.words() else { unreachable!() };
         let qs = Rng(5).vec(6 * d);
         let mut results = Vec::new();
         for isa in kernel::available() {
@@ -1143,11 +995,7 @@ mod tests {
         let rows = rows_of(&emb);
         for r in &results {
             for (j, answer) in r.iter().enumerate() {
-                check(
-                    answer,
-                    &reference(&rows, &qs[j * d..(j + 1) * d], 10, &[]),
-                    1e-4,
-                );
+                check(answer, &reference(&rows, &qs[j * d..(j + 1) * d], 10, &[]), 1e-4);
             }
         }
     }
@@ -1159,9 +1007,7 @@ mod tests {
         let projection = rng.vec(d * d);
         let centroids = rng.vec(m * k * (d / m));
         let norms: Vec<f32> = (0..n).map(|_| 1.0 + rng.next().abs()).collect();
-        let codes: Vec<u8> = (0..n * m)
-            .map(|_| ((rng.next() + 1.0) * 8.0) as u8 % 16)
-            .collect();
+        let codes: Vec<u8> = (0..n * m).map(|_| ((rng.next() + 1.0) * 8.0) as u8 % 16).collect();
         for (proj, nrm) in [(true, true), (true, false), (false, true), (false, false)] {
             let q = QuantizedStorage::new(
                 proj.then(|| projection.clone()),
@@ -1177,28 +1023,14 @@ mod tests {
             let emb = Embeddings::new(None, words(n), Storage::Quantized(q), None).unwrap();
             let rows = rows_of(&emb);
             let query = rng.vec(d);
-            check(
-                &emb.similar_to_vector(&query, 10, &[]).unwrap(),
-                &reference(&rows, &unit(&query), 10, &[]),
-                1e-4,
-            );
-            check(
-                &emb.similar_to_word("w000007", 10, &[3]).unwrap(),
-                &reference(&rows, &rows[7], 10, &[3, 7]),
-                1e-4,
-            );
+            check(&emb.similar_to_vector(&query, 10, &[]).unwrap(), &reference(&rows, &unit(&query), 10, &[]), 1e-4);
+            check(&emb.similar_to_word("w000007", 10, &[3]).unwrap(), &reference(&rows, &rows[7], 10, &[3, 7]), 1e-4);
             let qs = rng.vec(5 * d);
             let (mut idx, mut sc) = (vec![0i64; 50], vec![0f32; 50]);
-            emb.similar_batch_into(&qs, 5, 10, &mut idx, &mut sc)
-                .unwrap();
+            emb.similar_batch_into(&qs, 5, 10, &mut idx, &mut sc).unwrap();
             for j in 0..5 {
-                let single = emb
-                    .similar_to_vector(&qs[j * d..(j + 1) * d], 10, &[])
-                    .unwrap();
-                assert_eq!(
-                    single.iter().map(|s| s.index as i64).collect::<Vec<_>>(),
-                    idx[j * 10..(j + 1) * 10]
-                );
+                let single = emb.similar_to_vector(&qs[j * d..(j + 1) * d], 10, &[]).unwrap();
+                assert_eq!(single.iter().map(|s| s.index as i64).collect::<Vec<_>>(), idx[j * 10..(j + 1) * 10]);
             }
         }
     }
@@ -1218,13 +1050,7 @@ mod tests {
         for x in &mut m[n_words * d..] {
             *x = 100.0;
         }
-        let emb = Embeddings::new(
-            None,
-            vocab,
-            Storage::Array(ArrayStorage::new(m, n_words + 16, d).unwrap()),
-            None,
-        )
-        .unwrap();
+        let emb = Embeddings::new(None, vocab, Storage::Array(ArrayStorage::new(m, n_words + 16, d).unwrap()), None).unwrap();
         let got = emb.similar_to_vector(&[1.0; 4], 100, &[]).unwrap();
         assert_eq!(got.len(), n_words);
         assert!(got.iter().all(|g| g.index < n_words));
@@ -1235,53 +1061,28 @@ mod tests {
     #[test]
     fn errors_and_edges() {
         let emb = dense(10, 3, 1);
-        assert!(
-            matches!(emb.similar_to_word("nope", 3, &[]), Err(Error::UnknownWord(w)) if w == "nope")
-        );
+        assert!(matches!(emb.similar_to_word("nope", 3, &[]), Err(Error::UnknownWord(w)) if w == "nope"));
         match emb.analogy("w000001", "x", "y", 3, [true; 3]) {
             Err(Error::UnknownWord(msg)) => {
-                assert!(
-                    msg.contains("b (\"x\")")
-                        && msg.contains("c (\"y\")")
-                        && !msg.contains("w000001"),
-                    "{msg}"
-                )
+                assert!(msg.contains("b (\"x\")") && msg.contains("c (\"y\")") && !msg.contains("w000001"), "{msg}")
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(
-            emb.similar_to_vector(&[f32::NAN, 0.0, 0.0], 3, &[]),
-            Err(Error::Argument(_))
-        ));
-        assert!(matches!(
-            emb.similar_to_vector(&[1.0, 0.0], 3, &[]),
-            Err(Error::Argument(_))
-        ));
-        assert!(emb
-            .similar_to_vector(&[1.0, 0.0, 0.0], 0, &[])
-            .unwrap()
-            .is_empty());
+        assert!(matches!(emb.similar_to_vector(&[f32::NAN, 0.0, 0.0], 3, &[]), Err(Error::Argument(_))));
+        assert!(matches!(emb.similar_to_vector(&[1.0, 0.0], 3, &[]), Err(Error::Argument(_))));
+        assert!(emb.similar_to_vector(&[1.0, 0.0, 0.0], 0, &[]).unwrap().is_empty());
         // a zero query: every score is 0, the words in sorted order
         let zero = emb.similar_to_vector(&[0.0; 3], 4, &[]).unwrap();
-        assert_eq!(
-            zero.iter().map(|n| n.index).collect::<Vec<_>>(),
-            [0, 1, 2, 3]
-        );
+        assert_eq!(zero.iter().map(|n| n.index).collect::<Vec<_>>(), [0, 1, 2, 3]);
         assert!(zero.iter().all(|n| n.score == 0.0));
         // skip and the analogy mask
         let all = emb.similar_to_vector(&[1.0, 2.0, 3.0], 10, &[]).unwrap();
-        let skipped = emb
-            .similar_to_vector(&[1.0, 2.0, 3.0], 10, &[all[0].index, 99])
-            .unwrap();
+        let skipped = emb.similar_to_vector(&[1.0, 2.0, 3.0], 10, &[all[0].index, 99]).unwrap();
         assert_eq!(skipped.len(), 9);
         assert_eq!(skipped[0], all[1]);
-        let masked = emb
-            .analogy("w000001", "w000002", "w000003", 10, [false; 3])
-            .unwrap();
+        let masked = emb.analogy("w000001", "w000002", "w000003", 10, [false; 3]).unwrap();
         assert_eq!(masked.len(), 10);
-        let unmasked = emb
-            .analogy("w000001", "w000002", "w000003", 10, [true; 3])
-            .unwrap();
+        let unmasked = emb.analogy("w000001", "w000002", "w000003", 10, [true; 3]).unwrap();
         assert_eq!(unmasked.len(), 7);
     }
 }

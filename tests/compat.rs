@@ -10,11 +10,7 @@ use vecfusion::{Embeddings, OpenMode};
 fn golden(rel: &str) -> PathBuf {
     let shared = std::env::var_os("VECFUSION_SHARED")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join("shared")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("shared"));
     shared.join("testdata").join(rel)
 }
 
@@ -38,15 +34,10 @@ fn word2vec_and_text_round_trips_are_byte_identical() {
         let emb = read_text(&src, if header { Header::Yes } else { Header::No }, &RAW).unwrap();
         let out = dir.path().join(name);
         write_text(&emb, &out, header).unwrap();
-        assert_eq!(
-            std::fs::read(&out).unwrap(),
-            std::fs::read(&src).unwrap(),
-            "{name}"
-        );
+        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&src).unwrap(), "{name}");
     }
 
-    let fifu =
-        Embeddings::open(golden("finalfusion/rust/similarity.fifu"), OpenMode::Read).unwrap();
+    let fifu = Embeddings::open(golden("finalfusion/rust/similarity.fifu"), OpenMode::Read).unwrap();
     assert_eq!(fifu.storage.rows(), emb.storage.rows());
     for i in 0..fifu.len() {
         let mut a = vec![0f32; 100];
@@ -59,10 +50,7 @@ fn word2vec_and_text_round_trips_are_byte_identical() {
 
 #[test]
 fn strict_utf8_fails_lossy_replaces() {
-    for (name, header) in [
-        ("utf8-incomplete.txt", Header::No),
-        ("utf8-incomplete.dims", Header::Detect),
-    ] {
+    for (name, header) in [("utf8-incomplete.txt", Header::No), ("utf8-incomplete.dims", Header::Detect)] {
         let p = golden(&format!("finalfusion/rust/{name}"));
         let e = read_text(&p, header, &ReadOptions::default()).unwrap_err();
         assert!(e.is_format() && e.to_string().contains("UTF-8"), "{e}");
@@ -87,10 +75,7 @@ fn fasttext_reference_neighbours() {
         .map(|i| {
             let mut r = vec![0f32; 50];
             emb.storage.row_into(i, &mut r);
-            (
-                r.iter().zip(&q).map(|(a, b)| a * b).sum(),
-                emb.vocab.word(i).unwrap(),
-            )
+            (r.iter().zip(&q).map(|(a, b)| a * b).sum(), emb.vocab.word(i).unwrap())
         })
         .filter(|(_, w)| *w != "über")
         .collect();

@@ -10,18 +10,8 @@ fn make(words: &[String], kind: u8, ngrams: &[(String, u64)]) -> Embeddings {
     let list = WordList::new(words.iter().map(String::as_str)).unwrap();
     let vocab = match kind {
         0 => Vocab::Simple(list),
-        1 => Vocab::Subword(SubwordVocab {
-            words: list,
-            min_n: 2,
-            max_n: 4,
-            indexer: Indexer::Bucket { exponent: 4 },
-        }),
-        2 => Vocab::Subword(SubwordVocab {
-            words: list,
-            min_n: 3,
-            max_n: 5,
-            indexer: Indexer::FastText { buckets: 11 },
-        }),
+        1 => Vocab::Subword(SubwordVocab { words: list, min_n: 2, max_n: 4, indexer: Indexer::Bucket { exponent: 4 } }),
+        2 => Vocab::Subword(SubwordVocab { words: list, min_n: 3, max_n: 5, indexer: Indexer::FastText { buckets: 11 } }),
         _ => Vocab::Subword(SubwordVocab {
             words: list,
             min_n: 2,
@@ -31,27 +21,15 @@ fn make(words: &[String], kind: u8, ngrams: &[(String, u64)]) -> Embeddings {
     };
     let rows = vocab.rows() as usize;
     let data = (0..rows * 2).map(|x| x as f32).collect();
-    Embeddings::new(
-        None,
-        vocab,
-        Storage::Array(ArrayStorage::new(data, rows, 2).unwrap()),
-        None,
-    )
-    .unwrap()
+    Embeddings::new(None, vocab, Storage::Array(ArrayStorage::new(data, rows, 2).unwrap()), None).unwrap()
 }
 
 fn check(words: Vec<String>, kind: u8, ngrams: Vec<(String, u64)>, probes: Vec<String>) {
     let emb = make(&words, kind, &ngrams);
     let dir = tempfile::tempdir().unwrap();
-    let (std_path, fst_path, back) = (
-        dir.path().join("s"),
-        dir.path().join("f"),
-        dir.path().join("b"),
-    );
-    emb.write_with_vocab(&std_path, None, Some(VocabFormat::Standard))
-        .unwrap();
-    emb.write_with_vocab(&fst_path, None, Some(VocabFormat::Fst))
-        .unwrap();
+    let (std_path, fst_path, back) = (dir.path().join("s"), dir.path().join("f"), dir.path().join("b"));
+    emb.write_with_vocab(&std_path, None, Some(VocabFormat::Standard)).unwrap();
+    emb.write_with_vocab(&fst_path, None, Some(VocabFormat::Fst)).unwrap();
     let std = Embeddings::open(&std_path, OpenMode::Read).unwrap();
     for mode in [OpenMode::Read, OpenMode::Mmap] {
         let f = Embeddings::open(&fst_path, mode).unwrap();
@@ -75,18 +53,11 @@ fn check(words: Vec<String>, kind: u8, ngrams: Vec<(String, u64)>, probes: Vec<S
             assert_eq!(f.vocab.subword_indices(p), std.vocab.subword_indices(p));
             assert_eq!(f.embedding(p), std.embedding(p));
         }
-        f.write_with_vocab(&back, None, Some(VocabFormat::Standard))
-            .unwrap();
-        assert_eq!(
-            std::fs::read(&back).unwrap(),
-            std::fs::read(&std_path).unwrap()
-        );
+        f.write_with_vocab(&back, None, Some(VocabFormat::Standard)).unwrap();
+        assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&std_path).unwrap());
         // The vocabulary's own format is fst: `write` keeps it.
         f.write(&back).unwrap();
-        assert_eq!(
-            std::fs::read(&back).unwrap(),
-            std::fs::read(&fst_path).unwrap()
-        );
+        assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&fst_path).unwrap());
     }
 }
 
@@ -113,12 +84,7 @@ proptest! {
 fn explicit_ngram_order_and_shared_indices_survive() {
     let words: Vec<String> = ["aab", "bé", "<a"].iter().map(|s| s.to_string()).collect();
     // Shared and sparse indices, file order not sorted.
-    let ngrams = vec![
-        ("é>".to_string(), 90),
-        ("<a".to_string(), 5),
-        ("ab".to_string(), 90),
-        ("b".to_string(), 7),
-    ];
+    let ngrams = vec![("é>".to_string(), 90), ("<a".to_string(), 5), ("ab".to_string(), 90), ("b".to_string(), 7)];
     check(words, 3, ngrams, vec!["abé".into(), "".into(), "zz".into()]);
 }
 
@@ -128,24 +94,12 @@ fn floret_has_no_fst_form() {
     let vocab = Vocab::Floret(vecfusion::vocab::FloretVocab {
         min_n: 3,
         max_n: 4,
-        indexer: vecfusion::vocab::FloretIndexer {
-            n_buckets: 4,
-            n_hashes: 2,
-            seed: 1,
-        },
+        indexer: vecfusion::vocab::FloretIndexer { n_buckets: 4, n_hashes: 2, seed: 1 },
         bow: "<".into(),
         eow: ">".into(),
     });
-    let emb = Embeddings::new(
-        None,
-        vocab,
-        Storage::Array(ArrayStorage::new(vec![0.0; 8], 4, 2).unwrap()),
-        None,
-    )
-    .unwrap();
-    let err = emb
-        .write_with_vocab(dir.path().join("x"), None, Some(VocabFormat::Fst))
-        .unwrap_err();
+    let emb = Embeddings::new(None, vocab, Storage::Array(ArrayStorage::new(vec![0.0; 8], 4, 2).unwrap()), None).unwrap();
+    let err = emb.write_with_vocab(dir.path().join("x"), None, Some(VocabFormat::Fst)).unwrap_err();
     assert!(matches!(err, vecfusion::Error::Argument(_)), "{err}");
     assert!(!dir.path().join("x").exists());
 }

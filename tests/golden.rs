@@ -80,10 +80,7 @@ fn unlisted_norms_chunk_is_read_and_then_listed() {
         // same chunks, one more id (NdNorms = 6) in the header list: 4 bytes longer
         assert_eq!(out.len(), original.len() + 4, "{name}");
         let n_chunks = u32::from_le_bytes(out[8..12].try_into().unwrap()) as usize;
-        assert_eq!(
-            u32::from_le_bytes(out[8 + 4 * n_chunks..12 + 4 * n_chunks].try_into().unwrap()),
-            6
-        );
+        assert_eq!(u32::from_le_bytes(out[8 + 4 * n_chunks..12 + 4 * n_chunks].try_into().unwrap()), 6);
         let again = Embeddings::from_bytes(&out, None).unwrap();
         assert_eq!(again.norms, e.norms);
         assert_eq!(rows(&again), rows(&e));
@@ -129,19 +126,14 @@ fn ff_buckets_subwords() {
         panic!("expected a subword vocabulary")
     };
     assert_eq!((s.min_n, s.max_n), (3, 6));
-    let mut idx: Vec<usize> = e
-        .vocab
-        .subword_indices("tübingen")
-        .iter()
-        .map(|i| i - 2)
-        .collect();
+    let mut idx: Vec<usize> = e.vocab.subword_indices("tübingen").iter().map(|i| i - 2).collect();
     idx.sort_unstable();
     idx.dedup();
     assert_eq!(
         idx,
         vec![
-            12, 67, 72, 122, 166, 179, 195, 244, 248, 274, 298, 306, 323, 414, 547, 588, 646, 649,
-            705, 715, 759, 815, 818, 855, 858, 1005
+            12, 67, 72, 122, 166, 179, 195, 244, 248, 274, 298, 306, 323, 414, 547, 588, 646, 649, 705, 715, 759, 815,
+            818, 855, 858, 1005
         ]
     );
     assert_eq!(s.indexer.index("<tü"), Some(818));
@@ -213,10 +205,7 @@ fn bare_quantized_chunk_reads_the_same_mapped() {
     let mut r2 = vecfusion::format::ByteReader::new(mapped.as_slice());
     r2.bytes(12, "header").unwrap();
     let qm = QuantizedStorage::read_chunk(&mut r2, Some(&mapped)).unwrap();
-    assert_eq!(
-        (q.rows(), q.dims(), q.n_subquantizers(), q.n_centroids()),
-        (100, 100, 10, 16)
-    );
+    assert_eq!((q.rows(), q.dims(), q.n_subquantizers(), q.n_centroids()), (100, 100, 10, 16));
     assert!(q.norms().is_some());
     let mut a = vec![0f32; 100];
     let mut b = vec![0f32; 100];
@@ -227,10 +216,7 @@ fn bare_quantized_chunk_reads_the_same_mapped() {
     }
     let mut w = vecfusion::format::PosWriter::new(Vec::new());
     q.write_chunk(&mut w).unwrap();
-    assert!(
-        w.into_inner() == bytes,
-        "bare chunk not rewritten byte for byte"
-    );
+    assert!(w.into_inner() == bytes, "bare chunk not rewritten byte for byte");
 }
 
 fn check_corrupt(bytes: &[u8]) {
@@ -284,37 +270,22 @@ fn specific_corruptions_are_named() {
     let bytes = std::fs::read(ff("python/similarity.fifu")).unwrap();
     let mut b = bytes.clone();
     b[0] = b'X';
-    assert!(matches!(
-        Embeddings::from_bytes(&b, None),
-        Err(Error::Magic { .. })
-    ));
+    assert!(matches!(Embeddings::from_bytes(&b, None), Err(Error::Magic { .. })));
     let mut b = bytes.clone();
     b[4] = 1;
-    assert!(matches!(
-        Embeddings::from_bytes(&b, None),
-        Err(Error::Version { got: 1, .. })
-    ));
+    assert!(matches!(Embeddings::from_bytes(&b, None), Err(Error::Version { got: 1, .. })));
     let mut b = bytes.clone();
     b[12] = 77; // first listed chunk id
-    assert!(matches!(
-        Embeddings::from_bytes(&b, None),
-        Err(Error::UnknownChunk(77))
-    ));
+    assert!(matches!(Embeddings::from_bytes(&b, None), Err(Error::UnknownChunk(77))));
     // huge vocabulary length
     let vocab_chunk = 12 + 4 * 2;
     let mut b = bytes.clone();
     b[vocab_chunk + 12..vocab_chunk + 20].copy_from_slice(&u64::MAX.to_le_bytes());
-    assert!(matches!(
-        Embeddings::from_bytes(&b, None),
-        Err(Error::Truncated { .. })
-    ));
+    assert!(matches!(Embeddings::from_bytes(&b, None), Err(Error::Truncated { .. })));
     // huge chunk length
     let mut b = bytes.clone();
     b[vocab_chunk + 4..vocab_chunk + 12].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
-    assert!(matches!(
-        Embeddings::from_bytes(&b, None),
-        Err(Error::Truncated { .. })
-    ));
+    assert!(matches!(Embeddings::from_bytes(&b, None), Err(Error::Truncated { .. })));
 }
 
 /// A floret vocabulary (no words; every string hashed with murmur3 into 1-4 rows),

@@ -8,10 +8,7 @@ use vecfusion::{ArrayStorage, Embeddings, OpenMode, Storage, Vocab, WordList};
 
 fn unique(words: Vec<String>) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
-    words
-        .into_iter()
-        .filter(|w| seen.insert(w.clone()))
-        .collect()
+    words.into_iter().filter(|w| seen.insert(w.clone())).collect()
 }
 
 fn vocab_strategy() -> impl Strategy<Value = (Vec<String>, u8, u32)> {
@@ -22,24 +19,10 @@ fn build(words: &[String], kind: u8, buckets: u32) -> Vocab {
     let list = WordList::new(words.iter().map(String::as_str)).unwrap();
     match kind {
         0 => Vocab::Simple(list),
-        1 => Vocab::Subword(SubwordVocab {
-            words: list,
-            min_n: 2,
-            max_n: 4,
-            indexer: Indexer::Bucket { exponent: buckets },
-        }),
-        2 => Vocab::Subword(SubwordVocab {
-            words: list,
-            min_n: 3,
-            max_n: 5,
-            indexer: Indexer::FastText {
-                buckets: buckets * 3,
-            },
-        }),
+        1 => Vocab::Subword(SubwordVocab { words: list, min_n: 2, max_n: 4, indexer: Indexer::Bucket { exponent: buckets } }),
+        2 => Vocab::Subword(SubwordVocab { words: list, min_n: 3, max_n: 5, indexer: Indexer::FastText { buckets: buckets * 3 } }),
         _ => {
-            let pairs = (0..buckets as u64 * 2)
-                .map(|i| (format!("g{i}"), i / 2))
-                .collect();
+            let pairs = (0..buckets as u64 * 2).map(|i| (format!("g{i}"), i / 2)).collect();
             Vocab::Subword(SubwordVocab {
                 words: list,
                 min_n: 1,
@@ -131,15 +114,12 @@ fn norms_are_used_in_place() {
     let words: Vec<String> = (0..1000).map(|i| format!("w{i}")).collect();
     let vocab = Vocab::Simple(WordList::new(words.iter().map(String::as_str)).unwrap());
     let dims = 3;
-    let data: Vec<f32> = (0..words.len() * dims)
-        .map(|i| (i % 7) as f32 * 0.25 - 0.5)
-        .collect();
+    let data: Vec<f32> = (0..words.len() * dims).map(|i| (i % 7) as f32 * 0.25 - 0.5).collect();
     let norms: Vec<f32> = (0..words.len()).map(|i| 1.0 + i as f32 / 8.0).collect();
     let storage = Storage::Array(ArrayStorage::new(data, words.len(), dims).unwrap());
     // the metadata's length varies the norms chunk's offset: padding keeps it 4-aligned
     for meta in [None, Some("a = 1".to_string()), Some("ab = 12".to_string())] {
-        let emb =
-            Embeddings::new(meta, vocab.clone(), storage.clone(), Some(norms.clone())).unwrap();
+        let emb = Embeddings::new(meta, vocab.clone(), storage.clone(), Some(norms.clone())).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("n.fifu");
         emb.write(&path).unwrap();
@@ -147,10 +127,7 @@ fn norms_are_used_in_place() {
             let back = Embeddings::open(&path, mode).unwrap();
             let n = back.norms.as_ref().expect("norms");
             assert_eq!(&n[..], &norms[..]);
-            assert!(
-                matches!(n, vecfusion::storage::F32Data::Mapped { .. }),
-                "{mode:?}: norms were copied"
-            );
+            assert!(matches!(n, vecfusion::storage::F32Data::Mapped { .. }), "{mode:?}: norms were copied");
             assert_eq!(back.word_norm(999), norms[999]);
         }
     }

@@ -75,18 +75,7 @@ impl Default for FastTextArgs {
 }
 
 const INT_KEYS: [&str; 12] = [
-    "dim",
-    "ws",
-    "epoch",
-    "minCount",
-    "neg",
-    "wordNgrams",
-    "loss",
-    "model",
-    "bucket",
-    "minn",
-    "maxn",
-    "lrUpdateRate",
+    "dim", "ws", "epoch", "minCount", "neg", "wordNgrams", "loss", "model", "bucket", "minn", "maxn", "lrUpdateRate",
 ];
 
 impl FastTextArgs {
@@ -147,18 +136,11 @@ impl FastTextArgs {
         };
         let mut ints = args.ints();
         for (slot, k) in ints.iter_mut().zip(INT_KEYS) {
-            if let Some(v) = ft
-                .get(k)
-                .and_then(toml::Value::as_integer)
-                .and_then(|v| i32::try_from(v).ok())
-            {
+            if let Some(v) = ft.get(k).and_then(toml::Value::as_integer).and_then(|v| i32::try_from(v).ok()) {
                 *slot = v;
             }
         }
-        let t = ft
-            .get("t")
-            .and_then(toml::Value::as_float)
-            .unwrap_or(args.t);
+        let t = ft.get("t").and_then(toml::Value::as_float).unwrap_or(args.t);
         FastTextArgs::from_ints(ints, t)
     }
 }
@@ -205,14 +187,7 @@ pub fn for_each_fasttext_ngram(word: &str, minn: usize, maxn: usize, mut f: impl
 }
 
 /// The storage rows (`nwords + hash % bucket`) of the n-grams of `word`, fastText's way.
-pub fn fasttext_ngram_rows(
-    word: &str,
-    minn: u32,
-    maxn: u32,
-    bucket: u32,
-    nwords: usize,
-    out: &mut Vec<usize>,
-) {
+pub fn fasttext_ngram_rows(word: &str, minn: u32, maxn: u32, bucket: u32, nwords: usize, out: &mut Vec<usize>) {
     if bucket == 0 {
         return;
     }
@@ -265,9 +240,7 @@ pub fn fasttext_vector(emb: &Embeddings, word: &str) -> Vec<f32> {
     }
     let mut rows = Vec::new();
     match fasttext_params(&emb.vocab) {
-        Some((minn, maxn, bucket)) => {
-            fasttext_ngram_rows(word, minn, maxn, bucket, emb.vocab.words_len(), &mut rows)
-        }
+        Some((minn, maxn, bucket)) => fasttext_ngram_rows(word, minn, maxn, bucket, emb.vocab.words_len(), &mut rows),
         None => emb.vocab.push_subword_indices(word, &mut rows),
     }
     if rows.is_empty() {
@@ -290,16 +263,12 @@ struct Reader<R> {
 impl<R: BufRead> Reader<R> {
     fn i32(&mut self, path: &Path, what: &'static str) -> Result<i32> {
         let mut b = [0u8; 4];
-        self.r
-            .read_exact(&mut b)
-            .map_err(|e| read_err(path, what, e))?;
+        self.r.read_exact(&mut b).map_err(|e| read_err(path, what, e))?;
         Ok(i32::from_le_bytes(b))
     }
     fn i64(&mut self, path: &Path, what: &'static str) -> Result<i64> {
         let mut b = [0u8; 8];
-        self.r
-            .read_exact(&mut b)
-            .map_err(|e| read_err(path, what, e))?;
+        self.r.read_exact(&mut b).map_err(|e| read_err(path, what, e))?;
         Ok(i64::from_le_bytes(b))
     }
     fn f64(&mut self, path: &Path, what: &'static str) -> Result<f64> {
@@ -307,9 +276,7 @@ impl<R: BufRead> Reader<R> {
     }
     fn u8(&mut self, path: &Path, what: &'static str) -> Result<u8> {
         let mut b = [0u8; 1];
-        self.r
-            .read_exact(&mut b)
-            .map_err(|e| read_err(path, what, e))?;
+        self.r.read_exact(&mut b).map_err(|e| read_err(path, what, e))?;
         Ok(b[0])
     }
 }
@@ -320,8 +287,7 @@ pub fn read_fasttext(path: &Path, lossy: bool) -> Result<Embeddings> {
 }
 
 fn read_fasttext_inner(path: &Path, lossy: bool) -> Result<Embeddings> {
-    let file =
-        File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    let file = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
     let file_len = file
         .metadata()
         .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?
@@ -372,11 +338,7 @@ fn read_fasttext_inner(path: &Path, lossy: bool) -> Result<Embeddings> {
     let nlabels = r.i32(path, "label count")?;
     let _ntokens = r.i64(path, "token count")?;
     let pruneidx_size = r.i64(path, "pruneidx size")?;
-    if size < 0
-        || nwords < 0
-        || nlabels < 0
-        || i64::from(nwords) + i64::from(nlabels) != i64::from(size)
-    {
+    if size < 0 || nwords < 0 || nlabels < 0 || i64::from(nwords) + i64::from(nlabels) != i64::from(size) {
         return Err(Error::invalid(
             "fastText dictionary",
             format!("size {size} is not words {nwords} + labels {nlabels}"),
@@ -395,13 +357,9 @@ fn read_fasttext_inner(path: &Path, lossy: bool) -> Result<Embeddings> {
     let mut buf = Vec::with_capacity(64);
     for i in 0..size as usize {
         buf.clear();
-        r.r.read_until(0, &mut buf)
-            .map_err(|e| read_err(path, "fastText dictionary", e))?;
+        r.r.read_until(0, &mut buf).map_err(|e| read_err(path, "fastText dictionary", e))?;
         if buf.last() != Some(&0) {
-            return Err(Error::invalid(
-                "fastText dictionary",
-                format!("the file ends inside entry {i}"),
-            ));
+            return Err(Error::invalid("fastText dictionary", format!("the file ends inside entry {i}")));
         }
         buf.pop();
         let _count = r.i64(path, "word count")?;
@@ -440,19 +398,12 @@ fn read_fasttext_inner(path: &Path, lossy: bool) -> Result<Embeddings> {
     if rows < 0 || rows as u64 != nwords as u64 + bucket as u64 || cols != i64::from(args.dim) {
         return Err(Error::invalid(
             "fastText input matrix",
-            format!(
-                "shape ({rows}, {cols}), expected ({}, {dims}) = (words + buckets, dim)",
-                nwords + bucket
-            ),
+            format!("shape ({rows}, {cols}), expected ({}, {dims}) = (words + buckets, dim)", nwords + bucket),
         ));
     }
     let rows = rows as usize;
-    let n = rows
-        .checked_mul(dims)
-        .ok_or(Error::Overflow("matrix size"))?;
-    let nbytes = (n as u64)
-        .checked_mul(4)
-        .ok_or(Error::Overflow("matrix size"))?;
+    let n = rows.checked_mul(dims).ok_or(Error::Overflow("matrix size"))?;
+    let nbytes = (n as u64).checked_mul(4).ok_or(Error::Overflow("matrix size"))?;
     if nbytes > file_len {
         return Err(Error::invalid(
             "fastText input matrix",
@@ -466,12 +417,8 @@ fn read_fasttext_inner(path: &Path, lossy: bool) -> Result<Embeddings> {
         while filled < n {
             let take = (n - filled).min(chunk.len() / 4);
             let bytes = &mut chunk[..take * 4];
-            r.r.read_exact(bytes)
-                .map_err(|e| read_err(path, "fastText input matrix", e))?;
-            for (o, c) in data[filled..filled + take]
-                .iter_mut()
-                .zip(bytes.chunks_exact(4))
-            {
+            r.r.read_exact(bytes).map_err(|e| read_err(path, "fastText input matrix", e))?;
+            for (o, c) in data[filled..filled + take].iter_mut().zip(bytes.chunks_exact(4)) {
                 *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
             }
             filled += take;
@@ -562,8 +509,7 @@ pub fn write_fasttext(emb: &Embeddings, path: &Path) -> Result<()> {
     let dims = emb.dims();
     let nwords = words.len();
     let to_i32 = |v: usize, what: &str| {
-        i32::try_from(v)
-            .map_err(|_| Error::argument(format!("{what} {v} is too large for a fastText file")))
+        i32::try_from(v).map_err(|_| Error::argument(format!("{what} {v} is too large for a fastText file")))
     };
     let mut args = FastTextArgs::from_metadata(emb.metadata.as_deref());
     args.dim = to_i32(dims, "dims")?;
@@ -607,37 +553,26 @@ pub fn write_fasttext(emb: &Embeddings, path: &Path) -> Result<()> {
             let end = (start + GROUP).min(nwords);
             let mut block = vec![0f32; (end - start) * dims];
             if dims > 0 {
-                block
-                    .par_chunks_mut(dims)
-                    .enumerate()
-                    .with_min_len(64)
-                    .for_each_init(Vec::new, |idx, (k, row)| {
-                        let i = start + k;
-                        super::export_row(emb, i, row);
-                        idx.clear();
-                        fasttext_ngram_rows(
-                            words.get(i).unwrap_or_default(),
-                            minn,
-                            maxn,
-                            bucket,
-                            nwords,
-                            idx,
-                        );
-                        if idx.is_empty() {
-                            return;
+                block.par_chunks_mut(dims).enumerate().with_min_len(64).for_each_init(Vec::new, |idx, (k, row)| {
+                    let i = start + k;
+                    super::export_row(emb, i, row);
+                    idx.clear();
+                    fasttext_ngram_rows(words.get(i).unwrap_or_default(), minn, maxn, bucket, nwords, idx);
+                    if idx.is_empty() {
+                        return;
+                    }
+                    let m = (idx.len() + 1) as f32;
+                    for x in row.iter_mut() {
+                        *x *= m;
+                    }
+                    let mut g = vec![0f32; row.len()];
+                    for &r in idx.iter() {
+                        emb.storage.row_into(r, &mut g);
+                        for (x, v) in row.iter_mut().zip(&g) {
+                            *x -= v;
                         }
-                        let m = (idx.len() + 1) as f32;
-                        for x in row.iter_mut() {
-                            *x *= m;
-                        }
-                        let mut g = vec![0f32; row.len()];
-                        for &r in idx.iter() {
-                            emb.storage.row_into(r, &mut g);
-                            for (x, v) in row.iter_mut().zip(&g) {
-                                *x -= v;
-                            }
-                        }
-                    });
+                    }
+                });
             }
             write_f32s(w, &block)?;
             start = end;
@@ -701,10 +636,7 @@ mod tests {
     #[test]
     fn hash_matches_vocab_hash() {
         for g in ["<vi", "über", "日本>", "a"] {
-            assert_eq!(
-                fasttext_hash_bytes(g.as_bytes()),
-                crate::vocab::subword::fasttext_hash(g)
-            );
+            assert_eq!(fasttext_hash_bytes(g.as_bytes()), crate::vocab::subword::fasttext_hash(g));
         }
     }
 }

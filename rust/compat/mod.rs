@@ -52,8 +52,7 @@ impl WordsBuilder {
         match std::str::from_utf8(raw) {
             Ok(_) => self.bytes.extend_from_slice(raw),
             Err(_) if lossy => {
-                self.bytes
-                    .extend_from_slice(String::from_utf8_lossy(raw).as_bytes());
+                self.bytes.extend_from_slice(String::from_utf8_lossy(raw).as_bytes());
             }
             Err(e) => {
                 let at = where_();
@@ -103,20 +102,12 @@ pub fn normalize_rows(data: &mut [f32], dims: usize) -> Vec<f32> {
 
 /// Simple-vocabulary embeddings from words, a row-major matrix and norms already
 /// computed (the rows then are normalized already).
-pub(crate) fn assemble_normalized(
-    words: WordsBuilder,
-    data: Vec<f32>,
-    dims: usize,
-    norms: Option<Vec<f32>>,
-) -> Result<Embeddings> {
+pub(crate) fn assemble_normalized(words: WordsBuilder, data: Vec<f32>, dims: usize, norms: Option<Vec<f32>>) -> Result<Embeddings> {
     let rows = words.len();
     if rows.checked_mul(dims) != Some(data.len()) {
         return Err(Error::invalid(
             "matrix",
-            format!(
-                "{} values for {rows} words of {dims} dimensions",
-                data.len()
-            ),
+            format!("{} values for {rows} words of {dims} dimensions", data.len()),
         ));
     }
     let words = words.finish()?;
@@ -125,20 +116,12 @@ pub(crate) fn assemble_normalized(
 }
 
 /// Simple-vocabulary embeddings from words and a row-major matrix.
-pub(crate) fn assemble(
-    words: WordsBuilder,
-    mut data: Vec<f32>,
-    dims: usize,
-    normalize: bool,
-) -> Result<Embeddings> {
+pub(crate) fn assemble(words: WordsBuilder, mut data: Vec<f32>, dims: usize, normalize: bool) -> Result<Embeddings> {
     let rows = words.len();
     if rows.checked_mul(dims) != Some(data.len()) {
         return Err(Error::invalid(
             "matrix",
-            format!(
-                "{} values for {rows} words of {dims} dimensions",
-                data.len()
-            ),
+            format!("{} values for {rows} words of {dims} dimensions", data.len()),
         ));
     }
     // (with 0 dims there is nothing to normalize: every norm is 0)

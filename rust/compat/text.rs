@@ -40,8 +40,7 @@ fn line_err(line: u64, msg: impl std::fmt::Display) -> Error {
 }
 
 fn read_text_inner(path: &Path, header: Header, opts: &ReadOptions) -> Result<Embeddings> {
-    let file =
-        File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    let file = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
     let file_len = file
         .metadata()
         .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?
@@ -75,9 +74,7 @@ fn read_text_inner(path: &Path, header: Header, opts: &ReadOptions) -> Result<Em
         // each value takes at least two bytes ("0 "): bound the allocation by the file size
         let cap = n.min(limit).saturating_mul(d).min((file_len / 2) as usize);
         data.reserve(cap);
-        words
-            .ends
-            .reserve(n.min(limit).min((file_len / 2) as usize));
+        words.ends.reserve(n.min(limit).min((file_len / 2) as usize));
         lineno = 2;
     } else if !first.is_empty() && limit > 0 {
         // the first line is a data line: it fixes the dimensions
@@ -104,27 +101,11 @@ fn read_text_inner(path: &Path, header: Header, opts: &ReadOptions) -> Result<Em
             if n == 0 {
                 break;
             }
-            parse_line(
-                strip_eol(&buf),
-                dims,
-                lineno,
-                opts.lossy,
-                &mut words,
-                &mut data,
-            )?;
+            parse_line(strip_eol(&buf), dims, lineno, opts.lossy, &mut words, &mut data)?;
             lineno += 1;
         }
     } else {
-        read_parallel(
-            &mut r,
-            dims,
-            &mut lineno,
-            opts.lossy,
-            &mut words,
-            &mut data,
-            BLOCK,
-        )
-        .map_err(|e| match e {
+        read_parallel(&mut r, dims, &mut lineno, opts.lossy, &mut words, &mut data, BLOCK).map_err(|e| match e {
             ParErr::Io(e) => io_err(e),
             ParErr::Format(e) => e,
         })?;
@@ -135,10 +116,7 @@ fn read_text_inner(path: &Path, header: Header, opts: &ReadOptions) -> Result<Em
         if words.len() != expect {
             return Err(line_err(
                 1,
-                format!(
-                    "the header announces {n} words, but the file has {} lines of vectors",
-                    words.len()
-                ),
+                format!("the header announces {n} words, but the file has {} lines of vectors", words.len()),
             ));
         }
     }
@@ -244,14 +222,7 @@ fn parse_piece(bytes: &[u8], dims: usize, lossy: bool) -> Piece {
     for line in bytes.split_inclusive(|&b| b == b'\n') {
         p.lines += 1;
         let local = p.lines;
-        if let Err(e) = parse_line_piece(
-            strip_eol(line),
-            dims,
-            local,
-            lossy,
-            &mut p.words,
-            &mut p.data,
-        ) {
+        if let Err(e) = parse_line_piece(strip_eol(line), dims, local, lossy, &mut p.words, &mut p.data) {
             p.error = Some(e);
             return p;
         }
@@ -272,14 +243,7 @@ fn parse_line_piece(
     })
 }
 
-fn parse_line(
-    line: &[u8],
-    dims: usize,
-    lineno: u64,
-    lossy: bool,
-    words: &mut WordsBuilder,
-    data: &mut Vec<f32>,
-) -> Result<()> {
+fn parse_line(line: &[u8], dims: usize, lineno: u64, lossy: bool, words: &mut WordsBuilder, data: &mut Vec<f32>) -> Result<()> {
     parse_line_with(line, dims, lossy, words, data, |msg| line_err(lineno, msg))
 }
 
@@ -483,12 +447,10 @@ mod tests {
         let mut data = Vec::new();
         let mut lineno = 1;
         let mut r = std::io::Cursor::new(text);
-        read_parallel(&mut r, 2, &mut lineno, false, &mut words, &mut data, block).map_err(
-            |e| match e {
-                ParErr::Io(e) => Error::io("read", e),
-                ParErr::Format(e) => e,
-            },
-        )?;
+        read_parallel(&mut r, 2, &mut lineno, false, &mut words, &mut data, block).map_err(|e| match e {
+            ParErr::Io(e) => Error::io("read", e),
+            ParErr::Format(e) => e,
+        })?;
         Ok((words, data, lineno))
     }
 
@@ -525,10 +487,7 @@ mod tests {
         let e = parse_line(b"w 1 x 3", 3, 7, false, &mut words, &mut data).unwrap_err();
         assert!(e.to_string().contains("line 7"), "{e}");
         let e = parse_line(b"w 1 2", 3, 8, false, &mut words, &mut data).unwrap_err();
-        assert!(
-            e.to_string().contains("line 8") && e.to_string().contains("found 2"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("line 8") && e.to_string().contains("found 2"), "{e}");
         let e = parse_line(b"", 3, 9, false, &mut words, &mut data).unwrap_err();
         assert!(e.to_string().contains("line 9: empty line"), "{e}");
         parse_line(b"w 1 -2.5e1 3 ", 3, 10, false, &mut words, &mut data).unwrap();

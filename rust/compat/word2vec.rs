@@ -75,8 +75,7 @@ const MAX_WORD: usize = 1 << 20;
 
 /// Read a word2vec binary file.
 pub fn read_word2vec_binary(path: &Path, opts: &ReadOptions) -> Result<Embeddings> {
-    let file =
-        File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    let file = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
     let file_len = file
         .metadata()
         .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?
@@ -94,9 +93,7 @@ pub fn read_word2vec_binary(path: &Path, opts: &ReadOptions) -> Result<Embedding
     let (n, dims) = parse_header(&header)?;
 
     let rows = opts.limit.map_or(n, |l| l.min(n));
-    let row_bytes = dims
-        .checked_mul(4)
-        .ok_or(Error::Overflow("word2vec row size"))?;
+    let row_bytes = dims.checked_mul(4).ok_or(Error::Overflow("word2vec row size"))?;
     // Every record needs at least a one-byte word, a space and its numbers.
     let need = (rows as u64)
         .checked_mul(row_bytes as u64 + 2)
@@ -111,9 +108,7 @@ pub fn read_word2vec_binary(path: &Path, opts: &ReadOptions) -> Result<Embedding
             ),
         ));
     }
-    let total = rows
-        .checked_mul(dims)
-        .ok_or(Error::Overflow("matrix size"))?;
+    let total = rows.checked_mul(dims).ok_or(Error::Overflow("matrix size"))?;
     let mut data = vec![0f32; total];
     let mut norms = Vec::with_capacity(if opts.normalize { rows } else { 0 });
     let mut words = WordsBuilder::default();
@@ -121,10 +116,7 @@ pub fn read_word2vec_binary(path: &Path, opts: &ReadOptions) -> Result<Embedding
     let ends_early = |record: usize, inside: &str| {
         Error::invalid(
             "word2vec file",
-            format!(
-                "record {record} of {n}: the file ends inside the {inside} ({})",
-                path.display()
-            ),
+            format!("record {record} of {n}: the file ends inside the {inside} ({})", path.display()),
         )
     };
     for i in 0..rows {
@@ -156,19 +148,14 @@ pub fn read_word2vec_binary(path: &Path, opts: &ReadOptions) -> Result<Embedding
             }
         };
         let word = &r.buf[r.pos..r.pos + word_len];
-        words.push(trim_ascii(word), opts.lossy, || {
-            format!("word2vec record {record}")
-        })?;
+        words.push(trim_ascii(word), opts.lossy, || format!("word2vec record {record}"))?;
         r.pos += word_len + 1;
         // the vector
         if !r.fill(row_bytes).map_err(io)? {
             return Err(ends_early(record, "vector"));
         }
         let row = &mut data[i * dims..(i + 1) * dims];
-        for (o, c) in row
-            .iter_mut()
-            .zip(r.buf[r.pos..r.pos + row_bytes].chunks_exact(4))
-        {
+        for (o, c) in row.iter_mut().zip(r.buf[r.pos..r.pos + row_bytes].chunks_exact(4)) {
             *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
         }
         r.pos += row_bytes;
@@ -193,14 +180,8 @@ fn parse_header(line: &[u8]) -> Result<(usize, usize)> {
     };
     let text = std::str::from_utf8(line).map_err(|_| bad())?;
     let mut parts = text.split_ascii_whitespace();
-    let n = parts
-        .next()
-        .and_then(|p| p.parse::<usize>().ok())
-        .ok_or_else(bad)?;
-    let d = parts
-        .next()
-        .and_then(|p| p.parse::<usize>().ok())
-        .ok_or_else(bad)?;
+    let n = parts.next().and_then(|p| p.parse::<usize>().ok()).ok_or_else(bad)?;
+    let d = parts.next().and_then(|p| p.parse::<usize>().ok()).ok_or_else(bad)?;
     if parts.next().is_some() || !line.ends_with(b"\n") {
         return Err(bad());
     }
@@ -208,14 +189,8 @@ fn parse_header(line: &[u8]) -> Result<(usize, usize)> {
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
-    let s = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let e = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(s, |p| p + 1);
+    let s = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let e = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(s, |p| p + 1);
     &b[s..e.max(s)]
 }
 

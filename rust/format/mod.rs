@@ -395,9 +395,6 @@ mod tests {
         assert_eq!(w.padding().unwrap(), 3);
         assert_eq!(w.pos() % 4, 0);
         w.string("ab").unwrap();
-        assert_eq!(
-            w.into_inner(),
-            vec![7, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, b'a', b'b']
-        );
+        assert_eq!(w.into_inner(), vec![7, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, b'a', b'b']);
     }
 }

@@ -14,31 +14,17 @@ use crate::embeddings::Embeddings;
 fn options(lossy: bool, limit: Option<i64>, normalize: bool) -> PyResult<ReadOptions> {
     let limit = match limit {
         None => None,
-        Some(l) if l < 0 => {
-            return Err(PyValueError::new_err(format!(
-                "limit must be >= 0, got {l}"
-            )))
-        }
+        Some(l) if l < 0 => return Err(PyValueError::new_err(format!("limit must be >= 0, got {l}"))),
         Some(l) => Some(usize::try_from(l).unwrap_or(usize::MAX)),
     };
-    Ok(ReadOptions {
-        lossy,
-        limit,
-        normalize,
-    })
+    Ok(ReadOptions { lossy, limit, normalize })
 }
 
 /// Read a word2vec binary file. `limit` reads only the first words; `normalize=False`
 /// keeps the vectors as stored (no norms); `lossy=True` replaces invalid UTF-8 with U+FFFD.
 #[pyfunction]
 #[pyo3(signature = (path, lossy=false, limit=None, normalize=true))]
-pub fn load_word2vec(
-    py: Python<'_>,
-    path: PathBuf,
-    lossy: bool,
-    limit: Option<i64>,
-    normalize: bool,
-) -> PyResult<PyEmbeddings> {
+pub fn load_word2vec(py: Python<'_>, path: PathBuf, lossy: bool, limit: Option<i64>, normalize: bool) -> PyResult<PyEmbeddings> {
     let opts = options(lossy, limit, normalize)?;
     let emb = py.detach(|| word2vec::read_word2vec_binary(&path, &opts))?;
     Ok(PyEmbeddings::from_rust(emb))

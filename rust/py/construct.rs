@@ -35,15 +35,10 @@ impl PyEmbeddings {
         ngrams: Option<Vec<(String, u64)>>,
     ) -> PyResult<Self> {
         if ngrams.is_some() != (vocab == "explicit") {
-            return Err(PyValueError::new_err(
-                "ngrams is given exactly when vocab='explicit'",
-            ));
+            return Err(PyValueError::new_err("ngrams is given exactly when vocab='explicit'"));
         }
         let words = extract_words(words)?;
-        let strs = words
-            .iter()
-            .map(|w| w.to_str())
-            .collect::<PyResult<Vec<&str>>>()?;
+        let strs = words.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
         let (rows, cols) = (matrix.shape()[0], matrix.shape()[1]);
         let data = matrix.as_array().iter().copied().collect::<Vec<f32>>();
         let norms = norms.map(|n| n.as_array().to_vec());
@@ -95,7 +90,6 @@ impl PyEmbeddings {
                 e => e,
             })
         });
-        emb.map(PyEmbeddings::from_rust)
-            .map_err(|e| PyValueError::new_err(e.to_string()))
+        emb.map(PyEmbeddings::from_rust).map_err(|e| PyValueError::new_err(e.to_string()))
     }
 }

@@ -50,23 +50,14 @@ impl PyEmbeddings {
 /// Extract a list of words from any iterable of str.
 pub(crate) fn extract_words<'py>(words: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyString>>> {
     if words.is_instance_of::<PyString>() {
-        return Err(PyTypeError::new_err(
-            "expected an iterable of words, got a single str",
-        ));
+        return Err(PyTypeError::new_err("expected an iterable of words, got a single str"));
     }
     let mut out = Vec::with_capacity(words.len().unwrap_or(0));
     for w in words.try_iter()? {
         let w = w?;
-        let s = w.cast_into::<PyString>().map_err(|e| {
-            PyTypeError::new_err(format!(
-                "words must be str, got {}",
-                e.into_inner()
-                    .get_type()
-                    .name()
-                    .map(|n| n.to_string())
-                    .unwrap_or_default()
-            ))
-        })?;
+        let s = w
+            .cast_into::<PyString>()
+            .map_err(|e| PyTypeError::new_err(format!("words must be str, got {}", e.into_inner().get_type().name().map(|n| n.to_string()).unwrap_or_default())))?;
         out.push(s);
     }
     Ok(out)
@@ -106,12 +97,7 @@ impl PyEmbeddings {
 
     /// The embedding of `word`, or `default` if it has none.
     #[pyo3(signature = (word, default=None))]
-    fn embedding<'py>(
-        &self,
-        py: Python<'py>,
-        word: &str,
-        default: Option<Bound<'py, PyAny>>,
-    ) -> Bound<'py, PyAny> {
+    fn embedding<'py>(&self, py: Python<'py>, word: &str, default: Option<Bound<'py, PyAny>>) -> Bound<'py, PyAny> {
         match self.word_array(py, word) {
             Some(a) => a.into_any(),
             None => default.unwrap_or_else(|| py.None().into_bound(py)),
@@ -120,35 +106,18 @@ impl PyEmbeddings {
 
     /// `(embedding, norm)` of `word`, or None. The norm is the stored norm of a known
     /// word (1.0 without a norms chunk) or the norm of the n-gram sum of an unknown word.
-    fn embedding_with_norm<'py>(
-        &self,
-        py: Python<'py>,
-        word: &str,
-    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    fn embedding_with_norm<'py>(&self, py: Python<'py>, word: &str) -> PyResult<Option<Bound<'py, PyTuple>>> {
         match self.inner.embedding_with_norm(word) {
-            Some((v, n)) => Ok(Some(PyTuple::new(
-                py,
-                [
-                    PyArray1::from_vec(py, v).into_any(),
-                    n.into_pyobject(py)?.into_any(),
-                ],
-            )?)),
+            Some((v, n)) => Ok(Some(PyTuple::new(py, [PyArray1::from_vec(py, v).into_any(), n.into_pyobject(py)?.into_any()])?)),
             None => Ok(None),
         }
     }
 
     /// Look up many words in one call: `(float32 array (n, dims), bool array (n,))`.
     /// Rows of words without an embedding are zero and marked False.
-    fn lookup<'py>(
-        &self,
-        py: Python<'py>,
-        words: &Bound<'py, PyAny>,
-    ) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray1<bool>>)> {
+    fn lookup<'py>(&self, py: Python<'py>, words: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray1<bool>>)> {
         let words = extract_words(words)?;
-        let strs = words
-            .iter()
-            .map(|w| w.to_str())
-            .collect::<PyResult<Vec<&str>>>()?;
+        let strs = words.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
         let n = strs.len();
         let dims = self.inner.dims();
         let out = PyArray2::<f32>::zeros(py, [n, dims], false);
@@ -156,12 +125,8 @@ impl PyEmbeddings {
         {
             let mut out_rw = out.readwrite();
             let mut found_rw = found.readwrite();
-            let out_s = out_rw
-                .as_slice_mut()
-                .map_err(|e| PyTypeError::new_err(e.to_string()))?;
-            let found_s = found_rw
-                .as_slice_mut()
-                .map_err(|e| PyTypeError::new_err(e.to_string()))?;
+            let out_s = out_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
+            let found_s = found_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
             let emb = &self.inner;
             py.detach(|| emb.lookup_into(&strs, out_s, found_s));
         }
@@ -182,19 +147,8 @@ impl PyEmbeddings {
     fn storage<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let this = slf.get();
         match &this.inner.storage {
-            Storage::Array(a) => {
-                Ok(
-                    views::readonly_2d(slf.clone().into_any(), a.as_slice(), a.rows(), a.cols())?
-                        .into_any(),
-                )
-            }
-            Storage::Quantized(_) => Ok(Bound::new(
-                slf.py(),
-                PyQuantizedStorage {
-                    inner: this.inner.clone(),
-                },
-            )?
-            .into_any()),
+            Storage::Array(a) => Ok(views::readonly_2d(slf.clone().into_any(), a.as_slice(), a.rows(), a.cols())?.into_any()),
+            Storage::Quantized(_) => Ok(Bound::new(slf.py(), PyQuantizedStorage { inner: this.inner.clone() })?.into_any()),
         }
     }
 
@@ -223,10 +177,7 @@ impl PyEmbeddings {
             Some(v) if v.is_none() => None,
             Some(v) => Some(py_to_toml(v)?),
         };
-        *self
-            .metadata
-            .lock()
-            .map_err(|_| PyTypeError::new_err("metadata lock poisoned"))? = text;
+        *self.metadata.lock().map_err(|_| PyTypeError::new_err("metadata lock poisoned"))? = text;
         Ok(())
     }
 

@@ -2,8 +2,7 @@
 
 use pyo3::create_exception;
 use pyo3::exceptions::{
-    PyException, PyFileNotFoundError, PyIsADirectoryError, PyKeyError, PyOSError,
-    PyPermissionError, PyValueError,
+    PyException, PyFileNotFoundError, PyIsADirectoryError, PyKeyError, PyOSError, PyPermissionError, PyValueError,
 };
 use pyo3::prelude::*;
 

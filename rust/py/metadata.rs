@@ -8,9 +8,7 @@ use crate::error::Error;
 
 /// Parse TOML text into a Python dict.
 pub fn toml_to_py<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyAny>> {
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| PyErr::from(Error::Toml(e.to_string())))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| PyErr::from(Error::Toml(e.to_string())))?;
     value_to_py(py, &toml::Value::Table(table))
 }
 
@@ -22,10 +20,7 @@ fn value_to_py<'py>(py: Python<'py>, v: &toml::Value) -> PyResult<Bound<'py, PyA
         toml::Value::Boolean(b) => PyBool::new(py, *b).to_owned().into_any(),
         toml::Value::Datetime(d) => PyString::new(py, &d.to_string()).into_any(),
         toml::Value::Array(a) => {
-            let items = a
-                .iter()
-                .map(|x| value_to_py(py, x))
-                .collect::<PyResult<Vec<_>>>()?;
+            let items = a.iter().map(|x| value_to_py(py, x)).collect::<PyResult<Vec<_>>>()?;
             PyList::new(py, items)?.into_any()
         }
         toml::Value::Table(t) => {
@@ -44,8 +39,7 @@ pub fn py_to_toml(obj: &Bound<'_, PyAny>) -> PyResult<String> {
         .cast::<PyDict>()
         .map_err(|_| PyTypeError::new_err("metadata must be a dict (or None)"))?;
     let table = dict_to_table(dict)?;
-    toml::to_string(&table)
-        .map_err(|e| PyValueError::new_err(format!("metadata cannot be written as TOML: {e}")))
+    toml::to_string(&table).map_err(|e| PyValueError::new_err(format!("metadata cannot be written as TOML: {e}")))
 }
 
 fn dict_to_table(d: &Bound<'_, PyDict>) -> PyResult<toml::Table> {
@@ -64,9 +58,9 @@ fn py_to_value(v: &Bound<'_, PyAny>) -> PyResult<toml::Value> {
         return Ok(toml::Value::Boolean(v.extract()?));
     }
     if v.is_instance_of::<PyInt>() {
-        let i: i64 = v.extract().map_err(|_| {
-            PyValueError::new_err(format!("metadata integer {v} does not fit in 64 bits"))
-        })?;
+        let i: i64 = v
+            .extract()
+            .map_err(|_| PyValueError::new_err(format!("metadata integer {v} does not fit in 64 bits")))?;
         return Ok(toml::Value::Integer(i));
     }
     if v.is_instance_of::<PyFloat>() {
@@ -79,10 +73,7 @@ fn py_to_value(v: &Bound<'_, PyAny>) -> PyResult<toml::Value> {
         return Ok(toml::Value::Table(dict_to_table(d)?));
     }
     if v.is_instance_of::<PyList>() || v.is_instance_of::<PyTuple>() {
-        let items = v
-            .try_iter()?
-            .map(|x| py_to_value(&x?))
-            .collect::<PyResult<Vec<_>>>()?;
+        let items = v.try_iter()?.map(|x| py_to_value(&x?)).collect::<PyResult<Vec<_>>>()?;
         return Ok(toml::Value::Array(items));
     }
     Err(PyTypeError::new_err(format!(

@@ -1,15 +1,15 @@
 //! Python bindings (only with the `python` feature). Nothing here parses bytes or
 //! runs hot loops: it converts arguments, releases the GIL and calls the core.
 
-mod bag;
 mod compat;
+mod bag;
 mod construct;
 mod embeddings;
 mod errors;
 mod metadata;
-mod quant;
 mod query;
 mod reader;
+mod quant;
 mod storage;
 mod views;
 mod vocab;
@@ -31,13 +31,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compat::load_fasttext, m)?)?;
     reader::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add(
-        "build_profile",
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        },
-    )?;
+    m.add("build_profile", if cfg!(debug_assertions) { "debug" } else { "release" })?;
     Ok(())
 }

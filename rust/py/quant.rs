@@ -13,8 +13,7 @@ use pyo3::types::PyDict;
 use crate::quant::{quantize_with_stats, Progress, QuantizeParams};
 
 fn non_negative(name: &str, v: i64) -> PyResult<usize> {
-    usize::try_from(v)
-        .map_err(|_| PyValueError::new_err(format!("{name}={v} must not be negative")))
+    usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{name}={v} must not be negative")))
 }
 
 /// How progress is shown: nothing, a callable `(done, total)`, or a bar object from
@@ -65,9 +64,7 @@ impl PyEmbeddings {
         stats: Option<Bound<'_, PyDict>>,
     ) -> PyResult<PyEmbeddings> {
         let params = QuantizeParams {
-            n_subquantizers: n_subquantizers
-                .map(|m| non_negative("n_subquantizers", m))
-                .transpose()?,
+            n_subquantizers: n_subquantizers.map(|m| non_negative("n_subquantizers", m)).transpose()?,
             bits: u32::try_from(bits.clamp(0, 64)).unwrap_or(64),
             opq,
             n_iterations: non_negative("n_iterations", n_iterations)?,
@@ -88,9 +85,7 @@ impl PyEmbeddings {
             Some(p) if p.is_callable() => Reporter::Callback(p.unbind()),
             Some(p) if !p.is_truthy()? => Reporter::None,
             _ => {
-                let bar = py
-                    .import("vecfusion._progress")?
-                    .call_method1("bar", ("quantize",))?;
+                let bar = py.import("vecfusion._progress")?.call_method1("bar", ("quantize",))?;
                 Reporter::Bar(bar.unbind())
             }
         };
@@ -108,9 +103,7 @@ impl PyEmbeddings {
                     }
                     last = Instant::now();
                     Python::attach(|py| {
-                        let r = py
-                            .check_signals()
-                            .and_then(|_| reporter.report(py, state.done(), state.total()));
+                        let r = py.check_signals().and_then(|_| reporter.report(py, state.done(), state.total()));
                         if let Err(e) = r {
                             if py_err.is_none() {
                                 py_err = Some(e);
@@ -124,11 +117,7 @@ impl PyEmbeddings {
         });
         let result = match result {
             Ok(r) => r,
-            Err(_) => {
-                return Err(PyValueError::new_err(
-                    "quantization failed: a worker thread panicked",
-                ))
-            }
+            Err(_) => return Err(PyValueError::new_err("quantization failed: a worker thread panicked")),
         };
         if let Some(e) = py_err {
             let _ = reporter.close(py);

@@ -1,8 +1,6 @@
 //! Similarity and analogy queries on `Embeddings` (the work is in `crate::query`).
 
-use numpy::{
-    AllowTypeChange, PyArray2, PyArrayLike1, PyArrayLike2, PyArrayMethods, PyUntypedArrayMethods,
-};
+use numpy::{AllowTypeChange, PyArray2, PyArrayLike1, PyArrayLike2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString, PyTuple};
@@ -20,22 +18,12 @@ fn check_k(k: i64) -> PyResult<usize> {
 }
 
 /// `[(word, score), ...]`
-fn answers<'py>(
-    py: Python<'py>,
-    emb: &Embeddings,
-    found: Vec<Neighbor>,
-) -> PyResult<Bound<'py, PyList>> {
+fn answers<'py>(py: Python<'py>, emb: &Embeddings, found: Vec<Neighbor>) -> PyResult<Bound<'py, PyList>> {
     let items = found
         .into_iter()
         .map(|nb| {
             let word = emb.vocab.word(nb.index).unwrap_or_default();
-            PyTuple::new(
-                py,
-                [
-                    PyString::new(py, word).into_any(),
-                    nb.score.into_pyobject(py)?.into_any(),
-                ],
-            )
+            PyTuple::new(py, [PyString::new(py, word).into_any(), nb.score.into_pyobject(py)?.into_any()])
         })
         .collect::<PyResult<Vec<_>>>()?;
     PyList::new(py, items)
@@ -105,10 +93,7 @@ impl PyEmbeddings {
         let k = check_k(k)?;
         let emb = &self.inner;
         let m: PyArrayLike2<'py, f32, AllowTypeChange> = matrix.extract().map_err(|_| {
-            PyTypeError::new_err(format!(
-                "matrix must be a 2-D array of shape (n, {})",
-                emb.dims()
-            ))
+            PyTypeError::new_err(format!("matrix must be a 2-D array of shape (n, {})", emb.dims()))
         })?;
         let (n, cols) = (m.shape()[0], m.shape()[1]);
         if cols != emb.dims() {
@@ -133,12 +118,8 @@ impl PyEmbeddings {
         {
             let mut idx_rw = indices.readwrite();
             let mut sc_rw = scores.readwrite();
-            let idx = idx_rw
-                .as_slice_mut()
-                .map_err(|e| PyTypeError::new_err(e.to_string()))?;
-            let sc = sc_rw
-                .as_slice_mut()
-                .map_err(|e| PyTypeError::new_err(e.to_string()))?;
+            let idx = idx_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
+            let sc = sc_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
             py.detach(|| emb.similar_batch_into(slice, n, k, idx, sc))?;
         }
         Ok((indices, scores))

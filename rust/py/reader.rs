@@ -26,19 +26,14 @@ pub fn npy_header_size(prefix: &[u8]) -> PyResult<u64> {
 /// `prefix` holds at least the header; `file_len` is the file's size. Errors name `name`.
 #[pyfunction]
 pub fn parse_npy_header(prefix: &[u8], file_len: u64, name: &str) -> PyResult<HeaderTuple> {
-    let m =
-        reader::parse_header(prefix, file_len).map_err(|e| reader::in_file(e, name.as_ref()))?;
+    let m = reader::parse_header(prefix, file_len).map_err(|e| reader::in_file(e, name.as_ref()))?;
     Ok(header_tuple(&m))
 }
 
 /// Read the headers of local `.npy` files in parallel; raises for the first bad file.
 #[pyfunction]
 #[pyo3(signature = (paths, threads=8))]
-pub fn read_npy_headers(
-    py: Python<'_>,
-    paths: Vec<PathBuf>,
-    threads: usize,
-) -> PyResult<Vec<HeaderTuple>> {
+pub fn read_npy_headers(py: Python<'_>, paths: Vec<PathBuf>, threads: usize) -> PyResult<Vec<HeaderTuple>> {
     let results = py.detach(|| reader::read_headers(&paths, threads));
     let mut out = Vec::with_capacity(results.len());
     for r in results {
@@ -100,12 +95,7 @@ pub fn convert_into(
         .as_slice_mut()
         .map_err(|_| Error::argument("the output array must be contiguous"))?;
     if src.len() % sd.size() != 0 {
-        return Err(Error::argument(format!(
-            "{} bytes are not a whole number of {}",
-            src.len(),
-            sd.code()
-        ))
-        .into());
+        return Err(Error::argument(format!("{} bytes are not a whole number of {}", src.len(), sd.code())).into());
     }
     let len = src.len() / sd.size() * dd.size();
     let end = out_offset

@@ -57,19 +57,13 @@ impl PyQuantizedStorage {
 
     /// Rebuild rows: `rows` is an int, a sequence or array of ints, or None for all rows.
     #[pyo3(signature = (rows=None))]
-    fn reconstruct<'py>(
-        &self,
-        py: Python<'py>,
-        rows: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    fn reconstruct<'py>(&self, py: Python<'py>, rows: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
         let q = self.q();
         let n_rows = q.rows();
         let check = |i: i64| -> PyResult<usize> {
             let j = if i < 0 { i + n_rows as i64 } else { i };
             if j < 0 || j >= n_rows as i64 {
-                Err(PyIndexError::new_err(format!(
-                    "row {i} out of range for {n_rows} rows"
-                )))
+                Err(PyIndexError::new_err(format!("row {i} out of range for {n_rows} rows")))
             } else {
                 Ok(j as usize)
             }
@@ -84,9 +78,9 @@ impl PyQuantizedStorage {
         let idx: Vec<usize> = match rows {
             None => (0..n_rows).collect(),
             Some(r) => {
-                let v: Vec<i64> = r.extract().map_err(|_| {
-                    PyTypeError::new_err("rows must be an int, a sequence of ints or None")
-                })?;
+                let v: Vec<i64> = r
+                    .extract()
+                    .map_err(|_| PyTypeError::new_err("rows must be an int, a sequence of ints or None"))?;
                 v.into_iter().map(check).collect::<PyResult<_>>()?
             }
         };
@@ -94,15 +88,11 @@ impl PyQuantizedStorage {
         let out = PyArray2::<f32>::zeros(py, [idx.len(), dims], false);
         {
             let mut rw = out.readwrite();
-            let s = rw
-                .as_slice_mut()
-                .map_err(|e| PyTypeError::new_err(e.to_string()))?;
+            let s = rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
             if dims > 0 {
                 py.detach(|| {
                     use rayon::prelude::*;
-                    s.par_chunks_mut(dims)
-                        .zip(idx.par_iter())
-                        .for_each(|(o, &i)| q.reconstruct_into(i, o));
+                    s.par_chunks_mut(dims).zip(idx.par_iter()).for_each(|(o, &i)| q.reconstruct_into(i, o));
                 });
             }
         }
@@ -113,29 +103,15 @@ impl PyQuantizedStorage {
     #[getter]
     fn codes<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyArray2<u8>>> {
         let q = slf.get().q();
-        views::readonly_2d(
-            slf.clone().into_any(),
-            q.codes(),
-            q.rows(),
-            q.n_subquantizers(),
-        )
+        views::readonly_2d(slf.clone().into_any(), q.codes(), q.rows(), q.n_subquantizers())
     }
 
     /// The centroids, float32 (n_subquantizers, n_centroids, dims / n_subquantizers).
     #[getter]
     fn centroids<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let q = slf.get().q();
-        let flat = views::readonly_2d(
-            slf.clone().into_any(),
-            q.centroids(),
-            q.n_subquantizers() * q.n_centroids(),
-            q.dims() / q.n_subquantizers(),
-        )?;
-        let shape = (
-            q.n_subquantizers(),
-            q.n_centroids(),
-            q.dims() / q.n_subquantizers(),
-        );
+        let flat = views::readonly_2d(slf.clone().into_any(), q.centroids(), q.n_subquantizers() * q.n_centroids(), q.dims() / q.n_subquantizers())?;
+        let shape = (q.n_subquantizers(), q.n_centroids(), q.dims() / q.n_subquantizers());
         let _ = flat.shape();
         flat.call_method1("reshape", (shape,))
     }
@@ -153,9 +129,7 @@ impl PyQuantizedStorage {
     #[getter]
     fn norms<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, PyArray1<f32>>>> {
         let q = slf.get().q();
-        q.norms()
-            .map(|n| views::readonly_1d(slf.clone().into_any(), n))
-            .transpose()
+        q.norms().map(|n| views::readonly_1d(slf.clone().into_any(), n)).transpose()
     }
 
     fn __repr__(&self) -> String {

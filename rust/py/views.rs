@@ -35,10 +35,7 @@ pub fn readonly_2d<'py, T: numpy::Element>(
 }
 
 /// A read-only 1-D view of `data`, kept alive by `owner` (same contract as [`readonly_2d`]).
-pub fn readonly_1d<'py, T: numpy::Element>(
-    owner: Bound<'py, PyAny>,
-    data: &[T],
-) -> PyResult<Bound<'py, PyArray1<T>>> {
+pub fn readonly_1d<'py, T: numpy::Element>(owner: Bound<'py, PyAny>, data: &[T]) -> PyResult<Bound<'py, PyArray1<T>>> {
     let view = ArrayView1::from(data);
     // SAFETY: as in `readonly_2d`.
     let arr = unsafe { PyArray1::borrow_from_array(&view, owner) };

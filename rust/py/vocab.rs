@@ -26,11 +26,7 @@ impl PyVocab {
 
     /// `vocab[i]` is the word at row `i` (negative counts from the end);
     /// `vocab[word]` is what `index(word)` returns, KeyError if None.
-    fn __getitem__<'py>(
-        &self,
-        py: Python<'py>,
-        key: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    fn __getitem__<'py>(&self, py: Python<'py>, key: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         if let Ok(word) = key.extract::<&str>() {
             return match self.index(py, word)? {
                 Some(v) => Ok(v),
@@ -43,9 +39,7 @@ impl PyVocab {
         let n = self.inner.vocab.words_len() as isize;
         let j = if i < 0 { i + n } else { i };
         if j < 0 || j >= n {
-            return Err(PyIndexError::new_err(format!(
-                "word index {i} out of range for {n} words"
-            )));
+            return Err(PyIndexError::new_err(format!("word index {i} out of range for {n} words")));
         }
         let w = self.inner.vocab.try_word(j as usize)?.unwrap_or_default();
         Ok(w.into_pyobject(py)?.into_any())
@@ -115,11 +109,6 @@ impl PyVocab {
     }
 
     fn __repr__(&self) -> String {
-        format!(
-            "Vocab(kind={}, words={}, rows={})",
-            self.inner.vocab.kind(),
-            self.inner.vocab.words_len(),
-            self.inner.vocab.rows()
-        )
+        format!("Vocab(kind={}, words={}, rows={})", self.inner.vocab.kind(), self.inner.vocab.words_len(), self.inner.vocab.rows())
     }
 }

@@ -25,11 +25,7 @@ pub struct KMeans {
 /// Squared norms of the rows of a `n x d` matrix.
 pub fn row_norms(x: &[f32], d: usize) -> Vec<f32> {
     x.par_chunks(d.max(1) * 1024)
-        .flat_map_iter(|c| {
-            c.chunks_exact(d)
-                .map(|r| r.iter().map(|v| v * v).sum::<f32>())
-                .collect::<Vec<_>>()
-        })
+        .flat_map_iter(|c| c.chunks_exact(d).map(|r| r.iter().map(|v| v * v).sum::<f32>()).collect::<Vec<_>>())
         .collect()
 }
 
@@ -53,16 +49,7 @@ pub fn nearest_block(
     while s < n {
         let e = (s + BLOCK_ROWS).min(n);
         let rows = e - s;
-        gemm_nt(
-            dots,
-            &x[s * stride..],
-            rows,
-            d,
-            stride,
-            centroids,
-            k,
-            Par::Seq,
-        );
+        gemm_nt(dots, &x[s * stride..], rows, d, stride, centroids, k, Par::Seq);
         for r in 0..rows {
             let row = &mut dots[r * k..(r + 1) * k];
             for (v, &cn) in row.iter_mut().zip(cnorms) {
@@ -110,14 +97,7 @@ pub fn argmin(v: &[f32]) -> (usize, f32) {
 }
 
 /// Assign every row of `x` (`n x d`) to its nearest centroid; returns the objective.
-fn assign(
-    x: &[f32],
-    xnorms: &[f32],
-    d: usize,
-    centroids: &[f32],
-    k: usize,
-    codes: &mut [u32],
-) -> f64 {
+fn assign(x: &[f32], xnorms: &[f32], d: usize, centroids: &[f32], k: usize, codes: &mut [u32]) -> f64 {
     let cnorms = row_norms(centroids, d);
     codes
         .par_chunks_mut(TASK_ROWS)
@@ -127,20 +107,10 @@ fn assign(
             let n = codes.len();
             let mut dots = Vec::new();
             let mut obj = 0f64;
-            nearest_block(
-                &x[s * d..(s + n) * d],
-                n,
-                d,
-                d,
-                centroids,
-                &cnorms,
-                k,
-                &mut dots,
-                |r, j, v| {
-                    codes[r] = j as u32;
-                    obj += f64::from((xnorms[s + r] + v).max(0.0));
-                },
-            );
+            nearest_block(&x[s * d..(s + n) * d], n, d, d, centroids, &cnorms, k, &mut dots, |r, j, v| {
+                codes[r] = j as u32;
+                obj += f64::from((xnorms[s + r] + v).max(0.0));
+            });
             obj
         })
         .sum()
@@ -181,10 +151,7 @@ fn update(x: &[f32], d: usize, codes: &[u32], k: usize, centroids: &mut [f32]) -
     for c in 0..k {
         if counts[c] > 0 {
             let inv = 1.0 / counts[c] as f64;
-            for (dst, s) in centroids[c * d..(c + 1) * d]
-                .iter_mut()
-                .zip(&sums[c * d..(c + 1) * d])
-            {
+            for (dst, s) in centroids[c * d..(c + 1) * d].iter_mut().zip(&sums[c * d..(c + 1) * d]) {
                 *dst = (s * inv) as f32;
             }
         }
@@ -194,13 +161,7 @@ fn update(x: &[f32], d: usize, codes: &[u32], k: usize, centroids: &mut [f32]) -
 
 /// faiss's repair of empty clusters: an empty cluster takes over half of a cluster chosen
 /// with probability proportional to its size − 1, both centroids nudged apart.
-fn split_empty(
-    centroids: &mut [f32],
-    counts: &mut [usize],
-    d: usize,
-    n: usize,
-    rng: &mut Rng,
-) -> usize {
+fn split_empty(centroids: &mut [f32], counts: &mut [usize], d: usize, n: usize, rng: &mut Rng) -> usize {
     const EPS: f32 = 1.0 / 1024.0;
     let k = counts.len();
     let mut repaired = 0;
@@ -254,27 +215,18 @@ fn kmeanspp(x: &[f32], n: usize, d: usize, k: usize, rng: &mut Rng) -> Vec<f32> 
     centroids[..d].copy_from_slice(&x[first * d..(first + 1) * d]);
     let mut mind = vec![0f32; n];
     let dist = |r: usize, c: &[f32]| -> f32 {
-        x[r * d..(r + 1) * d]
-            .iter()
-            .zip(c)
-            .map(|(a, b)| (a - b) * (a - b))
-            .sum()
+        x[r * d..(r + 1) * d].iter().zip(c).map(|(a, b)| (a - b) * (a - b)).sum()
     };
     {
         let c0 = &centroids[..d];
-        mind.par_chunks_mut(TASK_ROWS)
-            .enumerate()
-            .for_each(|(t, m)| {
-                for (i, v) in m.iter_mut().enumerate() {
-                    *v = dist(t * TASK_ROWS + i, c0);
-                }
-            });
+        mind.par_chunks_mut(TASK_ROWS).enumerate().for_each(|(t, m)| {
+            for (i, v) in m.iter_mut().enumerate() {
+                *v = dist(t * TASK_ROWS + i, c0);
+            }
+        });
     }
     for c in 1..k {
-        let total: f64 = mind
-            .par_chunks(TASK_ROWS)
-            .map(|m| m.iter().map(|&v| f64::from(v)).sum::<f64>())
-            .sum();
+        let total: f64 = mind.par_chunks(TASK_ROWS).map(|m| m.iter().map(|&v| f64::from(v)).sum::<f64>()).sum();
         let pick = if total > 0.0 {
             let target = rng.f64() * total;
             let mut acc = 0f64;
@@ -292,16 +244,14 @@ fn kmeanspp(x: &[f32], n: usize, d: usize, k: usize, rng: &mut Rng) -> Vec<f32> 
         };
         centroids[c * d..(c + 1) * d].copy_from_slice(&x[pick * d..(pick + 1) * d]);
         let cc = &centroids[c * d..(c + 1) * d];
-        mind.par_chunks_mut(TASK_ROWS)
-            .enumerate()
-            .for_each(|(t, m)| {
-                for (i, v) in m.iter_mut().enumerate() {
-                    let nd = dist(t * TASK_ROWS + i, cc);
-                    if nd < *v {
-                        *v = nd;
-                    }
+        mind.par_chunks_mut(TASK_ROWS).enumerate().for_each(|(t, m)| {
+            for (i, v) in m.iter_mut().enumerate() {
+                let nd = dist(t * TASK_ROWS + i, cc);
+                if nd < *v {
+                    *v = nd;
                 }
-            });
+            }
+        });
     }
     centroids
 }
@@ -351,10 +301,7 @@ pub fn kmeans(
             objective = assign(x, &xnorms, d, &centroids, k, &mut codes);
         }
         if best.as_ref().is_none_or(|b| objective < b.objective) {
-            best = Some(KMeans {
-                centroids,
-                objective,
-            });
+            best = Some(KMeans { centroids, objective });
         }
     }
     Ok(best.expect("at least one attempt"))
@@ -380,17 +327,10 @@ mod tests {
         let n = k * per;
         let km = kmeans(&x, n, d, k, 20, 3, None, &mut rng, &Progress::default()).unwrap();
         // within-cluster noise only: 3 dims x 0.01² per point
-        assert!(
-            km.objective / n as f64 <= 1e-3,
-            "objective {}",
-            km.objective
-        );
+        assert!(km.objective / n as f64 <= 1e-3, "objective {}", km.objective);
         for c in 0..k {
             let want = &centers[c * d..(c + 1) * d];
-            let found = km
-                .centroids
-                .chunks_exact(d)
-                .any(|got| got.iter().zip(want).all(|(a, b)| (a - b).abs() < 0.01));
+            let found = km.centroids.chunks_exact(d).any(|got| got.iter().zip(want).all(|(a, b)| (a - b).abs() < 0.01));
             assert!(found, "cluster {c} not recovered");
         }
     }
@@ -400,11 +340,7 @@ mod tests {
         let mut rng = Rng::new(4);
         for len in [1, 7, 8, 9, 31, 256] {
             let mut v: Vec<f32> = (0..len).map(|_| (rng.below(5) as f32) - 2.0).collect();
-            let want =
-                v.iter().enumerate().fold(
-                    (0, f32::INFINITY),
-                    |b, (i, &x)| if x < b.1 { (i, x) } else { b },
-                );
+            let want = v.iter().enumerate().fold((0, f32::INFINITY), |b, (i, &x)| if x < b.1 { (i, x) } else { b });
             assert_eq!(argmin(&v), want, "{v:?}");
             v[len - 1] = -100.0;
             assert_eq!(argmin(&v), (len - 1, -100.0));

@@ -7,16 +7,7 @@ use crate::error::{Error, Result};
 
 /// `out (n x m) = a (n x k, row stride lda) · bᵀ` where `b` is `m x k` row-major.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_nt(
-    out: &mut [f32],
-    a: &[f32],
-    n: usize,
-    k: usize,
-    lda: usize,
-    b: &[f32],
-    m: usize,
-    par: Par,
-) {
+pub fn gemm_nt(out: &mut [f32], a: &[f32], n: usize, k: usize, lda: usize, b: &[f32], m: usize, par: Par) {
     debug_assert!(out.len() >= n * m);
     let a = MatRef::from_row_major_slice_with_stride(&a[..row_span(n, k, lda)], n, k, lda);
     let b = MatRef::from_row_major_slice(&b[..m * k], m, k);
@@ -43,14 +34,7 @@ pub fn gemm_tn_f64(a: &[f32], n: usize, k: usize, b: &[f32], m: usize) -> Vec<f6
         let ab = MatRef::from_row_major_slice(&a[s * k..e * k], e - s, k);
         let bb = MatRef::from_row_major_slice(&b[s * m..e * m], e - s, m);
         let dst = MatMut::from_row_major_slice_mut(&mut part, k, m);
-        matmul(
-            dst,
-            Accum::Replace,
-            ab.transpose(),
-            bb,
-            1.0f32,
-            Par::rayon(0),
-        );
+        matmul(dst, Accum::Replace, ab.transpose(), bb, 1.0f32, Par::rayon(0));
         for (x, y) in acc.iter_mut().zip(&part) {
             *x += f64::from(*y);
         }
@@ -82,10 +66,7 @@ pub fn polar_orthogonal(m: &[f64], d: usize) -> Result<Vec<f32>> {
         }
     }
     if out.iter().any(|v| !v.is_finite()) {
-        return Err(Error::invalid(
-            "OPQ rotation",
-            "SVD produced non-finite values",
-        ));
+        return Err(Error::invalid("OPQ rotation", "SVD produced non-finite values"));
     }
     Ok(out)
 }

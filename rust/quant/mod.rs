@@ -108,13 +108,9 @@ pub fn default_subquantizers(dims: usize) -> usize {
 /// Checked sizes of a run: (subquantizers, centroids, training rows).
 pub fn check_params(p: &QuantizeParams, rows: usize, dims: usize) -> Result<(usize, usize, usize)> {
     if dims == 0 {
-        return Err(Error::argument(
-            "cannot quantize embeddings with 0 dimensions",
-        ));
+        return Err(Error::argument("cannot quantize embeddings with 0 dimensions"));
     }
-    let m = p
-        .n_subquantizers
-        .unwrap_or_else(|| default_subquantizers(dims));
+    let m = p.n_subquantizers.unwrap_or_else(|| default_subquantizers(dims));
     if m == 0 {
         return Err(Error::argument("n_subquantizers must be at least 1"));
     }
@@ -144,9 +140,7 @@ pub fn check_params(p: &QuantizeParams, rows: usize, dims: usize) -> Result<(usi
     }
     let sample = match p.sample {
         Some(s) if s < k => {
-            return Err(Error::argument(format!(
-                "sample={s} is smaller than the {k} centroids per subquantizer"
-            )))
+            return Err(Error::argument(format!("sample={s} is smaller than the {k} centroids per subquantizer")))
         }
         Some(s) => s.min(rows),
         None => rows.min(POINTS_PER_CENTROID * k),
@@ -190,9 +184,7 @@ pub fn quantize_matrix_with_stats(
         return Err(Error::argument("matrix size is not rows x dims"));
     }
     if x.iter().any(|v| !v.is_finite()) {
-        return Err(Error::argument(
-            "the matrix contains NaN or infinite values",
-        ));
+        return Err(Error::argument("the matrix contains NaN or infinite values"));
     }
     let norms = p.normalize.then(|| {
         x.par_chunks_mut(dims)
@@ -205,82 +197,28 @@ pub fn quantize_matrix_with_stats(
     let sample: &[f32] = if n_sample == rows {
         &x
     } else {
-        owned_sample = sample_idx
-            .iter()
-            .flat_map(|&i| &x[i * dims..(i + 1) * dims])
-            .copied()
-            .collect::<Vec<_>>();
+        owned_sample = sample_idx.iter().flat_map(|&i| &x[i * dims..(i + 1) * dims]).copied().collect::<Vec<_>>();
         &owned_sample
     };
     let encode_units = rows.div_ceil(pq::ENCODE_ROWS) as u64;
     let (projection, centroids) = if p.opq {
         let units = opq::progress_units(n_sample, m, p.n_iterations, p.n_attempts);
-        progress
-            .total
-            .store(units + encode_units, Ordering::Relaxed);
-        let o = opq::train(
-            sample,
-            n_sample,
-            dims,
-            m,
-            k,
-            p.n_iterations,
-            p.n_attempts,
-            &rng,
-            progress,
-        )?;
+        progress.total.store(units + encode_units, Ordering::Relaxed);
+        let o = opq::train(sample, n_sample, dims, m, k, p.n_iterations, p.n_attempts, &rng, progress)?;
         (Some(o.rotation), o.centroids)
     } else {
         let units = (m * p.n_iterations * p.n_attempts) as u64;
-        progress
-            .total
-            .store(units + encode_units, Ordering::Relaxed);
-        let c = pq::train(
-            sample,
-            n_sample,
-            dims,
-            m,
-            k,
-            p.n_iterations,
-            p.n_attempts,
-            None,
-            &rng,
-            progress,
-        )?;
+        progress.total.store(units + encode_units, Ordering::Relaxed);
+        let c = pq::train(sample, n_sample, dims, m, k, p.n_iterations, p.n_attempts, None, &rng, progress)?;
         (None, c)
     };
     let train_seconds = start.elapsed().as_secs_f64();
     let start = std::time::Instant::now();
-    let codes = pq::encode(
-        &x,
-        rows,
-        dims,
-        projection.as_deref(),
-        &centroids,
-        m,
-        k,
-        progress,
-    )?;
+    let codes = pq::encode(&x, rows, dims, projection.as_deref(), &centroids, m, k, progress)?;
     let encode_seconds = start.elapsed().as_secs_f64();
     drop(x);
-    let q = QuantizedStorage::new(
-        projection,
-        centroids,
-        norms,
-        U8Data::Owned(Arc::new(codes)),
-        rows,
-        dims,
-        m,
-        k,
-    )?;
-    Ok((
-        q,
-        QuantizeStats {
-            train_seconds,
-            encode_seconds,
-            sample_rows: n_sample,
-        },
-    ))
+    let q = QuantizedStorage::new(projection, centroids, norms, U8Data::Owned(Arc::new(codes)), rows, dims, m, k)?;
+    Ok((q, QuantizeStats { train_seconds, encode_seconds, sample_rows: n_sample }))
 }
 
 /// All rows of a storage as a row-major matrix (quantized rows are rebuilt).
@@ -290,9 +228,7 @@ pub fn dense_rows(storage: &Storage) -> Vec<f32> {
         Storage::Quantized(q) => {
             let d = q.dims();
             let mut out = vec![0f32; q.rows() * d];
-            out.par_chunks_mut(d.max(1))
-                .enumerate()
-                .for_each(|(i, row)| q.reconstruct_into(i, row));
+            out.par_chunks_mut(d.max(1)).enumerate().for_each(|(i, row)| q.reconstruct_into(i, row));
             out
         }
     }
@@ -304,21 +240,12 @@ pub fn quantize(emb: &Embeddings, p: &QuantizeParams, progress: &Progress) -> Re
 }
 
 /// [`quantize`], also returning timings.
-pub fn quantize_with_stats(
-    emb: &Embeddings,
-    p: &QuantizeParams,
-    progress: &Progress,
-) -> Result<(Embeddings, QuantizeStats)> {
+pub fn quantize_with_stats(emb: &Embeddings, p: &QuantizeParams, progress: &Progress) -> Result<(Embeddings, QuantizeStats)> {
     let (rows, dims) = emb.storage.shape();
     check_params(p, rows, dims)?;
     let x = dense_rows(&emb.storage);
     let (q, stats) = quantize_matrix_with_stats(x, rows, dims, p, progress)?;
-    let e = Embeddings::with_norms(
-        emb.metadata.clone(),
-        emb.vocab.clone(),
-        Storage::Quantized(q),
-        emb.norms.clone(),
-    )?;
+    let e = Embeddings::with_norms(emb.metadata.clone(), emb.vocab.clone(), Storage::Quantized(q), emb.norms.clone())?;
     Ok((e, stats))
 }
 
@@ -368,22 +295,13 @@ mod tests {
             }
         }
         for opq in [false, true] {
-            let params = QuantizeParams {
-                n_subquantizers: Some(2),
-                bits: 2,
-                opq,
-                ..Default::default()
-            };
+            let params = QuantizeParams { n_subquantizers: Some(2), bits: 2, opq, ..Default::default() };
             let q = quantize_matrix(x.clone(), rows, dims, &params, &Progress::default()).unwrap();
             let mut out = vec![0f32; dims];
             for r in 0..rows {
                 q.reconstruct_into(r, &mut out);
                 for j in 0..dims {
-                    assert!(
-                        (out[j] - x[r * dims + j]).abs() < 1e-3,
-                        "opq={opq} row {r}: {:?}",
-                        &out
-                    );
+                    assert!((out[j] - x[r * dims + j]).abs() < 1e-3, "opq={opq} row {r}: {:?}", &out);
                 }
             }
         }

@@ -52,23 +52,8 @@ pub fn train(
     for it in 0..alternations(iterations) {
         progress.check()?;
         gemm_nn(&mut xr, x, n, d, &rotation, d, Par::rayon(0));
-        let (steps, tries) = if it == 0 {
-            (iterations, attempts)
-        } else {
-            (INNER_ITERATIONS, 1)
-        };
-        let cent = pq::train(
-            &xr,
-            n,
-            d,
-            m,
-            k,
-            steps,
-            tries,
-            centroids.as_deref(),
-            &rng.fork(it as u64),
-            progress,
-        )?;
+        let (steps, tries) = if it == 0 { (iterations, attempts) } else { (INNER_ITERATIONS, 1) };
+        let cent = pq::train(&xr, n, d, m, k, steps, tries, centroids.as_deref(), &rng.fork(it as u64), progress)?;
         let codes = pq::encode(&xr, n, d, None, &cent, m, k, progress)?;
         let y = pq::decode(&codes, m, k, d, &cent);
         let cross = gemm_tn_f64(x, n, d, &y, d);
@@ -76,22 +61,8 @@ pub fn train(
         centroids = Some(cent);
     }
     gemm_nn(&mut xr, x, n, d, &rotation, d, Par::rayon(0));
-    let centroids = pq::train(
-        &xr,
-        n,
-        d,
-        m,
-        k,
-        iterations,
-        1,
-        centroids.as_deref(),
-        &rng.fork(1 << 40),
-        progress,
-    )?;
-    Ok(Opq {
-        rotation,
-        centroids,
-    })
+    let centroids = pq::train(&xr, n, d, m, k, iterations, 1, centroids.as_deref(), &rng.fork(1 << 40), progress)?;
+    Ok(Opq { rotation, centroids })
 }
 
 #[cfg(test)]
@@ -105,9 +76,7 @@ mod tests {
         let (m, k, d, n) = (2, 4, 4, 400);
         let ds = d / m;
         let mut rng = Rng::new(9);
-        let patterns: Vec<f32> = (0..m * k * ds)
-            .map(|_| (rng.gaussian() * 3.0) as f32)
-            .collect();
+        let patterns: Vec<f32> = (0..m * k * ds).map(|_| (rng.gaussian() * 3.0) as f32).collect();
         let mut z = vec![0f32; n * d];
         for r in 0..n {
             for s in 0..m {
@@ -137,11 +106,7 @@ mod tests {
                 }
                 None => back = y,
             }
-            x.iter()
-                .zip(&back)
-                .map(|(a, b)| (a - b) * (a - b))
-                .sum::<f32>()
-                / x.iter().map(|a| a * a).sum::<f32>()
+            x.iter().zip(&back).map(|(a, b)| (a - b) * (a - b)).sum::<f32>() / x.iter().map(|a| a * a).sum::<f32>()
         };
         let plain = pq::train(&x, n, d, m, k, 25, 3, None, &rng, &p).unwrap();
         let opq = train(&x, n, d, m, k, 25, 3, &rng, &p).unwrap();

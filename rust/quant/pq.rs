@@ -31,17 +31,10 @@ pub fn train(
     let parts = (0..m)
         .into_par_iter()
         .map(|s| {
-            let sub: Vec<f32> = x
-                .chunks_exact(d)
-                .flat_map(|r| &r[s * ds..(s + 1) * ds])
-                .copied()
-                .collect();
+            let sub: Vec<f32> = x.chunks_exact(d).flat_map(|r| &r[s * ds..(s + 1) * ds]).copied().collect();
             let mut rng = rng.fork(s as u64);
             let init = init.map(|c| &c[s * k * ds..(s + 1) * k * ds]);
-            kmeans(
-                &sub, n, ds, k, iterations, attempts, init, &mut rng, progress,
-            )
-            .map(|km| km.centroids)
+            kmeans(&sub, n, ds, k, iterations, attempts, init, &mut rng, progress).map(|km| km.centroids)
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(parts.concat())
@@ -60,9 +53,7 @@ pub fn encode(
     progress: &Progress,
 ) -> Result<Vec<u8>> {
     let ds = d / m;
-    let cnorms: Vec<Vec<f32>> = (0..m)
-        .map(|s| row_norms(&centroids[s * k * ds..(s + 1) * k * ds], ds))
-        .collect();
+    let cnorms: Vec<Vec<f32>> = (0..m).map(|s| row_norms(&centroids[s * k * ds..(s + 1) * k * ds], ds)).collect();
     let mut codes = vec![0u8; n * m];
     codes
         .par_chunks_mut(ENCODE_ROWS * m)
@@ -84,19 +75,9 @@ pub fn encode(
             let mut dots = Vec::new();
             for s in 0..m {
                 let cent = &centroids[s * k * ds..(s + 1) * k * ds];
-                nearest_block(
-                    &xr[s * ds..],
-                    rows,
-                    ds,
-                    d,
-                    cent,
-                    &cnorms[s],
-                    k,
-                    &mut dots,
-                    |r, j, _| {
-                        codes[r * m + s] = j as u8;
-                    },
-                );
+                nearest_block(&xr[s * ds..], rows, ds, d, cent, &cnorms[s], k, &mut dots, |r, j, _| {
+                    codes[r * m + s] = j as u8;
+                });
             }
             progress.add(1);
             Ok(())
@@ -109,14 +90,12 @@ pub fn decode(codes: &[u8], m: usize, k: usize, d: usize, centroids: &[f32]) -> 
     let ds = d / m;
     let n = codes.len() / m;
     let mut out = vec![0f32; n * d];
-    out.par_chunks_mut(d)
-        .zip(codes.par_chunks(m))
-        .for_each(|(row, code)| {
-            for (s, &c) in code.iter().enumerate() {
-                let base = (s * k + usize::from(c)) * ds;
-                row[s * ds..(s + 1) * ds].copy_from_slice(&centroids[base..base + ds]);
-            }
-        });
+    out.par_chunks_mut(d).zip(codes.par_chunks(m)).for_each(|(row, code)| {
+        for (s, &c) in code.iter().enumerate() {
+            let base = (s * k + usize::from(c)) * ds;
+            row[s * ds..(s + 1) * ds].copy_from_slice(&centroids[base..base + ds]);
+        }
+    });
     out
 }
 

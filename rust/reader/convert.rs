@@ -145,9 +145,7 @@ fn fast(src: &[u8], sd: DType, dst: &mut [u8], dd: DType) -> bool {
         (DType::F16, DType::F32) => {
             let (s, d) = (view!(src, u16), view_mut!(dst, f32));
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("f16c")
-                && std::arch::is_x86_feature_detected!("avx")
-            {
+            if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx") {
                 // SAFETY: the CPU supports AVX and F16C (checked just above).
                 unsafe { f16_to_f32_f16c(s, d) };
                 return true;
@@ -180,17 +178,11 @@ fn fast(src: &[u8], sd: DType, dst: &mut [u8], dd: DType) -> bool {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx,f16c")]
 unsafe fn f16_to_f32_f16c(src: &[u16], dst: &mut [f32]) {
-    use std::arch::x86_64::{
-        __m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm256_stream_ps, _mm_loadu_si128, _mm_sfence,
-    };
+    use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm256_stream_ps, _mm_loadu_si128, _mm_sfence};
     let n = src.len().min(dst.len());
     let dp0 = dst.as_mut_ptr() as usize;
     // Peel scalars until the destination is 32-byte aligned (f32 pointers are 4-aligned).
-    let head = if n >= (1 << 16) {
-        ((32 - dp0 % 32) % 32 / 4).min(n)
-    } else {
-        0
-    };
+    let head = if n >= (1 << 16) { ((32 - dp0 % 32) % 32 / 4).min(n) } else { 0 };
     for k in 0..head {
         dst[k] = f16::from_bits(src[k]).to_f32();
     }
@@ -205,19 +197,13 @@ unsafe fn f16_to_f32_f16c(src: &[u16], dst: &mut [f32]) {
     unsafe {
         if stream && (dp as usize) % 32 == 0 {
             while i < body {
-                _mm256_stream_ps(
-                    dp.add(i),
-                    _mm256_cvtph_ps(_mm_loadu_si128(sp.add(i).cast::<__m128i>())),
-                );
+                _mm256_stream_ps(dp.add(i), _mm256_cvtph_ps(_mm_loadu_si128(sp.add(i).cast::<__m128i>())));
                 i += 8;
             }
             _mm_sfence();
         } else {
             while i < body {
-                _mm256_storeu_ps(
-                    dp.add(i),
-                    _mm256_cvtph_ps(_mm_loadu_si128(sp.add(i).cast::<__m128i>())),
-                );
+                _mm256_storeu_ps(dp.add(i), _mm256_cvtph_ps(_mm_loadu_si128(sp.add(i).cast::<__m128i>())));
                 i += 8;
             }
         }
@@ -255,17 +241,8 @@ mod tests {
                 let mut buf = vec![0u8; src.len() + 1];
                 buf[shift..shift + src.len()].copy_from_slice(&src);
                 let mut out = vec![0f32; vals.len()];
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), out.len() * 4)
-                };
-                convert(
-                    &buf[shift..shift + src.len()],
-                    DType::F16,
-                    be,
-                    dst,
-                    DType::F32,
-                )
-                .unwrap();
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), out.len() * 4) };
+                convert(&buf[shift..shift + src.len()], DType::F16, be, dst, DType::F32).unwrap();
                 assert_eq!(out, expect);
             }
         }
@@ -279,16 +256,10 @@ mod tests {
         let mut out = vec![0f32; n + 8];
         // one of the 8 start offsets is 32-byte aligned: the non-temporal path runs
         for off in 0..8 {
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(out.as_mut_ptr().add(off).cast::<u8>(), n * 4)
-            };
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().add(off).cast::<u8>(), n * 4) };
             convert(&src, DType::F16, false, dst, DType::F32).unwrap();
             for (k, v) in out[off..off + n].iter().enumerate() {
-                assert_eq!(
-                    *v,
-                    f16::from_f32(vals[k]).to_f32(),
-                    "offset {off} index {k}"
-                );
+                assert_eq!(*v, f16::from_f32(vals[k]).to_f32(), "offset {off} index {k}");
             }
         }
     }

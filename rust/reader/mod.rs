@@ -83,8 +83,7 @@ pub fn read_header(path: &Path) -> Result<NpyMatrix> {
 /// Headers of many local files, read by `threads` threads; results in input order.
 pub fn read_headers(paths: &[PathBuf], threads: usize) -> Vec<Result<NpyMatrix>> {
     let next = Mutex::new(0usize);
-    let results: Vec<Mutex<Option<Result<NpyMatrix>>>> =
-        paths.iter().map(|_| Mutex::new(None)).collect();
+    let results: Vec<Mutex<Option<Result<NpyMatrix>>>> = paths.iter().map(|_| Mutex::new(None)).collect();
     std::thread::scope(|s| {
         for _ in 0..threads.clamp(1, paths.len().max(1)) {
             s.spawn(|| loop {
@@ -106,12 +105,10 @@ pub fn read_headers(paths: &[PathBuf], threads: usize) -> Vec<Result<NpyMatrix>>
         .into_iter()
         .zip(paths)
         .map(|(m, p)| {
-            m.into_inner().ok().flatten().unwrap_or_else(|| {
-                Err(Error::invalid(
-                    "npy file",
-                    format!("{}: header not read", p.display()),
-                ))
-            })
+            m.into_inner()
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Err(Error::invalid("npy file", format!("{}: header not read", p.display()))))
         })
         .collect()
 }
@@ -164,17 +161,13 @@ pub fn read_pieces(
                 sd.code()
             )));
         }
-        let n =
-            usize::try_from(p.src_bytes / ss as u64).map_err(|_| Error::Overflow("piece size"))?;
+        let n = usize::try_from(p.src_bytes / ss as u64).map_err(|_| Error::Overflow("piece size"))?;
         let out_len = n.checked_mul(ds).ok_or(Error::Overflow("piece size"))?;
         if p.out_offset < pos {
             return Err(Error::argument("pieces overlap in the output"));
         }
         let skip = p.out_offset - pos;
-        if skip
-            .checked_add(out_len)
-            .map_or(true, |end| end > rest.len())
-        {
+        if skip.checked_add(out_len).map_or(true, |end| end > rest.len()) {
             return Err(Error::argument("piece goes past the end of the output"));
         }
         let (_, tail) = std::mem::take(&mut rest).split_at_mut(skip);
@@ -211,15 +204,7 @@ pub fn read_pieces(
                         Err(_) => None,
                     };
                     let Some(task) = task else { break };
-                    let r = run_task(
-                        task,
-                        &mut open,
-                        &mut scratch,
-                        convert_needed,
-                        sd,
-                        big_endian,
-                        dd,
-                    );
+                    let r = run_task(task, &mut open, &mut scratch, convert_needed, sd, big_endian, dd);
                     if let Err(e) = r {
                         failed.store(true, Ordering::Relaxed);
                         if let Ok(mut slot) = first_error.lock() {
@@ -247,26 +232,19 @@ fn run_task<'a>(
     dd: DType,
 ) -> Result<()> {
     if open.as_ref().map_or(true, |(p, _)| *p != task.path) {
-        let f = File::open(task.path)
-            .map_err(|e| in_file(Error::io("opening npy file", e), task.path))?;
+        let f = File::open(task.path).map_err(|e| in_file(Error::io("opening npy file", e), task.path))?;
         *open = Some((task.path, f));
     }
     let Some((_, file)) = open.as_ref() else {
         return Err(Error::argument("no open file"));
     };
-    let io_err = |e: std::io::Error| {
-        in_file(
-            Error::io("reading npy data (did the file change?)", e),
-            task.path,
-        )
-    };
+    let io_err = |e: std::io::Error| in_file(Error::io("reading npy data (did the file change?)", e), task.path);
     if !convert_needed {
         return read_exact_at(file, task.out, task.file_offset).map_err(io_err);
     }
     // Read through a small buffer that stays in L2, converting each step straight into
     // the output: the source bytes cross main memory once.
-    let step =
-        (SCRATCH_BYTES / sd.size() / dd.size() * sd.size() * dd.size()).max(sd.size() * dd.size());
+    let step = (SCRATCH_BYTES / sd.size() / dd.size() * sd.size() * dd.size()).max(sd.size() * dd.size());
     if scratch.len() < step / 8 + 1 {
         scratch.resize(step / 8 + 1, 0);
     }
@@ -296,8 +274,7 @@ mod tests {
         let rows = 1000usize;
         let dim = 3usize;
         let vals: Vec<f32> = (0..rows * dim).map(|i| i as f32 * 0.5).collect();
-        let mut header =
-            "{'descr': '<f4', 'fortran_order': False, 'shape': (1000, 3), }".to_string();
+        let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1000, 3), }".to_string();
         while (10 + header.len() + 1) % 64 != 0 {
             header.push(' ');
         }
@@ -343,16 +320,7 @@ mod tests {
             .collect();
         assert_eq!(got, want);
         // overlapping or out-of-bounds pieces are refused
-        assert!(read_pieces(
-            &pieces,
-            DType::F32,
-            false,
-            &mut out[..100],
-            DType::F64,
-            2,
-            4096
-        )
-        .is_err());
+        assert!(read_pieces(&pieces, DType::F32, false, &mut out[..100], DType::F64, 2, 4096).is_err());
         // a missing file names the file
         let gone = vec![Piece {
             path: dir.path().join("gone.npy"),
@@ -360,8 +328,7 @@ mod tests {
             src_bytes: 4,
             out_offset: 0,
         }];
-        let e =
-            read_pieces(&gone, DType::F32, false, &mut out[..4], DType::F32, 1, 4096).unwrap_err();
+        let e = read_pieces(&gone, DType::F32, false, &mut out[..4], DType::F32, 1, 4096).unwrap_err();
         assert!(e.to_string().contains("gone.npy"), "{e}");
     }
 }

@@ -163,12 +163,7 @@ pub fn parse_header(prefix: &[u8], file_len: u64) -> Result<NpyMatrix> {
             }
             ("fortran_order", Value::Bool(b)) => fortran = Some(b),
             ("shape", Value::Tuple(t)) => shape = Some(t),
-            (k, _) => {
-                return Err(Error::invalid(
-                    "npy header",
-                    format!("unexpected entry {k:?}"),
-                ))
-            }
+            (k, _) => return Err(Error::invalid("npy header", format!("unexpected entry {k:?}"))),
         }
     }
     let (Some(descr), Some(fortran), Some(shape)) = (descr, fortran, shape) else {
@@ -181,18 +176,17 @@ pub fn parse_header(prefix: &[u8], file_len: u64) -> Result<NpyMatrix> {
         Some(b'<' | b'>' | b'=' | b'|') => descr.split_at(1),
         _ => ("=", descr.as_str()),
     };
-    let dtype =
-        match code {
-            "f2" | "e" => DType::F16,
-            "f4" | "f" => DType::F32,
-            "f8" | "d" => DType::F64,
-            _ => return Err(Error::invalid(
+    let dtype = match code {
+        "f2" | "e" => DType::F16,
+        "f4" | "f" => DType::F32,
+        "f8" | "d" => DType::F64,
+        _ => {
+            return Err(Error::invalid(
                 "npy dtype",
-                format!(
-                    "dtype {descr:?} is not a float type (float16, float32 or float64 expected)"
-                ),
-            )),
-        };
+                format!("dtype {descr:?} is not a float type (float16, float32 or float64 expected)"),
+            ))
+        }
+    };
     let big_endian = match order {
         ">" => true,
         "<" => false,
@@ -339,9 +333,7 @@ impl Parser<'_> {
         while self.peek()? != q {
             self.i += 1;
         }
-        let s = std::str::from_utf8(&self.s[start..self.i])
-            .ok()?
-            .to_string();
+        let s = std::str::from_utf8(&self.s[start..self.i]).ok()?.to_string();
         self.i += 1;
         Some(s)
     }
@@ -362,10 +354,7 @@ impl Parser<'_> {
             if start == self.i {
                 return None;
             }
-            let n = std::str::from_utf8(&self.s[start..self.i])
-                .ok()?
-                .parse::<u64>()
-                .ok()?;
+            let n = std::str::from_utf8(&self.s[start..self.i]).ok()?.parse::<u64>().ok()?;
             out.push(n);
             self.eat(b'L');
             self.ws();
@@ -396,15 +385,9 @@ mod tests {
 
     #[test]
     fn parses_plain_header() {
-        let f = npy(
-            "{'descr': '<f2', 'fortran_order': False, 'shape': (3, 4), }",
-            24,
-        );
+        let f = npy("{'descr': '<f2', 'fortran_order': False, 'shape': (3, 4), }", 24);
         let m = parse_header(&f, f.len() as u64).unwrap();
-        assert_eq!(
-            (m.rows, m.dim, m.dtype, m.big_endian),
-            (3, 4, DType::F16, false)
-        );
+        assert_eq!((m.rows, m.dim, m.dtype, m.big_endian), (3, 4, DType::F16, false));
         assert_eq!(m.data_offset, f.len() as u64 - 24);
         assert_eq!(m.data_offset % 64, 0);
     }
@@ -412,34 +395,13 @@ mod tests {
     #[test]
     fn refuses_bad_shapes_and_types() {
         for (h, len) in [
-            (
-                "{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }",
-                12,
-            ),
-            (
-                "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2, 3), }",
-                24,
-            ),
-            (
-                "{'descr': '<i4', 'fortran_order': False, 'shape': (3, 1), }",
-                12,
-            ),
-            (
-                "{'descr': '<f4', 'fortran_order': True, 'shape': (3, 2), }",
-                24,
-            ),
-            (
-                "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 2), }",
-                23,
-            ),
-            (
-                "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 2), }",
-                25,
-            ),
-            (
-                "{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (3,), }",
-                12,
-            ),
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }", 12),
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2, 3), }", 24),
+            ("{'descr': '<i4', 'fortran_order': False, 'shape': (3, 1), }", 12),
+            ("{'descr': '<f4', 'fortran_order': True, 'shape': (3, 2), }", 24),
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 2), }", 23),
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 2), }", 25),
+            ("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (3,), }", 12),
         ] {
             let f = npy(h, len);
             assert!(parse_header(&f, f.len() as u64).is_err(), "{h} {len}");
@@ -450,10 +412,7 @@ mod tests {
 
     #[test]
     fn big_endian_and_v2() {
-        let mut f = npy(
-            "{'descr': '>f8', 'fortran_order': False, 'shape': (2, 1), }",
-            16,
-        );
+        let mut f = npy("{'descr': '>f8', 'fortran_order': False, 'shape': (2, 1), }", 16);
         let m = parse_header(&f, f.len() as u64).unwrap();
         assert!(m.big_endian);
         assert_eq!(m.dtype, DType::F64);

@@ -13,11 +13,7 @@ pub enum F32Data {
     /// Owned values.
     Owned(Arc<Vec<f32>>),
     /// Values inside a file buffer (usually a memory map), `len` floats from byte `offset`.
-    Mapped {
-        bytes: FileBytes,
-        offset: usize,
-        len: usize,
-    },
+    Mapped { bytes: FileBytes, offset: usize, len: usize },
 }
 
 impl std::fmt::Debug for F32Data {
@@ -34,9 +30,7 @@ impl F32Data {
     pub fn mapped(bytes: FileBytes, offset: usize, len: usize) -> Result<Self> {
         let data = bytes.as_slice();
         let nbytes = len.checked_mul(4).ok_or(Error::Overflow("matrix size"))?;
-        let end = offset
-            .checked_add(nbytes)
-            .ok_or(Error::Overflow("matrix size"))?;
+        let end = offset.checked_add(nbytes).ok_or(Error::Overflow("matrix size"))?;
         if end > data.len() {
             return Err(Error::Truncated {
                 what: "matrix",
@@ -45,13 +39,8 @@ impl F32Data {
                 have: data.len().saturating_sub(offset) as u64,
             });
         }
-        if (data.as_ptr() as usize + offset) % std::mem::align_of::<f32>() != 0
-            || cfg!(target_endian = "big")
-        {
-            return Err(Error::invalid(
-                "matrix",
-                format!("data at offset {offset} is not 4-byte aligned"),
-            ));
+        if (data.as_ptr() as usize + offset) % std::mem::align_of::<f32>() != 0 || cfg!(target_endian = "big") {
+            return Err(Error::invalid("matrix", format!("data at offset {offset} is not 4-byte aligned")));
         }
         Ok(F32Data::Mapped { bytes, offset, len })
     }
@@ -170,10 +159,7 @@ impl ArrayStorage {
         let cols = r.u32("matrix columns")?;
         let ty = r.u32("matrix type")?;
         if ty != TYPE_F32 {
-            return Err(Error::invalid(
-                "matrix type",
-                format!("type id {ty}, expected {TYPE_F32} (f32)"),
-            ));
+            return Err(Error::invalid("matrix type", format!("type id {ty}, expected {TYPE_F32} (f32)")));
         }
         r.skip_padding()?;
         let n = checked_mul(rows, u64::from(cols), "matrix size")?;
@@ -204,10 +190,7 @@ impl ArrayStorage {
         let pad = padding(w.pos() + 8 + 8 + 4 + 4);
         w.u64(8 + 4 + 4 + pad + 4 * self.as_slice().len() as u64)?;
         w.u64(self.rows as u64)?;
-        w.u32(
-            u32::try_from(self.cols)
-                .map_err(|_| std::io::Error::other("more than 2^32 columns"))?,
-        )?;
+        w.u32(u32::try_from(self.cols).map_err(|_| std::io::Error::other("more than 2^32 columns"))?)?;
         w.u32(TYPE_F32)?;
         w.padding()?;
         w.f32s(self.as_slice())

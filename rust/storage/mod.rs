@@ -7,6 +7,7 @@ mod quantized;
 pub use array::{ArrayStorage, F32Data};
 pub use quantized::{QuantizedStorage, U8Data};
 
+
 use std::io::Write;
 
 use crate::error::{Error, Result};
@@ -56,10 +57,7 @@ impl AlignedBytes {
             if let Ok(map) = memmap2::MmapMut::map_anon(len) {
                 #[cfg(target_os = "linux")]
                 let _ = map.advise(memmap2::Advice::HugePage);
-                return AlignedBytes {
-                    inner: AlignedInner::Anon(map),
-                    len,
-                };
+                return AlignedBytes { inner: AlignedInner::Anon(map), len };
             }
         }
         AlignedBytes {
@@ -78,9 +76,7 @@ impl AlignedBytes {
     pub fn as_slice(&self) -> &[u8] {
         match &self.inner {
             // SAFETY: the u64 buffer holds at least `len` initialized bytes; u8 has alignment 1.
-            AlignedInner::Words(w) => unsafe {
-                std::slice::from_raw_parts(w.as_ptr().cast::<u8>(), self.len)
-            },
+            AlignedInner::Words(w) => unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<u8>(), self.len) },
             #[cfg(feature = "mmap")]
             AlignedInner::Anon(m) => &m[..self.len],
         }
@@ -89,9 +85,7 @@ impl AlignedBytes {
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         match &mut self.inner {
             // SAFETY: as in `as_slice`, and we hold the only reference.
-            AlignedInner::Words(w) => unsafe {
-                std::slice::from_raw_parts_mut(w.as_mut_ptr().cast::<u8>(), self.len)
-            },
+            AlignedInner::Words(w) => unsafe { std::slice::from_raw_parts_mut(w.as_mut_ptr().cast::<u8>(), self.len) },
             #[cfg(feature = "mmap")]
             AlignedInner::Anon(m) => &mut m[..self.len],
         }
@@ -185,16 +179,10 @@ impl Storage {
     }
 
     /// Read a storage chunk body. `file` is given when the matrix may be memory-mapped from it.
-    pub fn read_chunk(
-        id: ChunkId,
-        r: &mut ByteReader<'_>,
-        map: Option<&FileBytes>,
-    ) -> Result<Storage> {
+    pub fn read_chunk(id: ChunkId, r: &mut ByteReader<'_>, map: Option<&FileBytes>) -> Result<Storage> {
         match id {
             ChunkId::NdArray => Ok(Storage::Array(ArrayStorage::read_chunk(r, map)?)),
-            ChunkId::QuantizedArray => {
-                Ok(Storage::Quantized(QuantizedStorage::read_chunk(r, map)?))
-            }
+            ChunkId::QuantizedArray => Ok(Storage::Quantized(QuantizedStorage::read_chunk(r, map)?)),
             other => Err(Error::UnexpectedChunk {
                 expected: "a storage chunk",
                 got: other.name().to_string(),
@@ -217,10 +205,7 @@ pub fn read_norms(r: &mut ByteReader<'_>, map: Option<&FileBytes>) -> Result<F32
     let n = r.u64("norms length")?;
     let ty = r.u32("norms type")?;
     if ty != TYPE_F32 {
-        return Err(Error::invalid(
-            "norms type",
-            format!("type id {ty}, expected {TYPE_F32} (f32)"),
-        ));
+        return Err(Error::invalid("norms type", format!("type id {ty}, expected {TYPE_F32} (f32)")));
     }
     r.skip_padding()?;
     let nbytes = checked_mul(n, 4, "norms size")?;

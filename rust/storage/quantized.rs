@@ -17,11 +17,7 @@ const PROJECTED_TABLE_LIMIT: usize = 64 << 20;
 #[derive(Clone)]
 pub enum U8Data {
     Owned(Arc<Vec<u8>>),
-    Mapped {
-        bytes: FileBytes,
-        offset: usize,
-        len: usize,
-    },
+    Mapped { bytes: FileBytes, offset: usize, len: usize },
 }
 
 impl U8Data {
@@ -90,10 +86,7 @@ impl QuantizedStorage {
             ));
         }
         if k == 0 || k > 256 {
-            return Err(Error::invalid(
-                "quantizer",
-                format!("{k} centroids (must be 1 to 256 for u8 codes)"),
-            ));
+            return Err(Error::invalid("quantizer", format!("{k} centroids (must be 1 to 256 for u8 codes)")));
         }
         if let Some(p) = &projection {
             if p.len() != dims * dims {
@@ -101,10 +94,7 @@ impl QuantizedStorage {
             }
         }
         if centroids.len() != m * k * (dims / m) {
-            return Err(Error::invalid(
-                "centroids",
-                "size is not subquantizers x centroids x block",
-            ));
+            return Err(Error::invalid("centroids", "size is not subquantizers x centroids x block"));
         }
         if let Some(n) = &norms {
             if n.len() != rows {
@@ -112,10 +102,7 @@ impl QuantizedStorage {
             }
         }
         if codes.as_slice().len() != rows * m {
-            return Err(Error::invalid(
-                "quantized codes",
-                "size is not rows x subquantizers",
-            ));
+            return Err(Error::invalid("quantized codes", "size is not rows x subquantizers"));
         }
         if let Some(&bad) = codes.as_slice().iter().find(|&&c| usize::from(c) >= k) {
             return Err(Error::invalid(
@@ -240,10 +227,7 @@ impl QuantizedStorage {
         let ds = self.dims / self.m;
         for (sub, &c) in codes.iter().enumerate() {
             let base = (sub * self.k + usize::from(c)) * ds;
-            for (o, v) in concat[sub * ds..(sub + 1) * ds]
-                .iter_mut()
-                .zip(&self.centroids[base..base + ds])
-            {
+            for (o, v) in concat[sub * ds..(sub + 1) * ds].iter_mut().zip(&self.centroids[base..base + ds]) {
                 *o += scale * v;
             }
         }
@@ -275,36 +259,20 @@ impl QuantizedStorage {
         let qty = r.u32("code type")?;
         let rty = r.u32("reconstruction type")?;
         if qty != TYPE_U8 {
-            return Err(Error::invalid(
-                "code type",
-                format!("type id {qty}, expected {TYPE_U8} (u8)"),
-            ));
+            return Err(Error::invalid("code type", format!("type id {qty}, expected {TYPE_U8} (u8)")));
         }
         if rty != TYPE_F32 {
-            return Err(Error::invalid(
-                "reconstruction type",
-                format!("type id {rty}, expected {TYPE_F32} (f32)"),
-            ));
+            return Err(Error::invalid("reconstruction type", format!("type id {rty}, expected {TYPE_F32} (f32)")));
         }
         if m == 0 || dims == 0 || dims % m != 0 {
-            return Err(Error::invalid(
-                "quantizer",
-                format!("{m} subquantizers do not divide {dims} dimensions"),
-            ));
+            return Err(Error::invalid("quantizer", format!("{m} subquantizers do not divide {dims} dimensions")));
         }
         if k == 0 || k > 256 {
-            return Err(Error::invalid(
-                "quantizer",
-                format!("{k} centroids (must be 1 to 256 for u8 codes)"),
-            ));
+            return Err(Error::invalid("quantizer", format!("{k} centroids (must be 1 to 256 for u8 codes)")));
         }
         r.skip_padding()?;
         let remaining = r.remaining() as u64;
-        let proj_len = if has_projection {
-            checked_mul(dims as u64, dims as u64, "projection size")?
-        } else {
-            0
-        };
+        let proj_len = if has_projection { checked_mul(dims as u64, dims as u64, "projection size")? } else { 0 };
         let cent_len = checked_mul(k as u64, dims as u64, "centroids size")?;
         let norms_len = if has_norms { rows } else { 0 };
         let codes_len = checked_mul(rows, m as u64, "codes size")?;
@@ -322,17 +290,9 @@ impl QuantizedStorage {
                 have: remaining,
             });
         }
-        let projection = if has_projection {
-            Some(r.f32_vec(proj_len, "projection")?)
-        } else {
-            None
-        };
+        let projection = if has_projection { Some(r.f32_vec(proj_len, "projection")?) } else { None };
         let centroids = r.f32_vec(cent_len, "centroids")?;
-        let norms = if has_norms {
-            Some(r.f32_vec(norms_len, "quantized norms")?)
-        } else {
-            None
-        };
+        let norms = if has_norms { Some(r.f32_vec(norms_len, "quantized norms")?) } else { None };
         let codes = match map {
             Some(bytes) => {
                 let offset = usize::try_from(r.abs_pos()).map_err(|_| Error::Overflow("offset"))?;
@@ -345,27 +305,15 @@ impl QuantizedStorage {
             }
             None => U8Data::Owned(Arc::new(r.bytes(codes_len, "codes")?.to_vec())),
         };
-        QuantizedStorage::new(
-            projection,
-            centroids,
-            norms,
-            codes,
-            rows as usize,
-            dims,
-            m,
-            k,
-        )
+        QuantizedStorage::new(projection, centroids, norms, codes, rows as usize, dims, m, k)
     }
 
     /// Write a QuantizedArray chunk (header included).
     pub fn write_chunk<W: Write>(&self, w: &mut PosWriter<W>) -> std::io::Result<()> {
-        let to_u32 =
-            |v: usize| u32::try_from(v).map_err(|_| std::io::Error::other("value exceeds u32"));
+        let to_u32 = |v: usize| u32::try_from(v).map_err(|_| std::io::Error::other("value exceeds u32"));
         w.u32(ChunkId::QuantizedArray as u32)?;
         let pad = padding(w.pos() + 8 + 4 * 5 + 8 + 4 * 2);
-        let floats = self.projection().map_or(0, <[f32]>::len)
-            + self.centroids.len()
-            + self.norms().map_or(0, <[f32]>::len);
+        let floats = self.projection().map_or(0, <[f32]>::len) + self.centroids.len() + self.norms().map_or(0, <[f32]>::len);
         let len = 4 * 5 + 8 + 4 * 2 + pad + 4 * floats as u64 + self.codes().len() as u64;
         w.u64(len)?;
         w.u32(u32::from(self.projection.is_some()))?;
@@ -419,14 +367,7 @@ fn project_centroids(p: &[f32], centroids: &[f32], dims: usize, m: usize, k: usi
 mod kernels {
     /// `out += scale · Σ_s table[(s·k + codes[s])·dims ..][..dims]`.
     #[inline]
-    pub fn add_table_rows(
-        out: &mut [f32],
-        table: &[f32],
-        codes: &[u8],
-        k: usize,
-        dims: usize,
-        scale: f32,
-    ) {
+    pub fn add_table_rows(out: &mut [f32], table: &[f32], codes: &[u8], k: usize, dims: usize, scale: f32) {
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
@@ -440,14 +381,7 @@ mod kernels {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn add_table_rows_avx2(
-        out: &mut [f32],
-        table: &[f32],
-        codes: &[u8],
-        k: usize,
-        dims: usize,
-        scale: f32,
-    ) {
+    unsafe fn add_table_rows_avx2(out: &mut [f32], table: &[f32], codes: &[u8], k: usize, dims: usize, scale: f32) {
         add_table_rows_generic(out, table, codes, k, dims, scale);
     }
 
@@ -456,22 +390,13 @@ mod kernels {
     const BLOCK: usize = 64;
 
     #[inline(always)]
-    fn add_table_rows_generic(
-        out: &mut [f32],
-        table: &[f32],
-        codes: &[u8],
-        k: usize,
-        dims: usize,
-        scale: f32,
-    ) {
+    fn add_table_rows_generic(out: &mut [f32], table: &[f32], codes: &[u8], k: usize, dims: usize, scale: f32) {
         let mut c0 = 0;
         while c0 + BLOCK <= dims {
             let mut acc = [0f32; BLOCK];
             for (s, &c) in codes.iter().enumerate() {
                 let base = (s * k + usize::from(c)) * dims + c0;
-                let row: &[f32; BLOCK] = table[base..base + BLOCK]
-                    .try_into()
-                    .expect("block of the table");
+                let row: &[f32; BLOCK] = table[base..base + BLOCK].try_into().expect("block of the table");
                 for l in 0..BLOCK {
                     acc[l] += row[l];
                 }
@@ -519,12 +444,7 @@ mod kernels {
     fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
         let mut acc = [0f32; 16];
         let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-        let tail: f32 = ca
-            .remainder()
-            .iter()
-            .zip(cb.remainder())
-            .map(|(x, y)| x * y)
-            .sum();
+        let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
         for (x, y) in ca.zip(cb) {
             for l in 0..16 {
                 acc[l] += x[l] * y[l];
@@ -549,17 +469,7 @@ mod lookup_tests {
         let centroids: Vec<f32> = (0..m * k * dims / m).map(f).collect();
         let norms: Vec<f32> = (0..rows).map(|i| 0.5 + i as f32 * 0.1).collect();
         let codes: Vec<u8> = (0..rows * m).map(|i| ((i * 7 + i / 3) % k) as u8).collect();
-        let mut q = QuantizedStorage::new(
-            Some(p),
-            centroids,
-            Some(norms),
-            U8Data::Owned(Arc::new(codes)),
-            rows,
-            dims,
-            m,
-            k,
-        )
-        .unwrap();
+        let mut q = QuantizedStorage::new(Some(p), centroids, Some(norms), U8Data::Owned(Arc::new(codes)), rows, dims, m, k).unwrap();
         if !with_table {
             q.projected = None;
         }
@@ -580,10 +490,7 @@ mod lookup_tests {
                 .map(|t| a.centroids()[(t / ds * k + usize::from(codes[t / ds])) * ds + t % ds])
                 .collect();
             let want: Vec<f32> = (0..dims)
-                .map(|j| {
-                    a.norms().unwrap()[i]
-                        * (0..dims).map(|t| concat[t] * p[j * dims + t]).sum::<f32>()
-                })
+                .map(|j| a.norms().unwrap()[i] * (0..dims).map(|t| concat[t] * p[j * dims + t]).sum::<f32>())
                 .collect();
             let (mut x, mut y) = (vec![0f32; dims], vec![0f32; dims]);
             a.reconstruct_into(i, &mut x);

@@ -11,8 +11,8 @@
 //! the memory map (or from one owned buffer when not mapping). See `docs/FORMAT-vecfusion.md`
 //! for the chunk layout and for what is checked at open and at use.
 
-use std::cell::Cell;
 use std::io::Write;
+use std::cell::Cell;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
@@ -40,10 +40,7 @@ impl AsRef<[u8]> for SharedBytes {
     #[inline]
     fn as_ref(&self) -> &[u8] {
         // The range was checked against the buffer when it was made.
-        self.data
-            .as_slice()
-            .get(self.range.clone())
-            .unwrap_or_default()
+        self.data.as_slice().get(self.range.clone()).unwrap_or_default()
     }
 }
 
@@ -119,22 +116,13 @@ struct Bounded {
 
 impl Bounded {
     fn new(max_len: usize, n_keys: usize) -> Self {
-        let budget = (n_keys as u64)
-            .saturating_mul(max_len as u64 + 1)
-            .saturating_add(1024);
-        Bounded {
-            max_len,
-            budget: Cell::new(budget),
-            exhausted: Cell::new(false),
-        }
+        let budget = (n_keys as u64).saturating_mul(max_len as u64 + 1).saturating_add(1024);
+        Bounded { max_len, budget: Cell::new(budget), exhausted: Cell::new(false) }
     }
 
     fn check(&self, what: &'static str) -> Result<()> {
         if self.exhausted.get() {
-            return Err(Error::invalid(
-                what,
-                "corrupt automaton (keys longer or more numerous than the header says)",
-            ));
+            return Err(Error::invalid(what, "corrupt automaton (keys longer or more numerous than the header says)"));
         }
         Ok(())
     }
@@ -168,22 +156,13 @@ impl fst::Automaton for &Bounded {
 
 /// Look up a key's value in a raw fst, guarded against corrupt data.
 #[inline]
-fn fst_get(
-    fst: &fst::raw::Fst<SharedBytes>,
-    key: &[u8],
-    what: &'static str,
-) -> Result<Option<u64>> {
+fn fst_get(fst: &fst::raw::Fst<SharedBytes>, key: &[u8], what: &'static str) -> Result<Option<u64>> {
     guarded(what, || fst.get(key).map(|o| o.value()))
 }
 
 /// The key of `value` in an fst whose values are the ranks of the keys (monotone), at most
 /// `max_len` bytes long. Bounded: corrupt data cannot loop or grow the key without limit.
-fn fst_key_of(
-    fst: &fst::raw::Fst<SharedBytes>,
-    mut value: u64,
-    max_len: usize,
-    key: &mut Vec<u8>,
-) -> Result<bool> {
+fn fst_key_of(fst: &fst::raw::Fst<SharedBytes>, mut value: u64, max_len: usize, key: &mut Vec<u8>) -> Result<bool> {
     guarded("fst vocabulary", || {
         let mut node = fst.root();
         while value != 0 || !node.is_final() {
@@ -216,18 +195,11 @@ fn fst_key_of(
 
 /// Check an fst's footer ourselves before handing it to `fst` (whose own check can
 /// overflow on absurd root addresses), then open it.
-fn open_fst(
-    bytes: SharedBytes,
-    n_keys: u64,
-    what: &'static str,
-) -> Result<fst::raw::Fst<SharedBytes>> {
+fn open_fst(bytes: SharedBytes, n_keys: u64, what: &'static str) -> Result<fst::raw::Fst<SharedBytes>> {
     let b = bytes.as_ref();
     let bad = |m: String| Error::invalid(what, m);
     if b.len() < 36 {
-        return Err(bad(format!(
-            "automaton of {} bytes is shorter than the 36-byte minimum",
-            b.len()
-        )));
+        return Err(bad(format!("automaton of {} bytes is shorter than the 36-byte minimum", b.len())));
     }
     let rd = |s: usize| {
         let mut a = [0u8; 8];
@@ -236,24 +208,17 @@ fn open_fst(
     };
     let version = rd(0);
     if version != 3 {
-        return Err(bad(format!(
-            "automaton format version {version} (expected 3)"
-        )));
+        return Err(bad(format!("automaton format version {version} (expected 3)")));
     }
     let end = b.len() - 4;
     let root = rd(end - 8);
     let len = rd(end - 16);
     let ok_root = (root == 0 && b.len() == 36) || root.checked_add(21) == Some(b.len() as u64);
     if !ok_root {
-        return Err(bad(format!(
-            "automaton root address {root} does not fit its {} bytes",
-            b.len()
-        )));
+        return Err(bad(format!("automaton root address {root} does not fit its {} bytes", b.len())));
     }
     if len != n_keys {
-        return Err(bad(format!(
-            "automaton holds {len} keys, the chunk header says {n_keys}"
-        )));
+        return Err(bad(format!("automaton holds {len} keys, the chunk header says {n_keys}")));
     }
     fst::raw::Fst::new(bytes).map_err(|e| bad(e.to_string()))
 }
@@ -310,9 +275,7 @@ impl FstWords {
 
     /// Size in bytes of the automaton and the tables.
     pub fn size_bytes(&self) -> usize {
-        self.fst.as_inner().as_ref().len()
-            + self.rank_to_row.bytes.as_ref().len()
-            + self.row_to_rank.bytes.as_ref().len()
+        self.fst.as_inner().as_ref().len() + self.rank_to_row.bytes.as_ref().len() + self.row_to_rank.bytes.as_ref().len()
     }
 
     /// The row of `word`: `Ok(None)` if unknown, an error if the chunk is corrupt.
@@ -326,12 +289,7 @@ impl FstWords {
         let row = Some(rank)
             .filter(|&r| r < n)
             .and_then(|r| self.rank_to_row.get(r as usize))
-            .ok_or_else(|| {
-                Error::invalid(
-                    "fst vocabulary",
-                    format!("rank {rank} of {word:?} out of range for {n} words"),
-                )
-            })?;
+            .ok_or_else(|| Error::invalid("fst vocabulary", format!("rank {rank} of {word:?} out of range for {n} words")))?;
         if row >= n || (!self.verified && self.row_to_rank.get(row as usize) != Some(rank)) {
             return Err(Error::invalid(
                 "fst vocabulary",
@@ -348,9 +306,7 @@ impl FstWords {
             return Ok(None);
         }
         let rank = self.row_to_rank.get(i).unwrap_or(u64::MAX);
-        if rank >= n as u64
-            || (!self.verified && self.rank_to_row.get(rank as usize) != Some(i as u64))
-        {
+        if rank >= n as u64 || (!self.verified && self.rank_to_row.get(rank as usize) != Some(i as u64)) {
             return Err(Error::invalid(
                 "fst vocabulary",
                 format!("tables disagree for row {i}: row -> rank {rank}, which does not map back"),
@@ -358,10 +314,7 @@ impl FstWords {
         }
         let mut key = Vec::new();
         if !fst_key_of(&self.fst, rank, self.max_len, &mut key)? {
-            return Err(Error::invalid(
-                "fst vocabulary",
-                format!("rank {rank} of row {i} is not in the automaton"),
-            ));
+            return Err(Error::invalid("fst vocabulary", format!("rank {rank} of row {i} is not in the automaton")));
         }
         String::from_utf8(key).map(Some).map_err(|e| Error::Utf8 {
             what: "fst vocabulary word",
@@ -373,8 +326,7 @@ impl FstWords {
     /// The word at row `i` as a `&str` kept alive by this list (interned on first use).
     /// A corrupt entry reads as `None`.
     pub fn get_interned(&self, i: usize) -> Option<&str> {
-        self.interned
-            .get_or_insert(i, || self.try_get(i).ok().flatten())
+        self.interned.get_or_insert(i, || self.try_get(i).ok().flatten())
     }
 
     /// All words in row order, as concatenated bytes and end offsets (one pass over the
@@ -390,13 +342,7 @@ impl FstWords {
             let mut expect = 0u64;
             while let Some((k, v)) = s.next() {
                 if v.value() != expect || by_rank.len() >= n {
-                    return Err(Error::invalid(
-                        "fst vocabulary",
-                        format!(
-                            "automaton value {} where rank {expect} was expected",
-                            v.value()
-                        ),
-                    ));
+                    return Err(Error::invalid("fst vocabulary", format!("automaton value {} where rank {expect} was expected", v.value())));
                 }
                 let st = sorted.len();
                 sorted.extend_from_slice(k);
@@ -407,20 +353,14 @@ impl FstWords {
         })??;
         bound.check("fst vocabulary")?;
         if by_rank.len() != n {
-            return Err(Error::invalid(
-                "fst vocabulary",
-                format!("automaton has {} keys for {n} words", by_rank.len()),
-            ));
+            return Err(Error::invalid("fst vocabulary", format!("automaton has {} keys for {n} words", by_rank.len())));
         }
         let mut bytes = Vec::with_capacity(sorted.len());
         let mut ends = Vec::with_capacity(n);
         for row in 0..n {
             let rank = self.row_to_rank.get(row).unwrap_or(u64::MAX);
             if rank >= n as u64 || self.rank_to_row.get(rank as usize) != Some(row as u64) {
-                return Err(Error::invalid(
-                    "fst vocabulary",
-                    format!("tables disagree for row {row}"),
-                ));
+                return Err(Error::invalid("fst vocabulary", format!("tables disagree for row {row}")));
             }
             let (s, e) = by_rank[rank as usize];
             let w = &sorted[s..e];
@@ -442,11 +382,7 @@ impl FstWords {
         self.fst
             .verify()
             .map_err(|e| Error::invalid("fst vocabulary", format!("automaton checksum: {e}")))?;
-        check_permutation(
-            &self.rank_to_row,
-            &self.row_to_rank,
-            "fst vocabulary tables",
-        )?;
+        check_permutation(&self.rank_to_row, &self.row_to_rank, "fst vocabulary tables")?;
         // Every key within max_word_len, values exactly the ranks 0..n in key order, valid UTF-8.
         let n = self.len();
         let bound = Bounded::new(self.max_len, n);
@@ -455,29 +391,16 @@ impl FstWords {
             let mut expect = 0u64;
             while let Some((k, v)) = s.next() {
                 if v.value() != expect || expect >= n as u64 {
-                    return Err(Error::invalid(
-                        "fst vocabulary",
-                        format!(
-                            "automaton value {} where rank {expect} was expected",
-                            v.value()
-                        ),
-                    ));
+                    return Err(Error::invalid("fst vocabulary", format!("automaton value {} where rank {expect} was expected", v.value())));
                 }
-                std::str::from_utf8(k).map_err(|source| Error::Utf8 {
-                    what: "fst vocabulary word",
-                    index: expect,
-                    source,
-                })?;
+                std::str::from_utf8(k).map_err(|source| Error::Utf8 { what: "fst vocabulary word", index: expect, source })?;
                 expect += 1;
             }
             Ok(expect)
         })??;
         bound.check("fst vocabulary")?;
         if count != n as u64 {
-            return Err(Error::invalid(
-                "fst vocabulary",
-                format!("automaton has {count} keys within the length bound for {n} words"),
-            ));
+            return Err(Error::invalid("fst vocabulary", format!("automaton has {count} keys within the length bound for {n} words")));
         }
         Ok(())
     }
@@ -489,10 +412,7 @@ fn check_permutation(a: &Table, b: &Table, what: &'static str) -> Result<()> {
     for r in 0..a.len() {
         let x = a.get(r).unwrap_or(u64::MAX);
         if x >= n || b.get(x as usize) != Some(r as u64) {
-            return Err(Error::invalid(
-                what,
-                format!("entry {r} maps to {x}, which does not map back"),
-            ));
+            return Err(Error::invalid(what, format!("entry {r} maps to {x}, which does not map back")));
         }
     }
     Ok(())
@@ -510,10 +430,7 @@ pub struct FstNgrams {
 
 impl std::fmt::Debug for FstNgrams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FstNgrams")
-            .field("ngrams", &self.order.len())
-            .field("n_indices", &self.n_indices)
-            .finish()
+        f.debug_struct("FstNgrams").field("ngrams", &self.order.len()).field("n_indices", &self.n_indices).finish()
     }
 }
 
@@ -535,10 +452,7 @@ impl FstNgrams {
             Some(v) if v < self.n_indices => Ok(Some(v)),
             Some(v) => Err(Error::invalid(
                 "fst n-gram table",
-                format!(
-                    "index {v} of {ngram:?} out of range for {} n-gram rows",
-                    self.n_indices
-                ),
+                format!("index {v} of {ngram:?} out of range for {} n-gram rows", self.n_indices),
             )),
         }
     }
@@ -552,10 +466,7 @@ impl FstNgrams {
             let mut s = self.fst.search(&bound).into_stream();
             while let Some((k, v)) = s.next() {
                 if sorted.len() >= self.order.len() {
-                    return Err(Error::invalid(
-                        "fst n-gram table",
-                        "more n-grams than the header says",
-                    ));
+                    return Err(Error::invalid("fst n-gram table", "more n-grams than the header says"));
                 }
                 let k = std::str::from_utf8(k).map_err(|source| Error::Utf8 {
                     what: "fst n-gram",
@@ -569,28 +480,19 @@ impl FstNgrams {
         bound.check("fst n-gram table")?;
         let n = sorted.len();
         if n != self.len() {
-            return Err(Error::invalid(
-                "fst n-gram table",
-                format!("automaton has {n} n-grams, header says {}", self.len()),
-            ));
+            return Err(Error::invalid("fst n-gram table", format!("automaton has {n} n-grams, header says {}", self.len())));
         }
         let mut seen = vec![false; n];
         let mut out = Vec::with_capacity(n);
         for pos in 0..n {
             let r = self.order.get(pos).unwrap_or(u64::MAX);
             if r >= n as u64 || seen[r as usize] {
-                return Err(Error::invalid(
-                    "fst n-gram order",
-                    format!("entry {pos} ({r}) is out of range or repeated"),
-                ));
+                return Err(Error::invalid("fst n-gram order", format!("entry {pos} ({r}) is out of range or repeated")));
             }
             seen[r as usize] = true;
             let (g, v) = &sorted[r as usize];
             if *v >= self.n_indices {
-                return Err(Error::invalid(
-                    "fst n-gram table",
-                    format!("index {v} out of range"),
-                ));
+                return Err(Error::invalid("fst n-gram table", format!("index {v} out of range")));
             }
             out.push((g.clone(), *v));
         }
@@ -609,16 +511,8 @@ impl FstNgrams {
 /// What an fst vocabulary chunk holds besides the words.
 pub enum FstExtra {
     None,
-    Buckets {
-        min_n: u32,
-        max_n: u32,
-        buckets: u32,
-    },
-    Explicit {
-        min_n: u32,
-        max_n: u32,
-        ngrams: FstNgrams,
-    },
+    Buckets { min_n: u32, max_n: u32, buckets: u32 },
+    Explicit { min_n: u32, max_n: u32, ngrams: FstNgrams },
 }
 
 /// Width (4 or 8 bytes) of tables indexing `n` items.
@@ -647,10 +541,7 @@ impl ChunkParser<'_, '_> {
         let n = pad8(self.r.abs_pos());
         let b = self.r.bytes(n, "alignment padding")?;
         if b.iter().any(|&x| x != 0) {
-            return Err(Error::invalid(
-                "alignment padding",
-                "non-zero padding bytes",
-            ));
+            return Err(Error::invalid("alignment padding", "non-zero padding bytes"));
         }
         Ok(())
     }
@@ -691,9 +582,7 @@ impl ChunkParser<'_, '_> {
 
     fn table(&mut self, n: u64, width: u32, what: &'static str) -> Result<Table> {
         self.skip_pad8()?;
-        let bytes = n
-            .checked_mul(u64::from(width))
-            .ok_or(Error::Overflow(what))?;
+        let bytes = n.checked_mul(u64::from(width)).ok_or(Error::Overflow(what))?;
         let reg = self.region(bytes, what)?;
         Ok(Table {
             bytes: self.shared(&reg),
@@ -705,13 +594,7 @@ impl ChunkParser<'_, '_> {
     fn width(&mut self, n: u64, what: &'static str) -> Result<u32> {
         let w = self.r.u32(what)?;
         if w != width_for(n) {
-            return Err(Error::invalid(
-                what,
-                format!(
-                    "table width {w} bytes (expected {} for {n} entries)",
-                    width_for(n)
-                ),
-            ));
+            return Err(Error::invalid(what, format!("table width {w} bytes (expected {} for {n} entries)", width_for(n))));
         }
         Ok(w)
     }
@@ -721,11 +604,7 @@ impl ChunkParser<'_, '_> {
 /// (nothing per word is read); without, the body is copied into one buffer. Unless `map`
 /// is a memory map, the chunk is fully verified (automaton checksums, tables being inverse
 /// permutations, n-gram indices).
-pub fn read_chunk(
-    id: ChunkId,
-    r: &mut ByteReader<'_>,
-    map: Option<&FileBytes>,
-) -> Result<(FstWords, FstExtra)> {
+pub fn read_chunk(id: ChunkId, r: &mut ByteReader<'_>, map: Option<&FileBytes>) -> Result<(FstWords, FstExtra)> {
     let (data, data_base) = match map {
         Some(m) => (m.clone(), 0u64),
         None => {
@@ -733,10 +612,7 @@ pub fn read_chunk(
             let mut probe = r.clone();
             let base = probe.abs_pos();
             let rest = probe.bytes(probe.remaining() as u64, "fst vocabulary")?;
-            (
-                FileBytes::Owned(Arc::new(crate::storage::AlignedBytes::copy_from(rest))),
-                base,
-            )
+            (FileBytes::Owned(Arc::new(crate::storage::AlignedBytes::copy_from(rest))), base)
         }
     };
     let mut p = ChunkParser { r, data, data_base };
@@ -779,10 +655,7 @@ pub fn read_chunk(
     let extra = match (id, extra_hdr) {
         (ChunkId::FstExplicitSubwordVocab, Some((min_n, max_n, _, n_ngrams, n_indices))) => {
             if n_indices > n_ngrams {
-                return Err(Error::invalid(
-                    "n-gram index count",
-                    format!("{n_indices} indices for {n_ngrams} n-grams"),
-                ));
+                return Err(Error::invalid("n-gram index count", format!("{n_indices} indices for {n_ngrams} n-grams")));
             }
             let owidth = p.width(n_ngrams, "n-gram order table width")?;
             let max_ngram_len = p.r.u32("longest n-gram length")? as usize;
@@ -799,11 +672,7 @@ pub fn read_chunk(
                 },
             }
         }
-        (_, Some((min_n, max_n, buckets, _, _))) => FstExtra::Buckets {
-            min_n,
-            max_n,
-            buckets,
-        },
+        (_, Some((min_n, max_n, buckets, _, _))) => FstExtra::Buckets { min_n, max_n, buckets },
         _ => FstExtra::None,
     };
     // A memory map is trusted cheaply (bounds are checked at use); anything read into
@@ -824,17 +693,13 @@ pub fn read_chunk(
 
 /// Build an automaton mapping each key to `value(rank, original position)`; returns the fst
 /// bytes and, per original position, the key's rank.
-fn build_fst(
-    keys: &[&[u8]],
-    value: impl Fn(usize, usize) -> u64,
-) -> std::io::Result<(Vec<u8>, Vec<u64>)> {
+fn build_fst(keys: &[&[u8]], value: impl Fn(usize, usize) -> u64) -> std::io::Result<(Vec<u8>, Vec<u64>)> {
     let mut order: Vec<usize> = (0..keys.len()).collect();
     order.sort_unstable_by(|&a, &b| keys[a].cmp(keys[b]));
     let mut b = fst::raw::Builder::memory();
     let mut rank_of = vec![0u64; keys.len()];
     for (rank, &pos) in order.iter().enumerate() {
-        b.insert(keys[pos], value(rank, pos))
-            .map_err(std::io::Error::other)?;
+        b.insert(keys[pos], value(rank, pos)).map_err(std::io::Error::other)?;
         rank_of[pos] = rank as u64;
     }
     Ok((b.into_inner().map_err(std::io::Error::other)?, rank_of))
@@ -879,9 +744,8 @@ pub fn chunk_body(spec: &FstChunkSpec<'_>, body_pos: u64) -> std::io::Result<Vec
         rank_to_row[rank as usize] = row as u64;
     }
     let max_len = spec.words.iter().map(|w| w.len()).max().unwrap_or(0);
-    let max_len = u32::try_from(max_len).map_err(|_| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "word longer than 4 GiB")
-    })?;
+    let max_len = u32::try_from(max_len)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "word longer than 4 GiB"))?;
     let mut w = PosWriter::at(Vec::new(), body_pos);
     w.u64(n)?;
     w.u32(width)?;
@@ -907,10 +771,7 @@ pub fn chunk_body(spec: &FstChunkSpec<'_>, body_pos: u64) -> std::io::Result<Vec
         let gwidth = width_for(ngrams.len() as u64);
         let max_glen = ngrams.iter().map(|(g, _)| g.len()).max().unwrap_or(0);
         w.u32(gwidth)?;
-        w.u32(
-            u32::try_from(max_glen)
-                .map_err(|_| std::io::Error::other("n-gram longer than 4 GiB"))?,
-        )?;
+        w.u32(u32::try_from(max_glen).map_err(|_| std::io::Error::other("n-gram longer than 4 GiB"))?)?;
         put_fst(&mut w, &gfst)?;
         put_table(&mut w, &grank_of, gwidth)?;
     }
@@ -923,10 +784,7 @@ mod tests {
 
     fn shared(v: Vec<u8>) -> SharedBytes {
         let len = v.len();
-        SharedBytes {
-            data: FileBytes::Owned(Arc::new(crate::storage::AlignedBytes::copy_from(&v))),
-            range: 0..len,
-        }
+        SharedBytes { data: FileBytes::Owned(Arc::new(crate::storage::AlignedBytes::copy_from(&v))), range: 0..len }
     }
 
     #[test]
@@ -947,45 +805,21 @@ mod tests {
         for v in vals {
             b8.extend_from_slice(&v.to_le_bytes());
         }
-        let t8 = Table {
-            bytes: shared(b8),
-            width: 8,
-            len: 4,
-        };
-        assert_eq!(
-            (0..5).map(|i| t8.get(i)).collect::<Vec<_>>(),
-            vec![
-                Some(0),
-                Some(7),
-                Some(u64::from(u32::MAX)),
-                Some((1 << 40) + 3),
-                None
-            ]
-        );
+        let t8 = Table { bytes: shared(b8), width: 8, len: 4 };
+        assert_eq!((0..5).map(|i| t8.get(i)).collect::<Vec<_>>(), vec![Some(0), Some(7), Some(u64::from(u32::MAX)), Some((1 << 40) + 3), None]);
         let mut b4 = Vec::new();
         for v in &vals[..3] {
             b4.extend_from_slice(&(*v as u32).to_le_bytes());
         }
-        let t4 = Table {
-            bytes: shared(b4),
-            width: 4,
-            len: 3,
-        };
+        let t4 = Table { bytes: shared(b4), width: 4, len: 3 };
         assert_eq!(t4.get(2), Some(u64::from(u32::MAX)));
         assert_eq!(t4.get(3), None);
         let mut b3 = Vec::new();
         for v in [5u64, 0xff_ffff, 70_000] {
             b3.extend_from_slice(&v.to_le_bytes()[..3]);
         }
-        let t3 = Table {
-            bytes: shared(b3),
-            width: 3,
-            len: 3,
-        };
-        assert_eq!(
-            (0..4).map(|i| t3.get(i)).collect::<Vec<_>>(),
-            vec![Some(5), Some(0xff_ffff), Some(70_000), None]
-        );
+        let t3 = Table { bytes: shared(b3), width: 3, len: 3 };
+        assert_eq!((0..4).map(|i| t3.get(i)).collect::<Vec<_>>(), vec![Some(5), Some(0xff_ffff), Some(70_000), None]);
         // the fewest bytes holding every value below n
         assert_eq!(width_for(0), 1);
         assert_eq!(width_for(256), 1);

@@ -7,8 +7,8 @@ pub mod words;
 use std::borrow::Cow;
 use std::io::Write;
 
-pub use fstvocab::{FstNgrams, FstWords};
 pub use subword::{ExplicitNgrams, FloretIndexer, Indexer};
+pub use fstvocab::{FstNgrams, FstWords};
 pub use words::WordList;
 
 use crate::error::{Error, Result};
@@ -30,9 +30,7 @@ impl VocabFormat {
         match s {
             "standard" => Ok(VocabFormat::Standard),
             "fst" => Ok(VocabFormat::Fst),
-            other => Err(Error::argument(format!(
-                "unknown vocabulary format {other:?} (expected 'standard' or 'fst')"
-            ))),
+            other => Err(Error::argument(format!("unknown vocabulary format {other:?} (expected 'standard' or 'fst')"))),
         }
     }
 }
@@ -76,11 +74,7 @@ pub enum Vocab {
 impl Vocab {
     /// The finalfusion chunk this vocabulary is written as.
     pub fn chunk_id(&self) -> ChunkId {
-        self.chunk_id_as(if self.is_fst() {
-            VocabFormat::Fst
-        } else {
-            VocabFormat::Standard
-        })
+        self.chunk_id_as(if self.is_fst() { VocabFormat::Fst } else { VocabFormat::Standard })
     }
 
     /// Is this vocabulary backed by fst automata (read from an fst chunk)?
@@ -103,12 +97,8 @@ impl Vocab {
                 (Indexer::Bucket { .. }, true) => ChunkId::FstBucketSubwordVocab,
                 (Indexer::FastText { .. }, false) => ChunkId::FastTextSubwordVocab,
                 (Indexer::FastText { .. }, true) => ChunkId::FstFastTextSubwordVocab,
-                (Indexer::Explicit(_) | Indexer::ExplicitFst(_), false) => {
-                    ChunkId::ExplicitSubwordVocab
-                }
-                (Indexer::Explicit(_) | Indexer::ExplicitFst(_), true) => {
-                    ChunkId::FstExplicitSubwordVocab
-                }
+                (Indexer::Explicit(_) | Indexer::ExplicitFst(_), false) => ChunkId::ExplicitSubwordVocab,
+                (Indexer::Explicit(_) | Indexer::ExplicitFst(_), true) => ChunkId::FstExplicitSubwordVocab,
             },
             Vocab::Floret(_) => ChunkId::FloretSubwordVocab,
         }
@@ -156,8 +146,7 @@ impl Vocab {
         if let Vocab::Subword(s) = self {
             if let Indexer::ExplicitFst(_) = s.indexer {
                 let offset = s.words.len();
-                let (b, ranges) =
-                    subword::ngram_ranges(word, s.min_n as usize, s.max_n as usize, "<", ">");
+                let (b, ranges) = subword::ngram_ranges(word, s.min_n as usize, s.max_n as usize, "<", ">");
                 let mut out = Vec::new();
                 for (st, en) in ranges {
                     if let Some(i) = s.indexer.try_index(&b[st..en])? {
@@ -176,11 +165,7 @@ impl Vocab {
             return Ok(Some(WordIndex::Word(i)));
         }
         let sub = self.try_subword_indices(word)?;
-        Ok(if sub.is_empty() {
-            None
-        } else {
-            Some(WordIndex::Subwords(sub))
-        })
+        Ok(if sub.is_empty() { None } else { Some(WordIndex::Subwords(sub)) })
     }
 
     /// A short name of the vocabulary kind.
@@ -237,8 +222,7 @@ impl Vocab {
             Vocab::Simple(_) => Vec::new(),
             Vocab::Subword(s) => subword::ngrams(word, s.min_n as usize, s.max_n as usize),
             Vocab::Floret(f) => {
-                let (b, r) =
-                    subword::ngram_ranges(word, f.min_n as usize, f.max_n as usize, &f.bow, &f.eow);
+                let (b, r) = subword::ngram_ranges(word, f.min_n as usize, f.max_n as usize, &f.bow, &f.eow);
                 r.into_iter().map(|(s, e)| b[s..e].to_string()).collect()
             }
         }
@@ -257,8 +241,7 @@ impl Vocab {
             Vocab::Simple(_) => {}
             Vocab::Subword(s) => {
                 let offset = s.words.len();
-                let (b, ranges) =
-                    subword::ngram_ranges(word, s.min_n as usize, s.max_n as usize, "<", ">");
+                let (b, ranges) = subword::ngram_ranges(word, s.min_n as usize, s.max_n as usize, "<", ">");
                 for (st, en) in ranges {
                     if let Some(i) = s.indexer.index(&b[st..en]) {
                         out.push(offset + i as usize);
@@ -301,11 +284,7 @@ impl Vocab {
     /// Read a vocabulary chunk body. With `map` (the whole file, memory-mapped), an fst chunk
     /// is used in place from the map with no per-word work; without, an fst chunk is copied
     /// into one buffer and fully verified.
-    pub fn read_chunk_mapped(
-        id: ChunkId,
-        r: &mut ByteReader<'_>,
-        map: Option<&FileBytes>,
-    ) -> Result<Vocab> {
+    pub fn read_chunk_mapped(id: ChunkId, r: &mut ByteReader<'_>, map: Option<&FileBytes>) -> Result<Vocab> {
         match id {
             ChunkId::FstSimpleVocab
             | ChunkId::FstBucketSubwordVocab
@@ -315,33 +294,14 @@ impl Vocab {
                 let words = WordList::from_fst(words);
                 Ok(match extra {
                     fstvocab::FstExtra::None => Vocab::Simple(words),
-                    fstvocab::FstExtra::Buckets {
-                        min_n,
-                        max_n,
-                        buckets,
-                    } => {
+                    fstvocab::FstExtra::Buckets { min_n, max_n, buckets } => {
                         check_ngram_range(min_n, max_n)?;
-                        let indexer =
-                            bucket_indexer(id == ChunkId::FstBucketSubwordVocab, buckets)?;
-                        Vocab::Subword(SubwordVocab {
-                            words,
-                            min_n,
-                            max_n,
-                            indexer,
-                        })
+                        let indexer = bucket_indexer(id == ChunkId::FstBucketSubwordVocab, buckets)?;
+                        Vocab::Subword(SubwordVocab { words, min_n, max_n, indexer })
                     }
-                    fstvocab::FstExtra::Explicit {
-                        min_n,
-                        max_n,
-                        ngrams,
-                    } => {
+                    fstvocab::FstExtra::Explicit { min_n, max_n, ngrams } => {
                         check_ngram_range(min_n, max_n)?;
-                        Vocab::Subword(SubwordVocab {
-                            words,
-                            min_n,
-                            max_n,
-                            indexer: Indexer::ExplicitFst(ngrams),
-                        })
+                        Vocab::Subword(SubwordVocab { words, min_n, max_n, indexer: Indexer::ExplicitFst(ngrams) })
                     }
                 })
             }
@@ -434,16 +394,12 @@ impl Vocab {
     /// (fst chunks are aligned from absolute offsets, so their length depends on it).
     pub fn fst_chunk_body(&self, body_pos: u64) -> Result<Vec<u8>> {
         let std = self.to_standard()?;
-        let words = std.words().and_then(WordList::hash_words).ok_or_else(|| {
-            Error::argument("a floret vocabulary has no words: it has no fst form")
-        })?;
+        let words = std
+            .words()
+            .and_then(WordList::hash_words)
+            .ok_or_else(|| Error::argument("a floret vocabulary has no words: it has no fst form"))?;
         let spec = match &*std {
-            Vocab::Simple(_) => fstvocab::FstChunkSpec {
-                id: ChunkId::FstSimpleVocab,
-                words: &words,
-                subword: None,
-                explicit: None,
-            },
+            Vocab::Simple(_) => fstvocab::FstChunkSpec { id: ChunkId::FstSimpleVocab, words: &words, subword: None, explicit: None },
             Vocab::Subword(s) => match &s.indexer {
                 Indexer::Bucket { exponent } => fstvocab::FstChunkSpec {
                     id: ChunkId::FstBucketSubwordVocab,
@@ -463,29 +419,15 @@ impl Vocab {
                     subword: None,
                     explicit: Some((s.min_n, s.max_n, &e.ngrams, e.n_indices)),
                 },
-                Indexer::ExplicitFst(_) => {
-                    return Err(Error::invalid(
-                        "vocabulary",
-                        "fst n-grams left after conversion",
-                    ))
-                }
+                Indexer::ExplicitFst(_) => return Err(Error::invalid("vocabulary", "fst n-grams left after conversion")),
             },
-            Vocab::Floret(_) => {
-                return Err(Error::argument(
-                    "a floret vocabulary has no words: it has no fst form",
-                ))
-            }
+            Vocab::Floret(_) => return Err(Error::argument("a floret vocabulary has no words: it has no fst form")),
         };
-        fstvocab::chunk_body(&spec, body_pos)
-            .map_err(|e| Error::io("cannot build the fst vocabulary", e))
+        fstvocab::chunk_body(&spec, body_pos).map_err(|e| Error::io("cannot build the fst vocabulary", e))
     }
 
     /// Write the whole chunk (header included) in format `fmt`.
-    pub fn write_chunk_as<W: Write>(
-        &self,
-        w: &mut PosWriter<W>,
-        fmt: VocabFormat,
-    ) -> std::io::Result<()> {
+    pub fn write_chunk_as<W: Write>(&self, w: &mut PosWriter<W>, fmt: VocabFormat) -> std::io::Result<()> {
         let bad = |e: Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string());
         match fmt {
             VocabFormat::Fst => {
@@ -503,14 +445,7 @@ impl Vocab {
 
     /// Write the whole chunk (header included) in the vocabulary's own format.
     pub fn write_chunk<W: Write>(&self, w: &mut PosWriter<W>) -> std::io::Result<()> {
-        self.write_chunk_as(
-            w,
-            if self.is_fst() {
-                VocabFormat::Fst
-            } else {
-                VocabFormat::Standard
-            },
-        )
+        self.write_chunk_as(w, if self.is_fst() { VocabFormat::Fst } else { VocabFormat::Standard })
     }
 
     /// The length of the chunk body as written (fst kinds: when written at an 8-aligned offset).
@@ -525,10 +460,7 @@ impl Vocab {
                 Indexer::Bucket { .. } | Indexer::FastText { .. } => 8 + 12 + words_len(&s.words),
                 Indexer::ExplicitFst(_) => 0,
                 Indexer::Explicit(e) => {
-                    8 + 8
-                        + 8
-                        + words_len(&s.words)
-                        + e.ngrams.iter().map(|(g, _)| string_len(g) + 8).sum::<u64>()
+                    8 + 8 + 8 + words_len(&s.words) + e.ngrams.iter().map(|(g, _)| string_len(g) + 8).sum::<u64>()
                 }
             },
             Vocab::Floret(f) => 4 + 4 + 8 + 4 + 4 + string_len(&f.bow) + string_len(&f.eow),
@@ -565,9 +497,7 @@ impl Vocab {
                     w.u32(*buckets)?;
                     write_words(w, &s.words)
                 }
-                Indexer::ExplicitFst(_) => {
-                    Err(std::io::Error::other("fst n-grams in a standard chunk"))
-                }
+                Indexer::ExplicitFst(_) => Err(std::io::Error::other("fst n-grams in a standard chunk")),
                 Indexer::Explicit(e) => {
                     w.u64(s.words.len() as u64)?;
                     w.u64(e.ngrams.len() as u64)?;

@@ -7,13 +7,7 @@ use hashbrown::HashMap;
 /// order: for each start position, longest first, lengths `max_n` down to `min_n`.
 ///
 /// Returns the bracketed string and the ranges into it.
-pub fn ngram_ranges(
-    word: &str,
-    min_n: usize,
-    max_n: usize,
-    bow: &str,
-    eow: &str,
-) -> (String, Vec<(usize, usize)>) {
+pub fn ngram_ranges(word: &str, min_n: usize, max_n: usize, bow: &str, eow: &str) -> (String, Vec<(usize, usize)>) {
     let mut bracketed = String::with_capacity(word.len() + bow.len() + eow.len());
     bracketed.push_str(bow);
     bracketed.push_str(word);
@@ -95,18 +89,10 @@ pub fn murmur3_x64_128(data: &[u8], seed: u32) -> u128 {
         let mut k2 = u64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8]));
         k1 = k1.wrapping_mul(C1).rotate_left(31).wrapping_mul(C2);
         h1 ^= k1;
-        h1 = h1
-            .rotate_left(27)
-            .wrapping_add(h2)
-            .wrapping_mul(5)
-            .wrapping_add(0x52dc_e729);
+        h1 = h1.rotate_left(27).wrapping_add(h2).wrapping_mul(5).wrapping_add(0x52dc_e729);
         k2 = k2.wrapping_mul(C2).rotate_left(33).wrapping_mul(C1);
         h2 ^= k2;
-        h2 = h2
-            .rotate_left(31)
-            .wrapping_add(h1)
-            .wrapping_mul(5)
-            .wrapping_add(0x3849_5ab5);
+        h2 = h2.rotate_left(31).wrapping_add(h1).wrapping_mul(5).wrapping_add(0x3849_5ab5);
     }
     let tail = &data[nblocks * 16..];
     let mut k1: u64 = 0;
@@ -201,11 +187,7 @@ impl Indexer {
     pub fn index(&self, ngram: &str) -> Option<u64> {
         match self {
             Indexer::Bucket { exponent } => {
-                let mask = if *exponent >= 64 {
-                    u64::MAX
-                } else {
-                    (1u64 << exponent) - 1
-                };
+                let mask = if *exponent >= 64 { u64::MAX } else { (1u64 << exponent) - 1 };
                 Some(finalfusion_hash(ngram) & mask)
             }
             Indexer::FastText { buckets } => {
@@ -243,12 +225,7 @@ impl FloretIndexer {
     /// Push the rows of `ngram` onto `out`.
     pub fn push_indices(&self, ngram: &str, out: &mut Vec<usize>) {
         let h = murmur3_x64_128(ngram.as_bytes(), self.seed);
-        let parts = [
-            h as u32,
-            (h >> 32) as u32,
-            (h >> 64) as u32,
-            (h >> 96) as u32,
-        ];
+        let parts = [h as u32, (h >> 32) as u32, (h >> 64) as u32, (h >> 96) as u32];
         for p in parts.iter().take(self.n_hashes as usize) {
             out.push((u64::from(*p) % self.n_buckets) as usize);
         }

@@ -5,8 +5,8 @@ use hashbrown::HashTable;
 
 use std::borrow::Cow;
 
-use super::fstvocab::FstWords;
 use crate::error::{Error, Result};
+use super::fstvocab::FstWords;
 
 /// Words in row order, with word -> row lookup: an in-memory hash table (the standard
 /// vocabulary chunks) or an automaton used in place from the file (the fst chunks).
@@ -23,9 +23,7 @@ enum Repr {
 
 impl Default for WordList {
     fn default() -> Self {
-        WordList {
-            repr: Repr::Hash(HashWords::default()),
-        }
+        WordList { repr: Repr::Hash(HashWords::default()) }
     }
 }
 
@@ -50,10 +48,7 @@ struct Slot {
 
 impl std::fmt::Debug for WordList {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WordList")
-            .field("len", &self.len())
-            .field("fst", &self.is_fst())
-            .finish()
+        f.debug_struct("WordList").field("len", &self.len()).field("fst", &self.is_fst()).finish()
     }
 }
 
@@ -104,14 +99,9 @@ impl HashWords {
         for i in 0..self.ends.len() {
             let start = if i == 0 { 0 } else { self.ends[i - 1] };
             let w = &bytes[start..self.ends[i]];
-            let len = u32::try_from(w.len())
-                .map_err(|_| Error::invalid("vocabulary", "a word longer than 4 GiB"))?;
+            let len = u32::try_from(w.len()).map_err(|_| Error::invalid("vocabulary", "a word longer than 4 GiB"))?;
             let h = hash_str(state, w);
-            match table.entry(
-                h,
-                |s: &Slot| slot_bytes(s) == w,
-                |s: &Slot| hash_str(state, slot_bytes(s)),
-            ) {
+            match table.entry(h, |s: &Slot| slot_bytes(s) == w, |s: &Slot| hash_str(state, slot_bytes(s))) {
                 hashbrown::hash_table::Entry::Occupied(e) => {
                     let first = e.get().row;
                     return Err(Error::invalid(
@@ -123,11 +113,7 @@ impl HashWords {
                     ));
                 }
                 hashbrown::hash_table::Entry::Vacant(v) => {
-                    v.insert(Slot {
-                        start,
-                        len,
-                        row: i as u32,
-                    });
+                    v.insert(Slot { start, len, row: i as u32 });
                 }
             }
         }
@@ -147,6 +133,7 @@ impl HashWords {
         self.ends.len()
     }
 
+
     /// The word at row `i`.
     #[inline]
     pub fn get(&self, i: usize) -> Option<&str> {
@@ -163,9 +150,7 @@ impl HashWords {
         let w = word.as_bytes();
         let h = hash_str(&self.state, w);
         self.table
-            .find(h, |s| {
-                s.len as usize == w.len() && &self.bytes[s.start..s.start + w.len()] == w
-            })
+            .find(h, |s| s.len as usize == w.len() && &self.bytes[s.start..s.start + w.len()] == w)
             .map(|s| s.row as usize)
     }
 
@@ -175,26 +160,21 @@ impl HashWords {
     }
 }
 
+
 impl WordList {
     /// Build from words in row order (hash-table backend). Duplicate words are an error.
     pub fn new<'a, I: IntoIterator<Item = &'a str>>(words: I) -> Result<Self> {
-        Ok(WordList {
-            repr: Repr::Hash(HashWords::new(words)?),
-        })
+        Ok(WordList { repr: Repr::Hash(HashWords::new(words)?) })
     }
 
     /// Build from a buffer of concatenated words and their end offsets (already validated UTF-8).
     pub(crate) fn from_parts(bytes: Vec<u8>, ends: Vec<usize>) -> Result<Self> {
-        Ok(WordList {
-            repr: Repr::Hash(HashWords::from_parts(bytes, ends)?),
-        })
+        Ok(WordList { repr: Repr::Hash(HashWords::from_parts(bytes, ends)?) })
     }
 
     /// Wrap an automaton-backed word list.
     pub(crate) fn from_fst(words: FstWords) -> Self {
-        WordList {
-            repr: Repr::Fst(words),
-        }
+        WordList { repr: Repr::Fst(words) }
     }
 
     /// Is this list backed by an fst automaton (read from an fst vocabulary chunk)?
@@ -322,3 +302,4 @@ pub(crate) fn read_words(r: &mut crate::format::ByteReader<'_>, n: u64) -> Resul
     bytes.shrink_to_fit();
     WordList::from_parts(bytes, ends)
 }
+
