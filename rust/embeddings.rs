@@ -290,20 +290,20 @@ impl Embeddings {
             }
             return;
         }
-        // Known words are resolved a group at a time and their rows prefetched, so that
-        // the cache misses of a group overlap instead of coming one after another.
-        const GROUP: usize = 16;
+        // Known words are resolved a group at a time: the group's hash-table entries, then
+        // its words' bytes and storage rows are prefetched together, so that the cache
+        // misses of a group overlap instead of coming one after another.
+        const GROUP: usize = crate::vocab::INDEX_GROUP;
         let fill = |out: &mut [f32], found: &mut [bool], words: &[S]| {
             let mut scratch = Vec::new();
             let mut rows = [None; GROUP];
             for ((out, found), words) in out.chunks_mut(GROUP * dims).zip(found.chunks_mut(GROUP)).zip(words.chunks(GROUP)) {
-                for (r, w) in rows.iter_mut().zip(words) {
-                    *r = self.vocab.word_index(w.as_ref());
-                    if let Some(i) = *r {
-                        self.storage.prefetch_row(i);
-                    }
+                let rows = &mut rows[..words.len()];
+                match self.vocab.words() {
+                    Some(list) => list.index_group(words, rows, |i| self.storage.prefetch_row(i)),
+                    None => rows.fill(None),
                 }
-                for (((row, f), w), r) in out.chunks_exact_mut(dims).zip(found.iter_mut()).zip(words).zip(rows) {
+                for (((row, f), w), &r) in out.chunks_exact_mut(dims).zip(found.iter_mut()).zip(words).zip(rows.iter()) {
                     *f = match r {
                         Some(i) => {
                             self.storage.row_into(i, row);

@@ -106,7 +106,12 @@ class Embeddings:
     @overload
     def embedding(self, word: str, default: _T) -> npt.NDArray[np.float32] | _T: ...
     def embedding_with_norm(self, word: str) -> tuple[npt.NDArray[np.float32], float] | None: ...
-    def lookup(self, words: Iterable[str]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]: ...
+    def lookup(
+        self, words: Iterable[str], out: npt.NDArray[np.float32] | None = None
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+        """Rows of many words at once: ``(float32 (n, dims), bool found (n,))``; rows of words
+        without an embedding are zero. ``out``: a writable C-contiguous float32 ``(n, dims)``
+        array to fill and return instead of a new one."""
     @property
     def vocab(self) -> Vocab: ...
     @property

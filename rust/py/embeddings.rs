@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use numpy::{PyArray1, PyArray2, PyArrayMethods};
+use numpy::{PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyKeyError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString, PyTuple};
@@ -114,16 +114,47 @@ impl PyEmbeddings {
     }
 
     /// Look up many words in one call: `(float32 array (n, dims), bool array (n,))`.
-    /// Rows of words without an embedding are zero and marked False.
-    fn lookup<'py>(&self, py: Python<'py>, words: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray1<bool>>)> {
+    /// Rows of words without an embedding are zero and marked False. `out`, a writable
+    /// C-contiguous float32 array of shape (n, dims), receives the rows instead of a new
+    /// array (and is returned): reusing one buffer across batches saves the kernel's
+    /// zeroing of fresh pages.
+    #[pyo3(signature = (words, out=None))]
+    fn lookup<'py>(
+        &self,
+        py: Python<'py>,
+        words: &Bound<'py, PyAny>,
+        out: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray1<bool>>)> {
         let words = extract_words(words)?;
         let strs = words.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
         let n = strs.len();
         let dims = self.inner.dims();
-        let out = PyArray2::<f32>::zeros(py, [n, dims], false);
+        let out = match out {
+            None => PyArray2::<f32>::zeros(py, [n, dims], false),
+            Some(o) => {
+                let arr = o.cast_into::<PyArray2<f32>>().map_err(|e| {
+                    PyTypeError::new_err(format!(
+                        "out must be a 2-D float32 numpy array, got {}",
+                        e.into_inner().repr().map(|r| r.to_string()).unwrap_or_default().chars().take(80).collect::<String>()
+                    ))
+                })?;
+                if arr.shape() != [n, dims] {
+                    let shape = arr.shape().iter().map(usize::to_string).collect::<Vec<_>>().join(", ");
+                    return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                        "out has shape ({shape}), expected ({n}, {dims})"
+                    )));
+                }
+                if !arr.is_c_contiguous() {
+                    return Err(pyo3::exceptions::PyValueError::new_err("out must be C-contiguous"));
+                }
+                arr
+            }
+        };
         let found = PyArray1::<bool>::zeros(py, n, false);
         {
-            let mut out_rw = out.readwrite();
+            let mut out_rw = out
+                .try_readwrite()
+                .map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("out must be writable and not in use: {e}")))?;
             let mut found_rw = found.readwrite();
             let out_s = out_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
             let found_s = found_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;

@@ -9,7 +9,7 @@ use std::io::Write;
 
 pub use subword::{ExplicitNgrams, FloretIndexer, Indexer};
 pub use fstvocab::{FstNgrams, FstWords};
-pub use words::WordList;
+pub use words::{WordList, INDEX_GROUP};
 
 use crate::error::{Error, Result};
 use crate::format::{string_len, ByteReader, ChunkId, PosWriter};

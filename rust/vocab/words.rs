@@ -1,12 +1,10 @@
-//! A compact word list: all strings in one buffer, a table of end offsets and a
-//! hash table of row numbers keyed by the string (no per-word allocation).
-
-use hashbrown::HashTable;
+//! A compact word list: all strings in one buffer, a table of end offsets and an
+//! open-addressing hash table of row numbers keyed by the string (no per-word allocation).
 
 use std::borrow::Cow;
 
-use crate::error::{Error, Result};
 use super::fstvocab::FstWords;
+use crate::error::{Error, Result};
 
 /// Words in row order, with word -> row lookup: an in-memory hash table (the standard
 /// vocabulary chunks) or an automaton used in place from the file (the fst chunks).
@@ -23,32 +21,67 @@ enum Repr {
 
 impl Default for WordList {
     fn default() -> Self {
-        WordList { repr: Repr::Hash(HashWords::default()) }
+        WordList {
+            repr: Repr::Hash(HashWords::default()),
+        }
     }
 }
 
 /// The hash-table backend: all strings in one buffer plus a table of rows.
+///
+/// The table is open addressing with linear probing, at most half full. An entry holds
+/// 32 bits of the word's hash (a fingerprint), its row, and where its bytes are, so a
+/// lookup reads one entry (two for a collision in the same slot run) and the word's
+/// bytes, and the entry's address is known from the hash alone: a batch of lookups can
+/// prefetch all its entries first, then all the words' bytes and rows (see
+/// [`WordList::index_group`]).
 #[derive(Clone, Default)]
 struct HashWords {
     bytes: Vec<u8>,
     /// `ends[i]` is the end offset of word `i` in `bytes`; word `i` starts at `ends[i-1]`.
     ends: Vec<usize>,
-    table: HashTable<Slot>,
+    /// A power of two number of entries (empty for an empty list).
+    table: Vec<Slot>,
     state: foldhash::fast::FixedState,
 }
 
-/// A hash-table entry: the word's row and where its bytes are, so that a lookup touches
-/// the table and the word's bytes only (no detour through `ends`).
+/// A hash-table entry (16 bytes): `start_len` packs the start of the word's bytes (low 40
+/// bits) and its length (high 24 bits); `EMPTY` marks a free entry.
 #[derive(Clone, Copy)]
 struct Slot {
-    start: usize,
-    len: u32,
+    start_len: u64,
+    fingerprint: u32,
     row: u32,
+}
+
+const EMPTY: u64 = u64::MAX;
+const START_BITS: u32 = 40;
+const MAX_START: usize = (1 << START_BITS) - 1;
+const MAX_LEN: usize = (1 << (64 - START_BITS)) - 2;
+
+impl Slot {
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.start_len == EMPTY
+    }
+
+    #[inline]
+    fn start(&self) -> usize {
+        (self.start_len & MAX_START as u64) as usize
+    }
+
+    #[inline]
+    fn len(&self) -> usize {
+        (self.start_len >> START_BITS) as usize
+    }
 }
 
 impl std::fmt::Debug for WordList {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WordList").field("len", &self.len()).field("fst", &self.is_fst()).finish()
+        f.debug_struct("WordList")
+            .field("len", &self.len())
+            .field("fst", &self.is_fst())
+            .finish()
     }
 }
 
@@ -58,6 +91,15 @@ fn hash_str(state: &foldhash::fast::FixedState, s: &[u8]) -> u64 {
     state.hash_one(s)
 }
 
+/// The table position and the fingerprint of a hash.
+#[inline]
+fn split_hash(h: u64, mask: usize) -> (usize, u32) {
+    (h as usize & mask, (h >> 32) as u32)
+}
+
+/// Words per group of [`WordList::index_group`].
+pub const INDEX_GROUP: usize = 16;
+
 impl HashWords {
     /// Build from words in row order. Duplicate words are an error.
     pub fn new<'a, I: IntoIterator<Item = &'a str>>(words: I) -> Result<Self> {
@@ -65,7 +107,7 @@ impl HashWords {
         let mut list = HashWords {
             bytes: Vec::new(),
             ends: Vec::with_capacity(it.size_hint().0),
-            table: HashTable::new(),
+            table: Vec::new(),
             state: foldhash::fast::FixedState::with_seed(0x5646_5646),
         };
         for w in it {
@@ -81,7 +123,7 @@ impl HashWords {
         let mut list = HashWords {
             bytes,
             ends,
-            table: HashTable::new(),
+            table: Vec::new(),
             state: foldhash::fast::FixedState::with_seed(0x5646_5646),
         };
         list.build_table()?;
@@ -89,33 +131,53 @@ impl HashWords {
     }
 
     fn build_table(&mut self) -> Result<()> {
-        if self.ends.len() > u32::MAX as usize {
-            return Err(Error::invalid("vocabulary", "more than 2^32 words"));
+        let n = self.ends.len();
+        if n >= u32::MAX as usize {
+            return Err(Error::invalid("vocabulary", "2^32 or more words"));
         }
-        let mut table = HashTable::with_capacity(self.ends.len());
+        if self.bytes.len() > MAX_START {
+            return Err(Error::invalid("vocabulary", "more than 2^40 bytes of words"));
+        }
+        if n == 0 {
+            self.table = Vec::new();
+            return Ok(());
+        }
+        let size = n.checked_mul(2).and_then(usize::checked_next_power_of_two).ok_or(Error::Overflow("vocabulary"))?;
+        let mask = size - 1;
+        let mut table = vec![
+            Slot {
+                start_len: EMPTY,
+                fingerprint: 0,
+                row: 0,
+            };
+            size
+        ];
         let bytes = &self.bytes;
-        let state = &self.state;
-        let slot_bytes = |s: &Slot| &bytes[s.start..s.start + s.len as usize];
-        for i in 0..self.ends.len() {
+        for i in 0..n {
             let start = if i == 0 { 0 } else { self.ends[i - 1] };
             let w = &bytes[start..self.ends[i]];
-            let len = u32::try_from(w.len()).map_err(|_| Error::invalid("vocabulary", "a word longer than 4 GiB"))?;
-            let h = hash_str(state, w);
-            match table.entry(h, |s: &Slot| slot_bytes(s) == w, |s: &Slot| hash_str(state, slot_bytes(s))) {
-                hashbrown::hash_table::Entry::Occupied(e) => {
-                    let first = e.get().row;
+            if w.len() > MAX_LEN {
+                return Err(Error::invalid("vocabulary", format!("word {i} is longer than {MAX_LEN} bytes")));
+            }
+            let (mut pos, fingerprint) = split_hash(hash_str(&self.state, w), mask);
+            loop {
+                let slot = &table[pos];
+                if slot.is_empty() {
+                    break;
+                }
+                if slot.fingerprint == fingerprint && &bytes[slot.start()..slot.start() + slot.len()] == w {
                     return Err(Error::invalid(
                         "vocabulary",
-                        format!(
-                            "duplicate word {:?} at rows {first} and {i}",
-                            String::from_utf8_lossy(w)
-                        ),
+                        format!("duplicate word {:?} at rows {} and {i}", String::from_utf8_lossy(w), slot.row),
                     ));
                 }
-                hashbrown::hash_table::Entry::Vacant(v) => {
-                    v.insert(Slot { start, len, row: i as u32 });
-                }
+                pos = (pos + 1) & mask;
             }
+            table[pos] = Slot {
+                start_len: start as u64 | ((w.len() as u64) << START_BITS),
+                fingerprint,
+                row: i as u32,
+            };
         }
         self.table = table;
         Ok(())
@@ -127,12 +189,16 @@ impl HashWords {
         &self.bytes[s..self.ends[i]]
     }
 
+    #[inline]
+    fn slot_bytes(&self, slot: &Slot) -> &[u8] {
+        &self.bytes[slot.start()..slot.start() + slot.len()]
+    }
+
     /// Number of words.
     #[inline]
     pub fn len(&self) -> usize {
         self.ends.len()
     }
-
 
     /// The word at row `i`.
     #[inline]
@@ -147,11 +213,85 @@ impl HashWords {
     /// The row of `word`.
     #[inline]
     pub fn index(&self, word: &str) -> Option<usize> {
-        let w = word.as_bytes();
-        let h = hash_str(&self.state, w);
-        self.table
-            .find(h, |s| s.len as usize == w.len() && &self.bytes[s.start..s.start + w.len()] == w)
-            .map(|s| s.row as usize)
+        if self.table.is_empty() {
+            return None;
+        }
+        self.probe(word.as_bytes(), hash_str(&self.state, word.as_bytes()), None)
+    }
+
+    /// Find `w` (hash `h`) from its home position, or from `from` (an entry already known
+    /// not to hold it) onwards.
+    #[inline]
+    fn probe(&self, w: &[u8], h: u64, from: Option<usize>) -> Option<usize> {
+        let mask = self.table.len() - 1;
+        let (home, fingerprint) = split_hash(h, mask);
+        let mut pos = from.map_or(home, |p| (p + 1) & mask);
+        loop {
+            let slot = &self.table[pos];
+            if slot.is_empty() {
+                return None;
+            }
+            if slot.fingerprint == fingerprint && slot.len() == w.len() && self.slot_bytes(slot) == w {
+                return Some(slot.row as usize);
+            }
+            pos = (pos + 1) & mask;
+        }
+    }
+
+    /// The first entry at or after `w`'s home position whose fingerprint and length match,
+    /// or `None` when an empty entry comes first (then `w` is not in the table).
+    #[inline]
+    fn first_candidate(&self, w: &[u8], h: u64) -> Option<usize> {
+        let mask = self.table.len() - 1;
+        let (mut pos, fingerprint) = split_hash(h, mask);
+        loop {
+            let slot = &self.table[pos];
+            if slot.is_empty() {
+                return None;
+            }
+            if slot.fingerprint == fingerprint && slot.len() == w.len() {
+                return Some(pos);
+            }
+            pos = (pos + 1) & mask;
+        }
+    }
+
+    /// Rows of up to [`INDEX_GROUP`] words, with their memory accesses overlapped: all
+    /// hashes and table entries first, then every candidate's bytes (and, through
+    /// `candidate(row)`, whatever the caller wants loaded, e.g. the storage row), then the
+    /// comparisons.
+    fn index_group<S: AsRef<str>>(&self, words: &[S], rows: &mut [Option<usize>], mut candidate: impl FnMut(usize)) {
+        debug_assert!(words.len() <= INDEX_GROUP && rows.len() == words.len());
+        if self.table.is_empty() {
+            rows.fill(None);
+            return;
+        }
+        let mask = self.table.len() - 1;
+        let mut hashes = [0u64; INDEX_GROUP];
+        for (h, w) in hashes.iter_mut().zip(words) {
+            *h = hash_str(&self.state, w.as_ref().as_bytes());
+            crate::storage::prefetch(std::slice::from_ref(&self.table[*h as usize & mask]));
+        }
+        let mut cands = [None; INDEX_GROUP];
+        for ((c, w), &h) in cands.iter_mut().zip(words).zip(&hashes) {
+            *c = self.first_candidate(w.as_ref().as_bytes(), h);
+            if let Some(pos) = *c {
+                let slot = &self.table[pos];
+                crate::storage::prefetch(self.slot_bytes(slot));
+                candidate(slot.row as usize);
+            }
+        }
+        for (((r, w), &h), c) in rows.iter_mut().zip(words).zip(&hashes).zip(cands) {
+            let w = w.as_ref().as_bytes();
+            *r = c.and_then(|pos| {
+                let slot = &self.table[pos];
+                if self.slot_bytes(slot) == w {
+                    Some(slot.row as usize)
+                } else {
+                    self.probe(w, h, Some(pos))
+                }
+            });
+        }
     }
 
     /// Total bytes of all words.
@@ -159,7 +299,6 @@ impl HashWords {
         self.bytes.len()
     }
 }
-
 
 impl WordList {
     /// Build from words in row order (hash-table backend). Duplicate words are an error.
@@ -228,6 +367,23 @@ impl WordList {
         match &self.repr {
             Repr::Hash(h) => h.index(word),
             Repr::Fst(f) => f.try_index(word).ok().flatten(),
+        }
+    }
+
+    /// Rows of up to [`INDEX_GROUP`] words (`rows.len() == words.len()`). The hash backend
+    /// overlaps the group's memory accesses and calls `candidate(row)` for each likely row
+    /// before it is confirmed, so that the caller can prefetch the row's data meanwhile.
+    pub fn index_group<S: AsRef<str>>(&self, words: &[S], rows: &mut [Option<usize>], mut candidate: impl FnMut(usize)) {
+        match &self.repr {
+            Repr::Hash(h) => h.index_group(words, rows, candidate),
+            Repr::Fst(f) => {
+                for (r, w) in rows.iter_mut().zip(words) {
+                    *r = f.try_index(w.as_ref()).ok().flatten();
+                    if let Some(i) = *r {
+                        candidate(i);
+                    }
+                }
+            }
         }
     }
 
@@ -303,3 +459,97 @@ pub(crate) fn read_words(r: &mut crate::format::ByteReader<'_>, n: u64) -> Resul
     WordList::from_parts(bytes, ends)
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(n: usize) -> Vec<String> {
+        // short, long, unicode and prefix-sharing words (many share lengths and prefixes)
+        (0..n)
+            .map(|i| match i % 4 {
+                0 => format!("w{i}"),
+                1 => format!("{}{i}", "x".repeat(i % 50)),
+                2 => format!("über-{i}-ß"),
+                _ => format!("{i}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn index_finds_every_word_and_no_other() {
+        for n in [0usize, 1, 2, 3, 17, 1000, 40_000] {
+            let ws = words(n);
+            let list = WordList::new(ws.iter().map(String::as_str)).unwrap();
+            assert_eq!(list.len(), n);
+            for (i, w) in ws.iter().enumerate() {
+                assert_eq!(list.index(w), Some(i), "{w}");
+                assert_eq!(list.get(i), Some(w.as_str()));
+            }
+            for probe in ["", "w", "x", "über", "über-1-", "nope", "w00", "1x"] {
+                assert_eq!(list.index(probe), ws.iter().position(|w| w == probe), "{probe:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn index_group_equals_index() {
+        let ws = words(5000);
+        let list = WordList::new(ws.iter().map(String::as_str)).unwrap();
+        let mut queries: Vec<String> = ws.iter().step_by(7).cloned().collect();
+        queries.extend((0..300).map(|i| format!("unknown{i}")));
+        queries.extend(ws.iter().take(40).map(|w| format!("{w}!")));
+        queries.push(String::new());
+        for group in queries.chunks(INDEX_GROUP) {
+            let mut rows = vec![Some(usize::MAX); group.len()];
+            let mut seen = Vec::new();
+            list.index_group(group, &mut rows, |r| seen.push(r));
+            for (w, r) in group.iter().zip(&rows) {
+                assert_eq!(*r, list.index(w), "{w}");
+                if let Some(r) = r {
+                    assert!(seen.contains(r), "the found row was announced");
+                }
+            }
+        }
+        let empty = WordList::new(std::iter::empty()).unwrap();
+        let mut rows = [Some(0); 2];
+        empty.index_group(&["a", ""], &mut rows, |_| panic!("no candidates"));
+        assert_eq!(rows, [None, None]);
+    }
+
+    /// An entry whose fingerprint and length match but whose bytes differ (a 32-bit
+    /// fingerprint collision) is skipped, by `index` and by `index_group`.
+    #[test]
+    fn fingerprint_collisions_are_resolved_by_the_bytes() {
+        let mut h = HashWords::new(["ab", "cd", "ef"]).unwrap();
+        let mask = h.table.len() - 1;
+        let hash = hash_str(&h.state, b"ab");
+        let (home, fingerprint) = split_hash(hash, mask);
+        // move "ab" two entries on, and put a decoy (the bytes of "cd", same length,
+        // same fingerprint) at its home, with the entry between them filled too
+        let real = h.table.iter().position(|s| !s.is_empty() && s.row == 0).unwrap();
+        let mut slots = h.table.clone();
+        slots[real] = Slot { start_len: EMPTY, fingerprint: 0, row: 0 };
+        let others: Vec<Slot> = slots.iter().filter(|s| !s.is_empty()).copied().collect();
+        for s in slots.iter_mut() {
+            *s = Slot { start_len: EMPTY, fingerprint: 0, row: 0 };
+        }
+        let cd = others.iter().find(|s| s.row == 1).copied().unwrap();
+        slots[home] = Slot { fingerprint, ..cd };
+        slots[(home + 1) & mask] = others.iter().find(|s| s.row == 2).copied().unwrap();
+        slots[(home + 2) & mask] = h.table[real];
+        h.table = slots;
+        assert_eq!(h.index("ab"), Some(0));
+        let mut rows = [None; 2];
+        h.index_group(&["ab", "zz"], &mut rows, |_| ());
+        assert_eq!(rows, [Some(0), None]);
+    }
+
+    #[test]
+    fn duplicates_are_an_error_naming_both_rows() {
+        let err = WordList::new(["a", "b", "c", "b"]).unwrap_err().to_string();
+        assert!(err.contains("duplicate word \"b\" at rows 1 and 3"), "{err}");
+        let err = WordList::new(["", "x", ""]).unwrap_err().to_string();
+        assert!(err.contains("rows 0 and 2"), "{err}");
+    }
+}

@@ -161,6 +161,33 @@ def test_lookup_batch(ff: Path, mmap: bool) -> None:
         emb.lookup(["one", 3])
 
 
+def test_lookup_into_out(ff: Path, mmap: bool) -> None:
+    emb = vf.load(ff / "python/ff_buckets.fifu", mmap=mmap)
+    words = ["one", "tübingen", "", "</s>", "x"] * 700  # > one parallel chunk
+    want, want_found = emb.lookup(words)
+    buf = np.full((len(words), 5), np.nan, dtype=np.float32)  # stale contents are overwritten
+    got, found = emb.lookup(words, out=buf)
+    assert got is buf
+    np.testing.assert_array_equal(buf, want)
+    np.testing.assert_array_equal(found, want_found)
+    assert np.all(buf[2] == 0)  # a word without an embedding gets a zero row
+    with pytest.raises(ValueError, match=r"shape \(3, 5\), expected \(2, 5\)"):
+        emb.lookup(["one", "x"], out=np.zeros((3, 5), np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        emb.lookup(["one"], out=np.zeros((1, 5), np.float64))
+    with pytest.raises(TypeError, match="float32"):
+        emb.lookup(["one"], out=[[0.0] * 5])
+    with pytest.raises(ValueError, match="C-contiguous"):
+        emb.lookup(["one", "x"], out=np.zeros((5, 2), np.float32).T)
+    ro = np.zeros((1, 5), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        emb.lookup(["one"], out=ro)
+    if isinstance(emb.storage, np.ndarray):  # the storage view is read-only
+        with pytest.raises(ValueError, match="writable"):
+            emb.lookup(["one"], out=emb.storage[:1])
+
+
 def test_quantized(ff: Path, mmap: bool) -> None:
     pq = vf.load(ff / "python/pq.fifu", mmap=mmap)
     dense = vf.load(ff / "python/similarity.fifu")
