@@ -33,6 +33,10 @@ pub enum OpenMode {
     Mmap,
 }
 
+/// Outputs of [`Embeddings::lookup_into`] from this many floats (32 MiB) on are written
+/// with non-temporal stores.
+const STREAMING_FLOATS: usize = 8 << 20;
+
 impl Embeddings {
     /// Assemble embeddings, checking that the pieces fit together.
     pub fn new(metadata: Option<String>, vocab: Vocab, storage: Storage, norms: Option<Vec<f32>>) -> Result<Self> {
@@ -281,6 +285,15 @@ impl Embeddings {
     /// Look up many words at once, in parallel: fills `out` (`words.len() x dims`, row-major)
     /// and `found`; rows of words without an embedding are zero.
     pub fn lookup_into<S: AsRef<str> + Sync>(&self, words: &[S], out: &mut [f32], found: &mut [bool]) {
+        self.lookup_into_with(words, out, found, false)
+    }
+
+    /// [`Embeddings::lookup_into`]; with `streaming`, a large output (32 MiB or more) is
+    /// written with non-temporal stores, which saves memory traffic when `out` is a buffer
+    /// already in use (its pages mapped) whose contents are not in the cache anyway. For a
+    /// freshly allocated output the kernel zeroes each page on first touch, through the
+    /// cache, and plain stores are as fast.
+    pub fn lookup_into_with<S: AsRef<str> + Sync>(&self, words: &[S], out: &mut [f32], found: &mut [bool], streaming: bool) {
         let dims = self.dims();
         assert_eq!(out.len(), words.len() * dims);
         assert_eq!(found.len(), words.len());
@@ -294,6 +307,8 @@ impl Embeddings {
         // its words' bytes and storage rows are prefetched together, so that the cache
         // misses of a group overlap instead of coming one after another.
         const GROUP: usize = crate::vocab::INDEX_GROUP;
+        // An output larger than the caches is written with non-temporal stores.
+        let streaming = streaming && out.len() >= STREAMING_FLOATS;
         let fill = |out: &mut [f32], found: &mut [bool], words: &[S]| {
             let mut scratch = Vec::new();
             let mut rows = [None; GROUP];
@@ -306,7 +321,11 @@ impl Embeddings {
                 for (((row, f), w), &r) in out.chunks_exact_mut(dims).zip(found.iter_mut()).zip(words).zip(rows.iter()) {
                     *f = match r {
                         Some(i) => {
-                            self.storage.row_into(i, row);
+                            if streaming {
+                                self.storage.row_into_streaming(i, row);
+                            } else {
+                                self.storage.row_into(i, row);
+                            }
                             true
                         }
                         None => self.embedding_into(w.as_ref(), row, &mut scratch).is_some(),
@@ -321,12 +340,16 @@ impl Embeddings {
         const CHUNK: usize = 2048;
         if words.len() <= CHUNK {
             fill(out, found, words);
+            crate::storage::stream_fence();
             return;
         }
         out.par_chunks_mut(CHUNK * dims)
             .zip(found.par_chunks_mut(CHUNK))
             .zip(words.par_chunks(CHUNK))
-            .for_each(|((out, found), words)| fill(out, found, words));
+            .for_each(|((out, found), words)| {
+                fill(out, found, words);
+                crate::storage::stream_fence();
+            });
     }
 
     /// Where the embedding of `word` comes from.

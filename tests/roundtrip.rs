@@ -132,3 +132,25 @@ fn norms_are_used_in_place() {
         }
     }
 }
+
+/// A lookup large enough to use non-temporal stores gives the same rows as plain stores
+/// and as single lookups.
+#[test]
+fn streaming_lookup_equals_plain_lookup() {
+    let (n, dims) = (140_000usize, 64usize);
+    let words: Vec<String> = (0..n).map(|i| format!("w{i}")).collect();
+    let vocab = Vocab::Simple(WordList::new(words.iter().map(String::as_str)).unwrap());
+    let data: Vec<f32> = (0..n * dims).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
+    let emb = Embeddings::new(None, vocab, Storage::Array(ArrayStorage::new(data, n, dims).unwrap()), None).unwrap();
+    let mut queries: Vec<String> = (0..n).rev().step_by(1).map(|i| format!("w{}", (i * 31) % n)).collect();
+    queries[5] = "unknown".to_string();
+    let (mut a, mut b) = (vec![1f32; n * dims], vec![2f32; n * dims]);
+    let (mut fa, mut fb) = (vec![false; n], vec![false; n]);
+    emb.lookup_into_with(&queries, &mut a, &mut fa, false);
+    emb.lookup_into_with(&queries, &mut b, &mut fb, true);
+    assert!(a == b && fa == fb);
+    assert!(!fa[5] && a[5 * dims..6 * dims].iter().all(|&x| x == 0.0));
+    for j in [0usize, 1, 777, n - 1] {
+        assert_eq!(&a[j * dims..(j + 1) * dims], &emb.embedding(&queries[j]).unwrap()[..]);
+    }
+}

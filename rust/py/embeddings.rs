@@ -129,6 +129,7 @@ impl PyEmbeddings {
         let strs = words.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
         let n = strs.len();
         let dims = self.inner.dims();
+        let reused = out.is_some();
         let out = match out {
             None => PyArray2::<f32>::zeros(py, [n, dims], false),
             Some(o) => {
@@ -159,7 +160,7 @@ impl PyEmbeddings {
             let out_s = out_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
             let found_s = found_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
             let emb = &self.inner;
-            py.detach(|| emb.lookup_into(&strs, out_s, found_s));
+            py.detach(|| emb.lookup_into_with(&strs, out_s, found_s, reused));
         }
         Ok((out, found))
     }
