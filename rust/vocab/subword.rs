@@ -12,13 +12,15 @@ pub fn ngram_ranges(word: &str, min_n: usize, max_n: usize, bow: &str, eow: &str
     bracketed.push_str(bow);
     bracketed.push_str(word);
     bracketed.push_str(eow);
-    let mut bounds: Vec<usize> = bracketed.char_indices().map(|(i, _)| i).collect();
+    let mut bounds: Vec<usize> = Vec::with_capacity(bracketed.len() + 1);
+    bounds.extend(bracketed.char_indices().map(|(i, _)| i));
     bounds.push(bracketed.len());
     let n_chars = bounds.len() - 1;
-    let mut out = Vec::new();
     if min_n == 0 || min_n > max_n {
-        return (bracketed, out);
+        return (bracketed, Vec::new());
     }
+    // at most (max_n - min_n + 1) n-grams start at each character
+    let mut out = Vec::with_capacity(n_chars.saturating_mul((max_n - min_n + 1).min(n_chars)));
     for start in 0..n_chars {
         let longest = max_n.min(n_chars - start);
         if longest < min_n {
