@@ -247,13 +247,24 @@ impl Embeddings {
         self.norms.as_ref().map_or(1.0, |n| n[i])
     }
 
+    /// The row of known word `word`, its storage row already on its way into the cache:
+    /// the row is prefetched as soon as the hash table names it, while the word's bytes
+    /// are still being compared.
+    #[inline]
+    pub fn known_row(&self, word: &str) -> Option<usize> {
+        let list = self.vocab.words()?;
+        let mut row = [None];
+        list.index_group(&[word], &mut row, |i| self.storage.prefetch_row(i));
+        row[0]
+    }
+
     /// Write the embedding of `word` into `out` (`dims` long). Returns the norm, or
     /// `None` (leaving `out` unspecified) when the word has no embedding.
     ///
     /// A known word gets its stored row; an unknown word in a subword vocabulary gets
     /// the sum of its n-gram rows, L2-normalized (a zero sum stays zero, norm 0).
     pub fn embedding_into(&self, word: &str, out: &mut [f32], scratch: &mut Vec<usize>) -> Option<f32> {
-        if let Some(i) = self.vocab.word_index(word) {
+        if let Some(i) = self.known_row(word) {
             self.storage.row_into(i, out);
             return Some(self.word_norm(i));
         }

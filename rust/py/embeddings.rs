@@ -40,7 +40,7 @@ impl PyEmbeddings {
 
     fn word_array<'py>(&self, py: Python<'py>, word: &str) -> Option<Bound<'py, PyArray1<f32>>> {
         let emb = &self.inner;
-        if let (Some(i), Storage::Array(a)) = (emb.vocab.word_index(word), &emb.storage) {
+        if let (Some(i), Storage::Array(a)) = (emb.known_row(word), &emb.storage) {
             return Some(PyArray1::from_slice(py, a.row(i)));
         }
         emb.embedding(word).map(|v| PyArray1::from_vec(py, v))
