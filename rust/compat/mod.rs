@@ -93,26 +93,82 @@ pub fn normalize_rows(data: &mut [f32], dims: usize) -> Vec<f32> {
         return Vec::new();
     }
     let mut norms = vec![0f32; data.len() / dims];
-    data.par_chunks_mut(dims)
-        .zip(norms.par_iter_mut())
-        .with_min_len(1024)
-        .for_each(|(row, n)| *n = l2_normalize(row));
+    data.par_chunks_mut(dims * 1024)
+        .zip(norms.par_chunks_mut(1024))
+        .for_each(|(rows, n)| normalize_block(rows, dims, n));
     norms
 }
 
-/// Simple-vocabulary embeddings from words, a row-major matrix and norms already
-/// computed (the rows then are normalized already).
-pub(crate) fn assemble_normalized(words: WordsBuilder, data: Vec<f32>, dims: usize, norms: Option<Vec<f32>>) -> Result<Embeddings> {
-    let rows = words.len();
-    if rows.checked_mul(dims) != Some(data.len()) {
-        return Err(Error::invalid(
-            "matrix",
-            format!("{} values for {rows} words of {dims} dimensions", data.len()),
-        ));
+/// L2-normalize the `dims`-long rows of `rows` (serially) and store their former norms
+/// in `norms`; bit for bit what [`l2_normalize`] gives for each row.
+///
+/// `l2_normalize` sums the squares of a row in order, a chain of dependent additions;
+/// here eight rows are summed side by side (each still in its own order), which hides
+/// the latency of the additions.
+pub(crate) fn normalize_block(rows: &mut [f32], dims: usize, norms: &mut [f32]) {
+    if dims == 0 {
+        norms.iter_mut().for_each(|n| *n = 0.0);
+        return;
     }
-    let words = words.finish()?;
-    let storage = Storage::Array(ArrayStorage::new(data, rows, dims)?);
-    Embeddings::new(None, Vocab::Simple(words), storage, norms)
+    let mut groups = rows.chunks_exact_mut(8 * dims);
+    let mut norm_groups = norms.chunks_exact_mut(8);
+    for (g, ng) in (&mut groups).zip(&mut norm_groups) {
+        let sums = sum_squares8(g, dims);
+        for ((row, n), s) in g.chunks_exact_mut(dims).zip(ng.iter_mut()).zip(sums) {
+            *n = scale_by_norm(row, s.sqrt());
+        }
+    }
+    for (row, n) in groups.into_remainder().chunks_exact_mut(dims).zip(norm_groups.into_remainder()) {
+        *n = l2_normalize(row);
+    }
+}
+
+/// The sums of squares of 8 consecutive `dims`-long rows, each summed in order from the
+/// first element (as `Iterator::sum` does).
+#[inline]
+fn sum_squares8(g: &[f32], dims: usize) -> [f32; 8] {
+    let mut r = g.chunks_exact(dims);
+    let (Some(r0), Some(r1), Some(r2), Some(r3), Some(r4), Some(r5), Some(r6), Some(r7)) =
+        (r.next(), r.next(), r.next(), r.next(), r.next(), r.next(), r.next(), r.next())
+    else {
+        return [0.0; 8];
+    };
+    // (-0.0 + x*x == 0.0 + x*x for every x: starting from 0.0 is what `sum` gives)
+    let mut a = [0f32; 8];
+    for (((((((x0, x1), x2), x3), x4), x5), x6), x7) in
+        r0.iter().zip(r1).zip(r2).zip(r3).zip(r4).zip(r5).zip(r6).zip(r7)
+    {
+        a[0] += x0 * x0;
+        a[1] += x1 * x1;
+        a[2] += x2 * x2;
+        a[3] += x3 * x3;
+        a[4] += x4 * x4;
+        a[5] += x5 * x5;
+        a[6] += x6 * x6;
+        a[7] += x7 * x7;
+    }
+    a
+}
+
+/// The second half of [`l2_normalize`]: divide by `norm` (unless zero); returns `norm`.
+#[inline]
+fn scale_by_norm(v: &mut [f32], norm: f32) -> f32 {
+    if norm > 0.0 {
+        for x in v.iter_mut() {
+            *x /= norm;
+        }
+    }
+    norm
+}
+
+/// Turn little-endian f32 values read from a file into host order (in place; nothing to
+/// do on little-endian hosts).
+pub(crate) fn le_to_host(data: &mut [f32]) {
+    if cfg!(target_endian = "big") {
+        for x in data.iter_mut() {
+            *x = f32::from_bits(u32::from_le(x.to_bits()));
+        }
+    }
 }
 
 /// Simple-vocabulary embeddings from words and a row-major matrix.
