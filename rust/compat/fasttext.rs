@@ -464,7 +464,7 @@ fn read_fasttext_inner(path: &Path, lossy: bool) -> Result<Embeddings> {
 /// machine fresh huge pages can be much slower to fault in).
 fn read_matrix(file: &File, path: &Path, offset: u64, n: usize) -> Result<Vec<f32>> {
     let mut data = vec![0f32; n];
-    crate::embeddings::read_into_at(file, bytemuck::cast_slice_mut(&mut data[..]), offset)
+    crate::embeddings::read_into_at(file, bytemuck::cast_slice_mut(&mut data[..]), offset, 64 << 20)
         .map_err(|e| read_err(path, "fastText input matrix", e))?;
     super::le_to_host(&mut data);
     Ok(data)
