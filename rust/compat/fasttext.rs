@@ -429,20 +429,43 @@ fn read_fasttext_inner(path: &Path, lossy: bool) -> Result<Embeddings> {
     let keep_rows = if subwords { rows } else { nwords };
     let keep = keep_rows * dims;
     let file = r.r.into_inner();
-    let mut data = read_matrix(&file, path, offset, keep)?;
-    drop(file);
     let metadata = Some(args.to_toml(version as u32));
+    // (memory that the system zeroes lazily, in 4 KiB pages: on a busy machine fresh
+    // huge pages can be much slower to fault in)
+    let mut data = vec![0f32; keep];
     let (word_part, ngram_part) = data.split_at_mut(nwords * dims);
+    let word_bytes = (word_part.len() as u64) * 4;
+    let read_rows = |buf: &mut [f32], at: u64, piece: usize| -> Result<()> {
+        crate::embeddings::read_into_at(&file, bytemuck::cast_slice_mut(buf), at, piece)
+            .map_err(|e| read_err(path, "fastText input matrix", e))?;
+        super::le_to_host(buf);
+        Ok(())
+    };
     let norms = if subwords {
+        // the n-gram rows first, in parallel; each word row is read by the task that
+        // imports it, just before (so it is in cache)
+        read_rows(ngram_part, offset + word_bytes, 64 << 20)?;
         let ngrams = NgramParams {
             minn: args.minn as usize,
             maxn: args.maxn as usize,
             bucket: args.bucket as u32,
         };
-        import_word_rows(word_part, ngram_part, dims, &words, ngrams)
+        if !cfg!(unix) {
+            read_rows(word_part, offset, 64 << 20)?;
+        }
+        import_word_rows(word_part, ngram_part, dims, &words, ngrams, |first_row, block| {
+            if cfg!(unix) {
+                // (one positional read; reads of other blocks go on beside it)
+                read_rows(block, offset + (first_row * dims * 4) as u64, usize::MAX)
+            } else {
+                Ok(())
+            }
+        })?
     } else {
+        read_rows(word_part, offset, 64 << 20)?;
         normalize_rows(word_part, dims)
     };
+    drop(file);
     let storage = Storage::Array(ArrayStorage::new(data, keep_rows, dims)?);
     let vocab = if subwords {
         Vocab::Subword(SubwordVocab {
@@ -459,17 +482,6 @@ fn read_fasttext_inner(path: &Path, lossy: bool) -> Result<Embeddings> {
     Embeddings::new(metadata, vocab, storage, Some(norms))
 }
 
-/// `n` little-endian f32 values from byte `offset` of `file`, read in parallel straight
-/// into the matrix (memory that the system zeroes lazily, in 4 KiB pages: on a busy
-/// machine fresh huge pages can be much slower to fault in).
-fn read_matrix(file: &File, path: &Path, offset: u64, n: usize) -> Result<Vec<f32>> {
-    let mut data = vec![0f32; n];
-    crate::embeddings::read_into_at(file, bytemuck::cast_slice_mut(&mut data[..]), offset, 64 << 20)
-        .map_err(|e| read_err(path, "fastText input matrix", e))?;
-    super::le_to_host(&mut data);
-    Ok(data)
-}
-
 #[derive(Clone, Copy)]
 struct NgramParams {
     minn: usize,
@@ -480,22 +492,34 @@ struct NgramParams {
 /// Words handled by one task of the import.
 const IMPORT_BLOCK: usize = 256;
 
-/// finalfusion's import of fastText word rows, fused with normalization: each word row
+/// finalfusion's import of fastText word rows, fused with normalization (`fill(first
+/// row, rows)` first fills each block of word rows, or does nothing): each word row
 /// becomes the mean of itself and its n-gram rows (fastText's order of summation), then
 /// is L2-normalized while still in cache; returns the norms. While one word is summed,
 /// the rows of the next word's n-grams are prefetched.
-fn import_word_rows(word_part: &mut [f32], ngram_part: &[f32], dims: usize, words: &WordList, p: NgramParams) -> Vec<f32> {
+fn import_word_rows<F>(
+    word_part: &mut [f32],
+    ngram_part: &[f32],
+    dims: usize,
+    words: &WordList,
+    p: NgramParams,
+    fill: F,
+) -> Result<Vec<f32>>
+where
+    F: Fn(usize, &mut [f32]) -> Result<()> + Sync,
+{
     let nwords = word_part.len() / dims.max(1);
     let mut norms = vec![0f32; nwords];
     if dims == 0 {
-        return norms;
+        return Ok(norms);
     }
     word_part
         .par_chunks_mut(IMPORT_BLOCK * dims)
         .zip(norms.par_chunks_mut(IMPORT_BLOCK))
         .enumerate()
-        .for_each(|(b, (block, block_norms))| {
+        .try_for_each(|(b, (block, block_norms))| -> Result<()> {
             let first = b * IMPORT_BLOCK;
+            fill(first, block)?;
             let mut scratch = String::new();
             let mut cur: Vec<usize> = Vec::new();
             let mut next: Vec<usize> = Vec::new();
@@ -526,8 +550,9 @@ fn import_word_rows(word_part: &mut [f32], ngram_part: &[f32], dims: usize, word
                 }
             }
             normalize_block(block, dims, block_norms);
-        });
-    norms
+            Ok(())
+        })?;
+    Ok(norms)
 }
 
 /// [`fasttext_ngram_rows`] relative to the first bucket row, with a reusable buffer.

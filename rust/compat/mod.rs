@@ -227,3 +227,46 @@ pub(crate) fn read_err(path: &std::path::Path, what: &'static str, e: std::io::E
         Error::io(format!("cannot read {}", path.display()), e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_block_is_l2_normalize_bit_for_bit() {
+        let specials = [0.0, -0.0, 1e-40, -3e-39, f32::MAX, f32::MIN_POSITIVE, 1.5, -2.25, f32::INFINITY, f32::NAN];
+        for dims in [1usize, 3, 8, 300] {
+            for rows in [0usize, 1, 7, 8, 9, 17, 40] {
+                let mut s = 0x9E37_79B9_7F4A_7C15u64 ^ (dims * 131 + rows) as u64;
+                let mut data: Vec<f32> = (0..rows * dims)
+                    .map(|i| {
+                        s ^= s << 13;
+                        s ^= s >> 7;
+                        s ^= s << 17;
+                        if i % 11 == 0 {
+                            specials[(s % specials.len() as u64) as usize]
+                        } else {
+                            ((s >> 40) as f32 / 16_777_216.0 - 0.5) * 2f32.powi((s % 40) as i32 - 20)
+                        }
+                    })
+                    .collect();
+                if rows > 2 {
+                    data[dims..2 * dims].iter_mut().for_each(|x| *x = 0.0); // a zero row
+                }
+                let original = data.clone();
+                let mut want = data.clone();
+                let want_norms: Vec<f32> = want.chunks_exact_mut(dims).map(l2_normalize).collect();
+                let mut norms = vec![0f32; rows];
+                normalize_block(&mut data, dims, &mut norms);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&data), bits(&want), "dims {dims} rows {rows}");
+                assert_eq!(bits(&norms), bits(&want_norms), "dims {dims} rows {rows}");
+                // and the parallel version over many rows
+                let mut par = original.clone();
+                let par_norms = normalize_rows(&mut par, dims);
+                assert_eq!(bits(&par), bits(&want), "dims {dims} rows {rows}");
+                assert_eq!(bits(&par_norms), bits(&want_norms), "dims {dims} rows {rows}");
+            }
+        }
+    }
+}
