@@ -246,3 +246,14 @@ fn fasttext_import_matches_plain_mean_bit_for_bit() {
     std::fs::write(&p, &full[..cut]).unwrap();
     assert!(fasttext::read_fasttext(&p, false).unwrap_err().is_format());
 }
+
+#[test]
+fn word2vec_without_dimensions_keeps_the_empty_norm() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("z.bin");
+    std::fs::write(&p, b"3 0\na \nb \nc \n").unwrap();
+    let emb = read_word2vec_binary(&p, &ReadOptions::default()).unwrap();
+    assert_eq!((emb.len(), emb.dims()), (3, 0));
+    let empty = vecfusion::embeddings::l2_normalize(&mut []);
+    assert!(emb.norms.as_ref().unwrap().iter().all(|n| n.to_bits() == empty.to_bits()));
+}

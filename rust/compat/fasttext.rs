@@ -456,7 +456,7 @@ fn read_fasttext_inner(path: &Path, lossy: bool) -> Result<Embeddings> {
         import_word_rows(word_part, ngram_part, dims, &words, ngrams, |first_row, block| {
             if cfg!(unix) {
                 // (one positional read; reads of other blocks go on beside it)
-                read_rows(block, offset + (first_row * dims * 4) as u64, usize::MAX)
+                read_rows(block, offset + first_row as u64 * dims as u64 * 4, usize::MAX)
             } else {
                 Ok(())
             }

@@ -107,7 +107,7 @@ pub fn normalize_rows(data: &mut [f32], dims: usize) -> Vec<f32> {
 /// the latency of the additions.
 pub(crate) fn normalize_block(rows: &mut [f32], dims: usize, norms: &mut [f32]) {
     if dims == 0 {
-        norms.iter_mut().for_each(|n| *n = 0.0);
+        norms.fill(l2_normalize(&mut []));
         return;
     }
     let mut groups = rows.chunks_exact_mut(8 * dims);
@@ -234,6 +234,10 @@ mod tests {
 
     #[test]
     fn normalize_block_is_l2_normalize_bit_for_bit() {
+        // no dimensions: every norm is what an empty row gives
+        let mut norms = [1f32; 3];
+        normalize_block(&mut [], 0, &mut norms);
+        assert!(norms.iter().all(|n| n.to_bits() == l2_normalize(&mut []).to_bits()));
         let specials = [0.0, -0.0, 1e-40, -3e-39, f32::MAX, f32::MIN_POSITIVE, 1.5, -2.25, f32::INFINITY, f32::NAN];
         for dims in [1usize, 3, 8, 300] {
             for rows in [0usize, 1, 7, 8, 9, 17, 40] {

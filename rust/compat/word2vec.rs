@@ -194,6 +194,10 @@ pub fn read_word2vec_binary(path: &Path, opts: &ReadOptions) -> Result<Embedding
         }
         Ok(())
     })?;
+    if dims == 0 {
+        // what normalizing an empty row gives (-0.0), as before
+        norms.fill(crate::embeddings::l2_normalize(&mut []));
+    }
     let norms = opts.normalize.then_some(norms);
     let words = words.finish().map_err(|e| e.context(path.display()))?;
     let storage = Storage::Array(ArrayStorage::new(data, rows, dims)?);
