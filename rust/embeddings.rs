@@ -433,18 +433,27 @@ pub fn read_file(path: &Path, mode: OpenMode) -> Result<FileBytes> {
 /// Fill `buf` from the start of `file`: positional reads of 64 MiB pieces on all cores
 /// (on Unix), so that page-cache copies and page faults are spread over the threads.
 fn read_into(file: &File, buf: &mut [u8]) -> std::io::Result<()> {
+    read_into_at(file, buf, 0, 64 << 20)
+}
+
+/// Fill `buf` from byte `offset` of `file` with positional reads of `piece` bytes on all
+/// cores (as [`read_into`]); a file that ends early is an `UnexpectedEof` error. Does not
+/// use or move the file's cursor on Unix (elsewhere it seeks and reads serially).
+pub(crate) fn read_into_at(file: &File, buf: &mut [u8], offset: u64, piece: usize) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::FileExt;
-        const PIECE: usize = 64 << 20;
-        buf.par_chunks_mut(PIECE)
+        let piece = piece.max(1);
+        buf.par_chunks_mut(piece)
             .enumerate()
-            .try_for_each(|(i, chunk)| file.read_exact_at(chunk, (i * PIECE) as u64))
+            .try_for_each(|(i, chunk)| file.read_exact_at(chunk, offset + (i * piece) as u64))
     }
     #[cfg(not(unix))]
     {
-        use std::io::Read;
+        use std::io::{Read, Seek, SeekFrom};
+        let _ = piece;
         let mut f = file;
+        f.seek(SeekFrom::Start(offset))?;
         f.read_exact(buf)
     }
 }

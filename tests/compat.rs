@@ -84,3 +84,176 @@ fn fasttext_reference_neighbours() {
     assert_eq!(top, ["auf", "vor", "durch"]);
     assert!((sims[0].0 - 0.568513).abs() < 1e-5);
 }
+
+/// Deterministic pseudo-random floats (xorshift), with some exact zeros and wide exponents.
+fn floats(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|i| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            if i % 97 == 0 {
+                0.0
+            } else {
+                let m = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                m * 2f32.powi(((s >> 8) % 16) as i32 - 8)
+            }
+        })
+        .collect()
+}
+
+/// The straightforward per-row normalization the readers must match bit for bit.
+fn normalized(row: &[f32]) -> (Vec<f32>, f32) {
+    let mut r = row.to_vec();
+    let n = vecfusion::embeddings::l2_normalize(&mut r);
+    (r, n)
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn word2vec_reader_matches_plain_parse_bit_for_bit() {
+    // more rows than one part of the reader, odd dims, a zero row, whitespace variants
+    let (rows, dims) = (1000, 7);
+    let mut vals = floats(rows * dims, 7);
+    vals[5 * dims..6 * dims].iter_mut().for_each(|x| *x = 0.0);
+    let mut file = format!("{rows} {dims}\n").into_bytes();
+    for i in 0..rows {
+        if i % 3 == 0 {
+            file.push(b'\n');
+        }
+        file.extend_from_slice(format!("w{i}").as_bytes());
+        file.push(b' ');
+        for x in &vals[i * dims..(i + 1) * dims] {
+            file.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("v.bin");
+    std::fs::write(&p, &file).unwrap();
+
+    let raw = read_word2vec_binary(&p, &RAW).unwrap();
+    assert_eq!(bits(array(&raw).as_slice()), bits(&vals));
+    assert!(raw.norms.is_none());
+
+    for limit in [None, Some(300), Some(256), Some(1)] {
+        let opts = ReadOptions {
+            limit,
+            ..ReadOptions::default()
+        };
+        let emb = read_word2vec_binary(&p, &opts).unwrap();
+        let n = limit.unwrap_or(rows);
+        assert_eq!(emb.len(), n);
+        let norms = emb.norms.as_ref().unwrap();
+        for i in 0..n {
+            let (want, norm) = normalized(&vals[i * dims..(i + 1) * dims]);
+            assert_eq!(bits(array(&emb).row(i)), bits(&want), "row {i}");
+            assert_eq!(norms[i].to_bits(), norm.to_bits(), "norm {i}");
+            assert_eq!(emb.vocab.word(i), Some(format!("w{i}").as_str()));
+        }
+    }
+
+    // truncated inside a vector, and inside a word: format errors naming the record
+    for (cut, inside) in [(file.len() - 3, "vector"), (file.len() - dims * 4 - 2, "word")] {
+        std::fs::write(&p, &file[..cut]).unwrap();
+        let e = read_word2vec_binary(&p, &ReadOptions::default()).unwrap_err();
+        assert!(e.is_format(), "{e}");
+        assert!(e.to_string().contains(&format!("record {rows} of {rows}")), "{e}");
+        assert!(e.to_string().contains(inside), "{e}");
+    }
+}
+
+fn array(e: &Embeddings) -> &vecfusion::ArrayStorage {
+    match &e.storage {
+        vecfusion::Storage::Array(a) => a,
+        _ => panic!("not a dense matrix"),
+    }
+}
+
+/// A fastText skipgram `.bin` written field by field (no labels, not quantized).
+fn fasttext_file(words: &[String], dims: usize, bucket: usize, minn: i32, maxn: i32, matrix: &[f32]) -> Vec<u8> {
+    let mut b = Vec::new();
+    let i32s = |b: &mut Vec<u8>, v: &[i32]| v.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+    i32s(&mut b, &[793_712_314, 12]);
+    // dim ws epoch minCount neg wordNgrams loss model bucket minn maxn lrUpdateRate
+    i32s(&mut b, &[dims as i32, 5, 5, 1, 5, 1, 2, 2, bucket as i32, minn, maxn, 100]);
+    b.extend_from_slice(&1e-4f64.to_le_bytes());
+    i32s(&mut b, &[words.len() as i32, words.len() as i32, 0]);
+    b.extend_from_slice(&(words.len() as i64).to_le_bytes());
+    b.extend_from_slice(&(-1i64).to_le_bytes());
+    for w in words {
+        b.extend_from_slice(w.as_bytes());
+        b.push(0);
+        b.extend_from_slice(&1i64.to_le_bytes());
+        b.push(0);
+    }
+    b.push(0);
+    b.extend_from_slice(&((words.len() + bucket) as i64).to_le_bytes());
+    b.extend_from_slice(&(dims as i64).to_le_bytes());
+    for x in matrix {
+        b.extend_from_slice(&x.to_le_bytes());
+    }
+    // output matrix (ignored by the reader)
+    b.push(0);
+    b.extend_from_slice(&0i64.to_le_bytes());
+    b.extend_from_slice(&(dims as i64).to_le_bytes());
+    b
+}
+
+#[test]
+fn fasttext_import_matches_plain_mean_bit_for_bit() {
+    // more words than one import block; </s> has no n-grams; multi-byte characters
+    let (dims, bucket) = (13, 97);
+    let mut words: Vec<String> = vec!["</s>".into(), "ü".into(), "日本語".into()];
+    words.extend((0..700).map(|i| format!("w{i}x")));
+    let nwords = words.len();
+    let matrix = floats((nwords + bucket) * dims, 11);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.bin");
+    std::fs::write(&p, fasttext_file(&words, dims, bucket, 3, 6, &matrix)).unwrap();
+
+    let emb = fasttext::read_fasttext(&p, false).unwrap();
+    let stored = array(&emb);
+    assert_eq!((emb.len(), stored.rows()), (nwords, nwords + bucket));
+    // n-gram rows as in the file
+    assert_eq!(bits(&stored.as_slice()[nwords * dims..]), bits(&matrix[nwords * dims..]));
+    let norms = emb.norms.as_ref().unwrap();
+    let mut idx = Vec::new();
+    for (i, w) in words.iter().enumerate() {
+        idx.clear();
+        fasttext::fasttext_ngram_rows(w, 3, 6, bucket as u32, nwords, &mut idx);
+        let mut row = matrix[i * dims..(i + 1) * dims].to_vec();
+        if !idx.is_empty() {
+            for &g in &idx {
+                for (o, v) in row.iter_mut().zip(&matrix[g * dims..(g + 1) * dims]) {
+                    *o += v;
+                }
+            }
+            let inv = 1.0 / (idx.len() + 1) as f32;
+            row.iter_mut().for_each(|o| *o *= inv);
+        }
+        let (want, norm) = normalized(&row);
+        assert_eq!(bits(stored.row(i)), bits(&want), "word {w}");
+        assert_eq!(norms[i].to_bits(), norm.to_bits(), "norm of {w}");
+    }
+
+    // the file cut inside the input matrix: a format error, no crash
+    let full = std::fs::read(&p).unwrap();
+    let cut = full.len() - dims * 4 - 17 - 4 * dims * (bucket / 2);
+    std::fs::write(&p, &full[..cut]).unwrap();
+    assert!(fasttext::read_fasttext(&p, false).unwrap_err().is_format());
+}
+
+#[test]
+fn word2vec_without_dimensions_keeps_the_empty_norm() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("z.bin");
+    std::fs::write(&p, b"3 0\na \nb \nc \n").unwrap();
+    let emb = read_word2vec_binary(&p, &ReadOptions::default()).unwrap();
+    assert_eq!((emb.len(), emb.dims()), (3, 0));
+    let empty = vecfusion::embeddings::l2_normalize(&mut []);
+    assert!(emb.norms.as_ref().unwrap().iter().all(|n| n.to_bits() == empty.to_bits()));
+}

@@ -17,15 +17,15 @@
 //! Quantized models (`.ftz`) are refused.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Seek, Write};
 use std::path::Path;
 
 use rayon::prelude::*;
 
-use super::{normalize_rows, read_err};
+use super::{normalize_block, normalize_rows, read_err};
 use crate::embeddings::{write_atomically, Embeddings};
 use crate::error::{Error, Result};
-use crate::storage::{ArrayStorage, Storage};
+use crate::storage::{prefetch, ArrayStorage, Storage};
 use crate::vocab::{Indexer, SubwordVocab, Vocab, WordList};
 
 /// The magic number of fastText model files.
@@ -157,7 +157,7 @@ fn fasttext_hash_bytes(b: &[u8]) -> u32 {
 /// Call `f` with the byte range of every n-gram of `<word>` in fastText's order
 /// (for each start character, shortest first), with fastText's rules: n-grams of
 /// `minn..=maxn` characters, single `<` or `>` excluded, `</s>` has none.
-pub fn for_each_fasttext_ngram(word: &str, minn: usize, maxn: usize, mut f: impl FnMut(&str)) {
+pub fn for_each_fasttext_ngram(word: &str, minn: usize, maxn: usize, f: impl FnMut(&str)) {
     if word == EOS {
         return;
     }
@@ -165,6 +165,12 @@ pub fn for_each_fasttext_ngram(word: &str, minn: usize, maxn: usize, mut f: impl
     s.push('<');
     s.push_str(word);
     s.push('>');
+    ngrams_of_bracketed(&s, minn, maxn, f);
+}
+
+/// The n-grams of `s` = `<word>` (see [`for_each_fasttext_ngram`]).
+#[inline]
+fn ngrams_of_bracketed(s: &str, minn: usize, maxn: usize, mut f: impl FnMut(&str)) {
     let b = s.as_bytes();
     let len = b.len();
     for i in 0..len {
@@ -404,74 +410,163 @@ fn read_fasttext_inner(path: &Path, lossy: bool) -> Result<Embeddings> {
     let rows = rows as usize;
     let n = rows.checked_mul(dims).ok_or(Error::Overflow("matrix size"))?;
     let nbytes = (n as u64).checked_mul(4).ok_or(Error::Overflow("matrix size"))?;
-    if nbytes > file_len {
+    // the matrix starts here (the reader's position, its buffer accounted for)
+    let offset = r
+        .r
+        .stream_position()
+        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    if nbytes > file_len.saturating_sub(offset) {
         return Err(Error::invalid(
             "fastText input matrix",
-            format!("{rows} x {dims} floats do not fit in a file of {file_len} bytes"),
+            format!(
+                "{rows} x {dims} floats at byte {offset} do not fit in a file of {file_len} bytes: the file ends early"
+            ),
         ));
     }
-    let mut data = vec![0f32; n];
-    {
-        let mut chunk = vec![0u8; 4 << 20];
-        let mut filled = 0usize;
-        while filled < n {
-            let take = (n - filled).min(chunk.len() / 4);
-            let bytes = &mut chunk[..take * 4];
-            r.r.read_exact(bytes).map_err(|e| read_err(path, "fastText input matrix", e))?;
-            for (o, c) in data[filled..filled + take].iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
-            filled += take;
-        }
-    }
-    drop(r);
-
     let words = words.finish()?;
     let subwords = args.maxn > 0 && bucket > 0 && args.maxn >= args.minn && args.minn > 0;
+    // without n-grams only the word rows matter: the bucket rows are not read
+    let keep_rows = if subwords { rows } else { nwords };
+    let keep = keep_rows * dims;
+    let file = r.r.into_inner();
     let metadata = Some(args.to_toml(version as u32));
+    // (memory that the system zeroes lazily, in 4 KiB pages: on a busy machine fresh
+    // huge pages can be much slower to fault in)
+    let mut data = vec![0f32; keep];
     let (word_part, ngram_part) = data.split_at_mut(nwords * dims);
-    if subwords {
-        let (minn, maxn, bk) = (args.minn as u32, args.maxn as u32, args.bucket as u32);
-        word_part
-            .par_chunks_mut(dims)
-            .enumerate()
-            .with_min_len(64)
-            .for_each_init(Vec::new, |idx, (i, row)| {
-                idx.clear();
-                fasttext_ngram_rows(words.get(i).unwrap_or_default(), minn, maxn, bk, 0, idx);
-                if idx.is_empty() {
-                    return;
-                }
-                for &g in idx.iter() {
-                    for (o, v) in row.iter_mut().zip(&ngram_part[g * dims..(g + 1) * dims]) {
-                        *o += v;
-                    }
-                }
-                let inv = 1.0 / (idx.len() + 1) as f32;
-                for o in row.iter_mut() {
-                    *o *= inv;
-                }
-            });
-    }
-    let norms = normalize_rows(word_part, dims);
-    if subwords {
-        let vocab = Vocab::Subword(SubwordVocab {
+    let word_bytes = (word_part.len() as u64) * 4;
+    let read_rows = |buf: &mut [f32], at: u64, piece: usize| -> Result<()> {
+        crate::embeddings::read_into_at(&file, bytemuck::cast_slice_mut(buf), at, piece)
+            .map_err(|e| read_err(path, "fastText input matrix", e))?;
+        super::le_to_host(buf);
+        Ok(())
+    };
+    let norms = if subwords {
+        // the n-gram rows first, in parallel; each word row is read by the task that
+        // imports it, just before (so it is in cache)
+        read_rows(ngram_part, offset + word_bytes, 64 << 20)?;
+        let ngrams = NgramParams {
+            minn: args.minn as usize,
+            maxn: args.maxn as usize,
+            bucket: args.bucket as u32,
+        };
+        if !cfg!(unix) {
+            read_rows(word_part, offset, 64 << 20)?;
+        }
+        import_word_rows(word_part, ngram_part, dims, &words, ngrams, |first_row, block| {
+            if cfg!(unix) {
+                // (one positional read; reads of other blocks go on beside it)
+                read_rows(block, offset + first_row as u64 * dims as u64 * 4, usize::MAX)
+            } else {
+                Ok(())
+            }
+        })?
+    } else {
+        read_rows(word_part, offset, 64 << 20)?;
+        normalize_rows(word_part, dims)
+    };
+    drop(file);
+    let storage = Storage::Array(ArrayStorage::new(data, keep_rows, dims)?);
+    let vocab = if subwords {
+        Vocab::Subword(SubwordVocab {
             words,
             min_n: args.minn as u32,
             max_n: args.maxn as u32,
             indexer: Indexer::FastText {
                 buckets: args.bucket as u32,
             },
-        });
-        let storage = Storage::Array(ArrayStorage::new(data, rows, dims)?);
-        Embeddings::new(metadata, vocab, storage, Some(norms))
+        })
     } else {
-        // no n-grams: only the word rows matter
-        data.truncate(nwords * dims);
-        data.shrink_to_fit();
-        let storage = Storage::Array(ArrayStorage::new(data, nwords, dims)?);
-        Embeddings::new(metadata, Vocab::Simple(words), storage, Some(norms))
+        Vocab::Simple(words)
+    };
+    Embeddings::new(metadata, vocab, storage, Some(norms))
+}
+
+#[derive(Clone, Copy)]
+struct NgramParams {
+    minn: usize,
+    maxn: usize,
+    bucket: u32,
+}
+
+/// Words handled by one task of the import.
+const IMPORT_BLOCK: usize = 256;
+
+/// finalfusion's import of fastText word rows, fused with normalization (`fill(first
+/// row, rows)` first fills each block of word rows, or does nothing): each word row
+/// becomes the mean of itself and its n-gram rows (fastText's order of summation), then
+/// is L2-normalized while still in cache; returns the norms. While one word is summed,
+/// the rows of the next word's n-grams are prefetched.
+fn import_word_rows<F>(
+    word_part: &mut [f32],
+    ngram_part: &[f32],
+    dims: usize,
+    words: &WordList,
+    p: NgramParams,
+    fill: F,
+) -> Result<Vec<f32>>
+where
+    F: Fn(usize, &mut [f32]) -> Result<()> + Sync,
+{
+    let nwords = word_part.len() / dims.max(1);
+    let mut norms = vec![0f32; nwords];
+    if dims == 0 {
+        return Ok(norms);
     }
+    word_part
+        .par_chunks_mut(IMPORT_BLOCK * dims)
+        .zip(norms.par_chunks_mut(IMPORT_BLOCK))
+        .enumerate()
+        .try_for_each(|(b, (block, block_norms))| -> Result<()> {
+            let first = b * IMPORT_BLOCK;
+            fill(first, block)?;
+            let mut scratch = String::new();
+            let mut cur: Vec<usize> = Vec::new();
+            let mut next: Vec<usize> = Vec::new();
+            let ngram_rows = |i: usize, scratch: &mut String, out: &mut Vec<usize>| {
+                out.clear();
+                ngram_rows_into(words.get(i).unwrap_or_default(), p, scratch, out);
+            };
+            let count = block_norms.len();
+            ngram_rows(first, &mut scratch, &mut next);
+            for (k, row) in block.chunks_exact_mut(dims).enumerate() {
+                std::mem::swap(&mut cur, &mut next);
+                if k + 1 < count {
+                    ngram_rows(first + k + 1, &mut scratch, &mut next);
+                    for &g in &next {
+                        prefetch(&ngram_part[g * dims..(g + 1) * dims]);
+                    }
+                }
+                if !cur.is_empty() {
+                    for &g in &cur {
+                        for (o, v) in row.iter_mut().zip(&ngram_part[g * dims..(g + 1) * dims]) {
+                            *o += v;
+                        }
+                    }
+                    let inv = 1.0 / (cur.len() + 1) as f32;
+                    for o in row.iter_mut() {
+                        *o *= inv;
+                    }
+                }
+            }
+            normalize_block(block, dims, block_norms);
+            Ok(())
+        })?;
+    Ok(norms)
+}
+
+/// [`fasttext_ngram_rows`] relative to the first bucket row, with a reusable buffer.
+fn ngram_rows_into(word: &str, p: NgramParams, scratch: &mut String, out: &mut Vec<usize>) {
+    if word == EOS || p.bucket == 0 {
+        return;
+    }
+    scratch.clear();
+    scratch.push('<');
+    scratch.push_str(word);
+    scratch.push('>');
+    ngrams_of_bracketed(scratch, p.minn, p.maxn, |g| {
+        out.push((fasttext_hash_bytes(g.as_bytes()) % p.bucket) as usize);
+    });
 }
 
 /// Write `emb` as a fastText `.bin` model that fastText loads: word rows are turned back

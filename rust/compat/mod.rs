@@ -93,26 +93,82 @@ pub fn normalize_rows(data: &mut [f32], dims: usize) -> Vec<f32> {
         return Vec::new();
     }
     let mut norms = vec![0f32; data.len() / dims];
-    data.par_chunks_mut(dims)
-        .zip(norms.par_iter_mut())
-        .with_min_len(1024)
-        .for_each(|(row, n)| *n = l2_normalize(row));
+    data.par_chunks_mut(dims * 1024)
+        .zip(norms.par_chunks_mut(1024))
+        .for_each(|(rows, n)| normalize_block(rows, dims, n));
     norms
 }
 
-/// Simple-vocabulary embeddings from words, a row-major matrix and norms already
-/// computed (the rows then are normalized already).
-pub(crate) fn assemble_normalized(words: WordsBuilder, data: Vec<f32>, dims: usize, norms: Option<Vec<f32>>) -> Result<Embeddings> {
-    let rows = words.len();
-    if rows.checked_mul(dims) != Some(data.len()) {
-        return Err(Error::invalid(
-            "matrix",
-            format!("{} values for {rows} words of {dims} dimensions", data.len()),
-        ));
+/// L2-normalize the `dims`-long rows of `rows` (serially) and store their former norms
+/// in `norms`; bit for bit what [`l2_normalize`] gives for each row.
+///
+/// `l2_normalize` sums the squares of a row in order, a chain of dependent additions;
+/// here eight rows are summed side by side (each still in its own order), which hides
+/// the latency of the additions.
+pub(crate) fn normalize_block(rows: &mut [f32], dims: usize, norms: &mut [f32]) {
+    if dims == 0 {
+        norms.fill(l2_normalize(&mut []));
+        return;
     }
-    let words = words.finish()?;
-    let storage = Storage::Array(ArrayStorage::new(data, rows, dims)?);
-    Embeddings::new(None, Vocab::Simple(words), storage, norms)
+    let mut groups = rows.chunks_exact_mut(8 * dims);
+    let mut norm_groups = norms.chunks_exact_mut(8);
+    for (g, ng) in (&mut groups).zip(&mut norm_groups) {
+        let sums = sum_squares8(g, dims);
+        for ((row, n), s) in g.chunks_exact_mut(dims).zip(ng.iter_mut()).zip(sums) {
+            *n = scale_by_norm(row, s.sqrt());
+        }
+    }
+    for (row, n) in groups.into_remainder().chunks_exact_mut(dims).zip(norm_groups.into_remainder()) {
+        *n = l2_normalize(row);
+    }
+}
+
+/// The sums of squares of 8 consecutive `dims`-long rows, each summed in order from the
+/// first element (as `Iterator::sum` does).
+#[inline]
+fn sum_squares8(g: &[f32], dims: usize) -> [f32; 8] {
+    let mut r = g.chunks_exact(dims);
+    let (Some(r0), Some(r1), Some(r2), Some(r3), Some(r4), Some(r5), Some(r6), Some(r7)) =
+        (r.next(), r.next(), r.next(), r.next(), r.next(), r.next(), r.next(), r.next())
+    else {
+        return [0.0; 8];
+    };
+    // (-0.0 + x*x == 0.0 + x*x for every x: starting from 0.0 is what `sum` gives)
+    let mut a = [0f32; 8];
+    for (((((((x0, x1), x2), x3), x4), x5), x6), x7) in
+        r0.iter().zip(r1).zip(r2).zip(r3).zip(r4).zip(r5).zip(r6).zip(r7)
+    {
+        a[0] += x0 * x0;
+        a[1] += x1 * x1;
+        a[2] += x2 * x2;
+        a[3] += x3 * x3;
+        a[4] += x4 * x4;
+        a[5] += x5 * x5;
+        a[6] += x6 * x6;
+        a[7] += x7 * x7;
+    }
+    a
+}
+
+/// The second half of [`l2_normalize`]: divide by `norm` (unless zero); returns `norm`.
+#[inline]
+fn scale_by_norm(v: &mut [f32], norm: f32) -> f32 {
+    if norm > 0.0 {
+        for x in v.iter_mut() {
+            *x /= norm;
+        }
+    }
+    norm
+}
+
+/// Turn little-endian f32 values read from a file into host order (in place; nothing to
+/// do on little-endian hosts).
+pub(crate) fn le_to_host(data: &mut [f32]) {
+    if cfg!(target_endian = "big") {
+        for x in data.iter_mut() {
+            *x = f32::from_bits(u32::from_le(x.to_bits()));
+        }
+    }
 }
 
 /// Simple-vocabulary embeddings from words and a row-major matrix.
@@ -169,5 +225,52 @@ pub(crate) fn read_err(path: &std::path::Path, what: &'static str, e: std::io::E
         Error::invalid(what, format!("the file ends early ({})", path.display()))
     } else {
         Error::io(format!("cannot read {}", path.display()), e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_block_is_l2_normalize_bit_for_bit() {
+        // no dimensions: every norm is what an empty row gives
+        let mut norms = [1f32; 3];
+        normalize_block(&mut [], 0, &mut norms);
+        assert!(norms.iter().all(|n| n.to_bits() == l2_normalize(&mut []).to_bits()));
+        let specials = [0.0, -0.0, 1e-40, -3e-39, f32::MAX, f32::MIN_POSITIVE, 1.5, -2.25, f32::INFINITY, f32::NAN];
+        for dims in [1usize, 3, 8, 300] {
+            for rows in [0usize, 1, 7, 8, 9, 17, 40] {
+                let mut s = 0x9E37_79B9_7F4A_7C15u64 ^ (dims * 131 + rows) as u64;
+                let mut data: Vec<f32> = (0..rows * dims)
+                    .map(|i| {
+                        s ^= s << 13;
+                        s ^= s >> 7;
+                        s ^= s << 17;
+                        if i % 11 == 0 {
+                            specials[(s % specials.len() as u64) as usize]
+                        } else {
+                            ((s >> 40) as f32 / 16_777_216.0 - 0.5) * 2f32.powi((s % 40) as i32 - 20)
+                        }
+                    })
+                    .collect();
+                if rows > 2 {
+                    data[dims..2 * dims].iter_mut().for_each(|x| *x = 0.0); // a zero row
+                }
+                let original = data.clone();
+                let mut want = data.clone();
+                let want_norms: Vec<f32> = want.chunks_exact_mut(dims).map(l2_normalize).collect();
+                let mut norms = vec![0f32; rows];
+                normalize_block(&mut data, dims, &mut norms);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&data), bits(&want), "dims {dims} rows {rows}");
+                assert_eq!(bits(&norms), bits(&want_norms), "dims {dims} rows {rows}");
+                // and the parallel version over many rows
+                let mut par = original.clone();
+                let par_norms = normalize_rows(&mut par, dims);
+                assert_eq!(bits(&par), bits(&want), "dims {dims} rows {rows}");
+                assert_eq!(bits(&par_norms), bits(&want_norms), "dims {dims} rows {rows}");
+            }
+        }
     }
 }

@@ -12,10 +12,11 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use super::{assemble_normalized, export_row, known_words, ReadOptions, WordsBuilder};
-use crate::embeddings::l2_normalize;
+use super::{export_row, known_words, normalize_block, ReadOptions, WordsBuilder};
 use crate::embeddings::{write_atomically, Embeddings};
 use crate::error::{Error, Result};
+use crate::storage::{ArrayStorage, Storage};
+use crate::vocab::Vocab;
 
 /// A file read in large chunks into one buffer, parsed in place (one copy from the
 /// page cache; the page cache does not count towards the process's memory).
@@ -110,7 +111,7 @@ pub fn read_word2vec_binary(path: &Path, opts: &ReadOptions) -> Result<Embedding
     }
     let total = rows.checked_mul(dims).ok_or(Error::Overflow("matrix size"))?;
     let mut data = vec![0f32; total];
-    let mut norms = Vec::with_capacity(if opts.normalize { rows } else { 0 });
+    let mut norms = vec![0f32; if opts.normalize { rows } else { 0 }];
     let mut words = WordsBuilder::default();
     words.ends.reserve(rows);
     let ends_early = |record: usize, inside: &str| {
@@ -119,53 +120,100 @@ pub fn read_word2vec_binary(path: &Path, opts: &ReadOptions) -> Result<Embedding
             format!("record {record} of {n}: the file ends inside the {inside} ({})", path.display()),
         )
     };
-    for i in 0..rows {
-        let record = i + 1;
-        // skip the whitespace (the previous record's newline) before the word
-        loop {
-            let a = r.avail();
-            let k = a.iter().take_while(|b| b.is_ascii_whitespace()).count();
-            r.pos += k;
-            if r.pos < r.len || !r.fill(1).map_err(io)? {
-                break;
+    // The matrix is filled part by part (PART_ROWS rows). A second thread faults each
+    // part's fresh pages in before handing it over, so that the page faults (a good part
+    // of the work) run beside the parsing; each part is normalized once full, in cache.
+    std::thread::scope(|s| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel::<&mut [f32]>();
+        let parts = data.chunks_mut((PART_ROWS * dims).max(1));
+        s.spawn(move || {
+            for part in parts {
+                touch_pages(part);
+                if tx.send(part).is_err() {
+                    break; // the reader stopped (an error)
+                }
             }
-        }
-        // the word, up to a space
-        let mut scanned = 0;
-        let word_len = loop {
-            if let Some(p) = r.avail()[scanned..].iter().position(|&b| b == b' ') {
-                break scanned + p;
+        });
+        let mut norm_parts = norms.chunks_mut(PART_ROWS);
+        let mut part: &mut [f32] = &mut [];
+        let mut norm_part: &mut [f32] = &mut [];
+        let mut k = 0; // rows filled in `part`
+        for i in 0..rows {
+            let record = i + 1;
+            // skip the whitespace (the previous record's newline) before the word
+            loop {
+                let a = r.avail();
+                let k = a.iter().take_while(|b| b.is_ascii_whitespace()).count();
+                r.pos += k;
+                if r.pos < r.len || !r.fill(1).map_err(io)? {
+                    break;
+                }
             }
-            scanned = r.avail().len();
-            if scanned > MAX_WORD {
-                return Err(Error::invalid(
-                    "word2vec file",
-                    format!("record {record} of {n}: no space within {MAX_WORD} bytes after the word starts"),
-                ));
+            // the word, up to a space
+            let mut scanned = 0;
+            let word_len = loop {
+                if let Some(p) = r.avail()[scanned..].iter().position(|&b| b == b' ') {
+                    break scanned + p;
+                }
+                scanned = r.avail().len();
+                if scanned > MAX_WORD {
+                    return Err(Error::invalid(
+                        "word2vec file",
+                        format!("record {record} of {n}: no space within {MAX_WORD} bytes after the word starts"),
+                    ));
+                }
+                if !r.fill(scanned + 1).map_err(io)? {
+                    return Err(ends_early(record, "word"));
+                }
+            };
+            let word = &r.buf[r.pos..r.pos + word_len];
+            words.push(trim_ascii(word), opts.lossy, || format!("word2vec record {record}"))?;
+            r.pos += word_len + 1;
+            // the vector
+            if !r.fill(row_bytes).map_err(io)? {
+                return Err(ends_early(record, "vector"));
             }
-            if !r.fill(scanned + 1).map_err(io)? {
-                return Err(ends_early(record, "word"));
+            if dims > 0 {
+                if k * dims == part.len() {
+                    part = rx
+                        .recv()
+                        .map_err(|_| Error::invalid("word2vec file", "internal error: a part of the matrix is missing"))?;
+                    norm_part = norm_parts.next().unwrap_or_default();
+                    k = 0;
+                }
+                let row = &mut part[k * dims..(k + 1) * dims];
+                for (o, c) in row.iter_mut().zip(r.buf[r.pos..r.pos + row_bytes].chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+                k += 1;
+                if opts.normalize && (k * dims == part.len() || i + 1 == rows) {
+                    normalize_block(&mut part[..k * dims], dims, &mut norm_part[..k]);
+                }
             }
-        };
-        let word = &r.buf[r.pos..r.pos + word_len];
-        words.push(trim_ascii(word), opts.lossy, || format!("word2vec record {record}"))?;
-        r.pos += word_len + 1;
-        // the vector
-        if !r.fill(row_bytes).map_err(io)? {
-            return Err(ends_early(record, "vector"));
+            r.pos += row_bytes;
         }
-        let row = &mut data[i * dims..(i + 1) * dims];
-        for (o, c) in row.iter_mut().zip(r.buf[r.pos..r.pos + row_bytes].chunks_exact(4)) {
-            *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        }
-        r.pos += row_bytes;
-        if opts.normalize {
-            // normalized while the row is still in cache
-            norms.push(l2_normalize(row));
-        }
+        Ok(())
+    })?;
+    if dims == 0 {
+        // what normalizing an empty row gives (-0.0), as before
+        norms.fill(crate::embeddings::l2_normalize(&mut []));
     }
     let norms = opts.normalize.then_some(norms);
-    assemble_normalized(words, data, dims, norms).map_err(|e| e.context(path.display()))
+    let words = words.finish().map_err(|e| e.context(path.display()))?;
+    let storage = Storage::Array(ArrayStorage::new(data, rows, dims)?);
+    Embeddings::new(None, Vocab::Simple(words), storage, norms).map_err(|e| e.context(path.display()))
+}
+
+/// Rows of the matrix handed over at a time by the thread that faults them in.
+const PART_ROWS: usize = 256;
+
+/// Write to each 4 KiB page of `v` (fresh, lazily zeroed memory), so that its page
+/// faults happen here; the values stay zero.
+fn touch_pages(v: &mut [f32]) {
+    let zero = std::hint::black_box(0f32);
+    for x in v.iter_mut().step_by(1024) {
+        *x = zero;
+    }
 }
 
 fn parse_header(line: &[u8]) -> Result<(usize, usize)> {
