@@ -343,10 +343,51 @@ pub fn l2_normalize(v: &mut [f32]) -> f32 {
 
 fn next_chunk<'a>(r: &mut ByteReader<'a>) -> Result<(ChunkId, ByteReader<'a>)> {
     let id = ChunkId::from_u32(r.u32("chunk id")?)?;
-    let len = r.u64("chunk length")?;
+    let mut len = r.u64("chunk length")?;
+    if id == ChunkId::ExplicitSubwordVocab {
+        len = explicit_vocab_len(r, len);
+    }
     let start = r.abs_pos();
     let body = r.bytes(len, "chunk")?;
     Ok((id, ByteReader::with_base(body, start)))
+}
+
+/// The real length of an ExplicitSubwordVocab chunk whose body starts at `r`.
+///
+/// finalfusion-python 0.7.1 (`ExplicitVocab.write_chunk`, used by its `bucket_to_explicit`
+/// script) writes a chunk length that leaves out the u64 index of every n-gram, 8 bytes
+/// each; its own reader and finalfusion-rust read the chunk by position and accept such
+/// files. When the body, read by position, is exactly that much longer than `declared`,
+/// the real length is returned; otherwise `declared` (and the usual checks apply).
+fn explicit_vocab_len(r: &ByteReader<'_>, declared: u64) -> u64 {
+    let mut s = r.clone();
+    let start = s.pos();
+    let scan = |s: &mut ByteReader<'_>| -> Result<u64> {
+        let n_words = s.u64("vocabulary length")?;
+        let n_ngrams = s.u64("n-gram count")?;
+        s.u32("min_n")?;
+        s.u32("max_n")?;
+        // every entry takes at least 4 bytes, so these loops end at the end of the data
+        for _ in 0..n_words {
+            s.string_bytes("word")?;
+        }
+        for _ in 0..n_ngrams {
+            s.string_bytes("n-gram")?;
+            s.u64("n-gram index")?;
+        }
+        Ok(n_ngrams)
+    };
+    match scan(&mut s) {
+        Ok(n_ngrams) => {
+            let actual = (s.pos() - start) as u64;
+            if n_ngrams.checked_mul(8).and_then(|x| declared.checked_add(x)) == Some(actual) {
+                actual
+            } else {
+                declared
+            }
+        }
+        Err(_) => declared,
+    }
 }
 
 fn finish_chunk(body: &ByteReader<'_>, id: ChunkId) -> Result<()> {
