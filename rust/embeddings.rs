@@ -72,7 +72,19 @@ impl Embeddings {
         let path = path.as_ref();
         let bytes = read_file(path, mode)?;
         // Both ways the matrix is used in place: from the mapping or from the one buffer.
-        Self::from_bytes(bytes.as_slice(), Some(&bytes)).map_err(|e| e.context(path.display()))
+        Self::from_bytes(bytes.as_slice(), Some(&bytes)).map_err(|e| match e {
+            Error::Magic { .. } => Error::invalid(
+                "file",
+                format!(
+                    "{e} ({}); word2vec, text/GloVe and fastText files open with vf.load_word2vec, \
+                     vf.load_text and vf.load_fasttext, or convert them with vf.convert",
+                    path.display()
+                ),
+            ),
+            e @ (Error::Io { .. } | Error::Invalid { .. }) => e.context(path.display()),
+            // name the file in every other format error too
+            e => Error::invalid("file", format!("{e} ({})", path.display())),
+        })
     }
 
     /// Parse a finalfusion file held in memory. With `map`, the matrix is used in place

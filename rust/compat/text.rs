@@ -30,6 +30,8 @@ pub enum Header {
 
 const BLOCK: usize = 32 << 20;
 
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// Read a text embedding file.
 pub fn read_text(path: &Path, header: Header, opts: &ReadOptions) -> Result<Embeddings> {
     read_text_inner(path, header, opts).map_err(|e| e.context(path.display()))
@@ -50,6 +52,10 @@ fn read_text_inner(path: &Path, header: Header, opts: &ReadOptions) -> Result<Em
 
     let mut first = Vec::new();
     r.read_until(b'\n', &mut first).map_err(io_err)?;
+    // A UTF-8 byte order mark (files saved by Windows editors) is not part of the first word.
+    if first.starts_with(UTF8_BOM) {
+        first.drain(..UTF8_BOM.len());
+    }
     let parsed_header = parse_header(&first);
     let shape = match header {
         Header::Yes => Some(parsed_header.ok_or_else(|| {
