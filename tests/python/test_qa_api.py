@@ -126,3 +126,50 @@ def test_cli_quantize_word2vec_input(files: dict[str, Path], tmp_path: Path) -> 
     assert cli(["quantize", str(files["word2vec"]), str(dst), "-m", "1", "-b", "2", "-q"]) == 0
     q = vf.load(dst)
     assert q.storage_kind == "QuantizedArray" and q.vocab.words == list(ROWS)
+
+
+def test_metadata_numpy_values_and_datetimes_round_trip(tmp_path: Path) -> None:
+    import datetime as dt
+
+    e = vf.load(FIX / "simple.fifu")
+    when = dt.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=dt.timezone.utc)
+    e.metadata = {
+        "loss": np.float32(0.5),
+        "epochs": np.int64(3),
+        "flag": np.bool_(True),
+        "shape": np.array([2, 3]),
+        "nested": {"when": when, "day": dt.date(2024, 5, 6), "at": dt.time(7, 8, 9)},
+        "text": "ü🙂",
+    }
+    want = {
+        "loss": 0.5,
+        "epochs": 3,
+        "flag": True,
+        "shape": [2, 3],
+        "nested": {"when": when, "day": dt.date(2024, 5, 6), "at": dt.time(7, 8, 9)},
+        "text": "ü🙂",
+    }
+    assert e.metadata == want
+    assert type(e.metadata["epochs"]) is int and type(e.metadata["loss"]) is float
+    p = tmp_path / "m.fifu"
+    e.write(p)
+    back = vf.load(p)
+    assert back.metadata == want
+    back.metadata = back.metadata  # a read dict can be assigned back unchanged
+    assert back.metadata == want
+
+
+def test_metadata_toml_is_standard_toml(tmp_path: Path) -> None:
+    import datetime as dt
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    e = vf.load(FIX / "simple.fifu")
+    want = {"n": 3, "x": 0.5, "when": dt.datetime(2024, 5, 6, 7, 8, 9), "t": {"a": [1, 2]}}
+    e.metadata = {**want, "n": np.int32(3), "x": np.float64(0.5)}
+    p = tmp_path / "m.fifu"
+    e.write(p)
+    raw = p.read_bytes()
+    start = 12 + 4 * struct.unpack_from("<I", raw, 8)[0]
+    cid, n = struct.unpack_from("<IQ", raw, start)
+    assert cid == 5
+    assert tomllib.loads(raw[start + 12 : start + 12 + n].decode()) == want
