@@ -173,3 +173,25 @@ def test_metadata_toml_is_standard_toml(tmp_path: Path) -> None:
     cid, n = struct.unpack_from("<IQ", raw, start)
     assert cid == 5
     assert tomllib.loads(raw[start + 12 : start + 12 + n].decode()) == want
+
+
+def test_cli_output_into_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    n = 6000  # ~100 KB of output: more than a pipe buffer holds
+    p = tmp_path / "many.txt"
+    rng = np.random.default_rng(0)
+    p.write_text("".join(f"w{i} {a:.3f} {b:.3f}\n" for i, (a, b) in enumerate(rng.standard_normal((n, 2)))))
+    with subprocess.Popen(
+        [sys.executable, "-m", "vecfusion", "similar", str(p), "w0", "-k", str(n)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = proc.stdout.readline()
+        proc.stdout.close()
+        err = proc.stderr.read()
+        assert proc.wait(timeout=60) == 0, err
+    assert first.startswith(b"w") and b"\t" in first
+    assert b"Broken pipe" not in err and b"Error" not in err, err
