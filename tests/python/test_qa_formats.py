@@ -132,3 +132,14 @@ def test_write_word2vec_refuses_words_it_cannot_write(bad: str, tmp_path: Path) 
     # written without complaint: it must then read back as the same words
     back = vf.load_word2vec(out, normalize=False)
     assert back.vocab.words == ["a", bad, "z"]
+
+
+@pytest.mark.parametrize("header", [True, False])
+@pytest.mark.parametrize("limit", [None, 10])
+def test_duplicate_word_names_both_lines(tmp_path: Path, header: bool, limit: int | None) -> None:
+    rows = ["the 1 2", "café 3 4", "x 5 6", "the 7 8"]
+    p = tmp_path / "dup.txt"
+    p.write_text(("4 2\n" if header else "") + "\n".join(rows) + "\n", encoding="utf-8")
+    first, second = (2, 5) if header else (1, 4)
+    with pytest.raises(vf.FormatError, match=rf'line {second}: the word "the" is already on line {first}'):
+        vf.load_text(p, dims=header, limit=limit)
