@@ -73,6 +73,9 @@ impl Embeddings {
         let bytes = read_file(path, mode)?;
         // Both ways the matrix is used in place: from the mapping or from the one buffer.
         Self::from_bytes(bytes.as_slice(), Some(&bytes)).map_err(|e| match e {
+            Error::Magic { .. } if crate::compat::compression_of(path).is_some() => {
+                crate::compat::compressed_error(path, crate::compat::compression_of(path).unwrap_or("gzip"))
+            }
             Error::Magic { .. } => Error::invalid(
                 "file",
                 format!(

@@ -171,3 +171,63 @@ pub(crate) fn read_err(path: &std::path::Path, what: &'static str, e: std::io::E
         Error::io(format!("cannot read {}", path.display()), e)
     }
 }
+
+/// The compression format of a file, from its first bytes: `"gzip"`, `"bzip2"`, `"xz"`,
+/// `"zstd"` or `"zip"`; None when it does not start like a compressed file (or cannot be read).
+pub fn compression_of(path: &std::path::Path) -> Option<&'static str> {
+    use std::io::Read;
+    let mut head = [0u8; 6];
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(_) => return None,
+        }
+    }
+    compression_of_bytes(&head[..n])
+}
+
+/// See [`compression_of`].
+pub fn compression_of_bytes(head: &[u8]) -> Option<&'static str> {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Some("gzip")
+    } else if head.starts_with(b"BZh") && head.get(3).is_some_and(|c| (b'1'..=b'9').contains(c)) {
+        Some("bzip2")
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Some("xz")
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Some("zstd")
+    } else if head.starts_with(b"PK\x03\x04") {
+        Some("zip")
+    } else {
+        None
+    }
+}
+
+/// A format error for a compressed input file, saying how to proceed.
+pub fn compressed_error(path: &std::path::Path, kind: &str) -> Error {
+    let how = match kind {
+        "gzip" => "gunzip",
+        "bzip2" => "bunzip2",
+        "xz" => "unxz",
+        "zstd" => "unzstd",
+        _ => "unzip",
+    };
+    Error::invalid(
+        "file",
+        format!(
+            "{} is {kind}-compressed; vecfusion reads uncompressed files only: decompress it first (e.g. `{how}`)",
+            path.display()
+        ),
+    )
+}
+
+/// Refuse a compressed input file with a clear error (instead of failing on its bytes).
+pub fn check_not_compressed(path: &std::path::Path) -> Result<()> {
+    match compression_of(path) {
+        Some(kind) => Err(compressed_error(path, kind)),
+        None => Ok(()),
+    }
+}

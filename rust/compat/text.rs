@@ -43,6 +43,9 @@ fn line_err(line: u64, msg: impl std::fmt::Display) -> Error {
 
 fn read_text_inner(path: &Path, header: Header, opts: &ReadOptions) -> Result<Embeddings> {
     let file = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    if let Some(kind) = super::compression_of(path) {
+        return Err(super::compressed_error(path, kind));
+    }
     let file_len = file
         .metadata()
         .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?
@@ -141,7 +144,7 @@ fn duplicate_lines(e: Error, first_line: u64) -> Error {
                         return line_err(
                             b + first_line,
                             format!(
-                                "the word {word} is already on line {}; every word may appear only once",
+                                "duplicate word {word}, already on line {} (every word may appear only once)",
                                 a + first_line
                             ),
                         );

@@ -26,7 +26,10 @@ fn options(lossy: bool, limit: Option<i64>, normalize: bool) -> PyResult<ReadOpt
 #[pyo3(signature = (path, lossy=false, limit=None, normalize=true))]
 pub fn load_word2vec(py: Python<'_>, path: PathBuf, lossy: bool, limit: Option<i64>, normalize: bool) -> PyResult<PyEmbeddings> {
     let opts = options(lossy, limit, normalize)?;
-    let emb = py.detach(|| word2vec::read_word2vec_binary(&path, &opts))?;
+    let emb = py.detach(|| {
+        crate::compat::check_not_compressed(&path)?;
+        word2vec::read_word2vec_binary(&path, &opts)
+    })?;
     Ok(PyEmbeddings::from_rust(emb))
 }
 
@@ -56,7 +59,10 @@ pub fn load_text(
 #[pyfunction]
 #[pyo3(signature = (path, lossy=false))]
 pub fn load_fasttext(py: Python<'_>, path: PathBuf, lossy: bool) -> PyResult<PyEmbeddings> {
-    let emb = py.detach(|| fasttext::read_fasttext(&path, lossy))?;
+    let emb = py.detach(|| {
+        crate::compat::check_not_compressed(&path)?;
+        fasttext::read_fasttext(&path, lossy)
+    })?;
     Ok(PyEmbeddings::from_rust(emb))
 }
 

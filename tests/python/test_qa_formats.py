@@ -141,5 +141,37 @@ def test_duplicate_word_names_both_lines(tmp_path: Path, header: bool, limit: in
     p = tmp_path / "dup.txt"
     p.write_text(("4 2\n" if header else "") + "\n".join(rows) + "\n", encoding="utf-8")
     first, second = (2, 5) if header else (1, 4)
-    with pytest.raises(vf.FormatError, match=rf'line {second}: the word "the" is already on line {first}'):
+    with pytest.raises(vf.FormatError, match=rf'line {second}: duplicate word "the", already on line {first}'):
         vf.load_text(p, dims=header, limit=limit)
+
+
+@pytest.mark.parametrize("kind", ["gzip", "bzip2", "xz", "zip"])
+def test_compressed_inputs_are_refused_clearly(tmp_path: Path, kind: str) -> None:
+    """Users arrive with GoogleNews-vectors-negative300.bin.gz or cc.en.300.vec.gz: every
+    loader says the file is compressed instead of failing on its bytes."""
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    raw = (FIX / "w.txt").read_bytes()
+    ext = {"gzip": ".gz", "bzip2": ".bz2", "xz": ".xz", "zip": ".zip"}[kind]
+    p = tmp_path / f"vectors.txt{ext}"
+    if kind == "zip":
+        with zipfile.ZipFile(p, "w") as z:
+            z.writestr("vectors.txt", raw)
+    else:
+        p.write_bytes({"gzip": gzip.compress, "bzip2": bz2.compress, "xz": lzma.compress}[kind](raw))
+    loaders = [
+        lambda: vf.load_text(p),
+        lambda: vf.load_text(p, dims=False, limit=2),
+        lambda: vf.load_word2vec(p),
+        lambda: vf.load_fasttext(p),
+        lambda: vf.load(p),
+        lambda: vf.load(p, mmap=True),
+        lambda: vf.convert(p, tmp_path / "out.fifu", progress=False),
+    ]
+    for load in loaders:
+        with pytest.raises(vf.FormatError, match=rf"vectors\.txt{ext} is {kind}-compressed.*decompress"):
+            load()
+    assert not (tmp_path / "out.fifu").exists()
