@@ -231,3 +231,43 @@ pub fn check_not_compressed(path: &std::path::Path) -> Result<()> {
         None => Ok(()),
     }
 }
+
+/// Do the first lines after the first one look like text embeddings (`word v1 v2 ...`)?
+/// Used to explain an error when a text file is read as word2vec binary or the reverse.
+pub fn looks_like_text(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    if f.take(1 << 16).read_to_end(&mut head).is_err() {
+        return false;
+    }
+    let mut lines = head.split(|&b| b == b'\n').skip(1).take(3).peekable();
+    if lines.peek().is_none() {
+        return false;
+    }
+    let mut complete = 0;
+    for line in lines {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Ok(text) = std::str::from_utf8(line) else {
+            return false;
+        };
+        let mut fields = text.split([' ', '\t']).filter(|f| !f.is_empty());
+        if fields.next().is_none() {
+            continue;
+        }
+        let mut values = 0;
+        for f in fields {
+            if f.parse::<f32>().is_err() {
+                return false;
+            }
+            values += 1;
+        }
+        if values == 0 {
+            return false;
+        }
+        complete += 1;
+    }
+    complete > 0
+}

@@ -175,3 +175,35 @@ def test_compressed_inputs_are_refused_clearly(tmp_path: Path, kind: str) -> Non
         with pytest.raises(vf.FormatError, match=rf"vectors\.txt{ext} is {kind}-compressed.*decompress"):
             load()
     assert not (tmp_path / "out.fifu").exists()
+
+
+def test_wrong_loader_for_text_or_binary_says_which_to_use() -> None:
+    # a word2vec text file read as binary: the error says to use load_text
+    with pytest.raises(vf.FormatError, match=r"looks like text embeddings.*vf\.load_text"):
+        vf.load_word2vec(FIX / "w.txt")
+    # a word2vec binary file read as text: the error says to use load_word2vec
+    for dims in (None, True):
+        with pytest.raises(vf.FormatError, match=r"line 2:.*looks like word2vec binary.*vf\.load_word2vec"):
+            vf.load_text(FIX / "w.bin", dims=dims)
+    for dims in (None, False):
+        with pytest.raises(vf.FormatError, match=r"looks like word2vec binary"):
+            vf.load_text(FIX / "w.bin", dims=dims)
+
+
+def test_text_errors_without_a_wrong_loader_hint(tmp_path: Path) -> None:
+    p = tmp_path / "ragged.txt"
+    p.write_text("2 3\na 1 2 3\nb 1 2\n", encoding="utf-8")
+    for load in (lambda: vf.load_text(p), lambda: vf.load_text(p, dims=True)):
+        with pytest.raises(vf.FormatError, match="line 3") as ei:
+            load()
+        assert "looks like" not in str(ei.value)
+    q = tmp_path / "bad2.txt"
+    q.write_text("2 3\na 1 x 3\nb 1 2 3\n", encoding="utf-8")
+    with pytest.raises(vf.FormatError, match="line 2") as ei:
+        vf.load_text(q)
+    assert "looks like" not in str(ei.value)
+    b = tmp_path / "short.bin"
+    b.write_bytes(b"2 3\na " + struct.pack("<3f", 1, 2, 3))
+    with pytest.raises(vf.FormatError) as ei:
+        vf.load_word2vec(b)
+    assert "looks like" not in str(ei.value)
