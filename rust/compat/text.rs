@@ -34,7 +34,13 @@ const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Read a text embedding file.
 pub fn read_text(path: &Path, header: Header, opts: &ReadOptions) -> Result<Embeddings> {
-    read_text_inner(path, header, opts).map_err(|e| e.context(path.display()))
+    // (names the file itself)
+    super::check_not_compressed(path)?;
+    read_text_inner(path, header, opts).map_err(|e| match e {
+        // I/O errors name the file already
+        e @ Error::Io { .. } => e,
+        e => e.context(path.display()),
+    })
 }
 
 fn line_err(line: u64, msg: impl std::fmt::Display) -> Error {
@@ -43,9 +49,6 @@ fn line_err(line: u64, msg: impl std::fmt::Display) -> Error {
 
 fn read_text_inner(path: &Path, header: Header, opts: &ReadOptions) -> Result<Embeddings> {
     let file = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
-    if let Some(kind) = super::compression_of(path) {
-        return Err(super::compressed_error(path, kind));
-    }
     let file_len = file
         .metadata()
         .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?

@@ -207,3 +207,44 @@ def test_text_errors_without_a_wrong_loader_hint(tmp_path: Path) -> None:
     with pytest.raises(vf.FormatError) as ei:
         vf.load_word2vec(b)
     assert "looks like" not in str(ei.value)
+
+
+def _count_path(msg: str, path: Path) -> int:
+    return msg.count(str(path))
+
+
+def test_text_errors_name_the_file_once(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.txt"
+    with pytest.raises(FileNotFoundError) as ei:
+        vf.load_text(missing)
+    assert _count_path(str(ei.value), missing) == 1, str(ei.value)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("2 3\na 1 2\n", encoding="utf-8")
+    with pytest.raises(vf.FormatError) as ei:
+        vf.load_text(bad)
+    assert _count_path(str(ei.value), bad) == 1, str(ei.value)
+    gz = tmp_path / "v.txt.gz"
+    import gzip
+
+    gz.write_bytes(gzip.compress(b"2 3\n"))
+    with pytest.raises(vf.FormatError) as ei:
+        vf.load_text(gz)
+    assert _count_path(str(ei.value), gz) == 1, str(ei.value)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rust/compat/fasttext.rs read_fasttext adds the path as context to errors that already "
+    "name it (I/O errors and 'the file ends early (path)'), so the path appears twice; it should "
+    "leave Error::Io and messages from read_err alone, as read_text does.",
+)
+def test_fasttext_errors_name_the_file_once(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.bin"
+    with pytest.raises(FileNotFoundError) as ei:
+        vf.load_fasttext(missing)
+    assert _count_path(str(ei.value), missing) == 1, str(ei.value)
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    with pytest.raises(vf.FormatError) as ei:
+        vf.load_fasttext(empty)
+    assert _count_path(str(ei.value), empty) == 1, str(ei.value)
