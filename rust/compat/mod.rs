@@ -110,9 +110,36 @@ pub(crate) fn assemble_normalized(words: WordsBuilder, data: Vec<f32>, dims: usi
             format!("{} values for {rows} words of {dims} dimensions", data.len()),
         ));
     }
-    let words = words.finish()?;
+    // (word2vec records count from 1)
+    let words = words.finish().map_err(|e| duplicate_at(e, 1, "record"))?;
     let storage = Storage::Array(ArrayStorage::new(data, rows, dims)?);
     Embeddings::new(None, Vocab::Simple(words), storage, norms)
+}
+
+/// Turn the vocabulary's `duplicate word "w" at rows a and b` into positions in the file:
+/// `{unit} b+first: duplicate word "w", first at {unit} a+first (...)`; other errors
+/// pass unchanged.
+pub(crate) fn duplicate_at(e: Error, first: u64, unit: &str) -> Error {
+    if let Error::Invalid { what: "vocabulary", message } = &e {
+        if let Some(rest) = message.strip_prefix("duplicate word ") {
+            if let Some((word, rows)) = rest.rsplit_once(" at rows ") {
+                if let Some((a, b)) = rows.split_once(" and ") {
+                    if let (Ok(a), Ok(b)) = (a.parse::<u64>(), b.parse::<u64>()) {
+                        let what = if unit == "line" { "text embeddings" } else { "word2vec file" };
+                        return Error::invalid(
+                            what,
+                            format!(
+                                "{unit} {}: duplicate word {word}, first at {unit} {} (every word may appear only once)",
+                                b + first,
+                                a + first
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    e
 }
 
 /// Simple-vocabulary embeddings from words and a row-major matrix.

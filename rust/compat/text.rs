@@ -134,29 +134,7 @@ fn read_text_inner(path: &Path, header: Header, opts: &ReadOptions) -> Result<Em
     }
     // the first data line is line 1, or line 2 after a header
     let first_line = if shape.is_some() { 2 } else { 1 };
-    assemble(words, data, dims, opts.normalize).map_err(|e| duplicate_lines(e, first_line))
-}
-
-/// Turn the vocabulary's "duplicate word "w" at rows a and b" into line numbers.
-fn duplicate_lines(e: Error, first_line: u64) -> Error {
-    if let Error::Invalid { what: "vocabulary", message } = &e {
-        if let Some(rest) = message.strip_prefix("duplicate word ") {
-            if let Some((word, rows)) = rest.rsplit_once(" at rows ") {
-                if let Some((a, b)) = rows.split_once(" and ") {
-                    if let (Ok(a), Ok(b)) = (a.parse::<u64>(), b.parse::<u64>()) {
-                        return line_err(
-                            b + first_line,
-                            format!(
-                                "duplicate word {word}, already on line {} (every word may appear only once)",
-                                a + first_line
-                            ),
-                        );
-                    }
-                }
-            }
-        }
-    }
-    e
+    assemble(words, data, dims, opts.normalize).map_err(|e| super::duplicate_at(e, first_line, "line"))
 }
 
 enum ParErr {

@@ -141,8 +141,17 @@ def test_duplicate_word_names_both_lines(tmp_path: Path, header: bool, limit: in
     p = tmp_path / "dup.txt"
     p.write_text(("4 2\n" if header else "") + "\n".join(rows) + "\n", encoding="utf-8")
     first, second = (2, 5) if header else (1, 4)
-    with pytest.raises(vf.FormatError, match=rf'line {second}: duplicate word "the", already on line {first}'):
+    with pytest.raises(vf.FormatError, match=rf'line {second}: duplicate word "the", first at line {first}'):
         vf.load_text(p, dims=header, limit=limit)
+
+
+def test_duplicate_word_in_word2vec_names_both_records(tmp_path: Path) -> None:
+    p = tmp_path / "dup.bin"
+    recs = [("the", 1.0), ("café", 2.0), ("x", 3.0), ("the", 4.0)]
+    p.write_bytes(b"4 2\n" + b"".join(w.encode() + b" " + struct.pack("<2f", v, -v) + b"\n" for w, v in recs))
+    for kw in ({}, {"normalize": False}, {"limit": 10}):
+        with pytest.raises(vf.FormatError, match=r'record 4: duplicate word "the", first at record 1.*dup\.bin'):
+            vf.load_word2vec(p, **kw)
 
 
 @pytest.mark.parametrize("kind", ["gzip", "bzip2", "xz", "zip"])
