@@ -195,3 +195,15 @@ def test_cli_output_into_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
         assert proc.wait(timeout=60) == 0, err
     assert first.startswith(b"w") and b"\t" in first
     assert b"Broken pipe" not in err and b"Error" not in err, err
+
+
+def test_quantize_keeps_the_current_metadata(tmp_path: Path) -> None:
+    e = vf.load(FIX / "simple_meta.fifu")
+    assert e.metadata["a"] == 1
+    e.metadata = {"trained": {"by": "me"}}
+    q = e.quantize(n_subquantizers=2, bits=2, n_iterations=2, progress=False)
+    assert q.metadata == {"trained": {"by": "me"}}
+    q.write(tmp_path / "q.fifu")
+    assert vf.load(tmp_path / "q.fifu").metadata == {"trained": {"by": "me"}}
+    e.metadata = None
+    assert e.quantize(n_subquantizers=2, bits=2, n_iterations=2, progress=False).metadata is None
