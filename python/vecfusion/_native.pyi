@@ -85,9 +85,9 @@ class Embeddings:
     def __new__(
         cls,
         words: Iterable[str],
-        matrix: npt.NDArray[np.float32],
+        matrix: npt.ArrayLike,
         *,
-        norms: npt.NDArray[np.float32] | None = None,
+        norms: npt.ArrayLike | None = None,
         metadata: dict[str, Any] | None = None,
         vocab: str = "simple",
         min_n: int = 3,

@@ -207,3 +207,27 @@ def test_quantize_keeps_the_current_metadata(tmp_path: Path) -> None:
     assert vf.load(tmp_path / "q.fifu").metadata == {"trained": {"by": "me"}}
     e.metadata = None
     assert e.quantize(n_subquantizers=2, bits=2, n_iterations=2, progress=False).metadata is None
+
+
+def test_constructor_takes_any_real_matrix() -> None:
+    words = ["a", "b", "c"]
+    want = np.arange(6, dtype=np.float32).reshape(3, 2)
+    for m in (want.astype(np.float64), want.astype(np.int64), want.tolist(), np.asfortranarray(want)):
+        e = vf.Embeddings(words, m, norms=np.ones(3))
+        np.testing.assert_array_equal(np.asarray(e.storage), want)
+        np.testing.assert_array_equal(e.norms, np.ones(3, np.float32))
+    with pytest.raises(TypeError):
+        vf.Embeddings(words, np.ones(3))
+    with pytest.raises(ValueError, match="4 rows"):
+        vf.Embeddings(words, np.ones((4, 2)))
+
+
+def test_similar_to_a_word_with_a_nan_vector_raises() -> None:
+    m = np.array([[1, 0], [0.8, 0.6], [np.nan, 1], [0, 1]], np.float32)
+    e = vf.Embeddings(["a", "b", "c", "d"], m)
+    with pytest.raises(ValueError, match=r'embedding of "c" contains NaN'):
+        e.similar("c")
+    with pytest.raises(ValueError, match="NaN"):
+        e.analogy("a", "c", "d")
+    # a NaN row is never an answer to other queries
+    assert [w for w, _ in e.similar("a", k=10)] == ["b", "d"]
