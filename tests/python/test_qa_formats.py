@@ -33,6 +33,11 @@ def _load(name: str, **kw):
 @pytest.mark.parametrize("name", FILES)
 def test_same_words_and_vectors_as_gensim(name: str, limit: int | None) -> None:
     ref = EXPECTED[f"{name}:{limit}"]
+    raw = (FIX / name).read_bytes()
+    if name.startswith("crlf"):
+        assert b"\r\n" in raw  # the fixture kept its line ends
+    if name.startswith("trailing"):
+        assert b" \t \n" in raw
     e = _load(name, normalize=False, limit=limit)
     assert e.vocab.words == ref["words"]
     np.testing.assert_array_equal(np.asarray(e.storage), np.float32(ref["vectors"]))
