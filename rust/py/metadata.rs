@@ -83,7 +83,7 @@ fn py_to_value(v: &Bound<'_, PyAny>) -> PyResult<toml::Value> {
     // Python values they stand for
     if v.get_type().module().is_ok_and(|m| m.to_str().is_ok_and(|m| m == "numpy")) && v.hasattr("tolist")? {
         let plain = v.call_method0("tolist")?;
-        if !plain.get_type().is(&v.get_type()) {
+        if !plain.get_type().is(v.get_type()) {
             return py_to_value(&plain);
         }
     }
