@@ -71,11 +71,23 @@ fn datetime_to_py<'py>(py: Python<'py>, d: &toml::value::Datetime) -> PyResult<B
     let parsed = py
         .import("datetime")
         .and_then(|m| m.getattr(class))
-        .and_then(|c| c.call_method1("fromisoformat", (iso.replace(' ', "T"),)));
+        .and_then(|c| c.call_method1("fromisoformat", (six_digit_fraction(&iso.replace(' ', "T")),)));
     Ok(match parsed {
         Ok(v) => v,
         Err(_) => PyString::new(py, &text).into_any(),
     })
+}
+
+/// Fractional seconds with exactly six digits (what Python 3.10's `fromisoformat` takes;
+/// TOML allows any number; digits past microseconds are dropped).
+fn six_digit_fraction(iso: &str) -> String {
+    let Some(dot) = iso.find('.') else {
+        return iso.to_string();
+    };
+    let digits = iso[dot + 1..].bytes().take_while(u8::is_ascii_digit).count();
+    let frac = &iso[dot + 1..dot + 1 + digits];
+    let six: String = frac.chars().chain(std::iter::repeat('0')).take(6).collect();
+    format!("{}.{six}{}", &iso[..dot], &iso[dot + 1 + digits..])
 }
 
 fn py_to_value(v: &Bound<'_, PyAny>) -> PyResult<toml::Value> {

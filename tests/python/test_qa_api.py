@@ -139,9 +139,11 @@ def test_metadata_numpy_values_and_datetimes_round_trip(tmp_path: Path) -> None:
         "flag": np.bool_(True),
         "shape": np.array([2, 3]),
         "nested": {"when": when, "day": dt.date(2024, 5, 6), "at": dt.time(7, 8, 9)},
+        "frac": dt.time(7, 8, 9, 500),
         "text": "ü🙂",
     }
     want = {
+        "frac": dt.time(7, 8, 9, 500),
         "loss": 0.5,
         "epochs": 3,
         "flag": True,
