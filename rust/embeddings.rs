@@ -82,7 +82,22 @@ impl Embeddings {
         let path = path.as_ref();
         let bytes = read_file(path, mode)?;
         // Both ways the matrix is used in place: from the mapping or from the one buffer.
-        Self::from_bytes(bytes.as_slice(), Some(&bytes)).map_err(|e| e.context(path.display()))
+        Self::from_bytes(bytes.as_slice(), Some(&bytes)).map_err(|e| match e {
+            Error::Magic { .. } if crate::compat::compression_of(path).is_some() => {
+                crate::compat::compressed_error(path, crate::compat::compression_of(path).unwrap_or("gzip"))
+            }
+            Error::Magic { .. } => Error::invalid(
+                "file",
+                format!(
+                    "{e} ({}); word2vec, text/GloVe and fastText files open with vf.load_word2vec, \
+                     vf.load_text and vf.load_fasttext, or convert them with vf.convert",
+                    path.display()
+                ),
+            ),
+            e @ (Error::Io { .. } | Error::Invalid { .. }) => e.context(path.display()),
+            // name the file in every other format error too
+            e => Error::invalid("file", format!("{e} ({})", path.display())),
+        })
     }
 
     /// Parse a finalfusion file held in memory. With `map`, the matrix is used in place
@@ -383,10 +398,51 @@ pub fn l2_normalize(v: &mut [f32]) -> f32 {
 
 fn next_chunk<'a>(r: &mut ByteReader<'a>) -> Result<(ChunkId, ByteReader<'a>)> {
     let id = ChunkId::from_u32(r.u32("chunk id")?)?;
-    let len = r.u64("chunk length")?;
+    let mut len = r.u64("chunk length")?;
+    if id == ChunkId::ExplicitSubwordVocab {
+        len = explicit_vocab_len(r, len);
+    }
     let start = r.abs_pos();
     let body = r.bytes(len, "chunk")?;
     Ok((id, ByteReader::with_base(body, start)))
+}
+
+/// The real length of an ExplicitSubwordVocab chunk whose body starts at `r`.
+///
+/// finalfusion-python 0.7.1 (`ExplicitVocab.write_chunk`, used by its `bucket_to_explicit`
+/// script) writes a chunk length that leaves out the u64 index of every n-gram, 8 bytes
+/// each; its own reader and finalfusion-rust read the chunk by position and accept such
+/// files. When the body, read by position, is exactly that much longer than `declared`,
+/// the real length is returned; otherwise `declared` (and the usual checks apply).
+fn explicit_vocab_len(r: &ByteReader<'_>, declared: u64) -> u64 {
+    let mut s = r.clone();
+    let start = s.pos();
+    let scan = |s: &mut ByteReader<'_>| -> Result<u64> {
+        let n_words = s.u64("vocabulary length")?;
+        let n_ngrams = s.u64("n-gram count")?;
+        s.u32("min_n")?;
+        s.u32("max_n")?;
+        // every entry takes at least 4 bytes, so these loops end at the end of the data
+        for _ in 0..n_words {
+            s.string_bytes("word")?;
+        }
+        for _ in 0..n_ngrams {
+            s.string_bytes("n-gram")?;
+            s.u64("n-gram index")?;
+        }
+        Ok(n_ngrams)
+    };
+    match scan(&mut s) {
+        Ok(n_ngrams) => {
+            let actual = (s.pos() - start) as u64;
+            if n_ngrams.checked_mul(8).and_then(|x| declared.checked_add(x)) == Some(actual) {
+                actual
+            } else {
+                declared
+            }
+        }
+        Err(_) => declared,
+    }
 }
 
 fn finish_chunk(body: &ByteReader<'_>, id: ChunkId) -> Result<()> {

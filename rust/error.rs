@@ -11,7 +11,7 @@ use std::io;
 pub enum Error {
     /// The file does not start with the expected magic bytes.
     /// Check that the file really is of the format you are opening.
-    #[error("not a {format} file: bad magic {got:?} (expected {expected:?})")]
+    #[error("not a {format} file: bad magic {} (expected {})", show_bytes(.got), show_bytes(.expected))]
     Magic {
         format: &'static str,
         expected: Vec<u8>,
@@ -129,4 +129,22 @@ impl Error {
             other => other,
         }
     }
+}
+
+/// Magic bytes as a Python-like byte string: `b"12 5"`, `b"\xba\x16O/"`.
+fn show_bytes(b: &[u8]) -> String {
+    let mut out = String::from("b\"");
+    for &c in b {
+        match c {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(c as char),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            _ => out.push_str(&format!("\\x{c:02x}")),
+        }
+    }
+    out.push('"');
+    out
 }

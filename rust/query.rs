@@ -53,6 +53,8 @@ impl Embeddings {
         if self.embedding_into(word, &mut query, &mut scratch).is_none() {
             return Err(Error::UnknownWord(word.to_string()));
         }
+        // a stored NaN / infinity would silently give no answers: say so, as for vectors
+        check_queries(&query, self.dims(), &format!("the embedding of {word:?}"))?;
         let mut skip = skip.to_vec();
         if let Some(i) = self.vocab.word_index(word) {
             skip.push(i);

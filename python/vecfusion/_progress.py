@@ -15,7 +15,8 @@ class _TqdmBar:
     def __init__(self, desc: str) -> None:
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=0, desc=desc, unit="step", leave=True)
+        # delay: nothing is drawn for work that ends within a second
+        self._bar = tqdm(total=0, desc=desc, unit="step", leave=True, delay=1.0)
 
     def update_to(self, done: int, total: int) -> None:
         if total and self._bar.total != total:

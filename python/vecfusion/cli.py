@@ -46,6 +46,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # the reader of our output went away (`vecfusion similar ... | head`): not an error;
+        # point stdout at devnull so that the interpreter's final flush stays quiet
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except (VecfusionError, OSError, KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"vecfusion {args.command}: error: {msg}", file=sys.stderr)

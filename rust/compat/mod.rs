@@ -171,6 +171,32 @@ pub(crate) fn le_to_host(data: &mut [f32]) {
     }
 }
 
+/// Turn the vocabulary's `duplicate word "w" at rows a and b` into positions in the file:
+/// `{unit} b+first: duplicate word "w", first at {unit} a+first (...)`; other errors
+/// pass unchanged.
+pub(crate) fn duplicate_at(e: Error, first: u64, unit: &str) -> Error {
+    if let Error::Invalid { what: "vocabulary", message } = &e {
+        if let Some(rest) = message.strip_prefix("duplicate word ") {
+            if let Some((word, rows)) = rest.rsplit_once(" at rows ") {
+                if let Some((a, b)) = rows.split_once(" and ") {
+                    if let (Ok(a), Ok(b)) = (a.parse::<u64>(), b.parse::<u64>()) {
+                        let what = if unit == "line" { "text embeddings" } else { "word2vec file" };
+                        return Error::invalid(
+                            what,
+                            format!(
+                                "{unit} {}: duplicate word {word}, first at {unit} {} (every word may appear only once)",
+                                b + first,
+                                a + first
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    e
+}
+
 /// Simple-vocabulary embeddings from words and a row-major matrix.
 pub(crate) fn assemble(words: WordsBuilder, mut data: Vec<f32>, dims: usize, normalize: bool) -> Result<Embeddings> {
     let rows = words.len();
@@ -226,6 +252,106 @@ pub(crate) fn read_err(path: &std::path::Path, what: &'static str, e: std::io::E
     } else {
         Error::io(format!("cannot read {}", path.display()), e)
     }
+}
+
+/// The compression format of a file, from its first bytes: `"gzip"`, `"bzip2"`, `"xz"`,
+/// `"zstd"` or `"zip"`; None when it does not start like a compressed file (or cannot be read).
+pub fn compression_of(path: &std::path::Path) -> Option<&'static str> {
+    use std::io::Read;
+    let mut head = [0u8; 6];
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(_) => return None,
+        }
+    }
+    compression_of_bytes(&head[..n])
+}
+
+/// See [`compression_of`].
+pub fn compression_of_bytes(head: &[u8]) -> Option<&'static str> {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Some("gzip")
+    } else if head.starts_with(b"BZh") && head.get(3).is_some_and(|c| (b'1'..=b'9').contains(c)) {
+        Some("bzip2")
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Some("xz")
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Some("zstd")
+    } else if head.starts_with(b"PK\x03\x04") {
+        Some("zip")
+    } else {
+        None
+    }
+}
+
+/// A format error for a compressed input file, saying how to proceed.
+pub fn compressed_error(path: &std::path::Path, kind: &str) -> Error {
+    let how = match kind {
+        "gzip" => "gunzip",
+        "bzip2" => "bunzip2",
+        "xz" => "unxz",
+        "zstd" => "unzstd",
+        _ => "unzip",
+    };
+    Error::invalid(
+        "file",
+        format!(
+            "{} is {kind}-compressed; vecfusion reads uncompressed files only: decompress it first (e.g. `{how}`)",
+            path.display()
+        ),
+    )
+}
+
+/// Refuse a compressed input file with a clear error (instead of failing on its bytes).
+pub fn check_not_compressed(path: &std::path::Path) -> Result<()> {
+    match compression_of(path) {
+        Some(kind) => Err(compressed_error(path, kind)),
+        None => Ok(()),
+    }
+}
+
+/// Do the first lines after the first one look like text embeddings (`word v1 v2 ...`)?
+/// Used to explain an error when a text file is read as word2vec binary or the reverse.
+pub fn looks_like_text(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    if f.take(1 << 16).read_to_end(&mut head).is_err() {
+        return false;
+    }
+    let mut lines = head.split(|&b| b == b'\n').skip(1).take(3).peekable();
+    if lines.peek().is_none() {
+        return false;
+    }
+    let mut complete = 0;
+    for line in lines {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Ok(text) = std::str::from_utf8(line) else {
+            return false;
+        };
+        let mut fields = text.split([' ', '\t']).filter(|f| !f.is_empty());
+        if fields.next().is_none() {
+            continue;
+        }
+        let mut values = 0;
+        for f in fields {
+            if f.parse::<f32>().is_err() {
+                return false;
+            }
+            values += 1;
+        }
+        if values == 0 {
+            return false;
+        }
+        complete += 1;
+    }
+    complete > 0
 }
 
 #[cfg(test)]

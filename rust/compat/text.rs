@@ -30,9 +30,17 @@ pub enum Header {
 
 const BLOCK: usize = 32 << 20;
 
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// Read a text embedding file.
 pub fn read_text(path: &Path, header: Header, opts: &ReadOptions) -> Result<Embeddings> {
-    read_text_inner(path, header, opts).map_err(|e| e.context(path.display()))
+    // (names the file itself)
+    super::check_not_compressed(path)?;
+    read_text_inner(path, header, opts).map_err(|e| match e {
+        // I/O errors name the file already
+        e @ Error::Io { .. } => e,
+        e => e.context(path.display()),
+    })
 }
 
 fn line_err(line: u64, msg: impl std::fmt::Display) -> Error {
@@ -50,6 +58,10 @@ fn read_text_inner(path: &Path, header: Header, opts: &ReadOptions) -> Result<Em
 
     let mut first = Vec::new();
     r.read_until(b'\n', &mut first).map_err(io_err)?;
+    // A UTF-8 byte order mark (files saved by Windows editors) is not part of the first word.
+    if first.starts_with(UTF8_BOM) {
+        first.drain(..UTF8_BOM.len());
+    }
     let parsed_header = parse_header(&first);
     let shape = match header {
         Header::Yes => Some(parsed_header.ok_or_else(|| {
@@ -120,7 +132,9 @@ fn read_text_inner(path: &Path, header: Header, opts: &ReadOptions) -> Result<Em
             ));
         }
     }
-    assemble(words, data, dims, opts.normalize)
+    // the first data line is line 1, or line 2 after a header
+    let first_line = if shape.is_some() { 2 } else { 1 };
+    assemble(words, data, dims, opts.normalize).map_err(|e| super::duplicate_at(e, first_line, "line"))
 }
 
 enum ParErr {

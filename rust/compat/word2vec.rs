@@ -199,7 +199,8 @@ pub fn read_word2vec_binary(path: &Path, opts: &ReadOptions) -> Result<Embedding
         norms.fill(crate::embeddings::l2_normalize(&mut []));
     }
     let norms = opts.normalize.then_some(norms);
-    let words = words.finish().map_err(|e| e.context(path.display()))?;
+    // (word2vec records count from 1)
+    let words = words.finish().map_err(|e| super::duplicate_at(e, 1, "record").context(path.display()))?;
     let storage = Storage::Array(ArrayStorage::new(data, rows, dims)?);
     Embeddings::new(None, Vocab::Simple(words), storage, norms).map_err(|e| e.context(path.display()))
 }

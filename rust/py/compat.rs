@@ -26,7 +26,19 @@ fn options(lossy: bool, limit: Option<i64>, normalize: bool) -> PyResult<ReadOpt
 #[pyo3(signature = (path, lossy=false, limit=None, normalize=true))]
 pub fn load_word2vec(py: Python<'_>, path: PathBuf, lossy: bool, limit: Option<i64>, normalize: bool) -> PyResult<PyEmbeddings> {
     let opts = options(lossy, limit, normalize)?;
-    let emb = py.detach(|| word2vec::read_word2vec_binary(&path, &opts))?;
+    let emb = py.detach(|| {
+        crate::compat::check_not_compressed(&path)?;
+        word2vec::read_word2vec_binary(&path, &opts).map_err(|e| match e {
+            crate::Error::Invalid { what, message } if crate::compat::looks_like_text(&path) => crate::Error::Invalid {
+                what,
+                message: format!(
+                    "{message}; the file looks like text embeddings (word2vec text or GloVe), not \
+                     word2vec binary: read it with vf.load_text"
+                ),
+            },
+            e => e,
+        })
+    })?;
     Ok(PyEmbeddings::from_rust(emb))
 }
 
@@ -48,15 +60,59 @@ pub fn load_text(
         Some(true) => Header::Yes,
         Some(false) => Header::No,
     };
-    let emb = py.detach(|| text::read_text(&path, header, &opts))?;
+    let emb = py.detach(|| {
+        text::read_text(&path, header, &opts).map_err(|e| match e {
+            crate::Error::Invalid { what, message }
+                if message.contains("line 2:")
+                    && !message.contains("UTF-8")
+                    && !crate::compat::looks_like_text(&path)
+                    && is_binary_after_header(&path) =>
+            {
+                crate::Error::Invalid {
+                    what,
+                    message: format!(
+                        "{message}; the file looks like word2vec binary, not text: read it with vf.load_word2vec"
+                    ),
+                }
+            }
+            e => e,
+        })
+    })?;
     Ok(PyEmbeddings::from_rust(emb))
+}
+
+/// A `"n d"` header line followed by bytes that are not UTF-8 text (word2vec binary).
+fn is_binary_after_header(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    if f.take(4096).read_to_end(&mut head).is_err() {
+        return false;
+    }
+    let Some(nl) = head.iter().position(|&b| b == b'\n') else {
+        return false;
+    };
+    let header = String::from_utf8_lossy(&head[..nl]);
+    let mut parts = header.split_ascii_whitespace();
+    let is_header = parts.next().is_some_and(|p| p.parse::<u64>().is_ok())
+        && parts.next().is_some_and(|p| p.parse::<u64>().is_ok())
+        && parts.next().is_none();
+    let rest = &head[nl + 1..];
+    is_header
+        && (rest.contains(&0)
+            || std::str::from_utf8(rest).is_err_and(|e| e.error_len().is_some() || e.valid_up_to() + 4 < rest.len()))
 }
 
 /// Read a fastText `.bin` model (quantized `.ftz` models are refused with FormatError).
 #[pyfunction]
 #[pyo3(signature = (path, lossy=false))]
 pub fn load_fasttext(py: Python<'_>, path: PathBuf, lossy: bool) -> PyResult<PyEmbeddings> {
-    let emb = py.detach(|| fasttext::read_fasttext(&path, lossy))?;
+    let emb = py.detach(|| {
+        crate::compat::check_not_compressed(&path)?;
+        fasttext::read_fasttext(&path, lossy)
+    })?;
     Ok(PyEmbeddings::from_rust(emb))
 }
 

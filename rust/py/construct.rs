@@ -1,6 +1,6 @@
 //! Building embeddings from NumPy arrays.
 
-use numpy::{PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{AllowTypeChange, PyArrayLike1, PyArrayLike2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -12,7 +12,8 @@ use crate::vocab::{ExplicitNgrams, Indexer, SubwordVocab, Vocab, WordList};
 
 #[pymethods]
 impl PyEmbeddings {
-    /// Build embeddings from words and a float32 matrix.
+    /// Build embeddings from words and a matrix (any real dtype or nested lists; stored as
+    /// float32).
     ///
     /// `vocab` is "simple" (one row per word), "bucket" (finalfusion hashing into
     /// 2**buckets n-gram rows), "fasttext" (fastText hashing into `buckets` rows) or
@@ -25,8 +26,8 @@ impl PyEmbeddings {
     fn py_new(
         py: Python<'_>,
         words: &Bound<'_, PyAny>,
-        matrix: PyReadonlyArray2<'_, f32>,
-        norms: Option<PyReadonlyArray1<'_, f32>>,
+        matrix: PyArrayLike2<'_, f32, AllowTypeChange>,
+        norms: Option<PyArrayLike1<'_, f32, AllowTypeChange>>,
         metadata: Option<&Bound<'_, PyAny>>,
         vocab: &str,
         min_n: u32,

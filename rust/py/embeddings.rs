@@ -83,8 +83,12 @@ impl PyEmbeddings {
     }
 
     /// True if `word` has an embedding (a known word, or an unknown word with n-grams).
-    fn __contains__(&self, word: &str) -> bool {
-        self.inner.vocab.idx(word).is_some()
+    /// Anything that is not a str is not in the embeddings (False, like a dict).
+    fn __contains__(&self, word: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let Ok(word) = word.cast::<PyString>() else {
+            return Ok(false);
+        };
+        Ok(self.inner.vocab.idx(word.to_str()?).is_some())
     }
 
     /// Iterate over the known words in row order.

@@ -18,7 +18,7 @@ fn value_to_py<'py>(py: Python<'py>, v: &toml::Value) -> PyResult<Bound<'py, PyA
         toml::Value::Integer(i) => i.into_pyobject(py)?.into_any(),
         toml::Value::Float(f) => PyFloat::new(py, *f).into_any(),
         toml::Value::Boolean(b) => PyBool::new(py, *b).to_owned().into_any(),
-        toml::Value::Datetime(d) => PyString::new(py, &d.to_string()).into_any(),
+        toml::Value::Datetime(d) => datetime_to_py(py, d)?,
         toml::Value::Array(a) => {
             let items = a.iter().map(|x| value_to_py(py, x)).collect::<PyResult<Vec<_>>>()?;
             PyList::new(py, items)?.into_any()
@@ -53,7 +53,60 @@ fn dict_to_table(d: &Bound<'_, PyDict>) -> PyResult<toml::Table> {
     Ok(t)
 }
 
+/// A TOML date-time as Python's `datetime.datetime`, `datetime.date` or `datetime.time`
+/// (what `tomllib` gives), so that `emb.metadata = emb.metadata` keeps it a date-time.
+/// Falls back to the TOML text if Python cannot represent it (e.g. nanoseconds).
+fn datetime_to_py<'py>(py: Python<'py>, d: &toml::value::Datetime) -> PyResult<Bound<'py, PyAny>> {
+    let text = d.to_string();
+    let class = match (d.date.is_some(), d.time.is_some()) {
+        (true, true) => "datetime",
+        (true, false) => "date",
+        _ => "time",
+    };
+    // Python 3.10's fromisoformat does not know "Z"
+    let iso = match text.strip_suffix('Z').or_else(|| text.strip_suffix('z')) {
+        Some(t) => format!("{t}+00:00"),
+        None => text.clone(),
+    };
+    let parsed = py
+        .import("datetime")
+        .and_then(|m| m.getattr(class))
+        .and_then(|c| c.call_method1("fromisoformat", (six_digit_fraction(&iso.replace(' ', "T")),)));
+    Ok(match parsed {
+        Ok(v) => v,
+        Err(_) => PyString::new(py, &text).into_any(),
+    })
+}
+
+/// Fractional seconds with exactly six digits (what Python 3.10's `fromisoformat` takes;
+/// TOML allows any number; digits past microseconds are dropped).
+fn six_digit_fraction(iso: &str) -> String {
+    let Some(dot) = iso.find('.') else {
+        return iso.to_string();
+    };
+    let digits = iso[dot + 1..].bytes().take_while(u8::is_ascii_digit).count();
+    let frac = &iso[dot + 1..dot + 1 + digits];
+    let six: String = frac.chars().chain(std::iter::repeat('0')).take(6).collect();
+    format!("{}.{six}{}", &iso[..dot], &iso[dot + 1 + digits..])
+}
+
 fn py_to_value(v: &Bound<'_, PyAny>) -> PyResult<toml::Value> {
+    // numpy scalars and arrays (np.float32(0.5), np.int64(3), np.array([1, 2])): as the
+    // Python values they stand for
+    if v.get_type().module().is_ok_and(|m| m.to_str().is_ok_and(|m| m == "numpy")) && v.hasattr("tolist")? {
+        let plain = v.call_method0("tolist")?;
+        if !plain.get_type().is(v.get_type()) {
+            return py_to_value(&plain);
+        }
+    }
+    // datetime.datetime / date / time: TOML date-times
+    let dt = v.py().import("datetime")?;
+    if v.is_instance(&dt.getattr("date")?)? || v.is_instance(&dt.getattr("time")?)? {
+        let iso: String = v.call_method0("isoformat")?.extract()?;
+        if let Ok(d) = iso.parse::<toml::value::Datetime>() {
+            return Ok(toml::Value::Datetime(d));
+        }
+    }
     if v.is_instance_of::<PyBool>() {
         return Ok(toml::Value::Boolean(v.extract()?));
     }

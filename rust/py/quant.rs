@@ -123,7 +123,9 @@ impl PyEmbeddings {
             let _ = reporter.close(py);
             return Err(e);
         }
-        let (q, st) = result?;
+        let (mut q, st) = result?;
+        // the metadata as it is now (it may have been reassigned since loading)
+        q.metadata = self.metadata_text();
         if let Some(d) = stats {
             d.set_item("train_seconds", st.train_seconds)?;
             d.set_item("encode_seconds", st.encode_seconds)?;

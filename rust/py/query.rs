@@ -29,6 +29,23 @@ fn answers<'py>(py: Python<'py>, emb: &Embeddings, found: Vec<Neighbor>) -> PyRe
     PyList::new(py, items)
 }
 
+/// `mask` from Python: any sequence (tuple, list, array) of three booleans.
+fn analogy_mask(mask: &Bound<'_, PyAny>) -> PyResult<[bool; 3]> {
+    let bad = || PyTypeError::new_err("mask must be a sequence of three booleans, e.g. (True, True, True)");
+    if mask.is_instance_of::<PyString>() {
+        return Err(bad());
+    }
+    let items = mask
+        .try_iter()
+        .map_err(|_| bad())?
+        .map(|x| x.and_then(|x| x.is_truthy()))
+        .collect::<PyResult<Vec<bool>>>()
+        .map_err(|_| bad())?;
+    <[bool; 3]>::try_from(items).map_err(|items| {
+        PyValueError::new_err(format!("mask must have three booleans (for a, b, c), got {}", items.len()))
+    })
+}
+
 #[pymethods]
 impl PyEmbeddings {
     /// The `k` words nearest to `query`, best first, as a list of `(word, score)`.
@@ -128,7 +145,7 @@ impl PyEmbeddings {
     /// Analogy: the `k` words nearest to `normalize(e(b) - e(a) + e(c))` ("a is to b as
     /// c is to ?"), best first, as `(word, score)`. `mask[i]` True skips the i-th query
     /// word from the answers. KeyError names each argument that has no embedding.
-    #[pyo3(signature = (a, b, c, k=10, mask=(true, true, true)), text_signature = "(self, /, a, b, c, k=10, mask=(True, True, True))")]
+    #[pyo3(signature = (a, b, c, k=10, mask=None), text_signature = "(self, /, a, b, c, k=10, mask=(True, True, True))")]
     fn analogy<'py>(
         &self,
         py: Python<'py>,
@@ -136,11 +153,15 @@ impl PyEmbeddings {
         b: &str,
         c: &str,
         k: i64,
-        mask: (bool, bool, bool),
+        mask: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let k = check_k(k)?;
+        let mask = match mask {
+            Some(m) if !m.is_none() => analogy_mask(m)?,
+            _ => [true; 3],
+        };
         let emb = &self.inner;
-        let found = py.detach(|| emb.analogy(a, b, c, k, [mask.0, mask.1, mask.2]))?;
+        let found = py.detach(|| emb.analogy(a, b, c, k, mask))?;
         answers(py, emb, found)
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use pyo3::exceptions::{PyIndexError, PyKeyError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::PyList;
+use pyo3::types::{PyList, PyString};
 
 use super::embeddings::{words_list, WordIter};
 use crate::embeddings::Embeddings;
@@ -45,9 +45,12 @@ impl PyVocab {
         Ok(w.into_pyobject(py)?.into_any())
     }
 
-    /// True if `word` is a known word (in the word list).
-    fn __contains__(&self, word: &str) -> PyResult<bool> {
-        Ok(self.inner.vocab.try_word_index(word)?.is_some())
+    /// True if `word` is a known word (in the word list); False for anything not a str.
+    fn __contains__(&self, word: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let Ok(word) = word.cast::<PyString>() else {
+            return Ok(false);
+        };
+        Ok(self.inner.vocab.try_word_index(word.to_str()?)?.is_some())
     }
 
     fn __iter__(&self) -> WordIter {

@@ -12,19 +12,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Print the K words nearest to normalize(B - A + C), skipping A, B and C "
         "(one 'word<TAB>score' line each, best first).",
     )
-    p.add_argument("file", metavar="FILE", help="a finalfusion file")
+    p.add_argument(
+        "file", metavar="FILE", help="an embedding file: finalfusion, word2vec, text/GloVe or fastText"
+    )
     p.add_argument("a", metavar="A")
     p.add_argument("b", metavar="B")
     p.add_argument("c", metavar="C")
     p.add_argument("-k", type=int, default=10, help="number of words (default 10)")
     p.add_argument("--mmap", action="store_true", help="memory-map the matrix instead of reading it")
+    p.add_argument("--format", dest="fmt", metavar="FMT", help="file format (detected if omitted)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import load
+    from ..convert import load_any
 
-    emb = load(args.file, mmap=args.mmap)
+    emb = load_any(args.file, args.fmt, mmap=args.mmap)
     for word, score in emb.analogy(args.a, args.b, args.c, k=args.k):
         print(f"{word}\t{score:.6f}")
     return 0

@@ -18,7 +18,8 @@ def add_parser(subparsers) -> None:
             "finalfusion too."
         ),
     )
-    p.add_argument("src", help="input finalfusion file")
+    p.add_argument("src", help="input embedding file: finalfusion, word2vec, text/GloVe or fastText")
+    p.add_argument("--format", dest="fmt", metavar="FMT", help="format of SRC (detected if omitted)")
     p.add_argument("dst", help="output finalfusion file")
     p.add_argument(
         "--subquantizers",
@@ -53,9 +54,9 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Quantize ``args.src`` into ``args.dst``."""
-    import vecfusion as vf
+    from ..convert import load_any
 
-    emb = vf.load(args.src, mmap=True)
+    emb = load_any(args.src, args.fmt, mmap=True)
     start = time.perf_counter()
     q = emb.quantize(
         n_subquantizers=args.subquantizers,

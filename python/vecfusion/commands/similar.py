@@ -12,17 +12,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Print the K words nearest to WORD (one 'word<TAB>score' line each, best first). "
         "An unknown word works through its n-grams in a subword vocabulary.",
     )
-    p.add_argument("file", metavar="FILE", help="a finalfusion file")
+    p.add_argument(
+        "file", metavar="FILE", help="an embedding file: finalfusion, word2vec, text/GloVe or fastText"
+    )
     p.add_argument("word", metavar="WORD")
     p.add_argument("-k", type=int, default=10, help="number of words (default 10)")
     p.add_argument("--mmap", action="store_true", help="memory-map the matrix instead of reading it")
+    p.add_argument("--format", dest="fmt", metavar="FMT", help="file format (detected if omitted)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import load
+    from ..convert import load_any
 
-    emb = load(args.file, mmap=args.mmap)
-    for word, score in emb.similar(args.word, k=args.k):
+    emb = load_any(args.file, args.fmt, mmap=args.mmap)
+    try:
+        found = emb.similar(args.word, k=args.k)
+    except KeyError:
+        raise KeyError(f"{args.word!r} has no embedding (an unknown word without n-grams)") from None
+    for word, score in found:
         print(f"{word}\t{score:.6f}")
     return 0

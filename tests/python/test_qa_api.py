@@ -1,0 +1,235 @@
+"""Python API and CLI edge cases found in QA: `in` with non-str, analogy masks as lists,
+text files with a byte order mark, readable errors for a wrong file kind, and the CLI
+query commands on every input format."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vecfusion as vf
+from vecfusion.cli import main as cli
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "qa" / "ff"
+
+ROWS = {
+    "the": [1.0, 2.0, 3.0],
+    "café": [-0.5, 0.25, 1e-3],
+    "東京": [4.0, 5.0, 6.0],
+    "x": [7.0, 8.0, 9.0],
+}
+
+
+def _text(header: bool = True, eol: str = "\n") -> str:
+    lines = [f"{len(ROWS)} 3"] if header else []
+    lines += [f"{w} " + " ".join(repr(v) for v in vs) for w, vs in ROWS.items()]
+    return eol.join(lines) + eol
+
+
+def _w2v_bytes() -> bytes:
+    b = f"{len(ROWS)} 3\n".encode()
+    for w, vs in ROWS.items():
+        b += w.encode() + b" " + struct.pack("<3f", *vs) + b"\n"
+    return b
+
+
+def _check_rows(e: vf.Embeddings) -> None:
+    assert e.vocab.words == list(ROWS)
+    np.testing.assert_array_equal(np.asarray(e.storage), np.float32(list(ROWS.values())))
+
+
+@pytest.mark.parametrize("kind", ["simple", "ffbucket", "explicit", "ftbucket"])
+def test_contains_non_str_is_false(kind: str) -> None:
+    e = vf.load(FIX / f"{kind}.fifu")
+    for x in (3, None, b"one", 1.5, ("one",)):
+        assert (x in e) is False
+        assert (x in e.vocab) is False
+    assert "one" in e and "one" in e.vocab
+
+
+def test_analogy_mask_any_sequence() -> None:
+    e = vf.load(FIX / "simple.fifu")
+    want = e.analogy("one", "two", "café", k=10, mask=(True, False, True))
+    assert e.analogy("one", "two", "café", k=10, mask=[True, False, True]) == want
+    assert e.analogy("one", "two", "café", k=10, mask=np.array([True, False, True])) == want
+    assert "two" in [w for w, _ in want]
+    assert e.analogy("one", "two", "café", k=10) == e.analogy("one", "two", "café", k=10, mask=(True,) * 3)
+    with pytest.raises(ValueError, match="three"):
+        e.analogy("one", "two", "café", mask=[True, True])
+    with pytest.raises(TypeError, match="mask"):
+        e.analogy("one", "two", "café", mask="yes")
+    with pytest.raises(TypeError, match="mask"):
+        e.analogy("one", "two", "café", mask=5)
+
+
+@pytest.mark.parametrize("header", [True, False])
+@pytest.mark.parametrize("eol", ["\n", "\r\n"])
+def test_text_with_utf8_bom(tmp_path: Path, header: bool, eol: str) -> None:
+    p = tmp_path / "bom.txt"
+    p.write_bytes(b"\xef\xbb\xbf" + _text(header, eol).encode())
+    _check_rows(vf.load_text(p, normalize=False))
+    _check_rows(vf.load_text(p, dims=header, normalize=False))
+    _check_rows(vf.load_text(p, normalize=False, limit=10))
+    # without the BOM the same
+    q = tmp_path / "plain.txt"
+    q.write_bytes(_text(header, eol).encode())
+    _check_rows(vf.load_text(q, normalize=False))
+
+
+def test_load_wrong_kind_names_file_and_the_right_loader(tmp_path: Path) -> None:
+    p = tmp_path / "vectors.bin"
+    p.write_bytes(_w2v_bytes())
+    with pytest.raises(vf.FormatError, match=r'magic b"4 3\\n.*vectors\.bin.*load_word2vec') as ei:
+        vf.load(p)
+    assert "[52," not in str(ei.value)  # bytes shown as a byte string, not a list of ints
+    data = (FIX / "simple.fifu").read_bytes()
+    t = tmp_path / "cut.fifu"
+    t.write_bytes(data[: len(data) // 2])
+    for mmap in (False, True):
+        with pytest.raises(vf.FormatError, match=r"truncated.*cut\.fifu"):
+            vf.load(t, mmap=mmap)
+
+
+@pytest.fixture()
+def files(tmp_path: Path) -> dict[str, Path]:
+    out = {"word2vec": tmp_path / "v.w2v", "text": tmp_path / "v.txt", "glove": tmp_path / "v.glove"}
+    out["word2vec"].write_bytes(_w2v_bytes())
+    out["text"].write_text(_text(True), encoding="utf-8")
+    out["glove"].write_text(_text(False), encoding="utf-8")
+    out["finalfusion"] = tmp_path / "v.fifu"
+    vf.load_word2vec(out["word2vec"]).write(out["finalfusion"])
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["finalfusion", "word2vec", "text", "glove"])
+def test_cli_similar_and_analogy_on_every_format(files: dict[str, Path], fmt: str, capsys) -> None:
+    ref = vf.load(files["finalfusion"])
+    assert cli(["similar", str(files[fmt]), "the", "-k", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in out] == [w for w, _ in ref.similar("the", k=2)]
+    assert cli(["analogy", str(files[fmt]), "the", "x", "café", "-k", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in out] == [w for w, _ in ref.analogy("the", "x", "café", k=1)]
+
+
+def test_cli_similar_unknown_word_message(files: dict[str, Path], capsys) -> None:
+    assert cli(["similar", str(files["finalfusion"]), "nope"]) == 1
+    err = capsys.readouterr().err
+    assert "'nope' has no embedding" in err
+
+
+def test_cli_quantize_word2vec_input(files: dict[str, Path], tmp_path: Path) -> None:
+    dst = tmp_path / "q.fifu"
+    assert cli(["quantize", str(files["word2vec"]), str(dst), "-m", "1", "-b", "2", "-q"]) == 0
+    q = vf.load(dst)
+    assert q.storage_kind == "QuantizedArray" and q.vocab.words == list(ROWS)
+
+
+def test_metadata_numpy_values_and_datetimes_round_trip(tmp_path: Path) -> None:
+    import datetime as dt
+
+    e = vf.load(FIX / "simple.fifu")
+    when = dt.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=dt.timezone.utc)
+    e.metadata = {
+        "loss": np.float32(0.5),
+        "epochs": np.int64(3),
+        "flag": np.bool_(True),
+        "shape": np.array([2, 3]),
+        "nested": {"when": when, "day": dt.date(2024, 5, 6), "at": dt.time(7, 8, 9)},
+        "frac": dt.time(7, 8, 9, 500),
+        "text": "ü🙂",
+    }
+    want = {
+        "frac": dt.time(7, 8, 9, 500),
+        "loss": 0.5,
+        "epochs": 3,
+        "flag": True,
+        "shape": [2, 3],
+        "nested": {"when": when, "day": dt.date(2024, 5, 6), "at": dt.time(7, 8, 9)},
+        "text": "ü🙂",
+    }
+    assert e.metadata == want
+    assert type(e.metadata["epochs"]) is int and type(e.metadata["loss"]) is float
+    p = tmp_path / "m.fifu"
+    e.write(p)
+    back = vf.load(p)
+    assert back.metadata == want
+    back.metadata = back.metadata  # a read dict can be assigned back unchanged
+    assert back.metadata == want
+
+
+def test_metadata_toml_is_standard_toml(tmp_path: Path) -> None:
+    import datetime as dt
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    e = vf.load(FIX / "simple.fifu")
+    want = {"n": 3, "x": 0.5, "when": dt.datetime(2024, 5, 6, 7, 8, 9), "t": {"a": [1, 2]}}
+    e.metadata = {**want, "n": np.int32(3), "x": np.float64(0.5)}
+    p = tmp_path / "m.fifu"
+    e.write(p)
+    raw = p.read_bytes()
+    start = 12 + 4 * struct.unpack_from("<I", raw, 8)[0]
+    cid, n = struct.unpack_from("<IQ", raw, start)
+    assert cid == 5
+    assert tomllib.loads(raw[start + 12 : start + 12 + n].decode()) == want
+
+
+def test_cli_output_into_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    n = 6000  # ~100 KB of output: more than a pipe buffer holds
+    p = tmp_path / "many.txt"
+    rng = np.random.default_rng(0)
+    p.write_text("".join(f"w{i} {a:.3f} {b:.3f}\n" for i, (a, b) in enumerate(rng.standard_normal((n, 2)))))
+    with subprocess.Popen(
+        [sys.executable, "-m", "vecfusion", "similar", str(p), "w0", "-k", str(n)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = proc.stdout.readline()
+        proc.stdout.close()
+        err = proc.stderr.read()
+        assert proc.wait(timeout=60) == 0, err
+    assert first.startswith(b"w") and b"\t" in first
+    assert b"Broken pipe" not in err and b"Error" not in err, err
+
+
+def test_quantize_keeps_the_current_metadata(tmp_path: Path) -> None:
+    e = vf.load(FIX / "simple_meta.fifu")
+    assert e.metadata["a"] == 1
+    e.metadata = {"trained": {"by": "me"}}
+    q = e.quantize(n_subquantizers=2, bits=2, n_iterations=2, progress=False)
+    assert q.metadata == {"trained": {"by": "me"}}
+    q.write(tmp_path / "q.fifu")
+    assert vf.load(tmp_path / "q.fifu").metadata == {"trained": {"by": "me"}}
+    e.metadata = None
+    assert e.quantize(n_subquantizers=2, bits=2, n_iterations=2, progress=False).metadata is None
+
+
+def test_constructor_takes_any_real_matrix() -> None:
+    words = ["a", "b", "c"]
+    want = np.arange(6, dtype=np.float32).reshape(3, 2)
+    for m in (want.astype(np.float64), want.astype(np.int64), want.tolist(), np.asfortranarray(want)):
+        e = vf.Embeddings(words, m, norms=np.ones(3))
+        np.testing.assert_array_equal(np.asarray(e.storage), want)
+        np.testing.assert_array_equal(e.norms, np.ones(3, np.float32))
+    with pytest.raises(TypeError):
+        vf.Embeddings(words, np.ones(3))
+    with pytest.raises(ValueError, match="4 rows"):
+        vf.Embeddings(words, np.ones((4, 2)))
+
+
+def test_similar_to_a_word_with_a_nan_vector_raises() -> None:
+    m = np.array([[1, 0], [0.8, 0.6], [np.nan, 1], [0, 1]], np.float32)
+    e = vf.Embeddings(["a", "b", "c", "d"], m)
+    with pytest.raises(ValueError, match=r'embedding of "c" contains NaN'):
+        e.similar("c")
+    with pytest.raises(ValueError, match="NaN"):
+        e.analogy("a", "c", "d")
+    # a NaN row is never an answer to other queries
+    assert [w for w, _ in e.similar("a", k=10)] == ["b", "d"]
