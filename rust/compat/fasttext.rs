@@ -289,7 +289,11 @@ impl<R: BufRead> Reader<R> {
 
 /// Read a fastText `.bin` model.
 pub fn read_fasttext(path: &Path, lossy: bool) -> Result<Embeddings> {
-    read_fasttext_inner(path, lossy).map_err(|e| e.context(path.display()))
+    read_fasttext_inner(path, lossy).map_err(|e| match e {
+        // I/O errors name the file already
+        e @ Error::Io { .. } => e,
+        e => e.context(path.display()),
+    })
 }
 
 fn read_fasttext_inner(path: &Path, lossy: bool) -> Result<Embeddings> {

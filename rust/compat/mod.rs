@@ -248,7 +248,9 @@ pub(crate) fn known_words<'a>(emb: &'a Embeddings, format: &str) -> Result<&'a W
 /// becomes a format error).
 pub(crate) fn read_err(path: &std::path::Path, what: &'static str, e: std::io::Error) -> Error {
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        Error::invalid(what, format!("the file ends early ({})", path.display()))
+        // (the reader's caller adds the path, as it does to every format error)
+        let _ = path;
+        Error::invalid(what, "the file ends early")
     } else {
         Error::io(format!("cannot read {}", path.display()), e)
     }

@@ -247,9 +247,14 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
 pub fn write_word2vec_binary(emb: &Embeddings, path: &Path) -> Result<()> {
     let words = known_words(emb, "word2vec")?;
     for w in words.iter() {
-        if w.bytes().any(|b| b == b' ') {
+        // a reader takes the bytes up to the first space as the word and skips the
+        // whitespace before it: an empty word, or one with whitespace, would not read back
+        if w.is_empty() {
+            return Err(Error::argument("the vocabulary has an empty word, which cannot be written as word2vec"));
+        }
+        if w.bytes().any(|b| b.is_ascii_whitespace()) {
             return Err(Error::argument(format!(
-                "the word {w:?} contains a space and cannot be written as word2vec"
+                "the word {w:?} contains whitespace and cannot be written as word2vec"
             )));
         }
     }
