@@ -333,6 +333,19 @@ pub fn stream_fence() {
     };
 }
 
+/// Ask the CPU to pull the cache line at `p` into the cache (x86-64; elsewhere a no-op).
+/// Any address will do: a prefetch never faults.
+#[inline]
+pub fn prefetch_addr(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults and has no visible effect, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Ask the CPU to pull `data` into the cache (x86-64; elsewhere a no-op).
 #[inline]
 pub fn prefetch<T>(data: &[T]) {
