@@ -122,7 +122,8 @@ pub fn read_word2vec_binary(path: &Path, opts: &ReadOptions) -> Result<Embedding
     };
     // The matrix is filled part by part (PART_ROWS rows). A second thread faults each
     // part's fresh pages in before handing it over, so that the page faults (a good part
-    // of the work) run beside the parsing; each part is normalized once full, in cache.
+    // of the work) run beside the parsing; a third normalizes each part once it is full
+    // (just written, still in cache), so that the parsing thread only parses.
     std::thread::scope(|s| -> Result<()> {
         let (tx, rx) = std::sync::mpsc::channel::<&mut [f32]>();
         let parts = data.chunks_mut((PART_ROWS * dims).max(1));
@@ -132,6 +133,12 @@ pub fn read_word2vec_binary(path: &Path, opts: &ReadOptions) -> Result<Embedding
                 if tx.send(part).is_err() {
                     break; // the reader stopped (an error)
                 }
+            }
+        });
+        let (full_tx, full_rx) = std::sync::mpsc::channel::<(&mut [f32], &mut [f32])>();
+        s.spawn(move || {
+            for (rows, norms) in full_rx {
+                normalize_block(rows, dims, norms);
             }
         });
         let mut norm_parts = norms.chunks_mut(PART_ROWS);
@@ -187,7 +194,18 @@ pub fn read_word2vec_binary(path: &Path, opts: &ReadOptions) -> Result<Embedding
                 }
                 k += 1;
                 if opts.normalize && (k * dims == part.len() || i + 1 == rows) {
-                    normalize_block(&mut part[..k * dims], dims, &mut norm_part[..k]);
+                    // hand the full part (and its norms) to the normalizing thread
+                    let full = std::mem::take(&mut part);
+                    let full_norms = std::mem::take(&mut norm_part);
+                    let filled = k * dims;
+                    let (rows_done, rest) = full.split_at_mut(filled);
+                    let (norms_done, norms_rest) = full_norms.split_at_mut(k);
+                    part = rest;
+                    norm_part = norms_rest;
+                    k = 0;
+                    if full_tx.send((rows_done, norms_done)).is_err() {
+                        return Err(Error::invalid("word2vec file", "internal error: the normalizing thread stopped"));
+                    }
                 }
             }
             r.pos += row_bytes;
