@@ -29,7 +29,7 @@ impl Default for WordList {
 
 /// The hash-table backend: all strings in one buffer plus a table of rows.
 ///
-/// The table is open addressing with linear probing, at most half full. An entry holds
+/// The table is open addressing with linear probing, at most 3/4 full. An entry holds
 /// 32 bits of the word's hash (a fingerprint), its row, and where its bytes are, so a
 /// lookup reads one entry (two for a collision in the same slot run) and the word's
 /// bytes, and the entry's address is known from the hash alone: a batch of lookups can
@@ -142,7 +142,8 @@ impl HashWords {
             self.table = Vec::new();
             return Ok(());
         }
-        let size = n.checked_mul(2).and_then(usize::checked_next_power_of_two).ok_or(Error::Overflow("vocabulary"))?;
+        // at most three quarters full (linear probing stays short; 16 bytes per entry)
+        let size = (n + n / 3 + 1).checked_next_power_of_two().ok_or(Error::Overflow("vocabulary"))?;
         let mask = size - 1;
         let mut table = vec![
             Slot {
