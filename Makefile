@@ -59,7 +59,7 @@ $(VENV)/.torch-ext-stamp: $(VENV)/.torch-deps-stamp $(TORCH_EXT_SRC)
 torch-ext: $(VENV)/.torch-ext-stamp
 
 test-python: build torch-ext
-	$(PY) -m pytest -q
+	VECFUSION_REQUIRE_TORCH=1 $(PY) -m pytest -q
 
 test: build test-rust test-python
 

@@ -9,8 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
+
+if os.environ.get("VECFUSION_REQUIRE_TORCH") == "1":  # `make test` sets it: torch must be there
+    import torch
+else:  # a plain `pytest` without torch installed (`make torch-ext` installs it)
+    torch = pytest.importorskip("torch", reason="vecfusion.torch needs torch (make torch-ext)")
+from torch import nn  # noqa: E402
 
 import vecfusion as vf
 from vecfusion.torch import (
