@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 use rayon::prelude::*;
 
 use super::embeddings::extract_words;
+use crate::vocab::INDEX_GROUP;
 use super::vocab::PyVocab;
 
 /// Storage rows of many words: `(rows, offsets, known)`, flattened like `embedding_bag` input.
@@ -21,18 +22,27 @@ fn indices_batch(vocab: &crate::vocab::Vocab, words: &[&str]) -> (Vec<i64>, Vec<
             let mut lens = Vec::with_capacity(chunk.len());
             let mut known = Vec::with_capacity(chunk.len());
             let mut scratch = Vec::new();
-            for w in chunk {
-                let before = rows.len();
-                if let Some(i) = vocab.word_index(w) {
-                    rows.push(i as i64);
-                    known.push(true);
-                } else {
-                    scratch.clear();
-                    vocab.push_subword_indices(w, &mut scratch);
-                    rows.extend(scratch.iter().map(|&r| r as i64));
-                    known.push(false);
+            // known words a group at a time, their table accesses overlapped
+            let mut found = [None; INDEX_GROUP];
+            for group in chunk.chunks(INDEX_GROUP) {
+                let found = &mut found[..group.len()];
+                match vocab.words() {
+                    Some(list) => list.index_group(group, found, |_| ()),
+                    None => found.fill(None),
                 }
-                lens.push((rows.len() - before) as i64);
+                for (w, f) in group.iter().zip(found.iter()) {
+                    let before = rows.len();
+                    if let Some(i) = *f {
+                        rows.push(i as i64);
+                        known.push(true);
+                    } else {
+                        scratch.clear();
+                        vocab.push_subword_indices(w, &mut scratch);
+                        rows.extend(scratch.iter().map(|&r| r as i64));
+                        known.push(false);
+                    }
+                    lens.push((rows.len() - before) as i64);
+                }
             }
             (rows, lens, known)
         })
