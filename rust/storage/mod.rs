@@ -349,21 +349,10 @@ pub fn prefetch_addr(p: *const u8) {
 /// Ask the CPU to pull `data` into the cache (x86-64; elsewhere a no-op).
 #[inline]
 pub fn prefetch<T>(data: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let bytes = std::mem::size_of_val(data);
-        let p = data.as_ptr().cast::<i8>();
-        let mut off = 0;
-        while off < bytes {
-            // SAFETY: a prefetch never faults and has no visible effect; the address lies
-            // inside `data`.
-            unsafe { _mm_prefetch(p.add(off), _MM_HINT_T0) };
-            off += 64;
-        }
+    let p = data.as_ptr().cast::<u8>();
+    for off in (0..std::mem::size_of_val(data)).step_by(64) {
+        prefetch_addr(p.wrapping_add(off));
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = data;
 }
 
 #[cfg(test)]

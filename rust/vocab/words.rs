@@ -217,34 +217,19 @@ impl HashWords {
         if self.table.is_empty() {
             return None;
         }
-        self.probe(word.as_bytes(), hash_str(&self.state, word.as_bytes()), None)
+        let w = word.as_bytes();
+        let h = hash_str(&self.state, w);
+        self.confirm(w, h, self.next_candidate(w, h, None)?)
     }
 
-    /// Find `w` (hash `h`) from its home position, or from `from` (an entry already known
-    /// not to hold it) onwards.
+    /// The first entry at or after `w`'s home position (or after `after`, an entry already
+    /// known not to hold `w`) whose fingerprint and length match, or `None` when an empty
+    /// entry comes first (then `w` is not in the table).
     #[inline]
-    fn probe(&self, w: &[u8], h: u64, from: Option<usize>) -> Option<usize> {
+    fn next_candidate(&self, w: &[u8], h: u64, after: Option<usize>) -> Option<usize> {
         let mask = self.table.len() - 1;
         let (home, fingerprint) = split_hash(h, mask);
-        let mut pos = from.map_or(home, |p| (p + 1) & mask);
-        loop {
-            let slot = &self.table[pos];
-            if slot.is_empty() {
-                return None;
-            }
-            if slot.fingerprint == fingerprint && slot.len() == w.len() && self.slot_bytes(slot) == w {
-                return Some(slot.row as usize);
-            }
-            pos = (pos + 1) & mask;
-        }
-    }
-
-    /// The first entry at or after `w`'s home position whose fingerprint and length match,
-    /// or `None` when an empty entry comes first (then `w` is not in the table).
-    #[inline]
-    fn first_candidate(&self, w: &[u8], h: u64) -> Option<usize> {
-        let mask = self.table.len() - 1;
-        let (mut pos, fingerprint) = split_hash(h, mask);
+        let mut pos = after.map_or(home, |p| (p + 1) & mask);
         loop {
             let slot = &self.table[pos];
             if slot.is_empty() {
@@ -254,6 +239,19 @@ impl HashWords {
                 return Some(pos);
             }
             pos = (pos + 1) & mask;
+        }
+    }
+
+    /// The row of `w` (hash `h`), starting from candidate entry `pos`: its bytes are
+    /// compared, and on a mismatch (a fingerprint collision) the probe goes on.
+    #[inline]
+    fn confirm(&self, w: &[u8], h: u64, mut pos: usize) -> Option<usize> {
+        loop {
+            let slot = &self.table[pos];
+            if self.slot_bytes(slot) == w {
+                return Some(slot.row as usize);
+            }
+            pos = self.next_candidate(w, h, Some(pos))?;
         }
     }
 
@@ -275,7 +273,7 @@ impl HashWords {
         }
         let mut cands = [None; INDEX_GROUP];
         for ((c, w), &h) in cands.iter_mut().zip(words).zip(&hashes) {
-            *c = self.first_candidate(w.as_ref().as_bytes(), h);
+            *c = self.next_candidate(w.as_ref().as_bytes(), h, None);
             if let Some(pos) = *c {
                 let slot = &self.table[pos];
                 crate::storage::prefetch(self.slot_bytes(slot));
@@ -283,15 +281,7 @@ impl HashWords {
             }
         }
         for (((r, w), &h), c) in rows.iter_mut().zip(words).zip(&hashes).zip(cands) {
-            let w = w.as_ref().as_bytes();
-            *r = c.and_then(|pos| {
-                let slot = &self.table[pos];
-                if self.slot_bytes(slot) == w {
-                    Some(slot.row as usize)
-                } else {
-                    self.probe(w, h, Some(pos))
-                }
-            });
+            *r = c.and_then(|pos| self.confirm(w.as_ref().as_bytes(), h, pos));
         }
     }
 
