@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from ._ops import ops
@@ -71,20 +73,127 @@ class FastEmbedding(nn.Embedding):
         )  # type: ignore[return-value]
 
 
+def _per_table_padding(padding_idx: Any, nums: Sequence[int]) -> list[int | None]:
+    """``padding_idx`` as one non-negative row (or None) per table; negative values count from
+    each table's end, as in nn.Embedding."""
+    if padding_idx is None:
+        return [None] * len(nums)
+    if isinstance(padding_idx, (str, bytes)):
+        raise TypeError(f"padding_idx must be None, an int or a sequence of them, got {type(padding_idx).__name__}")
+    if isinstance(padding_idx, Sequence):
+        per = list(padding_idx)
+        if len(per) != len(nums):
+            raise ValueError(f"padding_idx has {len(per)} entries for {len(nums)} tables")
+    else:
+        per = [padding_idx] * len(nums)
+    out: list[int | None] = []
+    for t, (p, n) in enumerate(zip(per, nums)):
+        if p is None:
+            out.append(None)
+            continue
+        if isinstance(p, bool) or not hasattr(p, "__index__"):
+            raise TypeError(f"padding_idx of table {t} must be an int or None, got {type(p).__name__}")
+        try:
+            p = operator.index(p)
+        except TypeError:
+            raise TypeError(f"padding_idx of table {t} must be an int or None, got {p!r}") from None
+        if not -n <= p < n:
+            raise ValueError(f"padding_idx {p} is out of range for table {t} with {n} rows")
+        out.append(p + n if p < 0 else p)
+    return out
+
+
+class _MultiEmbeddingWithOptions(torch.autograd.Function):
+    """``ops.multi_embedding`` with nn.Embedding's gradient options (padding rows get no gradient,
+    ``scale_grad_by_freq``, sparse gradient of the flat weight). The forward is the op itself."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        weight: Tensor,
+        input: Tensor,
+        meta: Tensor,
+        total_dim: int,
+        aux: tuple[Tensor, ...],
+        total_rows: int,
+        padded: bool,
+        scale_grad_by_freq: bool,
+        sparse: bool,
+    ) -> Tensor:
+        ctx.save_for_backward(input, meta, *aux)
+        ctx.numel = weight.numel()
+        ctx.total_rows = total_rows
+        ctx.padded = padded
+        ctx.scale = scale_grad_by_freq
+        ctx.sparse = sparse
+        return ops.multi_embedding(weight, input, meta, total_dim)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        input, meta, row_base, pad, pad_elems, col_table, col_dim, col_base = ctx.saved_tensors
+        x = input.long()
+        if ctx.scale:
+            # divide each output row's gradient by how often its index occurs in its table's column
+            ids = x + row_base
+            counts = torch.zeros(ctx.total_rows, dtype=torch.long, device=x.device)
+            counts.index_add_(0, ids.reshape(-1), torch.ones_like(ids).reshape(-1))
+            ct = torch.promote_types(grad.dtype, torch.float32)
+            grad = (grad.to(ct) / counts[ids][:, col_table].to(ct)).to(grad.dtype)
+        if not ctx.sparse:
+            gw = ops.multi_embedding_backward(grad, input, meta, ctx.numel)
+            if ctx.padded:
+                gw.index_fill_(0, pad_elems, 0)
+        else:
+            # one entry per looked-up element of the flat weight (duplicates are summed when used),
+            # padding rows left out, as nn.Embedding's sparse gradient leaves them out
+            elems = x[:, col_table] * col_dim + col_base
+            if ctx.padded:
+                keep = (x != pad)[:, col_table]
+                elems, values = elems[keep], grad[keep]
+            else:
+                elems, values = elems.reshape(-1), grad.reshape(-1)
+            # the indices are in range: the forward checked every index against its table
+            gw = torch.sparse_coo_tensor(elems.unsqueeze(0), values, (ctx.numel,), check_invariants=False)
+        return gw, None, None, None, None, None, None, None, None
+
+
 class FastMultiEmbedding(nn.Module):
     """Many small embedding tables in one flat weight, looked up in one kernel.
 
-    ``FastMultiEmbedding([n1, n2, ...], [d1, d2, ...])`` maps input ``(batch, tables)`` to
-    ``(batch, d1 + d2 + ...)``; it equals ``torch.cat([nn.Embedding(n_t, d_t)(x[:, t]) ...], 1)``.
+    ``FastMultiEmbedding([n1, n2, ...], [d1, d2, ...])`` maps input ``(batch, tables)`` (int32 or
+    int64) to ``(batch, d1 + d2 + ...)``; it equals ``torch.cat([emb_t(x[:, t]) ...], 1)`` for
+    separate ``nn.Embedding(n_t, d_t, **options)`` tables ``emb_t``, with nn.Embedding's options:
+
+    - ``padding_idx``: None, an int for every table, or a sequence with one int or None per table
+      (negative values count from each table's end; stored per table as non-negative rows).
+      The padding row is zeroed at initialization and gets no gradient from the lookup; its
+      output is the row's current value.
+    - ``max_norm`` / ``norm_type``: before each lookup, the looked-up rows of every table whose
+      ``norm_type``-norm exceeds ``max_norm`` are renormalized in place.
+    - ``scale_grad_by_freq``: a row's gradient is divided by how often its index occurs in its
+      table's column of the mini-batch.
+    - ``sparse``: the weight's gradient is a 1-D ``torch.sparse_coo`` tensor of element indices
+      of the flat weight (one entry per looked-up element, padding rows left out), usable by
+      ``torch.optim.SGD`` and ``torch.optim.SparseAdam``; also with ``scale_grad_by_freq``
+      (which nn.Embedding refuses).
+
     Table ``t`` is ``weight[offset_t : offset_t + n_t * d_t].view(n_t, d_t)`` (no padding to the
     largest table); :meth:`table` returns that view. Each table is initialized like
-    nn.Embedding (N(0, 1)), in order, so the same seed gives the same tables.
+    nn.Embedding (N(0, 1), then its padding row zeroed), in order, so the same seed gives the same
+    tables. Without padding rows, ``scale_grad_by_freq`` and ``sparse`` (or without autograd)
+    the backward is the C++ one; with them a thin autograd.Function adjusts its gradient.
     """
 
     def __init__(
         self,
         num_embeddings: Sequence[int],
         embedding_dims: Sequence[int],
+        padding_idx: int | Sequence[int | None] | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        sparse: bool = False,
         _weight: Tensor | None = None,
         _freeze: bool = False,
         device: Any = None,
@@ -101,13 +210,34 @@ class FastMultiEmbedding(nn.Module):
             raise ValueError("table sizes must be positive and dims non-negative")
         self.num_embeddings = nums
         self.embedding_dims = dims
+        self.max_norm = None if max_norm is None else float(max_norm)
+        self.norm_type = float(norm_type)
+        self.scale_grad_by_freq = bool(scale_grad_by_freq)
+        self.sparse = bool(sparse)
         sizes = [n * d for n, d in zip(nums, dims)]
         woff = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         coff = np.concatenate([[0], np.cumsum(dims)[:-1]]).astype(np.int64)
         meta = np.stack([np.array(nums), np.array(dims), woff, coff], axis=1).astype(np.int64)
         self.total_dim = int(sum(dims))
         self._offsets = [int(o) for o in woff]
+        self._total_rows = int(sum(nums))
         self.register_buffer("meta", torch.from_numpy(meta).to(device), persistent=False)
+        # For the gradient options, per table: first row in the concatenated rows (counts for
+        # scale_grad_by_freq); per output column: its table, the table's dim, and the flat
+        # position of the column's element in row 0 (sparse gradient indices).
+        row_base = np.concatenate([[0], np.cumsum(nums)[:-1]]).astype(np.int64)
+        col_table = np.repeat(np.arange(len(nums)), dims).astype(np.int64)
+        col_base = woff[col_table] + np.arange(self.total_dim) - coff[col_table]
+        for name, arr in (
+            ("_row_base", row_base),
+            ("_col_table", col_table),
+            ("_col_dim", np.array(dims, dtype=np.int64)[col_table]),
+            ("_col_base", col_base.astype(np.int64)),
+        ):
+            self.register_buffer(name, torch.from_numpy(arr).to(device), persistent=False)
+        self.register_buffer("_pad", torch.empty(0, dtype=torch.long, device=device), persistent=False)
+        self.register_buffer("_pad_elems", torch.empty(0, dtype=torch.long, device=device), persistent=False)
+        self.padding_idx = padding_idx  # type: ignore[assignment]  (validated by the setter)
         numel = int(sum(sizes))
         if _weight is None:
             self.weight = nn.Parameter(
@@ -119,10 +249,38 @@ class FastMultiEmbedding(nn.Module):
                 raise ValueError(f"_weight must have shape ({numel},), got {tuple(_weight.shape)}")
             self.weight = nn.Parameter(_weight, requires_grad=not _freeze)
 
+    @property
+    def padding_idx(self) -> list[int | None]:
+        """The padding row of each table (non-negative) or None; settable like at construction."""
+        return list(self._padding)
+
+    @padding_idx.setter
+    def padding_idx(self, value: int | Sequence[int | None] | None) -> None:
+        per = _per_table_padding(value, self.num_embeddings)
+        self._padding = per
+        self._padded = any(p is not None for p in per)
+        dev = self.meta.device
+        self._pad = torch.tensor([-1 if p is None else p for p in per], dtype=torch.long, device=dev)
+        elems = [
+            self._offsets[t] + p * d + j
+            for t, (p, d) in enumerate(zip(per, self.embedding_dims))
+            if p is not None
+            for j in range(d)
+        ]
+        self._pad_elems = torch.tensor(elems, dtype=torch.long, device=dev)
+
     def reset_parameters(self) -> None:
+        """Each table N(0, 1), in order, then its padding row zeroed (as nn.Embedding)."""
         with torch.no_grad():
             for t in range(len(self.num_embeddings)):
                 self.table(t).normal_()
+            self._fill_padding_idx_with_zero()
+
+    def _fill_padding_idx_with_zero(self) -> None:
+        with torch.no_grad():
+            for t, p in enumerate(self._padding):
+                if p is not None:
+                    self.table(t)[p].fill_(0)
 
     def table(self, t: int) -> Tensor:
         """The weight of table ``t`` as a (rows, dim) view of the flat weight."""
@@ -130,22 +288,87 @@ class FastMultiEmbedding(nn.Module):
         return self.weight[self._offsets[t] : self._offsets[t] + n * d].view(n, d)
 
     @classmethod
-    def from_pretrained(cls, tables: Sequence[Tensor], freeze: bool = True) -> FastMultiEmbedding:
-        """Create from a list of 2-D tensors (one per table)."""
-        if any(t.dim() != 2 for t in tables):
-            raise ValueError("every table must be 2-D")
+    def from_pretrained(
+        cls,
+        tables: Sequence[Tensor],
+        freeze: bool = True,
+        padding_idx: int | Sequence[int | None] | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        sparse: bool = False,
+    ) -> FastMultiEmbedding:
+        """Create from a list of 2-D tensors (one per table), copied into one flat weight.
+
+        The options are those of the constructor and ``freeze`` that of
+        nn.Embedding.from_pretrained; as there, the padding rows keep their pretrained values.
+        """
+        tables = list(tables)
+        for t, tab in enumerate(tables):
+            if not isinstance(tab, Tensor):
+                raise TypeError(f"table {t} must be a Tensor, got {type(tab).__name__}")
+            if tab.dim() != 2:
+                raise ValueError(f"every table must be 2-D, table {t} is {tab.dim()}-D")
+        if not tables:
+            raise ValueError("need at least one table")
         flat = torch.cat([t.detach().reshape(-1) for t in tables])
         return cls(
-            [t.shape[0] for t in tables], [t.shape[1] for t in tables], _weight=flat, _freeze=freeze
+            [t.shape[0] for t in tables],
+            [t.shape[1] for t in tables],
+            padding_idx=padding_idx,
+            max_norm=max_norm,
+            norm_type=norm_type,
+            scale_grad_by_freq=scale_grad_by_freq,
+            sparse=sparse,
+            _weight=flat,
+            _freeze=freeze,
         )
+
+    def _renorm(self, input: Tensor) -> None:
+        """Renormalize the looked-up rows of each table in place (``max_norm``)."""
+        max_norm, norm_type = float(self.max_norm), float(self.norm_type)  # type: ignore[arg-type]
+        with torch.no_grad():
+            for t in range(len(self.num_embeddings)):
+                try:
+                    ops.embedding_renorm_(self.table(t), input[:, t], max_norm, norm_type)
+                except IndexError as e:
+                    raise IndexError(f"{e} in table {t}") from None
 
     def forward(self, input: Tensor) -> Tensor:
         if input.dim() != 2:
             raise ValueError(f"input must be 2-D (batch, tables), got {input.dim()}-D")
-        return ops.multi_embedding(self.weight, input, self.meta, self.total_dim)
+        if input.shape[1] != len(self.num_embeddings):
+            raise ValueError(f"input has {input.shape[1]} columns for {len(self.num_embeddings)} tables")
+        if self.max_norm is not None:
+            self._renorm(input)
+        adjusted = self._padded or self.scale_grad_by_freq or self.sparse
+        if not (adjusted and self.weight.requires_grad and torch.is_grad_enabled()):
+            return ops.multi_embedding(self.weight, input, self.meta, self.total_dim)
+        return _MultiEmbeddingWithOptions.apply(
+            self.weight,
+            input,
+            self.meta,
+            self.total_dim,
+            (self._row_base, self._pad, self._pad_elems, self._col_table, self._col_dim, self._col_base),
+            self._total_rows,
+            self._padded,
+            bool(self.scale_grad_by_freq),
+            bool(self.sparse),
+        )
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dims}"
+        s = f"{self.num_embeddings}, {self.embedding_dims}"
+        if self._padded:
+            s += f", padding_idx={self._padding}"
+        if self.max_norm is not None:
+            s += f", max_norm={self.max_norm}"
+        if self.norm_type != 2:
+            s += f", norm_type={self.norm_type}"
+        if self.scale_grad_by_freq:
+            s += ", scale_grad_by_freq=True"
+        if self.sparse:
+            s += ", sparse=True"
+        return s
 
 
 class SubwordEmbeddingBag(nn.Module):
