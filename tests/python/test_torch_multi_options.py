@@ -1,9 +1,10 @@
-"""FastMultiEmbedding's nn.Embedding options against separate torch.nn.Embedding tables + torch.cat."""
+"""FastMultiEmbedding's nn.Embedding options against separate nn.Embedding tables + torch.cat."""
 
 from __future__ import annotations
 
 import itertools
 import os
+from typing import Any
 
 import pytest
 
@@ -77,7 +78,8 @@ def _pair(tables, padding_idx, max_norm, scale, sparse, norm_type=2.0):
             max_norm=max_norm,
             norm_type=norm_type,
             scale_grad_by_freq=scale,
-            sparse=sparse and not scale,  # nn.Embedding refuses sparse + scale_grad_by_freq: compare to dense
+            # nn.Embedding refuses sparse + scale_grad_by_freq: compare to its dense gradient
+            sparse=sparse and not scale,
         )
         for tab, p in zip(tables, _per_table(padding_idx))
     ]
@@ -97,15 +99,23 @@ def _assert_tables_close(multi: FastMultiEmbedding, refs, what: str = "weight", 
         if what == "weight":
             mine, theirs = multi.table(t).detach(), emb.weight.detach()
         else:
-            n, d, off = NUMS[t], DIMS[t], multi._offsets[t]
-            mine, theirs = _dense(multi.weight.grad)[off : off + n * d].view(n, d), _dense(emb.weight.grad)
-        torch.testing.assert_close(mine, theirs, msg=lambda m, t=t: f"table {t} {what}: {m}", **tol)
+            assert multi.weight.grad is not None and emb.weight.grad is not None
+            n, d, off = multi.num_embeddings[t], multi.embedding_dims[t], multi._offsets[t]
+            mine = _dense(multi.weight.grad)[off : off + n * d].view(n, d)
+            theirs = _dense(emb.weight.grad)
+
+        def msg(m: str, t: int = t) -> str:
+            return f"table {t} {what}: {m}"
+
+        torch.testing.assert_close(mine, theirs, msg=msg, **tol)
 
 
 @pytest.mark.parametrize("batch", [0, 1, 40])
 @pytest.mark.parametrize("idx_dtype", [torch.int64, torch.int32])
 @pytest.mark.parametrize("padding_idx,max_norm,scale,sparse", OPTIONS)
-def test_equals_separate_nn_embeddings(padding_idx, max_norm, scale, sparse, idx_dtype, batch) -> None:
+def test_equals_separate_nn_embeddings(
+    padding_idx, max_norm, scale, sparse, idx_dtype, batch
+) -> None:
     tables = _tables()
     multi, refs = _pair(tables, padding_idx, max_norm, scale, sparse)
     assert multi.padding_idx == [refs[t].padding_idx for t in range(len(NUMS))]
@@ -157,6 +167,21 @@ def test_equals_separate_nn_embeddings(padding_idx, max_norm, scale, sparse, idx
         opt.step()
         opt_ref.step()
     _assert_tables_close(multi, refs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_zero_dim_table(sparse) -> None:
+    g = torch.Generator().manual_seed(8)
+    tables = [torch.randn(4, 3, generator=g), torch.zeros(3, 0), torch.randn(5, 2, generator=g)]
+    multi, refs = _pair(tables, [1, 1, None], None, True, sparse)
+    x = torch.tensor([[1, 1, 4], [0, 2, 4], [1, 0, 0], [3, 1, 4]])
+    out, ref = multi(x), _ref_forward(refs, x)
+    assert out.shape == (4, 5) and torch.equal(out, ref)
+    up = torch.randn(out.shape, generator=g)
+    (out * up).sum().backward()
+    (ref * up).sum().backward()
+    assert multi.weight.grad.is_sparse == sparse
+    _assert_tables_close(multi, refs, "grad", rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("padding_idx", [None, PER_TABLE])
@@ -227,14 +252,17 @@ def test_from_pretrained_keeps_padding_rows_and_freeze() -> None:
     x = _batch(12)
     # frozen: the lookup still renormalizes, and outputs the padding rows' values
     frozen = FastMultiEmbedding.from_pretrained(tables, padding_idx=PER_TABLE, max_norm=1.0)
-    refs = [nn.Embedding.from_pretrained(tab.clone(), padding_idx=p, max_norm=1.0) for tab, p in zip(tables, PER_TABLE)]
+    refs = [
+        nn.Embedding.from_pretrained(tab.clone(), padding_idx=p, max_norm=1.0)
+        for tab, p in zip(tables, PER_TABLE)
+    ]
     torch.testing.assert_close(frozen(x), _ref_forward(refs, x), rtol=1e-6, atol=1e-7)
     _assert_tables_close(frozen, refs, rtol=1e-6, atol=1e-7)
     assert FastMultiEmbedding.from_pretrained(tables, freeze=False).weight.requires_grad
     with pytest.raises(ValueError, match="table 1 is 1-D"):
         FastMultiEmbedding.from_pretrained([tables[0], torch.zeros(3)])
     with pytest.raises(TypeError, match="table 0"):
-        FastMultiEmbedding.from_pretrained([[[1.0]]])
+        FastMultiEmbedding.from_pretrained([[[1.0]]])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="at least one table"):
         FastMultiEmbedding.from_pretrained([])
 
@@ -301,14 +329,15 @@ def test_gradcheck_float64() -> None:
     # the padding rows do get the true Jacobian's gradient where the options are ignored
     m = FastMultiEmbedding.from_pretrained(tables, freeze=False, padding_idx=[None, 3, None, -2])
     with pytest.raises(GradcheckError):
-        torch.autograd.gradcheck(
-            lambda w: torch.func.functional_call(m, {"weight": w}, (torch.tensor([[0, 3, 0, 0]]),)), (wx,)
-        )
+        xp = torch.tensor([[0, 3, 0, 0]])
+        torch.autograd.gradcheck(lambda w: torch.func.functional_call(m, {"weight": w}, (xp,)), wx)
 
 
 def test_state_dict_round_trip() -> None:
     tables = _tables(6)
-    kw = dict(padding_idx=PER_TABLE, max_norm=1.0, scale_grad_by_freq=True, sparse=True)
+    kw: dict[str, Any] = dict(
+        padding_idx=PER_TABLE, max_norm=1.0, scale_grad_by_freq=True, sparse=True
+    )
     multi = FastMultiEmbedding.from_pretrained(tables, freeze=False, **kw)
     x = _batch(25)
     multi(x).sum().backward()
@@ -330,10 +359,12 @@ def test_state_dict_round_trip() -> None:
 
 def test_repr_shows_non_default_options() -> None:
     assert repr(FastMultiEmbedding(NUMS, DIMS)) == "FastMultiEmbedding([5, 9, 1, 17], [3, 1, 4, 2])"
-    m = FastMultiEmbedding(NUMS, DIMS, padding_idx=PER_TABLE, max_norm=2, scale_grad_by_freq=True, sparse=True)
+    m = FastMultiEmbedding(
+        NUMS, DIMS, padding_idx=PER_TABLE, max_norm=2, scale_grad_by_freq=True, sparse=True
+    )
     assert repr(m) == (
-        "FastMultiEmbedding([5, 9, 1, 17], [3, 1, 4, 2], padding_idx=[None, 3, 0, 15], max_norm=2.0, "
-        "scale_grad_by_freq=True, sparse=True)"
+        "FastMultiEmbedding([5, 9, 1, 17], [3, 1, 4, 2], padding_idx=[None, 3, 0, 15], "
+        "max_norm=2.0, scale_grad_by_freq=True, sparse=True)"
     )
 
 
@@ -354,19 +385,23 @@ def test_low_precision_and_no_grad() -> None:
     x = _batch(30)
     for dtype in (torch.bfloat16, torch.float16):
         multi = FastMultiEmbedding.from_pretrained(
-            [t.to(dtype) for t in tables], freeze=False, padding_idx=PER_TABLE, scale_grad_by_freq=True
+            [t.to(dtype) for t in tables],
+            freeze=False,
+            padding_idx=PER_TABLE,
+            scale_grad_by_freq=True,
         )
         out = multi(x)
         assert out.dtype == dtype
         out.float().sum().backward()
-        assert multi.weight.grad.dtype == dtype
+        assert multi.weight.grad is not None and multi.weight.grad.dtype == dtype
         _, refs = _pair(tables, PER_TABLE, None, True, False)
         _ref_forward(refs, x).sum().backward()
         _assert_tables_close(multi, refs, "grad", rtol=1e-2, atol=1e-2, check_dtype=False)
     multi, _ = _pair(tables, PER_TABLE, None, True, True)
     with torch.no_grad():
         out = multi(x)
-    assert not out.requires_grad and torch.equal(out, _ref_forward(_pair(tables, None, None, False, False)[1], x))
+    plain_refs = _pair(tables, None, None, False, False)[1]
+    assert not out.requires_grad and torch.equal(out, _ref_forward(plain_refs, x))
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

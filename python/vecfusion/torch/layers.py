@@ -79,7 +79,10 @@ def _per_table_padding(padding_idx: Any, nums: Sequence[int]) -> list[int | None
     if padding_idx is None:
         return [None] * len(nums)
     if isinstance(padding_idx, (str, bytes)):
-        raise TypeError(f"padding_idx must be None, an int or a sequence of them, got {type(padding_idx).__name__}")
+        raise TypeError(
+            "padding_idx must be None, an int or a sequence of them, "
+            f"got {type(padding_idx).__name__}"
+        )
     if isinstance(padding_idx, Sequence):
         per = list(padding_idx)
         if len(per) != len(nums):
@@ -92,7 +95,9 @@ def _per_table_padding(padding_idx: Any, nums: Sequence[int]) -> list[int | None
             out.append(None)
             continue
         if isinstance(p, bool) or not hasattr(p, "__index__"):
-            raise TypeError(f"padding_idx of table {t} must be an int or None, got {type(p).__name__}")
+            raise TypeError(
+                f"padding_idx of table {t} must be an int or None, got {type(p).__name__}"
+            )
         try:
             p = operator.index(p)
         except TypeError:
@@ -105,25 +110,33 @@ def _per_table_padding(padding_idx: Any, nums: Sequence[int]) -> list[int | None
 
 class _MultiEmbeddingWithOptions(torch.autograd.Function):
     """``ops.multi_embedding`` with nn.Embedding's gradient options (padding rows get no gradient,
-    ``scale_grad_by_freq``, sparse gradient of the flat weight). The forward is the op itself."""
+    ``scale_grad_by_freq``, sparse gradient of the flat weight). The forward is the op itself.
+
+    ``aux`` holds the module's index buffers: ``row_base`` (first row of each table in the
+    concatenated rows), ``pad_elems`` (the flat positions of all padding rows), ``col_table`` and
+    ``col_j`` (table of each output column and the column's position in its table's row).
+    ``layout`` is ``(padding row or None, dim, first output column)`` per table and
+    ``total_rows`` the number of rows of all tables (Python values, so the backward does not wait
+    for the device).
+    """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         weight: Tensor,
         input: Tensor,
         meta: Tensor,
         total_dim: int,
         aux: tuple[Tensor, ...],
+        layout: list[tuple[int | None, int, int]],
         total_rows: int,
-        padded: bool,
         scale_grad_by_freq: bool,
         sparse: bool,
     ) -> Tensor:
         ctx.save_for_backward(input, meta, *aux)
         ctx.numel = weight.numel()
+        ctx.layout = layout
         ctx.total_rows = total_rows
-        ctx.padded = padded
         ctx.scale = scale_grad_by_freq
         ctx.sparse = sparse
         return ops.multi_embedding(weight, input, meta, total_dim)
@@ -131,30 +144,46 @@ class _MultiEmbeddingWithOptions(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        input, meta, row_base, pad, pad_elems, col_table, col_dim, col_base = ctx.saved_tensors
+        input, meta, row_base, pad_elems, col_table, col_j = ctx.saved_tensors
+        padded = any(p is not None for p, _, _ in ctx.layout)
         x = input.long()
+        batch = x.shape[0]
         if ctx.scale:
             # divide each output row's gradient by how often its index occurs in its table's column
             ids = x + row_base
             counts = torch.zeros(ctx.total_rows, dtype=torch.long, device=x.device)
             counts.index_add_(0, ids.reshape(-1), torch.ones_like(ids).reshape(-1))
             ct = torch.promote_types(grad.dtype, torch.float32)
-            grad = (grad.to(ct) / counts[ids][:, col_table].to(ct)).to(grad.dtype)
+            per_pair = counts.index_select(0, ids.reshape(-1)).view(ids.shape).to(ct)
+            per_col = torch.gather(per_pair, 1, col_table.expand(batch, -1))
+            grad = (grad.to(ct) / per_col).to(grad.dtype)
         if not ctx.sparse:
             gw = ops.multi_embedding_backward(grad, input, meta, ctx.numel)
-            if ctx.padded:
+            if padded:
                 gw.index_fill_(0, pad_elems, 0)
-        else:
-            # one entry per looked-up element of the flat weight (duplicates are summed when used),
-            # padding rows left out, as nn.Embedding's sparse gradient leaves them out
-            elems = x[:, col_table] * col_dim + col_base
-            if ctx.padded:
-                keep = (x != pad)[:, col_table]
-                elems, values = elems[keep], grad[keep]
-            else:
-                elems, values = elems.reshape(-1), grad.reshape(-1)
-            # the indices are in range: the forward checked every index against its table
-            gw = torch.sparse_coo_tensor(elems.unsqueeze(0), values, (ctx.numel,), check_invariants=False)
+            return gw, None, None, None, None, None, None, None, None
+        # One entry per looked-up element of the flat weight (duplicates are summed when used),
+        # padding rows left out as in nn.Embedding's sparse gradient.
+        start = x * meta[:, 1] + meta[:, 2]  # flat position of each looked-up row
+        if not padded:
+            elems = torch.gather(start, 1, col_table.expand(batch, -1)).add_(col_j).reshape(-1)
+            values = grad.reshape(-1)
+        else:  # per table (tables are few): leave out the lookups of the padding row
+            parts_e, parts_v = [x.new_empty(0)], [grad.new_empty(0)]
+            for t, (p, d, c) in enumerate(ctx.layout):
+                if d == 0:
+                    continue
+                j, g, st = col_j[c : c + d], grad[:, c : c + d], start[:, t]
+                if p is not None:
+                    rows = (x[:, t] != p).nonzero().squeeze(1)
+                    g, st = g.index_select(0, rows), st.index_select(0, rows)
+                parts_e.append((st.unsqueeze(1) + j).reshape(-1))
+                parts_v.append(g.reshape(-1))
+            elems, values = torch.cat(parts_e), torch.cat(parts_v)
+        # the indices are in range: the forward checked every index against its table
+        gw = torch.sparse_coo_tensor(
+            elems.unsqueeze(0), values, (ctx.numel,), check_invariants=False
+        )
         return gw, None, None, None, None, None, None, None, None
 
 
@@ -184,6 +213,12 @@ class FastMultiEmbedding(nn.Module):
     tables. Without padding rows, ``scale_grad_by_freq`` and ``sparse`` (or without autograd)
     the backward is the C++ one; with them a thin autograd.Function adjusts its gradient.
     """
+
+    meta: Tensor
+    _row_base: Tensor
+    _col_table: Tensor
+    _col_j: Tensor
+    _pad_elems: Tensor
 
     def __init__(
         self,
@@ -220,24 +255,20 @@ class FastMultiEmbedding(nn.Module):
         meta = np.stack([np.array(nums), np.array(dims), woff, coff], axis=1).astype(np.int64)
         self.total_dim = int(sum(dims))
         self._offsets = [int(o) for o in woff]
+        self._columns = [int(c) for c in coff]
         self._total_rows = int(sum(nums))
         self.register_buffer("meta", torch.from_numpy(meta).to(device), persistent=False)
-        # For the gradient options, per table: first row in the concatenated rows (counts for
-        # scale_grad_by_freq); per output column: its table, the table's dim, and the flat
-        # position of the column's element in row 0 (sparse gradient indices).
+        # For the gradient options: the first row of each table in the concatenated rows
+        # (counts for scale_grad_by_freq), and per output column its table and its position in
+        # the table's row (sparse gradient indices).
         row_base = np.concatenate([[0], np.cumsum(nums)[:-1]]).astype(np.int64)
         col_table = np.repeat(np.arange(len(nums)), dims).astype(np.int64)
-        col_base = woff[col_table] + np.arange(self.total_dim) - coff[col_table]
-        for name, arr in (
-            ("_row_base", row_base),
-            ("_col_table", col_table),
-            ("_col_dim", np.array(dims, dtype=np.int64)[col_table]),
-            ("_col_base", col_base.astype(np.int64)),
-        ):
+        col_j = (np.arange(self.total_dim) - coff[col_table]).astype(np.int64)
+        for name, arr in (("_row_base", row_base), ("_col_table", col_table), ("_col_j", col_j)):
             self.register_buffer(name, torch.from_numpy(arr).to(device), persistent=False)
-        self.register_buffer("_pad", torch.empty(0, dtype=torch.long, device=device), persistent=False)
-        self.register_buffer("_pad_elems", torch.empty(0, dtype=torch.long, device=device), persistent=False)
-        self.padding_idx = padding_idx  # type: ignore[assignment]  (validated by the setter)
+        empty = torch.empty(0, dtype=torch.long, device=device)
+        self.register_buffer("_pad_elems", empty, persistent=False)  # set with padding_idx
+        self.padding_idx = padding_idx
         numel = int(sum(sizes))
         if _weight is None:
             self.weight = nn.Parameter(
@@ -259,8 +290,8 @@ class FastMultiEmbedding(nn.Module):
         per = _per_table_padding(value, self.num_embeddings)
         self._padding = per
         self._padded = any(p is not None for p in per)
+        self._layout = list(zip(per, self.embedding_dims, self._columns))
         dev = self.meta.device
-        self._pad = torch.tensor([-1 if p is None else p for p in per], dtype=torch.long, device=dev)
         elems = [
             self._offsets[t] + p * d + j
             for t, (p, d) in enumerate(zip(per, self.embedding_dims))
@@ -338,20 +369,23 @@ class FastMultiEmbedding(nn.Module):
         if input.dim() != 2:
             raise ValueError(f"input must be 2-D (batch, tables), got {input.dim()}-D")
         if input.shape[1] != len(self.num_embeddings):
-            raise ValueError(f"input has {input.shape[1]} columns for {len(self.num_embeddings)} tables")
+            raise ValueError(
+                f"input has {input.shape[1]} columns for {len(self.num_embeddings)} tables"
+            )
         if self.max_norm is not None:
             self._renorm(input)
         adjusted = self._padded or self.scale_grad_by_freq or self.sparse
         if not (adjusted and self.weight.requires_grad and torch.is_grad_enabled()):
             return ops.multi_embedding(self.weight, input, self.meta, self.total_dim)
+        aux = (self._row_base, self._pad_elems, self._col_table, self._col_j)
         return _MultiEmbeddingWithOptions.apply(
             self.weight,
             input,
             self.meta,
             self.total_dim,
-            (self._row_base, self._pad, self._pad_elems, self._col_table, self._col_dim, self._col_base),
+            aux,
+            self._layout,
             self._total_rows,
-            self._padded,
             bool(self.scale_grad_by_freq),
             bool(self.sparse),
         )
