@@ -10,9 +10,15 @@
 //!   in row blocks processed in parallel with rayon. Every thread keeps a bounded top-k
 //!   heap per query, merged at the end, so no score vector is ever materialized.
 //!   Each single dot product is computed with the same operations in the same order
-//!   whatever the tile, so batch and single queries give bit-identical scores.
-//!   On x86-64 the kernel is compiled twice and picked at run time: AVX2 + FMA where the
-//!   CPU has them, the SSE2 baseline otherwise.
+//!   whatever the tile or kernel (8 chains of fused multiply-adds, chain `c` over the
+//!   dimensions `c, c + 8, ...`, added in a fixed order), so batch and single queries give
+//!   bit-identical scores.
+//!   On x86-64 the kernel is picked at run time: with AVX-512F, batches of 8 or more
+//!   queries are packed in panels of 16 queries (dimension-major) and scored 3 rows x 16
+//!   queries per tile, the 8 chains of each of the 48 dot products in registers (an
+//!   outer-product kernel: one panel load and 3 broadcasts feed 3 fused multiply-adds of
+//!   16 lanes); with AVX2 + FMA (and for single queries) the dot-product tiles above; the
+//!   SSE2 baseline otherwise.
 //! * Quantized storage is scored against the codes (asymmetric distance): per query, a
 //!   lookup table holds the dot product of each query block with each centroid (with a
 //!   projection P the query is projected once, `q·P`, since a rebuilt row is `c·Pᵀ`), and a
@@ -200,8 +206,9 @@ impl Embeddings {
             Storage::Array(a) => {
                 let mat = &a.as_slice()[..n * d];
                 let isa = kernel::Isa::detect();
+                let queries = kernel::Queries::new(isa, queries, nq, d);
                 let scan = |tops: &mut [TopK<'_>], start: usize, end: usize| {
-                    kernel::scan_dense(isa, mat, d, start, end, queries, tops);
+                    kernel::scan_dense(isa, mat, d, start, end, &queries, tops);
                 };
                 let work = n.saturating_mul(d).saturating_mul(nq);
                 run_blocks(n, work, dense_block_rows(d, nq), new_tops, scan)
@@ -242,7 +249,8 @@ fn check_queries(q: &[f32], d: usize, what: &str) -> Result<()> {
 fn dense_block_rows(d: usize, nq: usize) -> usize {
     let bytes_per_row = (4 * d).max(4);
     let target = if nq == 1 { 4 << 20 } else { 1 << 20 };
-    (target / bytes_per_row).max(64)
+    // a multiple of 3 (the AVX-512 tile) and 4 (the one-query tile)
+    (target / bytes_per_row / 12).max(6) * 12
 }
 
 /// Scan word rows `0..n` in blocks of `block` rows: in parallel when the work is large
@@ -497,16 +505,32 @@ mod kernel {
         Baseline,
         #[cfg(target_arch = "x86_64")]
         Avx2Fma,
+        /// AVX-512F (with AVX2 and FMA): batches of 8 or more queries use the AVX-512
+        /// kernel, fewer queries the AVX2 one; the scores are the same bit for bit.
+        #[cfg(target_arch = "x86_64")]
+        Avx512,
     }
 
     impl Isa {
+        /// The best kernel this CPU runs. `VECFUSION_KERNEL=avx2` or `=baseline` picks a
+        /// lesser one (for comparisons); every x86-64 kernel gives the same bits.
         pub(crate) fn detect() -> Isa {
+            static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+            *ISA.get_or_init(|| Isa::best(&std::env::var("VECFUSION_KERNEL").unwrap_or_default()))
+        }
+
+        fn best(wanted: &str) -> Isa {
             #[cfg(target_arch = "x86_64")]
             {
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                let fma = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+                if fma && std::is_x86_feature_detected!("avx512f") && !matches!(wanted, "avx2" | "baseline") {
+                    return Isa::Avx512;
+                }
+                if fma && wanted != "baseline" {
                     return Isa::Avx2Fma;
                 }
             }
+            let _ = wanted;
             Isa::Baseline
         }
     }
@@ -787,6 +811,192 @@ mod kernel {
         }
     }
 
+    /// Queries per panel of the AVX-512 batch kernel (lanes of a register).
+    const PANEL: usize = 16;
+
+    /// Fewest queries for which the AVX-512 batch kernel is used.
+    const AVX512_MIN_QUERIES: usize = 8;
+
+    /// The queries of a search, as given (row-major) and, for the AVX-512 batch kernel,
+    /// packed in panels of [`PANEL`] queries: dimension `k` of the panel's queries side by
+    /// side (`k * PANEL + lane`), zero-padded, 64-byte aligned.
+    pub(crate) struct Queries<'q> {
+        rows: &'q [f32],
+        d: usize,
+        panels: Vec<f32>,
+        off: usize,
+    }
+
+    impl<'q> Queries<'q> {
+        /// `queries` holds `nq x d` values; packed only where `isa` will use the panels.
+        pub(crate) fn new(isa: Isa, queries: &'q [f32], nq: usize, d: usize) -> Self {
+            let rows = &queries[..nq * d];
+            let mut q = Queries { rows, d, panels: Vec::new(), off: 0 };
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx512 && nq >= AVX512_MIN_QUERIES && d > 0 {
+                let count = nq.div_ceil(PANEL);
+                let mut buf = vec![0f32; count * d * PANEL + PANEL];
+                let off = buf.as_ptr().align_offset(64).min(PANEL);
+                for (j, row) in rows.chunks_exact(d).enumerate() {
+                    let base = off + (j / PANEL) * d * PANEL + j % PANEL;
+                    for (k, &v) in row.iter().enumerate() {
+                        buf[base + k * PANEL] = v;
+                    }
+                }
+                q.panels = buf;
+                q.off = off;
+            }
+            let _ = isa;
+            q
+        }
+
+        /// Panel `p` (`d * PANEL` values).
+        #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+        fn panel(&self, p: usize) -> &[f32] {
+            let n = self.d * PANEL;
+            &self.panels[self.off + p * n..self.off + (p + 1) * n]
+        }
+    }
+
+    /// Dot products of `R` rows (`rows[r * d..(r + 1) * d]`) with the 16 queries of
+    /// `panel`: register `r` holds row `r`'s score with each query of the panel. Each dot
+    /// product is computed exactly as [`tile`] does: 8 chains of fused multiply-adds (chain
+    /// `c` over dimensions `c, c + 8, ...`), added in the order of [`hsum`].
+    ///
+    /// # Safety
+    /// Only call on a CPU with AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn tile512<const R: usize>(rows: &[f32], d: usize, panel: &[f32]) -> [std::arch::x86_64::__m512; R] {
+        use std::arch::x86_64::*;
+        let rows = &rows[..R * d];
+        let panel = &panel[..d * PANEL];
+        // SAFETY: the caller guarantees AVX-512F; row reads are `rows[r * d + k]` with
+        // `r < R`, `k < d`, panel loads read `panel[k * PANEL..(k + 1) * PANEL]` with `k < d`
+        // (both lengths checked above).
+        unsafe {
+            let (rp, pp) = (rows.as_ptr(), panel.as_ptr());
+            let mut acc = [[_mm512_setzero_ps(); LANES]; R];
+            let full = d / LANES;
+            for kb in 0..full {
+                for c in 0..LANES {
+                    let k = kb * LANES + c;
+                    let q = _mm512_loadu_ps(pp.add(k * PANEL));
+                    for r in 0..R {
+                        acc[r][c] = _mm512_fmadd_ps(_mm512_set1_ps(*rp.add(r * d + k)), q, acc[r][c]);
+                    }
+                }
+            }
+            for c in 0..d % LANES {
+                let k = full * LANES + c;
+                let q = _mm512_loadu_ps(pp.add(k * PANEL));
+                for r in 0..R {
+                    acc[r][c] = _mm512_fmadd_ps(_mm512_set1_ps(*rp.add(r * d + k)), q, acc[r][c]);
+                }
+            }
+            std::array::from_fn(|r| {
+                let a = &acc[r];
+                _mm512_add_ps(
+                    _mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6])),
+                    _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7])),
+                )
+            })
+        }
+    }
+
+    /// The AVX-512 batch scan: for each panel of 16 queries (kept in L1), every row of
+    /// `start..end` (kept in L2 across panels) in tiles of 3 rows; a tile's scores are
+    /// compared with the panel's thresholds in one go and offered only when one passes.
+    ///
+    /// # Safety
+    /// Only call on a CPU with AVX-512F, AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn scan_avx512(mat: &[f32], d: usize, start: usize, end: usize, queries: &Queries<'_>, tops: &mut [TopK<'_>]) {
+        const R: usize = 3;
+        // rows per pass over the panels: about 1 MiB, so they stay in L2
+        let block = ((1 << 20) / (4 * d.max(1))).max(R);
+        let mut b0 = start;
+        while b0 < end {
+            let b1 = (b0 + block).min(end);
+            // SAFETY: forwarded from the caller.
+            unsafe { scan_avx512_block(mat, d, b0, b1, queries, tops) };
+            b0 = b1;
+        }
+    }
+
+    /// [`scan_avx512`] over one block of rows.
+    ///
+    /// # Safety
+    /// Only call on a CPU with AVX-512F, AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn scan_avx512_block(
+        mat: &[f32],
+        d: usize,
+        start: usize,
+        end: usize,
+        queries: &Queries<'_>,
+        tops: &mut [TopK<'_>],
+    ) {
+        use std::arch::x86_64::*;
+        const R: usize = 3;
+        let nq = tops.len();
+        let mut scores = [[0f32; PANEL]; R];
+        for p in 0..nq.div_ceil(PANEL) {
+            let panel = queries.panel(p);
+            let tops = &mut tops[p * PANEL..(p * PANEL + PANEL).min(nq)];
+            // lanes past the last query never accept
+            let mut thr = [f32::INFINITY; PANEL];
+            for (t, top) in thr.iter_mut().zip(tops.iter()) {
+                *t = top.threshold;
+            }
+            // SAFETY: AVX-512F is enabled here; `thr` holds 16 values.
+            let mut t = unsafe { _mm512_loadu_ps(thr.as_ptr()) };
+            let mut offer = |i: usize, n: usize, scores: &[[f32; PANEL]; R], t: &mut __m512| {
+                for (r, row) in scores[..n].iter().enumerate() {
+                    for (top, (&s, th)) in tops.iter_mut().zip(row.iter().zip(thr.iter_mut())) {
+                        if s >= *th {
+                            top.offer(i + r, s);
+                            *th = top.threshold;
+                        }
+                    }
+                }
+                // SAFETY: as above.
+                *t = unsafe { _mm512_loadu_ps(thr.as_ptr()) };
+            };
+            let mut i = start;
+            while i + R <= end {
+                // SAFETY: AVX-512F is enabled here; `R` rows of `d` values; stores write
+                // 16 floats into a row of `scores`.
+                unsafe {
+                    let s = tile512::<R>(&mat[i * d..(i + R) * d], d, panel);
+                    let hit = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(s[0], t)
+                        | _mm512_cmp_ps_mask::<_CMP_GE_OQ>(s[1], t)
+                        | _mm512_cmp_ps_mask::<_CMP_GE_OQ>(s[2], t);
+                    if hit != 0 {
+                        for (r, v) in s.iter().enumerate() {
+                            _mm512_storeu_ps(scores[r].as_mut_ptr(), *v);
+                        }
+                        offer(i, R, &scores, &mut t);
+                    }
+                }
+                i += R;
+            }
+            while i < end {
+                // SAFETY: as above, one row.
+                unsafe {
+                    let s = tile512::<1>(&mat[i * d..(i + 1) * d], d, panel);
+                    if _mm512_cmp_ps_mask::<_CMP_GE_OQ>(s[0], t) != 0 {
+                        _mm512_storeu_ps(scores[0].as_mut_ptr(), s[0]);
+                        offer(i, 1, &scores, &mut t);
+                    }
+                }
+                i += 1;
+            }
+        }
+    }
+
     /// # Safety
     /// Only call on a CPU with AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
@@ -800,22 +1010,32 @@ mod kernel {
     }
 
     /// Score rows `start..end` of `mat` (row-major, `d` columns) against every query
-    /// (`tops.len() x d`, row-major) and offer each score to the query's top-k.
+    /// (`tops.len()` of them) and offer each score to the query's top-k.
     pub(crate) fn scan_dense(
         isa: Isa,
         mat: &[f32],
         d: usize,
         start: usize,
         end: usize,
-        queries: &[f32],
+        queries: &Queries<'_>,
         tops: &mut [TopK<'_>],
     ) {
+        assert!(queries.d == d && queries.rows.len() == tops.len() * d);
+        let rows = queries.rows;
         match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx512` is only produced by `Isa::best` after the CPU was found
+            // to support AVX-512F, AVX2 and FMA; the panels exist when `Queries::new` was
+            // given this ISA and at least `AVX512_MIN_QUERIES` queries.
+            Isa::Avx512 if !queries.panels.is_empty() => unsafe { scan_avx512(mat, d, start, end, queries, tops) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as below (AVX-512 implies AVX2 + FMA here).
+            Isa::Avx512 => unsafe { scan_avx2_fma(mat, d, start, end, rows, tops) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::Avx2Fma` is only produced by `Isa::detect` after the CPU was
             // found to support AVX2 and FMA.
-            Isa::Avx2Fma => unsafe { scan_avx2_fma(mat, d, start, end, queries, tops) },
-            Isa::Baseline => scan_baseline(mat, d, start, end, queries, tops),
+            Isa::Avx2Fma => unsafe { scan_avx2_fma(mat, d, start, end, rows, tops) },
+            Isa::Baseline => scan_baseline(mat, d, start, end, rows, tops),
         }
     }
 
@@ -824,7 +1044,7 @@ mod kernel {
     #[cfg(all(test, target_arch = "x86_64"))]
     #[test]
     fn avx2_kernel_is_bit_identical_to_portable_fused() {
-        if Isa::detect() != Isa::Avx2Fma {
+        if Isa::best("avx2") != Isa::Avx2Fma {
             return;
         }
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -862,12 +1082,54 @@ mod kernel {
         Avx2Fma::tile::<1, 1>([row], [q], d)[0][0]
     }
 
+    /// Every x86-64 kernel (the AVX-512 batch kernel, and the AVX2 kernels it hands small
+    /// batches to) gives, through the whole scan, the bits of the portable kernel with fused
+    /// multiply-adds, for any dimension, number of queries (partial panels) and row range.
+    #[cfg(all(test, target_arch = "x86_64"))]
+    #[test]
+    fn every_x86_kernel_scores_like_portable_fused() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        let n = 41;
+        let names: Vec<String> = (0..n).map(|i| format!("w{i:03}")).collect();
+        let words = crate::vocab::WordList::new(names.iter().map(String::as_str)).unwrap();
+        for d in [1usize, 7, 8, 9, 16, 45, 300] {
+            for nq in [1usize, 3, 8, 15, 16, 17, 33, 40] {
+                let mat: Vec<f32> = (0..n * d).map(|_| next()).collect();
+                let qs: Vec<f32> = (0..nq * d).map(|_| next()).collect();
+                for isa in available().into_iter().filter(|i| *i != Isa::Baseline) {
+                    let queries = Queries::new(isa, &qs, nq, d);
+                    let mut tops: Vec<TopK<'_>> = (0..nq).map(|_| TopK::new(n, &words, &[])).collect();
+                    scan_dense(isa, &mat, d, 2, n, &queries, &mut tops);
+                    for (j, top) in tops.into_iter().enumerate() {
+                        let got = top.into_sorted();
+                        assert_eq!(got.len(), n - 2);
+                        for nb in got {
+                            let row = &mat[nb.index * d..(nb.index + 1) * d];
+                            let want = Portable::<Fused>::tile::<1, 1>([row], [&qs[j * d..(j + 1) * d]], d)[0][0];
+                            assert_eq!(nb.score.to_bits(), want.to_bits(), "{isa:?} d={d} nq={nq} query {j} row {}", nb.index);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Every available variant (for tests).
     #[cfg(test)]
     pub(crate) fn available() -> Vec<Isa> {
         let mut v = vec![Isa::Baseline];
-        if Isa::detect() != Isa::Baseline {
-            v.push(Isa::detect());
+        #[cfg(target_arch = "x86_64")]
+        for wanted in ["avx2", ""] {
+            let isa = Isa::best(wanted);
+            if !v.contains(&isa) {
+                v.push(isa);
+            }
         }
         v
     }
@@ -991,7 +1253,7 @@ mod tests {
         let mut results = Vec::new();
         for isa in kernel::available() {
             let mut tops: Vec<TopK<'_>> = (0..6).map(|_| TopK::new(10, words, &[])).collect();
-            kernel::scan_dense(isa, a.as_slice(), d, 0, n, &qs, &mut tops);
+            kernel::scan_dense(isa, a.as_slice(), d, 0, n, &kernel::Queries::new(isa, &qs, 6, d), &mut tops);
             results.push(tops.into_iter().map(TopK::into_sorted).collect::<Vec<_>>());
         }
         let rows = rows_of(&emb);
