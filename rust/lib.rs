@@ -21,6 +21,7 @@
 pub mod compat;
 pub mod embeddings;
 pub mod error;
+pub(crate) mod fastscan;
 pub mod format;
 pub mod query;
 pub mod reader;

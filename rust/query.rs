@@ -215,8 +215,10 @@ impl Embeddings {
             }
             Storage::Quantized(q) => {
                 let tables = lookup_tables(q, queries, nq);
-                let scan = |tops: &mut [TopK<'_>], start: usize, end: usize| {
-                    scan_quantized(q, start, end, &tables, tops);
+                let plan = crate::fastscan::Plan::new(q, &tables, nq);
+                let scan = |tops: &mut [TopK<'_>], start: usize, end: usize| match &plan {
+                    Some(plan) => plan.scan(q, start, end, &tables, tops),
+                    None => scan_quantized(q, start, end, &tables, tops),
                 };
                 let work = n.saturating_mul(q.n_subquantizers()).saturating_mul(nq);
                 run_blocks(n, work, 8192, new_tops, scan)
@@ -296,7 +298,7 @@ pub(crate) struct TopK<'a> {
 }
 
 impl<'a> TopK<'a> {
-    fn new(k: usize, words: &'a WordList, skip: &'a [usize]) -> Self {
+    pub(crate) fn new(k: usize, words: &'a WordList, skip: &'a [usize]) -> Self {
         TopK {
             k,
             heap: Vec::new(),
@@ -304,6 +306,13 @@ impl<'a> TopK<'a> {
             words,
             skip,
         }
+    }
+
+    /// The score a candidate needs to be considered: the worst kept score once `k`
+    /// answers are kept, -inf before.
+    #[inline]
+    pub(crate) fn threshold(&self) -> f32 {
+        self.threshold
     }
 
     /// Offer row `i` with `score`. NaN never enters.
@@ -394,7 +403,7 @@ impl<'a> TopK<'a> {
     }
 
     /// The answers, best first.
-    fn into_sorted(self) -> Vec<Neighbor> {
+    pub(crate) fn into_sorted(self) -> Vec<Neighbor> {
         let mut v = self.heap.clone();
         v.sort_unstable_by(|&a, &b| {
             if self.worse(a, b) {
@@ -417,7 +426,7 @@ impl<'a> TopK<'a> {
 /// Per query, the dot product of each query block with each centroid: `nq x m x k`.
 /// With a projection P the query is projected once (`q·P`): a rebuilt row is `c·Pᵀ`
 /// (times its norm), so `q·x = (q·P)·c`.
-fn lookup_tables(q: &QuantizedStorage, queries: &[f32], nq: usize) -> Vec<f32> {
+pub(crate) fn lookup_tables(q: &QuantizedStorage, queries: &[f32], nq: usize) -> Vec<f32> {
     let (d, m, kc) = (q.dims(), q.n_subquantizers(), q.n_centroids());
     let ds = d / m;
     let cent = q.centroids();
@@ -453,8 +462,29 @@ fn lookup_tables(q: &QuantizedStorage, queries: &[f32], nq: usize) -> Vec<f32> {
     tables
 }
 
+/// The asymmetric-distance score of one row's `code` (before its norm): the sum of its
+/// entries of `table` (`m x kc`) in four partial sums, in a fixed order. Every quantized
+/// scan (the exact one below and the filtered one in [`crate::fastscan`]) scores a row with
+/// this function, so they give the same bits.
+#[inline(always)]
+pub(crate) fn adc_score(code: &[u8], table: &[f32], kc: usize) -> f32 {
+    // Four partial sums for instruction-level parallelism, in a fixed order.
+    let mut acc = [0f32; 4];
+    let mut sub = 0;
+    for quad in code.chunks_exact(4) {
+        for (j, &c) in quad.iter().enumerate() {
+            acc[j] += table[(sub + j) * kc + usize::from(c)];
+        }
+        sub += 4;
+    }
+    for (j, &c) in code[sub..].iter().enumerate() {
+        acc[j] += table[(sub + j) * kc + usize::from(c)];
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3])
+}
+
 /// Score quantized rows `start..end` against every query through its lookup table.
-fn scan_quantized(q: &QuantizedStorage, start: usize, end: usize, tables: &[f32], tops: &mut [TopK<'_>]) {
+pub(crate) fn scan_quantized(q: &QuantizedStorage, start: usize, end: usize, tables: &[f32], tops: &mut [TopK<'_>]) {
     const INNER: usize = 2048;
     let (m, kc) = (q.n_subquantizers(), q.n_centroids());
     let per = m * kc;
@@ -468,19 +498,7 @@ fn scan_quantized(q: &QuantizedStorage, start: usize, end: usize, tables: &[f32]
             let table = &tables[qi * per..(qi + 1) * per];
             for (r, code) in block.chunks_exact(m).enumerate() {
                 let row = s0 + r;
-                // Four partial sums for instruction-level parallelism, in a fixed order.
-                let mut acc = [0f32; 4];
-                let mut sub = 0;
-                for quad in code.chunks_exact(4) {
-                    for (j, &c) in quad.iter().enumerate() {
-                        acc[j] += table[(sub + j) * kc + usize::from(c)];
-                    }
-                    sub += 4;
-                }
-                for (j, &c) in code[sub..].iter().enumerate() {
-                    acc[j] += table[(sub + j) * kc + usize::from(c)];
-                }
-                let mut score = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+                let mut score = adc_score(code, table, kc);
                 if let Some(n) = norms {
                     score *= n[row];
                 }
