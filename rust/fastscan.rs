@@ -35,6 +35,8 @@ const MAX_SUBQUANTIZERS: usize = 257;
 const ROWS: usize = 64;
 /// Blocks scanned together (their 16-bit sums stay in registers): 512 rows.
 const BLOCKS: usize = 8;
+/// Rows ahead of the block being transposed whose codes are prefetched.
+const PREFETCH: usize = 2048;
 
 /// The filter's per-query data: byte tables and the constants of the bound.
 pub(crate) struct Plan {
@@ -231,7 +233,7 @@ thread_local! {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{block_norm, Plan, BLOCKS, ROWS};
+    use super::{block_norm, Plan, BLOCKS, PREFETCH, ROWS};
     use crate::query::{adc_score, TopK};
     use crate::storage::QuantizedStorage;
     use std::arch::x86_64::*;
@@ -241,42 +243,16 @@ mod x86 {
     #[repr(C, align(64))]
     pub(super) struct Z(pub(super) [u8; 64]);
 
-    /// Index vectors of the in-register transpose stage `b` (8, 4, 2, 1): the stage swaps
-    /// bit `b` of the register number with bit `b` of the byte lane. For the register pair
-    /// `(i, i | b)` (`i & b == 0`): `new_i[l] = l & b == 0 ? old_i[l] : old_{i|b}[l ^ b]`
-    /// and `new_{i|b}[l] = l & b == 0 ? old_i[l ^ b] : old_{i|b}[l]` (lanes 64.. of a
-    /// two-register permute pick from the second register).
-    const fn stage_indices(b: usize) -> ([u8; 64], [u8; 64]) {
-        let mut lo = [0u8; 64];
-        let mut hi = [0u8; 64];
-        let mut l = 0;
-        while l < 64 {
-            if l & b == 0 {
-                lo[l] = l as u8;
-                hi[l] = (l ^ b) as u8;
-            } else {
-                lo[l] = (64 + (l ^ b)) as u8;
-                hi[l] = (64 + l) as u8;
-            }
-            l += 1;
-        }
-        (lo, hi)
-    }
-
-    const STAGES: [(usize, [u8; 64], [u8; 64]); 4] = {
-        let s8 = stage_indices(8);
-        let s4 = stage_indices(4);
-        let s2 = stage_indices(2);
-        let s1 = stage_indices(1);
-        [(8, s8.0, s8.1), (4, s4.0, s4.1), (2, s2.0, s2.1), (1, s1.0, s1.1)]
-    };
-
     /// Transpose the codes of 64 rows (`src[r * m..r * m + m]`, row `r < 64`) into `dst`
     /// (`m` registers): byte `r` of `dst[s]` is code `s` of row `r`.
     ///
-    /// The stages of bits 32 and 16 are done by the loads (register `i`'s 16-byte chunk
-    /// `c` is row `(i & 15) | (c << 4)`, bytes `16 ((i >> 4) & 3)..`), the stages 8, 4, 2
-    /// and 1 by two-register byte permutes.
+    /// Register `i` starts as row `i`; 6 stages, each swapping one bit of the register
+    /// number with the same bit of the byte lane, transpose the 64 x 64 bytes. The stages
+    /// of bits 32 and 16 are done by the loads (register `i`'s 16-byte chunk `c` is row
+    /// `(i & 15) | (c << 4)`, bytes `16 ((i >> 4) & 3)..`), the stages 8, 4, 2 and 1 by
+    /// [`stages`]. These last stages only mix registers with the same `i >> 4`, so they run
+    /// on groups of 16 registers (held in registers), and groups without a wanted output
+    /// are skipped.
     ///
     /// # Safety
     /// Only call on a CPU with AVX-512F, BW and VBMI.
@@ -288,39 +264,71 @@ mod x86 {
         assert!(src.len() >= 63 * m + 64 * tiles);
         let p = src.as_ptr();
         for t in 0..tiles {
-            let mut r = [_mm512_setzero_si512(); 64];
-            for (i, reg) in r.iter_mut().enumerate() {
-                let col = 64 * t + 16 * ((i >> 4) & 3);
-                let row = i & 15;
-                // SAFETY: the features are enabled; each load reads 16 bytes at
-                // `row' * m + col` with `row' < 64` and `col + 16 <= 64 * tiles`, within
-                // `src` (length checked above).
-                unsafe {
-                    let at = |c: usize| _mm_loadu_si128(p.add((row | (c << 4)) * m + col) as *const __m128i);
-                    let v = _mm512_castsi128_si512(at(0));
-                    let v = _mm512_inserti32x4::<1>(v, at(1));
-                    let v = _mm512_inserti32x4::<2>(v, at(2));
-                    *reg = _mm512_inserti32x4::<3>(v, at(3));
+            for g in 0..4 {
+                let first = 64 * t + 16 * g;
+                if first >= m {
+                    break;
                 }
-            }
-            for (b, lo, hi) in &STAGES {
-                // SAFETY: the features are enabled; the index arrays hold 64 bytes.
-                unsafe {
-                    let (lo, hi) = (_mm512_loadu_si512(lo.as_ptr().cast()), _mm512_loadu_si512(hi.as_ptr().cast()));
-                    for i in 0..64 {
-                        if i & b == 0 {
-                            let (x, y) = (r[i], r[i | b]);
-                            r[i] = _mm512_permutex2var_epi8(x, lo, y);
-                            r[i | b] = _mm512_permutex2var_epi8(x, hi, y);
-                        }
+                let col = first;
+                let mut r = [_mm512_setzero_si512(); 16];
+                for (j, reg) in r.iter_mut().enumerate() {
+                    // SAFETY: the features are enabled; each load reads 16 bytes at
+                    // `row * m + col` with `row < 64` and `col + 16 <= 64 * tiles`, within
+                    // `src` (length checked above).
+                    unsafe {
+                        let at = |c: usize| _mm_loadu_si128(p.add((j | (c << 4)) * m + col) as *const __m128i);
+                        let v = _mm512_castsi128_si512(at(0));
+                        let v = _mm512_inserti32x4::<1>(v, at(1));
+                        let v = _mm512_inserti32x4::<2>(v, at(2));
+                        *reg = _mm512_inserti32x4::<3>(v, at(3));
                     }
                 }
+                stages(&mut r);
+                for (out, reg) in dst[first..m.min(first + 16)].iter_mut().zip(r) {
+                    // SAFETY: the features are enabled; `out` is 64 aligned bytes.
+                    unsafe { _mm512_store_si512(out.0.as_mut_ptr().cast(), reg) };
+                }
             }
-            let first = 64 * t;
-            for (s, out) in dst[first..m.min(first + 64)].iter_mut().enumerate() {
-                // SAFETY: the features are enabled; `out` is 64 aligned bytes.
-                unsafe { _mm512_store_si512(out.0.as_mut_ptr().cast(), r[s]) };
+        }
+    }
+
+    /// The transpose stages 8, 4, 2 and 1 on a group of 16 registers. Stage `b` swaps bit
+    /// `b` of the register number with bit `b` of the byte lane: for the pair `(x, y) =
+    /// (r[i], r[i | b])` (`i & b == 0`), `new_i[l] = l & b == 0 ? x[l] : y[l - b]` and
+    /// `new_{i|b}[l] = l & b == 0 ? x[l + b] : y[l]`. Stage 8 is a 64-bit unpack; stages 4,
+    /// 2 and 1 are shifts by `b` bytes within `2b`-byte units and blends, which keeps them
+    /// off the shuffle port (busy with the loads' inserts and the table lookups).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    #[inline]
+    fn stages(r: &mut [__m512i; 16]) {
+        for i in 0..8 {
+            let (x, y) = (r[i], r[i | 8]);
+            r[i] = _mm512_unpacklo_epi64(x, y);
+            r[i | 8] = _mm512_unpackhi_epi64(x, y);
+        }
+        for i in 0..16 {
+            if i & 4 != 0 {
+                continue;
             }
+            let (x, y) = (r[i], r[i | 4]);
+            r[i] = _mm512_mask_blend_epi32(0xAAAA, x, _mm512_slli_epi64::<32>(y));
+            r[i | 4] = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64::<32>(x), y);
+        }
+        for i in 0..16 {
+            if i & 2 != 0 {
+                continue;
+            }
+            let (x, y) = (r[i], r[i | 2]);
+            r[i] = _mm512_mask_blend_epi16(0xAAAA_AAAA, x, _mm512_slli_epi32::<16>(y));
+            r[i | 2] = _mm512_mask_blend_epi16(0xAAAA_AAAA, _mm512_srli_epi32::<16>(x), y);
+        }
+        for i in 0..16 {
+            if i & 1 != 0 {
+                continue;
+            }
+            let (x, y) = (r[i], r[i | 1]);
+            r[i] = _mm512_mask_blend_epi8(0xAAAA_AAAA_AAAA_AAAA, x, _mm512_slli_epi16::<8>(y));
+            r[i | 1] = _mm512_mask_blend_epi8(0xAAAA_AAAA_AAAA_AAAA, _mm512_srli_epi16::<8>(x), y);
         }
     }
 
@@ -398,6 +406,15 @@ mod x86 {
                     continue;
                 }
                 let rows = (end - r0).min(ROWS);
+                // the codes of the block `PREFETCH` rows ahead, towards L1
+                let ahead = r0 + PREFETCH;
+                if ahead < end {
+                    let to = ((ahead + ROWS) * m).min(codes.len());
+                    for at in (ahead * m..to).step_by(64) {
+                        // SAFETY: `at < codes.len()`; a prefetch reads nothing.
+                        unsafe { _mm_prefetch::<_MM_HINT_T0>(codes.as_ptr().add(at).cast()) };
+                    }
+                }
                 valid[b] = if rows == ROWS { !0 } else { (1u64 << rows) - 1 };
                 // 64 rows and 64 bytes more from the first code: in place when the codes
                 // hold them, else from a zero-padded copy.
@@ -744,5 +761,45 @@ mod tests {
                 assert_eq!(got, want);
             }
         }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod timing {
+    use super::*;
+
+    /// Kernel timings for tuning: `cargo test --release --lib time_kernels -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn time_kernels() {
+        if !available() {
+            return;
+        }
+        let m = 50;
+        let n = 64 * 8 * 64;
+        let src: Vec<u8> = (0..n * m + 64).map(|i| (i * 7919 % 251) as u8).collect();
+        let mut trans = vec![x86::Z([0; 64]); BLOCKS * m];
+        let t8: Vec<u8> = (0..m * 256).map(|i| (i % 13) as u8).collect();
+        let reps = 200;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            for b in 0..n / 64 {
+                let dst = &mut trans[(b % BLOCKS) * m..(b % BLOCKS + 1) * m];
+                // SAFETY: the CPU has the features (checked above).
+                unsafe { x86::transpose(&src[b * 64 * m..], m, dst) };
+            }
+        }
+        let tt = t.elapsed().as_secs_f64() / (reps * n) as f64;
+        let t = std::time::Instant::now();
+        let mut acc = 0i64;
+        for _ in 0..reps {
+            for _ in 0..n / 512 {
+                // SAFETY: as above.
+                let s = unsafe { std::arch::x86_64::_mm512_reduce_add_epi64(x86::sums::<true>(&t8, &trans, m)[0].0) };
+                acc = acc.wrapping_add(s);
+            }
+        }
+        let ts = t.elapsed().as_secs_f64() / (reps * n) as f64;
+        eprintln!("transpose {:.2} ns/row, sums {:.2} ns/row ({acc})", tt * 1e9, ts * 1e9);
     }
 }
