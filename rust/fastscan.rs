@@ -1,6 +1,6 @@
 //! A fast filter in front of the exact scan of product-quantized rows ("fast scan").
 //!
-//! The exact score of a row is `norm * sum_m T[m][code[m]]` (see [`adc_score`]), one float
+//! The exact score of a row is `norm * sum_m T[m][code[m]]` (see [`crate::query::adc_score`]), one float
 //! gather per subquantizer. Here each query's float table `T` (`m x k`) is also quantized
 //! to bytes: with `min_m = min_c T[m][c]` and one step `s = max_m (max_c - min_c) / 255`,
 //! `Q[m][c] = round((T[m][c] - min_m) / s)`. Then, in exact arithmetic,
@@ -25,6 +25,9 @@
 //! Without AVX-512F/BW/VBMI, with more than 257 subquantizers (the sums would not fit 16
 //! bits) or with non-finite tables, [`Plan::new`] gives `None` and the exact scan runs.
 //! `VECFUSION_FASTSCAN=off` turns the filter off (for comparisons).
+
+// `!(a >= b)` is deliberate: it is also true for NaN.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 use crate::query::TopK;
 use crate::storage::QuantizedStorage;

@@ -24,8 +24,8 @@
 //!   projection P the query is projected once, `q·P`, since a rebuilt row is `c·Pᵀ`), and a
 //!   row's score is the sum of its table entries times the row's norm. The matrix is
 //!   never rebuilt. On CPUs with AVX-512 VBMI a conservative byte-table filter
-//!   ([`crate::fastscan`]) skips the rows that cannot reach a query's top-k; the rows it
-//!   keeps are scored by the same code ([`adc_score`]), so the answers are the same bits.
+//!   (`crate::fastscan`) skips the rows that cannot reach a query's top-k; the rows it
+//!   keeps are scored by the same code (`adc_score`), so the answers are the same bits.
 
 use rayon::prelude::*;
 
