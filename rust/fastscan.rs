@@ -253,7 +253,7 @@ mod x86 {
     /// number with the same bit of the byte lane, transpose the 64 x 64 bytes. The stages
     /// of bits 32 and 16 are done by the loads (register `i`'s 16-byte chunk `c` is row
     /// `(i & 15) | (c << 4)`, bytes `16 ((i >> 4) & 3)..`), the stages 8, 4, 2 and 1 by
-    /// [`stages`]. These last stages only mix registers with the same `i >> 4`, so they run
+    /// [`rounds`] (four rounds of byte unpacks). These only mix registers with the same `i >> 4`, so they run
     /// on groups of 16 registers (held in registers), and groups without a wanted output
     /// are skipped.
     ///
@@ -272,67 +272,115 @@ mod x86 {
                 if first >= m {
                     break;
                 }
-                let col = first;
-                let mut r = [_mm512_setzero_si512(); 16];
-                for (j, reg) in r.iter_mut().enumerate() {
-                    // SAFETY: the features are enabled; each load reads 16 bytes at
-                    // `row * m + col` with `row < 64` and `col + 16 <= 64 * tiles`, within
-                    // `src` (length checked above).
-                    unsafe {
-                        let at = |c: usize| _mm_loadu_si128(p.add((j | (c << 4)) * m + col) as *const __m128i);
-                        let v = _mm512_castsi128_si512(at(0));
-                        let v = _mm512_inserti32x4::<1>(v, at(1));
-                        let v = _mm512_inserti32x4::<2>(v, at(2));
-                        *reg = _mm512_inserti32x4::<3>(v, at(3));
+                let want = (m - first).min(16);
+                // SAFETY: forwarded (features); `group` reads 16 bytes at `row * m + first`
+                // with `row < 64` and `first + 16 <= 64 * tiles`, within `src` (length
+                // checked above), and writes `dst[first..first + want]`.
+                unsafe {
+                    let (p, d) = (p.add(first), dst[first..first + want].as_mut_ptr());
+                    match want {
+                        1 => group::<1>(p, m, d),
+                        2 => group::<2>(p, m, d),
+                        3 => group::<3>(p, m, d),
+                        4 => group::<4>(p, m, d),
+                        5 => group::<5>(p, m, d),
+                        6 => group::<6>(p, m, d),
+                        7 => group::<7>(p, m, d),
+                        8 => group::<8>(p, m, d),
+                        9 => group::<9>(p, m, d),
+                        10 => group::<10>(p, m, d),
+                        11 => group::<11>(p, m, d),
+                        12 => group::<12>(p, m, d),
+                        13 => group::<13>(p, m, d),
+                        14 => group::<14>(p, m, d),
+                        15 => group::<15>(p, m, d),
+                        _ => group::<16>(p, m, d),
                     }
-                }
-                stages(&mut r);
-                for (out, reg) in dst[first..m.min(first + 16)].iter_mut().zip(r) {
-                    // SAFETY: the features are enabled; `out` is 64 aligned bytes.
-                    unsafe { _mm512_store_si512(out.0.as_mut_ptr().cast(), reg) };
                 }
             }
         }
     }
 
-    /// The transpose stages 8, 4, 2 and 1 on a group of 16 registers. Stage `b` swaps bit
-    /// `b` of the register number with bit `b` of the byte lane: for the pair `(x, y) =
-    /// (r[i], r[i | b])` (`i & b == 0`), `new_i[l] = l & b == 0 ? x[l] : y[l - b]` and
-    /// `new_{i|b}[l] = l & b == 0 ? x[l + b] : y[l]`. Stage 8 is a 64-bit unpack; stages 4,
-    /// 2 and 1 are shifts by `b` bytes within `2b`-byte units and blends, which keeps them
-    /// off the shuffle port (busy with the loads' inserts and the table lookups).
+    /// Sixteen copies of `body` with `i` bound to 0, 1, ..., 15 (unrolled for certain).
+    macro_rules! for16 {
+        ($i:ident in $body:block) => {
+            for16!(@ $i $body; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
+        };
+        (@ $i:ident $body:block; $($n:literal)*) => {
+            $({
+                let $i: usize = $n;
+                $body
+            })*
+        };
+    }
+
+    /// One group of the transpose: the 16 columns from `p` (row `r` at `p + r * m`) of 64
+    /// rows, of which the first `WANT` are written to `dst[0..WANT]`.
+    ///
+    /// # Safety
+    /// Only call on a CPU with AVX-512F, BW and VBMI; 16 bytes are read at `p + r * m`
+    /// for `r < 64`; `dst` holds `WANT` registers.
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
     #[inline]
-    fn stages(r: &mut [__m512i; 16]) {
-        for i in 0..8 {
-            let (x, y) = (r[i], r[i | 8]);
-            r[i] = _mm512_unpacklo_epi64(x, y);
-            r[i | 8] = _mm512_unpackhi_epi64(x, y);
+    unsafe fn group<const WANT: usize>(p: *const u8, m: usize, dst: *mut Z) {
+        let mut r = [_mm512_setzero_si512(); 16];
+        // SAFETY: the loads are in bounds (the caller's contract).
+        unsafe {
+            for16!(j in {
+                let at = |c: usize| _mm_loadu_si128(p.add((j | (c << 4)) * m) as *const __m128i);
+                let v = _mm512_castsi128_si512(at(0));
+                let v = _mm512_inserti32x4::<1>(v, at(1));
+                let v = _mm512_inserti32x4::<2>(v, at(2));
+                r[j] = _mm512_inserti32x4::<3>(v, at(3));
+            });
         }
-        for i in 0..16 {
-            if i & 4 != 0 {
-                continue;
+        let need = const { needed(WANT) };
+        macro_rules! round {
+            ($k:literal) => {
+                let b = 8usize >> $k;
+                let out = need[$k + 1];
+                for16!(i in {
+                    if i & b == 0 {
+                        let (x, y) = (r[i], r[i | b]);
+                        if out >> i & 1 != 0 {
+                            r[i] = _mm512_unpacklo_epi8(x, y);
+                        }
+                        if out >> (i | b) & 1 != 0 {
+                            r[i | b] = _mm512_unpackhi_epi8(x, y);
+                        }
+                    }
+                });
+            };
+        }
+        round!(0);
+        round!(1);
+        round!(2);
+        round!(3);
+        for16!(o in {
+            if o < WANT {
+                // SAFETY: `dst` holds `WANT` aligned registers (the caller's contract).
+                unsafe { _mm512_store_si512(dst.add(o).cast(), r[o]) };
             }
-            let (x, y) = (r[i], r[i | 4]);
-            r[i] = _mm512_mask_blend_epi32(0xAAAA, x, _mm512_slli_epi64::<32>(y));
-            r[i | 4] = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64::<32>(x), y);
-        }
-        for i in 0..16 {
-            if i & 2 != 0 {
-                continue;
+        });
+    }
+
+    /// The registers needed after each round (bit masks) for the first `want` outputs.
+    const fn needed(want: usize) -> [u32; 5] {
+        let mut need = [0u32; 5];
+        need[4] = (1u32 << want) - 1;
+        let mut k = 4;
+        while k > 0 {
+            k -= 1;
+            let b = 8 >> k;
+            let mut i = 0;
+            while i < 16 {
+                if need[k + 1] >> i & 1 != 0 {
+                    need[k] |= 1 << (i & !b) | 1 << (i | b);
+                }
+                i += 1;
             }
-            let (x, y) = (r[i], r[i | 2]);
-            r[i] = _mm512_mask_blend_epi16(0xAAAA_AAAA, x, _mm512_slli_epi32::<16>(y));
-            r[i | 2] = _mm512_mask_blend_epi16(0xAAAA_AAAA, _mm512_srli_epi32::<16>(x), y);
         }
-        for i in 0..16 {
-            if i & 1 != 0 {
-                continue;
-            }
-            let (x, y) = (r[i], r[i | 1]);
-            r[i] = _mm512_mask_blend_epi8(0xAAAA_AAAA_AAAA_AAAA, x, _mm512_slli_epi16::<8>(y));
-            r[i | 1] = _mm512_mask_blend_epi8(0xAAAA_AAAA_AAAA_AAAA, _mm512_srli_epi16::<8>(x), y);
-        }
+        need
     }
 
     /// The byte-table sums of `BLOCKS` transposed blocks (`trans[b * m + s]`: code `s` of
