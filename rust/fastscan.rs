@@ -2,7 +2,7 @@
 //!
 //! The exact score of a row is `norm * sum_m T[m][code[m]]` (see [`crate::query::adc_score`]), one float
 //! gather per subquantizer. Here each query's float table `T` (`m x k`) is also quantized
-//! to bytes: with `min_m = min_c T[m][c]` and one step `s = max_m (max_c - min_c) / 255`,
+//! to bytes: with `min_m = min_c T[m][c]` and one step `s = max_m (max_c - min_c) / 127`,
 //! `Q[m][c] = round((T[m][c] - min_m) / s)`. Then, in exact arithmetic,
 //!
 //! ```text
@@ -32,7 +32,10 @@
 use crate::query::TopK;
 use crate::storage::QuantizedStorage;
 
-/// Most subquantizers whose byte sums fit 16 bits (`257 * 255 = 65535`).
+/// The largest byte-table entry: two entries add exactly in a byte, so the lookups of two
+/// subquantizers are added before they are widened to 16 bits.
+const LEVELS: u8 = 127;
+/// Most subquantizers whose byte sums fit 16 bits (`257 * 127 < 65535`).
 const MAX_SUBQUANTIZERS: usize = 257;
 /// Rows per block: one transposed byte register.
 const ROWS: usize = 64;
@@ -110,7 +113,7 @@ impl Bound {
         if !(magnitude < 1e30) {
             return None;
         }
-        let s = range / 255.0;
+        let s = range / f64::from(LEVELS);
         // the rounding of the exact float sum (<= ~m 2^-24 of `magnitude`) and more
         let margin = 1e-4 * magnitude + 1e-30;
         if !(s > 1e-30) {
@@ -128,11 +131,11 @@ impl Bound {
             let mut worst = 0f64;
             for (o, &v) in dst.iter_mut().zip(row) {
                 let d = f64::from(v) - lo;
-                let q = (d / s).round().clamp(0.0, 255.0);
+                let q = (d / s).round().clamp(0.0, f64::from(LEVELS));
                 *o = q as u8;
                 worst = worst.max((d - s * q).abs());
             }
-            dst[kc..].fill(255);
+            dst[kc..].fill(LEVELS);
             err += worst;
         }
         Some(Bound {
@@ -401,21 +404,38 @@ mod x86 {
             let (tp, cp) = (t8.as_ptr(), trans.as_ptr());
             let mut all = [_mm512_setzero_si512(); BLOCKS];
             let mut odd = [_mm512_setzero_si512(); BLOCKS];
-            for s in 0..m {
+            let tables = |s: usize| {
                 let t = tp.add(s * 256);
                 let t0 = _mm512_loadu_si512(t.cast());
                 let t1 = _mm512_loadu_si512(t.add(64).cast());
-                let (t2, t3) = if WIDE {
-                    (_mm512_loadu_si512(t.add(128).cast()), _mm512_loadu_si512(t.add(192).cast()))
+                if WIDE {
+                    (t0, t1, _mm512_loadu_si512(t.add(128).cast()), _mm512_loadu_si512(t.add(192).cast()))
                 } else {
-                    (t0, t1)
-                };
-                for b in 0..BLOCKS {
-                    let idx = _mm512_load_si512(cp.add(b * m + s).cast());
-                    let mut v = _mm512_permutex2var_epi8(t0, idx, t1);
+                    (t0, t1, t0, t1)
+                }
+            };
+            macro_rules! look {
+                ($t:expr, $idx:expr) => {{
+                    let (t0, t1, t2, t3) = $t;
+                    let idx = $idx;
+                    let v = _mm512_permutex2var_epi8(t0, idx, t1);
                     if WIDE {
                         let high = _mm512_permutex2var_epi8(t2, idx, t3);
-                        v = _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), v, high);
+                        _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), v, high)
+                    } else {
+                        v
+                    }
+                }};
+            }
+            // two subquantizers at a time: their entries (<= 127) add exactly in a byte
+            for s in (0..m).step_by(2) {
+                let pair = s + 1 < m;
+                let ta = tables(s);
+                let tb = if pair { tables(s + 1) } else { ta };
+                for b in 0..BLOCKS {
+                    let mut v = look!(ta, _mm512_load_si512(cp.add(b * m + s).cast()));
+                    if pair {
+                        v = _mm512_add_epi8(v, look!(tb, _mm512_load_si512(cp.add(b * m + s + 1).cast())));
                     }
                     // `all` adds whole 16-bit lanes (even byte + 256 x odd byte, mod 2^16)
                     all[b] = _mm512_add_epi16(all[b], v);
@@ -621,7 +641,7 @@ mod tests {
             if !b.pass_all {
                 let worst: f32 = table.chunks_exact(kc).map(|r| r.iter().cloned().fold(f32::MAX, f32::min)).sum();
                 let thr = b.u16_threshold(best + 0.05 * (best - worst).abs() + 0.01, None);
-                assert!(usize::from(thr) > 255 * m / 2, "m {m}: {thr}");
+                assert!(usize::from(thr) > usize::from(LEVELS) * m / 2, "m {m}: {thr}");
             }
         }
         // constant tables and non-finite values
@@ -652,7 +672,7 @@ mod tests {
             }
             for wide in [false, true] {
                 let t8: Vec<u8> = (0..m * 256)
-                    .map(|i| if m == 257 && i % 7 == 0 { 255 } else { rng.u64() as u8 })
+                    .map(|i| if m == 257 && i % 7 == 0 { LEVELS } else { rng.u64() as u8 & LEVELS })
                     .collect();
                 // codes below 128 for the narrow lookup
                 let mut blocks = trans.clone();
