@@ -164,20 +164,23 @@ fn block_norm(norms: &[f32]) -> Option<f32> {
 fn available() -> bool {
     static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OK.get_or_init(|| {
-        if std::env::var("VECFUSION_FASTSCAN").is_ok_and(|v| v == "off" || v == "0") {
-            return false;
-        }
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::is_x86_feature_detected!("avx512f")
-                && std::is_x86_feature_detected!("avx512bw")
-                && std::is_x86_feature_detected!("avx512vbmi")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
+        let off = std::env::var("VECFUSION_FASTSCAN").is_ok_and(|v| v == "off" || v == "0");
+        !off && cpu_supported()
     })
+}
+
+/// Whether the CPU has the instructions of the filter's kernels (AVX-512 F, BW and VBMI).
+fn cpu_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vbmi")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 impl Plan {
@@ -592,19 +595,6 @@ mod tests {
         }
     }
 
-    fn cpu_ok() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::is_x86_feature_detected!("avx512f")
-                && std::is_x86_feature_detected!("avx512bw")
-                && std::is_x86_feature_detected!("avx512vbmi")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    }
-
     #[test]
     fn bound_holds_for_every_code_and_thresholds_are_conservative() {
         let mut rng = Rng(3);
@@ -654,7 +644,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn transpose_and_byte_sums_match_scalar() {
-        if !cpu_ok() {
+        if !cpu_supported() {
             return;
         }
         let mut rng = Rng(11);
@@ -756,7 +746,7 @@ mod tests {
 
     #[test]
     fn filtered_scan_is_exactly_the_exact_scan() {
-        if !cpu_ok() {
+        if !cpu_supported() {
             return;
         }
         let mut case = 0u64;
@@ -808,7 +798,7 @@ mod tests {
 
     #[test]
     fn public_queries_agree_with_brute_force() {
-        if !cpu_ok() {
+        if !cpu_supported() {
             return;
         }
         // large enough for the parallel scan; n not a multiple of 64
