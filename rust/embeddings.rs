@@ -344,8 +344,13 @@ impl Embeddings {
                     Some(list) => list.index_group(words, rows, |i| self.storage.prefetch_row(i)),
                     None => rows.fill(None),
                 }
+                let batched = self.storage.rebuilds_in_batches();
+                if batched {
+                    self.storage.rows_into(rows, out);
+                }
                 for (((row, f), w), &r) in out.chunks_exact_mut(dims).zip(found.iter_mut()).zip(words).zip(rows.iter()) {
                     *f = match r {
+                        Some(_) if batched => true,
                         Some(i) => {
                             if streaming {
                                 self.storage.row_into_streaming(i, row);

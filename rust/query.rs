@@ -34,6 +34,8 @@ use crate::error::{Error, Result};
 use crate::storage::{QuantizedStorage, Storage};
 use crate::vocab::WordList;
 
+pub(crate) use kernel::Isa;
+
 /// One answer of a query: a word row and its score.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Neighbor {

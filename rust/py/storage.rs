@@ -92,7 +92,11 @@ impl PyQuantizedStorage {
             if dims > 0 {
                 py.detach(|| {
                     use rayon::prelude::*;
-                    s.par_chunks_mut(dims).zip(idx.par_iter()).for_each(|(o, &i)| q.reconstruct_into(i, o));
+                    const CHUNK: usize = 64;
+                    s.par_chunks_mut(CHUNK * dims).zip(idx.par_chunks(CHUNK)).for_each(|(o, rows)| {
+                        let rows: Vec<Option<usize>> = rows.iter().copied().map(Some).collect();
+                        q.rows_into(&rows, o);
+                    });
                 });
             }
         }

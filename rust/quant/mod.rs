@@ -228,7 +228,12 @@ pub fn dense_rows(storage: &Storage) -> Vec<f32> {
         Storage::Quantized(q) => {
             let d = q.dims();
             let mut out = vec![0f32; q.rows() * d];
-            out.par_chunks_mut(d.max(1)).enumerate().for_each(|(i, row)| q.reconstruct_into(i, row));
+            const CHUNK: usize = 64;
+            out.par_chunks_mut(CHUNK * d.max(1)).enumerate().for_each(|(c, rows)| {
+                let n = rows.len() / d.max(1);
+                let idx: Vec<Option<usize>> = (c * CHUNK..c * CHUNK + n).map(Some).collect();
+                q.rows_into(&idx, rows);
+            });
             out
         }
     }

@@ -3,6 +3,7 @@
 
 mod array;
 mod quantized;
+pub(crate) mod rowsum;
 
 pub use array::{ArrayStorage, F32Data};
 pub use quantized::{QuantizedStorage, U8Data};
@@ -143,6 +144,28 @@ impl Storage {
         }
     }
 
+    /// Copy (or rebuild) the rows `rows[t]` that are `Some` into `out[t·dims..][..dims]`;
+    /// the others are left as they are. Quantized rows with a projection are rebuilt together
+    /// (one matrix product), which is several times faster than row by row.
+    pub fn rows_into(&self, rows: &[Option<usize>], out: &mut [f32]) {
+        match self {
+            Storage::Quantized(q) => q.rows_into(rows, out),
+            Storage::Array(a) => {
+                let dims = a.cols().max(1);
+                for (&r, o) in rows.iter().zip(out.chunks_exact_mut(dims)) {
+                    if let Some(i) = r {
+                        o.copy_from_slice(a.row(i));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether [`Storage::rows_into`] is faster than row by row.
+    pub fn rebuilds_in_batches(&self) -> bool {
+        matches!(self, Storage::Quantized(q) if q.rebuilds_in_batches())
+    }
+
     /// [`Storage::row_into`] with non-temporal stores for dense rows (see [`copy_streaming`]).
     #[inline]
     pub fn row_into_streaming(&self, i: usize, out: &mut [f32]) {
@@ -239,60 +262,17 @@ pub fn write_norms<W: Write>(norms: &[f32], w: &mut PosWriter<W>) -> std::io::Re
     w.f32s(norms)
 }
 
-/// Add rows `rows` of `a` to `out`, a block of 32 columns at a time kept in registers
-/// while every row is added to it (one store per block instead of one per row). Each
-/// element gets the same additions in the same order as adding the rows one after another.
+/// Add rows `rows` of `a` to `out`, one after another (each element gets the same
+/// additions in the same order as adding the rows one by one), a group of rows at a time.
 fn add_dense_rows(a: &ArrayStorage, rows: &[usize], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: AVX2 was just detected.
-            unsafe { add_dense_rows_avx2(a, rows, out) };
-            return;
-        }
-    }
-    add_dense_rows_portable(a, rows, out);
-}
-
-/// # Safety
-/// Only call on a CPU with AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn add_dense_rows_avx2(a: &ArrayStorage, rows: &[usize], out: &mut [f32]) {
-    add_dense_rows_portable(a, rows, out);
-}
-
-#[inline(always)]
-fn add_dense_rows_portable(a: &ArrayStorage, rows: &[usize], out: &mut [f32]) {
-    const W: usize = 32;
-    const ROWS: usize = 64;
+    const GROUP: usize = 64;
     let dims = out.len();
-    let full = dims / W * W;
-    // rows a group at a time (the group's row slices resolved once), so that the sums of
-    // each element still take the rows in order
-    for group in rows.chunks(ROWS) {
-        let mut srcs: [&[f32]; ROWS] = [&[]; ROWS];
+    let mut srcs: [&[f32]; GROUP] = [&[]; GROUP];
+    for group in rows.chunks(GROUP) {
         for (s, &r) in srcs.iter_mut().zip(group) {
             *s = &a.row(r)[..dims];
         }
-        let srcs = &srcs[..group.len()];
-        let (head, tail) = out.split_at_mut(full);
-        for (b, block) in head.chunks_exact_mut(W).enumerate() {
-            let mut acc = [0f32; W];
-            acc.copy_from_slice(block);
-            for src in srcs {
-                let src: &[f32; W] = src[b * W..(b + 1) * W].try_into().expect("a block of W columns");
-                for (x, y) in acc.iter_mut().zip(src) {
-                    *x += y;
-                }
-            }
-            block.copy_from_slice(&acc);
-        }
-        for src in srcs {
-            for (x, y) in tail.iter_mut().zip(&src[full..]) {
-                *x += y;
-            }
-        }
+        rowsum::add_in_order(out, &srcs[..group.len()]);
     }
 }
 

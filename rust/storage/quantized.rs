@@ -11,7 +11,11 @@ use super::FileBytes;
 use crate::error::{Error, Result};
 use crate::format::{checked_mul, padding, ByteReader, ChunkId, PosWriter, TYPE_F32, TYPE_U8};
 
-const PROJECTED_TABLE_LIMIT: usize = 64 << 20;
+/// Largest projected-centroid table (floats) built at load. Rebuilding a row from the table
+/// reads `m` scattered rows of `dims` floats; once the table outgrows the caches those reads
+/// wait on memory and cost as much as the product with Pᵀ (a `dims x dims` matrix that stays
+/// in cache), so larger quantizers use the product and the load stays instant.
+const PROJECTED_TABLE_LIMIT: usize = 2 << 20;
 
 /// The u8 codes of a quantized matrix: owned or inside a (memory-mapped) file buffer.
 #[derive(Clone)]
@@ -39,6 +43,8 @@ impl U8Data {
 pub struct QuantizedStorage {
     /// `dims x dims` row-major projection P (encoding used x·P), if any.
     projection: Option<Arc<Vec<f32>>>,
+    /// Pᵀ row-major: rebuilding a row is `concat · Pᵀ`, read row after row.
+    projection_t: Option<Arc<Vec<f32>>>,
     /// `m x k x (dims / m)` centroids.
     centroids: Arc<Vec<f32>>,
     /// One norm per row, if stored.
@@ -110,13 +116,23 @@ impl QuantizedStorage {
                 format!("code {bad} refers to a centroid beyond the {k} stored"),
             ));
         }
-        // The table costs m·k·dims floats; beyond 64 Mi floats rows are rebuilt with a product.
+        // The table costs m·k·dims floats; beyond PROJECTED_TABLE_LIMIT rows are rebuilt with a product.
         let projected = projection
             .as_ref()
             .filter(|_| m.saturating_mul(k).saturating_mul(dims) <= PROJECTED_TABLE_LIMIT)
             .map(|p| Arc::new(project_centroids(p, &centroids, dims, m, k)));
+        let projection_t = projection.as_ref().map(|p| {
+            let mut t = vec![0f32; dims * dims];
+            for (j, row) in p.chunks_exact(dims).enumerate() {
+                for (i, &v) in row.iter().enumerate() {
+                    t[i * dims + j] = v;
+                }
+            }
+            Arc::new(t)
+        });
         Ok(QuantizedStorage {
             projection: projection.map(Arc::new),
+            projection_t,
             centroids: Arc::new(centroids),
             norms: norms.map(Arc::new),
             codes,
@@ -182,9 +198,10 @@ impl QuantizedStorage {
             // m rows of the projected table, summed in registers (no matrix product).
             Some(table) => kernels::add_table_rows(out, table, codes, self.k, self.dims, scale),
             None if self.projection.is_some() => {
-                let mut concat = vec![0f32; self.dims];
-                self.add_concat(i, 1.0, &mut concat);
-                self.add_projected(&concat, scale, out);
+                with_buffer(self.dims, |concat| {
+                    self.add_concat(i, scale, concat);
+                    self.add_projected(concat, out);
+                });
             }
             None => {
                 for (sub, &c) in codes.iter().enumerate() {
@@ -195,6 +212,47 @@ impl QuantizedStorage {
                     }
                 }
             }
+        }
+    }
+
+    /// Whether [`QuantizedStorage::rows_into`] rebuilds several rows faster than one at a time
+    /// (a projection without the precomputed table).
+    pub fn rebuilds_in_batches(&self) -> bool {
+        self.projection_t.is_some() && self.projected.is_none()
+    }
+
+    /// Rebuild the rows `rows[t]` that are `Some` into `out[t·dims..][..dims]` (the others are
+    /// left as they are). With a projection and no table, the rows' concatenated centroids
+    /// are multiplied by Pᵀ in one matrix product (single-threaded: callers split the work),
+    /// which is compute-bound instead of streaming Pᵀ once per row.
+    pub fn rows_into(&self, rows: &[Option<usize>], out: &mut [f32]) {
+        let dims = self.dims;
+        debug_assert_eq!(out.len(), rows.len() * dims);
+        let some = rows.iter().flatten().count();
+        let pt = match &self.projection_t {
+            Some(pt) if self.rebuilds_in_batches() && some >= 2 && dims > 0 => pt,
+            _ => {
+                for (&r, o) in rows.iter().zip(out.chunks_exact_mut(dims.max(1))) {
+                    if let Some(i) = r {
+                        self.reconstruct_into(i, o);
+                    }
+                }
+                return;
+            }
+        };
+        let mut concat = vec![0f32; some * dims];
+        for (i, c) in rows.iter().flatten().zip(concat.chunks_exact_mut(dims)) {
+            self.add_concat(*i, self.norms.as_ref().map_or(1.0, |n| n[*i]), c);
+        }
+        if some == rows.len() {
+            crate::quant::linalg::gemm_nn(out, &concat, some, dims, pt, dims, faer::Par::Seq);
+            return;
+        }
+        let mut product = vec![0f32; some * dims];
+        crate::quant::linalg::gemm_nn(&mut product, &concat, some, dims, pt, dims, faer::Par::Seq);
+        let dst = rows.iter().zip(out.chunks_exact_mut(dims)).filter(|(r, _)| r.is_some());
+        for ((_, o), p) in dst.zip(product.chunks_exact(dims)) {
+            o.copy_from_slice(p);
         }
     }
 
@@ -212,33 +270,48 @@ impl QuantizedStorage {
             }
             return;
         }
-        let mut concat = vec![0f32; self.dims];
-        for &r in rows {
-            let scale = self.norms.as_ref().map_or(1.0, |n| n[r]);
-            self.add_concat(r, scale, &mut concat);
-        }
-        self.add_projected(&concat, 1.0, out);
+        with_buffer(self.dims, |concat| {
+            for &r in rows {
+                let scale = self.norms.as_ref().map_or(1.0, |n| n[r]);
+                self.add_concat(r, scale, concat);
+            }
+            self.add_projected(concat, out);
+        });
     }
 
     /// `concat += scale · (centroid code[m] of each subquantizer m)` (before any projection).
     #[inline]
     fn add_concat(&self, i: usize, scale: f32, concat: &mut [f32]) {
         let codes = &self.codes.as_slice()[i * self.m..(i + 1) * self.m];
-        let ds = self.dims / self.m;
-        for (sub, &c) in codes.iter().enumerate() {
-            let base = (sub * self.k + usize::from(c)) * ds;
-            for (o, v) in concat[sub * ds..(sub + 1) * ds].iter_mut().zip(&self.centroids[base..base + ds]) {
-                *o += scale * v;
+        let (cents, k) = (&self.centroids[..], self.k);
+        // the usual block widths get a loop of fixed length (unrolled, no bounds checks)
+        match self.dims / self.m {
+            1 => add_blocks::<1>(concat, cents, codes, k, scale),
+            2 => add_blocks::<2>(concat, cents, codes, k, scale),
+            3 => add_blocks::<3>(concat, cents, codes, k, scale),
+            4 => add_blocks::<4>(concat, cents, codes, k, scale),
+            5 => add_blocks::<5>(concat, cents, codes, k, scale),
+            6 => add_blocks::<6>(concat, cents, codes, k, scale),
+            8 => add_blocks::<8>(concat, cents, codes, k, scale),
+            10 => add_blocks::<10>(concat, cents, codes, k, scale),
+            12 => add_blocks::<12>(concat, cents, codes, k, scale),
+            16 => add_blocks::<16>(concat, cents, codes, k, scale),
+            ds => {
+                for (sub, &c) in codes.iter().enumerate() {
+                    let base = (sub * k + usize::from(c)) * ds;
+                    for (o, v) in concat[sub * ds..(sub + 1) * ds].iter_mut().zip(&cents[base..base + ds]) {
+                        *o += scale * v;
+                    }
+                }
             }
         }
     }
 
-    /// `out += scale · concat · Pᵀ`, i.e. `out_j += scale · Σ_i concat_i P[j][i]`.
-    fn add_projected(&self, concat: &[f32], scale: f32, out: &mut [f32]) {
-        let p = self.projection.as_deref().map_or(&[][..], Vec::as_slice);
-        for (j, o) in out.iter_mut().enumerate() {
-            *o += scale * kernels::dot(concat, &p[j * self.dims..(j + 1) * self.dims]);
-        }
+    /// `out += concat · Pᵀ`, i.e. `out_j += Σ_i concat_i P[j][i]`: the rows of Pᵀ weighted
+    /// by `concat` and summed, the matrix read once front to back.
+    fn add_projected(&self, concat: &[f32], out: &mut [f32]) {
+        let pt = self.projection_t.as_deref().map_or(&[][..], Vec::as_slice);
+        crate::storage::rowsum::add_vec_mat(out, concat, pt);
     }
 
     /// Rebuild row `i` into `out`.
@@ -344,6 +417,31 @@ fn read_bool(r: &mut ByteReader<'_>, what: &'static str) -> Result<bool> {
     }
 }
 
+/// `concat[s·DS..][..DS] += scale · centroid codes[s] of subquantizer s`, for every s.
+#[inline]
+fn add_blocks<const DS: usize>(concat: &mut [f32], cents: &[f32], codes: &[u8], k: usize, scale: f32) {
+    for ((sub, &c), dst) in codes.iter().enumerate().zip(concat.chunks_exact_mut(DS)) {
+        let base = (sub * k + usize::from(c)) * DS;
+        let src: &[f32; DS] = cents[base..base + DS].try_into().expect("a block of DS floats");
+        let dst: &mut [f32; DS] = dst.try_into().expect("a block of DS floats");
+        for (o, v) in dst.iter_mut().zip(src) {
+            *o += scale * v;
+        }
+    }
+}
+
+/// Run `f` on a zeroed scratch vector of `n` floats (on the stack up to 1024).
+#[inline]
+fn with_buffer(n: usize, f: impl FnOnce(&mut [f32])) {
+    const STACK: usize = 1024;
+    if n <= STACK {
+        let mut buf = [0f32; STACK];
+        f(&mut buf[..n]);
+    } else {
+        f(&mut vec![0f32; n]);
+    }
+}
+
 /// For each subquantizer `s` and centroid `c`, the contribution of that centroid to the
 /// rebuilt row: `centroid · Pᵀ[block s]`, a `dims`-vector.
 fn project_centroids(p: &[f32], centroids: &[f32], dims: usize, m: usize, k: usize) -> Vec<f32> {
@@ -368,54 +466,24 @@ mod kernels {
     /// `out += scale · Σ_s table[(s·k + codes[s])·dims ..][..dims]`.
     #[inline]
     pub fn add_table_rows(out: &mut [f32], table: &[f32], codes: &[u8], k: usize, dims: usize, scale: f32) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                unsafe { add_table_rows_avx2(out, table, codes, k, dims, scale) };
+        const GROUP: usize = 256;
+        let mut rows: [&[f32]; GROUP] = [&[]; GROUP];
+        let mut acc_all = None;
+        for (g, group) in codes.chunks(GROUP).enumerate() {
+            for (i, (r, &c)) in rows.iter_mut().zip(group).enumerate() {
+                let base = ((g * GROUP + i) * k + usize::from(c)) * dims;
+                *r = &table[base..base + dims];
+            }
+            if codes.len() <= GROUP {
+                crate::storage::rowsum::add_scaled_sum(out, &rows[..group.len()], scale);
                 return;
             }
+            // more than GROUP subquantizers: one sum over all groups, then scaled once
+            let acc = acc_all.get_or_insert_with(|| vec![0f32; dims]);
+            crate::storage::rowsum::add_in_order(acc, &rows[..group.len()]);
         }
-        add_table_rows_generic(out, table, codes, k, dims, scale);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn add_table_rows_avx2(out: &mut [f32], table: &[f32], codes: &[u8], k: usize, dims: usize, scale: f32) {
-        add_table_rows_generic(out, table, codes, k, dims, scale);
-    }
-
-    /// Columns summed per register block (8 AVX registers): the block's sum over the `m`
-    /// table rows stays in registers, `out` is touched once.
-    const BLOCK: usize = 64;
-
-    #[inline(always)]
-    fn add_table_rows_generic(out: &mut [f32], table: &[f32], codes: &[u8], k: usize, dims: usize, scale: f32) {
-        let mut c0 = 0;
-        while c0 + BLOCK <= dims {
-            let mut acc = [0f32; BLOCK];
-            for (s, &c) in codes.iter().enumerate() {
-                let base = (s * k + usize::from(c)) * dims + c0;
-                let row: &[f32; BLOCK] = table[base..base + BLOCK].try_into().expect("block of the table");
-                for l in 0..BLOCK {
-                    acc[l] += row[l];
-                }
-            }
-            for (o, a) in out[c0..c0 + BLOCK].iter_mut().zip(&acc) {
-                *o += scale * a;
-            }
-            c0 += BLOCK;
-        }
-        if c0 < dims {
-            let w = dims - c0;
-            let mut acc = [0f32; BLOCK];
-            for (s, &c) in codes.iter().enumerate() {
-                let base = (s * k + usize::from(c)) * dims + c0;
-                for (a, v) in acc[..w].iter_mut().zip(&table[base..base + w]) {
-                    *a += v;
-                }
-            }
-            for (o, a) in out[c0..].iter_mut().zip(&acc) {
+        if let Some(acc) = acc_all {
+            for (o, a) in out.iter_mut().zip(&acc) {
                 *o += scale * a;
             }
         }
@@ -508,6 +576,33 @@ mod lookup_tests {
         }
         for j in 0..dims {
             assert!((x[j] - want[j]).abs() < 1e-4, "{} vs {}", x[j], want[j]);
+        }
+    }
+
+    /// Rows rebuilt together (one matrix product) equal rows rebuilt one by one; rows
+    /// without an index are left untouched.
+    #[test]
+    fn batched_rebuild_equals_row_by_row() {
+        for with_table in [false, true] {
+            let q = storage(with_table);
+            assert_eq!(q.rebuilds_in_batches(), !with_table);
+            let dims = q.dims;
+            for picks in [vec![Some(3)], vec![Some(0), Some(19), Some(7)], vec![Some(2), None, Some(2), None, Some(11)]] {
+                let mut got = vec![7f32; picks.len() * dims];
+                q.rows_into(&picks, &mut got);
+                for (p, g) in picks.iter().zip(got.chunks_exact(dims)) {
+                    match p {
+                        Some(i) => {
+                            let mut want = vec![0f32; dims];
+                            q.reconstruct_into(*i, &mut want);
+                            for (a, b) in g.iter().zip(&want) {
+                                assert!((a - b).abs() < 1e-5, "row {i}: {a} vs {b}");
+                            }
+                        }
+                        None => assert!(g.iter().all(|&v| v == 7.0)),
+                    }
+                }
+            }
         }
     }
 }
