@@ -258,12 +258,13 @@ impl QuantizedStorage {
 
     /// Add the sum of the rebuilt rows `rows` to `out` (an unknown word's n-gram rows).
     ///
-    /// With a projection and many rows, the rows are summed before the projection
-    /// (`Σ_r s_r·concat_r` then one product with Pᵀ): `rows·dims + dims²` operations
-    /// instead of `rows·m·dims`.
+    /// With a projection and more than a few rows, the rows are summed before the projection
+    /// (`Σ_r s_r·concat_r` then one product with Pᵀ, `dims²` operations on a matrix in cache)
+    /// instead of adding `rows·m` scattered table rows of `dims` floats, which wait on memory
+    /// (measured: 30 n-gram rows at M=25, D=300 cost 17-22 µs through the table, 9-13 µs projected).
     pub fn add_reconstructed_rows(&self, rows: &[usize], out: &mut [f32]) {
         let project_once = self.projection.is_some()
-            && (self.projected.is_none() || rows.len().saturating_mul(self.m) > 2 * self.dims);
+            && (self.projected.is_none() || rows.len().saturating_mul(self.m).saturating_mul(4) > self.dims);
         if !project_once {
             for &r in rows {
                 self.add_reconstructed(r, out);
