@@ -46,6 +46,20 @@ fn check(words: Vec<String>, kind: u8, ngrams: Vec<(String, u64)>, probes: Vec<S
         }
         assert!(fw.iter().eq(words.iter().map(String::as_str)));
         assert_eq!(fw.get(words.len()), None);
+        // Groups of words, as batch lookups resolve them (interleaved automaton walks), give
+        // the rows of one-by-one lookups; groups of 16 and of 5 put each word in other company.
+        let sw = std.vocab.words().unwrap();
+        let all: Vec<&str> = words.iter().chain(&probes).map(String::as_str).collect();
+        for size in [vecfusion::vocab::INDEX_GROUP, 5] {
+            for g in all.chunks(size) {
+                let mut rows = vec![None; g.len()];
+                let mut seen = Vec::new();
+                fw.index_group(g, &mut rows, |i| seen.push(i));
+                let want: Vec<Option<usize>> = g.iter().map(|w| sw.index(w)).collect();
+                assert_eq!(rows, want, "{g:?}");
+                assert_eq!(seen, want.iter().flatten().copied().collect::<Vec<_>>());
+            }
+        }
         for p in words.iter().chain(&probes) {
             assert_eq!(f.vocab.idx(p), std.vocab.idx(p), "{p:?}");
             assert_eq!(f.vocab.try_idx(p).unwrap(), std.vocab.idx(p));
