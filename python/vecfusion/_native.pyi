@@ -215,6 +215,7 @@ def read_npy_pieces(
     threads: int,
     chunk_bytes: int = 4194304,
 ) -> None: ...
+def read_ahead(ranges: Sequence[tuple[str | os.PathLike[str], int, int]]) -> None: ...
 def convert_into(
     out: npt.NDArray[np.uint8],
     out_dtype: str,

@@ -558,6 +558,9 @@ class EmbeddingReader:
                     meta = pd.concat([meta, extra], axis=1)
                 if progress is not None:
                     progress.update(b1 - b0)
+                if self._npy and b1 < end:
+                    # the kernel reads the next batch's local bytes while the caller works
+                    _native.read_ahead(self._local_ranges(self._ranges(b1, min(b1 + batch_size, end))))
                 yield out, meta
                 del out, meta
         finally:
@@ -576,6 +579,16 @@ class EmbeddingReader:
                 out.append((f, lo, hi))
             b0 = self._starts[f] + hi
             f += 1
+        return out
+
+    def _local_ranges(self, ranges: list[tuple[int, int, int]]) -> list[tuple[str, int, int]]:
+        """(path, byte offset, bytes) of the local .npy data behind ``ranges``."""
+        row_bytes = self._dim * np.dtype(_CODE_DTYPES[self._npy[0].dtype]).itemsize
+        out = []
+        for f, lo, hi in ranges:
+            h = self._npy[f]
+            if self._emb_fss[h.source] is None:
+                out.append((h.path, h.data_offset + lo * row_bytes, (hi - lo) * row_bytes))
         return out
 
     def _fill_npy(

@@ -107,11 +107,22 @@ pub fn convert_into(
     Ok(())
 }
 
+/// Start reading `(path, byte offset, bytes)` ranges of local files into the page cache in a
+/// background thread and return at once (Linux; a no-op elsewhere): the reader calls it for
+/// the next batch before handing out the current one. A hint: nothing is reported.
+#[pyfunction]
+pub fn read_ahead(ranges: Vec<(PathBuf, u64, u64)>) {
+    if !ranges.is_empty() {
+        std::thread::spawn(move || reader::read_ahead(&ranges, &std::sync::atomic::AtomicBool::new(false)));
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(npy_header_size, m)?)?;
     m.add_function(wrap_pyfunction!(parse_npy_header, m)?)?;
     m.add_function(wrap_pyfunction!(read_npy_headers, m)?)?;
     m.add_function(wrap_pyfunction!(read_npy_pieces, m)?)?;
     m.add_function(wrap_pyfunction!(convert_into, m)?)?;
+    m.add_function(wrap_pyfunction!(read_ahead, m)?)?;
     Ok(())
 }

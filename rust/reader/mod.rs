@@ -191,8 +191,8 @@ pub fn read_pieces(
     let convert_needed = sd != dd || big_endian != cfg!(target_endian = "big");
     let n_threads = threads.clamp(1, tasks.len().max(1));
     // Every range the tasks will read, in order, for the read-ahead thread below.
-    let ranges: Vec<(&Path, u64, usize)> = tasks.iter().map(|t| (t.path, t.file_offset, t.src_bytes)).collect();
-    let total: usize = ranges.iter().map(|r| r.2).sum();
+    let ranges: Vec<(&Path, u64, u64)> = tasks.iter().map(|t| (t.path, t.file_offset, t.src_bytes as u64)).collect();
+    let total: u64 = ranges.iter().map(|r| r.2).sum();
     let queue = Mutex::new(tasks.into_iter());
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
@@ -203,20 +203,7 @@ pub fn read_pieces(
             // queued (the readers' own positional reads, a few MiB each at strides of the
             // thread count, defeat the kernel's sequential read-ahead). Pages already cached
             // cost a lookup; the pages go to the page cache, not to this process's memory.
-            s.spawn(|| {
-                let mut open: Option<(&Path, File)> = None;
-                for &(path, offset, len) in &ranges {
-                    if failed.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    if open.as_ref().map_or(true, |(p, _)| *p != path) {
-                        open = File::open(path).ok().map(|f| (path, f));
-                    }
-                    if let Some((_, f)) = &open {
-                        will_need(f, offset, len);
-                    }
-                }
-            });
+            s.spawn(|| read_ahead(&ranges, &failed));
         }
         for _ in 0..n_threads {
             s.spawn(|| {
@@ -247,11 +234,40 @@ pub fn read_pieces(
 }
 
 /// Reads of at least this many bytes in all get the read-ahead thread of [`read_pieces`].
-const READ_AHEAD_MIN_BYTES: usize = 16 << 20;
+const READ_AHEAD_MIN_BYTES: u64 = 16 << 20;
+
+/// Ask the kernel to read the `(path, byte offset, bytes)` ranges into the page cache, in
+/// order, without waiting for the data (Linux; a no-op elsewhere); stops early once `stop`
+/// is set. A hint only: files that cannot be opened and failed requests are skipped.
+pub fn read_ahead<P: AsRef<Path>>(ranges: &[(P, u64, u64)], stop: &AtomicBool) {
+    let mut open: Option<(&Path, File)> = None;
+    for (path, offset, len) in ranges {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let path = path.as_ref();
+        if open.as_ref().map_or(true, |(p, _)| *p != path) {
+            open = File::open(path).ok().map(|f| (path, f));
+        }
+        if let Some((_, f)) = &open {
+            // Linux reads at most the larger of the device's read-ahead and request sizes
+            // per call (often 1-8 MiB): ask 1 MiB at a time
+            let mut done = 0;
+            while done < *len && !stop.load(Ordering::Relaxed) {
+                let k = READ_AHEAD_STEP.min(*len - done);
+                will_need(f, offset + done, k);
+                done += k;
+            }
+        }
+    }
+}
+
+/// Bytes asked of the kernel per read-ahead request.
+const READ_AHEAD_STEP: u64 = 1 << 20;
 
 /// Ask the kernel to start reading `len` bytes at `offset` of `file` into the page cache
 /// (Linux; a no-op elsewhere). A hint only: its result is ignored.
-fn will_need(file: &File, offset: u64, len: usize) {
+fn will_need(file: &File, offset: u64, len: u64) {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
@@ -329,7 +345,7 @@ mod tests {
             paths.push(path);
             all.push(vals);
         }
-        assert!(2 * n * 4 >= READ_AHEAD_MIN_BYTES);
+        assert!((2 * n * 4) as u64 >= READ_AHEAD_MIN_BYTES);
         // file 1 first, then file 0 starting 100 values in
         let pieces = vec![
             Piece { path: paths[1].clone(), file_offset: 0, src_bytes: (n * 4) as u64, out_offset: 0 },

@@ -442,3 +442,29 @@ def test_tight_memory_budget_still_reads_everything(collections: dict[str, Path]
         np.testing.assert_array_equal(emb, _truth("float16").astype(np.float32))
     finally:
         fs.rm("/vf_reader_budget", recursive=True)
+
+
+def test_read_ahead_of_the_next_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each batch but the last asks for the next batch's local byte ranges (what the reader
+    # will read next, file by file: rows 50-100 then 100-120 of three 40-row files), and the
+    # rows are those of a plain read.
+    from vecfusion import _native, reader
+
+    a = np.arange(40 * 6, dtype=np.float16).reshape(40, 6)
+    for k in range(3):
+        np.save(tmp_path / f"{k}.npy", a + 1000 * k)
+    asked: list[list[tuple[str, int, int]]] = []
+    real = _native.read_ahead
+    monkeypatch.setattr(reader._native, "read_ahead", lambda r: (asked.append(list(r)), real(r))[1])
+    r = vf.EmbeddingReader(str(tmp_path), file_format="npy")
+    got = np.concatenate([e for e, _ in r(batch_size=50, show_progress=False, dtype=None)])
+    assert np.array_equal(got, np.concatenate([a + 1000 * k for k in range(3)]))
+    off = np.load(tmp_path / "0.npy", mmap_mode="r").offset
+    row = 6 * 2
+    assert asked == [
+        [(str(tmp_path / "1.npy"), off + 10 * row, 30 * row), (str(tmp_path / "2.npy"), off, 20 * row)],
+        [(str(tmp_path / "2.npy"), off + 20 * row, 20 * row)],
+    ]
+    # bad ranges are ignored (a hint): missing files, ranges past the end, a folder
+    _native.read_ahead([(str(tmp_path / "gone.npy"), 0, 10), (str(tmp_path / "0.npy"), 1 << 40, 1 << 40),
+                        (str(tmp_path), 0, 1)])
