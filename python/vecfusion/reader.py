@@ -560,7 +560,8 @@ class EmbeddingReader:
                     progress.update(b1 - b0)
                 if self._npy and b1 < end:
                     # the kernel reads the next batch's local bytes while the caller works
-                    _native.read_ahead(self._local_ranges(self._ranges(b1, min(b1 + batch_size, end))))
+                    local, _ = self._npy_pieces(self._ranges(b1, min(b1 + batch_size, end)), b1, 0)
+                    _native.read_ahead([(h.path, off, n) for h, off, n, _ in local])
                 yield out, meta
                 del out, meta
         finally:
@@ -581,15 +582,20 @@ class EmbeddingReader:
             f += 1
         return out
 
-    def _local_ranges(self, ranges: list[tuple[int, int, int]]) -> list[tuple[str, int, int]]:
-        """(path, byte offset, bytes) of the local .npy data behind ``ranges``."""
+    def _npy_pieces(
+        self, ranges: list[tuple[int, int, int]], b0: int, out_row: int
+    ) -> tuple[list[tuple[_Npy, int, int, int]], list[tuple[_Npy, int, int, int]]]:
+        """The local and the remote ``(header, file offset, bytes, output offset)`` pieces
+        of ``ranges`` for a batch starting at global row ``b0`` with ``out_row`` bytes a row."""
         row_bytes = self._dim * np.dtype(_CODE_DTYPES[self._npy[0].dtype]).itemsize
-        out = []
+        local: list[tuple[_Npy, int, int, int]] = []
+        remote: list[tuple[_Npy, int, int, int]] = []
         for f, lo, hi in ranges:
             h = self._npy[f]
-            if self._emb_fss[h.source] is None:
-                out.append((h.path, h.data_offset + lo * row_bytes, (hi - lo) * row_bytes))
-        return out
+            piece = (h, h.data_offset + lo * row_bytes, (hi - lo) * row_bytes,
+                     (self._starts[f] + lo - b0) * out_row)
+            (local if self._emb_fss[h.source] is None else remote).append(piece)
+        return local, remote
 
     def _fill_npy(
         self,
@@ -605,13 +611,7 @@ class EmbeddingReader:
         out_row = self._dim * out.dtype.itemsize
         first = self._npy[0]
         row_bytes = self._dim * np.dtype(_CODE_DTYPES[first.dtype]).itemsize
-        local: list[tuple[_Npy, int, int, int]] = []
-        remote: list[tuple[_Npy, int, int, int]] = []
-        for f, lo, hi in ranges:
-            h = self._npy[f]
-            piece = (h, h.data_offset + lo * row_bytes, (hi - lo) * row_bytes,
-                     (self._starts[f] + lo - b0) * out_row)
-            (local if self._emb_fss[h.source] is None else remote).append(piece)
+        local, remote = self._npy_pieces(ranges, b0, out_row)
         converting = out_code != first.dtype or first.big_endian != (np.little_endian is False)
         if local:
             chunk = max_piece_size * row_bytes if max_piece_size else _LOCAL_CHUNK

@@ -287,16 +287,16 @@ impl QuantizedStorage {
         let (cents, k) = (&self.centroids[..], self.k);
         // the usual block widths get a loop of fixed length (unrolled, no bounds checks)
         match self.dims / self.m {
-            1 => add_blocks::<1>(concat, cents, codes, k, scale),
-            2 => add_blocks::<2>(concat, cents, codes, k, scale),
-            3 => add_blocks::<3>(concat, cents, codes, k, scale),
-            4 => add_blocks::<4>(concat, cents, codes, k, scale),
-            5 => add_blocks::<5>(concat, cents, codes, k, scale),
-            6 => add_blocks::<6>(concat, cents, codes, k, scale),
-            8 => add_blocks::<8>(concat, cents, codes, k, scale),
-            10 => add_blocks::<10>(concat, cents, codes, k, scale),
-            12 => add_blocks::<12>(concat, cents, codes, k, scale),
-            16 => add_blocks::<16>(concat, cents, codes, k, scale),
+            1 => add_centroid_blocks::<1>(concat, cents, codes, k, scale),
+            2 => add_centroid_blocks::<2>(concat, cents, codes, k, scale),
+            3 => add_centroid_blocks::<3>(concat, cents, codes, k, scale),
+            4 => add_centroid_blocks::<4>(concat, cents, codes, k, scale),
+            5 => add_centroid_blocks::<5>(concat, cents, codes, k, scale),
+            6 => add_centroid_blocks::<6>(concat, cents, codes, k, scale),
+            8 => add_centroid_blocks::<8>(concat, cents, codes, k, scale),
+            10 => add_centroid_blocks::<10>(concat, cents, codes, k, scale),
+            12 => add_centroid_blocks::<12>(concat, cents, codes, k, scale),
+            16 => add_centroid_blocks::<16>(concat, cents, codes, k, scale),
             ds => {
                 for (sub, &c) in codes.iter().enumerate() {
                     let base = (sub * k + usize::from(c)) * ds;
@@ -420,7 +420,7 @@ fn read_bool(r: &mut ByteReader<'_>, what: &'static str) -> Result<bool> {
 
 /// `concat[s·DS..][..DS] += scale · centroid codes[s] of subquantizer s`, for every s.
 #[inline]
-fn add_blocks<const DS: usize>(concat: &mut [f32], cents: &[f32], codes: &[u8], k: usize, scale: f32) {
+fn add_centroid_blocks<const DS: usize>(concat: &mut [f32], cents: &[f32], codes: &[u8], k: usize, scale: f32) {
     for ((sub, &c), dst) in codes.iter().enumerate().zip(concat.chunks_exact_mut(DS)) {
         let base = (sub * k + usize::from(c)) * DS;
         let src: &[f32; DS] = cents[base..base + DS].try_into().expect("a block of DS floats");
