@@ -4,7 +4,7 @@ use numpy::PyArray1;
 use pyo3::prelude::*;
 use rayon::prelude::*;
 
-use super::embeddings::extract_words;
+use super::embeddings::extract_word_buf;
 use crate::vocab::INDEX_GROUP;
 use super::vocab::PyVocab;
 
@@ -82,11 +82,8 @@ impl PyVocab {
         Bound<'py, PyArray1<i64>>,
         Bound<'py, PyArray1<bool>>,
     )> {
-        let words = extract_words(words)?;
-        let strs = words
-            .iter()
-            .map(|w| w.to_str())
-            .collect::<PyResult<Vec<&str>>>()?;
+        let words = extract_word_buf(words)?;
+        let strs = words.strs();
         let vocab = &self.inner.vocab;
         let (rows, offsets, known) = py.detach(|| indices_batch(vocab, &strs));
         Ok((

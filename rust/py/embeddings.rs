@@ -87,6 +87,78 @@ pub(crate) fn extract_words<'py>(words: &Bound<'py, PyAny>) -> PyResult<Vec<Boun
     Ok(out)
 }
 
+/// Words copied out of their Python str objects into one buffer (UTF-8, back to back).
+///
+/// A batch lookup reads each word twice (hash, then compare) on the worker threads; from
+/// one compact buffer those reads are sequential, where the str objects of a list lie
+/// anywhere in the heap. Copying also means the words no longer depend on the Python
+/// objects once the GIL is released.
+pub(crate) struct WordBuf {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl WordBuf {
+    /// The words as string slices into the buffer.
+    pub(crate) fn strs(&self) -> Vec<&str> {
+        let mut start = 0;
+        self.ends
+            .iter()
+            .map(|&end| {
+                let b = &self.bytes[start..end];
+                start = end;
+                // SAFETY: each piece is the whole UTF-8 text of a Python str (`to_str`
+                // validated it), copied byte for byte.
+                unsafe { std::str::from_utf8_unchecked(b) }
+            })
+            .collect()
+    }
+
+    fn push(&mut self, w: &Bound<'_, PyAny>) -> PyResult<()> {
+        let s = w.cast::<PyString>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "words must be str, got {}",
+                w.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            ))
+        })?;
+        self.bytes.extend_from_slice(s.to_str()?.as_bytes());
+        self.ends.push(self.bytes.len());
+        Ok(())
+    }
+}
+
+/// Copy the words of any iterable of str into a [`WordBuf`], in one pass.
+pub(crate) fn extract_word_buf(words: &Bound<'_, PyAny>) -> PyResult<WordBuf> {
+    if words.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err("expected an iterable of words, got a single str"));
+    }
+    let mut buf = WordBuf { bytes: Vec::new(), ends: Vec::new() };
+    if let Ok(list) = words.cast::<PyList>() {
+        // As in `extract_words`: each str header is prefetched a few items ahead.
+        const AHEAD: usize = 8;
+        let n = list.len();
+        buf.ends.reserve(n);
+        buf.bytes.reserve(n * 12);
+        for i in 0..n {
+            if i + AHEAD < n {
+                // SAFETY: see `extract_words` (a borrowed pointer used only as a prefetch address).
+                let p = unsafe { pyo3::ffi::PyList_GetItem(list.as_ptr(), (i + AHEAD) as pyo3::ffi::Py_ssize_t) };
+                if !p.is_null() {
+                    // SAFETY: a prefetch has no visible effect and never faults.
+                    crate::storage::prefetch_addr(p.cast::<u8>());
+                }
+            }
+            buf.push(&list.get_item(i)?)?;
+        }
+        return Ok(buf);
+    }
+    buf.ends.reserve(words.len().unwrap_or(0));
+    for w in words.try_iter()? {
+        buf.push(&w?)?;
+    }
+    Ok(buf)
+}
+
 #[pymethods]
 impl PyEmbeddings {
     /// Number of dimensions.
@@ -153,8 +225,8 @@ impl PyEmbeddings {
         words: &Bound<'py, PyAny>,
         out: Option<Bound<'py, PyAny>>,
     ) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray1<bool>>)> {
-        let words = extract_words(words)?;
-        let strs = words.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
+        let words = extract_word_buf(words)?;
+        let strs = words.strs();
         let n = strs.len();
         let dims = self.inner.dims();
         let reused = out.is_some();
