@@ -22,11 +22,13 @@ Formats
 
 Order
 -----
-Files are ordered by the *natural sort* of their names (``2.npy`` before ``10.npy``;
-digit runs compare as numbers, the rest as text). When ``embeddings_folder`` is a list,
-its folders (or files) are taken in the order given, each folder naturally sorted.
-Batches come out in file order, then row order, whatever the parallelism; the
-``"i"`` column of ``meta`` is the global row number in that order.
+Files are found as embedding-reader finds them (every file with the format's suffix below
+each folder, subfolders included) and taken in its order: all paths together (of every
+folder of a list, and files given directly), sorted as plain strings, so ``10.npy`` comes
+before ``2.npy`` (name files with zero-padded numbers) and the ``"i"`` column of ``meta``,
+the global row number, is the same as embedding-reader's. Batches come out in file order,
+then row order, whatever the parallelism. (:func:`natural_sort_key` sorts names with digit
+runs compared as numbers, for callers who want that order for their own file lists.)
 
 Local files are read by Rust threads with positional reads straight into the batch
 array, converting float16 to float32 (F16C) in the same pass, without the GIL. Remote
@@ -106,34 +108,30 @@ def _split_url(folder: Any) -> tuple[Any, str]:
 
 
 def _list(fs: Any, folder: str, suffix: str) -> list[tuple[str, int | None]]:
-    """Files ending in ``suffix`` of a folder (or the file itself), naturally sorted, with sizes."""
+    """Files ending in ``suffix`` below a folder (recursively, as embedding-reader's
+    ``**/*.suffix`` glob), or the file itself, with sizes; in no particular order."""
     if fs is None:
         if os.path.isfile(folder):
             return [(folder, os.path.getsize(folder))]
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"embedding folder not found: {folder!r}")
-        names = sorted(
-            (n for n in os.listdir(folder) if n.endswith(suffix)), key=natural_sort_key
-        )
         out: list[tuple[str, int | None]] = []
-        for n in names:
-            p = os.path.join(folder, n)
-            if os.path.isfile(p):
-                out.append((p, os.path.getsize(p)))
+        for root, _dirs, names in os.walk(folder):
+            for n in names:
+                p = os.path.join(root, n)
+                if n.endswith(suffix) and os.path.isfile(p):
+                    out.append((p, os.path.getsize(p)))
         return out
     if folder.endswith(suffix) and fs.isfile(folder):
         return [(folder, fs.size(folder))]
-    try:
-        entries = fs.ls(folder, detail=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"embedding folder not found: {folder!r}") from None
-    files = [
-        (e["name"], e.get("size"))
-        for e in entries
-        if e.get("type", "file") == "file" and e["name"].rstrip("/").endswith(suffix)
+    if not fs.isdir(folder):
+        raise FileNotFoundError(f"embedding folder not found: {folder!r}")
+    entries = fs.find(folder, withdirs=False, detail=True)
+    return [
+        (name, e.get("size"))
+        for name, e in sorted(entries.items())
+        if e.get("type", "file") == "file" and name.rstrip("/").endswith(suffix)
     ]
-    files.sort(key=lambda f: natural_sort_key(f[0].rstrip("/").rsplit("/", 1)[-1]))
-    return files
 
 
 def _folders(arg: Any) -> list[Any]:
@@ -151,6 +149,10 @@ def _collect(folders: list[Any], suffix: str, what: str) -> tuple[list[Any], lis
         fs, path = _split_url(folder)
         fss.append(fs)
         files.extend((i, p, size) for p, size in _list(fs, path, suffix))
+    # embedding-reader's order (its `get_file_list`): the paths of all folders together,
+    # sorted as plain strings (local paths made absolute), so that the global row numbers
+    # ("i") of the two readers agree.
+    files.sort(key=lambda f: os.path.abspath(f[1]) if fss[f[0]] is None else f[1])
     if not files:
         raise ValueError(f"no {suffix} files found in {what} {folders if len(folders) > 1 else folders[0]!r}")
     return fss, files
@@ -612,15 +614,19 @@ class EmbeddingReader:
         first = self._npy[0]
         row_bytes = self._dim * np.dtype(_CODE_DTYPES[first.dtype]).itemsize
         local, remote = self._npy_pieces(ranges, b0, out_row)
-        converting = out_code != first.dtype or first.big_endian != (np.little_endian is False)
-        if local:
+        # Files agree on dims and dtype but each has its own byte order: the local pieces
+        # are read in one call per byte order (almost always a single one).
+        for big_endian in (False, True):
+            group = [(h.path, off, n, o) for h, off, n, o in local if h.big_endian == big_endian]
+            if not group:
+                continue
+            converting = out_code != first.dtype or big_endian != (np.little_endian is False)
             chunk = max_piece_size * row_bytes if max_piece_size else _LOCAL_CHUNK
             threads = parallel_pieces or max(4, os.cpu_count() or 1)
             if converting:  # each thread converts through a 256 KiB buffer
                 threads = max(1, min(threads, spare_ram // (256 << 10)))
             _native.read_npy_pieces(
-                out_bytes, out_code, [(h.path, off, n, o) for h, off, n, o in local],
-                first.dtype, first.big_endian, threads, chunk,
+                out_bytes, out_code, group, first.dtype, big_endian, threads, chunk
             )
         if remote:
             size = max_piece_size * row_bytes if max_piece_size else _REMOTE_PIECE
@@ -635,9 +641,9 @@ class EmbeddingReader:
             workers = parallel_pieces or 16
             workers = max(1, min(workers, spare_ram // size, len(jobs)))
 
-            def fetch(job: tuple[_Npy, int, int, int]) -> tuple[bytes, int]:
+            def fetch(job: tuple[_Npy, int, int, int]) -> tuple[bytes, int, bool]:
                 h, off, n, o = job
-                return _fetch(self._emb_fss[h.source], h.path, off, off + n), o
+                return _fetch(self._emb_fss[h.source], h.path, off, off + n), o, h.big_endian
 
             # At most `workers` pieces in flight; each is converted into the batch as it lands.
             with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -650,8 +656,8 @@ class EmbeddingReader:
                 while pending:
                     finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in finished:
-                        data, o = fut.result()
-                        _native.convert_into(out_bytes, out_code, o, data, first.dtype, first.big_endian)
+                        data, o, big_endian = fut.result()
+                        _native.convert_into(out_bytes, out_code, o, data, first.dtype, big_endian)
                         del data
                         nxt = next(it, None)
                         if nxt is not None:

@@ -22,9 +22,10 @@ import vecfusion as vf
 from vecfusion.reader import natural_sort_key
 
 DIM = 6
-# Row counts per file, in natural order; the names are chosen so that plain string
-# sorting would give a different order ("10" < "2").
-ROWS = {"1": 7, "2": 0, "3": 12, "10": 5, "22": 9}
+# Row counts per file, in the readers' order: embedding-reader's plain string sort of the
+# paths ("part_10" before "part_2"); the names are chosen so that a natural sort would
+# give a different order.
+ROWS = {"1": 7, "10": 5, "2": 0, "22": 9, "3": 12}
 
 
 def _matrix(name: str, rows: int, dtype: str) -> np.ndarray:
@@ -169,11 +170,14 @@ def test_list_of_folders_and_files(collections: dict[str, Path]) -> None:
     files = [f16 / "part_22.npy", f16 / "part_1.npy"]
     r = vf.EmbeddingReader([str(p) for p in files])
     emb, _ = _read_all(r, dtype=None)
-    np.testing.assert_array_equal(emb, np.concatenate([_matrix("22", 9, "float16"), _matrix("1", 7, "float16")]))
+    # all paths sorted together, as embedding-reader does with a list of folders
+    np.testing.assert_array_equal(emb, np.concatenate([_matrix("1", 7, "float16"), _matrix("22", 9, "float16")]))
     two = vf.EmbeddingReader([f16, f"file://{f16}"])
     assert two.count == 2 * sum(ROWS.values())
     emb, _ = _read_all(two)
-    np.testing.assert_array_equal(emb, np.concatenate([_truth("float16")] * 2).astype(np.float32))
+    # the same paths twice, sorted together: each file comes twice in a row
+    twice = [_matrix(n, r, "float16") for n, r in ROWS.items() for _ in range(2)]
+    np.testing.assert_array_equal(emb, np.concatenate(twice).astype(np.float32))
 
 
 def test_pickle_and_ranges_in_workers(collections: dict[str, Path]) -> None:
@@ -468,3 +472,48 @@ def test_read_ahead_of_the_next_batch(tmp_path: Path, monkeypatch: pytest.Monkey
     # bad ranges are ignored (a hint): missing files, ranges past the end, a folder
     _native.read_ahead([(str(tmp_path / "gone.npy"), 0, 10), (str(tmp_path / "0.npy"), 1 << 40, 1 << 40),
                         (str(tmp_path), 0, 1)])
+
+
+def test_mixed_byte_orders(tmp_path: Path) -> None:
+    """Each file is read with its own byte order (little- and big-endian files mixed)."""
+    a = (np.arange(24, dtype=np.float32).reshape(8, 3) - 5) / 4
+    np.save(tmp_path / "0.npy", a)
+    np.save(tmp_path / "1.npy", (a + 100).astype(">f4"))
+    np.save(tmp_path / "2.npy", a * 3)
+    want = np.concatenate([a, a + 100, a * 3])
+    for dtype in (None, "float32", "float64", "float16"):
+        for piece in (None, 2):
+            emb, _ = _read_all(vf.EmbeddingReader(tmp_path), batch_size=5, dtype=dtype, max_piece_size=piece)
+            np.testing.assert_array_equal(emb, want.astype(dtype or "float32"))
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for p in tmp_path.iterdir():
+        fs.pipe(f"/vf_mixed_endian/{p.name}", p.read_bytes())
+    try:
+        emb, _ = _read_all(vf.EmbeddingReader("memory://vf_mixed_endian"), batch_size=5)
+        np.testing.assert_array_equal(emb, want)
+    finally:
+        fs.rm("/vf_mixed_endian", recursive=True)
+
+
+def test_file_order_is_embedding_readers(tmp_path: Path) -> None:
+    """Files below the folder, subfolders included, in the plain string order of their
+    paths (embedding-reader's `get_file_list`: glob `**/*.npy`, then `sort()`)."""
+    names = ["10.npy", "2.npy", "1.npy", "sub/0.npy", "b/9.npy", "a.npy"]
+    for k, n in enumerate(names):
+        (tmp_path / n).parent.mkdir(exist_ok=True)
+        np.save(tmp_path / n, np.full((2, 3), k, np.float32))
+    (tmp_path / "sub" / "skip.txt").write_text("not npy")
+    order = sorted(str(tmp_path / n) for n in names)
+    want = np.concatenate([np.full((2, 3), names.index(os.path.relpath(p, tmp_path)), np.float32) for p in order])
+    emb, meta = _read_all(vf.EmbeddingReader(str(tmp_path)), batch_size=3)
+    np.testing.assert_array_equal(emb, want)
+    assert meta["i"].tolist() == list(range(len(want)))
+    try:
+        from embedding_reader import EmbeddingReader as PeerReader
+    except ImportError:  # a bench dependency; when installed, compare with it directly
+        return
+    peer = PeerReader(str(tmp_path), file_format="npy")
+    got = np.concatenate([e for e, _ in peer(batch_size=3, show_progress=False)])
+    np.testing.assert_array_equal(got, want)
