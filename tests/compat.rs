@@ -68,7 +68,7 @@ fn strict_utf8_fails_lossy_replaces() {
 
 #[test]
 fn fasttext_reference_neighbours() {
-    let emb = fasttext::read_fasttext(&golden("finalfusion/rust/fasttext.bin"), false).unwrap();
+    let emb = fasttext::read_fasttext(&golden("finalfusion/rust/fasttext.bin"), false, true).unwrap();
     assert_eq!((emb.len(), emb.dims(), emb.vocab.rows()), (157, 50, 257));
     let q = emb.embedding("über").unwrap();
     let mut sims: Vec<(f32, &str)> = (0..emb.len())
@@ -215,7 +215,7 @@ fn fasttext_import_matches_plain_mean_bit_for_bit() {
     let p = dir.path().join("m.bin");
     std::fs::write(&p, fasttext_file(&words, dims, bucket, 3, 6, &matrix)).unwrap();
 
-    let emb = fasttext::read_fasttext(&p, false).unwrap();
+    let emb = fasttext::read_fasttext(&p, false, true).unwrap();
     let stored = array(&emb);
     assert_eq!((emb.len(), stored.rows()), (nwords, nwords + bucket));
     // n-gram rows as in the file
@@ -244,7 +244,7 @@ fn fasttext_import_matches_plain_mean_bit_for_bit() {
     let full = std::fs::read(&p).unwrap();
     let cut = full.len() - dims * 4 - 17 - 4 * dims * (bucket / 2);
     std::fs::write(&p, &full[..cut]).unwrap();
-    assert!(fasttext::read_fasttext(&p, false).unwrap_err().is_format());
+    assert!(fasttext::read_fasttext(&p, false, true).unwrap_err().is_format());
 }
 
 #[test]

@@ -118,7 +118,7 @@ def load_any(path: str | os.PathLike[str], fmt: str | None = None, *, normalize:
         return load_text(path, dims=None, lossy=lossy, normalize=normalize)
     if f == "glove":
         return load_text(path, dims=False, lossy=lossy, normalize=normalize)
-    return load_fasttext(path, lossy=lossy)
+    return load_fasttext(path, lossy=lossy, normalize=normalize)
 
 
 def write_any(emb: Embeddings, path: str | os.PathLike[str], fmt: str, vocab: str = "standard") -> None:

@@ -288,15 +288,20 @@ impl<R: BufRead> Reader<R> {
 }
 
 /// Read a fastText `.bin` model.
-pub fn read_fasttext(path: &Path, lossy: bool) -> Result<Embeddings> {
-    read_fasttext_inner(path, lossy).map_err(|e| match e {
+///
+/// With `normalize`, word rows are L2-normalized and their norms kept (finalfusion's
+/// import); without, each word row stays fastText's own vector (the mean of the word row
+/// and its n-gram rows, summed in fastText's order: `get_word_vector` bit for bit) and
+/// there are no norms.
+pub fn read_fasttext(path: &Path, lossy: bool, normalize: bool) -> Result<Embeddings> {
+    read_fasttext_inner(path, lossy, normalize).map_err(|e| match e {
         // I/O errors name the file already
         e @ Error::Io { .. } => e,
         e => e.context(path.display()),
     })
 }
 
-fn read_fasttext_inner(path: &Path, lossy: bool) -> Result<Embeddings> {
+fn read_fasttext_inner(path: &Path, lossy: bool, normalize: bool) -> Result<Embeddings> {
     let file = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
     let file_len = file
         .metadata()
@@ -428,7 +433,10 @@ fn read_fasttext_inner(path: &Path, lossy: bool) -> Result<Embeddings> {
         ));
     }
     let words = words.finish()?;
-    let subwords = args.maxn > 0 && bucket > 0 && args.maxn >= args.minn && args.minn > 0;
+    // fastText uses n-grams whenever maxn > 0 (and minn <= maxn): lengths start at 1, so
+    // minn 0 (the supervised default, with -maxn given) means the same as minn 1.
+    let subwords = args.maxn > 0 && bucket > 0 && args.maxn >= args.minn;
+    let minn = args.minn.max(1);
     // without n-grams only the word rows matter: the bucket rows are not read
     let keep_rows = if subwords { rows } else { nwords };
     let keep = keep_rows * dims;
@@ -450,14 +458,14 @@ fn read_fasttext_inner(path: &Path, lossy: bool) -> Result<Embeddings> {
         // imports it, just before (so it is in cache)
         read_rows(ngram_part, offset + word_bytes, 64 << 20)?;
         let ngrams = NgramParams {
-            minn: args.minn as usize,
+            minn: minn as usize,
             maxn: args.maxn as usize,
             bucket: args.bucket as u32,
         };
         if !cfg!(unix) {
             read_rows(word_part, offset, 64 << 20)?;
         }
-        import_word_rows(word_part, ngram_part, dims, &words, ngrams, |first_row, block| {
+        import_word_rows(word_part, ngram_part, dims, &words, ngrams, normalize, |first_row, block| {
             if cfg!(unix) {
                 // (one positional read; reads of other blocks go on beside it)
                 read_rows(block, offset + first_row as u64 * dims as u64 * 4, usize::MAX)
@@ -467,14 +475,14 @@ fn read_fasttext_inner(path: &Path, lossy: bool) -> Result<Embeddings> {
         })?
     } else {
         read_rows(word_part, offset, 64 << 20)?;
-        normalize_rows(word_part, dims)
+        normalize.then(|| normalize_rows(word_part, dims))
     };
     drop(file);
     let storage = Storage::Array(ArrayStorage::new(data, keep_rows, dims)?);
     let vocab = if subwords {
         Vocab::Subword(SubwordVocab {
             words,
-            min_n: args.minn as u32,
+            min_n: minn as u32,
             max_n: args.maxn as u32,
             indexer: Indexer::FastText {
                 buckets: args.bucket as u32,
@@ -483,7 +491,7 @@ fn read_fasttext_inner(path: &Path, lossy: bool) -> Result<Embeddings> {
     } else {
         Vocab::Simple(words)
     };
-    Embeddings::new(metadata, vocab, storage, Some(norms))
+    Embeddings::new(metadata, vocab, storage, norms)
 }
 
 #[derive(Clone, Copy)]
@@ -498,8 +506,9 @@ const IMPORT_BLOCK: usize = 256;
 
 /// finalfusion's import of fastText word rows, fused with normalization (`fill(first
 /// row, rows)` first fills each block of word rows, or does nothing): each word row
-/// becomes the mean of itself and its n-gram rows (fastText's order of summation), then
-/// is L2-normalized while still in cache; returns the norms. While one word is summed,
+/// becomes the mean of itself and its n-gram rows (fastText's order of summation), then,
+/// with `normalize`, is L2-normalized while still in cache; returns the norms (`None`
+/// without `normalize`). While one word is summed,
 /// the rows of the next word's n-grams are prefetched.
 fn import_word_rows<F>(
     word_part: &mut [f32],
@@ -507,15 +516,16 @@ fn import_word_rows<F>(
     dims: usize,
     words: &WordList,
     p: NgramParams,
+    normalize: bool,
     fill: F,
-) -> Result<Vec<f32>>
+) -> Result<Option<Vec<f32>>>
 where
     F: Fn(usize, &mut [f32]) -> Result<()> + Sync,
 {
     let nwords = word_part.len() / dims.max(1);
     let mut norms = vec![0f32; nwords];
     if dims == 0 {
-        return Ok(norms);
+        return Ok(normalize.then_some(norms));
     }
     word_part
         .par_chunks_mut(IMPORT_BLOCK * dims)
@@ -553,10 +563,12 @@ where
                     }
                 }
             }
-            normalize_block(block, dims, block_norms);
+            if normalize {
+                normalize_block(block, dims, block_norms);
+            }
             Ok(())
         })?;
-    Ok(norms)
+    Ok(normalize.then_some(norms))
 }
 
 /// [`fasttext_ngram_rows`] relative to the first bucket row, with a reusable buffer.

@@ -106,12 +106,14 @@ fn is_binary_after_header(path: &std::path::Path) -> bool {
 }
 
 /// Read a fastText `.bin` model (quantized `.ftz` models are refused with FormatError).
+/// With `normalize` (the default) word rows are L2-normalized and their norms kept, as
+/// finalfusion does; `normalize=False` keeps each word row exactly fastText's vector.
 #[pyfunction]
-#[pyo3(signature = (path, lossy=false))]
-pub fn load_fasttext(py: Python<'_>, path: PathBuf, lossy: bool) -> PyResult<PyEmbeddings> {
+#[pyo3(signature = (path, lossy=false, normalize=true))]
+pub fn load_fasttext(py: Python<'_>, path: PathBuf, lossy: bool, normalize: bool) -> PyResult<PyEmbeddings> {
     let emb = py.detach(|| {
         crate::compat::check_not_compressed(&path)?;
-        fasttext::read_fasttext(&path, lossy)
+        fasttext::read_fasttext(&path, lossy, normalize)
     })?;
     Ok(PyEmbeddings::from_rust(emb))
 }

@@ -523,3 +523,40 @@ def test_cli_convert_and_info(ff: Path, peers: Path, tmp_path: Path, capsys: pyt
     assert "finalfusion output only" in capsys.readouterr().err
     assert cli_main(["info", str(ff / "rust" / "utf8-incomplete.bin")]) == 1
     assert "UTF-8" in capsys.readouterr().err
+
+
+def test_fasttext_unnormalized_is_fasttexts_vector_bit_for_bit(peers: Path, ft_expected: dict) -> None:
+    """normalize=False keeps each word row as fastText's own get_word_vector (the mean of
+    the word row and its n-gram rows, summed in fastText's order), with no norms."""
+    emb = vf.load_fasttext(peers / "ft_skipgram.bin", normalize=False)
+    assert emb.norms is None
+    for kind in ("in_vocab", "oov"):
+        for w, d in ft_expected[kind].items():
+            want = np.array(d["vector"], dtype=np.float32)
+            np.testing.assert_array_equal(emb.fasttext_vector(w), want, err_msg=w)
+            if kind == "in_vocab":
+                np.testing.assert_array_equal(emb.storage[d["id"]], want, err_msg=w)
+    # converting to fastText's text format gives fastText's own .vec rows
+    vec = vf.load_text(peers / "ft_skipgram.vec", normalize=False)
+    np.testing.assert_array_equal(emb.storage[: len(emb)], vec.storage)
+
+
+def test_fasttext_minn_zero_uses_ngrams(peers: Path, tmp_path: Path) -> None:
+    """fastText with minn 0 and maxn > 0 (supervised models trained with -maxn) uses
+    n-grams of 1..maxn characters: the same as minn 1."""
+    fasttext = pytest.importorskip("fasttext", reason="the fasttext package cannot be installed here")
+    raw = bytearray((peers / "ft_skipgram.bin").read_bytes())
+    # header: magic, version, then dim ws epoch minCount neg wordNgrams loss model bucket minn maxn
+    assert struct.unpack_from("<ii", raw, 44) == (3, 6)
+    struct.pack_into("<ii", raw, 44, 0, 3)
+    path = tmp_path / "minn0.bin"
+    path.write_bytes(bytes(raw))
+    emb = vf.load_fasttext(path, normalize=False)
+    assert emb.vocab_kind == "FastTextSubwordVocab"
+    model = fasttext.load_model(str(path))
+    words = model.words[:200] + ["über", "naïve", "xyzzy", "日本", "a"]
+    for w in words:
+        strings, ids = model.get_subwords(w)
+        got_strings, got_ids = emb.fasttext_subwords(w)
+        assert (got_strings, got_ids) == (list(strings), ids.tolist()), w
+        np.testing.assert_array_equal(emb.fasttext_vector(w), model.get_word_vector(w), err_msg=w)
