@@ -525,13 +525,27 @@ pub fn write_atomically<F>(path: &Path, f: F) -> Result<()>
 where
     F: FnOnce(&mut BufWriter<&File>) -> std::io::Result<()>,
 {
+    let shown = path;
+    // Through symbolic links to the file they name, so that the link stays a link.
+    let path = &resolve_links(path)?;
+    let old = match std::fs::metadata(path) {
+        // (a directory fails at the rename, as IsADirectoryError)
+        Ok(m) if !m.is_file() && !m.is_dir() => {
+            return Err(Error::argument(format!(
+                "cannot write {}: it exists and is not a regular file (a device, FIFO or socket)",
+                shown.display()
+            )))
+        }
+        Ok(m) => Some(m.permissions()),
+        Err(_) => None,
+    };
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     let name = path
         .file_name()
-        .ok_or_else(|| Error::argument(format!("not a file path: {}", path.display())))?;
+        .ok_or_else(|| Error::argument(format!("not a file path: {}", shown.display())))?;
     let tmp = dir.join(format!(
         ".{}.{}.{}.tmp",
         name.to_string_lossy(),
@@ -548,13 +562,36 @@ where
             w.flush()?;
         }
         file.sync_all()?;
+        // a file written over keeps its permissions
+        if let Some(perm) = old {
+            std::fs::set_permissions(&tmp, perm)?;
+        }
         std::fs::rename(&tmp, path)
     })();
     match result {
         Ok(()) => Ok(()),
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
-            Err(Error::io(format!("cannot write {}", path.display()), e))
+            Err(Error::io(format!("cannot write {}", shown.display()), e))
         }
     }
+}
+
+/// `path` with symbolic links followed to the path they finally name (which need not
+/// exist yet: a dangling link is written through, as `open` would).
+fn resolve_links(path: &Path) -> Result<PathBuf> {
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = std::fs::read_link(&p).map_err(|e| Error::io(format!("cannot read link {}", p.display()), e))?;
+                p = match p.parent() {
+                    Some(dir) if target.is_relative() => dir.join(target),
+                    _ => target,
+                };
+            }
+            _ => return Ok(p),
+        }
+    }
+    Err(Error::argument(format!("cannot write {}: too many levels of symbolic links", path.display())))
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -274,6 +275,32 @@ def test_failed_write_leaves_no_file(tmp_path: Path, ff: Path) -> None:
     with pytest.raises(OSError):
         emb.write(tmp_path / "missing-dir" / "x.fifu")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX links and FIFOs")
+def test_write_through_links_keeps_mode_and_refuses_special_files(tmp_path: Path, ff: Path) -> None:
+    emb = vf.load(ff / "python/similarity.fifu")
+    real = tmp_path / "real.fifu"
+    real.write_bytes(b"old")
+    os.chmod(real, 0o600)
+    link = tmp_path / "link.fifu"
+    link.symlink_to("real.fifu")  # relative link
+    emb.write(link)
+    assert link.is_symlink() and os.readlink(link) == "real.fifu"  # still a link
+    assert (os.stat(real).st_mode & 0o777) == 0o600  # the file keeps its permissions
+    np.testing.assert_array_equal(vf.load(real).storage, emb.storage)
+    dangling = tmp_path / "dangling.fifu"
+    dangling.symlink_to(tmp_path / "made.fifu")
+    emb.write(dangling)  # written through, as open() would
+    assert dangling.is_symlink() and (tmp_path / "made.fifu").is_file()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):
+        emb.write(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):
+        emb.write_word2vec(fifo)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # untouched
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
 def test_constructor_checks(tmp_path: Path) -> None:
