@@ -390,15 +390,43 @@ impl Embeddings {
 }
 
 /// L2-normalize `v` in place and return its former norm (a zero vector stays zero).
+///
+/// The squares are summed in f32, in order (finalfusion's arithmetic); only when that
+/// sum overflows or underflows (values beyond about 1e19 or below 1e-19) is the norm
+/// taken in f64, so such vectors are normalized too instead of becoming zero or staying
+/// unscaled.
 #[inline]
 pub fn l2_normalize(v: &mut [f32]) -> f32 {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 {
+    let sum_sq = v.iter().map(|x| x * x).sum::<f32>();
+    normalize_by_sum_of_squares(v, sum_sq)
+}
+
+/// The second half of [`l2_normalize`], given the f32 sum of the squares of `v` in order.
+#[inline]
+pub(crate) fn normalize_by_sum_of_squares(v: &mut [f32], sum_sq: f32) -> f32 {
+    if sum_sq.is_finite() && sum_sq >= f32::MIN_POSITIVE {
+        let norm = sum_sq.sqrt();
         for x in v.iter_mut() {
             *x /= norm;
         }
+        return norm;
     }
-    norm
+    if sum_sq == 0.0 && v.iter().all(|&x| x == 0.0) {
+        return 0.0;
+    }
+    normalize_wide(v)
+}
+
+/// [`l2_normalize`] with the norm in f64 (out-of-range sums of squares; NaN stays NaN).
+#[cold]
+fn normalize_wide(v: &mut [f32]) -> f32 {
+    let norm = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+    if norm > 0.0 && norm.is_finite() {
+        for x in v.iter_mut() {
+            *x = (f64::from(*x) / norm) as f32;
+        }
+    }
+    norm as f32
 }
 
 fn next_chunk<'a>(r: &mut ByteReader<'a>) -> Result<(ChunkId, ByteReader<'a>)> {

@@ -13,7 +13,7 @@ pub mod word2vec;
 
 use rayon::prelude::*;
 
-use crate::embeddings::{l2_normalize, Embeddings};
+use crate::embeddings::{l2_normalize, normalize_by_sum_of_squares, Embeddings};
 use crate::error::{Error, Result};
 use crate::storage::{ArrayStorage, Storage};
 use crate::vocab::{Vocab, WordList};
@@ -115,7 +115,7 @@ pub(crate) fn normalize_block(rows: &mut [f32], dims: usize, norms: &mut [f32]) 
     for (g, ng) in (&mut groups).zip(&mut norm_groups) {
         let sums = sum_squares8(g, dims);
         for ((row, n), s) in g.chunks_exact_mut(dims).zip(ng.iter_mut()).zip(sums) {
-            *n = scale_by_norm(row, s.sqrt());
+            *n = normalize_by_sum_of_squares(row, s);
         }
     }
     for (row, n) in groups.into_remainder().chunks_exact_mut(dims).zip(norm_groups.into_remainder()) {
@@ -148,17 +148,6 @@ fn sum_squares8(g: &[f32], dims: usize) -> [f32; 8] {
         a[7] += x7 * x7;
     }
     a
-}
-
-/// The second half of [`l2_normalize`]: divide by `norm` (unless zero); returns `norm`.
-#[inline]
-fn scale_by_norm(v: &mut [f32], norm: f32) -> f32 {
-    if norm > 0.0 {
-        for x in v.iter_mut() {
-            *x /= norm;
-        }
-    }
-    norm
 }
 
 /// Turn little-endian f32 values read from a file into host order (in place; nothing to
@@ -359,6 +348,29 @@ pub fn looks_like_text(path: &std::path::Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vectors_beyond_the_f32_range_of_squares_are_normalized() {
+        for scale in [1e20f32, 3e38, 1e-25, 1e-37] {
+            let mut v = [scale, -scale, scale, 0.0];
+            let norm = l2_normalize(&mut v);
+            let want_norm = (3.0f64).sqrt() * f64::from(scale);
+            assert!(((f64::from(norm) - want_norm) / want_norm).abs() < 1e-6 || (want_norm > f64::from(f32::MAX) && norm.is_infinite()), "{scale}: {norm}");
+            let unit = 1.0 / 3f32.sqrt();
+            for (x, w) in v.iter().zip([unit, -unit, unit, 0.0]) {
+                assert!((x - w).abs() < 1e-6, "{scale}: {v:?}");
+            }
+            // the block version (8 rows side by side) agrees
+            let mut rows: Vec<f32> = [scale, -scale, scale, 0.0].repeat(9);
+            let mut norms = [0f32; 9];
+            normalize_block(&mut rows, 4, &mut norms);
+            assert!(rows.chunks_exact(4).all(|r| r.iter().zip(&v).all(|(a, b)| a.to_bits() == b.to_bits())), "{scale}");
+            assert!(norms.iter().all(|n| n.to_bits() == norm.to_bits()));
+        }
+        let mut zero = [0f32, -0.0];
+        assert_eq!(l2_normalize(&mut zero), 0.0);
+        assert_eq!(zero, [0.0, -0.0]);
+    }
 
     #[test]
     fn normalize_block_is_l2_normalize_bit_for_bit() {

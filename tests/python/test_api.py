@@ -329,3 +329,13 @@ def test_vocab_indexing(ff: Path) -> None:
         v[1.5]
     assert list(iter(v)) == v.words
     assert v.words[3] in v
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-25])
+def test_unknown_word_of_huge_or_tiny_rows_is_normalized(scale: float) -> None:
+    """The f32 sum of squares overflows (underflows) here; the vector is still a unit vector."""
+    m = np.vstack([np.zeros((1, 3), np.float32), np.full((4, 3), scale, np.float32)])
+    e = vf.Embeddings(["a"], m, vocab="fasttext", buckets=4)
+    v, norm = e.embedding_with_norm("xyz")
+    np.testing.assert_allclose(v, np.full(3, 3**-0.5, np.float32), rtol=1e-6)
+    assert np.isfinite(norm) and norm > 0
