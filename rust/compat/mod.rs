@@ -305,6 +305,33 @@ pub fn check_not_compressed(path: &std::path::Path) -> Result<()> {
     }
 }
 
+/// The start of `bytes` for an error message: at most 60 characters, quoted and escaped,
+/// with `...` when there is more.
+pub(crate) fn excerpt(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim_end();
+    let short: String = text.chars().take(60).collect();
+    if short.len() < text.len() {
+        format!("{short:?}...")
+    } else {
+        format!("{short:?}")
+    }
+}
+
+/// If `head` (the first bytes of a file) starts like a file of another format that
+/// vecfusion reads, a message that says which loader to use.
+pub(crate) fn other_format(head: &[u8]) -> Option<&'static str> {
+    if head.starts_with(b"FiFu") {
+        Some("this is a finalfusion file: read it with vf.load")
+    } else if head.starts_with(&crate::compat::fasttext::FASTTEXT_MAGIC.to_le_bytes()) {
+        Some("this is a fastText model: read it with vf.load_fasttext")
+    } else if head.starts_with(b"\x93NUMPY") {
+        Some("this is a NumPy .npy array, not embeddings with words (a folder of .npy files reads with vf.EmbeddingReader)")
+    } else {
+        None
+    }
+}
+
 /// Do the first lines after the first one look like text embeddings (`word v1 v2 ...`)?
 /// Used to explain an error when a text file is read as word2vec binary or the reverse.
 pub fn looks_like_text(path: &std::path::Path) -> bool {

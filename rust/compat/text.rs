@@ -62,14 +62,17 @@ fn read_text_inner(path: &Path, header: Header, opts: &ReadOptions) -> Result<Em
     if first.starts_with(UTF8_BOM) {
         first.drain(..UTF8_BOM.len());
     }
+    if let Some(hint) = super::other_format(&first) {
+        return Err(Error::invalid("text embeddings", hint));
+    }
     let parsed_header = parse_header(&first);
     let shape = match header {
         Header::Yes => Some(parsed_header.ok_or_else(|| {
             line_err(
                 1,
                 format!(
-                    "expected a header \"<words> <dims>\", found {:?}",
-                    String::from_utf8_lossy(strip_eol(&first))
+                    "expected a header \"<words> <dims>\", found {}",
+                    super::excerpt(strip_eol(&first))
                 ),
             )
         })?),
@@ -313,18 +316,18 @@ fn parse_line_with(
             let end = rest.iter().position(|&b| is_sep(b)).unwrap_or(rest.len());
             data.truncate(before);
             return Err(err(format!(
-                "value {} of {:?} is not a number: {:?}",
+                "value {} of {} is not a number: {}",
                 count + 1,
-                String::from_utf8_lossy(word),
-                String::from_utf8_lossy(&rest[..end])
+                super::excerpt(word),
+                super::excerpt(&rest[..end])
             )));
         }
     }
     if count != dims {
         data.truncate(before);
         return Err(err(format!(
-            "expected {dims} values after the word {:?}, found {count} (ragged rows or a wrong header)",
-            String::from_utf8_lossy(word)
+            "expected {dims} values after the word {}, found {count} (ragged rows or a wrong header)",
+            super::excerpt(word)
         )));
     }
     words.push(word, lossy, String::new).map_err(|e| match e {

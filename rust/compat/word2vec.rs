@@ -76,6 +76,15 @@ const MAX_WORD: usize = 1 << 20;
 
 /// Read a word2vec binary file.
 pub fn read_word2vec_binary(path: &Path, opts: &ReadOptions) -> Result<Embeddings> {
+    read_word2vec_inner(path, opts).map_err(|e| match e {
+        // I/O errors name the file already, and so do the messages that end with it
+        e @ Error::Io { .. } => e,
+        Error::Invalid { ref message, .. } if message.ends_with(&format!("({})", path.display())) => e,
+        e => e.context(path.display()),
+    })
+}
+
+fn read_word2vec_inner(path: &Path, opts: &ReadOptions) -> Result<Embeddings> {
     let file = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
     let file_len = file
         .metadata()
@@ -90,8 +99,11 @@ pub fn read_word2vec_binary(path: &Path, opts: &ReadOptions) -> Result<Embedding
         None => r.avail().len().min(1024),
     };
     let header = r.avail()[..header_len].to_vec();
+    let (n, dims) = parse_header(&header).map_err(|e| match super::other_format(r.avail()) {
+        Some(hint) => Error::invalid("word2vec header", hint),
+        None => e,
+    })?;
     r.pos += header_len;
-    let (n, dims) = parse_header(&header)?;
 
     let rows = opts.limit.map_or(n, |l| l.min(n));
     let row_bytes = dims.checked_mul(4).ok_or(Error::Overflow("word2vec row size"))?;
@@ -239,10 +251,7 @@ fn parse_header(line: &[u8]) -> Result<(usize, usize)> {
     let bad = || {
         Error::invalid(
             "word2vec header",
-            format!(
-                "expected a first line \"<words> <dims>\", found {:?}",
-                String::from_utf8_lossy(line).trim_end()
-            ),
+            format!("expected a first line \"<words> <dims>\", found {}", super::excerpt(line)),
         )
     };
     let text = std::str::from_utf8(line).map_err(|_| bad())?;

@@ -59,10 +59,12 @@ impl PyEmbeddings {
         n_attempts: i64,
         normalize: bool,
         sample: Option<i64>,
-        seed: u64,
+        seed: i128,
         progress: Option<Bound<'_, PyAny>>,
         stats: Option<Bound<'_, PyDict>>,
     ) -> PyResult<PyEmbeddings> {
+        let seed = u64::try_from(seed)
+            .map_err(|_| PyValueError::new_err(format!("seed must be an integer from 0 to 2**64 - 1, got {seed}")))?;
         let params = QuantizeParams {
             n_subquantizers: n_subquantizers.map(|m| non_negative("n_subquantizers", m)).transpose()?,
             bits: u32::try_from(bits.clamp(0, 64)).unwrap_or(64),

@@ -560,3 +560,22 @@ def test_fasttext_minn_zero_uses_ngrams(peers: Path, tmp_path: Path) -> None:
         got_strings, got_ids = emb.fasttext_subwords(w)
         assert (got_strings, got_ids) == (list(strings), ids.tolist()), w
         np.testing.assert_array_equal(emb.fasttext_vector(w), model.get_word_vector(w), err_msg=w)
+
+
+@pytest.mark.parametrize(
+    "name, hint",
+    [("ft_skipgram.bin", "fastText model: read it with vf.load_fasttext"), ("w2v.fifu", "finalfusion file: read it with vf.load")],
+)
+def test_wrong_loader_names_the_right_one_briefly(peers: Path, name: str, hint: str) -> None:
+    for load in (vf.load_word2vec, vf.load_text):
+        with pytest.raises(vf.FormatError, match=hint) as info:
+            load(peers / name)
+        assert name in str(info.value) and len(str(info.value)) < 300
+
+
+def test_bad_text_values_are_quoted_briefly(tmp_path: Path) -> None:
+    p = tmp_path / "long.txt"
+    p.write_text("w" * 5000 + " 1 " + "x" * 5000 + "\n", encoding="utf-8")
+    with pytest.raises(vf.FormatError, match=r"value 2 of \"w{60}\"\.\.\. is not a number: \"x{60}\"\.\.\.") as info:
+        vf.load_text(p, dims=False)
+    assert len(str(info.value)) < 400

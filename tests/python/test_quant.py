@@ -183,6 +183,8 @@ def test_requantizing_quantized_storage(ff):
         (dict(bits=4, sample=8), "sample=8 is smaller than the 16 centroids"),
         (dict(bits=4, n_iterations=0), "n_iterations must be at least 1"),
         (dict(bits=4, n_attempts=0), "n_attempts must be at least 1"),
+        (dict(bits=4, seed=-1), r"seed must be an integer from 0 to 2\*\*64 - 1, got -1"),
+        (dict(bits=4, seed=2**64), "seed must be an integer"),
     ],
 )
 def test_bad_parameters_raise_value_error(kwargs, reason):
