@@ -180,9 +180,9 @@ def _npy_headers(fss: list[Any], files: list[tuple[int, str, int | None]], threa
         if size is None:
             size = fs.size(path)
         if not size:
-            raise FormatError(f"invalid npy file: {path}: the file is empty (0 bytes)")
+            raise FormatError(f"invalid npy file: {path}: the file is empty")
         prefix = _fetch(fs, path, 0, min(size, _HEADER_PREFIX))
-        need = _native.npy_header_size(prefix)
+        need = _native.npy_header_size(prefix, path)
         if len(prefix) < need <= size:
             prefix = _fetch(fs, path, 0, need)
         return _Npy(src, path, *_native.parse_npy_header(prefix, size, path))
@@ -205,9 +205,11 @@ def _open_parquet(fs: Any, path: str) -> Any:
         raise FormatError(f"invalid parquet file: {path}: {e}") from e
 
 
-def _parquet_infos(fss: list[Any], files: list[tuple[int, str, int | None]], columns: list[str]) -> tuple[list[_Parquet], Any]:
+def _parquet_infos(
+    fss: list[Any], files: list[tuple[int, str, int | None]], columns: list[str]
+) -> tuple[list[_Parquet], list[Any]]:
     """Row counts of parquet files; checks that every file has ``columns``. Returns the
-    arrow schema of the first file too."""
+    arrow schema of every file too."""
     import pyarrow.parquet as pq  # noqa: F401  (fail early without the extra)
 
     def info(f: tuple[int, str, int | None]) -> tuple[_Parquet, Any]:
@@ -223,7 +225,7 @@ def _parquet_infos(fss: list[Any], files: list[tuple[int, str, int | None]], col
 
     with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
         results = list(pool.map(info, files))
-    return [r[0] for r in results], results[0][1]
+    return [r[0] for r in results], [r[1] for r in results]
 
 
 def _list_value_type(schema: Any, column: str, path: str) -> np.dtype:
@@ -336,8 +338,15 @@ class EmbeddingReader:
         if fmt == "parquet":
             meta_fss, mfiles = _collect(_folders(a["embeddings_folder"]), ".parquet", "embeddings folder")
             col = a["embedding_column"]
-            self._parquet, schema = _parquet_infos(meta_fss, mfiles, [col, *a["meta_columns"]])
-            self._disk_dtype = _list_value_type(schema, col, self._parquet[0].path)
+            self._parquet, schemas = _parquet_infos(meta_fss, mfiles, [col, *a["meta_columns"]])
+            # every file's embedding column must be a list of the same float type
+            types = [_list_value_type(sch, col, p.path) for sch, p in zip(schemas, self._parquet)]
+            self._disk_dtype = types[0]
+            for t, p in zip(types, self._parquet):
+                if t != self._disk_dtype:
+                    raise FormatError(
+                        f"{p.path}: column {col!r} holds {t}, {self._parquet[0].path} holds {self._disk_dtype}"
+                    )
             self._dim = self._parquet_dim(meta_fss)
             counts = [p.rows for p in self._parquet]
         self._emb_fss = emb_fss

@@ -42,6 +42,15 @@ impl PyEmbeddings {
         let strs = words.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
         let (rows, cols) = (matrix.shape()[0], matrix.shape()[1]);
         let data = matrix.as_array().iter().copied().collect::<Vec<f32>>();
+        // NaN or infinity would make every query skip (or rank arbitrarily) that row
+        if let Some(at) = data.iter().position(|x| !x.is_finite()) {
+            let (r, c) = (at / cols.max(1), at % cols.max(1));
+            let row = match strs.get(r) {
+                Some(w) => format!("row {r} (word {w:?})"),
+                None => format!("row {r} (an n-gram row)"),
+            };
+            return Err(PyValueError::new_err(format!("matrix {row} holds {} at column {c}", data[at])));
+        }
         let norms = norms.map(|n| n.as_array().to_vec());
         let metadata = match metadata {
             Some(m) if !m.is_none() => Some(py_to_toml(m)?),

@@ -3,7 +3,7 @@
 use numpy::{AllowTypeChange, PyArray2, PyArrayLike1, PyArrayLike2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyString, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyList, PyString, PyTuple};
 
 use super::embeddings::{extract_words, PyEmbeddings};
 use crate::embeddings::Embeddings;
@@ -78,6 +78,13 @@ impl PyEmbeddings {
             let word = word.to_str()?;
             py.detach(|| emb.similar_to_word(word, k, &skip_rows))?
         } else {
+            if query.is_instance_of::<PyBytes>() || query.is_instance_of::<PyByteArray>() {
+                return Err(PyTypeError::new_err(format!(
+                    "query must be a word (str) or a 1-D vector of {} floats, got {} (decode it to str)",
+                    emb.dims(),
+                    query.get_type().name()?
+                )));
+            }
             let vec: PyArrayLike1<'py, f32, AllowTypeChange> = query.extract().map_err(|_| {
                 PyTypeError::new_err(format!(
                     "query must be a word (str) or a 1-D vector of {} floats",

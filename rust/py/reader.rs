@@ -16,9 +16,14 @@ fn header_tuple(m: &NpyMatrix) -> HeaderTuple {
 }
 
 /// Size in bytes of the magic and header of a `.npy` file, from its first 12 bytes.
+/// Errors name `name` when given.
 #[pyfunction]
-pub fn npy_header_size(prefix: &[u8]) -> PyResult<u64> {
-    Ok(reader::header_size(prefix)?)
+#[pyo3(signature = (prefix, name=None))]
+pub fn npy_header_size(prefix: &[u8], name: Option<&str>) -> PyResult<u64> {
+    Ok(reader::header_size(prefix).map_err(|e| match name {
+        Some(n) => reader::in_file(e, n.as_ref()),
+        None => e,
+    })?)
 }
 
 /// Parse a `.npy` header: `(rows, dim, dtype, big_endian, data_offset)`.

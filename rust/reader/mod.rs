@@ -27,6 +27,10 @@ pub fn in_file(e: Error, path: &Path) -> Error {
     match e {
         e @ Error::Io { .. } => e.context(path.display()),
         Error::Argument(m) => Error::Argument(format!("{}: {m}", path.display())),
+        Error::Invalid { what, message } => Error::Invalid {
+            what,
+            message: format!("{}: {message}", path.display()),
+        },
         other => Error::invalid("npy file", format!("{}: {other}", path.display())),
     }
 }

@@ -305,6 +305,11 @@ def test_write_through_links_keeps_mode_and_refuses_special_files(tmp_path: Path
 
 def test_constructor_checks(tmp_path: Path) -> None:
     m = np.ones((3, 4), dtype=np.float32)
+    for bad, shown in ((np.nan, "NaN"), (np.inf, "inf"), (-np.inf, "-inf")):
+        b = m.copy()
+        b[1, 2] = bad
+        with pytest.raises(ValueError, match=rf'matrix row 1 \(word "b"\) holds {shown} at column 2'):
+            vf.Embeddings(["a", "b", "c"], b)
     with pytest.raises(ValueError, match="duplicate"):
         vf.Embeddings(["a", "b", "a"], m)
     with pytest.raises(ValueError, match="rows"):

@@ -121,6 +121,10 @@ def test_gensim_similar_by_vector(w2v: vf.Embeddings) -> None:
     assert_answers(w2v.similar(vec, k=10), [(w, s) for w, s in case["top10"]])
     # a list of floats works as well
     assert_answers(w2v.similar(case["vector"], k=10), [(w, s) for w, s in case["top10"]])
+    # bytes are neither a word nor a vector
+    for q in (b"license", bytearray(b"x" * w2v.dims)):
+        with pytest.raises(TypeError, match="decode it to str"):
+            w2v.similar(q, k=2)
 
 
 def test_gensim_analogies(w2v: vf.Embeddings) -> None:

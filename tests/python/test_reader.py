@@ -517,3 +517,29 @@ def test_file_order_is_embedding_readers(tmp_path: Path) -> None:
     peer = PeerReader(str(tmp_path), file_format="npy")
     got = np.concatenate([e for e, _ in peer(batch_size=3, show_progress=False)])
     np.testing.assert_array_equal(got, want)
+
+
+def test_parquet_embedding_column_checked_in_every_file(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"embedding": pa.array([[1.0, 2.0]], type=pa.list_(pa.float32()))}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"embedding": pa.array(["not a vector"])}), tmp_path / "b.parquet")
+    with pytest.raises(vf.FormatError, match=r"b\.parquet: column 'embedding' is string, not a list of floats"):
+        vf.EmbeddingReader(tmp_path, file_format="parquet")
+    pq.write_table(pa.table({"embedding": pa.array([[1.0, 2.0]], type=pa.list_(pa.float64()))}), tmp_path / "b.parquet")
+    with pytest.raises(vf.FormatError, match=r"b\.parquet: column 'embedding' holds float64, .*a\.parquet holds float32"):
+        vf.EmbeddingReader(tmp_path, file_format="parquet")
+
+
+def test_npy_errors_name_the_file_once(tmp_path: Path) -> None:
+    import fsspec
+
+    (tmp_path / "0.npy").write_bytes(b"")
+    with pytest.raises(vf.FormatError) as info:
+        vf.EmbeddingReader(tmp_path)
+    assert str(info.value).count("invalid npy file") == 1 and "0.npy" in str(info.value)
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/vf_bad_npy/0.npy", b"\x93NUMPX" + b"\0" * 100)
+    try:
+        with pytest.raises(vf.FormatError, match=r"vf_bad_npy/0\.npy"):
+            vf.EmbeddingReader("memory://vf_bad_npy")
+    finally:
+        fs.rm("/vf_bad_npy", recursive=True)
