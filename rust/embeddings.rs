@@ -176,6 +176,14 @@ impl Embeddings {
             }
             norms = Some(read_norms(&mut body, map)?);
             finish_chunk(&body, id)?;
+            // Nothing may follow the norms (after the storage, anything but norms is
+            // refused above): a rewrite would silently drop it.
+            if !r.is_empty() {
+                return Err(Error::invalid(
+                    "file",
+                    format!("{} bytes follow the norms chunk, the last chunk a file may have", r.remaining()),
+                ));
+            }
         }
         Embeddings::with_norms(metadata, vocab, storage, norms)
     }

@@ -33,10 +33,15 @@ impl PyVocab {
                 None => Err(PyKeyError::new_err(word.to_string())),
             };
         }
-        let i: isize = key
-            .extract()
-            .map_err(|_| PyTypeError::new_err("vocabulary indices must be int or str"))?;
         let n = self.inner.vocab.words_len() as isize;
+        let i: isize = match key.extract() {
+            Ok(i) => i,
+            // an int too large for an index is out of range like any other
+            Err(_) if key.is_instance_of::<pyo3::types::PyInt>() => {
+                return Err(PyIndexError::new_err(format!("word index {key} out of range for {n} words")))
+            }
+            Err(_) => return Err(PyTypeError::new_err("vocabulary indices must be int or str")),
+        };
         let j = if i < 0 { i + n } else { i };
         if j < 0 || j >= n {
             return Err(PyIndexError::new_err(format!("word index {i} out of range for {n} words")));

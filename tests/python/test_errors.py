@@ -152,3 +152,23 @@ def test_corruption_corpus(tmp_path: Path, ff: Path) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     n_ok, n_err = map(int, r.stdout.split())
     assert n_err > 10 * len(GOLDEN)
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_nothing_may_follow_the_norms(tmp_path: Path, ff: Path, mmap: bool) -> None:
+    """After the storage only a norms chunk may come, and after it nothing: a rewrite
+    would silently drop whatever it is."""
+    good = (ff / "python/embeddings.fifu").read_bytes()  # ends with an (unlisted) NdNorms chunk
+    vf.load(_write(tmp_path, good), mmap=mmap)
+    for tail in (b"xyz", struct.pack("<IQ", 6, 0), b"\xff" * 4096):
+        with pytest.raises(vf.FormatError, match=f"{len(tail)} bytes follow the norms chunk"):
+            vf.load(_write(tmp_path, good + tail), mmap=mmap)
+
+
+def test_vocab_index_out_of_any_range() -> None:
+    emb = vf.Embeddings(["a", "b"], np.zeros((2, 3), np.float32))
+    for i in (2, -3, 2**70, -(2**70)):
+        with pytest.raises(IndexError, match="out of range for 2 words"):
+            emb.vocab[i]
+    with pytest.raises(TypeError):
+        emb.vocab[1.0]
