@@ -224,6 +224,28 @@ fn read_word2vec_inner(path: &Path, opts: &ReadOptions) -> Result<Embeddings> {
         }
         Ok(())
     })?;
+    if opts.limit.is_none() {
+        // Without a limit, all records announced are read: anything but whitespace after them means the
+        // header disagrees with the file (as the text reader says too).
+        loop {
+            let a = r.avail();
+            let k = a.iter().take_while(|b| b.is_ascii_whitespace()).count();
+            r.pos += k;
+            if r.pos < r.len || !r.fill(1).map_err(io)? {
+                break;
+            }
+        }
+        if r.pos < r.len {
+            return Err(Error::invalid(
+                "word2vec file",
+                format!(
+                    "the header announces {n} words, but more data follows record {n}: a wrong header \
+                     (limit={n} reads only the announced words) ({})",
+                    path.display()
+                ),
+            ));
+        }
+    }
     if dims == 0 {
         // what normalizing an empty row gives (-0.0), as before
         norms.fill(crate::embeddings::l2_normalize(&mut []));

@@ -579,3 +579,21 @@ def test_bad_text_values_are_quoted_briefly(tmp_path: Path) -> None:
     with pytest.raises(vf.FormatError, match=r"value 2 of \"w{60}\"\.\.\. is not a number: \"x{60}\"\.\.\.") as info:
         vf.load_text(p, dims=False)
     assert len(str(info.value)) < 400
+
+
+def test_word2vec_header_with_too_few_words_is_an_error(tmp_path: Path) -> None:
+    """As for text files: records beyond the announced count mean a wrong header."""
+    rec = lambda w, v: w.encode() + b" " + np.array(v, "<f4").tobytes() + b"\n"  # noqa: E731
+    body = rec("a", [1, 2, 3]) + rec("b", [4, 5, 6])
+    p = tmp_path / "under.bin"
+    p.write_bytes(b"1 3\n" + body)
+    with pytest.raises(vf.FormatError, match=r"announces 1 words, but more data follows record 1.*limit=1"):
+        vf.load_word2vec(p)
+    assert list(vf.load_word2vec(p, limit=1)) == ["a"]
+    t = tmp_path / "under.txt"
+    t.write_text("1 3\na 1 2 3\nb 4 5 6\n")
+    with pytest.raises(vf.FormatError, match="announces 1 words"):
+        vf.load_text(t)
+    # trailing whitespace after the last record is fine
+    p.write_bytes(b"2 3\n" + body + b"\n\r\n  ")
+    assert list(vf.load_word2vec(p)) == ["a", "b"]
