@@ -169,6 +169,7 @@ def convert(
     dst_format: str | None = None,
     vocab: str = "standard",
     progress: bool = True,
+    lossy: bool = False,
 ) -> Embeddings:
     """Convert an embedding file to another format and return the embeddings read.
 
@@ -180,6 +181,8 @@ def convert(
     L2-normalizes rows and keeps their norms; other targets get the vectors as stored.
     ``vocab`` other than ``"standard"`` is passed to ``Embeddings.write`` (finalfusion
     targets only). ``progress`` shows a progress bar for steps longer than a second.
+    ``lossy`` reads words with invalid UTF-8 (word2vec, text and fastText sources) with
+    U+FFFD in place of the bad bytes instead of failing.
     """
     src_p, dst_p = Path(src), Path(dst)
     sf = _norm_format(src_format) if src_format else detect_format(src_p)
@@ -196,7 +199,7 @@ def convert(
                    bar_format="{desc}: {n_fmt}/{total_fmt} steps [{elapsed}]")
     try:
         with _step(bar, f"reading {src_p.name} ({sf})"):
-            emb = load_any(src_p, sf, normalize=(df == "finalfusion"))
+            emb = load_any(src_p, sf, normalize=(df == "finalfusion"), lossy=lossy)
         with _step(bar, f"writing {dst_p.name} ({df})"):
             write_any(emb, dst_p, df, vocab)
     finally:

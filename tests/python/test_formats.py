@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -597,3 +599,18 @@ def test_word2vec_header_with_too_few_words_is_an_error(tmp_path: Path) -> None:
     # trailing whitespace after the last record is fine
     p.write_bytes(b"2 3\n" + body + b"\n\r\n  ")
     assert list(vf.load_word2vec(p)) == ["a", "b"]
+
+
+def test_convert_lossy(ff: Path, tmp_path: Path) -> None:
+    src = ff / "rust" / "utf8-incomplete.bin"
+    with pytest.raises(vf.FormatError, match="lossy"):
+        vf.convert(src, tmp_path / "x.txt", progress=False)
+    emb = vf.convert(src, tmp_path / "x.txt", progress=False, lossy=True)
+    assert "zee\ufffdn" in list(emb)
+    assert "zee\ufffdn" in list(vf.load_text(tmp_path / "x.txt"))
+    out = subprocess.run(
+        [sys.executable, "-m", "vecfusion", "convert", str(src), str(tmp_path / "y.fifu"), "--lossy"],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "zee\ufffdn" in list(vf.load(tmp_path / "y.fifu"))

@@ -1,4 +1,4 @@
-"""``vecfusion convert SRC DST [--from FMT] [--to FMT] [--vocab fst]``"""
+"""``vecfusion convert SRC DST [--from FMT] [--to FMT] [--vocab fst] [--lossy]``"""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--to", dest="dst_format", metavar="FMT", help="output format")
     p.add_argument("--vocab", default="standard", help="finalfusion vocabulary layout (e.g. fst)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--lossy", action="store_true",
+                   help="replace invalid UTF-8 in words with U+FFFD instead of failing")
     p.set_defaults(func=run)
     return p
 
@@ -39,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         dst_format=args.dst_format,
         vocab=args.vocab,
         progress=not args.no_progress and sys.stderr.isatty(),
+        lossy=args.lossy,
     )
     print(f"wrote {args.dst}: {len(emb)} words x {emb.dims} dims")
     return 0
