@@ -297,13 +297,16 @@ pub fn write_word2vec_binary(emb: &Embeddings, path: &Path) -> Result<()> {
     let words = known_words(emb, "word2vec")?;
     for w in words.iter() {
         // a reader takes the bytes up to the first space as the word and skips the
-        // whitespace before it: an empty word, or one with whitespace, would not read back
+        // whitespace before it: an empty word, or one with a space, would not read back
         if w.is_empty() {
             return Err(Error::argument("the vocabulary has an empty word, which cannot be written as word2vec"));
         }
-        if w.bytes().any(|b| b.is_ascii_whitespace()) {
+        // (whitespace other than a space inside a word, e.g. a tab, reads back as gensim
+        // and vecfusion read it: the word ends at the first space, trimmed)
+        let b = w.as_bytes();
+        if b.contains(&b' ') || b[0].is_ascii_whitespace() || b[b.len() - 1].is_ascii_whitespace() {
             return Err(Error::argument(format!(
-                "the word {w:?} contains whitespace and cannot be written as word2vec"
+                "the word {w:?} contains a space or starts or ends with whitespace and cannot be written as word2vec"
             )));
         }
     }

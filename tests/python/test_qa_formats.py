@@ -116,7 +116,7 @@ def _fifu_simple(words: list[str], path: Path) -> None:
     path.write_bytes(bytes(body))
 
 
-@pytest.mark.parametrize("bad", ["", "\nb", "c\t"])
+@pytest.mark.parametrize("bad", ["", "\nb", "c\t", "a b"])
 def test_write_word2vec_refuses_words_it_cannot_write(bad: str, tmp_path: Path) -> None:
     src = tmp_path / "in.fifu"
     _fifu_simple(["a", bad, "z"], src)
@@ -124,9 +124,19 @@ def test_write_word2vec_refuses_words_it_cannot_write(bad: str, tmp_path: Path) 
     assert e.vocab.words == ["a", bad, "z"]
     out = tmp_path / "o.bin"
     # a word2vec reader could not get the word back: refused before anything is written
-    with pytest.raises(ValueError, match="empty word|contains whitespace"):
+    with pytest.raises(ValueError, match="empty word|contains a space or starts or ends with whitespace"):
         e.write_word2vec(out)
     assert not out.exists()
+
+
+def test_write_word2vec_words_with_inner_tabs_round_trip(tmp_path: Path) -> None:
+    """A tab inside a word (gensim reads and writes such words) reads back the same."""
+    src = tmp_path / "in.fifu"
+    _fifu_simple(["a", "fo\to", "z"], src)
+    e = vf.load(src)
+    out = tmp_path / "o.bin"
+    e.write_word2vec(out)
+    assert list(vf.load_word2vec(out)) == ["a", "fo\to", "z"]
 
 
 @pytest.mark.parametrize("header", [True, False])
