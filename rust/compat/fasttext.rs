@@ -593,6 +593,9 @@ fn ngram_rows_into(word: &str, p: NgramParams, scratch: &mut String, out: &mut V
 /// Works for fastText subword vocabularies and simple vocabularies (written without
 /// n-grams: minn = maxn = bucket = 0); other subword vocabularies are refused.
 pub fn write_fasttext(emb: &Embeddings, path: &Path) -> Result<()> {
+    if emb.dims() == 0 {
+        return Err(Error::argument("0-dimensional embeddings cannot be written as fastText (fastText needs dim > 0)"));
+    }
     let (words, minn, maxn, bucket): (&WordList, u32, u32, u32) = match &emb.vocab {
         Vocab::Simple(w) => (w, 0, 0, 0),
         Vocab::Subword(s) => match s.indexer {

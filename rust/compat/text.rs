@@ -406,6 +406,11 @@ pub fn write_text(emb: &Embeddings, path: &Path, header: bool) -> Result<()> {
         }
     }
     let dims = emb.dims();
+    if dims == 0 && !header && !words.is_empty() {
+        return Err(Error::argument(
+            "0-dimensional embeddings cannot be written as GloVe text (lines of only a word do not read back): write them with a header",
+        ));
+    }
     let n = words.len();
     write_atomically(path, |w| {
         if header {

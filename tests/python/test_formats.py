@@ -614,3 +614,15 @@ def test_convert_lossy(ff: Path, tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "zee\ufffdn" in list(vf.load(tmp_path / "y.fifu"))
+
+
+def test_zero_dimensional_writes_that_cannot_read_back_are_refused(tmp_path: Path) -> None:
+    emb = vf.Embeddings(["a", "b"], np.zeros((2, 0), np.float32))
+    with pytest.raises(ValueError, match="GloVe text"):
+        emb.write_text(tmp_path / "x.glove", dims=False)
+    with pytest.raises(ValueError, match="fastText needs dim > 0"):
+        emb.write_fasttext(tmp_path / "x.bin")
+    emb.write_text(tmp_path / "x.txt", dims=True)  # with a header it reads back
+    back = vf.load_text(tmp_path / "x.txt")
+    assert list(back) == ["a", "b"] and back.dims == 0
+    assert not list(tmp_path.glob("*.glove")) and not list(tmp_path.glob("*.bin"))
