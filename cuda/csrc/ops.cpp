@@ -165,8 +165,9 @@ at::Tensor embedding_dense_backward_cpu(const at::Tensor& grad_, const at::Tenso
           acc_t* row = wp + k * dim;
           const scalar_t* g = gp + i * dim;
           if (scale_grad_by_freq) {
+            // as nn.Embedding (add_ with alpha = 1/count): a fused multiply-add
             const acc_t s = static_cast<acc_t>(1.0 / static_cast<double>(counts[static_cast<size_t>(k)]));
-            for (int64_t j = 0; j < dim; ++j) row[j] += static_cast<acc_t>(g[j]) * s;
+            for (int64_t j = 0; j < dim; ++j) row[j] = std::fma(static_cast<acc_t>(g[j]), s, row[j]);
           } else {
             for (int64_t j = 0; j < dim; ++j) row[j] += static_cast<acc_t>(g[j]);
           }
@@ -223,10 +224,13 @@ std::tuple<at::Tensor, at::Tensor> embedding_sparse_backward_cpu(const at::Tenso
 // ---------------------------------------------------------------- max_norm renormalization
 
 // Like torch.embedding_renorm_: every distinct row in `indices` whose norm exceeds
-// max_norm is scaled to max_norm / (norm + 1e-7), in place.
+// max_norm is scaled by max_norm / (norm + 1e-7), in place. The norms of all those rows
+// come from one batched ATen reduction (the same values, bit for bit, as torch's per-row
+// `row.norm(norm_type)`: every p, including 0 (count of non-zeros), inf and -inf, and
+// rounded to the weight's dtype as torch rounds them); the scaling is a plain loop that
+// multiplies as torch's `row *= scale` does. Any strides.
 void embedding_renorm_cpu(at::Tensor& weight, const at::Tensor& indices, double max_norm, double norm_type) {
   check_weight(weight);
-  TORCH_CHECK_VALUE(weight.is_contiguous(), "vecfusion embedding: max_norm needs a contiguous weight");
   const int64_t num = weight.size(0), dim = weight.size(1);
   check_index_range(indices, num, "vecfusion embedding");
   auto idx = indices.contiguous().to(at::kLong);
@@ -235,30 +239,37 @@ void embedding_renorm_cpu(at::Tensor& weight, const at::Tensor& indices, double 
   std::sort(uniq.begin(), uniq.end());
   uniq.erase(std::unique(uniq.begin(), uniq.end()), uniq.end());
   const int64_t u = static_cast<int64_t>(uniq.size());
+  if (u == 0 || dim == 0) return;
+  auto rows_t = at::from_blob(uniq.data(), {u}, at::TensorOptions().dtype(at::kLong));
+  at::Tensor norms_t;
+  {
+    at::NoGradGuard no_grad;
+    if (weight.stride(1) == 1) {
+      norms_t = at::linalg_vector_norm(weight.index_select(0, rows_t), norm_type, at::IntArrayRef{1}, false, std::nullopt);
+    } else {
+      // Rows with a stride: ATen reduces a strided row in another order than a contiguous
+      // copy of it; torch reduces each row where it lies, and so does this (rare) path.
+      std::vector<at::Tensor> per_row;
+      per_row.reserve(static_cast<size_t>(u));
+      for (const int64_t k : uniq) per_row.push_back(at::linalg_vector_norm(weight.select(0, k), norm_type));
+      norms_t = at::stack(per_row);
+    }
+    norms_t = norms_t.to(at::kDouble).contiguous();
+  }
+  const double* norms = norms_t.const_data_ptr<double>();
+  const int64_t s0 = weight.stride(0), s1 = weight.stride(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight.scalar_type(), "vecfusion_renorm", [&] {
     using acc_t = acc_of<scalar_t>;
     scalar_t* wp = weight.data_ptr<scalar_t>();
     at::parallel_for(0, u, grain_for(dim * 8), [&](int64_t b, int64_t e) {
-      for (int64_t s = b; s < e; ++s) {
-        scalar_t* row = wp + uniq[static_cast<size_t>(s)] * dim;
-        acc_t norm = 0;
-        if (norm_type == 1.0) {
-          for (int64_t j = 0; j < dim; ++j) norm += std::abs(static_cast<acc_t>(row[j]));
-        } else if (norm_type == 2.0) {
-          for (int64_t j = 0; j < dim; ++j) norm += static_cast<acc_t>(row[j]) * static_cast<acc_t>(row[j]);
-          norm = std::sqrt(norm);
-        } else if (std::isinf(norm_type)) {
-          for (int64_t j = 0; j < dim; ++j) norm = std::max(norm, std::abs(static_cast<acc_t>(row[j])));
-        } else {
-          for (int64_t j = 0; j < dim; ++j)
-            norm += std::pow(std::abs(static_cast<acc_t>(row[j])), static_cast<acc_t>(norm_type));
-          norm = std::pow(norm, static_cast<acc_t>(1.0 / norm_type));
-        }
-        if (norm > static_cast<acc_t>(max_norm)) {
-          // as torch.embedding_renorm_: the scale is computed in double, applied in acc_t
-          const acc_t scale = static_cast<acc_t>(max_norm / (static_cast<double>(norm) + 1e-7));
-          for (int64_t j = 0; j < dim; ++j) row[j] = static_cast<scalar_t>(static_cast<acc_t>(row[j]) * scale);
-        }
+      for (int64_t r = b; r < e; ++r) {
+        const double norm = norms[r];
+        if (!(norm > max_norm)) continue;
+        scalar_t* row = wp + uniq[static_cast<size_t>(r)] * s0;
+        // as torch's `row *= scale`: the scale is computed in double and rounded to the
+        // weight's dtype (float16/bfloat16 too), the product taken in acc_t
+        const acc_t scale = static_cast<acc_t>(static_cast<scalar_t>(max_norm / (norm + 1e-7)));
+        for (int64_t j = 0; j < dim; ++j) row[j * s1] = static_cast<scalar_t>(static_cast<acc_t>(row[j * s1]) * scale);
       }
     });
   });
@@ -405,6 +416,40 @@ class EmbeddingFn : public torch::autograd::Function<EmbeddingFn> {
   }
 };
 
+// The dense backward is linear in `grad`; this makes it differentiable (double backward,
+// gradgradcheck): its adjoint gathers the rows of the incoming gradient, leaving out
+// padding_idx and scaling by 1/count as the backward does.
+class DenseBackwardFn : public torch::autograd::Function<DenseBackwardFn> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad, const at::Tensor& indices,
+                            c10::SymInt num_weights, int64_t padding_idx, bool scale_grad_by_freq) {
+    static auto op = op_handle("vecfusion_ops::embedding_dense_backward")
+                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymInt, int64_t, bool)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto out = op.call(grad, indices, num_weights, padding_idx, scale_grad_by_freq);
+    ctx->save_for_backward({indices});
+    ctx->saved_data["grad_sizes"] = grad.sym_sizes().vec();
+    ctx->saved_data["num_weights"] = num_weights;
+    ctx->saved_data["padding_idx"] = padding_idx;
+    ctx->saved_data["scale"] = scale_grad_by_freq;
+    return out;
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const auto flat = ctx->get_saved_variables()[0].reshape({-1}).to(at::kLong);
+    const int64_t padding_idx = ctx->saved_data["padding_idx"].toInt();
+    auto g = grads[0].index_select(0, flat);
+    if (padding_idx >= 0) g = g.masked_fill((flat == padding_idx).unsqueeze(1), 0);
+    if (ctx->saved_data["scale"].toBool()) {
+      const int64_t nw = ctx->saved_data["num_weights"].toSymInt().guard_int(__FILE__, __LINE__);
+      auto counts = at::bincount(flat, {}, nw).index_select(0, flat).to(g.scalar_type());
+      g = g / counts.unsqueeze(1);
+    }
+    return {g.view_symint(ctx->saved_data["grad_sizes"].toSymIntVector()), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
+  }
+};
+
 class MultiEmbeddingFn : public torch::autograd::Function<MultiEmbeddingFn> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& weight, const at::Tensor& indices,
@@ -427,6 +472,29 @@ class MultiEmbeddingFn : public torch::autograd::Function<MultiEmbeddingFn> {
   }
 };
 
+// The multi-table backward is linear in `grad`; its adjoint is the forward gather.
+class MultiBackwardFn : public torch::autograd::Function<MultiBackwardFn> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad, const at::Tensor& indices,
+                            const at::Tensor& meta, c10::SymInt numel) {
+    static auto op = op_handle("vecfusion_ops::multi_embedding_backward")
+                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto out = op.call(grad, indices, meta, numel);
+    ctx->save_for_backward({indices, meta});
+    ctx->saved_data["total_dim"] = grad.sym_size(1);
+    return out;
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    static auto op = op_handle("vecfusion_ops::multi_embedding")
+                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt)>();
+    const auto saved = ctx->get_saved_variables();
+    auto g = op.call(grads[0], saved[0], saved[1], ctx->saved_data["total_dim"].toSymInt());
+    return {g, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
 at::Tensor embedding_autograd(const at::Tensor& weight, const at::Tensor& indices, int64_t padding_idx,
                               bool scale_grad_by_freq, bool sparse) {
   return EmbeddingFn::apply(weight, indices, padding_idx, scale_grad_by_freq, sparse);
@@ -435,6 +503,16 @@ at::Tensor embedding_autograd(const at::Tensor& weight, const at::Tensor& indice
 at::Tensor multi_embedding_autograd(const at::Tensor& weight, const at::Tensor& indices, const at::Tensor& meta,
                                     c10::SymInt total_dim) {
   return MultiEmbeddingFn::apply(weight, indices, meta, std::move(total_dim));
+}
+
+at::Tensor dense_backward_autograd(const at::Tensor& grad, const at::Tensor& indices, c10::SymInt num_weights,
+                                   int64_t padding_idx, bool scale_grad_by_freq) {
+  return DenseBackwardFn::apply(grad, indices, std::move(num_weights), padding_idx, scale_grad_by_freq);
+}
+
+at::Tensor multi_backward_autograd(const at::Tensor& grad, const at::Tensor& indices, const at::Tensor& meta,
+                                   c10::SymInt numel) {
+  return MultiBackwardFn::apply(grad, indices, meta, std::move(numel));
 }
 
 bool compiled_with_cuda() {
@@ -465,6 +543,8 @@ TORCH_LIBRARY(vecfusion_ops, m) {
 TORCH_LIBRARY_IMPL(vecfusion_ops, Autograd, m) {
   m.impl("embedding", &embedding_autograd);
   m.impl("multi_embedding", &multi_embedding_autograd);
+  m.impl("embedding_dense_backward", &dense_backward_autograd);
+  m.impl("multi_embedding_backward", &multi_backward_autograd);
 }
 
 TORCH_LIBRARY_IMPL(vecfusion_ops, CPU, m) {

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar, final, overload
-
-from collections.abc import Iterable, Iterator, Sequence
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -55,7 +51,10 @@ class Vocab:
     def max_n(self) -> int | None: ...
     @property
     def rows(self) -> int: ...
+    def detached(self) -> Vocab: ...
+    def __reduce__(self) -> tuple[Callable[[bytes], Vocab], tuple[bytes]]: ...
 
+def _vocab_from_bytes(data: bytes) -> Vocab: ...
 @final
 class QuantizedStorage:
     @property

@@ -141,7 +141,7 @@ fn read_word2vec_inner(path: &Path, opts: &ReadOptions) -> Result<Embeddings> {
         let parts = data.chunks_mut((PART_ROWS * dims).max(1));
         s.spawn(move || {
             for part in parts {
-                touch_pages(part);
+                crate::storage::touch_pages(part);
                 if tx.send(part).is_err() {
                     break; // the reader stopped (an error)
                 }
@@ -260,14 +260,6 @@ fn read_word2vec_inner(path: &Path, opts: &ReadOptions) -> Result<Embeddings> {
 /// Rows of the matrix handed over at a time by the thread that faults them in.
 const PART_ROWS: usize = 256;
 
-/// Write to each 4 KiB page of `v` (fresh, lazily zeroed memory), so that its page
-/// faults happen here; the values stay zero.
-fn touch_pages(v: &mut [f32]) {
-    let zero = std::hint::black_box(0f32);
-    for x in v.iter_mut().step_by(1024) {
-        *x = zero;
-    }
-}
 
 fn parse_header(line: &[u8]) -> Result<(usize, usize)> {
     let bad = || {

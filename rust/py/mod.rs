@@ -23,6 +23,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     m.add_class::<embeddings::PyEmbeddings>()?;
     m.add_class::<vocab::PyVocab>()?;
+    m.add_function(wrap_pyfunction!(vocab::_vocab_from_bytes, m)?)?;
     m.add_class::<storage::PyQuantizedStorage>()?;
     m.add_class::<embeddings::WordIter>()?;
     m.add_function(wrap_pyfunction!(embeddings::load, m)?)?;

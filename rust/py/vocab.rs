@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use pyo3::exceptions::{PyIndexError, PyKeyError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyString};
+use pyo3::types::{PyBytes, PyList, PyString};
 
 use super::embeddings::{words_list, WordIter};
 use crate::embeddings::Embeddings;
@@ -17,8 +17,42 @@ pub struct PyVocab {
     pub(crate) inner: Arc<Embeddings>,
 }
 
+impl PyVocab {
+    /// Embeddings with this vocabulary and an empty (`rows x 0`) matrix: what a vocabulary
+    /// needs of its embeddings, without keeping their matrix alive.
+    fn vocab_only(&self) -> crate::Result<Embeddings> {
+        let vocab = self.inner.vocab.clone();
+        let rows = usize::try_from(vocab.rows()).map_err(|_| crate::Error::Overflow("vocabulary rows"))?;
+        let storage = crate::storage::Storage::Array(crate::storage::ArrayStorage::new(Vec::new(), rows, 0)?);
+        Embeddings::new(None, vocab, storage, None)
+    }
+}
+
+/// Rebuild a vocabulary pickled by `Vocab.__reduce__` (finalfusion bytes, empty matrix).
+#[pyfunction]
+pub fn _vocab_from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<PyVocab> {
+    let emb = py.detach(|| Embeddings::from_bytes(data, None))?;
+    Ok(PyVocab { inner: Arc::new(emb) })
+}
+
 #[pymethods]
 impl PyVocab {
+    /// A vocabulary that answers the same but holds no reference to the embeddings' matrix
+    /// (which a vocabulary taken from `emb.vocab` keeps alive).
+    fn detached(&self) -> PyResult<PyVocab> {
+        Ok(PyVocab { inner: Arc::new(self.vocab_only()?) })
+    }
+
+    /// Pickling (and copy.deepcopy): the vocabulary alone, as a finalfusion file with an
+    /// empty matrix.
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
+        let emb = self.vocab_only()?;
+        let mut buf = Vec::new();
+        emb.write_to(&mut buf).map_err(|e| crate::Error::io("cannot serialize the vocabulary", e))?;
+        let f = py.import("vecfusion._native")?.getattr("_vocab_from_bytes")?;
+        Ok((f, (PyBytes::new(py, &buf),)))
+    }
+
     /// Number of known words.
     fn __len__(&self) -> usize {
         self.inner.vocab.words_len()

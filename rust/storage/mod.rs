@@ -303,6 +303,15 @@ pub fn copy_streaming(dst: &mut [f32], src: &[f32]) {
     dst.copy_from_slice(src);
 }
 
+/// Write to each 4 KiB page of `v` (fresh, lazily zeroed memory), so that its page
+/// faults happen here, e.g. on another thread ahead of the writer; the values stay zero.
+pub fn touch_pages(v: &mut [f32]) {
+    let zero = std::hint::black_box(0f32);
+    for x in v.iter_mut().step_by(1024) {
+        *x = zero;
+    }
+}
+
 /// Order the non-temporal stores of [`copy_streaming`] before later stores (x86-64).
 #[inline]
 pub fn stream_fence() {

@@ -38,7 +38,15 @@ class FastEmbedding(nn.Embedding):
         if self.max_norm is not None:
             with torch.no_grad():
                 ops.embedding_renorm_(self.weight, input, float(self.max_norm), float(self.norm_type))
-        padding = -1 if self.padding_idx is None else int(self.padding_idx)
+        padding = -1
+        if self.padding_idx is not None:
+            # as F.embedding (padding_idx may have been set after construction)
+            n = self.weight.size(0)
+            padding = int(self.padding_idx)
+            if padding < 0:
+                assert padding >= -n, "Padding_idx must be within num_embeddings"
+                padding += n
+            assert padding < n, "Padding_idx must be within num_embeddings"
         return ops.embedding(self.weight, input, padding, bool(self.scale_grad_by_freq), bool(self.sparse))
 
     @classmethod
@@ -426,8 +434,9 @@ class SubwordEmbeddingBag(nn.Module):
 
     @classmethod
     def from_embeddings(cls, emb: Any, trainable: bool = True) -> SubwordEmbeddingBag:
-        """Create from a ``vf.Embeddings`` (quantized storage is reconstructed)."""
-        return cls(torch.from_numpy(_matrix_of(emb)), emb.vocab, trainable=trainable)
+        """Create from a ``vf.Embeddings`` (quantized storage is reconstructed). The layer
+        keeps the vocabulary only (``Vocab.detached``): not a second copy of the matrix."""
+        return cls(torch.from_numpy(_matrix_of(emb)), emb.vocab.detached(), trainable=trainable)
 
     def indices(self, words: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
         """(rows, offsets, known) of ``words`` as tensors on the weight's device."""
@@ -443,7 +452,9 @@ class SubwordEmbeddingBag(nn.Module):
         rows, offsets, known = self.indices(words)
         summed = F.embedding_bag(rows, self.weight, offsets, mode="sum", include_last_offset=True)
         norm = torch.linalg.vector_norm(summed, dim=1, keepdim=True)
-        normalized = summed / norm.clamp_min(torch.finfo(summed.dtype).tiny)
+        # A zero sum stays zero; dividing it by 1 (not by a tiny clamp) keeps its gradient
+        # finite: the identity, so that zero n-gram rows can still learn.
+        normalized = summed / torch.where(norm > 0, norm, torch.ones_like(norm))
         return torch.where(known.unsqueeze(1), summed, normalized)
 
     def forward(self, words: Sequence[str] | Sequence[Sequence[str]]) -> Tensor:
@@ -452,6 +463,8 @@ class SubwordEmbeddingBag(nn.Module):
         words = list(words)
         if not words or isinstance(words[0], str):
             return self._embed(words)  # type: ignore[arg-type]
+        if any(isinstance(t, str) for t in words):
+            raise TypeError("expected a list of words or a list of token lists, not a mix of both")
         lens = [len(t) for t in words]
         flat = [w for toks in words for w in toks]
         out = self._embed(flat)
