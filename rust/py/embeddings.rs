@@ -87,9 +87,6 @@ pub(crate) fn extract_words<'py>(words: &Bound<'py, PyAny>) -> PyResult<Vec<Boun
     Ok(out)
 }
 
-/// Outputs of at least this many floats (16 MiB) are faulted in beside the word extraction.
-const PREFAULT_FLOATS: usize = 4 << 20;
-
 /// Words copied out of their Python str objects into one buffer (UTF-8, back to back).
 ///
 /// A batch lookup reads each word twice (hash, then compare) on the worker threads; from
@@ -230,31 +227,11 @@ impl PyEmbeddings {
     ) -> PyResult<(Bound<'py, PyArray2<f32>>, Bound<'py, PyArray1<bool>>)> {
         let dims = self.inner.dims();
         let reused = out.is_some();
-        // A large new output's pages are faulted in (the kernel zeroes each one) by another
-        // thread while this one copies the words out of the list.
-        let mut fresh = None;
-        let words = match (&out, words.cast::<PyList>()) {
-            (None, Ok(list)) if list.len() * dims >= PREFAULT_FLOATS && std::env::var_os("VF_NOPF").is_none() => {
-                let arr = PyArray2::<f32>::zeros(py, [list.len(), dims], false);
-                // SAFETY: the array was just created here and nothing else refers to it until
-                // the scope ends; only the spawned thread touches its data meanwhile.
-                let data = unsafe { arr.as_slice_mut() }.map_err(|e| PyTypeError::new_err(e.to_string()))?;
-                let words = std::thread::scope(|s| {
-                    s.spawn(|| crate::storage::touch_pages(data));
-                    extract_word_buf(words)
-                })?;
-                fresh = Some(arr);
-                words
-            }
-            _ => extract_word_buf(words)?,
-        };
+        let words = extract_word_buf(words)?;
         let strs = words.strs();
         let n = strs.len();
         let out = match out {
-            None => match fresh {
-                Some(arr) if arr.shape()[0] == n => arr,
-                _ => PyArray2::<f32>::zeros(py, [n, dims], false),
-            },
+            None => PyArray2::<f32>::zeros(py, [n, dims], false),
             Some(o) => {
                 let arr = o.cast_into::<PyArray2<f32>>().map_err(|e| {
                     PyTypeError::new_err(format!(
