@@ -17,7 +17,7 @@
 //! Quantized models (`.ftz`) are refused.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, Write};
+use std::io::{BufRead, BufReader, Read, Seek, Write};
 use std::path::Path;
 
 use rayon::prelude::*;
@@ -234,6 +234,15 @@ pub fn fasttext_subwords(emb: &Embeddings, word: &str) -> (Vec<String>, Vec<usiz
     (strings, ids)
 }
 
+/// Was `emb` read from a pruned fastText model (its metadata says `pruned_buckets`)?
+fn is_pruned(emb: &Embeddings) -> bool {
+    emb.metadata
+        .as_deref()
+        .and_then(|m| m.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("fasttext").and_then(|f| f.get("pruned_buckets")).map(|_| ()))
+        .is_some()
+}
+
 /// What fastText's `get_word_vector` returns: a known word's vector before
 /// normalization (row times norm); for an unknown word the mean of its n-gram rows
 /// (zero without n-grams).
@@ -248,6 +257,15 @@ pub fn fasttext_vector(emb: &Embeddings, word: &str) -> Vec<f32> {
     match fasttext_params(&emb.vocab) {
         Some((minn, maxn, bucket)) => fasttext_ngram_rows(word, minn, maxn, bucket, emb.vocab.words_len(), &mut rows),
         None => emb.vocab.push_subword_indices(word, &mut rows),
+    }
+    if is_pruned(emb) {
+        // a pruned model (.ftz) keeps rows for some buckets only; the others (zero rows
+        // here) are left out of the mean, as fastText drops their n-grams
+        let mut row = vec![0f32; dims];
+        rows.retain(|&r| {
+            emb.storage.row_into(r, &mut row);
+            row.iter().any(|&x| x != 0.0)
+        });
     }
     if rows.is_empty() {
         return out;
@@ -392,20 +410,35 @@ fn read_fasttext_inner(path: &Path, lossy: bool, normalize: bool) -> Result<Embe
             }
         }
     }
-    if pruneidx_size >= 0 {
-        return Err(Error::invalid(
-            "fastText model",
-            format!(
-                "the dictionary is pruned (pruneidx_size {pruneidx_size}): quantized fastText models (.ftz) are not supported; use the .bin model"
-            ),
-        ));
-    }
-    let quant = r.u8(path, "quantization flag")?;
-    if quant != 0 {
-        return Err(Error::invalid(
-            "fastText model",
-            "the input matrix is quantized: quantized fastText models (.ftz) are not supported; use the .bin model",
-        ));
+    // A pruned dictionary (`fasttext quantize -cutoff`): only the n-gram buckets listed
+    // keep a row, the k-th listed one at row words + k.
+    let pruned = if pruneidx_size >= 0 {
+        if (pruneidx_size as u64).saturating_mul(8) > file_len {
+            return Err(Error::invalid(
+                "fastText dictionary",
+                format!("{pruneidx_size} pruned buckets do not fit in a file of {file_len} bytes"),
+            ));
+        }
+        let mut pairs = Vec::with_capacity(pruneidx_size as usize);
+        for _ in 0..pruneidx_size {
+            let h = r.i32(path, "pruned bucket")?;
+            let k = r.i32(path, "pruned bucket row")?;
+            if h < 0 || h >= args.bucket || k < 0 || i64::from(k) >= pruneidx_size {
+                return Err(Error::invalid(
+                    "fastText dictionary",
+                    format!("pruned bucket {h} -> row {k} is out of range ({} buckets, {pruneidx_size} rows)", args.bucket),
+                ));
+            }
+            pairs.push((h as usize, k as usize));
+        }
+        Some(pairs)
+    } else {
+        None
+    };
+    let quant = r.u8(path, "quantization flag")? != 0;
+    if quant || pruned.is_some() {
+        let words = words.finish()?;
+        return read_compact_model(r, path, &args, version, words, pruned, quant, normalize, file_len);
     }
     let rows = r.i64(path, "matrix rows")?;
     let cols = r.i64(path, "matrix columns")?;
@@ -461,6 +494,7 @@ fn read_fasttext_inner(path: &Path, lossy: bool, normalize: bool) -> Result<Embe
             minn: minn as usize,
             maxn: args.maxn as usize,
             bucket: args.bucket as u32,
+            kept: None,
         };
         if !cfg!(unix) {
             read_rows(word_part, offset, 64 << 20)?;
@@ -495,10 +529,191 @@ fn read_fasttext_inner(path: &Path, lossy: bool, normalize: bool) -> Result<Embe
 }
 
 #[derive(Clone, Copy)]
-struct NgramParams {
+struct NgramParams<'a> {
     minn: usize,
     maxn: usize,
     bucket: u32,
+    /// For a pruned model, which buckets kept a row (fastText drops the others' n-grams).
+    kept: Option<&'a [bool]>,
+}
+
+/// A quantized (`.ftz`) or pruned model, read from `r` just after the quantization flag:
+/// the input matrix is rebuilt as fastText rebuilds its rows (centroids times the row's
+/// quantized norm, per element), pruned buckets are spread back to their bucket rows
+/// (the others stay zero) and the import then goes as for a `.bin` model, with fastText's
+/// rule that an n-gram of a pruned-away bucket does not count.
+#[allow(clippy::too_many_arguments)]
+fn read_compact_model(
+    mut r: Reader<BufReader<File>>,
+    path: &Path,
+    args: &FastTextArgs,
+    version: i32,
+    words: WordList,
+    pruned: Option<Vec<(usize, usize)>>,
+    quant: bool,
+    normalize: bool,
+    file_len: u64,
+) -> Result<Embeddings> {
+    let dims = args.dim as usize;
+    let nwords = words.len();
+    let bucket = args.bucket as usize;
+    let stored = nwords + pruned.as_ref().map_or(bucket, Vec::len);
+    let src = if quant {
+        read_quantized_matrix(&mut r, path, stored, dims, file_len)?
+    } else {
+        let rows = r.i64(path, "matrix rows")?;
+        let cols = r.i64(path, "matrix columns")?;
+        if rows != stored as i64 || cols != i64::from(args.dim) {
+            return Err(Error::invalid(
+                "fastText input matrix",
+                format!("shape ({rows}, {cols}), expected ({stored}, {dims})"),
+            ));
+        }
+        read_f32s(&mut r, path, stored * dims, file_len, "fastText input matrix")?
+    };
+    let subwords = args.maxn > 0 && bucket > 0 && args.maxn >= args.minn && pruned.as_ref().is_none_or(|p| !p.is_empty());
+    let minn = args.minn.max(1);
+    let rows = if subwords { nwords + bucket } else { nwords };
+    let mut data = vec![0f32; rows.checked_mul(dims).ok_or(Error::Overflow("matrix size"))?];
+    data[..nwords * dims].copy_from_slice(&src[..nwords * dims]);
+    let mut kept = None;
+    if subwords {
+        match &pruned {
+            None => data[nwords * dims..].copy_from_slice(&src[nwords * dims..]),
+            Some(pairs) => {
+                let mut keep = vec![false; bucket];
+                for &(h, k) in pairs {
+                    let at = (nwords + h) * dims;
+                    let from = (nwords + k) * dims;
+                    data[at..at + dims].copy_from_slice(&src[from..from + dims]);
+                    keep[h] = true;
+                }
+                kept = Some(keep);
+            }
+        }
+    }
+    drop(src);
+    let (word_part, ngram_part) = data.split_at_mut(nwords * dims);
+    let norms = if subwords {
+        let p = NgramParams { minn: minn as usize, maxn: args.maxn as usize, bucket: args.bucket as u32, kept: kept.as_deref() };
+        import_word_rows(word_part, ngram_part, dims, &words, p, normalize, |_, _| Ok(()))?
+    } else {
+        normalize.then(|| normalize_rows(word_part, dims))
+    };
+    let mut metadata = args.to_toml(version as u32);
+    metadata.push_str(&format!("quantized = {quant}\n"));
+    if let Some(p) = &pruned {
+        // (`fasttext_vector` leaves the pruned-away buckets out of an unknown word's mean)
+        metadata.push_str(&format!("pruned_buckets = {}\n", p.len()));
+    }
+    let storage = Storage::Array(ArrayStorage::new(data, rows, dims)?);
+    let vocab = if subwords {
+        Vocab::Subword(SubwordVocab {
+            words,
+            min_n: minn as u32,
+            max_n: args.maxn as u32,
+            indexer: Indexer::FastText { buckets: args.bucket as u32 },
+        })
+    } else {
+        Vocab::Simple(words)
+    };
+    Embeddings::new(Some(metadata), vocab, storage, norms)
+}
+
+/// `n` little-endian f32 values from `r` (bounded by the file's size first).
+fn read_f32s(r: &mut Reader<BufReader<File>>, path: &Path, n: usize, file_len: u64, what: &'static str) -> Result<Vec<f32>> {
+    if (n as u64).saturating_mul(4) > file_len {
+        return Err(Error::invalid(what, format!("{n} floats do not fit in a file of {file_len} bytes")));
+    }
+    let mut out = vec![0f32; n];
+    r.r.read_exact(bytemuck::cast_slice_mut(&mut out)).map_err(|e| read_err(path, what, e))?;
+    super::le_to_host(&mut out);
+    Ok(out)
+}
+
+/// fastText's `ProductQuantizer` (8 bits: 256 centroids per subquantizer).
+struct FtPq {
+    nsubq: usize,
+    dsub: usize,
+    lastdsub: usize,
+    centroids: Vec<f32>,
+}
+
+impl FtPq {
+    fn read(r: &mut Reader<BufReader<File>>, path: &Path, dims: usize, file_len: u64) -> Result<FtPq> {
+        let dim = r.i32(path, "quantizer dim")?;
+        let nsubq = r.i32(path, "quantizer subquantizers")?;
+        let dsub = r.i32(path, "quantizer dsub")?;
+        let lastdsub = r.i32(path, "quantizer last dsub")?;
+        let ok = dim as i64 == dims as i64
+            && nsubq > 0
+            && dsub > 0
+            && lastdsub > 0
+            && i64::from(nsubq - 1) * i64::from(dsub) + i64::from(lastdsub) == i64::from(dim);
+        if !ok {
+            return Err(Error::invalid(
+                "fastText quantizer",
+                format!("dim {dim}, {nsubq} subquantizers of {dsub} (last {lastdsub}) for {dims} dimensions"),
+            ));
+        }
+        let centroids = read_f32s(r, path, dims * 256, file_len, "fastText quantizer centroids")?;
+        Ok(FtPq { nsubq: nsubq as usize, dsub: dsub as usize, lastdsub: lastdsub as usize, centroids })
+    }
+
+    /// fastText's `get_centroids(m, i)`.
+    fn centroid(&self, m: usize, i: u8) -> &[f32] {
+        let i = usize::from(i);
+        if m + 1 == self.nsubq {
+            let at = m * 256 * self.dsub + i * self.lastdsub;
+            &self.centroids[at..at + self.lastdsub]
+        } else {
+            let at = (m * 256 + i) * self.dsub;
+            &self.centroids[at..at + self.dsub]
+        }
+    }
+}
+
+/// A fastText `QuantMatrix` (`rows` x `dims`) rebuilt row by row: element j of row i is
+/// `alpha * c[j]` with alpha the row's quantized norm (or 1), as fastText's `addcode`.
+fn read_quantized_matrix(r: &mut Reader<BufReader<File>>, path: &Path, rows: usize, dims: usize, file_len: u64) -> Result<Vec<f32>> {
+    let qnorm = r.u8(path, "quantized norm flag")? != 0;
+    let m = r.i64(path, "quantized matrix rows")?;
+    let n = r.i64(path, "quantized matrix columns")?;
+    let codesize = r.i32(path, "code size")?;
+    if m != rows as i64 || n != dims as i64 {
+        return Err(Error::invalid("fastText quantized matrix", format!("shape ({m}, {n}), expected ({rows}, {dims})")));
+    }
+    if codesize < 0 || codesize as u64 > file_len {
+        return Err(Error::invalid("fastText quantized matrix", format!("{codesize} bytes of codes in a file of {file_len} bytes")));
+    }
+    let mut codes = vec![0u8; codesize as usize];
+    r.r.read_exact(&mut codes).map_err(|e| read_err(path, "fastText quantized codes", e))?;
+    let pq = FtPq::read(r, path, dims, file_len)?;
+    if codes.len() != rows * pq.nsubq {
+        return Err(Error::invalid(
+            "fastText quantized matrix",
+            format!("{} bytes of codes for {rows} rows of {} subquantizers", codes.len(), pq.nsubq),
+        ));
+    }
+    let norms = if qnorm {
+        let mut norm_codes = vec![0u8; rows];
+        r.r.read_exact(&mut norm_codes).map_err(|e| read_err(path, "fastText norm codes", e))?;
+        let npq = FtPq::read(r, path, 1, file_len)?;
+        Some(norm_codes.iter().map(|&c| npq.centroid(0, c)[0]).collect::<Vec<f32>>())
+    } else {
+        None
+    };
+    let mut out = vec![0f32; rows * dims];
+    for (i, (row, code)) in out.chunks_exact_mut(dims).zip(codes.chunks_exact(pq.nsubq)).enumerate() {
+        let alpha = norms.as_ref().map_or(1.0, |n| n[i]);
+        for (m, &c) in code.iter().enumerate() {
+            let cent = pq.centroid(m, c);
+            for (o, &v) in row[m * pq.dsub..m * pq.dsub + cent.len()].iter_mut().zip(cent) {
+                *o = alpha * v;
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Words handled by one task of the import.
@@ -581,7 +796,10 @@ fn ngram_rows_into(word: &str, p: NgramParams, scratch: &mut String, out: &mut V
     scratch.push_str(word);
     scratch.push('>');
     ngrams_of_bracketed(scratch, p.minn, p.maxn, |g| {
-        out.push((fasttext_hash_bytes(g.as_bytes()) % p.bucket) as usize);
+        let h = (fasttext_hash_bytes(g.as_bytes()) % p.bucket) as usize;
+        if p.kept.is_none_or(|k| k[h]) {
+            out.push(h);
+        }
     });
 }
 

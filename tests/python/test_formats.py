@@ -338,9 +338,34 @@ def test_fasttext_supervised_bin(peers: Path) -> None:
         np.testing.assert_allclose(emb.fasttext_vector(w), v, atol=1e-6, err_msg=w)
 
 
-def test_ftz_is_refused_clearly(peers: Path) -> None:
-    with pytest.raises(vf.FormatError, match="quantized fastText"):
-        vf.load_fasttext(peers / "ft_supervised.ftz")
+def test_ftz_quantized_and_pruned_model(peers: Path, tmp_path: Path) -> None:
+    """A quantized .ftz (product-quantized input matrix with quantized norms, pruned
+    dictionary and n-gram buckets) gives fastText's own word vectors bit for bit."""
+    exp = json.loads((peers / "ft_supervised.expected.json").read_text(encoding="utf-8"))["ftz"]
+    assert exp["is_quantized"]
+    emb = vf.load_fasttext(peers / "ft_supervised.ftz", normalize=False)
+    assert len(emb) == exp["nwords"] and emb.dims == exp["dim"]
+    assert emb.vocab_kind == "FastTextSubwordVocab"
+    for w, v in exp["word_vectors"].items():
+        np.testing.assert_array_equal(emb.fasttext_vector(w), np.array(v, np.float32), err_msg=w)
+    normalized = vf.load_fasttext(peers / "ft_supervised.ftz")
+    for w, v in exp["word_vectors"].items():
+        v = np.array(v, np.float32)
+        n = np.linalg.norm(v)
+        np.testing.assert_allclose(normalized.embedding(w), v / n if n else v, atol=1e-6, err_msg=w)
+    assert "pruned_buckets" in normalized.metadata["fasttext"]
+    # against fastText itself on every word and on unknown words, when it is installed
+    fasttext = pytest.importorskip("fasttext", reason="the fasttext package cannot be installed here")
+    model = fasttext.load_model(str(peers / "ft_supervised.ftz"))
+    for w in list(model.words) + ["zzzqqq", "über", "xylophone", "ö"]:
+        np.testing.assert_array_equal(emb.fasttext_vector(w), model.get_word_vector(w), err_msg=w)
+    # a truncated .ftz is a clear error
+    data = (peers / "ft_supervised.ftz").read_bytes()
+    for cut in (len(data) // 3, len(data) // 2, len(data) - 2000):
+        p = tmp_path / "cut.ftz"
+        p.write_bytes(data[:cut])
+        with pytest.raises(vf.FormatError):
+            vf.load_fasttext(p)
 
 
 def test_fasttext_bad_files(tmp_path: Path, peers: Path) -> None:
