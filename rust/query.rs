@@ -88,6 +88,83 @@ impl Embeddings {
         Ok(self.search_normalized(&q, 1, k, skip).pop().unwrap_or_default())
     }
 
+    /// The embedding of `word` as a unit vector (gensim's `unitvec`; a zero vector stays
+    /// zero), or [`Error::UnknownWord`].
+    fn unit_embedding(&self, word: &str) -> Result<Vec<f32>> {
+        let mut v = vec![0f32; self.dims()];
+        let mut scratch = Vec::new();
+        if self.embedding_into(word, &mut v, &mut scratch).is_none() {
+            return Err(Error::UnknownWord(word.to_string()));
+        }
+        check_queries(&v, self.dims(), &format!("the embedding of {word:?}"))?;
+        l2_normalize(&mut v);
+        Ok(v)
+    }
+
+    /// Cosine similarity of the embeddings of two words (gensim's `similarity`).
+    pub fn similarity(&self, a: &str, b: &str) -> Result<f32> {
+        let (u, v) = (self.unit_embedding(a)?, self.unit_embedding(b)?);
+        Ok(u.iter().zip(&v).map(|(x, y)| x * y).sum())
+    }
+
+    /// gensim's `most_similar(positive, negative, topn)`: the words nearest to the mean of
+    /// the unit embeddings of `positive` minus those of `negative`, skipping the given
+    /// words themselves (and `skip`).
+    pub fn most_similar(&self, positive: &[&str], negative: &[&str], k: usize, skip: &[usize]) -> Result<Vec<Neighbor>> {
+        if positive.is_empty() && negative.is_empty() {
+            return Err(Error::argument("most_similar needs at least one positive or negative word"));
+        }
+        let mut query = vec![0f32; self.dims()];
+        let mut skip = skip.to_vec();
+        for (words, sign) in [(positive, 1f32), (negative, -1f32)] {
+            for w in words {
+                let v = self.unit_embedding(w)?;
+                for (q, x) in query.iter_mut().zip(&v) {
+                    *q += sign * x;
+                }
+                if let Some(i) = self.vocab.word_index(w) {
+                    skip.push(i);
+                }
+            }
+        }
+        let n = (positive.len() + negative.len()) as f32;
+        for q in query.iter_mut() {
+            *q /= n;
+        }
+        l2_normalize(&mut query);
+        Ok(self.search_normalized(&query, 1, k, &skip).pop().unwrap_or_default())
+    }
+
+    /// gensim's `doesnt_match`: of `words` that have an embedding, the one least similar to
+    /// the normalized mean of their unit embeddings (ties: the word that sorts first).
+    /// `None` when no word has an embedding.
+    pub fn doesnt_match<'w>(&self, words: &[&'w str]) -> Result<Option<&'w str>> {
+        let mut units = Vec::new();
+        for &w in words {
+            match self.unit_embedding(w) {
+                Ok(v) => units.push((w, v)),
+                Err(Error::UnknownWord(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if units.is_empty() {
+            return Ok(None);
+        }
+        let mut mean = vec![0f32; self.dims()];
+        for (_, v) in &units {
+            for (m, x) in mean.iter_mut().zip(v) {
+                *m += x;
+            }
+        }
+        let n = units.len() as f32;
+        for m in mean.iter_mut() {
+            *m /= n;
+        }
+        l2_normalize(&mut mean);
+        let scored = units.iter().map(|(w, v)| (v.iter().zip(&mean).map(|(x, y)| x * y).sum::<f32>(), *w));
+        Ok(scored.min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1))).map(|(_, w)| w))
+    }
+
     /// Number of answers per query of [`Embeddings::similar_batch_into`]: `min(k, words)`.
     pub fn batch_width(&self, k: usize) -> usize {
         k.min(self.len())

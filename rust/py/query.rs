@@ -149,6 +149,54 @@ impl PyEmbeddings {
         Ok((indices, scores))
     }
 
+    /// Cosine similarity of the embeddings of two words (gensim's `similarity`).
+    /// KeyError for a word without an embedding.
+    fn similarity(&self, py: Python<'_>, a: &str, b: &str) -> PyResult<f32> {
+        let emb = &self.inner;
+        Ok(py.detach(|| emb.similarity(a, b))?)
+    }
+
+    /// gensim's `most_similar`: the `topn` words nearest to the mean of the unit embeddings
+    /// of `positive` minus those of `negative`, without the given words, as `(word, score)`.
+    /// KeyError for a word without an embedding.
+    #[pyo3(signature = (positive=None, negative=None, topn=10))]
+    fn most_similar<'py>(
+        &self,
+        py: Python<'py>,
+        positive: Option<&Bound<'py, PyAny>>,
+        negative: Option<&Bound<'py, PyAny>>,
+        topn: i64,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let k = check_k(topn)?;
+        let pos = match positive.filter(|p| !p.is_none()) {
+            Some(p) if p.is_instance_of::<PyString>() => vec![p.cast::<PyString>()?.clone()],
+            Some(p) => extract_words(p)?,
+            None => Vec::new(),
+        };
+        let neg = match negative.filter(|p| !p.is_none()) {
+            Some(p) if p.is_instance_of::<PyString>() => vec![p.cast::<PyString>()?.clone()],
+            Some(p) => extract_words(p)?,
+            None => Vec::new(),
+        };
+        let pos = pos.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
+        let neg = neg.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
+        let emb = &self.inner;
+        let found = py.detach(|| emb.most_similar(&pos, &neg, k, &[]))?;
+        answers(py, emb, found)
+    }
+
+    /// gensim's `doesnt_match`: of `words` (those with an embedding), the one least similar
+    /// to the mean of their unit embeddings. ValueError if no word has an embedding.
+    fn doesnt_match(&self, py: Python<'_>, words: &Bound<'_, PyAny>) -> PyResult<String> {
+        let words = extract_words(words)?;
+        let strs = words.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
+        let emb = &self.inner;
+        match py.detach(|| emb.doesnt_match(&strs))? {
+            Some(w) => Ok(w.to_string()),
+            None => Err(PyValueError::new_err("doesnt_match: none of the words has an embedding")),
+        }
+    }
+
     /// Analogy: the `k` words nearest to `normalize(e(b) - e(a) + e(c))` ("a is to b as
     /// c is to ?"), best first, as `(word, score)`. `mask[i]` True skips the i-th query
     /// word from the answers. KeyError names each argument that has no embedding.

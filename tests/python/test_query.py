@@ -115,6 +115,32 @@ def test_gensim_most_similar(w2v: vf.Embeddings) -> None:
         assert_answers(w2v.similar(word, k=10), [(w, s) for w, s in answers])
 
 
+def test_gensim_style_helpers(w2v: vf.Embeddings) -> None:
+    """most_similar / similarity / doesnt_match with gensim's semantics and answers."""
+    exp = _json("w2v.expected.json")
+    for word, answers in exp["most_similar_top10"].items():
+        assert_answers(w2v.most_similar(word, topn=10), [(w, s) for w, s in answers])
+        assert_answers(w2v.most_similar(positive=[word], topn=10), [(w, s) for w, s in answers])
+    for case in exp["analogy_most_similar"]:
+        got = w2v.most_similar(positive=case["positive"], negative=case["negative"], topn=10)
+        assert_answers(got, [(w, s) for w, s in case["result"]])
+    for pair, want in exp["similarity"].items():
+        a, b = pair.split("|")
+        assert abs(w2v.similarity(a, b) - want) < 1e-6
+        assert abs(w2v.similarity(b, a) - want) < 1e-6
+    for words, odd in exp["doesnt_match"].items():
+        assert w2v.doesnt_match(words.split("|")) == odd
+        assert w2v.doesnt_match(words.split("|") + ["no-such-word"]) == odd  # skipped, as in gensim
+    with pytest.raises(KeyError, match="no-such-word"):
+        w2v.similarity("license", "no-such-word")
+    with pytest.raises(KeyError, match="no-such-word"):
+        w2v.most_similar(positive=["license"], negative=["no-such-word"])
+    with pytest.raises(ValueError, match="none of the words"):
+        w2v.doesnt_match(["no-such-word"])
+    with pytest.raises(ValueError, match="at least one"):
+        w2v.most_similar()
+
+
 def test_gensim_similar_by_vector(w2v: vf.Embeddings) -> None:
     case = _json("w2v.expected.json")["similar_by_vector"]["window+license"]
     vec = np.array(case["vector"], dtype=np.float32)  # not normalized: similar() normalizes
