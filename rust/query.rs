@@ -135,6 +135,49 @@ impl Embeddings {
         Ok(self.search_normalized(&query, 1, k, &skip).pop().unwrap_or_default())
     }
 
+    /// gensim's `most_similar_cosmul` (Levy and Goldberg's 3CosMul): each word row scores
+    /// the product over `positive` of `(1 + cos) / 2` divided by that product over
+    /// `negative` plus 1e-6; the given words are not answers. A full scan (every row is
+    /// read, or rebuilt for quantized storage), in parallel.
+    pub fn most_similar_cosmul(&self, positive: &[&str], negative: &[&str], k: usize) -> Result<Vec<Neighbor>> {
+        if positive.is_empty() && negative.is_empty() {
+            return Err(Error::argument("most_similar_cosmul needs at least one positive or negative word"));
+        }
+        let units = |ws: &[&str]| ws.iter().map(|w| self.unit_embedding(w)).collect::<Result<Vec<_>>>();
+        let (pos, neg) = (units(positive)?, units(negative)?);
+        let Some(words) = self.vocab.words() else {
+            return Ok(Vec::new());
+        };
+        let n = words.len();
+        let k = k.min(n);
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let mut skip: Vec<usize> = positive.iter().chain(negative).filter_map(|w| self.vocab.word_index(w)).collect();
+        skip.sort_unstable();
+        skip.dedup();
+        let skip = &skip[..];
+        let d = self.dims();
+        let new_tops = || vec![TopK::new(k, words, skip)];
+        let scan = |tops: &mut [TopK<'_>], start: usize, end: usize| {
+            let mut row = vec![0f32; d];
+            for i in start..end {
+                self.storage.row_into(i, &mut row);
+                let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+                let shifted = |q: &Vec<f32>| {
+                    let cos = if norm > 0.0 { row.iter().zip(q).map(|(a, b)| a * b).sum::<f32>() / norm } else { 0.0 };
+                    (1.0 + f64::from(cos)) / 2.0
+                };
+                let num: f64 = pos.iter().map(shifted).product();
+                let den: f64 = neg.iter().map(shifted).product();
+                tops[0].offer(i, (num / (den + 1e-6)) as f32);
+            }
+        };
+        let work = n.saturating_mul(d).saturating_mul(pos.len() + neg.len());
+        let tops = run_blocks(n, work, 4096, new_tops, scan);
+        Ok(tops.into_iter().next().map(TopK::into_sorted).unwrap_or_default())
+    }
+
     /// gensim's `doesnt_match`: of `words` that have an embedding, the one least similar to
     /// the normalized mean of their unit embeddings (ties: the word that sorts first).
     /// `None` when no word has an embedding.

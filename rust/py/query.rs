@@ -29,6 +29,15 @@ fn answers<'py>(py: Python<'py>, emb: &Embeddings, found: Vec<Neighbor>) -> PyRe
     PyList::new(py, items)
 }
 
+/// gensim's `positive` / `negative`: None, one word, or an iterable of words.
+fn words_arg<'py>(arg: Option<&Bound<'py, PyAny>>) -> PyResult<Vec<Bound<'py, PyString>>> {
+    match arg.filter(|a| !a.is_none()) {
+        Some(a) if a.is_instance_of::<PyString>() => Ok(vec![a.cast::<PyString>()?.clone()]),
+        Some(a) => extract_words(a),
+        None => Ok(Vec::new()),
+    }
+}
+
 /// `mask` from Python: any sequence (tuple, list, array) of three booleans.
 fn analogy_mask(mask: &Bound<'_, PyAny>) -> PyResult<[bool; 3]> {
     let bad = || PyTypeError::new_err("mask must be a sequence of three booleans, e.g. (True, True, True)");
@@ -168,20 +177,33 @@ impl PyEmbeddings {
         topn: i64,
     ) -> PyResult<Bound<'py, PyList>> {
         let k = check_k(topn)?;
-        let pos = match positive.filter(|p| !p.is_none()) {
-            Some(p) if p.is_instance_of::<PyString>() => vec![p.cast::<PyString>()?.clone()],
-            Some(p) => extract_words(p)?,
-            None => Vec::new(),
-        };
-        let neg = match negative.filter(|p| !p.is_none()) {
-            Some(p) if p.is_instance_of::<PyString>() => vec![p.cast::<PyString>()?.clone()],
-            Some(p) => extract_words(p)?,
-            None => Vec::new(),
-        };
+        let pos = words_arg(positive)?;
+        let neg = words_arg(negative)?;
         let pos = pos.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
         let neg = neg.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
         let emb = &self.inner;
         let found = py.detach(|| emb.most_similar(&pos, &neg, k, &[]))?;
+        answers(py, emb, found)
+    }
+
+    /// gensim's `most_similar_cosmul` (3CosMul): the `topn` words whose product of
+    /// `(1 + cos) / 2` over `positive`, divided by the product over `negative` (+ 1e-6),
+    /// is highest, without the given words, as `(word, score)`. A full scan of the rows.
+    #[pyo3(signature = (positive=None, negative=None, topn=10))]
+    fn most_similar_cosmul<'py>(
+        &self,
+        py: Python<'py>,
+        positive: Option<&Bound<'py, PyAny>>,
+        negative: Option<&Bound<'py, PyAny>>,
+        topn: i64,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let k = check_k(topn)?;
+        let pos = words_arg(positive)?;
+        let neg = words_arg(negative)?;
+        let pos = pos.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
+        let neg = neg.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
+        let emb = &self.inner;
+        let found = py.detach(|| emb.most_similar_cosmul(&pos, &neg, k))?;
         answers(py, emb, found)
     }
 

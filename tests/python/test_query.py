@@ -124,6 +124,12 @@ def test_gensim_style_helpers(w2v: vf.Embeddings) -> None:
     for case in exp["analogy_most_similar"]:
         got = w2v.most_similar(positive=case["positive"], negative=case["negative"], topn=10)
         assert_answers(got, [(w, s) for w, s in case["result"]])
+    for word, answers in exp["most_similar_cosmul_top10"].items():
+        assert_answers(w2v.most_similar_cosmul(word, topn=10), [(w, s) for w, s in answers], tol=2e-6)
+    for case in exp["analogy_most_similar"]:
+        if "cosmul" in case:
+            got = w2v.most_similar_cosmul(positive=case["positive"], negative=case["negative"], topn=10)
+            assert_answers(got, [(w, s) for w, s in case["cosmul"]], tol=2e-6)
     for pair, want in exp["similarity"].items():
         a, b = pair.split("|")
         assert abs(w2v.similarity(a, b) - want) < 1e-6
