@@ -513,19 +513,22 @@ fn read_fasttext_inner(path: &Path, lossy: bool, normalize: bool) -> Result<Embe
     };
     drop(file);
     let storage = Storage::Array(ArrayStorage::new(data, keep_rows, dims)?);
-    let vocab = if subwords {
+    Embeddings::new(metadata, model_vocab(words, subwords, minn, &args), storage, norms)
+}
+
+/// The vocabulary of an imported model: fastText's buckets with n-grams of `minn..=maxn`
+/// characters, or the words alone.
+fn model_vocab(words: WordList, subwords: bool, minn: i32, args: &FastTextArgs) -> Vocab {
+    if subwords {
         Vocab::Subword(SubwordVocab {
             words,
             min_n: minn as u32,
             max_n: args.maxn as u32,
-            indexer: Indexer::FastText {
-                buckets: args.bucket as u32,
-            },
+            indexer: Indexer::FastText { buckets: args.bucket as u32 },
         })
     } else {
         Vocab::Simple(words)
-    };
-    Embeddings::new(metadata, vocab, storage, norms)
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -607,17 +610,7 @@ fn read_compact_model(
         metadata.push_str(&format!("pruned_buckets = {}\n", p.len()));
     }
     let storage = Storage::Array(ArrayStorage::new(data, rows, dims)?);
-    let vocab = if subwords {
-        Vocab::Subword(SubwordVocab {
-            words,
-            min_n: minn as u32,
-            max_n: args.maxn as u32,
-            indexer: Indexer::FastText { buckets: args.bucket as u32 },
-        })
-    } else {
-        Vocab::Simple(words)
-    };
-    Embeddings::new(Some(metadata), vocab, storage, norms)
+    Embeddings::new(Some(metadata), model_vocab(words, subwords, minn, args), storage, norms)
 }
 
 /// `n` little-endian f32 values from `r` (bounded by the file's size first).

@@ -46,6 +46,18 @@ impl Chunked {
         &self.buf[self.pos..self.len]
     }
 
+    /// Skip ASCII whitespace, reading on as needed; stops at the next other byte or at
+    /// the end of the file.
+    fn skip_whitespace(&mut self) -> std::io::Result<()> {
+        loop {
+            let k = self.avail().iter().take_while(|b| b.is_ascii_whitespace()).count();
+            self.pos += k;
+            if self.pos < self.len || !self.fill(1)? {
+                return Ok(());
+            }
+        }
+    }
+
     /// Make at least `n` bytes available, unless the file ends first.
     fn fill(&mut self, n: usize) -> std::io::Result<bool> {
         if self.len - self.pos >= n {
@@ -160,14 +172,7 @@ fn read_word2vec_inner(path: &Path, opts: &ReadOptions) -> Result<Embeddings> {
         for i in 0..rows {
             let record = i + 1;
             // skip the whitespace (the previous record's newline) before the word
-            loop {
-                let a = r.avail();
-                let k = a.iter().take_while(|b| b.is_ascii_whitespace()).count();
-                r.pos += k;
-                if r.pos < r.len || !r.fill(1).map_err(io)? {
-                    break;
-                }
-            }
+            r.skip_whitespace().map_err(io)?;
             // the word, up to a space
             let mut scanned = 0;
             let word_len = loop {
@@ -227,14 +232,7 @@ fn read_word2vec_inner(path: &Path, opts: &ReadOptions) -> Result<Embeddings> {
     if opts.limit.is_none() {
         // Without a limit, all records announced are read: anything but whitespace after them means the
         // header disagrees with the file (as the text reader says too).
-        loop {
-            let a = r.avail();
-            let k = a.iter().take_while(|b| b.is_ascii_whitespace()).count();
-            r.pos += k;
-            if r.pos < r.len || !r.fill(1).map_err(io)? {
-                break;
-            }
-        }
+        r.skip_whitespace().map_err(io)?;
         if r.pos < r.len {
             return Err(Error::invalid(
                 "word2vec file",

@@ -55,6 +55,30 @@ fn analogy_mask(mask: &Bound<'_, PyAny>) -> PyResult<[bool; 3]> {
     })
 }
 
+impl PyEmbeddings {
+    /// A gensim-style query on `positive` and `negative` words (None, one word or an
+    /// iterable of words), run without the GIL, answered as `[(word, score), ...]`.
+    fn pos_neg_query<'py, F>(
+        &self,
+        py: Python<'py>,
+        positive: Option<&Bound<'py, PyAny>>,
+        negative: Option<&Bound<'py, PyAny>>,
+        topn: i64,
+        run: F,
+    ) -> PyResult<Bound<'py, PyList>>
+    where
+        F: Fn(&Embeddings, &[&str], &[&str], usize) -> crate::Result<Vec<Neighbor>> + Send + Sync,
+    {
+        let k = check_k(topn)?;
+        let (pos, neg) = (words_arg(positive)?, words_arg(negative)?);
+        let pos = pos.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
+        let neg = neg.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
+        let emb = &self.inner;
+        let found = py.detach(|| run(emb, &pos, &neg, k))?;
+        answers(py, emb, found)
+    }
+}
+
 #[pymethods]
 impl PyEmbeddings {
     /// The `k` words nearest to `query`, best first, as a list of `(word, score)`.
@@ -176,14 +200,7 @@ impl PyEmbeddings {
         negative: Option<&Bound<'py, PyAny>>,
         topn: i64,
     ) -> PyResult<Bound<'py, PyList>> {
-        let k = check_k(topn)?;
-        let pos = words_arg(positive)?;
-        let neg = words_arg(negative)?;
-        let pos = pos.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
-        let neg = neg.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
-        let emb = &self.inner;
-        let found = py.detach(|| emb.most_similar(&pos, &neg, k, &[]))?;
-        answers(py, emb, found)
+        self.pos_neg_query(py, positive, negative, topn, |emb, p, n, k| emb.most_similar(p, n, k, &[]))
     }
 
     /// gensim's `most_similar_cosmul` (3CosMul): the `topn` words whose product of
@@ -197,14 +214,7 @@ impl PyEmbeddings {
         negative: Option<&Bound<'py, PyAny>>,
         topn: i64,
     ) -> PyResult<Bound<'py, PyList>> {
-        let k = check_k(topn)?;
-        let pos = words_arg(positive)?;
-        let neg = words_arg(negative)?;
-        let pos = pos.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
-        let neg = neg.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
-        let emb = &self.inner;
-        let found = py.detach(|| emb.most_similar_cosmul(&pos, &neg, k))?;
-        answers(py, emb, found)
+        self.pos_neg_query(py, positive, negative, topn, |emb, p, n, k| emb.most_similar_cosmul(p, n, k))
     }
 
     /// gensim's `doesnt_match`: of `words` (those with an embedding), the one least similar
