@@ -505,13 +505,26 @@ at::Tensor multi_embedding_autograd(const at::Tensor& weight, const at::Tensor& 
   return MultiEmbeddingFn::apply(weight, indices, meta, std::move(total_dim));
 }
 
+// A plain backward (no create_graph) goes straight to the kernel: no autograd node.
 at::Tensor dense_backward_autograd(const at::Tensor& grad, const at::Tensor& indices, c10::SymInt num_weights,
                                    int64_t padding_idx, bool scale_grad_by_freq) {
+  if (!at::GradMode::is_enabled() || !grad.requires_grad()) {
+    static auto op = op_handle("vecfusion_ops::embedding_dense_backward")
+                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymInt, int64_t, bool)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(grad, indices, std::move(num_weights), padding_idx, scale_grad_by_freq);
+  }
   return DenseBackwardFn::apply(grad, indices, std::move(num_weights), padding_idx, scale_grad_by_freq);
 }
 
 at::Tensor multi_backward_autograd(const at::Tensor& grad, const at::Tensor& indices, const at::Tensor& meta,
                                    c10::SymInt numel) {
+  if (!at::GradMode::is_enabled() || !grad.requires_grad()) {
+    static auto op = op_handle("vecfusion_ops::multi_embedding_backward")
+                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(grad, indices, meta, std::move(numel));
+  }
   return MultiBackwardFn::apply(grad, indices, meta, std::move(numel));
 }
 
