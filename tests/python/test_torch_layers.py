@@ -269,9 +269,20 @@ def test_out_of_range_raises_index_error(bad) -> None:
         m(torch.tensor([[0, 0], [2, 5 if bad == NUM else bad]]))
 
 
-def test_bad_index_dtype() -> None:
+def test_other_index_and_weight_dtypes_behave_as_nn_embedding() -> None:
+    ref, fast = _pair()
+    for bad in (torch.tensor([0.0, 1.0]), torch.tensor([0, 1], dtype=torch.uint8), torch.tensor([True, False])):
+        with pytest.raises(RuntimeError) as want:
+            ref(bad)
+        with pytest.raises(RuntimeError) as got:
+            fast(bad)
+        assert str(got.value) == str(want.value)
+    w = torch.arange(6).view(3, 2)  # integer weights: a lookup table, as nn.Embedding allows
+    x = torch.tensor([2, 0])
+    assert torch.equal(FastEmbedding.from_pretrained(w)(x), nn.Embedding.from_pretrained(w)(x))
+    # the op itself says what it takes
     with pytest.raises(TypeError, match="int32 or int64"):
-        FastEmbedding(NUM, DIM)(torch.tensor([0.0, 1.0]))
+        ops.embedding(fast.weight, torch.tensor([0.0, 1.0]), -1, False, False)
 
 
 def test_state_dict_interchangeable() -> None:

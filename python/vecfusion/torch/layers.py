@@ -23,6 +23,9 @@ def _matrix_of(emb: Any) -> np.ndarray:
     return np.array(storage, dtype=np.float32, copy=True)
 
 
+_INDEX_DTYPES = (torch.int64, torch.int32)
+
+
 class FastEmbedding(nn.Embedding):
     """Drop-in replacement for :class:`torch.nn.Embedding` with the same options and state_dict.
 
@@ -35,6 +38,13 @@ class FastEmbedding(nn.Embedding):
     """
 
     def forward(self, input: Tensor) -> Tensor:
+        if input.dtype not in _INDEX_DTYPES or not self.weight.is_floating_point():
+            # what the kernels do not cover (other index dtypes, integer or complex weights)
+            # is nn.Embedding's own function: its results and its errors
+            return F.embedding(
+                input, self.weight, self.padding_idx, self.max_norm, self.norm_type,
+                self.scale_grad_by_freq, self.sparse,
+            )
         if self.max_norm is not None:
             with torch.no_grad():
                 ops.embedding_renorm_(self.weight, input, float(self.max_norm), float(self.norm_type))
