@@ -78,13 +78,20 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     return "text"
 
 
+_CONTROL = bytes(c for c in range(0x20) if c not in (0x09, 0x0A, 0x0D))
+
+
 def _looks_textual(b: bytes) -> bool:
+    """Text, possibly with a few invalid UTF-8 bytes (a lossy word), or binary floats?
+    Text has almost no control bytes; little-endian floats are full of them."""
     try:
         b.decode("utf-8")
+        return True
     except UnicodeDecodeError as e:
-        # a multi-byte character cut at the end of the sample is fine
-        return e.start >= len(b) - 4
-    return True
+        if e.start >= len(b) - 4:  # a multi-byte character cut at the end of the sample
+            return True
+    control = len(b) - len(b.translate(None, _CONTROL))
+    return control * 100 < len(b)
 
 
 def _dst_format(path: Path, src_format: str) -> str:

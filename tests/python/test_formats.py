@@ -476,6 +476,14 @@ def test_detect_format(ff: Path, peers: Path, tmp_path: Path) -> None:
     assert detect_format(tmp_path / "noext") == "word2vec"
     shutil.copy(ff / "python" / "embeddings.txt", tmp_path / "noext2")
     assert detect_format(tmp_path / "noext2") == "text"
+    # text with an invalid UTF-8 byte in a word is still text (read it with lossy=True)
+    for name in ("utf8-incomplete.dims", "utf8-incomplete.txt"):
+        shutil.copy(ff / "rust" / name, tmp_path / "noext3")
+        assert detect_format(tmp_path / "noext3") in ("text", "glove")
+    shutil.copy(ff / "rust" / "utf8-incomplete.bin", tmp_path / "noext4")
+    assert detect_format(tmp_path / "noext4") == "word2vec"
+    shutil.copy(ff / "rust" / "similarity.bin", tmp_path / "noext5")
+    assert detect_format(tmp_path / "noext5") == "word2vec"
 
 
 def test_convert_chain(ff: Path, tmp_path: Path) -> None:
