@@ -107,9 +107,10 @@ impl Embeddings {
         Ok(u.iter().zip(&v).map(|(x, y)| x * y).sum())
     }
 
-    /// gensim's `most_similar(positive, negative, topn)`: the words nearest to the mean of
-    /// the unit embeddings of `positive` minus those of `negative`, skipping the given
-    /// words themselves (and `skip`).
+    /// gensim's `most_similar(positive, negative, topn)`: the words nearest (by cosine) to
+    /// the mean of the unit embeddings of `positive` minus those of `negative`, skipping
+    /// the given words themselves (and `skip`). Embeddings with norms (rows stored as unit
+    /// vectors) use the fast scan; without, each row is normalized during a full scan.
     pub fn most_similar(&self, positive: &[&str], negative: &[&str], k: usize, skip: &[usize]) -> Result<Vec<Neighbor>> {
         if positive.is_empty() && negative.is_empty() {
             return Err(Error::argument("most_similar needs at least one positive or negative word"));
@@ -132,28 +133,54 @@ impl Embeddings {
             *q /= n;
         }
         l2_normalize(&mut query);
+        if self.norms.is_none() {
+            // Without a norms chunk the rows may not be unit vectors (vf.Embeddings from an
+            // array, a file read with normalize=False): gensim's cosine needs each row's
+            // norm, which the fast scan (a plain dot product) does not take.
+            return Ok(self.scan_cosines(&[&query], k, &skip, |cos| cos[0]));
+        }
         Ok(self.search_normalized(&query, 1, k, &skip).pop().unwrap_or_default())
     }
 
     /// gensim's `most_similar_cosmul` (Levy and Goldberg's 3CosMul): each word row scores
     /// the product over `positive` of `(1 + cos) / 2` divided by that product over
-    /// `negative` plus 1e-6; the given words are not answers. A full scan (every row is
-    /// read, or rebuilt for quantized storage), in parallel.
+    /// `negative` plus 1e-6; the given words are not answers. `positive` must not be empty
+    /// (as in gensim). A full scan (every row is read, or rebuilt for quantized storage),
+    /// in parallel.
     pub fn most_similar_cosmul(&self, positive: &[&str], negative: &[&str], k: usize) -> Result<Vec<Neighbor>> {
-        if positive.is_empty() && negative.is_empty() {
-            return Err(Error::argument("most_similar_cosmul needs at least one positive or negative word"));
+        if positive.is_empty() {
+            return Err(Error::argument("most_similar_cosmul needs at least one positive word"));
         }
         let units = |ws: &[&str]| ws.iter().map(|w| self.unit_embedding(w)).collect::<Result<Vec<_>>>();
         let (pos, neg) = (units(positive)?, units(negative)?);
+        let skip: Vec<usize> = positive.iter().chain(negative).filter_map(|w| self.vocab.word_index(w)).collect();
+        let queries: Vec<&[f32]> = pos.iter().chain(&neg).map(Vec::as_slice).collect();
+        let np = pos.len();
+        Ok(self.scan_cosines(&queries, k, &skip, |cos| {
+            let shifted = |c: &f32| (1.0 + f64::from(*c)) / 2.0;
+            let num: f64 = cos[..np].iter().map(shifted).product();
+            let den: f64 = cos[np..].iter().map(shifted).product();
+            (num / (den + 1e-6)) as f32
+        }))
+    }
+
+    /// The `k` best word rows by `score(cosines)`, where `cosines[j]` is the cosine of the
+    /// row with the unit vector `queries[j]` (0 for a zero row); rows in `skip` are not
+    /// answers. Every row is read (rebuilt for quantized storage) and normalized here, so
+    /// this works whether or not the stored rows are unit vectors. In parallel.
+    fn scan_cosines<F>(&self, queries: &[&[f32]], k: usize, skip: &[usize], score: F) -> Vec<Neighbor>
+    where
+        F: Fn(&[f32]) -> f32 + Sync,
+    {
         let Some(words) = self.vocab.words() else {
-            return Ok(Vec::new());
+            return Vec::new();
         };
         let n = words.len();
         let k = k.min(n);
         if k == 0 {
-            return Ok(Vec::new());
+            return Vec::new();
         }
-        let mut skip: Vec<usize> = positive.iter().chain(negative).filter_map(|w| self.vocab.word_index(w)).collect();
+        let mut skip = skip.to_vec();
         skip.sort_unstable();
         skip.dedup();
         let skip = &skip[..];
@@ -161,21 +188,19 @@ impl Embeddings {
         let new_tops = || vec![TopK::new(k, words, skip)];
         let scan = |tops: &mut [TopK<'_>], start: usize, end: usize| {
             let mut row = vec![0f32; d];
+            let mut cos = vec![0f32; queries.len()];
             for i in start..end {
                 self.storage.row_into(i, &mut row);
                 let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
-                let shifted = |q: &Vec<f32>| {
-                    let cos = if norm > 0.0 { row.iter().zip(q).map(|(a, b)| a * b).sum::<f32>() / norm } else { 0.0 };
-                    (1.0 + f64::from(cos)) / 2.0
-                };
-                let num: f64 = pos.iter().map(shifted).product();
-                let den: f64 = neg.iter().map(shifted).product();
-                tops[0].offer(i, (num / (den + 1e-6)) as f32);
+                for (c, q) in cos.iter_mut().zip(queries) {
+                    *c = if norm > 0.0 { row.iter().zip(*q).map(|(a, b)| a * b).sum::<f32>() / norm } else { 0.0 };
+                }
+                tops[0].offer(i, score(&cos));
             }
         };
-        let work = n.saturating_mul(d).saturating_mul(pos.len() + neg.len());
+        let work = n.saturating_mul(d).saturating_mul(queries.len());
         let tops = run_blocks(n, work, 4096, new_tops, scan);
-        Ok(tops.into_iter().next().map(TopK::into_sorted).unwrap_or_default())
+        tops.into_iter().next().map(TopK::into_sorted).unwrap_or_default()
     }
 
     /// gensim's `doesnt_match`: of `words` that have an embedding, the one least similar to

@@ -6,6 +6,9 @@
 //! i32 size | i32 nwords | i32 nlabels | i64 ntokens | i64 pruneidx_size
 //! size x (NUL-terminated word | i64 count | u8 type)  [pruneidx_size x (i32, i32)]
 //! u8 quant | i64 rows | i64 cols | rows x cols f32   (input matrix, rows = nwords + bucket)
+//!   or, quantized (.ftz): u8 qnorm | i64 rows | i64 cols | i32 codesize | codes
+//!   | product quantizer (i32 dim, nsubq, dsub, lastdsub | dim x 256 f32 centroids)
+//!   | [qnorm: rows x u8 norm codes | norm quantizer]; rows = nwords + pruneidx_size if pruned
 //! u8 quant | output matrix
 //! ```
 //!
@@ -14,7 +17,8 @@
 //! L2-normalized and their norms kept; n-gram rows stay as they are. The vocabulary is
 //! a fastText subword vocabulary with the file's bucket count. fastText gives the
 //! end-of-sentence word `</s>` no n-grams; so does vecfusion. Writing inverts the import.
-//! Quantized models (`.ftz`) are refused.
+//! Quantized and pruned models (`.ftz`) are rebuilt as fastText rebuilds them (see
+//! `read_compact_model`).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, Write};

@@ -105,7 +105,7 @@ fn is_binary_after_header(path: &std::path::Path) -> bool {
             || std::str::from_utf8(rest).is_err_and(|e| e.error_len().is_some() || e.valid_up_to() + 4 < rest.len()))
 }
 
-/// Read a fastText `.bin` model (quantized `.ftz` models are refused with FormatError).
+/// Read a fastText `.bin` model or a quantized (and pruned) `.ftz` model.
 /// With `normalize` (the default) word rows are L2-normalized and their norms kept, as
 /// finalfusion does; `normalize=False` keeps each word row exactly fastText's vector.
 #[pyfunction]

@@ -47,6 +47,9 @@ impl PyEmbeddings {
     }
 }
 
+/// The most room reserved from an iterable's `__len__` before iterating it.
+const LEN_HINT_CAP: usize = 1 << 16;
+
 /// Extract a list of words from any iterable of str.
 pub(crate) fn extract_words<'py>(words: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyString>>> {
     if words.is_instance_of::<PyString>() {
@@ -80,7 +83,8 @@ pub(crate) fn extract_words<'py>(words: &Bound<'py, PyAny>) -> PyResult<Vec<Boun
         }
         return Ok(out);
     }
-    let mut out = Vec::with_capacity(words.len().unwrap_or(0));
+    // (`__len__` is only a hint: capped, as an iterable may claim any length)
+    let mut out = Vec::with_capacity(words.len().unwrap_or(0).min(LEN_HINT_CAP));
     for w in words.try_iter()? {
         out.push(w?.cast_into::<PyString>().map_err(not_str)?);
     }
@@ -152,7 +156,7 @@ pub(crate) fn extract_word_buf(words: &Bound<'_, PyAny>) -> PyResult<WordBuf> {
         }
         return Ok(buf);
     }
-    buf.ends.reserve(words.len().unwrap_or(0));
+    buf.ends.reserve(words.len().unwrap_or(0).min(LEN_HINT_CAP));
     for w in words.try_iter()? {
         buf.push(&w?)?;
     }

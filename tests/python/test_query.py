@@ -145,6 +145,15 @@ def test_gensim_style_helpers(w2v: vf.Embeddings) -> None:
         w2v.doesnt_match(["no-such-word"])
     with pytest.raises(ValueError, match="at least one"):
         w2v.most_similar()
+    with pytest.raises(ValueError, match="at least one positive"):
+        w2v.most_similar_cosmul(negative=["license"])  # as gensim
+    # raw (unnormalized) rows without norms: still gensim's cosines
+    raw = vf.load_word2vec(PEERS / "w2v.bin", normalize=False)
+    assert raw.norms is None
+    for word, answers in exp["most_similar_top10"].items():
+        assert_answers(raw.most_similar(word, topn=10), [(w, s) for w, s in answers])
+    for word, answers in exp["most_similar_cosmul_top10"].items():
+        assert_answers(raw.most_similar_cosmul(word, topn=10), [(w, s) for w, s in answers], tol=2e-6)
 
 
 def test_gensim_similar_by_vector(w2v: vf.Embeddings) -> None:
