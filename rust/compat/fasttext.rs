@@ -581,13 +581,22 @@ fn read_compact_model(
     let subwords = args.maxn > 0 && bucket > 0 && args.maxn >= args.minn && pruned.as_ref().is_none_or(|p| !p.is_empty());
     let minn = args.minn.max(1);
     let rows = if subwords { nwords + bucket } else { nwords };
-    let mut data = vec![0f32; rows.checked_mul(dims).ok_or(Error::Overflow("matrix size"))?];
-    data[..nwords * dims].copy_from_slice(&src[..nwords * dims]);
     let mut kept = None;
-    if subwords {
-        match &pruned {
-            None => data[nwords * dims..].copy_from_slice(&src[nwords * dims..]),
-            Some(pairs) => {
+    let mut data = match &pruned {
+        // all rows are in the file: used as they are (the word rows only without n-grams)
+        None => {
+            let mut src = src;
+            src.truncate(rows * dims);
+            src
+        }
+        // kept buckets go back to their bucket rows; the others stay zero (memory the
+        // system zeroes lazily: a bucket table the file does not hold is allocated, so a
+        // corrupt bucket count is an error here, not an abort)
+        Some(pairs) => {
+            let n = rows.checked_mul(dims).ok_or(Error::Overflow("matrix size"))?;
+            let mut data = try_zeroed_f32(n, "fastText input matrix")?;
+            data[..nwords * dims].copy_from_slice(&src[..nwords * dims]);
+            if subwords {
                 let mut keep = vec![false; bucket];
                 for &(h, k) in pairs {
                     let at = (nwords + h) * dims;
@@ -597,9 +606,9 @@ fn read_compact_model(
                 }
                 kept = Some(keep);
             }
+            data
         }
-    }
-    drop(src);
+    };
     let (word_part, ngram_part) = data.split_at_mut(nwords * dims);
     let norms = if subwords {
         let p = NgramParams { minn: minn as usize, maxn: args.maxn as usize, bucket: args.bucket as u32, kept: kept.as_deref() };
@@ -615,6 +624,26 @@ fn read_compact_model(
     }
     let storage = Storage::Array(ArrayStorage::new(data, rows, dims)?);
     Embeddings::new(Some(metadata), model_vocab(words, subwords, minn, args), storage, norms)
+}
+
+/// `n` zeros, or a FormatError when the system cannot provide the memory (rather than
+/// the abort of `vec![0.0; n]`): used where a header sets a size the file does not hold.
+fn try_zeroed_f32(n: usize, what: &'static str) -> Result<Vec<f32>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<f32>(n).map_err(|_| Error::Overflow(what))?;
+    // SAFETY: the layout has a non-zero size.
+    let p = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<f32>();
+    if p.is_null() {
+        return Err(Error::invalid(
+            what,
+            format!("{n} floats ({} MiB) cannot be allocated: a corrupt header?", (n as u64 * 4) >> 20),
+        ));
+    }
+    // SAFETY: `p` comes from the global allocator with the layout of `[f32; n]` (what a
+    // Vec<f32> of capacity `n` uses), and all-zero bits are a valid f32 (0.0).
+    Ok(unsafe { Vec::from_raw_parts(p, n, n) })
 }
 
 /// `n` little-endian f32 values from `r` (bounded by the file's size first).
@@ -700,7 +729,7 @@ fn read_quantized_matrix(r: &mut Reader<BufReader<File>>, path: &Path, rows: usi
     } else {
         None
     };
-    let mut out = vec![0f32; rows * dims];
+    let mut out = try_zeroed_f32(rows.checked_mul(dims).ok_or(Error::Overflow("matrix size"))?, "fastText quantized matrix")?;
     for (i, (row, code)) in out.chunks_exact_mut(dims).zip(codes.chunks_exact(pq.nsubq)).enumerate() {
         let alpha = norms.as_ref().map_or(1.0, |n| n[i]);
         for (m, &c) in code.iter().enumerate() {
@@ -852,6 +881,16 @@ pub fn write_fasttext(emb: &Embeddings, path: &Path) -> Result<()> {
         args.loss = 2;
     }
     let nwords_i32 = to_i32(nwords, "word count")?;
+    // A model read from a pruned .ftz keeps rows for some buckets only: fastText reads a
+    // pruned dictionary only with a quantized matrix (which is not written here), and an
+    // unpruned copy would put the zero rows of the pruned buckets into its means.
+    if is_pruned(emb) {
+        return Err(Error::argument(
+            "these embeddings come from a pruned fastText model (.ftz): fastText takes a pruned \
+             dictionary only with a quantized matrix, which vecfusion does not write; write them \
+             as finalfusion (which keeps the pruning for fasttext_vector) or as text instead",
+        ));
+    }
     let rows = nwords + bucket as usize;
 
     write_atomically(path, |w| {

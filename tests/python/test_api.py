@@ -344,3 +344,21 @@ def test_unknown_word_of_huge_or_tiny_rows_is_normalized(scale: float) -> None:
     v, norm = e.embedding_with_norm("xyz")
     np.testing.assert_allclose(v, np.full(3, 3**-0.5, np.float32), rtol=1e-6)
     assert np.isfinite(norm) and norm > 0
+
+
+def test_an_iterables_len_is_only_a_hint() -> None:
+    """A huge or lying __len__ neither panics nor allocates: the words are what iterates."""
+    emb = vf.Embeddings(["a", "b"], np.eye(2, dtype=np.float32))
+
+    class Liar:
+        def __len__(self) -> int:
+            return 2**40
+
+        def __iter__(self):  # noqa: ANN204
+            return iter(["b", "x"])
+
+    vectors, found = emb.lookup(Liar())
+    assert found.tolist() == [True, False] and vectors.shape == (2, 2)
+    assert emb.doesnt_match(Liar()) == "b"
+    with pytest.raises(TypeError):
+        emb.lookup(range(2**62))  # ints, not words: an error, not a capacity panic

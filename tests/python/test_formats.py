@@ -359,6 +359,20 @@ def test_ftz_quantized_and_pruned_model(peers: Path, tmp_path: Path) -> None:
     model = fasttext.load_model(str(peers / "ft_supervised.ftz"))
     for w in list(model.words) + ["zzzqqq", "über", "xylophone", "ö"]:
         np.testing.assert_array_equal(emb.fasttext_vector(w), model.get_word_vector(w), err_msg=w)
+    # a pruned model cannot go back to fastText .bin (fastText wants its matrix quantized
+    # then); through finalfusion it keeps its vectors, the pruning included
+    with pytest.raises(ValueError, match="pruned"):
+        emb.write_fasttext(tmp_path / "x.bin")
+    emb.write(tmp_path / "x.fifu")
+    back = vf.load(tmp_path / "x.fifu")
+    for w in list(model.words)[:200] + ["zzzqqq", "über", "xylophone"]:
+        np.testing.assert_array_equal(back.fasttext_vector(w), model.get_word_vector(w), err_msg=w)
+    # a corrupt bucket count (a table the file does not hold) is an error, not an abort
+    raw = bytearray((peers / "ft_supervised.ftz").read_bytes())
+    struct.pack_into("<i", raw, 40, 2**31 - 1)
+    (tmp_path / "huge.ftz").write_bytes(bytes(raw))
+    with pytest.raises(vf.FormatError, match="cannot be allocated"):
+        vf.load_fasttext(tmp_path / "huge.ftz")
     # a truncated .ftz is a clear error
     data = (peers / "ft_supervised.ftz").read_bytes()
     for cut in (len(data) // 3, len(data) // 2, len(data) - 2000):
