@@ -362,6 +362,17 @@ def test_multi_equals_separate_tables(idx_dtype, batch) -> None:
         torch.testing.assert_close(multi.weight.grad[off : off + n * d].view(n, d), tab.weight.grad)
 
 
+def test_multi_table_with_no_rows() -> None:
+    """A 0-row table is allowed, as nn.Embedding(0, d); any index into it is out of range."""
+    m = FastMultiEmbedding([0, 3], [2, 2])
+    assert m.weight.shape == (6,)
+    assert m(torch.zeros((0, 2), dtype=torch.long)).shape == (0, 4)
+    with pytest.raises(IndexError, match="table 0 with 0 rows"):
+        m(torch.tensor([[0, 1]]))
+    with pytest.raises(ValueError, match="must not be negative"):
+        FastMultiEmbedding([-1, 3], [2, 2])
+
+
 def test_multi_from_pretrained_and_dtypes() -> None:
     tabs = [torch.randn(n, d, dtype=torch.float64) for n, d in zip(NUMS, DIMS)]
     m = FastMultiEmbedding.from_pretrained(tabs)

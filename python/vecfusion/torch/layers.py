@@ -259,8 +259,8 @@ class FastMultiEmbedding(nn.Module):
             raise ValueError(f"{len(nums)} table sizes but {len(dims)} dims")
         if not nums:
             raise ValueError("need at least one table")
-        if any(n <= 0 for n in nums) or any(d < 0 for d in dims):
-            raise ValueError("table sizes must be positive and dims non-negative")
+        if any(n < 0 for n in nums) or any(d < 0 for d in dims):
+            raise ValueError("table sizes and dims must not be negative")
         self.num_embeddings = nums
         self.embedding_dims = dims
         self.max_norm = None if max_norm is None else float(max_norm)
