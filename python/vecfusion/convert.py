@@ -109,7 +109,7 @@ def _dst_format(path: Path, src_format: str) -> str:
         return "glove"
     raise ValueError(
         f"cannot tell the output format from the name {path.name!r}; pass dst_format "
-        f"(one of {', '.join(FORMATS)})"
+        f"(on the command line: --to), one of {', '.join(FORMATS)}"
     )
 
 

@@ -334,11 +334,19 @@ fn read_fasttext_inner(path: &Path, lossy: bool, normalize: bool) -> Result<Embe
     };
     let magic = r.i32(path, "fastText magic")? as u32;
     if magic != FASTTEXT_MAGIC {
-        return Err(Error::Magic {
-            format: "fastText",
-            expected: FASTTEXT_MAGIC.to_le_bytes().to_vec(),
-            got: magic.to_le_bytes().to_vec(),
-        });
+        let head = magic.to_le_bytes();
+        let hint = super::other_format(&head)
+            .or_else(|| super::looks_like_text(path).then_some("this looks like text embeddings: read it with vf.load_text"))
+            .or_else(|| {
+                head[0].is_ascii_digit().then_some("this starts like word2vec (a \"words dims\" header): read it with vf.load_word2vec")
+            });
+        if let Some(hint) = hint {
+            return Err(Error::invalid("fastText model", hint));
+        }
+        return Err(Error::invalid(
+            "fastText model",
+            format!("not a fastText file: magic bytes {head:02x?}, expected {:02x?}", FASTTEXT_MAGIC.to_le_bytes()),
+        ));
     }
     let version = r.i32(path, "fastText version")?;
     if !(0..=FASTTEXT_VERSION as i32).contains(&version) {

@@ -1,7 +1,7 @@
 //! Building embeddings from NumPy arrays.
 
 use numpy::{AllowTypeChange, PyArrayLike1, PyArrayLike2, PyUntypedArrayMethods};
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use super::embeddings::{extract_words, PyEmbeddings};
@@ -26,7 +26,7 @@ impl PyEmbeddings {
     fn py_new(
         py: Python<'_>,
         words: &Bound<'_, PyAny>,
-        matrix: PyArrayLike2<'_, f32, AllowTypeChange>,
+        matrix: &Bound<'_, PyAny>,
         norms: Option<PyArrayLike1<'_, f32, AllowTypeChange>>,
         metadata: Option<&Bound<'_, PyAny>>,
         vocab: &str,
@@ -40,6 +40,14 @@ impl PyEmbeddings {
         }
         let words = extract_words(words)?;
         let strs = words.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
+        let matrix: PyArrayLike2<'_, f32, AllowTypeChange> = matrix.extract().map_err(|_| {
+            let ndim = matrix.getattr("ndim").ok().and_then(|d| d.extract::<usize>().ok());
+            let got = ndim.map_or_else(
+                || matrix.get_type().name().map(|n| n.to_string()).unwrap_or_default(),
+                |d| format!("a {d}-D array"),
+            );
+            PyTypeError::new_err(format!("matrix must be a 2-D array of numbers (rows, dims), got {got}"))
+        })?;
         let (rows, cols) = (matrix.shape()[0], matrix.shape()[1]);
         let data = matrix.as_array().iter().copied().collect::<Vec<f32>>();
         // NaN or infinity would make every query skip (or rank arbitrarily) that row

@@ -238,10 +238,13 @@ impl PyEmbeddings {
             None => PyArray2::<f32>::zeros(py, [n, dims], false),
             Some(o) => {
                 let arr = o.cast_into::<PyArray2<f32>>().map_err(|e| {
-                    PyTypeError::new_err(format!(
-                        "out must be a 2-D float32 numpy array, got {}",
-                        e.into_inner().repr().map(|r| r.to_string()).unwrap_or_default().chars().take(80).collect::<String>()
-                    ))
+                    let o = e.into_inner();
+                    // what it is, briefly: a numpy array's dtype and shape, else the type
+                    let what = match (o.getattr("dtype"), o.getattr("shape")) {
+                        (Ok(d), Ok(s)) => format!("a {} array of shape {}", d.str().map(|x| x.to_string()).unwrap_or_default(), s.str().map(|x| x.to_string()).unwrap_or_default()),
+                        _ => o.get_type().name().map(|n| n.to_string()).unwrap_or_default(),
+                    };
+                    PyTypeError::new_err(format!("out must be a 2-D float32 numpy array, got {what}"))
                 })?;
                 if arr.shape() != [n, dims] {
                     let shape = arr.shape().iter().map(usize::to_string).collect::<Vec<_>>().join(", ");

@@ -362,3 +362,11 @@ def test_an_iterables_len_is_only_a_hint() -> None:
     assert emb.doesnt_match(Liar()) == "b"
     with pytest.raises(TypeError):
         emb.lookup(range(2**62))  # ints, not words: an error, not a capacity panic
+
+
+def test_argument_errors_say_what_was_given() -> None:
+    with pytest.raises(TypeError, match="matrix must be a 2-D array .* got a 1-D array"):
+        vf.Embeddings(["a", "b"], np.ones(2, np.float32))
+    emb = vf.Embeddings(["a", "b"], np.eye(2, dtype=np.float32))
+    with pytest.raises(TypeError, match=r"got a float64 array of shape \(1, 2\)$"):
+        emb.lookup(["a"], out=np.zeros((1, 2), np.float64))

@@ -622,6 +622,15 @@ def test_wrong_loader_names_the_right_one_briefly(peers: Path, name: str, hint: 
         assert name in str(info.value) and len(str(info.value)) < 300
 
 
+@pytest.mark.parametrize(
+    "name, hint",
+    [("w2v.fifu", "vf.load"), ("w2v.txt", "vf.load_text"), ("w2v.bin", "vf.load_word2vec")],
+)
+def test_load_fasttext_on_other_files_names_the_loader(peers: Path, name: str, hint: str) -> None:
+    with pytest.raises(vf.FormatError, match=rf"read it with {hint} \(.*{name}\)"):
+        vf.load_fasttext(peers / name)
+
+
 def test_bad_text_values_are_quoted_briefly(tmp_path: Path) -> None:
     p = tmp_path / "long.txt"
     p.write_text("w" * 5000 + " 1 " + "x" * 5000 + "\n", encoding="utf-8")
