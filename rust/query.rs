@@ -36,6 +36,13 @@ use crate::vocab::WordList;
 
 pub(crate) use kernel::Isa;
 
+/// A term of gensim's `most_similar`: a word (its unit embedding) or a vector as given.
+#[derive(Clone, Copy, Debug)]
+pub enum Term<'a> {
+    Word(&'a str),
+    Vector(&'a [f32]),
+}
+
 /// One answer of a query: a word row and its score.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Neighbor {
@@ -112,25 +119,53 @@ impl Embeddings {
     /// the given words themselves (and `skip`). Embeddings with norms (rows stored as unit
     /// vectors) use the fast scan; without, each row is normalized during a full scan.
     pub fn most_similar(&self, positive: &[&str], negative: &[&str], k: usize, skip: &[usize]) -> Result<Vec<Neighbor>> {
-        if positive.is_empty() && negative.is_empty() {
+        let terms: Vec<(Term<'_>, f32)> = positive
+            .iter()
+            .map(|w| (Term::Word(w), 1.0))
+            .chain(negative.iter().map(|w| (Term::Word(w), -1.0)))
+            .collect();
+        self.most_similar_terms(&terms, k, skip)
+    }
+
+    /// gensim's `most_similar` with weighted terms (`(term, weight)`, negative weights for
+    /// `negative`): the query is the sum of `weight x` unit word embedding, or `weight x`
+    /// vector as given (gensim's `get_mean_vector`), normalized; the words among the terms
+    /// are not answers.
+    pub fn most_similar_terms(&self, terms: &[(Term<'_>, f32)], k: usize, skip: &[usize]) -> Result<Vec<Neighbor>> {
+        if terms.is_empty() {
             return Err(Error::argument("most_similar needs at least one positive or negative word"));
         }
         let mut query = vec![0f32; self.dims()];
         let mut skip = skip.to_vec();
-        for (words, sign) in [(positive, 1f32), (negative, -1f32)] {
-            for w in words {
-                let v = self.unit_embedding(w)?;
-                for (q, x) in query.iter_mut().zip(&v) {
-                    *q += sign * x;
+        for (term, weight) in terms {
+            let v = match term {
+                Term::Word(w) => {
+                    if let Some(i) = self.vocab.word_index(w) {
+                        skip.push(i);
+                    }
+                    self.unit_embedding(w)?
                 }
-                if let Some(i) = self.vocab.word_index(w) {
-                    skip.push(i);
+                Term::Vector(v) => {
+                    if v.len() != self.dims() {
+                        return Err(Error::argument(format!(
+                            "a query vector has {} values, but the embeddings have {} dimensions",
+                            v.len(),
+                            self.dims()
+                        )));
+                    }
+                    check_queries(v, self.dims(), "query vector")?;
+                    v.to_vec()
                 }
+            };
+            for (q, x) in query.iter_mut().zip(&v) {
+                *q += weight * x;
             }
         }
-        let n = (positive.len() + negative.len()) as f32;
-        for q in query.iter_mut() {
-            *q /= n;
+        let total: f32 = terms.iter().map(|(_, w)| w.abs()).sum();
+        if total > 0.0 {
+            for q in query.iter_mut() {
+                *q /= total;
+            }
         }
         l2_normalize(&mut query);
         if self.norms.is_none() {

@@ -150,8 +150,8 @@ class Embeddings:
     def similarity(self, a: str, b: str) -> float: ...
     def most_similar(
         self,
-        positive: str | Iterable[str] | None = None,
-        negative: str | Iterable[str] | None = None,
+        positive: str | npt.ArrayLike | Iterable[str | npt.ArrayLike | tuple[str | npt.ArrayLike, float]] | None = None,
+        negative: str | npt.ArrayLike | Iterable[str | npt.ArrayLike | tuple[str | npt.ArrayLike, float]] | None = None,
         topn: int = 10,
     ) -> list[tuple[str, float]]: ...
     def most_similar_cosmul(

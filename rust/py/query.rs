@@ -7,7 +7,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyList, PyString, PyTuple};
 
 use super::embeddings::{extract_words, PyEmbeddings};
 use crate::embeddings::Embeddings;
-use crate::query::Neighbor;
+use crate::query::{Neighbor, Term};
 
 /// `(indices, scores)` of a batch.
 type BatchAnswers<'py> = (Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>);
@@ -27,6 +27,53 @@ fn answers<'py>(py: Python<'py>, emb: &Embeddings, found: Vec<Neighbor>) -> PyRe
         })
         .collect::<PyResult<Vec<_>>>()?;
     PyList::new(py, items)
+}
+
+enum OwnedTerm {
+    Word(String),
+    Vector(Vec<f32>),
+}
+
+/// gensim's `most_similar` terms: None, one word, one 1-D vector, or an iterable of words,
+/// vectors and `(word or vector, weight)` pairs; a plain term weighs `sign` (+1 for
+/// `positive`, -1 for `negative`), a pair its own weight as given, also among `negative`
+/// (gensim's rule).
+fn terms_arg(arg: Option<&Bound<'_, PyAny>>, sign: f32) -> PyResult<Vec<(OwnedTerm, f32)>> {
+    let Some(arg) = arg.filter(|a| !a.is_none()) else {
+        return Ok(Vec::new());
+    };
+    let one = |x: &Bound<'_, PyAny>| -> PyResult<OwnedTerm> {
+        if let Ok(s) = x.cast::<PyString>() {
+            return Ok(OwnedTerm::Word(s.to_str()?.to_string()));
+        }
+        if x.is_instance_of::<PyBytes>() || x.is_instance_of::<PyByteArray>() {
+            return Err(PyTypeError::new_err("most_similar takes words (str), vectors or (word, weight) pairs, not bytes"));
+        }
+        let v: PyArrayLike1<'_, f32, AllowTypeChange> = x.extract().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "most_similar takes words (str), 1-D vectors or (word, weight) pairs, got {}",
+                x.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            ))
+        })?;
+        Ok(OwnedTerm::Vector(v.as_array().to_vec()))
+    };
+    if arg.is_instance_of::<PyString>() || arg.getattr("ndim").ok().and_then(|d| d.extract::<usize>().ok()) == Some(1) {
+        return Ok(vec![(one(arg)?, sign)]);
+    }
+    let mut out = Vec::new();
+    for item in arg.try_iter()? {
+        let item = item?;
+        if let Ok(t) = item.cast::<PyTuple>() {
+            if t.len() == 2 && !t.get_item(1)?.is_instance_of::<PyString>() {
+                if let Ok(w) = t.get_item(1)?.extract::<f32>() {
+                    out.push((one(&t.get_item(0)?)?, w));
+                    continue;
+                }
+            }
+        }
+        out.push((one(&item)?, sign));
+    }
+    Ok(out)
 }
 
 /// gensim's `positive` / `negative`: None, one word, or an iterable of words.
@@ -200,7 +247,22 @@ impl PyEmbeddings {
         negative: Option<&Bound<'py, PyAny>>,
         topn: i64,
     ) -> PyResult<Bound<'py, PyList>> {
-        self.pos_neg_query(py, positive, negative, topn, |emb, p, n, k| emb.most_similar(p, n, k, &[]))
+        let k = check_k(topn)?;
+        let mut owned = terms_arg(positive, 1.0)?;
+        owned.extend(terms_arg(negative, -1.0)?);
+        let terms: Vec<(Term<'_>, f32)> = owned
+            .iter()
+            .map(|(t, w)| {
+                let term = match t {
+                    OwnedTerm::Word(s) => Term::Word(s),
+                    OwnedTerm::Vector(v) => Term::Vector(v),
+                };
+                (term, *w)
+            })
+            .collect();
+        let emb = &self.inner;
+        let found = py.detach(|| emb.most_similar_terms(&terms, k, &[]))?;
+        answers(py, emb, found)
     }
 
     /// gensim's `most_similar_cosmul` (3CosMul): the `topn` words whose product of

@@ -156,6 +156,31 @@ def test_gensim_style_helpers(w2v: vf.Embeddings) -> None:
         assert_answers(raw.most_similar_cosmul(word, topn=10), [(w, s) for w, s in answers], tol=2e-6)
 
 
+def test_most_similar_weighted_terms_and_vectors(w2v: vf.Embeddings) -> None:
+    """gensim's forms: (word, weight) pairs and raw vectors among the terms; the query is
+    sum(weight * unit word vector or raw vector), normalized; words among the terms skipped.
+    As in gensim, a pair's weight is used as given, also among `negative`."""
+    m = np.asarray(w2v.storage, np.float64)
+    rows = m / np.linalg.norm(m, axis=1, keepdims=True)
+    words = list(w2v)
+    unit = lambda w: rows[words.index(w)]  # noqa: E731
+    vec = (m[words.index("window")] * 0.3).astype(np.float32)
+    q = 2.0 * unit("license") + vec + 0.5 * unit("software") - unit("gnu")
+    q /= np.linalg.norm(q)
+    scores = rows @ q
+    order = [i for i in np.argsort(-scores, kind="stable") if words[i] not in ("license", "software", "gnu")][:10]
+    want = [(words[i], float(scores[i])) for i in order]
+    got = w2v.most_similar(positive=[("license", 2.0), vec], negative=[("software", 0.5), "gnu"], topn=10)
+    assert_answers(got, want, tol=1e-5)
+    # a single vector as `positive`, and a vector equal to a word's row finds that word first
+    got = w2v.most_similar(positive=m[words.index("gpl")].astype(np.float32), topn=1)
+    assert got[0][0] == "gpl" and abs(got[0][1] - 1.0) < 1e-5
+    with pytest.raises(TypeError, match="not bytes"):
+        w2v.most_similar(positive=[b"license"])
+    with pytest.raises(ValueError, match="dimensions"):
+        w2v.most_similar(positive=[np.ones(3, np.float32)])
+
+
 def test_gensim_similar_by_vector(w2v: vf.Embeddings) -> None:
     case = _json("w2v.expected.json")["similar_by_vector"]["window+license"]
     vec = np.array(case["vector"], dtype=np.float32)  # not normalized: similar() normalizes
