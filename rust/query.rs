@@ -79,9 +79,8 @@ impl Embeddings {
         Ok(self.search_normalized(&query, 1, k, &skip).pop().unwrap_or_default())
     }
 
-    /// The `k` words nearest to the vector `query` (normalized first; a zero vector stays
-    /// zero and scores 0 everywhere), best first, skipping the rows in `skip`.
-    pub fn similar_to_vector(&self, query: &[f32], k: usize, skip: &[usize]) -> Result<Vec<Neighbor>> {
+    /// A query vector must have `dims` values, none NaN or infinite.
+    fn check_query_vector(&self, query: &[f32]) -> Result<()> {
         if query.len() != self.dims() {
             return Err(Error::argument(format!(
                 "query vector has {} values, but the embeddings have {} dimensions",
@@ -89,7 +88,13 @@ impl Embeddings {
                 self.dims()
             )));
         }
-        check_queries(query, self.dims(), "query vector")?;
+        check_queries(query, self.dims(), "query vector")
+    }
+
+    /// The `k` words nearest to the vector `query` (normalized first; a zero vector stays
+    /// zero and scores 0 everywhere), best first, skipping the rows in `skip`.
+    pub fn similar_to_vector(&self, query: &[f32], k: usize, skip: &[usize]) -> Result<Vec<Neighbor>> {
+        self.check_query_vector(query)?;
         let mut q = query.to_vec();
         l2_normalize(&mut q);
         Ok(self.search_normalized(&q, 1, k, skip).pop().unwrap_or_default())
@@ -146,14 +151,7 @@ impl Embeddings {
                     self.unit_embedding(w)?
                 }
                 Term::Vector(v) => {
-                    if v.len() != self.dims() {
-                        return Err(Error::argument(format!(
-                            "a query vector has {} values, but the embeddings have {} dimensions",
-                            v.len(),
-                            self.dims()
-                        )));
-                    }
-                    check_queries(v, self.dims(), "query vector")?;
+                    self.check_query_vector(v)?;
                     v.to_vec()
                 }
             };

@@ -377,6 +377,22 @@ c10::OperatorHandle op_handle(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
 }
 
+// The ops that the autograd functions below call (resolved once).
+const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymInt, int64_t, bool)>& dense_backward_op() {
+  static auto op = op_handle("vecfusion_ops::embedding_dense_backward").typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymInt, int64_t, bool)>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt)>& multi_embedding_op() {
+  static auto op = op_handle("vecfusion_ops::multi_embedding").typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt)>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt)>& multi_backward_op() {
+  static auto op = op_handle("vecfusion_ops::multi_embedding_backward").typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt)>();
+  return op;
+}
+
 class EmbeddingFn : public torch::autograd::Function<EmbeddingFn> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& weight, const at::Tensor& indices,
@@ -408,8 +424,7 @@ class EmbeddingFn : public torch::autograd::Function<EmbeddingFn> {
       const int64_t nw = num_weights.guard_int(__FILE__, __LINE__);
       gw = at::_sparse_coo_tensor_unsafe(rows.unsqueeze(0), values, {nw, grad.size(-1)});
     } else {
-      static auto op = op_handle("vecfusion_ops::embedding_dense_backward")
-                           .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymInt, int64_t, bool)>();
+      const auto& op = dense_backward_op();
       gw = op.call(grad, indices, num_weights, padding_idx, scale);
     }
     return {gw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
@@ -423,8 +438,7 @@ class DenseBackwardFn : public torch::autograd::Function<DenseBackwardFn> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad, const at::Tensor& indices,
                             c10::SymInt num_weights, int64_t padding_idx, bool scale_grad_by_freq) {
-    static auto op = op_handle("vecfusion_ops::embedding_dense_backward")
-                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymInt, int64_t, bool)>();
+    const auto& op = dense_backward_op();
     at::AutoDispatchBelowADInplaceOrView guard;
     auto out = op.call(grad, indices, num_weights, padding_idx, scale_grad_by_freq);
     ctx->save_for_backward({indices});
@@ -454,8 +468,7 @@ class MultiEmbeddingFn : public torch::autograd::Function<MultiEmbeddingFn> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& weight, const at::Tensor& indices,
                             const at::Tensor& meta, c10::SymInt total_dim) {
-    static auto op = op_handle("vecfusion_ops::multi_embedding")
-                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt)>();
+    const auto& op = multi_embedding_op();
     at::AutoDispatchBelowADInplaceOrView guard;
     auto out = op.call(weight, indices, meta, total_dim);
     ctx->save_for_backward({indices, meta});
@@ -464,8 +477,7 @@ class MultiEmbeddingFn : public torch::autograd::Function<MultiEmbeddingFn> {
   }
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
-    static auto op = op_handle("vecfusion_ops::multi_embedding_backward")
-                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt)>();
+    const auto& op = multi_backward_op();
     const auto saved = ctx->get_saved_variables();
     auto gw = op.call(grads[0], saved[0], saved[1], ctx->saved_data["numel"].toSymInt());
     return {gw, at::Tensor(), at::Tensor(), at::Tensor()};
@@ -477,8 +489,7 @@ class MultiBackwardFn : public torch::autograd::Function<MultiBackwardFn> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad, const at::Tensor& indices,
                             const at::Tensor& meta, c10::SymInt numel) {
-    static auto op = op_handle("vecfusion_ops::multi_embedding_backward")
-                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt)>();
+    const auto& op = multi_backward_op();
     at::AutoDispatchBelowADInplaceOrView guard;
     auto out = op.call(grad, indices, meta, numel);
     ctx->save_for_backward({indices, meta});
@@ -487,8 +498,7 @@ class MultiBackwardFn : public torch::autograd::Function<MultiBackwardFn> {
   }
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
-    static auto op = op_handle("vecfusion_ops::multi_embedding")
-                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt)>();
+    const auto& op = multi_embedding_op();
     const auto saved = ctx->get_saved_variables();
     auto g = op.call(grads[0], saved[0], saved[1], ctx->saved_data["total_dim"].toSymInt());
     return {g, at::Tensor(), at::Tensor(), at::Tensor()};
@@ -509,8 +519,7 @@ at::Tensor multi_embedding_autograd(const at::Tensor& weight, const at::Tensor& 
 at::Tensor dense_backward_autograd(const at::Tensor& grad, const at::Tensor& indices, c10::SymInt num_weights,
                                    int64_t padding_idx, bool scale_grad_by_freq) {
   if (!at::GradMode::is_enabled() || !grad.requires_grad()) {
-    static auto op = op_handle("vecfusion_ops::embedding_dense_backward")
-                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymInt, int64_t, bool)>();
+    const auto& op = dense_backward_op();
     at::AutoDispatchBelowADInplaceOrView guard;
     return op.call(grad, indices, std::move(num_weights), padding_idx, scale_grad_by_freq);
   }
@@ -520,8 +529,7 @@ at::Tensor dense_backward_autograd(const at::Tensor& grad, const at::Tensor& ind
 at::Tensor multi_backward_autograd(const at::Tensor& grad, const at::Tensor& indices, const at::Tensor& meta,
                                    c10::SymInt numel) {
   if (!at::GradMode::is_enabled() || !grad.requires_grad()) {
-    static auto op = op_handle("vecfusion_ops::multi_embedding_backward")
-                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt)>();
+    const auto& op = multi_backward_op();
     at::AutoDispatchBelowADInplaceOrView guard;
     return op.call(grad, indices, meta, std::move(numel));
   }

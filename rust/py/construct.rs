@@ -4,7 +4,7 @@ use numpy::{AllowTypeChange, PyArrayLike1, PyArrayLike2, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
-use super::embeddings::{extract_words, PyEmbeddings};
+use super::embeddings::{extract_word_buf, PyEmbeddings};
 use super::metadata::py_to_toml;
 use crate::embeddings::Embeddings;
 use crate::storage::{ArrayStorage, Storage};
@@ -38,8 +38,8 @@ impl PyEmbeddings {
         if ngrams.is_some() != (vocab == "explicit") {
             return Err(PyValueError::new_err("ngrams is given exactly when vocab='explicit'"));
         }
-        let words = extract_words(words)?;
-        let strs = words.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
+        let words = extract_word_buf(words)?;
+        let strs = words.strs();
         let matrix: PyArrayLike2<'_, f32, AllowTypeChange> = matrix.extract().map_err(|_| {
             let ndim = matrix.getattr("ndim").ok().and_then(|d| d.extract::<usize>().ok());
             let got = ndim.map_or_else(

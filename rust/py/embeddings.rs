@@ -50,47 +50,6 @@ impl PyEmbeddings {
 /// The most room reserved from an iterable's `__len__` before iterating it.
 const LEN_HINT_CAP: usize = 1 << 16;
 
-/// Extract a list of words from any iterable of str.
-pub(crate) fn extract_words<'py>(words: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyString>>> {
-    if words.is_instance_of::<PyString>() {
-        return Err(PyTypeError::new_err("expected an iterable of words, got a single str"));
-    }
-    let not_str = |e: pyo3::CastIntoError<'py>| {
-        PyTypeError::new_err(format!(
-            "words must be str, got {}",
-            e.into_inner().get_type().name().map(|n| n.to_string()).unwrap_or_default()
-        ))
-    };
-    if let Ok(list) = words.cast::<PyList>() {
-        // A list's str objects lie anywhere in memory: each one's header is prefetched a
-        // few items ahead, so that their cache misses overlap (the loop runs with the GIL).
-        const AHEAD: usize = 8;
-        let n = list.len();
-        let mut out = Vec::with_capacity(n);
-        for i in 0..n {
-            if i + AHEAD < n {
-                // SAFETY: `list` is a live list and the index is in range; PyList_GetItem
-                // returns a borrowed pointer (no reference is taken or released, nothing is
-                // read through it here); it is only used as a prefetch address, which
-                // cannot fault.
-                let p = unsafe { pyo3::ffi::PyList_GetItem(list.as_ptr(), (i + AHEAD) as pyo3::ffi::Py_ssize_t) };
-                if !p.is_null() {
-                    // SAFETY: a prefetch has no visible effect and never faults.
-                    crate::storage::prefetch_addr(p.cast::<u8>());
-                }
-            }
-            out.push(list.get_item(i)?.cast_into::<PyString>().map_err(not_str)?);
-        }
-        return Ok(out);
-    }
-    // (`__len__` is only a hint: capped, as an iterable may claim any length)
-    let mut out = Vec::with_capacity(words.len().unwrap_or(0).min(LEN_HINT_CAP));
-    for w in words.try_iter()? {
-        out.push(w?.cast_into::<PyString>().map_err(not_str)?);
-    }
-    Ok(out)
-}
-
 /// Words copied out of their Python str objects into one buffer (UTF-8, back to back).
 ///
 /// A batch lookup reads each word twice (hash, then compare) on the worker threads; from
@@ -138,14 +97,18 @@ pub(crate) fn extract_word_buf(words: &Bound<'_, PyAny>) -> PyResult<WordBuf> {
     }
     let mut buf = WordBuf { bytes: Vec::new(), ends: Vec::new() };
     if let Ok(list) = words.cast::<PyList>() {
-        // As in `extract_words`: each str header is prefetched a few items ahead.
+        // A list's str objects lie anywhere in memory: each one's header is prefetched a
+        // few items ahead, so that their cache misses overlap (the loop runs with the GIL).
         const AHEAD: usize = 8;
         let n = list.len();
         buf.ends.reserve(n);
         buf.bytes.reserve(n * 12);
         for i in 0..n {
             if i + AHEAD < n {
-                // SAFETY: see `extract_words` (a borrowed pointer used only as a prefetch address).
+                // SAFETY: `list` is a live list and the index is in range; PyList_GetItem
+                // returns a borrowed pointer (no reference is taken or released, nothing is
+                // read through it here); it is only used as a prefetch address, which
+                // cannot fault.
                 let p = unsafe { pyo3::ffi::PyList_GetItem(list.as_ptr(), (i + AHEAD) as pyo3::ffi::Py_ssize_t) };
                 if !p.is_null() {
                     // SAFETY: a prefetch has no visible effect and never faults.

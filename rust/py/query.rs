@@ -5,7 +5,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyList, PyString, PyTuple};
 
-use super::embeddings::{extract_words, PyEmbeddings};
+use super::embeddings::{extract_word_buf, PyEmbeddings, WordBuf};
 use crate::embeddings::Embeddings;
 use crate::query::{Neighbor, Term};
 
@@ -76,12 +76,13 @@ fn terms_arg(arg: Option<&Bound<'_, PyAny>>, sign: f32) -> PyResult<Vec<(OwnedTe
     Ok(out)
 }
 
-/// gensim's `positive` / `negative`: None, one word, or an iterable of words.
-fn words_arg<'py>(arg: Option<&Bound<'py, PyAny>>) -> PyResult<Vec<Bound<'py, PyString>>> {
+/// gensim's `positive` / `negative` of `most_similar_cosmul`: None, one word, or an
+/// iterable of words.
+fn words_arg(py: Python<'_>, arg: Option<&Bound<'_, PyAny>>) -> PyResult<WordBuf> {
     match arg.filter(|a| !a.is_none()) {
-        Some(a) if a.is_instance_of::<PyString>() => Ok(vec![a.cast::<PyString>()?.clone()]),
-        Some(a) => extract_words(a),
-        None => Ok(Vec::new()),
+        Some(a) if a.is_instance_of::<PyString>() => extract_word_buf(PyList::new(py, [a])?.as_any()),
+        Some(a) => extract_word_buf(a),
+        None => extract_word_buf(PyList::empty(py).as_any()),
     }
 }
 
@@ -100,30 +101,6 @@ fn analogy_mask(mask: &Bound<'_, PyAny>) -> PyResult<[bool; 3]> {
     <[bool; 3]>::try_from(items).map_err(|items| {
         PyValueError::new_err(format!("mask must have three booleans (for a, b, c), got {}", items.len()))
     })
-}
-
-impl PyEmbeddings {
-    /// A gensim-style query on `positive` and `negative` words (None, one word or an
-    /// iterable of words), run without the GIL, answered as `[(word, score), ...]`.
-    fn pos_neg_query<'py, F>(
-        &self,
-        py: Python<'py>,
-        positive: Option<&Bound<'py, PyAny>>,
-        negative: Option<&Bound<'py, PyAny>>,
-        topn: i64,
-        run: F,
-    ) -> PyResult<Bound<'py, PyList>>
-    where
-        F: Fn(&Embeddings, &[&str], &[&str], usize) -> crate::Result<Vec<Neighbor>> + Send + Sync,
-    {
-        let k = check_k(topn)?;
-        let (pos, neg) = (words_arg(positive)?, words_arg(negative)?);
-        let pos = pos.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
-        let neg = neg.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
-        let emb = &self.inner;
-        let found = py.detach(|| run(emb, &pos, &neg, k))?;
-        answers(py, emb, found)
-    }
 }
 
 #[pymethods]
@@ -148,11 +125,7 @@ impl PyEmbeddings {
         let emb = &self.inner;
         let mut skip_rows = Vec::new();
         if let Some(s) = skip.filter(|s| !s.is_none()) {
-            for w in extract_words(s)? {
-                if let Some(i) = emb.vocab.word_index(w.to_str()?) {
-                    skip_rows.push(i);
-                }
-            }
+            skip_rows.extend(extract_word_buf(s)?.strs().into_iter().filter_map(|w| emb.vocab.word_index(w)));
         }
         let found = if let Ok(word) = query.cast::<PyString>() {
             let word = word.to_str()?;
@@ -276,14 +249,19 @@ impl PyEmbeddings {
         negative: Option<&Bound<'py, PyAny>>,
         topn: i64,
     ) -> PyResult<Bound<'py, PyList>> {
-        self.pos_neg_query(py, positive, negative, topn, |emb, p, n, k| emb.most_similar_cosmul(p, n, k))
+        let k = check_k(topn)?;
+        let (pos, neg) = (words_arg(py, positive)?, words_arg(py, negative)?);
+        let (pos, neg) = (pos.strs(), neg.strs());
+        let emb = &self.inner;
+        let found = py.detach(|| emb.most_similar_cosmul(&pos, &neg, k))?;
+        answers(py, emb, found)
     }
 
     /// gensim's `doesnt_match`: of `words` (those with an embedding), the one least similar
     /// to the mean of their unit embeddings. ValueError if no word has an embedding.
     fn doesnt_match(&self, py: Python<'_>, words: &Bound<'_, PyAny>) -> PyResult<String> {
-        let words = extract_words(words)?;
-        let strs = words.iter().map(|w| w.to_str()).collect::<PyResult<Vec<&str>>>()?;
+        let words = extract_word_buf(words)?;
+        let strs = words.strs();
         let emb = &self.inner;
         match py.detach(|| emb.doesnt_match(&strs))? {
             Some(w) => Ok(w.to_string()),
