@@ -53,6 +53,73 @@ void check_indices_tensor(const at::Tensor& indices) {
                    "vecfusion embedding: indices must be int32 or int64, got ", indices.scalar_type());
 }
 
+// `g` as `n` rows of `dim` values without a copy wherever a view exists: a gradient that
+// autograd expanded from a scalar (the backward of `out.sum()`) has zero strides, and copying it
+// to a contiguous tensor would write a batch-sized array of one value. The kernels read the
+// rows through the two strides returned.
+struct Rows {
+  at::Tensor t;
+  int64_t s0, s1;
+};
+
+Rows rows_of(const at::Tensor& g, int64_t n, int64_t dim) {
+  auto t = g.reshape({n, dim});  // a view when the strides allow it, else a contiguous copy
+  return {t, t.stride(0), t.stride(1)};
+}
+
+// `dst[j] += g[j·s1]` for j < D (D fixed: unrolled, no loop overhead for a table's small width).
+template <int D, typename acc_t, typename scalar_t>
+inline void add_fixed(acc_t* __restrict dst, const scalar_t* __restrict g, int64_t s1) {
+  if (s1 == 1) {
+    for (int j = 0; j < D; ++j) dst[j] += static_cast<acc_t>(g[j]);
+  } else {
+    for (int j = 0; j < D; ++j) dst[j] += static_cast<acc_t>(g[j * s1]);
+  }
+}
+
+// `dst[j] += g[j·s1]` for j < dim.
+template <typename acc_t, typename scalar_t>
+inline void add_row(acc_t* __restrict dst, const scalar_t* __restrict g, int64_t s1, int64_t dim) {
+  switch (dim) {
+#define VF_ADD_CASE(D) \
+  case D:              \
+    return add_fixed<D>(dst, g, s1);
+    VF_ADD_CASE(1) VF_ADD_CASE(2) VF_ADD_CASE(3) VF_ADD_CASE(4) VF_ADD_CASE(5) VF_ADD_CASE(6) VF_ADD_CASE(7)
+    VF_ADD_CASE(8) VF_ADD_CASE(12) VF_ADD_CASE(16) VF_ADD_CASE(24) VF_ADD_CASE(32)
+#undef VF_ADD_CASE
+    default:
+      break;
+  }
+  if (s1 == 1) {
+    for (int64_t j = 0; j < dim; ++j) dst[j] += static_cast<acc_t>(g[j]);
+  } else {
+    for (int64_t j = 0; j < dim; ++j) dst[j] += static_cast<acc_t>(g[j * s1]);
+  }
+}
+
+// memcpy of `bytes` (a table row: often a few dozen bytes) with the usual small sizes as
+// constants, so that they compile to a few moves instead of a library call each.
+inline void copy_bytes(char* __restrict dst, const char* __restrict src, int64_t bytes) {
+  switch (bytes) {
+#define VF_COPY_CASE(B) \
+  case B:               \
+    std::memcpy(dst, src, B); \
+    return;
+    VF_COPY_CASE(2) VF_COPY_CASE(4) VF_COPY_CASE(8) VF_COPY_CASE(12) VF_COPY_CASE(16) VF_COPY_CASE(20)
+    VF_COPY_CASE(24) VF_COPY_CASE(28) VF_COPY_CASE(32) VF_COPY_CASE(40) VF_COPY_CASE(48) VF_COPY_CASE(56)
+    VF_COPY_CASE(64) VF_COPY_CASE(96) VF_COPY_CASE(128)
+#undef VF_COPY_CASE
+    default:
+      std::memcpy(dst, src, static_cast<size_t>(bytes));
+  }
+}
+
+// Hint that the row at `p` (`bytes` long) is about to be read and written.
+inline void prefetch_row(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 1);
+}
+
 void check_weight(const at::Tensor& weight) {
   TORCH_CHECK_VALUE(weight.dim() == 2, "vecfusion embedding: weight must be 2-D, got ", weight.dim(), "-D");
   TORCH_CHECK_TYPE(at::isFloatingType(weight.scalar_type()),
@@ -121,7 +188,12 @@ at::Tensor embedding_cpu(const at::Tensor& weight, const at::Tensor& indices, in
   AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "vecfusion_embedding_cpu", [&] {
     const index_t* ip = idx.const_data_ptr<index_t>();
     at::parallel_for(0, n, grain_for(row_bytes), [&](int64_t b, int64_t e) {
+      constexpr int64_t AHEAD = 8;
       for (int64_t i = b; i < e; ++i) {
+        if (i + AHEAD < e) {
+          const char* next = src + static_cast<int64_t>(ip[i + AHEAD]) * row_bytes;
+          for (int64_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(next + off);
+        }
         std::memcpy(dst + i * row_bytes, src + static_cast<int64_t>(ip[i]) * row_bytes, row_bytes);
       }
     });
@@ -144,32 +216,40 @@ at::Tensor embedding_dense_backward_cpu(const at::Tensor& grad_, const at::Tenso
   check_indices_tensor(indices);
   const int64_t dim = grad_.size(-1);
   const int64_t n = indices.numel();
-  auto grad = grad_.contiguous().view({n, dim});
+  const auto grad = rows_of(grad_, n, dim);
   auto idx = indices.contiguous();
-  const auto acc_t = acc_type_of(grad.scalar_type());
-  auto gw = at::zeros({num_weights, dim}, grad.options().dtype(acc_t));
-  if (n == 0 || dim == 0) return gw.to(grad.scalar_type());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "vecfusion_dense_bwd", [&] {
+  const auto acc_t = acc_type_of(grad.t.scalar_type());
+  auto gw = at::zeros({num_weights, dim}, grad.t.options().dtype(acc_t));
+  if (n == 0 || dim == 0) return gw.to(grad.t.scalar_type());
+  const int64_t s0 = grad.s0, s1 = grad.s1;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.t.scalar_type(), "vecfusion_dense_bwd", [&] {
     using acc_t = acc_of<scalar_t>;
-    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    const scalar_t* gp = grad.t.const_data_ptr<scalar_t>();
     acc_t* wp = gw.data_ptr<acc_t>();
     AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "vecfusion_dense_bwd_idx", [&] {
       const index_t* ip = idx.const_data_ptr<index_t>();
       std::vector<int32_t> counts;
       if (scale_grad_by_freq) counts = row_counts(ip, n, num_weights);
-      // Each task owns the weight rows [lo, hi) and scans all indices in order.
+      const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(acc_t));
+      // Each task owns the weight rows [lo, hi) and scans all indices in order; the rows a
+      // few indices ahead are prefetched (random rows of a table larger than the caches).
       auto section = [&](int64_t lo, int64_t hi) {
+        constexpr int64_t AHEAD = 8;
         for (int64_t i = 0; i < n; ++i) {
+          if (i + AHEAD < n) {
+            const int64_t ka = static_cast<int64_t>(ip[i + AHEAD]);
+            if (ka >= lo && ka < hi) prefetch_row(wp + ka * dim, row_bytes);
+          }
           const int64_t k = static_cast<int64_t>(ip[i]);
           if (k < lo || k >= hi || k == padding_idx) continue;
           acc_t* row = wp + k * dim;
-          const scalar_t* g = gp + i * dim;
+          const scalar_t* g = gp + i * s0;
           if (scale_grad_by_freq) {
             // as nn.Embedding (add_ with alpha = 1/count): a fused multiply-add
             const acc_t s = static_cast<acc_t>(1.0 / static_cast<double>(counts[static_cast<size_t>(k)]));
-            for (int64_t j = 0; j < dim; ++j) row[j] = std::fma(static_cast<acc_t>(g[j]), s, row[j]);
+            for (int64_t j = 0; j < dim; ++j) row[j] = std::fma(static_cast<acc_t>(g[j * s1]), s, row[j]);
           } else {
-            for (int64_t j = 0; j < dim; ++j) row[j] += static_cast<acc_t>(g[j]);
+            add_row(row, g, s1, dim);
           }
         }
       };
@@ -180,7 +260,7 @@ at::Tensor embedding_dense_backward_cpu(const at::Tensor& grad_, const at::Tenso
       }
     });
   });
-  return acc_t == grad.scalar_type() ? gw : gw.to(grad.scalar_type());
+  return acc_t == grad.t.scalar_type() ? gw : gw.to(grad.t.scalar_type());
 }
 
 // ---------------------------------------------------------------- sparse backward
@@ -324,12 +404,20 @@ at::Tensor multi_embedding_cpu(const at::Tensor& weight, const at::Tensor& indic
   AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "vecfusion_multi_fwd", [&] {
     const index_t* ip = idx.const_data_ptr<index_t>();
     at::parallel_for(0, batch, grain_for(total_dim * es), [&](int64_t b, int64_t e) {
+      constexpr int64_t AHEAD = 4;
       for (int64_t i = b; i < e; ++i) {
         char* orow = dst + i * total_dim * es;
+        if (i + AHEAD < e) {
+          // the rows of a later batch row: random rows of tables larger than the caches
+          for (int64_t t = 0; t < nt; ++t) {
+            const Table& tb = tabs[static_cast<size_t>(t)];
+            __builtin_prefetch(src + (tb.woff + static_cast<int64_t>(ip[(i + AHEAD) * nt + t]) * tb.dim) * es);
+          }
+        }
         for (int64_t t = 0; t < nt; ++t) {
           const Table& tb = tabs[static_cast<size_t>(t)];
           const int64_t k = static_cast<int64_t>(ip[i * nt + t]);
-          std::memcpy(orow + tb.coff * es, src + (tb.woff + k * tb.dim) * es, tb.dim * es);
+          copy_bytes(orow + tb.coff * es, src + (tb.woff + k * tb.dim) * es, tb.dim * es);
         }
       }
     });
@@ -340,32 +428,41 @@ at::Tensor multi_embedding_cpu(const at::Tensor& weight, const at::Tensor& indic
 at::Tensor multi_embedding_backward_cpu(const at::Tensor& grad_, const at::Tensor& indices, const at::Tensor& meta,
                                         int64_t numel) {
   const auto tabs = tables_of(meta);
-  auto grad = grad_.contiguous();
   auto idx = indices.contiguous();
-  const int64_t batch = idx.size(0), nt = idx.size(1), total_dim = grad.size(1);
-  const auto acc_t = acc_type_of(grad.scalar_type());
-  auto gw = at::zeros({numel}, grad.options().dtype(acc_t));
-  if (batch == 0) return gw.to(grad.scalar_type());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "vecfusion_multi_bwd", [&] {
+  const int64_t batch = idx.size(0), nt = idx.size(1), total_dim = grad_.size(1);
+  const auto grad = rows_of(grad_, batch, total_dim);
+  const int64_t s0 = grad.s0, s1 = grad.s1;
+  const auto acc_t = acc_type_of(grad.t.scalar_type());
+  auto gw = at::zeros({numel}, grad.t.options().dtype(acc_t));
+  if (batch == 0) return gw.to(grad.t.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.t.scalar_type(), "vecfusion_multi_bwd", [&] {
     using acc_t = acc_of<scalar_t>;
-    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    const scalar_t* gp = grad.t.const_data_ptr<scalar_t>();
     acc_t* wp = gw.data_ptr<acc_t>();
     AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "vecfusion_multi_bwd_idx", [&] {
       const index_t* ip = idx.const_data_ptr<index_t>();
-      // One task per table: each table's region of the weight is written by one thread.
+      // Each task owns whole tables (their regions of the weight) and passes once over the
+      // gradient rows, adding each of its tables' slices in index order.
       at::parallel_for(0, nt, 1, [&](int64_t tb_lo, int64_t tb_hi) {
-        for (int64_t t = tb_lo; t < tb_hi; ++t) {
-          const Table& tb = tabs[static_cast<size_t>(t)];
-          for (int64_t i = 0; i < batch; ++i) {
+        constexpr int64_t AHEAD = 4;
+        for (int64_t i = 0; i < batch; ++i) {
+          if (i + AHEAD < batch) {
+            for (int64_t t = tb_lo; t < tb_hi; ++t) {
+              const Table& tb = tabs[static_cast<size_t>(t)];
+              __builtin_prefetch(wp + tb.woff + static_cast<int64_t>(ip[(i + AHEAD) * nt + t]) * tb.dim, 1);
+            }
+          }
+          const scalar_t* grow = gp + i * s0;
+          for (int64_t t = tb_lo; t < tb_hi; ++t) {
+            const Table& tb = tabs[static_cast<size_t>(t)];
             acc_t* row = wp + tb.woff + static_cast<int64_t>(ip[i * nt + t]) * tb.dim;
-            const scalar_t* g = gp + i * total_dim + tb.coff;
-            for (int64_t j = 0; j < tb.dim; ++j) row[j] += static_cast<acc_t>(g[j]);
+            add_row(row, grow + tb.coff * s1, s1, tb.dim);
           }
         }
       });
     });
   });
-  return acc_t == grad.scalar_type() ? gw : gw.to(grad.scalar_type());
+  return acc_t == grad.t.scalar_type() ? gw : gw.to(grad.t.scalar_type());
 }
 
 // ---------------------------------------------------------------- autograd (C++, no Python per call)
