@@ -53,6 +53,26 @@ pub struct SubwordVocab {
     pub indexer: Indexer,
 }
 
+impl SubwordVocab {
+    /// The bracketed word and the byte ranges of its n-grams, in finalfusion order.
+    ///
+    /// A fastText vocabulary follows fastText's rules on top: the single characters `<` and
+    /// `>` are never n-grams (they matter when `min_n` is 1), and fastText's end-of-sentence
+    /// token `</s>` has no n-grams.
+    pub fn ngram_ranges(&self, word: &str) -> (String, Vec<(usize, usize)>) {
+        let (b, mut ranges) = subword::ngram_ranges(word, self.min_n as usize, self.max_n as usize, "<", ">");
+        if let Indexer::FastText { .. } = self.indexer {
+            if word == crate::compat::fasttext::EOS {
+                ranges.clear();
+            } else if self.min_n <= 1 {
+                let len = b.len();
+                ranges.retain(|&(st, en)| !((st == 0 && en == 1) || (st == len - 1 && en == len)));
+            }
+        }
+        (b, ranges)
+    }
+}
+
 /// floret's vocabulary: no words, every string is hashed.
 #[derive(Clone, Debug)]
 pub struct FloretVocab {
@@ -146,7 +166,7 @@ impl Vocab {
         if let Vocab::Subword(s) = self {
             if let Indexer::ExplicitFst(_) = s.indexer {
                 let offset = s.words.len();
-                let (b, ranges) = subword::ngram_ranges(word, s.min_n as usize, s.max_n as usize, "<", ">");
+                let (b, ranges) = s.ngram_ranges(word);
                 let mut out = Vec::new();
                 for (st, en) in ranges {
                     if let Some(i) = s.indexer.try_index(&b[st..en])? {
@@ -220,7 +240,10 @@ impl Vocab {
     pub fn ngrams(&self, word: &str) -> Vec<String> {
         match self {
             Vocab::Simple(_) => Vec::new(),
-            Vocab::Subword(s) => subword::ngrams(word, s.min_n as usize, s.max_n as usize),
+            Vocab::Subword(s) => {
+                let (b, r) = s.ngram_ranges(word);
+                r.into_iter().map(|(st, en)| b[st..en].to_string()).collect()
+            }
             Vocab::Floret(f) => {
                 let (b, r) = subword::ngram_ranges(word, f.min_n as usize, f.max_n as usize, &f.bow, &f.eow);
                 r.into_iter().map(|(s, e)| b[s..e].to_string()).collect()
@@ -241,7 +264,7 @@ impl Vocab {
             Vocab::Simple(_) => {}
             Vocab::Subword(s) => {
                 let offset = s.words.len();
-                let (b, ranges) = subword::ngram_ranges(word, s.min_n as usize, s.max_n as usize, "<", ">");
+                let (b, ranges) = s.ngram_ranges(word);
                 for (st, en) in ranges {
                     if let Some(i) = s.indexer.index(&b[st..en]) {
                         out.push(offset + i as usize);

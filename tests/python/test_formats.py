@@ -609,6 +609,48 @@ def test_fasttext_minn_zero_uses_ngrams(peers: Path, tmp_path: Path) -> None:
         got_strings, got_ids = emb.fasttext_subwords(w)
         assert (got_strings, got_ids) == (list(strings), ids.tolist()), w
         np.testing.assert_array_equal(emb.fasttext_vector(w), model.get_word_vector(w), err_msg=w)
+    # unknown words through the vocabulary (emb[w], lookup): fastText's n-grams, never the
+    # single "<" or ">" (they were counted once), normalized as finalfusion does
+    unknown = [w for w in ["über", "naïve", "xyzzy", "日本", "qzxv", "ö", ""] if w not in set(model.words)]
+    assert len(unknown) >= 5
+    got, found = emb.lookup(unknown)
+    assert found.all()
+    for w, row in zip(unknown, got):
+        strings, _ = model.get_subwords(w)
+        assert sorted(emb.vocab.ngrams(w)) == sorted(strings), w
+        want = model.get_word_vector(w)
+        if np.linalg.norm(want) > 0:  # a zero sum stays zero
+            want = want / np.linalg.norm(want)
+        np.testing.assert_allclose(row, want, rtol=1e-5, atol=1e-6, err_msg=w)
+        np.testing.assert_array_equal(emb[w], row, err_msg=w)
+
+
+def test_fasttext_vocab_single_brackets_are_not_ngrams(tmp_path: Path) -> None:
+    """In a fastText vocabulary (min_n 1) the single "<" and ">" are not n-grams, and the
+    end-of-sentence token "</s>" has none (fastText's rules); a finalfusion bucket vocabulary
+    keeps finalfusion's rule (every n-gram of the bracketed word)."""
+    rng = np.random.default_rng(3)
+    words = ["alpha", "beta", "gamma"]
+    ft = vf.Embeddings(words, rng.standard_normal((3 + 97, 8)).astype(np.float32), vocab="fasttext",
+                       min_n=1, max_n=2, buckets=97)
+    assert ft.vocab.ngrams("ab") == ["<a", "ab", "a", "b>", "b"]
+    assert ft.vocab.ngrams("") == ["<>"]
+    assert ft.vocab.ngrams("</s>") == [] and ft.embedding("</s>") is None
+    # the vocabulary's rows agree with fastText's own rule (the fastText compatibility path)
+    for w in ["ab", "x", "über", "<>"]:
+        strings, ids = ft.fasttext_subwords(w)
+        assert sorted(ft.vocab.ngrams(w)) == sorted(strings), w
+        assert sorted(ft.vocab.subword_indices(w)) == sorted(ids), w
+    ff = vf.Embeddings(words, rng.standard_normal((3 + 16, 8)).astype(np.float32), vocab="bucket",
+                       min_n=1, max_n=2, buckets=4)
+    assert ff.vocab.ngrams("ab") == ["<a", "<", "ab", "a", "b>", "b", ">"]
+    for emb in (ft, ff):
+        for kind in ("standard", "fst"):
+            path = tmp_path / f"v_{kind}.fifu"
+            emb.write(path, vocab=kind)
+            back = vf.load(path, mmap=True)
+            assert back.vocab.ngrams("ab") == emb.vocab.ngrams("ab")
+            assert back.vocab.subword_indices("ab") == emb.vocab.subword_indices("ab")
 
 
 @pytest.mark.parametrize(
