@@ -522,7 +522,8 @@ pub fn read_file(path: &Path, mode: OpenMode) -> Result<FileBytes> {
         }
     }
     let _ = mode;
-    let mut buf = crate::storage::AlignedBytes::zeroed(len);
+    let mut buf = crate::storage::AlignedBytes::zeroed(len, "file contents")
+        .map_err(|e| e.context(format!("reading {}", path.display())))?;
     read_into(&file, buf.as_mut_slice()).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
     Ok(FileBytes::Owned(std::sync::Arc::new(buf)))
 }

@@ -64,6 +64,10 @@ pub enum Error {
     #[error("invalid metadata TOML: {0}")]
     Toml(String),
 
+    /// A buffer the data needs cannot be allocated (raised as Python's MemoryError).
+    #[error("not enough memory for the {what}: {bytes} bytes ({} MiB) cannot be allocated", bytes >> 20)]
+    OutOfMemory { what: &'static str, bytes: u64 },
+
     /// A bad argument passed by the caller (not a file problem).
     #[error("{0}")]
     Argument(String),
@@ -110,7 +114,7 @@ impl Error {
     pub fn is_format(&self) -> bool {
         !matches!(
             self,
-            Error::Io { .. } | Error::Argument(_) | Error::UnknownWord(_)
+            Error::Io { .. } | Error::Argument(_) | Error::UnknownWord(_) | Error::OutOfMemory { .. }
         )
     }
 

@@ -1129,7 +1129,7 @@ mod kernel {
             let mut cell = cell.borrow_mut();
             let need = block * d * 4;
             if cell.as_ref().is_none_or(|b| b.as_slice().len() < need) {
-                *cell = Some(crate::storage::AlignedBytes::zeroed(need.max(2 << 20)));
+                *cell = crate::storage::AlignedBytes::zeroed(need.max(2 << 20), "query block buffer").ok();
             }
             let Some(buf) = cell.as_mut() else { return };
             let buf: &mut [f32] = bytemuck::cast_slice_mut(&mut buf.as_mut_slice()[..need]);

@@ -489,7 +489,7 @@ fn read_fasttext_inner(path: &Path, lossy: bool, normalize: bool) -> Result<Embe
     let metadata = Some(args.to_toml(version as u32));
     // (memory that the system zeroes lazily, in 4 KiB pages: on a busy machine fresh
     // huge pages can be much slower to fault in)
-    let mut data = vec![0f32; keep];
+    let mut data = crate::storage::try_zeroed_vec::<f32>(keep, "fastText matrix")?;
     let (word_part, ngram_part) = data.split_at_mut(nwords * dims);
     let word_bytes = (word_part.len() as u64) * 4;
     let read_rows = |buf: &mut [f32], at: u64, piece: usize| -> Result<()> {
@@ -637,21 +637,13 @@ fn read_compact_model(
 /// `n` zeros, or a FormatError when the system cannot provide the memory (rather than
 /// the abort of `vec![0.0; n]`): used where a header sets a size the file does not hold.
 fn try_zeroed_f32(n: usize, what: &'static str) -> Result<Vec<f32>> {
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    let layout = std::alloc::Layout::array::<f32>(n).map_err(|_| Error::Overflow(what))?;
-    // SAFETY: the layout has a non-zero size.
-    let p = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<f32>();
-    if p.is_null() {
-        return Err(Error::invalid(
+    crate::storage::try_zeroed_vec(n, what).map_err(|e| match e {
+        Error::OutOfMemory { .. } => Error::invalid(
             what,
             format!("{n} floats ({} MiB) cannot be allocated: a corrupt header?", (n as u64 * 4) >> 20),
-        ));
-    }
-    // SAFETY: `p` comes from the global allocator with the layout of `[f32; n]` (what a
-    // Vec<f32> of capacity `n` uses), and all-zero bits are a valid f32 (0.0).
-    Ok(unsafe { Vec::from_raw_parts(p, n, n) })
+        ),
+        other => other,
+    })
 }
 
 /// `n` little-endian f32 values from `r` (bounded by the file's size first).
@@ -659,7 +651,7 @@ fn read_f32s(r: &mut Reader<BufReader<File>>, path: &Path, n: usize, file_len: u
     if (n as u64).saturating_mul(4) > file_len {
         return Err(Error::invalid(what, format!("{n} floats do not fit in a file of {file_len} bytes")));
     }
-    let mut out = vec![0f32; n];
+    let mut out = crate::storage::try_zeroed_vec::<f32>(n, what)?;
     r.r.read_exact(bytemuck::cast_slice_mut(&mut out)).map_err(|e| read_err(path, what, e))?;
     super::le_to_host(&mut out);
     Ok(out)

@@ -88,7 +88,7 @@ fn read_text_inner(path: &Path, header: Header, opts: &ReadOptions) -> Result<Em
     if let Some((n, d)) = shape {
         // each value takes at least two bytes ("0 "): bound the allocation by the file size
         let cap = n.min(limit).saturating_mul(d).min((file_len / 2) as usize);
-        data.reserve(cap);
+        crate::storage::try_reserve(&mut data, cap, "text matrix")?;
         words.ends.reserve(n.min(limit).min((file_len / 2) as usize));
         lineno = 2;
     } else if !first.is_empty() && limit > 0 {

@@ -134,8 +134,8 @@ fn read_word2vec_inner(path: &Path, opts: &ReadOptions) -> Result<Embeddings> {
         ));
     }
     let total = rows.checked_mul(dims).ok_or(Error::Overflow("matrix size"))?;
-    let mut data = vec![0f32; total];
-    let mut norms = vec![0f32; if opts.normalize { rows } else { 0 }];
+    let mut data = crate::storage::try_zeroed_vec::<f32>(total, "word2vec matrix")?;
+    let mut norms = crate::storage::try_zeroed_vec::<f32>(if opts.normalize { rows } else { 0 }, "word2vec norms")?;
     let mut words = WordsBuilder::default();
     words.ends.reserve(rows);
     let ends_early = |record: usize, inside: &str| {

@@ -2,7 +2,7 @@
 
 use pyo3::create_exception;
 use pyo3::exceptions::{
-    PyException, PyFileNotFoundError, PyIsADirectoryError, PyKeyError, PyOSError, PyPermissionError, PyValueError,
+    PyException, PyFileNotFoundError, PyIsADirectoryError, PyKeyError, PyMemoryError, PyOSError, PyPermissionError, PyValueError,
 };
 use pyo3::prelude::*;
 
@@ -32,6 +32,7 @@ impl From<Error> for PyErr {
                 _ => PyOSError::new_err(msg),
             },
             Error::Argument(_) => PyValueError::new_err(msg),
+            Error::OutOfMemory { .. } => PyMemoryError::new_err(msg),
             Error::UnknownWord(w) => PyKeyError::new_err(w),
             _ => FormatError::new_err(msg),
         }

@@ -35,6 +35,31 @@ impl FileBytes {
     }
 }
 
+/// A zeroed `Vec` of `n` values, or [`Error::OutOfMemory`] naming `what` where the global
+/// allocator cannot provide it (a plain `vec!` would abort the process).
+pub fn try_zeroed_vec<T: bytemuck::Zeroable>(n: usize, what: &'static str) -> Result<Vec<T>> {
+    let layout = std::alloc::Layout::array::<T>(n).map_err(|_| Error::Overflow(what))?;
+    if layout.size() == 0 {
+        return Ok(Vec::new());
+    }
+    // SAFETY: the layout has a non-zero size.
+    let p = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<T>();
+    if p.is_null() {
+        return Err(Error::OutOfMemory { what, bytes: layout.size() as u64 });
+    }
+    // SAFETY: `p` comes from the global allocator with the layout of `[T; n]` (what a Vec<T>
+    // of capacity `n` uses), and all-zero bits are a valid T (`Zeroable`).
+    Ok(unsafe { Vec::from_raw_parts(p, n, n) })
+}
+
+/// Reserve room for `extra` more values in `v`, or [`Error::OutOfMemory`] naming `what`.
+pub fn try_reserve<T>(v: &mut Vec<T>, extra: usize, what: &'static str) -> Result<()> {
+    v.try_reserve(extra).map_err(|_| Error::OutOfMemory {
+        what,
+        bytes: (extra as u64).saturating_mul(std::mem::size_of::<T>() as u64),
+    })
+}
+
 /// A byte buffer whose start is 8-byte (with `mmap`: page) aligned.
 ///
 /// Large buffers are anonymous mappings advised to use transparent huge pages, which
@@ -51,27 +76,27 @@ enum AlignedInner {
 }
 
 impl AlignedBytes {
-    /// A zeroed buffer of `len` bytes.
-    pub fn zeroed(len: usize) -> Self {
+    /// A zeroed buffer of `len` bytes; [`Error::OutOfMemory`] naming `what` if it cannot be had.
+    pub fn zeroed(len: usize, what: &'static str) -> Result<Self> {
         #[cfg(feature = "mmap")]
         if len >= 1 << 21 {
             if let Ok(map) = memmap2::MmapMut::map_anon(len) {
                 #[cfg(target_os = "linux")]
                 let _ = map.advise(memmap2::Advice::HugePage);
-                return AlignedBytes { inner: AlignedInner::Anon(map), len };
+                return Ok(AlignedBytes { inner: AlignedInner::Anon(map), len });
             }
         }
-        AlignedBytes {
-            inner: AlignedInner::Words(vec![0u64; len.div_ceil(8)]),
+        Ok(AlignedBytes {
+            inner: AlignedInner::Words(try_zeroed_vec(len.div_ceil(8), what)?),
             len,
-        }
+        })
     }
 
     /// A copy of `data`.
-    pub fn copy_from(data: &[u8]) -> Self {
-        let mut b = Self::zeroed(data.len());
+    pub fn copy_from(data: &[u8], what: &'static str) -> Result<Self> {
+        let mut b = Self::zeroed(data.len(), what)?;
         b.as_mut_slice().copy_from_slice(data);
-        b
+        Ok(b)
     }
 
     pub fn as_slice(&self) -> &[u8] {

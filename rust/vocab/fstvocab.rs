@@ -612,7 +612,7 @@ pub fn read_chunk(id: ChunkId, r: &mut ByteReader<'_>, map: Option<&FileBytes>) 
             let mut probe = r.clone();
             let base = probe.abs_pos();
             let rest = probe.bytes(probe.remaining() as u64, "fst vocabulary")?;
-            (FileBytes::Owned(Arc::new(crate::storage::AlignedBytes::copy_from(rest))), base)
+            (FileBytes::Owned(Arc::new(crate::storage::AlignedBytes::copy_from(rest, "fst vocabulary")?)), base)
         }
     };
     let mut p = ChunkParser { r, data, data_base };
@@ -784,7 +784,7 @@ mod tests {
 
     fn shared(v: Vec<u8>) -> SharedBytes {
         let len = v.len();
-        SharedBytes { data: FileBytes::Owned(Arc::new(crate::storage::AlignedBytes::copy_from(&v))), range: 0..len }
+        SharedBytes { data: FileBytes::Owned(Arc::new(crate::storage::AlignedBytes::copy_from(&v, "test").unwrap())), range: 0..len }
     }
 
     #[test]

@@ -172,3 +172,52 @@ def test_vocab_index_out_of_any_range() -> None:
             emb.vocab[i]
     with pytest.raises(TypeError):
         emb.vocab[1.0]
+
+
+OOM_SCRIPT = textwrap.dedent(
+    """
+    import resource, sys
+    import numpy as np
+    import vecfusion as vf
+
+    rows, dims = 60_000, 256  # 61 MB of floats per file
+    words = [f"w{i}" for i in range(rows)]
+    m = np.ones((rows, dims), np.float32)
+    e = vf.Embeddings(words, m)
+    tmp = sys.argv[1]
+    e.write(f"{tmp}/big.fifu")
+    e.write_word2vec(f"{tmp}/big.bin")
+    e.write_text(f"{tmp}/big.txt")
+    e.write_fasttext(f"{tmp}/big.ftbin")
+    del e, m
+    # a little more address space than is in use now: no file fits any more
+    vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (vm + (24 << 20), resource.RLIM_INFINITY))
+    for load, name in [(vf.load, "big.fifu"), (vf.load_word2vec, "big.bin"), (vf.load_text, "big.txt"),
+                       (vf.load_fasttext, "big.ftbin")]:
+        try:
+            load(f"{tmp}/{name}")
+        except MemoryError as ex:
+            print(name, "MemoryError", ex)
+        except Exception as ex:  # a clean error naming the allocation is acceptable too
+            print(name, type(ex).__name__, ex)
+        else:
+            print(name, "loaded")
+    """
+)
+
+
+def test_out_of_memory_is_an_exception(tmp_path: Path) -> None:
+    """A file too big for the memory left gives MemoryError, not an abort of the process."""
+    r = subprocess.run(
+        [sys.executable, "-c", OOM_SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "RAYON_NUM_THREADS": "2"},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    assert len(lines) == 4, r.stdout
+    for line in lines:
+        assert "MemoryError" in line and "not enough memory" in line, line
