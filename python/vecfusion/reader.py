@@ -46,6 +46,7 @@ Needs the ``reader`` extra (``pip install vecfusion[reader]``: fsspec, pandas, p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -194,15 +195,25 @@ def _npy_headers(fss: list[Any], files: list[tuple[int, str, int | None]], threa
     return [h for h in out if h is not None]
 
 
+@contextlib.contextmanager
+def _parquet_errors(path: str) -> Iterator[None]:
+    """Arrow's errors on a corrupt parquet file (OSError, ArrowInvalid, ...) as FormatError
+    naming the file; a missing or unreadable file keeps its OSError."""
+    import pyarrow as pa
+
+    try:
+        yield
+    except (OSError, ValueError, pa.ArrowException) as e:
+        if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, FormatError)):
+            raise
+        raise FormatError(f"invalid parquet file: {path}: {e}") from e
+
+
 def _open_parquet(fs: Any, path: str) -> Any:
     import pyarrow.parquet as pq
 
-    try:
+    with _parquet_errors(path):
         return pq.ParquetFile(path if fs is None else fs.open(path, "rb"))
-    except (OSError, ValueError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        raise FormatError(f"invalid parquet file: {path}: {e}") from e
 
 
 def _parquet_infos(
@@ -364,7 +375,8 @@ class EmbeddingReader:
             t = pf.schema_arrow.field(col).type
             if pa.types.is_fixed_size_list(t):
                 return int(t.list_size)
-            batch = next(pf.iter_batches(batch_size=1, columns=[col]))
+            with _parquet_errors(p.path):
+                batch = next(pf.iter_batches(batch_size=1, columns=[col]))
             first = batch.column(0)[0]
             if not first.is_valid:
                 raise FormatError(f"{p.path}: null embedding at row 0")
@@ -694,7 +706,8 @@ class EmbeddingReader:
             g0 = int(np.searchsorted(starts, lo, side="right")) - 1
             g1 = int(np.searchsorted(starts, hi, side="left"))
             pf = _open_parquet(self._meta_fss[p.source], p.path)
-            table = pf.read_row_groups(list(range(g0, g1)), columns=columns)
+            with _parquet_errors(p.path):
+                table = pf.read_row_groups(list(range(g0, g1)), columns=columns)
             table = table.slice(lo - int(starts[g0]), hi - lo)
             if table.num_rows != hi - lo:
                 raise FormatError(f"{p.path}: expected {hi - lo} rows from row {lo}, got {table.num_rows}")

@@ -543,3 +543,34 @@ def test_npy_errors_name_the_file_once(tmp_path: Path) -> None:
             vf.EmbeddingReader("memory://vf_bad_npy")
     finally:
         fs.rm("/vf_bad_npy", recursive=True)
+
+
+@pytest.mark.parametrize("group", [0, 1])
+def test_corrupt_parquet_pages_are_format_errors(tmp_path: Path, group: int) -> None:
+    """A damaged data page (of the first row group, read at construction, or of a later one,
+    read while iterating) is a FormatError naming the file, never a raw Arrow error."""
+    import io
+
+    a = np.arange(40, dtype=np.float32).reshape(10, 4)
+    buf = io.BytesIO()
+    table = pa.table({"embedding": pa.array(a.tolist(), pa.list_(pa.float32()))})
+    pq.write_table(table, buf, row_group_size=5, compression="none")
+    base = buf.getvalue()
+    col = pq.ParquetFile(io.BytesIO(base)).metadata.row_group(group).column(0)
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    path = folder / "a.parquet"
+    outcomes = set()
+    for pos in range(col.data_page_offset, col.data_page_offset + col.total_compressed_size):
+        bad = bytearray(base)
+        bad[pos] ^= 0xFF
+        path.write_bytes(bytes(bad))
+        try:
+            got = [x for x, _ in vf.EmbeddingReader(str(folder), file_format="parquet")(batch_size=3, show_progress=False)]
+        except vf.FormatError as e:
+            assert "a.parquet" in str(e)
+            outcomes.add("error")
+        else:
+            outcomes.add("read")
+            assert sum(len(x) for x in got) == 10
+    assert "error" in outcomes
