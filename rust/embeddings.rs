@@ -191,6 +191,7 @@ impl Embeddings {
     /// Write the embeddings as a finalfusion file: to a temporary file beside `path`,
     /// then renamed, so that `path` is never left half written.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.vocab.verify_fst()?;
         write_atomically(path.as_ref(), |w| self.write_to(w))
     }
 
@@ -208,6 +209,7 @@ impl Embeddings {
         if fmt == VocabFormat::Fst && matches!(self.vocab, Vocab::Floret(_)) {
             return Err(Error::argument("a floret vocabulary has no words: it has no fst form (use vocab='standard')"));
         }
+        self.vocab.verify_fst()?;
         let std_vocab = self.vocab.to_standard()?;
         write_atomically(path.as_ref(), |w| self.write_parts(w, metadata, &std_vocab, fmt))
     }

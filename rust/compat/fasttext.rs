@@ -857,6 +857,7 @@ pub fn write_fasttext(emb: &Embeddings, path: &Path) -> Result<()> {
             ))
         }
     };
+    words.verify_fst()?;
     for w in words.iter() {
         if w.is_empty() || w.bytes().any(|b| b == 0 || b.is_ascii_whitespace()) {
             return Err(Error::argument(format!(

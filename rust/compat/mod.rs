@@ -225,12 +225,15 @@ pub(crate) fn export_row(emb: &Embeddings, i: usize, out: &mut [f32]) {
 
 /// The known words of `emb` (floret vocabularies have none: an error).
 pub(crate) fn known_words<'a>(emb: &'a Embeddings, format: &str) -> Result<&'a WordList> {
-    emb.vocab.words().ok_or_else(|| {
+    let words = emb.vocab.words().ok_or_else(|| {
         Error::argument(format!(
             "a {} has no word list and cannot be written as {format}",
             emb.vocab.kind()
         ))
-    })
+    })?;
+    // the words are about to be copied: a memory-mapped automaton is verified first
+    words.verify_fst()?;
+    Ok(words)
 }
 
 /// Turn an I/O error from a reader into the crate error (an unexpected end of file

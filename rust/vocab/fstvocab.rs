@@ -375,9 +375,14 @@ impl FstWords {
         Ok((bytes, ends))
     }
 
-    /// Full check (used when reading into memory): automaton checksum and the two tables
-    /// being inverse permutations of each other.
-    fn verify(&self) -> Result<()> {
+    /// Was the chunk verified in full at open?
+    pub(crate) fn is_verified(&self) -> bool {
+        self.verified
+    }
+
+    /// Full check (used when reading into memory, and before a memory-mapped chunk's words are
+    /// written elsewhere): automaton checksum and the two tables being inverse permutations.
+    pub(crate) fn verify(&self) -> Result<()> {
         use fst::{IntoStreamer, Streamer};
         self.fst
             .verify()
@@ -499,7 +504,7 @@ impl FstNgrams {
         Ok(out)
     }
 
-    fn verify(&self) -> Result<()> {
+    pub(crate) fn verify(&self) -> Result<()> {
         self.fst
             .verify()
             .map_err(|e| Error::invalid("fst n-gram table", format!("automaton checksum: {e}")))?;

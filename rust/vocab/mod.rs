@@ -124,6 +124,18 @@ impl Vocab {
         }
     }
 
+    /// Verify memory-mapped fst chunks in full (automaton checksums, tables, keys): a write
+    /// copies every word, and must not carry a corrupt automaton's words into a new file.
+    pub fn verify_fst(&self) -> Result<()> {
+        if let Some(w) = self.words() {
+            w.verify_fst()?;
+        }
+        if let Vocab::Subword(SubwordVocab { indexer: Indexer::ExplicitFst(e), .. }) = self {
+            e.verify()?;
+        }
+        Ok(())
+    }
+
     /// The same vocabulary with in-memory (standard) backends: borrowed when it already is,
     /// otherwise decoded from the automata in one pass (errors if they turn out corrupt).
     pub fn to_standard(&self) -> Result<Cow<'_, Vocab>> {

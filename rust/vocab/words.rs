@@ -307,6 +307,15 @@ impl WordList {
         WordList { repr: Repr::Fst(words) }
     }
 
+    /// Verify an automaton-backed list in full unless that was done at open (a memory-mapped
+    /// chunk): checksum, tables, keys. Nothing to do for the other kinds.
+    pub fn verify_fst(&self) -> Result<()> {
+        match &self.repr {
+            Repr::Fst(f) if !f.is_verified() => f.verify(),
+            _ => Ok(()),
+        }
+    }
+
     /// Is this list backed by an fst automaton (read from an fst vocabulary chunk)?
     pub fn is_fst(&self) -> bool {
         matches!(self.repr, Repr::Fst(_))

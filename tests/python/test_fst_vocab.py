@@ -374,3 +374,39 @@ def test_two_ranks_one_row(fst_file: tuple[Path, list[str]], tmp_path: Path) -> 
     with pytest.raises(vf.FormatError):
         emb.write(tmp_path / "out.fifu")
     assert not (tmp_path / "out.fifu").exists()
+
+
+def test_writing_a_corrupt_mapped_vocabulary_raises(fst_file: tuple[Path, list[str]], tmp_path: Path) -> None:
+    """A memory-mapped fst chunk is checked at use only; writing copies every word, so it is
+    verified in full first: a flipped byte of the automaton or the tables never ends up as
+    renamed or reordered words in a new file (every format)."""
+    path, words = fst_file
+    data = path.read_bytes()
+    lay = fst_layout(data)
+    bad = tmp_path / "bad.fifu"
+    rng = random.Random(9)
+    checked = 0
+    for region in ("fst", "rank_to_row", "row_to_rank"):
+        a, b = lay[region]
+        for pos in rng.sample(range(a, b), min(12, b - a)):
+            corrupt = bytearray(data)
+            corrupt[pos] ^= 1 << rng.randrange(8)
+            bad.write_bytes(bytes(corrupt))
+            try:
+                emb = vf.load(bad, mmap=True)
+            except vf.FormatError:
+                continue
+            checked += 1
+            for write in (
+                lambda: emb.write(tmp_path / "o.fifu"),
+                lambda: emb.write(tmp_path / "o.fifu", vocab="standard"),
+                lambda: emb.write_text(tmp_path / "o.txt"),
+                lambda: emb.write_word2vec(tmp_path / "o.bin"),
+            ):
+                with pytest.raises(vf.FormatError):
+                    write()
+    assert checked > 10
+    # an intact mapped file writes as before
+    emb = vf.load(path, mmap=True)
+    emb.write(tmp_path / "ok.fifu")
+    assert vf.load(tmp_path / "ok.fifu").vocab.words == words
