@@ -1528,6 +1528,7 @@ mod tests {
             min_n: 3,
             max_n: 6,
             indexer: crate::vocab::Indexer::Bucket { exponent: 4 },
+            fasttext_ngrams: false,
         });
         let mut m = Rng(1).vec((n_words + 16) * d);
         // make the n-gram rows far better matches than any word row

@@ -10,13 +10,14 @@ fn make(words: &[String], kind: u8, ngrams: &[(String, u64)]) -> Embeddings {
     let list = WordList::new(words.iter().map(String::as_str)).unwrap();
     let vocab = match kind {
         0 => Vocab::Simple(list),
-        1 => Vocab::Subword(SubwordVocab { words: list, min_n: 2, max_n: 4, indexer: Indexer::Bucket { exponent: 4 } }),
-        2 => Vocab::Subword(SubwordVocab { words: list, min_n: 3, max_n: 5, indexer: Indexer::FastText { buckets: 11 } }),
+        1 => Vocab::Subword(SubwordVocab { words: list, min_n: 2, max_n: 4, indexer: Indexer::Bucket { exponent: 4 }, fasttext_ngrams: false }),
+        2 => Vocab::Subword(SubwordVocab { words: list, min_n: 3, max_n: 5, indexer: Indexer::FastText { buckets: 11 }, fasttext_ngrams: false }),
         _ => Vocab::Subword(SubwordVocab {
             words: list,
             min_n: 2,
             max_n: 3,
             indexer: Indexer::Explicit(ExplicitNgrams::new(ngrams.to_vec()).unwrap()),
+            fasttext_ngrams: false,
         }),
     };
     let rows = vocab.rows() as usize;

@@ -19,8 +19,8 @@ fn build(words: &[String], kind: u8, buckets: u32) -> Vocab {
     let list = WordList::new(words.iter().map(String::as_str)).unwrap();
     match kind {
         0 => Vocab::Simple(list),
-        1 => Vocab::Subword(SubwordVocab { words: list, min_n: 2, max_n: 4, indexer: Indexer::Bucket { exponent: buckets } }),
-        2 => Vocab::Subword(SubwordVocab { words: list, min_n: 3, max_n: 5, indexer: Indexer::FastText { buckets: buckets * 3 } }),
+        1 => Vocab::Subword(SubwordVocab { words: list, min_n: 2, max_n: 4, indexer: Indexer::Bucket { exponent: buckets }, fasttext_ngrams: false }),
+        2 => Vocab::Subword(SubwordVocab { words: list, min_n: 3, max_n: 5, indexer: Indexer::FastText { buckets: buckets * 3 }, fasttext_ngrams: false }),
         _ => {
             let pairs = (0..buckets as u64 * 2).map(|i| (format!("g{i}"), i / 2)).collect();
             Vocab::Subword(SubwordVocab {
@@ -28,6 +28,7 @@ fn build(words: &[String], kind: u8, buckets: u32) -> Vocab {
                 min_n: 1,
                 max_n: 3,
                 indexer: Indexer::Explicit(ExplicitNgrams::new(pairs).unwrap()),
+                fasttext_ngrams: false,
             })
         }
     }

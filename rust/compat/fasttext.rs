@@ -537,6 +537,7 @@ fn model_vocab(words: WordList, subwords: bool, minn: i32, args: &FastTextArgs) 
             min_n: minn as u32,
             max_n: args.maxn as u32,
             indexer: Indexer::FastText { buckets: args.bucket as u32 },
+            fasttext_ngrams: true,
         })
     } else {
         Vocab::Simple(words)

@@ -303,6 +303,16 @@ fn parse_line_with(
         let parsed = fast_float2::parse_partial::<f32, _>(rest);
         let ok = match parsed {
             Ok((v, n)) if n > 0 && (n == rest.len() || is_sep(rest[n])) => {
+                if !v.is_finite() {
+                    // nan, inf, or a value beyond float32's range (1e39 reads as inf)
+                    data.truncate(before);
+                    return Err(err(format!(
+                        "value {} of {} is not a finite float32: {}",
+                        count + 1,
+                        super::excerpt(word),
+                        super::excerpt(&rest[..n])
+                    )));
+                }
                 count += 1;
                 if count <= dims {
                     data.push(v);

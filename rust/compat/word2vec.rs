@@ -209,6 +209,12 @@ fn read_word2vec_inner(path: &Path, opts: &ReadOptions) -> Result<Embeddings> {
                 for (o, c) in row.iter_mut().zip(r.buf[r.pos..r.pos + row_bytes].chunks_exact(4)) {
                     *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
                 }
+                if let Some(col) = row.iter().position(|v| !v.is_finite()) {
+                    return Err(Error::invalid(
+                        "word2vec file",
+                        format!("record {record} of {n}: value {} is {}, not a finite number ({})", col + 1, row[col], path.display()),
+                    ));
+                }
                 k += 1;
                 if opts.normalize && (k * dims == part.len() || i + 1 == rows) {
                     // hand the full part (and its norms) to the normalizing thread

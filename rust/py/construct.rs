@@ -75,7 +75,13 @@ impl PyEmbeddings {
                     }
                     let table = ExplicitNgrams::new(ngrams.unwrap_or_default())
                         .map_err(|e| crate::Error::argument(e.to_string()))?;
-                    Vocab::Subword(SubwordVocab { words: list, min_n, max_n, indexer: Indexer::Explicit(table) })
+                    Vocab::Subword(SubwordVocab {
+                        words: list,
+                        min_n,
+                        max_n,
+                        indexer: Indexer::Explicit(table),
+                        fasttext_ngrams: false,
+                    })
                 }
                 "bucket" | "fasttext" => {
                     if min_n == 0 || min_n > max_n {
@@ -94,7 +100,7 @@ impl PyEmbeddings {
                         }
                         Indexer::FastText { buckets }
                     };
-                    Vocab::Subword(SubwordVocab { words: list, min_n, max_n, indexer })
+                    Vocab::Subword(SubwordVocab { words: list, min_n, max_n, indexer, fasttext_ngrams: false })
                 }
                 other => {
                     return Err(crate::Error::argument(format!(

@@ -51,23 +51,24 @@ pub struct SubwordVocab {
     pub min_n: u32,
     pub max_n: u32,
     pub indexer: Indexer,
+    /// N-grams as fastText takes them: the single `<` and `>` are left out (with `min_n` 1).
+    /// Set for vocabularies read from fastText models; a finalfusion chunk (and a vocabulary
+    /// built in Python) follows finalfusion's rule, which keeps them.
+    pub fasttext_ngrams: bool,
 }
 
 impl SubwordVocab {
     /// The bracketed word and the byte ranges of its n-grams, in finalfusion order.
     ///
-    /// A fastText vocabulary follows fastText's rules on top: the single characters `<` and
-    /// `>` are never n-grams (they matter when `min_n` is 1), and fastText's end-of-sentence
-    /// token `</s>` has no n-grams.
+    /// A vocabulary read from a fastText model (`fasttext_ngrams`) with `min_n` 1 follows
+    /// fastText's rule on top: the single characters `<` and `>` are never n-grams.
+    /// (finalfusion keeps them; fastText also gives its end-of-sentence token `</s>` no
+    /// n-grams, where finalfusion gives it some: a known word in fastText models.)
     pub fn ngram_ranges(&self, word: &str) -> (String, Vec<(usize, usize)>) {
         let (b, mut ranges) = subword::ngram_ranges(word, self.min_n as usize, self.max_n as usize, "<", ">");
-        if let Indexer::FastText { .. } = self.indexer {
-            if word == crate::compat::fasttext::EOS {
-                ranges.clear();
-            } else if self.min_n <= 1 {
-                let len = b.len();
-                ranges.retain(|&(st, en)| !((st == 0 && en == 1) || (st == len - 1 && en == len)));
-            }
+        if self.fasttext_ngrams && self.min_n <= 1 {
+            let len = b.len();
+            ranges.retain(|&(st, en)| !((st == 0 && en == 1) || (st == len - 1 && en == len)));
         }
         (b, ranges)
     }
@@ -152,6 +153,7 @@ impl Vocab {
                     Indexer::ExplicitFst(e) => Indexer::Explicit(ExplicitNgrams::new(e.pairs()?)?),
                     other => other.clone(),
                 },
+                fasttext_ngrams: s.fasttext_ngrams,
             }),
             Vocab::Floret(f) => Vocab::Floret(f.clone()),
         }))
@@ -332,11 +334,17 @@ impl Vocab {
                     fstvocab::FstExtra::Buckets { min_n, max_n, buckets } => {
                         check_ngram_range(min_n, max_n)?;
                         let indexer = bucket_indexer(id == ChunkId::FstBucketSubwordVocab, buckets)?;
-                        Vocab::Subword(SubwordVocab { words, min_n, max_n, indexer })
+                        Vocab::Subword(SubwordVocab { words, min_n, max_n, indexer, fasttext_ngrams: false })
                     }
                     fstvocab::FstExtra::Explicit { min_n, max_n, ngrams } => {
                         check_ngram_range(min_n, max_n)?;
-                        Vocab::Subword(SubwordVocab { words, min_n, max_n, indexer: Indexer::ExplicitFst(ngrams) })
+                        Vocab::Subword(SubwordVocab {
+                            words,
+                            min_n,
+                            max_n,
+                            indexer: Indexer::ExplicitFst(ngrams),
+                            fasttext_ngrams: false,
+                        })
                     }
                 })
             }
@@ -357,6 +365,7 @@ impl Vocab {
                     min_n,
                     max_n,
                     indexer,
+                    fasttext_ngrams: false,
                 }))
             }
             ChunkId::ExplicitSubwordVocab => {
@@ -386,6 +395,7 @@ impl Vocab {
                     min_n,
                     max_n,
                     indexer: Indexer::Explicit(ExplicitNgrams::new(pairs)?),
+                    fasttext_ngrams: false,
                 }))
             }
             ChunkId::FloretSubwordVocab => {

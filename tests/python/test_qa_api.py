@@ -225,9 +225,18 @@ def test_constructor_takes_any_real_matrix() -> None:
 
 
 def test_similar_to_a_word_with_a_nan_vector_raises(tmp_path: Path) -> None:
-    # vf.Embeddings refuses NaN; a text file may hold one (read as gensim reads it)
+    # vf.Embeddings and the text readers refuse NaN ...
     (tmp_path / "nan.txt").write_text("a 1 0\nb 0.8 0.6\nc nan 1\nd 0 1\n")
-    e = vf.load_text(tmp_path / "nan.txt", normalize=False)
+    with pytest.raises(vf.FormatError, match=r'line 3: value 1 of "c" is not a finite float32: "nan"'):
+        vf.load_text(tmp_path / "nan.txt", normalize=False)
+    # ... a finalfusion file may hold one all the same
+    m = np.array([[1, 0], [0.8, 0.6], [0.25, 1], [0, 1]], np.float32)
+    vf.Embeddings(["a", "b", "c", "d"], m).write(tmp_path / "nan.fifu")
+    raw = (tmp_path / "nan.fifu").read_bytes()
+    at = raw.rindex(np.float32(0.25).tobytes())
+    (tmp_path / "nan.fifu").write_bytes(raw[:at] + np.float32("nan").tobytes() + raw[at + 4 :])
+    e = vf.load(tmp_path / "nan.fifu")
+    assert np.isnan(e["c"][0])
     with pytest.raises(ValueError, match=r'embedding of "c" contains NaN'):
         e.similar("c")
     with pytest.raises(ValueError, match="NaN"):
