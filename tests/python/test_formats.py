@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import re
 import struct
 import subprocess
 import sys
@@ -723,3 +724,23 @@ def test_zero_dimensional_writes_that_cannot_read_back_are_refused(tmp_path: Pat
     back = vf.load_text(tmp_path / "x.txt")
     assert list(back) == ["a", "b"] and back.dims == 0
     assert not list(tmp_path.glob("*.glove")) and not list(tmp_path.glob("*.bin"))
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e40", "-3.5e38"])
+def test_non_finite_values_are_format_errors(tmp_path: Path, value: str) -> None:
+    """A value that is not a finite float32 (NaN, infinity, beyond float32's range) cannot be
+    normalized or compared: the text and word2vec readers refuse it, naming where it is."""
+    p = tmp_path / "v.txt"
+    p.write_text(f"2 3\nfoo 1 0.5 2\nbar 1 {value} 3\n")
+    for normalize in (True, False):
+        with pytest.raises(vf.FormatError, match=rf'line 3: value 2 of "bar" is not a finite float32: "{re.escape(value)}"'):
+            vf.load_text(p, normalize=normalize)
+    e = vf.Embeddings(["foo", "bar"], np.ones((2, 3), np.float32))
+    e.write_word2vec(tmp_path / "v.bin")
+    raw = bytearray((tmp_path / "v.bin").read_bytes())
+    at = raw.index(b"bar ") + 4 + 8  # the third value of "bar"
+    with np.errstate(over="ignore"):
+        raw[at : at + 4] = np.float32(np.float64(value)).tobytes()  # 1e40 -> inf, as a float32 holds it
+    (tmp_path / "v2.bin").write_bytes(bytes(raw))
+    with pytest.raises(vf.FormatError, match=r"record 2 of 2: value 3 is .*not a finite number"):
+        vf.load_word2vec(tmp_path / "v2.bin")
