@@ -301,37 +301,28 @@ fn parse_line_with(
         }
         let rest = &line[i..];
         let parsed = fast_float2::parse_partial::<f32, _>(rest);
-        let ok = match parsed {
+        let (problem, len) = match parsed {
             Ok((v, n)) if n > 0 && (n == rest.len() || is_sep(rest[n])) => {
-                if !v.is_finite() {
-                    // nan, inf, or a value beyond float32's range (1e39 reads as inf)
-                    data.truncate(before);
-                    return Err(err(format!(
-                        "value {} of {} is not a finite float32: {}",
-                        count + 1,
-                        super::excerpt(word),
-                        super::excerpt(&rest[..n])
-                    )));
+                if v.is_finite() {
+                    count += 1;
+                    if count <= dims {
+                        data.push(v);
+                    }
+                    i += n;
+                    continue;
                 }
-                count += 1;
-                if count <= dims {
-                    data.push(v);
-                }
-                i += n;
-                true
+                // nan, inf, or a value beyond float32's range (1e39 reads as inf)
+                ("not a finite float32", n)
             }
-            _ => false,
+            _ => ("not a number", rest.iter().position(|&b| is_sep(b)).unwrap_or(rest.len())),
         };
-        if !ok {
-            let end = rest.iter().position(|&b| is_sep(b)).unwrap_or(rest.len());
-            data.truncate(before);
-            return Err(err(format!(
-                "value {} of {} is not a number: {}",
-                count + 1,
-                super::excerpt(word),
-                super::excerpt(&rest[..end])
-            )));
-        }
+        data.truncate(before);
+        return Err(err(format!(
+            "value {} of {} is {problem}: {}",
+            count + 1,
+            super::excerpt(word),
+            super::excerpt(&rest[..len])
+        )));
     }
     if count != dims {
         data.truncate(before);

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import struct
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -292,23 +293,31 @@ def test_truncated_chunks_raise(fst_file: tuple[Path, list[str]], tmp_path: Path
                 vf.load(bad, mmap=mmap)
 
 
+def flipped_copies(data: bytes, bad: Path, seed: int, per_region: int) -> Iterator[None]:
+    """Write `bad` as `data` with one bit flipped in the automaton or one of the tables, again
+    and again (`per_region` places of each)."""
+    lay = fst_layout(data)
+    rng = random.Random(seed)
+    for region in ("fst", "rank_to_row", "row_to_rank"):
+        a, b = lay[region]
+        for pos in rng.sample(range(a, b), min(per_region, b - a)):
+            corrupt = bytearray(data)
+            corrupt[pos] ^= 1 << rng.randrange(8)
+            bad.write_bytes(bytes(corrupt))
+            yield
+
+
 def test_flipped_bytes(fst_file: tuple[Path, list[str]], tmp_path: Path) -> None:
     path, words = fst_file
     data = path.read_bytes()
     lay = fst_layout(data)
     bad = tmp_path / "bad.fifu"
-    rng = random.Random(3)
-    for region in ("fst", "rank_to_row", "row_to_rank"):
-        a, b = lay[region]
-        for pos in rng.sample(range(a, b), min(25, b - a)):
-            corrupt = bytearray(data)
-            corrupt[pos] ^= 1 << rng.randrange(8)
-            bad.write_bytes(bytes(corrupt))
-            # Reading into memory verifies the automaton checksum and the tables.
-            with pytest.raises(vf.FormatError):
-                vf.load(bad)
-            # Memory-mapped: checked at use; never anything but FormatError.
-            exercise(bad, words, mmap=True)
+    for _ in flipped_copies(data, bad, seed=3, per_region=25):
+        # Reading into memory verifies the automaton checksum and the tables.
+        with pytest.raises(vf.FormatError):
+            vf.load(bad)
+        # Memory-mapped: checked at use; never anything but FormatError.
+        exercise(bad, words, mmap=True)
     # Header fields of the chunk, flipped anywhere: never a crash.
     a = lay["chunk"][0]
     for pos in range(a, a + 44):
@@ -381,30 +390,22 @@ def test_writing_a_corrupt_mapped_vocabulary_raises(fst_file: tuple[Path, list[s
     verified in full first: a flipped byte of the automaton or the tables never ends up as
     renamed or reordered words in a new file (every format)."""
     path, words = fst_file
-    data = path.read_bytes()
-    lay = fst_layout(data)
     bad = tmp_path / "bad.fifu"
-    rng = random.Random(9)
     checked = 0
-    for region in ("fst", "rank_to_row", "row_to_rank"):
-        a, b = lay[region]
-        for pos in rng.sample(range(a, b), min(12, b - a)):
-            corrupt = bytearray(data)
-            corrupt[pos] ^= 1 << rng.randrange(8)
-            bad.write_bytes(bytes(corrupt))
-            try:
-                emb = vf.load(bad, mmap=True)
-            except vf.FormatError:
-                continue
-            checked += 1
-            for write in (
-                lambda: emb.write(tmp_path / "o.fifu"),
-                lambda: emb.write(tmp_path / "o.fifu", vocab="standard"),
-                lambda: emb.write_text(tmp_path / "o.txt"),
-                lambda: emb.write_word2vec(tmp_path / "o.bin"),
-            ):
-                with pytest.raises(vf.FormatError):
-                    write()
+    for _ in flipped_copies(path.read_bytes(), bad, seed=9, per_region=12):
+        try:
+            emb = vf.load(bad, mmap=True)
+        except vf.FormatError:
+            continue
+        checked += 1
+        for write in (
+            lambda: emb.write(tmp_path / "o.fifu"),
+            lambda: emb.write(tmp_path / "o.fifu", vocab="standard"),
+            lambda: emb.write_text(tmp_path / "o.txt"),
+            lambda: emb.write_word2vec(tmp_path / "o.bin"),
+        ):
+            with pytest.raises(vf.FormatError):
+                write()
     assert checked > 10
     # an intact mapped file writes as before
     emb = vf.load(path, mmap=True)
