@@ -513,7 +513,14 @@ class EmbeddingFn : public torch::autograd::Function<EmbeddingFn> {
     const int64_t padding_idx = ctx->saved_data["padding_idx"].toInt();
     const bool scale = ctx->saved_data["scale"].toBool();
     at::Tensor gw;
-    if (ctx->saved_data["sparse"].toBool()) {
+    if (ctx->saved_data["sparse"].toBool() && padding_idx < 0 && !scale) {
+      // one entry per index, values = the output gradient's rows as they lie (as
+      // nn.Embedding: an expanded gradient, e.g. of out.sum(), stays a view, not a copy)
+      const int64_t n = indices.numel();
+      const int64_t nw = num_weights.guard_int(__FILE__, __LINE__);
+      gw = at::_sparse_coo_tensor_unsafe(indices.reshape({1, n}).to(at::kLong), grad.reshape({n, grad.size(-1)}),
+                                         {nw, grad.size(-1)});
+    } else if (ctx->saved_data["sparse"].toBool()) {
       static auto op = op_handle("vecfusion_ops::embedding_sparse_backward")
                            .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, c10::SymInt,
                                                                      int64_t, bool)>();

@@ -157,6 +157,26 @@ def test_dense_backward_reads_any_gradient_layout(dtype, scale) -> None:
     assert torch.equal(fast.weight.grad, ref.weight.grad)
 
 
+@pytest.mark.parametrize("padding_idx", [None, 3])
+def test_sparse_gradient_of_any_layout_equals_nn(padding_idx) -> None:
+    """The sparse gradient has nn.Embedding's entries (indices and values) for gradients in
+    every layout, e.g. the expanded one of out.sum() (taken as a view, as nn does)."""
+    x = _indices("2d", torch.int64)
+    x[0, 0] = 3
+    for name in _layouts(torch.zeros(x.numel(), DIM)):
+        torch.manual_seed(0)
+        ref = nn.Embedding(NUM, DIM, padding_idx=padding_idx, sparse=True)
+        fast = FastEmbedding(NUM, DIM, padding_idx=padding_idx, sparse=True)
+        fast.load_state_dict(ref.state_dict())
+        g = torch.randn(x.numel(), DIM, generator=torch.Generator().manual_seed(1))
+        up = _layouts(g)[name].reshape(*x.shape, DIM)
+        ref(x).backward(up)
+        fast(x).backward(up)
+        gr, gf = ref.weight.grad, fast.weight.grad
+        assert gf.is_sparse and torch.equal(gf._indices(), gr._indices()), name
+        assert torch.equal(gf._values(), gr._values()), name
+
+
 def test_multi_backward_reads_any_gradient_layout() -> None:
     from vecfusion.torch._ops import ops
 
