@@ -1131,7 +1131,16 @@ mod kernel {
             if cell.as_ref().is_none_or(|b| b.as_slice().len() < need) {
                 *cell = crate::storage::AlignedBytes::zeroed(need.max(2 << 20), "query block buffer").ok();
             }
-            let Some(buf) = cell.as_mut() else { return };
+            let Some(buf) = cell.as_mut() else {
+                // no buffer to be had (out of memory): the blocks are read where they lie
+                while b0 < end {
+                    let b1 = (b0 + block).min(end);
+                    // SAFETY: forwarded from the caller; `mat` holds rows `b0..b1`.
+                    unsafe { scan_avx512_block(mat, d, b0, b1, 0, queries, tops) };
+                    b0 = b1;
+                }
+                return;
+            };
             let buf: &mut [f32] = bytemuck::cast_slice_mut(&mut buf.as_mut_slice()[..need]);
             while b0 < end {
                 let b1 = (b0 + block).min(end);

@@ -197,14 +197,17 @@ def _npy_headers(fss: list[Any], files: list[tuple[int, str, int | None]], threa
 
 @contextlib.contextmanager
 def _parquet_errors(path: str) -> Iterator[None]:
-    """Arrow's errors on a corrupt parquet file (OSError, ArrowInvalid, ...) as FormatError
-    naming the file; a missing or unreadable file keeps its OSError."""
+    """Arrow's errors on a corrupt parquet file (a bare OSError such as "Couldn't deserialize
+    thrift", ArrowInvalid, ...) as FormatError naming the file. Errors of the storage itself
+    keep their type: a missing or unreadable file, an OS error with an errno, a network
+    error or timeout, and running out of memory (ArrowMemoryError is a MemoryError)."""
     import pyarrow as pa
 
     try:
         yield
     except (OSError, ValueError, pa.ArrowException) as e:
-        if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, FormatError)):
+        storage = (FileNotFoundError, PermissionError, IsADirectoryError, ConnectionError, TimeoutError)
+        if isinstance(e, (FormatError, MemoryError, *storage)) or (isinstance(e, OSError) and e.errno is not None):
             raise
         raise FormatError(f"invalid parquet file: {path}: {e}") from e
 

@@ -163,7 +163,8 @@ fn read_parallel<R: Read>(
     data: &mut Vec<f32>,
     block: usize,
 ) -> Result<(), ParErr> {
-    let mut buf: Vec<u8> = Vec::with_capacity(block + (1 << 20));
+    let mut buf: Vec<u8> = Vec::new();
+    crate::storage::try_reserve(&mut buf, block + (1 << 20), "text read buffer").map_err(ParErr::Format)?;
     let mut eof = false;
     let pieces_per_block = rayon::current_num_threads() * 4;
     while !eof {

@@ -31,14 +31,14 @@ struct Chunked {
 const CHUNK: usize = 8 << 20;
 
 impl Chunked {
-    fn new(file: File) -> Self {
-        Chunked {
+    fn new(file: File) -> Result<Self> {
+        Ok(Chunked {
             file,
-            buf: vec![0u8; CHUNK],
+            buf: crate::storage::try_zeroed_vec(CHUNK, "word2vec read buffer")?,
             pos: 0,
             len: 0,
             eof: false,
-        }
+        })
     }
 
     #[inline]
@@ -103,7 +103,7 @@ fn read_word2vec_inner(path: &Path, opts: &ReadOptions) -> Result<Embeddings> {
         .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?
         .len();
     let io = |e: std::io::Error| Error::io(format!("cannot read {}", path.display()), e);
-    let mut r = Chunked::new(file);
+    let mut r = Chunked::new(file)?;
 
     r.fill(1024).map_err(io)?;
     let header_len = match r.avail().iter().position(|&b| b == b'\n') {

@@ -28,10 +28,15 @@ impl PyVocab {
     }
 }
 
-/// Rebuild a vocabulary pickled by `Vocab.__reduce__` (finalfusion bytes, empty matrix).
+/// Rebuild a vocabulary pickled by `Vocab.__reduce__` (finalfusion bytes, empty matrix, and
+/// whether its n-grams follow fastText's rule, which a finalfusion chunk does not record).
 #[pyfunction]
-pub fn _vocab_from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<PyVocab> {
-    let emb = py.detach(|| Embeddings::from_bytes(data, None))?;
+#[pyo3(signature = (data, fasttext_ngrams=false))]
+pub fn _vocab_from_bytes(py: Python<'_>, data: &[u8], fasttext_ngrams: bool) -> PyResult<PyVocab> {
+    let mut emb = py.detach(|| Embeddings::from_bytes(data, None))?;
+    if let crate::vocab::Vocab::Subword(s) = &mut emb.vocab {
+        s.fasttext_ngrams = fasttext_ngrams;
+    }
     Ok(PyVocab { inner: Arc::new(emb) })
 }
 
@@ -45,12 +50,15 @@ impl PyVocab {
 
     /// Pickling (and copy.deepcopy): the vocabulary alone, as a finalfusion file with an
     /// empty matrix.
-    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>, bool))> {
+        // a memory-mapped fst chunk is verified before its words are copied
+        self.inner.vocab.verify_fst()?;
         let emb = self.vocab_only()?;
         let mut buf = Vec::new();
         emb.write_to(&mut buf).map_err(|e| crate::Error::io("cannot serialize the vocabulary", e))?;
+        let fasttext_ngrams = matches!(&emb.vocab, crate::vocab::Vocab::Subword(s) if s.fasttext_ngrams);
         let f = py.import("vecfusion._native")?.getattr("_vocab_from_bytes")?;
-        Ok((f, (PyBytes::new(py, &buf),)))
+        Ok((f, (PyBytes::new(py, &buf), fasttext_ngrams)))
     }
 
     /// Number of known words.

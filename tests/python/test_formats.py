@@ -645,6 +645,14 @@ def test_fasttext_model_single_brackets_are_not_ngrams(tmp_path: Path) -> None:
         assert sorted(ft.vocab.ngrams(w)) == sorted(strings), w
         assert sorted(ft.vocab.subword_indices(w)) == sorted(ids), w
         assert ft.embedding(w) is not None
+    # a copy of the vocabulary keeps the rule (pickle, deepcopy, detached)
+    import copy
+    import pickle
+
+    for v in (pickle.loads(pickle.dumps(ft.vocab)), copy.deepcopy(ft.vocab), ft.vocab.detached()):
+        assert v.ngrams("ab") == ft.vocab.ngrams("ab")
+        assert v.subword_indices("ab") == ft.vocab.subword_indices("ab")
+    assert pickle.loads(pickle.dumps(built.vocab)).ngrams("ab") == built.vocab.ngrams("ab")
     for kind in ("standard", "fst"):
         path = tmp_path / f"v_{kind}.fifu"
         ft.write(path, vocab=kind)

@@ -3,6 +3,7 @@ standard chunks byte for byte, and reports corrupt chunks as FormatError."""
 
 from __future__ import annotations
 
+import pickle
 import random
 import struct
 import tempfile
@@ -403,6 +404,7 @@ def test_writing_a_corrupt_mapped_vocabulary_raises(fst_file: tuple[Path, list[s
             lambda: emb.write(tmp_path / "o.fifu", vocab="standard"),
             lambda: emb.write_text(tmp_path / "o.txt"),
             lambda: emb.write_word2vec(tmp_path / "o.bin"),
+            lambda: pickle.dumps(emb.vocab),
         ):
             with pytest.raises(vf.FormatError):
                 write()

@@ -574,3 +574,24 @@ def test_corrupt_parquet_pages_are_format_errors(tmp_path: Path, group: int) -> 
             outcomes.add("read")
             assert sum(len(x) for x in got) == 10
     assert "error" in outcomes
+
+
+def test_parquet_error_wrapping_keeps_storage_errors() -> None:
+    """Only errors about the file's contents become FormatError; running out of memory,
+    network errors, timeouts and OS errors with an errno keep their type."""
+    import errno
+
+    from vecfusion.reader import _parquet_errors
+
+    for keep in (
+        pa.ArrowMemoryError("out of memory"),
+        TimeoutError("slow"),
+        ConnectionResetError("reset"),
+        FileNotFoundError("gone"),
+        OSError(errno.EIO, "I/O error"),
+    ):
+        with pytest.raises(type(keep)), _parquet_errors("x.parquet"):
+            raise keep
+    for wrap in (OSError("Couldn't deserialize thrift"), pa.ArrowInvalid("bad offsets")):
+        with pytest.raises(vf.FormatError, match="invalid parquet file: x.parquet"), _parquet_errors("x.parquet"):
+            raise wrap
