@@ -102,9 +102,9 @@ pub fn header_size(prefix: &[u8]) -> Result<u64> {
         });
     }
     let (major, minor) = (prefix[6], prefix[7]);
-    let (len, start) = match major {
-        1 => (u64::from(u16::from_le_bytes([prefix[8], prefix[9]])), 10u64),
-        2 | 3 => {
+    let (len, start) = match (major, minor) {
+        (1, 0) => (u64::from(u16::from_le_bytes([prefix[8], prefix[9]])), 10u64),
+        (2 | 3, 0) => {
             if prefix.len() < 12 {
                 return Err(Error::Truncated {
                     what: "npy preamble",
@@ -177,9 +177,10 @@ pub fn parse_header(prefix: &[u8], file_len: u64) -> Result<NpyMatrix> {
         _ => ("=", descr.as_str()),
     };
     let dtype = match code {
-        "f2" | "e" => DType::F16,
-        "f4" | "f" => DType::F32,
-        "f8" | "d" => DType::F64,
+        // (numpy writes '<f4'; np.load also takes dtype names)
+        "f2" | "e" | "float16" => DType::F16,
+        "f4" | "f" | "float32" => DType::F32,
+        "f8" | "d" | "float64" => DType::F64,
         _ => {
             return Err(Error::invalid(
                 "npy dtype",
@@ -293,6 +294,11 @@ fn parse_dict(text: &str) -> Result<Vec<(String, Value)>> {
             break;
         }
     }
+    // numpy pads the dict with spaces up to a newline; anything else is not a header it reads
+    p.ws();
+    if p.i != p.s.len() {
+        return Err(bad("unexpected text after the header dict"));
+    }
     Ok(out)
 }
 
@@ -351,7 +357,8 @@ impl Parser<'_> {
             while matches!(self.peek(), Some(b'0'..=b'9')) {
                 self.i += 1;
             }
-            if start == self.i {
+            // no digits, or a leading zero (not a Python integer literal: np.load refuses it)
+            if start == self.i || (self.i - start > 1 && self.s[start] == b'0') {
                 return None;
             }
             let n = std::str::from_utf8(&self.s[start..self.i]).ok()?.parse::<u64>().ok()?;

@@ -595,3 +595,41 @@ def test_parquet_error_wrapping_keeps_storage_errors() -> None:
     for wrap in (OSError("Couldn't deserialize thrift"), pa.ArrowInvalid("bad offsets")):
         with pytest.raises(vf.FormatError, match="invalid parquet file: x.parquet"), _parquet_errors("x.parquet"):
             raise wrap
+
+
+def _with_header(a: np.ndarray, edit) -> bytes:  # noqa: ANN001
+    """`a` saved as npy, with its header text changed by `edit` (the length kept: padded)."""
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, a)
+    raw = buf.getvalue()
+    hlen = int.from_bytes(raw[8:10], "little")
+    text = raw[10 : 10 + hlen].decode("latin1").rstrip(" \n")
+    new = edit(text)
+    assert len(new) + 1 <= hlen
+    return raw[:10] + (new.ljust(hlen - 1) + "\n").encode("latin1") + raw[10 + hlen :]
+
+
+def test_npy_headers_as_strict_as_numpy(tmp_path: Path) -> None:
+    """Headers np.load refuses are refused (text after the dict, a minor version, a shape with a
+    leading zero); a dtype given by name, which np.load takes, is read."""
+    a = np.arange(4 * DIM, dtype=np.float32).reshape(4, DIM)
+    cases = {
+        "junk": _with_header(a, lambda t: t + " junk"),
+        "zero": _with_header(a, lambda t: t.replace("(4, ", "(04, ")),
+    }
+    minor = bytearray(_with_header(a, lambda t: t))
+    minor[7] = 1
+    cases["minor"] = bytes(minor)
+    for name, data in cases.items():
+        (tmp_path / "x.npy").write_bytes(data)
+        with pytest.raises(ValueError):
+            np.load(tmp_path / "x.npy")
+        with pytest.raises(vf.FormatError):
+            vf.EmbeddingReader(str(tmp_path))
+    named = _with_header(a, lambda t: t.replace("'<f4'", "'float32'"))
+    (tmp_path / "x.npy").write_bytes(named)
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), a)
+    got = np.concatenate([x for x, _ in vf.EmbeddingReader(str(tmp_path))(batch_size=3, show_progress=False)])
+    np.testing.assert_array_equal(got, a)
