@@ -38,16 +38,17 @@ class FastEmbedding(nn.Embedding):
     """
 
     def forward(self, input: Tensor) -> Tensor:
-        if input.dtype not in _INDEX_DTYPES or not self.weight.is_floating_point():
+        weight = self.weight
+        if input.dtype not in _INDEX_DTYPES or not weight.is_floating_point():
             # what the kernels do not cover (other index dtypes, integer or complex weights)
             # is nn.Embedding's own function: its results and its errors
             return F.embedding(
-                input, self.weight, self.padding_idx, self.max_norm, self.norm_type,
+                input, weight, self.padding_idx, self.max_norm, self.norm_type,
                 self.scale_grad_by_freq, self.sparse,
             )
         if self.max_norm is not None:
             with torch.no_grad():
-                ops.embedding_renorm_(self.weight, input, float(self.max_norm), float(self.norm_type))
+                ops.embedding_renorm_(weight, input, float(self.max_norm), float(self.norm_type))
         padding = -1
         if self.padding_idx is not None:
             # as F.embedding (padding_idx may have been set after construction)
@@ -57,7 +58,8 @@ class FastEmbedding(nn.Embedding):
                 assert padding >= -n, "Padding_idx must be within num_embeddings"
                 padding += n
             assert padding < n, "Padding_idx must be within num_embeddings"
-        return ops.embedding(self.weight, input, padding, bool(self.scale_grad_by_freq), bool(self.sparse))
+        # the overload itself: a call through the packet resolves it each time
+        return ops.embedding.default(weight, input, padding, bool(self.scale_grad_by_freq), bool(self.sparse))
 
     @classmethod
     def from_pretrained(  # type: ignore[override]
