@@ -188,8 +188,9 @@ class Embeddings:
         default: the largest divisor of ``dims`` not above ``dims / 4`` (75 for 300 dims).
         Each subquantizer has ``2**bits`` centroids (bits 1 to 8: one u8 code per
         subquantizer). ``n_iterations`` Lloyd steps of k-means (k-means++ init, empty
-        clusters split), best of ``n_attempts`` runs; with ``opq`` also the number of
-        alternations between PQ training and the orthogonal Procrustes update of the rotation.
+        clusters split), best of ``n_attempts`` runs; with ``opq`` the rotation is
+        fitted by ``2 * n_iterations`` alternations of PQ training and the orthogonal Procrustes
+        update (50 by default).
         ``normalize`` L2-normalizes rows before training and stores their norms in the chunk.
         ``sample``: training rows (default 256 per centroid, like faiss; all rows at most).
         ``progress``: True/None for a bar (tqdm when installed), False for none, or a

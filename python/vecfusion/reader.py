@@ -36,9 +36,9 @@ files (any other fsspec filesystem: ``s3://``, ``gs://``, ``http(s)://``, ``memo
 are fetched as byte ranges by a thread pool and copied or converted by the same Rust code.
 
 Malformed input (1-D/3-D/integer/Fortran-ordered arrays, truncated or empty files, mixed
-dimensions or dtypes, mismatched npy/parquet pairs, missing columns, empty folders) raises
-:class:`vecfusion.FormatError` (or ``ValueError`` for arguments, ``FileNotFoundError`` for
-missing paths) naming the file and the problem. Big-endian ``.npy`` files are read
+dimensions or dtypes, mismatched npy/parquet pairs, missing columns) raises
+:class:`vecfusion.FormatError` (or ``ValueError`` for arguments and for a folder without
+embedding files, ``FileNotFoundError`` for missing paths) naming the file and the problem. Big-endian ``.npy`` files are read
 correctly (byte-swapped while converting).
 
 Needs the ``reader`` extra (``pip install vecfusion[reader]``: fsspec, pandas, pyarrow).

@@ -36,7 +36,7 @@ def add_parser(subparsers) -> None:
         default=True,
         help="learn an OPQ rotation (default; --no-opq for plain PQ)",
     )
-    p.add_argument("--iterations", "-i", type=int, default=25, metavar="N", help="k-means / OPQ iterations (25)")
+    p.add_argument("--iterations", "-i", type=int, default=25, metavar="N", help="k-means iterations; OPQ alternates 2N times (25)")
     p.add_argument("--attempts", type=int, default=1, help="k-means runs per subquantizer, best kept (1)")
     p.add_argument(
         "--sample", type=int, default=None, help="training rows (default: 256 per centroid, like faiss)"

@@ -1,4 +1,5 @@
-"""Loads the compiled ops (``torch.ops.vecfusion_ops``) and registers their fake kernels and autograd.
+"""Loads the compiled ops (``torch.ops.vecfusion_ops``) and registers their fake kernels (their
+autograd is registered in C++, cuda/csrc/ops.cpp).
 
 The ops come from the ``vecfusion_ops`` package that ``make torch-ext`` (cuda/build.sh) builds and
 installs. Without it, in a source checkout, the cuda/ sources are JIT-compiled with
