@@ -202,6 +202,8 @@ fn read_parallel<R: Read>(
                 return Err(ParErr::Format(renumber(e, *lineno)));
             }
             words.extend(&p.words);
+            // the matrix grows piece by piece (a file without a header says no size up front)
+            crate::storage::try_reserve(data, p.data.len(), "text matrix").map_err(ParErr::Format)?;
             data.extend_from_slice(&p.data);
             *lineno += p.lines;
         }

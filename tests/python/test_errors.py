@@ -188,13 +188,14 @@ OOM_SCRIPT = textwrap.dedent(
     e.write(f"{tmp}/big.fifu")
     e.write_word2vec(f"{tmp}/big.bin")
     e.write_text(f"{tmp}/big.txt")
+    e.write_text(f"{tmp}/big.glove.txt", dims=False)
     e.write_fasttext(f"{tmp}/big.ftbin")
     del e, m
     # a little more address space than is in use now: no file fits any more
     vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
     resource.setrlimit(resource.RLIMIT_AS, (vm + (24 << 20), resource.RLIM_INFINITY))
     for load, name in [(vf.load, "big.fifu"), (vf.load_word2vec, "big.bin"), (vf.load_text, "big.txt"),
-                       (vf.load_fasttext, "big.ftbin")]:
+                       (vf.load_text, "big.glove.txt"), (vf.load_fasttext, "big.ftbin")]:
         try:
             load(f"{tmp}/{name}")
         except MemoryError as ex:
@@ -218,6 +219,6 @@ def test_out_of_memory_is_an_exception(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.splitlines()
-    assert len(lines) == 4, r.stdout
+    assert len(lines) == 5, r.stdout
     for line in lines:
         assert "MemoryError" in line and "not enough memory" in line, line
