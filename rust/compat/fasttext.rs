@@ -879,8 +879,8 @@ pub fn write_fasttext(emb: &Embeddings, path: &Path) -> Result<()> {
     if !matches!(args.model, 1 | 2) {
         args.model = 2; // labels are not kept: write a skipgram model
     }
-    if !matches!(args.loss, 1..=3) {
-        args.loss = 2;
+    if !matches!(args.loss, 1..=4) {
+        args.loss = 2; // hs, ns, softmax and ova are kept (fastText loads each with a skipgram model)
     }
     let nwords_i32 = to_i32(nwords, "word count")?;
     // A model read from a pruned .ftz keeps rows for some buckets only: fastText reads a

@@ -752,3 +752,21 @@ def test_non_finite_values_are_format_errors(tmp_path: Path, value: str) -> None
     (tmp_path / "v2.bin").write_bytes(bytes(raw))
     with pytest.raises(vf.FormatError, match=r"record 2 of 2: value 3 is .*not a finite number"):
         vf.load_word2vec(tmp_path / "v2.bin")
+
+
+def test_write_fasttext_keeps_the_loss(tmp_path: Path) -> None:
+    """The training arguments in the metadata go back into the header: every loss fastText has
+    (hs 1, ns 2, softmax 3, ova 4) is kept, and fastText loads the model."""
+    fasttext = pytest.importorskip("fasttext", reason="the fasttext package cannot be installed here")
+    rng = np.random.default_rng(4)
+    e = vf.Embeddings(["alpha", "beta"], rng.standard_normal((2 + 97, 8)).astype(np.float32), vocab="fasttext",
+                      min_n=3, max_n=5, buckets=97)
+    e.write_fasttext(tmp_path / "m.bin")
+    raw = bytearray((tmp_path / "m.bin").read_bytes())
+    for loss in (1, 2, 3, 4):
+        struct.pack_into("<i", raw, 8 + 6 * 4, loss)  # dim ws epoch minCount neg wordNgrams loss
+        (tmp_path / "in.bin").write_bytes(bytes(raw))
+        vf.load_fasttext(tmp_path / "in.bin").write_fasttext(tmp_path / "out.bin")
+        assert struct.unpack_from("<i", (tmp_path / "out.bin").read_bytes(), 8 + 6 * 4)[0] == loss
+        m = fasttext.load_model(str(tmp_path / "out.bin"))
+        np.testing.assert_allclose(m.get_word_vector("alpha"), e.fasttext_vector("alpha"), rtol=1e-6, atol=1e-7)
