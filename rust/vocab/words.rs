@@ -316,6 +316,11 @@ impl WordList {
         }
     }
 
+    /// Is this an automaton-backed list that was not verified at open (memory-mapped)?
+    pub fn needs_verification(&self) -> bool {
+        matches!(&self.repr, Repr::Fst(f) if !f.is_verified())
+    }
+
     /// Is this list backed by an fst automaton (read from an fst vocabulary chunk)?
     pub fn is_fst(&self) -> bool {
         matches!(self.repr, Repr::Fst(_))
