@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use numpy::PyArray1;
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::types::{PyBool, PyInt};
 use pyo3::prelude::*;
 
 use super::embeddings::PyEmbeddings;
@@ -11,11 +12,28 @@ use crate::compat::text::Header;
 use crate::compat::{fasttext, text, word2vec, ReadOptions};
 use crate::embeddings::Embeddings;
 
-fn options(lossy: bool, limit: Option<i64>, normalize: bool) -> PyResult<ReadOptions> {
+/// `limit` as a row count: `None` reads everything, an int above any possible row count (a
+/// Python int is unbounded) reads everything too; negative or non-int values are refused.
+fn options(lossy: bool, limit: Option<&Bound<'_, PyAny>>, normalize: bool) -> PyResult<ReadOptions> {
     let limit = match limit {
         None => None,
-        Some(l) if l < 0 => return Err(PyValueError::new_err(format!("limit must be >= 0, got {l}"))),
-        Some(l) => Some(usize::try_from(l).unwrap_or(usize::MAX)),
+        Some(l) => {
+            let not_int = || -> PyResult<PyErr> {
+                Ok(PyTypeError::new_err(format!("limit must be an int or None, not {}", l.get_type().name()?)))
+            };
+            if l.is_instance_of::<PyBool>() {
+                return Err(not_int()?);
+            }
+            // Any integer type (Python int, numpy integers): what `operator.index` accepts.
+            let l = match l.call_method0("__index__") {
+                Ok(i) if i.is_instance_of::<PyInt>() => i,
+                _ => return Err(not_int()?),
+            };
+            if l.lt(0)? {
+                return Err(PyValueError::new_err(format!("limit must be >= 0, got {l}")));
+            }
+            Some(l.extract::<u64>().map_or(usize::MAX, |v| usize::try_from(v).unwrap_or(usize::MAX)))
+        }
     };
     Ok(ReadOptions { lossy, limit, normalize })
 }
@@ -24,7 +42,7 @@ fn options(lossy: bool, limit: Option<i64>, normalize: bool) -> PyResult<ReadOpt
 /// keeps the vectors as stored (no norms); `lossy=True` replaces invalid UTF-8 with U+FFFD.
 #[pyfunction]
 #[pyo3(signature = (path, lossy=false, limit=None, normalize=true))]
-pub fn load_word2vec(py: Python<'_>, path: PathBuf, lossy: bool, limit: Option<i64>, normalize: bool) -> PyResult<PyEmbeddings> {
+pub fn load_word2vec(py: Python<'_>, path: PathBuf, lossy: bool, limit: Option<&Bound<'_, PyAny>>, normalize: bool) -> PyResult<PyEmbeddings> {
     let opts = options(lossy, limit, normalize)?;
     let emb = py.detach(|| {
         crate::compat::check_not_compressed(&path)?;
@@ -51,7 +69,7 @@ pub fn load_text(
     path: PathBuf,
     dims: Option<bool>,
     lossy: bool,
-    limit: Option<i64>,
+    limit: Option<&Bound<'_, PyAny>>,
     normalize: bool,
 ) -> PyResult<PyEmbeddings> {
     let opts = options(lossy, limit, normalize)?;

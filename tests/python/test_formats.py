@@ -152,8 +152,16 @@ def test_limit(peers: Path, w2v_expected: dict, loader) -> None:
     assert (len(emb), emb.dims) == tuple(w2v_expected["limit100"]["shape"])
     assert list(emb)[-1] == w2v_expected["limit100"]["last_word"]
     assert len(loader(peers, limit=0)) == 0
-    with pytest.raises(ValueError):
+    assert len(loader(peers, limit=np.int64(100))) == 100  # any integer type, as operator.index
+    # A limit beyond any row count (Python ints are unbounded) reads everything.
+    assert len(loader(peers, limit=2**70)) == len(loader(peers)) > 100
+    with pytest.raises(ValueError, match="limit must be >= 0"):
         loader(peers, limit=-1)
+    with pytest.raises(ValueError, match="limit must be >= 0"):
+        loader(peers, limit=-(2**70))
+    for bad in (1.5, "100", True):
+        with pytest.raises(TypeError, match="limit must be an int or None"):
+            loader(peers, limit=bad)
 
 
 def test_limit_reads_only_what_it_needs(peers: Path, tmp_path: Path) -> None:
