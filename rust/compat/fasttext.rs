@@ -238,6 +238,14 @@ pub fn fasttext_subwords(emb: &Embeddings, word: &str) -> (Vec<String>, Vec<usiz
     (strings, ids)
 }
 
+/// Was `emb` imported from a fastText model by vecfusion (its metadata has a `[fasttext]` table)?
+fn has_fasttext_table(emb: &Embeddings) -> bool {
+    emb.metadata
+        .as_deref()
+        .and_then(|m| m.parse::<toml::Table>().ok())
+        .is_some_and(|t| t.get("fasttext").is_some_and(toml::Value::is_table))
+}
+
 /// Was `emb` read from a pruned fastText model (its metadata says `pruned_buckets`)?
 fn is_pruned(emb: &Embeddings) -> bool {
     emb.metadata
@@ -894,6 +902,10 @@ pub fn write_fasttext(emb: &Embeddings, path: &Path) -> Result<()> {
         ));
     }
     let rows = nwords + bucket as usize;
+    // Which n-grams each stored word row was averaged with: vecfusion's import (it leaves a
+    // `[fasttext]` metadata table) used fastText's (none for `</s>`, no single `<`/`>`); any
+    // other file (finalfusion's import) used the vocabulary's own for every word.
+    let fasttext_import = has_fasttext_table(emb);
 
     write_atomically(path, |w| {
         w.write_all(&(FASTTEXT_MAGIC as i32).to_le_bytes())?;
@@ -927,7 +939,12 @@ pub fn write_fasttext(emb: &Embeddings, path: &Path) -> Result<()> {
                     let i = start + k;
                     super::export_row(emb, i, row);
                     idx.clear();
-                    fasttext_ngram_rows(words.get(i).unwrap_or_default(), minn, maxn, bucket, nwords, idx);
+                    let word = words.get(i).unwrap_or_default();
+                    if fasttext_import {
+                        fasttext_ngram_rows(word, minn, maxn, bucket, nwords, idx);
+                    } else {
+                        emb.vocab.push_subword_indices(word, idx);
+                    }
                     if idx.is_empty() {
                         return;
                     }

@@ -421,6 +421,23 @@ def test_write_fasttext_inverts_the_import(ft_skipgram: vf.Embeddings, peers: Pa
     np.testing.assert_allclose(again.norms, ft_skipgram.norms, rtol=1e-5)
 
 
+def test_write_fasttext_of_a_finalfusion_conversion_gives_back_the_model(
+    peers: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """finalfusion's import averages every word row with its vocabulary's n-grams, `</s>`
+    included (vecfusion's own import follows fastText: `</s>` has none); writing fastText
+    inverts the convention the file was made with, so every input row comes back."""
+    fasttext = pytest.importorskip("fasttext", reason="the fasttext package cannot be installed here")
+    out = tmp_path / "ft.bin"
+    vf.load(peers / "ft_skipgram.fifu").write_fasttext(out)
+    got = fasttext.load_model(str(out)).get_input_matrix()
+    want = fasttext.load_model(str(peers / "ft_skipgram.bin")).get_input_matrix()
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got[0], want[0], atol=5e-5)  # `</s>`
+    np.testing.assert_allclose(got, want, atol=5e-5)
+    capfd.readouterr()
+
+
 def test_written_fasttext_loads_in_fasttext(
     ft_skipgram: vf.Embeddings, ft_expected: dict, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
