@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "ops.h"
@@ -67,50 +68,46 @@ Rows rows_of(const at::Tensor& g, int64_t n, int64_t dim) {
   return {t, t.stride(0), t.stride(1)};
 }
 
-// `dst[j] += g[j·s1]` for j < D (D fixed: unrolled, no loop overhead for a table's small width).
-template <int D, typename acc_t, typename scalar_t>
-inline void add_fixed(acc_t* __restrict dst, const scalar_t* __restrict g, int64_t s1) {
-  if (s1 == 1) {
-    for (int j = 0; j < D; ++j) dst[j] += static_cast<acc_t>(g[j]);
-  } else {
-    for (int j = 0; j < D; ++j) dst[j] += static_cast<acc_t>(g[j * s1]);
-  }
-}
+typedef float vf_float4 __attribute__((vector_size(16)));
+typedef double vf_double2 __attribute__((vector_size(16)));
 
-// `dst[j] += g[j·s1]` for j < dim.
-template <typename acc_t, typename scalar_t>
-inline void add_row(acc_t* __restrict dst, const scalar_t* __restrict g, int64_t s1, int64_t dim) {
-  switch (dim) {
-#define VF_ADD_CASE(D) \
-  case D:              \
-    return add_fixed<D>(dst, g, s1);
-    VF_ADD_CASE(1) VF_ADD_CASE(2) VF_ADD_CASE(3) VF_ADD_CASE(4) VF_ADD_CASE(5) VF_ADD_CASE(6) VF_ADD_CASE(7)
-    VF_ADD_CASE(8) VF_ADD_CASE(12) VF_ADD_CASE(16) VF_ADD_CASE(24) VF_ADD_CASE(32)
-#undef VF_ADD_CASE
-    default:
-      break;
+// `row[j] += g[j·s1]` for j < d (= D when D != 0). With D fixed and a contiguous (s1 = 1) or
+// broadcast (s1 = 0, the expanded gradient of `out.sum()`) gradient row of the table's own type,
+// 16-byte vectors: the compiler does not vectorize this short loop by itself (the loads might
+// depend on the stores). The same IEEE additions, element by element.
+template <int64_t D, typename acc_t, typename scalar_t>
+inline void add_into(acc_t* row, const scalar_t* g, int64_t s1, int64_t d) {
+  if constexpr (D != 0 && std::is_same_v<acc_t, scalar_t> &&
+                (std::is_same_v<acc_t, float> || std::is_same_v<acc_t, double>) && (D * sizeof(acc_t)) % 16 == 0) {
+    using V = std::conditional_t<std::is_same_v<acc_t, float>, vf_float4, vf_double2>;
+    constexpr int64_t L = 16 / sizeof(acc_t);
+    if (s1 == 1) {
+      for (int64_t j = 0; j < D; j += L) {
+        V a, b;
+        std::memcpy(&a, row + j, 16);
+        std::memcpy(&b, g + j, 16);
+        a += b;
+        std::memcpy(row + j, &a, 16);
+      }
+      return;
+    }
+    if (s1 == 0) {
+      const V b = V{} + g[0];
+      for (int64_t j = 0; j < D; j += L) {
+        V a;
+        std::memcpy(&a, row + j, 16);
+        a += b;
+        std::memcpy(row + j, &a, 16);
+      }
+      return;
+    }
   }
-  if (s1 == 1) {
-    for (int64_t j = 0; j < dim; ++j) dst[j] += static_cast<acc_t>(g[j]);
+  if constexpr (D != 0) {
+    acc_t t[D];
+    for (int64_t j = 0; j < D; ++j) t[j] = static_cast<acc_t>(g[j * s1]);
+    for (int64_t j = 0; j < D; ++j) row[j] += t[j];
   } else {
-    for (int64_t j = 0; j < dim; ++j) dst[j] += static_cast<acc_t>(g[j * s1]);
-  }
-}
-
-// memcpy of `bytes` (a table row: often a few dozen bytes) with the usual small sizes as
-// constants, so that they compile to a few moves instead of a library call each.
-inline void copy_bytes(char* __restrict dst, const char* __restrict src, int64_t bytes) {
-  switch (bytes) {
-#define VF_COPY_CASE(B) \
-  case B:               \
-    std::memcpy(dst, src, B); \
-    return;
-    VF_COPY_CASE(2) VF_COPY_CASE(4) VF_COPY_CASE(8) VF_COPY_CASE(12) VF_COPY_CASE(16) VF_COPY_CASE(20)
-    VF_COPY_CASE(24) VF_COPY_CASE(28) VF_COPY_CASE(32) VF_COPY_CASE(40) VF_COPY_CASE(48) VF_COPY_CASE(56)
-    VF_COPY_CASE(64) VF_COPY_CASE(96) VF_COPY_CASE(128)
-#undef VF_COPY_CASE
-    default:
-      std::memcpy(dst, src, static_cast<size_t>(bytes));
+    for (int64_t j = 0; j < d; ++j) row[j] += static_cast<acc_t>(g[j * s1]);
   }
 }
 
@@ -119,6 +116,29 @@ inline void prefetch_row(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
   for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 1);
 }
+
+// Calls `f(std::integral_constant<int64_t, W>{})` with W = `w` when `w` is one of the usual
+// row widths and W = 0 otherwise (the kernel then uses the runtime width): the per-row loops of
+// the common widths compile with the width as a constant (a few vector moves per row, no
+// library call and no dispatch per row).
+template <typename F>
+inline void with_width(int64_t w, F&& f) {
+  switch (w) {
+#define VF_WIDTH_CASE(W) \
+  case W:                \
+    return f(std::integral_constant<int64_t, W>{});
+    VF_WIDTH_CASE(1) VF_WIDTH_CASE(2) VF_WIDTH_CASE(4) VF_WIDTH_CASE(8) VF_WIDTH_CASE(16) VF_WIDTH_CASE(32)
+    VF_WIDTH_CASE(64) VF_WIDTH_CASE(128) VF_WIDTH_CASE(256) VF_WIDTH_CASE(300) VF_WIDTH_CASE(512) VF_WIDTH_CASE(1024)
+    VF_WIDTH_CASE(1200)
+#undef VF_WIDTH_CASE
+    default:
+      return f(std::integral_constant<int64_t, 0>{});
+  }
+}
+
+// A table larger than this is read from memory rather than the core's caches: the rows a few
+// indices ahead are prefetched (below it the hints are pure overhead).
+constexpr int64_t kPrefetchBytes = int64_t{1} << 20;
 
 void check_weight(const at::Tensor& weight) {
   TORCH_CHECK_VALUE(weight.dim() == 2, "vecfusion embedding: weight must be 2-D, got ", weight.dim(), "-D");
@@ -170,6 +190,29 @@ namespace {
 
 // ---------------------------------------------------------------- forward (gather)
 
+// out row i = table row ip[i] for i in [b, e), rows of `row_bytes` (= W when W != 0). A plain
+// function with everything passed by value: in a lambda's captures the compiler reloads the
+// loop's bounds and pointers after every store (they might alias).
+template <int64_t W, typename index_t>
+void gather_rows(char* __restrict dst, const char* __restrict src, const index_t* __restrict ip, int64_t b,
+                 int64_t e, int64_t row_bytes, bool far) {
+  const int64_t rb = W != 0 ? W : row_bytes;
+  constexpr int64_t AHEAD = 8;
+  if (far) {
+    for (int64_t i = b; i < e; ++i) {
+      if (i + AHEAD < e) {
+        const char* next = src + static_cast<int64_t>(ip[i + AHEAD]) * rb;
+        for (int64_t off = 0; off < rb; off += 64) __builtin_prefetch(next + off);
+      }
+      std::memcpy(dst + i * rb, src + static_cast<int64_t>(ip[i]) * rb, static_cast<size_t>(rb));
+    }
+  } else {
+    for (int64_t i = b; i < e; ++i) {
+      std::memcpy(dst + i * rb, src + static_cast<int64_t>(ip[i]) * rb, static_cast<size_t>(rb));
+    }
+  }
+}
+
 at::Tensor embedding_cpu(const at::Tensor& weight, const at::Tensor& indices, int64_t /*padding_idx*/,
                          bool /*scale_grad_by_freq*/, bool /*sparse*/) {
   check_weight(weight);
@@ -185,17 +228,14 @@ at::Tensor embedding_cpu(const at::Tensor& weight, const at::Tensor& indices, in
   const int64_t row_bytes = dim * static_cast<int64_t>(w.element_size());
   const char* src = static_cast<const char*>(w.const_data_ptr());
   char* dst = static_cast<char*>(out.data_ptr());
+  const bool far = num * row_bytes > kPrefetchBytes;
   AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "vecfusion_embedding_cpu", [&] {
     const index_t* ip = idx.const_data_ptr<index_t>();
-    at::parallel_for(0, n, grain_for(row_bytes), [&](int64_t b, int64_t e) {
-      constexpr int64_t AHEAD = 8;
-      for (int64_t i = b; i < e; ++i) {
-        if (i + AHEAD < e) {
-          const char* next = src + static_cast<int64_t>(ip[i + AHEAD]) * row_bytes;
-          for (int64_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(next + off);
-        }
-        std::memcpy(dst + i * row_bytes, src + static_cast<int64_t>(ip[i]) * row_bytes, row_bytes);
-      }
+    with_width(row_bytes, [&](auto width) {
+      constexpr int64_t W = decltype(width)::value;
+      at::parallel_for(0, n, grain_for(row_bytes), [&](int64_t b, int64_t e) {
+        gather_rows<W>(dst, src, ip, b, e, row_bytes, far);
+      });
     });
   });
   return out;
@@ -209,6 +249,42 @@ std::vector<int32_t> row_counts(const index_t* ip, int64_t n, int64_t num) {
   std::vector<int32_t> counts(static_cast<size_t>(num), 0);
   for (int64_t i = 0; i < n; ++i) counts[static_cast<size_t>(ip[i])]++;
   return counts;
+}
+
+// Adds gradient row i (`gp + i·s0`, element stride `s1`) to weight row ip[i] for every i whose
+// row lies in [lo, hi) and is not `padding_idx`, in index order; scaled by 1/count when `counts`
+// is given (as nn.Embedding: a fused multiply-add). Rows of `dim` (= D when D != 0) values.
+// Everything by value and each case its own loop, so the adds are vector instructions and the
+// loop keeps its state in registers. In tables larger than the caches (`far`), the rows a few
+// indices ahead are prefetched.
+template <int64_t D, typename acc_t, typename scalar_t, typename index_t>
+void scatter_add_rows(acc_t* __restrict wp, const scalar_t* __restrict gp, const index_t* __restrict ip, int64_t n,
+                      int64_t dim, int64_t s0, int64_t s1, int64_t lo, int64_t hi, int64_t padding_idx,
+                      const int32_t* __restrict counts, bool far) {
+  const int64_t d = D != 0 ? D : dim;
+  const int64_t row_bytes = d * static_cast<int64_t>(sizeof(acc_t));
+  constexpr int64_t AHEAD = 8;
+  auto each = [&](auto&& add) {
+    for (int64_t i = 0; i < n; ++i) {
+      if (far && i + AHEAD < n) {
+        const int64_t ka = static_cast<int64_t>(ip[i + AHEAD]);
+        if (ka >= lo && ka < hi) prefetch_row(wp + ka * d, row_bytes);
+      }
+      const int64_t k = static_cast<int64_t>(ip[i]);
+      if (k < lo || k >= hi || k == padding_idx) continue;
+      add(wp + k * d, gp + i * s0, k);
+    }
+  };
+  if (counts != nullptr) {
+    each([&](acc_t* __restrict row, const scalar_t* __restrict g, int64_t k) {
+      const acc_t sc = static_cast<acc_t>(1.0 / static_cast<double>(counts[k]));
+      for (int64_t j = 0; j < d; ++j) row[j] = std::fma(static_cast<acc_t>(g[j * s1]), sc, row[j]);
+    });
+  } else if (s1 == 1) {
+    each([&](acc_t* row, const scalar_t* g, int64_t) { add_into<D>(row, g, 1, d); });
+  } else {
+    each([&](acc_t* row, const scalar_t* g, int64_t) { add_into<D>(row, g, s1, d); });
+  }
 }
 
 at::Tensor embedding_dense_backward_cpu(const at::Tensor& grad_, const at::Tensor& indices, int64_t num_weights,
@@ -231,27 +307,14 @@ at::Tensor embedding_dense_backward_cpu(const at::Tensor& grad_, const at::Tenso
       std::vector<int32_t> counts;
       if (scale_grad_by_freq) counts = row_counts(ip, n, num_weights);
       const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(acc_t));
-      // Each task owns the weight rows [lo, hi) and scans all indices in order; the rows a
-      // few indices ahead are prefetched (random rows of a table larger than the caches).
+      // Each task owns the weight rows [lo, hi) and scans all indices in order.
+      const bool far = num_weights * row_bytes > kPrefetchBytes;
+      const int32_t* cp = scale_grad_by_freq ? counts.data() : nullptr;
       auto section = [&](int64_t lo, int64_t hi) {
-        constexpr int64_t AHEAD = 8;
-        for (int64_t i = 0; i < n; ++i) {
-          if (i + AHEAD < n) {
-            const int64_t ka = static_cast<int64_t>(ip[i + AHEAD]);
-            if (ka >= lo && ka < hi) prefetch_row(wp + ka * dim, row_bytes);
-          }
-          const int64_t k = static_cast<int64_t>(ip[i]);
-          if (k < lo || k >= hi || k == padding_idx) continue;
-          acc_t* row = wp + k * dim;
-          const scalar_t* g = gp + i * s0;
-          if (scale_grad_by_freq) {
-            // as nn.Embedding (add_ with alpha = 1/count): a fused multiply-add
-            const acc_t s = static_cast<acc_t>(1.0 / static_cast<double>(counts[static_cast<size_t>(k)]));
-            for (int64_t j = 0; j < dim; ++j) row[j] = std::fma(static_cast<acc_t>(g[j * s1]), s, row[j]);
-          } else {
-            add_row(row, g, s1, dim);
-          }
-        }
+        with_width(dim, [&](auto width) {
+          constexpr int64_t D = decltype(width)::value;
+          scatter_add_rows<D>(wp, gp, ip, n, dim, s0, s1, lo, hi, padding_idx, cp, far);
+        });
       };
       if (n * dim < 16384) {
         section(0, num_weights);
@@ -372,6 +435,36 @@ std::vector<Table> tables_of(const at::Tensor& meta) {
   return t;
 }
 
+// Calls `f(std::integral_constant<int64_t, B>{})` with B = `bytes` for the row widths of small
+// tables (multiples of 4 bytes up to 128), B = 0 otherwise (the runtime width is used).
+template <typename F>
+inline void with_small_width(int64_t bytes, F&& f) {
+  switch (bytes) {
+#define VF_SW(B) \
+  case B:        \
+    return f(std::integral_constant<int64_t, B>{});
+    VF_SW(4) VF_SW(8) VF_SW(12) VF_SW(16) VF_SW(20) VF_SW(24) VF_SW(28) VF_SW(32) VF_SW(36) VF_SW(40) VF_SW(44)
+    VF_SW(48) VF_SW(52) VF_SW(56) VF_SW(60) VF_SW(64) VF_SW(68) VF_SW(72) VF_SW(76) VF_SW(80) VF_SW(84) VF_SW(88)
+    VF_SW(92) VF_SW(96) VF_SW(100) VF_SW(104) VF_SW(108) VF_SW(112) VF_SW(116) VF_SW(120) VF_SW(124) VF_SW(128)
+#undef VF_SW
+    default:
+      return f(std::integral_constant<int64_t, 0>{});
+  }
+}
+
+// One table's slice of the output rows [b, e): `dst + i·stride` = table row `ip[i·nt]`, rows of
+// `bytes` (= B when B != 0). By value, as `gather_rows`.
+template <int64_t B, typename index_t>
+void gather_column(char* __restrict dst, int64_t stride, const char* __restrict src, const index_t* __restrict ip,
+                   int64_t nt, int64_t b, int64_t e, int64_t bytes, bool far) {
+  const int64_t rb = B != 0 ? B : bytes;
+  constexpr int64_t AHEAD = 8;
+  for (int64_t i = b; i < e; ++i) {
+    if (far && i + AHEAD < e) __builtin_prefetch(src + static_cast<int64_t>(ip[(i + AHEAD) * nt]) * rb);
+    std::memcpy(dst + i * stride, src + static_cast<int64_t>(ip[i * nt]) * rb, static_cast<size_t>(rb));
+  }
+}
+
 at::Tensor multi_embedding_cpu(const at::Tensor& weight, const at::Tensor& indices, const at::Tensor& meta,
                                int64_t total_dim) {
   TORCH_CHECK_VALUE(weight.dim() == 1, "vecfusion multi-embedding: weight must be 1-D (flat)");
@@ -384,9 +477,20 @@ at::Tensor multi_embedding_cpu(const at::Tensor& weight, const at::Tensor& indic
   auto w = weight.contiguous();
   auto idx = indices.contiguous();
   const int64_t batch = idx.size(0), nt = idx.size(1);
-  // range check: one plain pass (no tensor ops per call)
+  // range check: one plain branch-free pass (no tensor ops per call); the slow search for the
+  // first bad index (for the message) only when there is one
   AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "vecfusion_multi_check", [&] {
     const index_t* ip = idx.const_data_ptr<index_t>();
+    std::vector<uint64_t> rows(static_cast<size_t>(nt));
+    for (int64_t t = 0; t < nt; ++t) rows[static_cast<size_t>(t)] = static_cast<uint64_t>(tabs[static_cast<size_t>(t)].rows);
+    bool bad = false;
+    for (int64_t i = 0; i < batch; ++i) {
+      for (int64_t t = 0; t < nt; ++t) {
+        // a negative index wraps to a huge unsigned value
+        bad |= static_cast<uint64_t>(static_cast<int64_t>(ip[i * nt + t])) >= rows[static_cast<size_t>(t)];
+      }
+    }
+    if (!bad) return;
     for (int64_t i = 0; i < batch; ++i) {
       for (int64_t t = 0; t < nt; ++t) {
         const int64_t k = static_cast<int64_t>(ip[i * nt + t]);
@@ -404,25 +508,57 @@ at::Tensor multi_embedding_cpu(const at::Tensor& weight, const at::Tensor& indic
   AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "vecfusion_multi_fwd", [&] {
     const index_t* ip = idx.const_data_ptr<index_t>();
     at::parallel_for(0, batch, grain_for(total_dim * es), [&](int64_t b, int64_t e) {
-      constexpr int64_t AHEAD = 4;
-      for (int64_t i = b; i < e; ++i) {
-        char* orow = dst + i * total_dim * es;
-        if (i + AHEAD < e) {
-          // the rows of a later batch row: random rows of tables larger than the caches
-          for (int64_t t = 0; t < nt; ++t) {
-            const Table& tb = tabs[static_cast<size_t>(t)];
-            __builtin_prefetch(src + (tb.woff + static_cast<int64_t>(ip[(i + AHEAD) * nt + t]) * tb.dim) * es);
-          }
-        }
-        for (int64_t t = 0; t < nt; ++t) {
-          const Table& tb = tabs[static_cast<size_t>(t)];
-          const int64_t k = static_cast<int64_t>(ip[i * nt + t]);
-          copy_bytes(orow + tb.coff * es, src + (tb.woff + k * tb.dim) * es, tb.dim * es);
-        }
+      // table by table: each inner loop copies rows of one constant width from one table
+      for (int64_t t = 0; t < nt; ++t) {
+        const Table& tb = tabs[static_cast<size_t>(t)];
+        const int64_t bytes = tb.dim * es;
+        const bool far = tb.rows * bytes > kPrefetchBytes;
+        with_small_width(bytes, [&](auto width) {
+          gather_column<decltype(width)::value>(dst + tb.coff * es, total_dim * es, src + tb.woff * es, ip + t, nt, b,
+                                                e, bytes, far);
+        });
       }
     });
   });
   return out;
+}
+
+// Calls `f(std::integral_constant<int64_t, D>{})` with D = `dim` for the widths of small tables
+// (1 to 32), D = 0 otherwise.
+template <typename F>
+inline void with_small_dim(int64_t dim, F&& f) {
+  switch (dim) {
+#define VF_SD(D) \
+  case D:        \
+    return f(std::integral_constant<int64_t, D>{});
+    VF_SD(1) VF_SD(2) VF_SD(3) VF_SD(4) VF_SD(5) VF_SD(6) VF_SD(7) VF_SD(8) VF_SD(9) VF_SD(10) VF_SD(11) VF_SD(12)
+    VF_SD(13) VF_SD(14) VF_SD(15) VF_SD(16) VF_SD(17) VF_SD(18) VF_SD(19) VF_SD(20) VF_SD(21) VF_SD(22) VF_SD(23)
+    VF_SD(24) VF_SD(25) VF_SD(26) VF_SD(27) VF_SD(28) VF_SD(29) VF_SD(30) VF_SD(31) VF_SD(32)
+#undef VF_SD
+    default:
+      return f(std::integral_constant<int64_t, 0>{});
+  }
+}
+
+// One table's part of the multi-table backward: weight row `ip[i·nt]` of the table at `w` +=
+// gradient slice `g + i·s0` (element stride `s1`) for every batch row i, in order. Rows of `dim`
+// (= D when D != 0) values; by value, as `scatter_add_rows`.
+template <int64_t D, typename acc_t, typename scalar_t, typename index_t>
+void scatter_column(acc_t* __restrict w, const scalar_t* __restrict g, int64_t s0, int64_t s1,
+                    const index_t* __restrict ip, int64_t nt, int64_t batch, int64_t dim, bool far) {
+  const int64_t d = D != 0 ? D : dim;
+  constexpr int64_t AHEAD = 8;
+  auto each = [&](int64_t s1c) {
+    for (int64_t i = 0; i < batch; ++i) {
+      if (far && i + AHEAD < batch) __builtin_prefetch(w + static_cast<int64_t>(ip[(i + AHEAD) * nt]) * d, 1);
+      add_into<D>(w + static_cast<int64_t>(ip[i * nt]) * d, g + i * s0, s1c, d);
+    }
+  };
+  if (s1 == 1) {
+    each(1);  // the contiguous case with the stride as a constant
+  } else {
+    each(s1);
+  }
 }
 
 at::Tensor multi_embedding_backward_cpu(const at::Tensor& grad_, const at::Tensor& indices, const at::Tensor& meta,
@@ -441,23 +577,16 @@ at::Tensor multi_embedding_backward_cpu(const at::Tensor& grad_, const at::Tenso
     acc_t* wp = gw.data_ptr<acc_t>();
     AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "vecfusion_multi_bwd_idx", [&] {
       const index_t* ip = idx.const_data_ptr<index_t>();
-      // Each task owns whole tables (their regions of the weight) and passes once over the
-      // gradient rows, adding each of its tables' slices in index order.
+      // Each task owns whole tables (their regions of the weight) and adds, table by table, the
+      // table's slice of every gradient row in index order (an inner loop of one constant width).
       at::parallel_for(0, nt, 1, [&](int64_t tb_lo, int64_t tb_hi) {
-        constexpr int64_t AHEAD = 4;
-        for (int64_t i = 0; i < batch; ++i) {
-          if (i + AHEAD < batch) {
-            for (int64_t t = tb_lo; t < tb_hi; ++t) {
-              const Table& tb = tabs[static_cast<size_t>(t)];
-              __builtin_prefetch(wp + tb.woff + static_cast<int64_t>(ip[(i + AHEAD) * nt + t]) * tb.dim, 1);
-            }
-          }
-          const scalar_t* grow = gp + i * s0;
-          for (int64_t t = tb_lo; t < tb_hi; ++t) {
-            const Table& tb = tabs[static_cast<size_t>(t)];
-            acc_t* row = wp + tb.woff + static_cast<int64_t>(ip[i * nt + t]) * tb.dim;
-            add_row(row, grow + tb.coff * s1, s1, tb.dim);
-          }
+        for (int64_t t = tb_lo; t < tb_hi; ++t) {
+          const Table& tb = tabs[static_cast<size_t>(t)];
+          const bool far = tb.rows * tb.dim * static_cast<int64_t>(sizeof(acc_t)) > kPrefetchBytes;
+          with_small_dim(tb.dim, [&](auto width) {
+            scatter_column<decltype(width)::value>(wp + tb.woff, gp + tb.coff * s1, s0, s1, ip + t, nt, batch, tb.dim,
+                                                   far);
+          });
         }
       });
     });

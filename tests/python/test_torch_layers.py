@@ -139,7 +139,7 @@ def test_dense_backward_reads_any_gradient_layout(dtype, scale) -> None:
     from vecfusion.torch._ops import ops
 
     g = torch.Generator().manual_seed(11)
-    for dim in (1, 3, 8, 24, 33, 300):
+    for dim in (1, 2, 3, 4, 8, 16, 24, 33, 64, 300):  # vector widths and others
         idx = torch.randint(0, 50, (70,), generator=g)
         idx[:5] = 7
         grad = torch.randn(70, dim, generator=g).to(dtype)
