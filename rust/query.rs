@@ -140,7 +140,8 @@ impl Embeddings {
         if terms.is_empty() {
             return Err(Error::argument("most_similar needs at least one positive or negative word"));
         }
-        let mut query = vec![0f32; self.dims()];
+        // summed in f64 (as gensim, whose weights are f64): large weights cannot overflow
+        let mut query = vec![0f64; self.dims()];
         let mut skip = skip.to_vec();
         for (term, weight) in terms {
             let v = match term {
@@ -155,16 +156,16 @@ impl Embeddings {
                     v.to_vec()
                 }
             };
+            if !weight.is_finite() {
+                return Err(Error::argument(format!("most_similar: weight {weight} is not finite")));
+            }
             for (q, x) in query.iter_mut().zip(&v) {
-                *q += weight * x;
+                *q += f64::from(*weight) * f64::from(*x);
             }
         }
-        let total: f32 = terms.iter().map(|(_, w)| w.abs()).sum();
-        if total > 0.0 {
-            for q in query.iter_mut() {
-                *q /= total;
-            }
-        }
+        let total: f64 = terms.iter().map(|(_, w)| f64::from(w.abs())).sum();
+        let scale = if total > 0.0 { 1.0 / total } else { 1.0 };
+        let mut query: Vec<f32> = query.iter().map(|q| (q * scale) as f32).collect();
         l2_normalize(&mut query);
         if self.norms.is_none() {
             // Without a norms chunk the rows may not be unit vectors (vf.Embeddings from an

@@ -12,9 +12,9 @@ use crate::query::{Neighbor, Term};
 /// `(indices, scores)` of a batch.
 type BatchAnswers<'py> = (Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>);
 
-/// `k` from Python: a non-negative int.
-fn check_k(k: i64) -> PyResult<usize> {
-    usize::try_from(k).map_err(|_| PyValueError::new_err(format!("k must be >= 0, got {k}")))
+/// `k` (or `topn`, named by `name`) from Python: a non-negative int.
+fn check_k(k: i64, name: &str) -> PyResult<usize> {
+    usize::try_from(k).map_err(|_| PyValueError::new_err(format!("{name} must be >= 0, got {k}")))
 }
 
 /// `[(word, score), ...]`
@@ -63,10 +63,24 @@ fn terms_arg(arg: Option<&Bound<'_, PyAny>>, sign: f32) -> PyResult<Vec<(OwnedTe
     let mut out = Vec::new();
     for item in arg.try_iter()? {
         let item = item?;
-        if let Ok(t) = item.cast::<PyTuple>() {
-            if t.len() == 2 && !t.get_item(1)?.is_instance_of::<PyString>() {
-                if let Ok(w) = t.get_item(1)?.extract::<f32>() {
-                    out.push((one(&t.get_item(0)?)?, w));
+        // a (word, weight) pair: a tuple, or a list whose first item is a word (as gensim)
+        let pair = match item.cast::<PyTuple>() {
+            Ok(t) if t.len() == 2 => Some((t.get_item(0)?, t.get_item(1)?)),
+            _ => match item.cast::<PyList>() {
+                Ok(l) if l.len() == 2 && l.get_item(0)?.is_instance_of::<PyString>() => Some((l.get_item(0)?, l.get_item(1)?)),
+                _ => None,
+            },
+        };
+        if let Some((term, weight)) = pair {
+            if !weight.is_instance_of::<PyString>() {
+                if let Ok(w) = weight.extract::<f64>() {
+                    if !w.is_finite() || w.abs() > f64::from(f32::MAX) {
+                        return Err(PyValueError::new_err(format!(
+                            "most_similar: the weight {w} of term {} is not a finite float32 number",
+                            out.len()
+                        )));
+                    }
+                    out.push((one(&term)?, w as f32));
                     continue;
                 }
             }
@@ -121,7 +135,7 @@ impl PyEmbeddings {
         k: i64,
         skip: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let k = check_k(k)?;
+        let k = check_k(k, "k")?;
         let emb = &self.inner;
         let mut skip_rows = Vec::new();
         if let Some(s) = skip.filter(|s| !s.is_none()) {
@@ -167,7 +181,7 @@ impl PyEmbeddings {
         matrix: &Bound<'py, PyAny>,
         k: i64,
     ) -> PyResult<BatchAnswers<'py>> {
-        let k = check_k(k)?;
+        let k = check_k(k, "k")?;
         let emb = &self.inner;
         let m: PyArrayLike2<'py, f32, AllowTypeChange> = matrix.extract().map_err(|_| {
             PyTypeError::new_err(format!("matrix must be a 2-D array of shape (n, {})", emb.dims()))
@@ -220,7 +234,7 @@ impl PyEmbeddings {
         negative: Option<&Bound<'py, PyAny>>,
         topn: i64,
     ) -> PyResult<Bound<'py, PyList>> {
-        let k = check_k(topn)?;
+        let k = check_k(topn, "topn")?;
         let mut owned = terms_arg(positive, 1.0)?;
         owned.extend(terms_arg(negative, -1.0)?);
         let terms: Vec<(Term<'_>, f32)> = owned
@@ -249,7 +263,7 @@ impl PyEmbeddings {
         negative: Option<&Bound<'py, PyAny>>,
         topn: i64,
     ) -> PyResult<Bound<'py, PyList>> {
-        let k = check_k(topn)?;
+        let k = check_k(topn, "topn")?;
         let (pos, neg) = (words_arg(py, positive)?, words_arg(py, negative)?);
         let (pos, neg) = (pos.strs(), neg.strs());
         let emb = &self.inner;
@@ -282,7 +296,7 @@ impl PyEmbeddings {
         k: i64,
         mask: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let k = check_k(k)?;
+        let k = check_k(k, "k")?;
         let mask = match mask {
             Some(m) if !m.is_none() => analogy_mask(m)?,
             _ => [true; 3],

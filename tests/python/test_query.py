@@ -179,6 +179,18 @@ def test_most_similar_weighted_terms_and_vectors(w2v: vf.Embeddings) -> None:
         w2v.most_similar(positive=[b"license"])
     with pytest.raises(ValueError, match="dimensions"):
         w2v.most_similar(positive=[np.ones(3, np.float32)])
+    # a pair given as a list, as gensim takes it
+    pairs = w2v.most_similar(positive=[("license", 2.0), vec], negative=[("software", 0.5), "gnu"], topn=10)
+    assert w2v.most_similar(positive=[["license", 2.0], vec], negative=[["software", 0.5], "gnu"], topn=10) == pairs
+    # weights that are not finite numbers are refused, not answered with garbage
+    for bad in (float("nan"), float("inf"), -float("inf"), 1e39):
+        with pytest.raises(ValueError, match="weight"):
+            w2v.most_similar(positive=[("license", 1.0), ("gnu", bad)])
+    # huge but finite weights do not overflow the sum
+    big = w2v.most_similar(positive=[("license", 3e38), ("software", 3e38)], topn=3)
+    assert [w for w, _ in big] == [w for w, _ in w2v.most_similar(positive=["license", "software"], topn=3)]
+    with pytest.raises(ValueError, match="topn must be >= 0"):
+        w2v.most_similar("license", topn=-3)
 
 
 def test_gensim_similar_by_vector(w2v: vf.Embeddings) -> None:
