@@ -322,8 +322,11 @@ class EmbeddingReader:
         if fmt in ("npy", "parquet_npy"):
             emb_fss, files = _collect(_folders(a["embeddings_folder"]), ".npy", "embeddings folder")
             self._npy = _npy_headers(emb_fss, files, threads)
-            first = self._npy[0]
-            for h in self._npy:
+            # files without rows give no data: their shape and dtype do not matter (as in
+            # embedding-reader, which skips them)
+            full = [h for h in self._npy if h.rows > 0]
+            first = full[0] if full else self._npy[0]
+            for h in full:
                 if h.dim != first.dim:
                     raise FormatError(
                         f"mixed dimensions: {h.path} has dimension {h.dim} but {first.path} has {first.dim}"
@@ -480,7 +483,8 @@ class EmbeddingReader:
 
         ``embeddings`` is a C-contiguous ``(n, dimension)`` array of ``dtype``
         (``None``: the on-disk dtype, no conversion); ``meta`` is a pandas DataFrame
-        with column ``"i"`` (global row number) and the ``meta_columns``.
+        with the ``meta_columns`` and then column ``"i"`` (global row number), in
+        embedding-reader's order.
 
         ``max_piece_size`` is the number of embeddings per read (as in embedding-reader;
         default: 4 MiB of data locally, 50 MB remote); ``parallel_pieces`` the number of
@@ -488,8 +492,9 @@ class EmbeddingReader:
         ``count`` is clamped to ``count`` (as embedding-reader does); ``start`` beyond it
         raises. Memory stays at most about
         ``max_ram_usage_in_bytes``: one batch plus the pieces in flight (parallelism is
-        lowered to fit; a batch alone larger than the limit is refused). Arguments are
-        checked at the call, before the first batch.
+        lowered to fit; as in embedding-reader it is a budget for the reads, so a batch
+        alone larger than it is still read, one piece at a time). Arguments are checked at
+        the call, before the first batch.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -512,17 +517,14 @@ class EmbeddingReader:
             raise ValueError(f"max_piece_size must be a positive number of embeddings, got {max_piece_size!r}")
         if parallel_pieces is not None and (not isinstance(parallel_pieces, (int, np.integer)) or parallel_pieces <= 0):
             raise ValueError(f"parallel_pieces must be a positive integer, got {parallel_pieces!r}")
+        if isinstance(max_ram_usage_in_bytes, bool) or not isinstance(max_ram_usage_in_bytes, (int, np.integer)):
+            raise TypeError(f"max_ram_usage_in_bytes must be an integer, got {max_ram_usage_in_bytes!r}")
         batch_bytes = min(batch_size, max(end - start, 0)) * self._dim * out_dtype.itemsize
-        if batch_bytes > max_ram_usage_in_bytes:
-            raise ValueError(
-                f"one batch of {batch_size} rows takes {batch_bytes} bytes, more than "
-                f"max_ram_usage_in_bytes={max_ram_usage_in_bytes}: lower batch_size"
-            )
         import pandas  # noqa: F401  (fail before the first batch without the extra)
 
         return self._batches(
             batch_size, start, end, max_piece_size, parallel_pieces, show_progress,
-            max_ram_usage_in_bytes - batch_bytes, out_dtype,
+            max(0, int(max_ram_usage_in_bytes) - batch_bytes), out_dtype,
         )
 
     def _batches(
@@ -581,7 +583,8 @@ class EmbeddingReader:
                 else:
                     extra = self._read_parquet(out, b0, ranges, parallel_pieces)
                 if extra is not None:
-                    meta = pd.concat([meta, extra], axis=1)
+                    # the meta columns, then "i" (embedding-reader's order)
+                    meta = pd.concat([extra, meta], axis=1)
                 if progress is not None:
                     progress.update(b1 - b0)
                 if self._npy and b1 < end:

@@ -155,6 +155,7 @@ def test_equals_numpy_read(
     assert meta["i"].tolist() == list(range(start, end))
     if kind.startswith("parquet") and end > start:
         captions = pd.concat([_captions(n, k) for n, k in ROWS.items()], ignore_index=True)
+        assert list(meta.columns) == ["caption", "score", "i"]  # embedding-reader's order
         assert meta["caption"].tolist() == captions["caption"][start:end].tolist()
         np.testing.assert_array_equal(meta["score"].to_numpy(), captions["score"][start:end].to_numpy())
 
@@ -326,6 +327,17 @@ def test_bad_npy_files(tmp_path: Path, bad: np.ndarray, message: str) -> None:
     assert "b.npy" in str(e.value)
 
 
+def test_files_without_rows_are_skipped_whatever_their_shape(tmp_path: Path) -> None:
+    """As embedding-reader: a 0-row file adds nothing, so its width and dtype do not matter."""
+    d = _folder(tmp_path, {"a.npy": GOOD, "b.npy": np.zeros((0, 0)), "c.npy": np.zeros((0, DIM), np.float64),
+                           "d.npy": GOOD * 2})
+    r = vf.EmbeddingReader(d)
+    assert (r.count, r.dimension) == (8, DIM)
+    emb, meta = _read_all(r, batch_size=3)
+    np.testing.assert_array_equal(emb, np.concatenate([GOOD, GOOD * 2]))
+    assert meta["i"].tolist() == list(range(8))
+
+
 def test_truncated_empty_and_garbage_files(tmp_path: Path) -> None:
     d = _folder(tmp_path, {"a.npy": GOOD, "b.npy": GOOD})
     data = (d / "b.npy").read_bytes()
@@ -368,7 +380,6 @@ def test_folders_and_arguments(tmp_path: Path, collections: dict[str, Path]) -> 
         ({"start": 5, "end": 4}, "end"),
         ({"batch_size": 0}, "batch_size"),
         ({"dtype": np.int8}, "dtype"),
-        ({"batch_size": 10, "max_ram_usage_in_bytes": 100}, "max_ram_usage_in_bytes"),
     ):
         with pytest.raises(ValueError, match=pattern):
             r(show_progress=False, **kw)  # type: ignore[arg-type]
@@ -446,6 +457,11 @@ def test_tight_memory_budget_still_reads_everything(collections: dict[str, Path]
         np.testing.assert_array_equal(emb, _truth("float16").astype(np.float32))
     finally:
         fs.rm("/vf_reader_budget", recursive=True)
+    # a budget below one batch is a budget for the reads (as in embedding-reader), not a refusal
+    emb, _ = _read_all(r, batch_size=10, max_ram_usage_in_bytes=100)
+    np.testing.assert_array_equal(emb, _truth("float16").astype(np.float32))
+    with pytest.raises(TypeError, match="max_ram_usage_in_bytes"):
+        r(max_ram_usage_in_bytes=1.5, show_progress=False)  # type: ignore[arg-type]
 
 
 def test_read_ahead_of_the_next_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
