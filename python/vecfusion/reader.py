@@ -63,6 +63,9 @@ from ._native import FormatError
 __all__ = ["EmbeddingReader", "natural_sort_key"]
 
 _FORMATS = ("npy", "parquet", "parquet_npy")
+# Batches smaller than this are not read ahead (starting the thread costs more).
+_READ_AHEAD_MIN = 1 << 20
+
 _DTYPE_CODES: dict[np.dtype, str] = {np.dtype(np.float16): "f2", np.dtype(np.float32): "f4", np.dtype(np.float64): "f8"}
 _CODE_DTYPES: dict[str, np.dtype] = {v: k for k, v in _DTYPE_CODES.items()}
 _HEADER_PREFIX = 4096
@@ -589,8 +592,10 @@ class EmbeddingReader:
                     progress.update(b1 - b0)
                 if self._npy and b1 < end:
                     # the kernel reads the next batch's local bytes while the caller works
+                    # (a thread per call: not worth it for a small batch)
                     local, _ = self._npy_pieces(self._ranges(b1, min(b1 + batch_size, end)), b1, 0)
-                    _native.read_ahead([(h.path, off, n) for h, off, n, _ in local])
+                    if sum(n for _, _, n, _ in local) >= _READ_AHEAD_MIN:
+                        _native.read_ahead([(h.path, off, n) for h, off, n, _ in local])
                 yield out, meta
                 del out, meta
         finally:

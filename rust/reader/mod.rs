@@ -197,6 +197,16 @@ pub fn read_pieces(
     // Every range the tasks will read, in order, for the read-ahead thread below.
     let ranges: Vec<(&Path, u64, u64)> = tasks.iter().map(|t| (t.path, t.file_offset, t.src_bytes as u64)).collect();
     let total: u64 = ranges.iter().map(|r| r.2).sum();
+    if n_threads == 1 && total < READ_AHEAD_MIN_BYTES {
+        // a small read (a few rows, or one thread asked for): on the calling thread, without
+        // the cost of starting one
+        let mut scratch: Vec<u64> = Vec::new();
+        let mut open: Option<(&Path, File)> = None;
+        for task in tasks {
+            run_task(task, &mut open, &mut scratch, convert_needed, sd, big_endian, dd)?;
+        }
+        return Ok(());
+    }
     let queue = Mutex::new(tasks.into_iter());
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);

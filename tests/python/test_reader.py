@@ -476,6 +476,7 @@ def test_read_ahead_of_the_next_batch(tmp_path: Path, monkeypatch: pytest.Monkey
     asked: list[list[tuple[str, int, int]]] = []
     real = _native.read_ahead
     monkeypatch.setattr(reader._native, "read_ahead", lambda r: (asked.append(list(r)), real(r))[1])
+    monkeypatch.setattr(reader, "_READ_AHEAD_MIN", 1)  # (small batches are not read ahead)
     r = vf.EmbeddingReader(str(tmp_path), file_format="npy")
     got = np.concatenate([e for e, _ in r(batch_size=50, show_progress=False, dtype=None)])
     assert np.array_equal(got, np.concatenate([a + 1000 * k for k in range(3)]))
@@ -485,6 +486,10 @@ def test_read_ahead_of_the_next_batch(tmp_path: Path, monkeypatch: pytest.Monkey
         [(str(tmp_path / "1.npy"), off + 10 * row, 30 * row), (str(tmp_path / "2.npy"), off, 20 * row)],
         [(str(tmp_path / "2.npy"), off + 20 * row, 20 * row)],
     ]
+    monkeypatch.setattr(reader, "_READ_AHEAD_MIN", 1 << 20)
+    asked.clear()
+    list(r(batch_size=50, show_progress=False))
+    assert asked == []  # batches of a few KB: no thread started for them
     # bad ranges are ignored (a hint): missing files, ranges past the end, a folder
     _native.read_ahead([(str(tmp_path / "gone.npy"), 0, 10), (str(tmp_path / "0.npy"), 1 << 40, 1 << 40),
                         (str(tmp_path), 0, 1)])
