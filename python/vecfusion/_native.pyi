@@ -18,7 +18,7 @@ _T = TypeVar("_T")
 class VecfusionError(Exception):
     """Base class of vecfusion's own errors."""
 
-class FormatError(VecfusionError):
+class FormatError(VecfusionError, ValueError):
     """A file is malformed: corrupt, truncated, of an unknown chunk or version, or inconsistent."""
 
 @final

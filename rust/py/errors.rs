@@ -18,7 +18,8 @@ create_exception!(
     vecfusion._native,
     FormatError,
     VecfusionError,
-    "A file is malformed: corrupt, truncated, of an unknown chunk or version, or inconsistent."
+    "A file is malformed: corrupt, truncated, of an unknown chunk or version, or inconsistent. \
+     Also a ValueError."
 );
 
 impl From<Error> for PyErr {
@@ -42,6 +43,10 @@ impl From<Error> for PyErr {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("VecfusionError", py.get_type::<VecfusionError>())?;
-    m.add("FormatError", py.get_type::<FormatError>())?;
+    // A malformed file is also a bad value (as json.JSONDecodeError is a ValueError): code
+    // written for other readers (embedding-reader, numpy's loaders) catches ValueError.
+    let format_error = py.get_type::<FormatError>();
+    format_error.setattr("__bases__", (py.get_type::<VecfusionError>(), py.get_type::<PyValueError>()))?;
+    m.add("FormatError", format_error)?;
     Ok(())
 }

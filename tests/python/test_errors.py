@@ -15,6 +15,8 @@ import pytest
 
 import vecfusion as vf
 
+from conftest import PEERS
+
 GOLDEN = [
     "python/embeddings.fifu",
     "python/ff_buckets.fifu",
@@ -28,6 +30,10 @@ GOLDEN = [
 def test_exception_tree() -> None:
     assert issubclass(vf.FormatError, vf.VecfusionError)
     assert issubclass(vf.VecfusionError, Exception)
+    # a malformed file is a bad value too: code written for other readers catches ValueError
+    assert issubclass(vf.FormatError, ValueError) and not issubclass(vf.VecfusionError, ValueError)
+    with pytest.raises(ValueError, match="magic"):
+        vf.load(PEERS / "w2v.bin")
     mod = __import__(vf.FormatError.__module__, fromlist=["FormatError"])
     assert mod.FormatError is vf.FormatError
 
