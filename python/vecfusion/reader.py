@@ -557,6 +557,9 @@ class EmbeddingReader:
         pool: list[np.ndarray] = []
         base_refs = _refcounts([np.empty(0)])[0]  # what the pool's own reference amounts to
         side = ThreadPoolExecutor(max_workers=1)
+        # per parquet file, the decoded row group a batch ended inside of (the next batch
+        # starts in it): a row group holding many batches is decoded once, not per batch
+        groups: dict[int, tuple[int, Any]] = {}
         try:
             for b0 in range(start, end, batch_size):
                 b1 = min(b0 + batch_size, end)
@@ -576,7 +579,7 @@ class EmbeddingReader:
                 if self._npy and self._parquet:
                     # parquet_npy: metadata (pyarrow) and embeddings (Rust) are read at the
                     # same time; both release the GIL.
-                    pending = side.submit(self._read_parquet, out, b0, ranges, parallel_pieces)
+                    pending = side.submit(self._read_parquet, out, b0, ranges, parallel_pieces, groups)
                     try:
                         self._fill_npy(out, b0, ranges, max_piece_size, parallel_pieces, spare_ram)
                     finally:
@@ -584,7 +587,7 @@ class EmbeddingReader:
                 elif self._npy:
                     self._fill_npy(out, b0, ranges, max_piece_size, parallel_pieces, spare_ram)
                 else:
-                    extra = self._read_parquet(out, b0, ranges, parallel_pieces)
+                    extra = self._read_parquet(out, b0, ranges, parallel_pieces, groups)
                 if extra is not None:
                     # the meta columns, then "i" (embedding-reader's order)
                     meta = pd.concat([extra, meta], axis=1)
@@ -696,9 +699,15 @@ class EmbeddingReader:
                             pending.add(pool.submit(fetch, nxt))
 
     def _read_parquet(
-        self, out: np.ndarray, b0: int, ranges: list[tuple[int, int, int]], parallel_pieces: int | None
+        self,
+        out: np.ndarray,
+        b0: int,
+        ranges: list[tuple[int, int, int]],
+        parallel_pieces: int | None,
+        groups: dict[int, tuple[int, Any]],
     ) -> Any:
-        """Read the meta columns (and, for ``parquet``, the embeddings) of the ranges."""
+        """Read the meta columns (and, for ``parquet``, the embeddings) of the ranges.
+        ``groups`` keeps, per file, the last row group read when the range ended inside it."""
         import pandas as pd
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -716,10 +725,22 @@ class EmbeddingReader:
             starts = np.concatenate([[0], np.cumsum(p.row_groups, dtype=np.int64)])
             g0 = int(np.searchsorted(starts, lo, side="right")) - 1
             g1 = int(np.searchsorted(starts, hi, side="left"))
-            pf = _open_parquet(self._meta_fss[p.source], p.path)
-            with _parquet_errors(p.path):
-                table = pf.read_row_groups(list(range(g0, g1)), columns=columns)
-            table = table.slice(lo - int(starts[g0]), hi - lo)
+            kept = groups.pop(f, None)
+            tables = []
+            first = g0
+            if kept is not None and kept[0] == g0:
+                tables.append(kept[1])
+                first = g0 + 1
+            if first < g1:
+                pf = _open_parquet(self._meta_fss[p.source], p.path)
+                with _parquet_errors(p.path):
+                    tables.append(pf.read_row_groups(list(range(first, g1)), columns=columns))
+            whole = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+            if hi < int(starts[g1]):
+                # the next batch starts in the last row group: keep it (its rows only)
+                last_start = int(starts[g1 - 1])
+                groups[f] = (g1 - 1, whole.slice(last_start - int(starts[g0])))
+            table = whole.slice(lo - int(starts[g0]), hi - lo)
             if table.num_rows != hi - lo:
                 raise FormatError(f"{p.path}: expected {hi - lo} rows from row {lo}, got {table.num_rows}")
             if fmt == "parquet":

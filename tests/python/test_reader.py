@@ -654,3 +654,37 @@ def test_npy_headers_as_strict_as_numpy(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), a)
     got = np.concatenate([x for x, _ in vf.EmbeddingReader(str(tmp_path))(batch_size=3, show_progress=False)])
     np.testing.assert_array_equal(got, a)
+
+
+def test_a_row_group_is_decoded_once_for_all_its_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches much smaller than a row group reuse the decoded group (it was decoded again for
+    every batch: quadratic in the group's size), and the rows are those of one plain read."""
+    from vecfusion import reader
+
+    d = tmp_path / "pq"
+    d.mkdir()
+    rng = np.random.default_rng(3)
+    want = []
+    for k, (n, group) in enumerate([(230, 100), (57, 1000)]):
+        e = rng.standard_normal((n, DIM)).astype(np.float32)
+        want.append(e)
+        t = pa.table({"embedding": pa.array(list(e), type=pa.list_(pa.float32())), "id": np.arange(n) + 1000 * k})
+        pq.write_table(t, d / f"{k}.parquet", row_group_size=group)
+    reads: list[list[int]] = []
+    real = reader._open_parquet
+
+    def counting(fs, path):  # noqa: ANN001, ANN202
+        pf = real(fs, path)
+        orig = pf.read_row_groups
+        pf.read_row_groups = lambda gs, **kw: (reads.append(list(gs)), orig(gs, **kw))[1]
+        return pf
+
+    monkeypatch.setattr(reader, "_open_parquet", counting)
+    r = vf.EmbeddingReader(d, file_format="parquet", meta_columns=["id"])
+    for bs in (7, 30, 100, 1000):
+        reads.clear()
+        emb, meta = _read_all(r, batch_size=bs)
+        np.testing.assert_array_equal(emb, np.concatenate(want))
+        assert meta["id"].tolist() == list(range(230)) + list(range(1000, 1057))
+        decoded = [g for gs in reads for g in gs]
+        assert len(decoded) == 4 if bs < 1000 else len(decoded) <= 4, (bs, reads)  # groups 0-2 and 0
