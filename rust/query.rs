@@ -167,6 +167,10 @@ impl Embeddings {
         let scale = if total > 0.0 { 1.0 / total } else { 1.0 };
         let mut query: Vec<f32> = query.iter().map(|q| (q * scale) as f32).collect();
         l2_normalize(&mut query);
+        if let Storage::Quantized(q) = &self.storage {
+            // rebuilt rows are not unit vectors, norms chunk or not: cosines with them
+            return Ok(self.quantized_cosines(q, &query, k, &skip));
+        }
         if self.norms.is_none() {
             // Without a norms chunk the rows may not be unit vectors (vf.Embeddings from an
             // array, a file read with normalize=False): gensim's cosine needs each row's
@@ -234,6 +238,45 @@ impl Embeddings {
         };
         let work = n.saturating_mul(d).saturating_mul(queries.len());
         let tops = run_blocks(n, work, 4096, new_tops, scan);
+        tops.into_iter().next().map(TopK::into_sorted).unwrap_or_default()
+    }
+
+    /// The `k` best word rows by cosine of the rebuilt (quantized) row with the unit vector
+    /// `query`, rows in `skip` left out: the lookup-table score of a row divided by the length
+    /// of its rebuilt vector ([`QuantizedStorage::code_norms`]; the stored norm cancels, but
+    /// for its sign and a zero norm, whose row is zero). A scan of the codes, in parallel.
+    fn quantized_cosines(&self, q: &QuantizedStorage, query: &[f32], k: usize, skip: &[usize]) -> Vec<Neighbor> {
+        let Some(words) = self.vocab.words() else {
+            return Vec::new();
+        };
+        let n = words.len();
+        let k = k.min(n);
+        if k == 0 {
+            return Vec::new();
+        }
+        let mut skip = skip.to_vec();
+        skip.sort_unstable();
+        skip.dedup();
+        let skip = &skip[..];
+        let (m, kc) = (q.n_subquantizers(), q.n_centroids());
+        let tables = lookup_tables(q, query, 1);
+        let lengths = q.code_norms();
+        let (codes, norms) = (q.codes(), q.norms());
+        let new_tops = || vec![TopK::new(k, words, skip)];
+        let scan = |tops: &mut [TopK<'_>], start: usize, end: usize| {
+            for i in start..end {
+                let sign = norms.map_or(1.0, |nr| if nr[i] > 0.0 { 1.0 } else if nr[i] < 0.0 { -1.0 } else { 0.0 });
+                let len = lengths[i];
+                let score = if len > 0.0 && sign != 0.0 {
+                    sign * adc_score(&codes[i * m..(i + 1) * m], &tables, kc) / len
+                } else {
+                    0.0
+                };
+                tops[0].offer(i, score);
+            }
+        };
+        let work = n.saturating_mul(m);
+        let tops = run_blocks(n, work, 8192, new_tops, scan);
         tops.into_iter().next().map(TopK::into_sorted).unwrap_or_default()
     }
 

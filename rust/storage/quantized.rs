@@ -5,7 +5,9 @@
 //! row's norm if norms are stored.
 
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use rayon::prelude::*;
 
 use super::FileBytes;
 use crate::error::{Error, Result};
@@ -58,6 +60,8 @@ pub struct QuantizedStorage {
     /// With a projection: `m x k x dims`, each centroid already multiplied by its block of Pᵀ,
     /// so that rebuilding a row is `m` vector additions.
     projected: Option<Arc<Vec<f32>>>,
+    /// Per row, `‖c·Pᵀ‖` (see [`QuantizedStorage::code_norms`]), made on first use.
+    code_norms: Arc<OnceLock<Vec<f32>>>,
 }
 
 impl std::fmt::Debug for QuantizedStorage {
@@ -141,6 +145,53 @@ impl QuantizedStorage {
             m,
             k,
             projected,
+            code_norms: Arc::default(),
+        })
+    }
+
+    /// Per row, the length of its rebuilt vector before the stored norm: `‖c·Pᵀ‖`, with `c`
+    /// the row's centroids side by side (`‖c‖` without a projection). What a cosine with the
+    /// rebuilt row divides by. Made on first use and kept (4 bytes per row). Without a
+    /// projection, or with an orthogonal one (OPQ's rotation), it is `sqrt(Σ ‖centroid‖²)`
+    /// over the row's subquantizers; otherwise each row is rebuilt.
+    pub fn code_norms(&self) -> &[f32] {
+        self.code_norms.get_or_init(|| {
+            let (rows, dims, m, k) = (self.rows, self.dims, self.m, self.k);
+            if rows == 0 || dims == 0 || m == 0 {
+                return vec![0f32; rows];
+            }
+            let ds = dims / m;
+            let codes = self.codes();
+            let mut out = vec![0f32; rows];
+            let orthogonal = self.projection.as_deref().is_none_or(|p| is_orthogonal(p, dims));
+            if orthogonal {
+                let c2: Vec<f32> = self.centroids.chunks_exact(ds).map(|c| c.iter().map(|x| x * x).sum()).collect();
+                out.par_iter_mut().with_min_len(4096).enumerate().for_each(|(i, o)| {
+                    let code = &codes[i * m..(i + 1) * m];
+                    let s: f32 = code.iter().enumerate().map(|(j, &c)| c2[j * k + usize::from(c)]).sum();
+                    *o = s.sqrt();
+                });
+            } else {
+                let pt = self.projection_t.as_deref().map(Vec::as_slice).unwrap_or_default();
+                out.par_iter_mut().with_min_len(64).enumerate().for_each_init(
+                    || (vec![0f32; dims], vec![0f32; dims]),
+                    |(c, x), (i, o)| {
+                        for (j, &code) in codes[i * m..(i + 1) * m].iter().enumerate() {
+                            let at = (j * k + usize::from(code)) * ds;
+                            c[j * ds..(j + 1) * ds].copy_from_slice(&self.centroids[at..at + ds]);
+                        }
+                        // x = c·Pᵀ, Pᵀ row-major: x = Σ_r c_r · (row r of Pᵀ)
+                        x.fill(0.0);
+                        for (r, &cr) in c.iter().enumerate() {
+                            for (xv, &t) in x.iter_mut().zip(&pt[r * dims..(r + 1) * dims]) {
+                                *xv += cr * t;
+                            }
+                        }
+                        *o = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+                    },
+                );
+            }
+            out
         })
     }
 
@@ -523,6 +574,22 @@ mod kernels {
     }
 }
 
+/// Is the `d x d` row-major matrix `p` orthogonal (`PPᵀ = I`, hence `PᵀP = I`, within float32
+/// rounding)?
+fn is_orthogonal(p: &[f32], d: usize) -> bool {
+    if p.len() != d * d {
+        return false;
+    }
+    (0..d).into_par_iter().all(|i| {
+        let a = &p[i * d..(i + 1) * d];
+        (i..d).all(|j| {
+            let b = &p[j * d..(j + 1) * d];
+            let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+            (dot - if i == j { 1.0 } else { 0.0 }).abs() < 1e-4
+        })
+    })
+}
+
 #[cfg(test)]
 mod lookup_tests {
     use super::*;
@@ -543,6 +610,40 @@ mod lookup_tests {
             q.projected = None;
         }
         q
+    }
+
+    #[test]
+    fn code_norms_are_the_rebuilt_lengths_before_the_norm() {
+        // the orthogonal projection (the shortcut) and a skewed one (rows rebuilt)
+        let orth = storage(true);
+        let dims = orth.dims;
+        let mut p = orth.projection().unwrap().to_vec();
+        for (t, v) in p.iter_mut().enumerate() {
+            *v = *v * 1.5 + ((t % 7) as f32) * 0.01;
+        }
+        let skew = QuantizedStorage::new(
+            Some(p),
+            orth.centroids().to_vec(),
+            orth.norms().map(<[f32]>::to_vec),
+            U8Data::Owned(Arc::new(orth.codes().to_vec())),
+            orth.rows,
+            dims,
+            orth.m,
+            orth.k,
+        )
+        .unwrap();
+        assert!(is_orthogonal(orth.projection().unwrap(), dims));
+        assert!(!is_orthogonal(skew.projection().unwrap(), dims));
+        for q in [&orth, &skew] {
+            let lengths = q.code_norms();
+            assert_eq!(lengths.len(), q.rows);
+            let mut x = vec![0f32; dims];
+            for (i, &len) in lengths.iter().enumerate() {
+                q.reconstruct_into(i, &mut x);
+                let want = x.iter().map(|v| v * v).sum::<f32>().sqrt() / q.norms().unwrap()[i];
+                assert!((len - want).abs() <= 1e-5 * want.max(1.0), "row {i}: {len} vs {want}");
+            }
+        }
     }
 
     #[test]

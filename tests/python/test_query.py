@@ -276,6 +276,31 @@ def test_quantized_equals_brute_force_over_reconstruction(path: Path, mmap: bool
     assert_answers(emb.analogy(a, b, c, k=5), brute_force(recon, words, q, 5, skip={a, b, c}))
 
 
+@pytest.mark.parametrize("source", ["python/pq.fifu", "rust/quantized.fifu", "pq", "opq", "pq+norms", "opq+norms"])
+def test_quantized_most_similar_is_gensim_over_the_rebuilt_rows(cities: vf.Embeddings, source: str) -> None:
+    """gensim's most_similar on the rebuilt matrix: cosines (rebuilt rows are not unit
+    vectors, whether or not the file has a norms chunk), not dot products."""
+    if source.startswith(("pq", "opq")):
+        src = cities
+        if source.endswith("+norms"):  # a norms chunk: the stored rows were unit vectors
+            m = np.asarray(cities.storage)
+            n = np.linalg.norm(m, axis=1)
+            src = vf.Embeddings(list(cities.vocab.words), m / n[:, None], norms=n)
+        emb = src.quantize(n_subquantizers=src.dims // 4, bits=4, opq=source.startswith("opq"), progress=False)
+        assert (emb.norms is not None) == source.endswith("+norms")
+    else:
+        emb = vf.load(FF / source)
+    recon = emb.storage.reconstruct().astype(np.float64)
+    lengths = np.linalg.norm(recon, axis=1)
+    assert np.ptp(lengths) > 1e-3  # (rows of different lengths: dot products would rank differently)
+    rows = recon / np.where(lengths > 0, lengths, 1)[:, None]
+    words = list(emb.vocab.words)
+    for pos, neg in ((["Berlin"], []), (["Berlin", "Potsdam"], ["Hamburg"])):
+        q = sum(rows[words.index(w)] for w in pos) - sum(rows[words.index(w)] for w in neg)
+        want = brute_force(rows, words, unit(q), 10, skip=set(pos) | set(neg))
+        assert_answers(emb.most_similar(positive=pos, negative=neg, topn=10), want, tol=2e-5)
+
+
 def test_quantized_close_to_dense(cities: vf.Embeddings) -> None:
     pq = vf.load(FF / "python" / "pq.fifu")
     dense = [w for w, _ in cities.similar("Berlin", k=5)]
