@@ -39,7 +39,116 @@ pub fn py_to_toml(obj: &Bound<'_, PyAny>) -> PyResult<String> {
         .cast::<PyDict>()
         .map_err(|_| PyTypeError::new_err("metadata must be a dict (or None)"))?;
     let table = dict_to_table(dict)?;
-    toml::to_string(&table).map_err(|e| PyValueError::new_err(format!("metadata cannot be written as TOML: {e}")))
+    // parse-checked: what is written is what reads back (compared as text: NaN != NaN)
+    let text = table_to_toml(&table);
+    match text.parse::<toml::Table>() {
+        Ok(back) if table_to_toml(&back) == text => Ok(text),
+        Ok(_) => Err(PyValueError::new_err("metadata cannot be written as TOML: it does not read back the same")),
+        Err(e) => Err(PyValueError::new_err(format!("metadata cannot be written as TOML: {e}"))),
+    }
+}
+
+/// TOML text of `t` in the plainest forms, which older TOML readers (finalfusion-python's
+/// `toml` 0.10) read the same: strings on one line with escapes (the `toml` crate writes
+/// strings holding a newline as multi-line strings, which such readers misread), arrays
+/// inline, sub-tables as `[a.b]` sections, arrays of tables as `[[a.b]]`.
+pub fn table_to_toml(t: &toml::Table) -> String {
+    let mut out = String::new();
+    write_section(&mut out, &mut Vec::new(), t);
+    out
+}
+
+fn is_table_array(v: &toml::Value) -> bool {
+    matches!(v, toml::Value::Array(a) if !a.is_empty() && a.iter().all(toml::Value::is_table))
+}
+
+fn write_section(out: &mut String, path: &mut Vec<String>, t: &toml::Table) {
+    for (k, v) in t {
+        if !v.is_table() && !is_table_array(v) {
+            out.push_str(&toml_key(k));
+            out.push_str(" = ");
+            write_value(out, v);
+            out.push('\n');
+        }
+    }
+    for (k, v) in t {
+        if let toml::Value::Table(sub) = v {
+            path.push(toml_key(k));
+            out.push_str(&format!("\n[{}]\n", path.join(".")));
+            write_section(out, path, sub);
+            path.pop();
+        }
+    }
+    for (k, v) in t {
+        if let (true, toml::Value::Array(items)) = (is_table_array(v), v) {
+            path.push(toml_key(k));
+            for item in items {
+                out.push_str(&format!("\n[[{}]]\n", path.join(".")));
+                if let toml::Value::Table(sub) = item {
+                    write_section(out, path, sub);
+                }
+            }
+            path.pop();
+        }
+    }
+}
+
+fn toml_key(k: &str) -> String {
+    if !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        k.to_string()
+    } else {
+        toml_string(k)
+    }
+}
+
+/// A basic (one-line) TOML string: quotes, backslashes and control characters escaped.
+fn toml_string(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            '\t' => o.push_str("\\t"),
+            '\r' => o.push_str("\\r"),
+            '\u{8}' => o.push_str("\\b"),
+            '\u{c}' => o.push_str("\\f"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => o.push_str(&format!("\\u{:04X}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn write_value(out: &mut String, v: &toml::Value) {
+    match v {
+        toml::Value::String(s) => out.push_str(&toml_string(s)),
+        toml::Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_value(out, x);
+            }
+            out.push(']');
+        }
+        toml::Value::Table(t) => {
+            out.push('{');
+            for (i, (k, x)) in t.iter().enumerate() {
+                out.push_str(if i > 0 { ", " } else { " " });
+                out.push_str(&toml_key(k));
+                out.push_str(" = ");
+                write_value(out, x);
+            }
+            out.push_str(if t.is_empty() { "}" } else { " }" });
+        }
+        // integers, floats (inf, nan, a decimal point), booleans and datetimes: the crate's
+        // own value syntax
+        other => out.push_str(&other.to_string()),
+    }
 }
 
 fn dict_to_table(d: &Bound<'_, PyDict>) -> PyResult<toml::Table> {

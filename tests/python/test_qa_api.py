@@ -177,6 +177,39 @@ def test_metadata_toml_is_standard_toml(tmp_path: Path) -> None:
     assert tomllib.loads(raw[start + 12 : start + 12 + n].decode()) == want
 
 
+def test_metadata_toml_reads_the_same_in_older_toml_readers(tmp_path: Path) -> None:
+    """finalfusion-python reads metadata with the `toml` 0.10 package, which misreads the
+    multi-line strings TOML 1.0 writers use for text with newlines (a string ending in a
+    quote is an error there, a leading newline is dropped): strings are written on one line
+    with escapes, and every reader gets the same dict."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    old_toml = pytest.importorskip("toml", reason="the toml package (requirements-dev.txt) is missing")
+    want = {
+        "ends in a quote": 'a\nb"',
+        "leading newline": "\nabc",
+        "controls": "tab\there \\ back \x01 ctl \x7f \r\x08\x0c",
+        "quotes": "''' \" x \"",  # (toml 0.10 misreads three quotes in a row, escaped or not)
+        "ü key": "ü",
+        "t": {"nested": {"x": [1, 2], "f": float("inf"), "z": -0.5, "s": ["a\nb", "c"]}},
+        "arr": [{"a": 1, "s": "x\ny"}, {"a": 2}],
+        "empty": {},
+        "i": 3,
+        "d": 1.0,
+    }
+    e = vf.load(FIX / "simple.fifu")
+    e.metadata = want
+    p = tmp_path / "m.fifu"
+    e.write(p)
+    raw = p.read_bytes()
+    start = 12 + 4 * struct.unpack_from("<I", raw, 8)[0]
+    cid, n = struct.unpack_from("<IQ", raw, start)
+    text = raw[start + 12 : start + 12 + n].decode()
+    assert cid == 5 and '"""' not in text
+    assert tomllib.loads(text) == want
+    assert old_toml.loads(text) == want
+    assert vf.load(p).metadata == want
+
+
 def test_cli_output_into_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
     import subprocess
     import sys
