@@ -337,8 +337,15 @@ fn floret_vocabulary_reads_and_hashes() {
     for g in ["<abc", "<abcd", "abcd", "abcd>", "bcd>"] {
         want.extend(rows_of(g));
     }
+    // `ngrams` lists what `subword_indices` hashes: the whole word first, whatever its length
+    let listed = emb.vocab.ngrams("abcd");
+    assert_eq!(listed[0], "<abcd>");
+    let mut from_listed: Vec<usize> = listed.iter().flat_map(|g| rows_of(g)).collect();
+    from_listed.sort_unstable();
     let mut got = emb.vocab.subword_indices("abcd");
     let mut want_sorted = want.clone();
+    got.sort_unstable();
+    assert_eq!(from_listed, got);
     got.sort_unstable();
     want_sorted.sort_unstable();
     assert_eq!(got, want_sorted);

@@ -60,6 +60,11 @@ impl PyEmbeddings {
             return Err(PyValueError::new_err(format!("matrix {row} holds {} at column {c}", data[at])));
         }
         let norms = norms.map(|n| n.as_array().to_vec());
+        if let Some(at) = norms.as_deref().and_then(|n| n.iter().position(|x| !x.is_finite() || *x < 0.0)) {
+            let v = norms.as_deref().map_or(0.0, |n| n[at]);
+            let word = strs.get(at).map(|w| format!(" (word {w:?})")).unwrap_or_default();
+            return Err(PyValueError::new_err(format!("norms[{at}]{word} is {v}: norms must be finite and >= 0")));
+        }
         let metadata = match metadata {
             Some(m) if !m.is_none() => Some(py_to_toml(m)?),
             _ => None,

@@ -262,8 +262,12 @@ impl Vocab {
                 r.into_iter().map(|(st, en)| b[st..en].to_string()).collect()
             }
             Vocab::Floret(f) => {
+                // as `subword_indices`: the whole bracketed word first (floret hashes it
+                // whatever its length), then the n-grams
                 let (b, r) = subword::ngram_ranges(word, f.min_n as usize, f.max_n as usize, &f.bow, &f.eow);
-                r.into_iter().map(|(s, e)| b[s..e].to_string()).collect()
+                std::iter::once(b.clone())
+                    .chain(r.into_iter().filter(|&(s, e)| !(s == 0 && e == b.len())).map(|(s, e)| b[s..e].to_string()))
+                    .collect()
             }
         }
     }

@@ -310,6 +310,9 @@ def test_constructor_checks(tmp_path: Path) -> None:
         b[1, 2] = bad
         with pytest.raises(ValueError, match=rf'matrix row 1 \(word "b"\) holds {shown} at column 2'):
             vf.Embeddings(["a", "b", "c"], b)
+    for bad, shown in ((np.nan, "NaN"), (np.inf, "inf"), (-1.0, "-1")):
+        with pytest.raises(ValueError, match=rf'norms\[2\] \(word "c"\) is {shown}: norms must be finite and >= 0'):
+            vf.Embeddings(["a", "b", "c"], m, norms=[1.0, 0.0, bad])
     with pytest.raises(ValueError, match="duplicate"):
         vf.Embeddings(["a", "b", "a"], m)
     with pytest.raises(ValueError, match="rows"):
