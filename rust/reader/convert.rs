@@ -78,8 +78,16 @@ pub fn convert(src: &[u8], sd: DType, big_endian: bool, dst: &mut [u8], dd: DTyp
         }
         // convert into the destination's type
         match (sd, dd) {
-            (DType::F16, DType::F32) => a16[..k].convert_to_f32_slice(&mut a32[..k]),
-            (DType::F16, DType::F64) => a16[..k].convert_to_f64_slice(&mut a64[..k]),
+            (DType::F16, DType::F32) => {
+                a16[..k].convert_to_f32_slice(&mut a32[..k]);
+                // SAFETY: f16 is a transparent u16.
+                fix_nans_f32(unsafe { a16[..k].align_to::<u16>() }.1, &mut a32[..k]);
+            }
+            (DType::F16, DType::F64) => {
+                a16[..k].convert_to_f64_slice(&mut a64[..k]);
+                // SAFETY: f16 is a transparent u16.
+                fix_nans_f64(unsafe { a16[..k].align_to::<u16>() }.1, &mut a64[..k]);
+            }
             (DType::F32, DType::F16) => a16[..k].convert_from_f32_slice(&a32[..k]),
             (DType::F64, DType::F16) => a16[..k].convert_from_f64_slice(&a64[..k]),
             (DType::F32, DType::F64) => {
@@ -148,13 +156,21 @@ fn fast(src: &[u8], sd: DType, dst: &mut [u8], dd: DType) -> bool {
             if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx") {
                 // SAFETY: the CPU supports AVX and F16C (checked just above).
                 unsafe { f16_to_f32_f16c(s, d) };
+                fix_nans_f32(s, d);
                 return true;
             }
             // SAFETY: f16 is a transparent u16.
             let (_, h, _) = unsafe { s.align_to::<f16>() };
-            h.convert_to_f32_slice(d)
+            h.convert_to_f32_slice(d);
+            fix_nans_f32(s, d);
         }
-        (DType::F16, DType::F64) => view!(src, f16).convert_to_f64_slice(view_mut!(dst, f64)),
+        (DType::F16, DType::F64) => {
+            let (s, d) = (view!(src, u16), view_mut!(dst, f64));
+            // SAFETY: f16 is a transparent u16.
+            let (_, h, _) = unsafe { s.align_to::<f16>() };
+            h.convert_to_f64_slice(d);
+            fix_nans_f64(s, d);
+        }
         (DType::F32, DType::F16) => view_mut!(dst, f16).convert_from_f32_slice(view!(src, f32)),
         (DType::F64, DType::F16) => view_mut!(dst, f16).convert_from_f64_slice(view!(src, f64)),
         (DType::F32, DType::F64) => {
@@ -170,6 +186,38 @@ fn fast(src: &[u8], sd: DType, dst: &mut [u8], dd: DType) -> bool {
         _ => return false,
     }
     true
+}
+
+/// Is any of the float16 bit patterns `h` a NaN (all-ones exponent, nonzero significand)?
+/// One branch-free pass (vectorized).
+fn any_nan16(h: &[u16]) -> bool {
+    h.iter().fold(0u16, |acc, &b| acc | u16::from((b & 0x7c00) == 0x7c00 && (b & 0x03ff) != 0)) != 0
+}
+
+/// NaNs as numpy converts them (its `npy_halfbits_to_floatbits`): the sign and significand
+/// bits are kept, so a signaling NaN stays signaling (conversion instructions quiet it).
+/// Ordinary values and infinities convert exactly whatever the path, so only NaNs are redone.
+fn fix_nans_f32(src: &[u16], dst: &mut [f32]) {
+    if !any_nan16(src) {
+        return;
+    }
+    for (&b, o) in src.iter().zip(dst) {
+        if (b & 0x7c00) == 0x7c00 && (b & 0x03ff) != 0 {
+            *o = f32::from_bits((u32::from(b & 0x8000) << 16) | 0x7f80_0000 | (u32::from(b & 0x03ff) << 13));
+        }
+    }
+}
+
+/// [`fix_nans_f32`] for float64 (numpy's `npy_halfbits_to_doublebits`).
+fn fix_nans_f64(src: &[u16], dst: &mut [f64]) {
+    if !any_nan16(src) {
+        return;
+    }
+    for (&b, o) in src.iter().zip(dst) {
+        if (b & 0x7c00) == 0x7c00 && (b & 0x03ff) != 0 {
+            *o = f64::from_bits((u64::from(b & 0x8000) << 48) | 0x7ff0_0000_0000_0000 | (u64::from(b & 0x03ff) << 42));
+        }
+    }
 }
 
 /// float16 -> float32 with F16C, 8 elements per instruction, in one inlined loop.
@@ -244,6 +292,44 @@ mod tests {
                 let dst = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), out.len() * 4) };
                 convert(&buf[shift..shift + src.len()], DType::F16, be, dst, DType::F32).unwrap();
                 assert_eq!(out, expect);
+            }
+        }
+    }
+
+    /// numpy's rule, written out: every float16 bit pattern to float32 and float64 bits.
+    fn numpy_bits(h: u16) -> (u32, u64) {
+        let (sign, exp, sig) = (u32::from(h & 0x8000), u32::from(h & 0x7c00), u32::from(h & 0x03ff));
+        match exp {
+            0x7c00 => ((sign << 16) | 0x7f80_0000 | (sig << 13), (u64::from(sign) << 48) | 0x7ff0_0000_0000_0000 | (u64::from(sig) << 42)),
+            _ => {
+                let v = f16::from_bits(h);
+                (v.to_f32().to_bits(), v.to_f64().to_bits())
+            }
+        }
+    }
+
+    #[test]
+    fn every_f16_bit_pattern_converts_as_numpy_does() {
+        // signaling NaNs included (0x7c01: numpy gives 0x7f802000; F16C would quiet it)
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        let want32: Vec<u32> = all.iter().map(|&h| numpy_bits(h).0).collect();
+        let want64: Vec<u64> = all.iter().map(|&h| numpy_bits(h).1).collect();
+        assert_eq!(want32[0x7c01], 0x7f80_2000);
+        for be in [false, true] {
+            let src: Vec<u8> = all.iter().flat_map(|h| if be { h.to_be_bytes() } else { h.to_le_bytes() }).collect();
+            for shift in [0usize, 1] {
+                // aligned little-endian: the direct paths (F16C, streaming); otherwise the generic one
+                let mut buf = vec![0u8; src.len() + 1];
+                buf[shift..shift + src.len()].copy_from_slice(&src);
+                let s = &buf[shift..shift + src.len()];
+                let mut o32 = vec![0f32; all.len()];
+                let d = unsafe { std::slice::from_raw_parts_mut(o32.as_mut_ptr().cast::<u8>(), o32.len() * 4) };
+                convert(s, DType::F16, be, d, DType::F32).unwrap();
+                assert!(o32.iter().map(|v| v.to_bits()).eq(want32.iter().copied()), "f32 be={be} shift={shift}");
+                let mut o64 = vec![0f64; all.len()];
+                let d = unsafe { std::slice::from_raw_parts_mut(o64.as_mut_ptr().cast::<u8>(), o64.len() * 8) };
+                convert(s, DType::F16, be, d, DType::F64).unwrap();
+                assert!(o64.iter().map(|v| v.to_bits()).eq(want64.iter().copied()), "f64 be={be} shift={shift}");
             }
         }
     }
