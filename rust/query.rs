@@ -132,17 +132,15 @@ impl Embeddings {
         self.most_similar_terms(&terms, k, skip)
     }
 
-    /// gensim's `most_similar` with weighted terms (`(term, weight)`, negative weights for
-    /// `negative`): the query is the sum of `weight x` unit word embedding, or `weight x`
-    /// vector as given (gensim's `get_mean_vector`), normalized; the words among the terms
-    /// are not answers.
-    pub fn most_similar_terms(&self, terms: &[(Term<'_>, f32)], k: usize, skip: &[usize]) -> Result<Vec<Neighbor>> {
+    /// gensim's query of `most_similar` (see [`Embeddings::most_similar_terms`]): the unit
+    /// vector and the rows of the words among the terms.
+    pub fn terms_query(&self, terms: &[(Term<'_>, f32)]) -> Result<(Vec<f32>, Vec<usize>)> {
         if terms.is_empty() {
             return Err(Error::argument("most_similar needs at least one positive or negative word"));
         }
         // summed in f64 (as gensim, whose weights are f64): large weights cannot overflow
         let mut query = vec![0f64; self.dims()];
-        let mut skip = skip.to_vec();
+        let mut skip = Vec::new();
         for (term, weight) in terms {
             let v = match term {
                 Term::Word(w) => {
@@ -167,6 +165,17 @@ impl Embeddings {
         let scale = if total > 0.0 { 1.0 / total } else { 1.0 };
         let mut query: Vec<f32> = query.iter().map(|q| (q * scale) as f32).collect();
         l2_normalize(&mut query);
+        Ok((query, skip))
+    }
+
+    /// gensim's `most_similar` with weighted terms (`(term, weight)`, negative weights for
+    /// `negative`): the query is the sum of `weight x` unit word embedding, or `weight x`
+    /// vector as given (gensim's `get_mean_vector`), normalized; the words among the terms
+    /// are not answers.
+    pub fn most_similar_terms(&self, terms: &[(Term<'_>, f32)], k: usize, skip: &[usize]) -> Result<Vec<Neighbor>> {
+        let (query, mut skip_all) = self.terms_query(terms)?;
+        skip_all.extend_from_slice(skip);
+        let skip = skip_all;
         if let Storage::Quantized(q) = &self.storage {
             // rebuilt rows are not unit vectors, norms chunk or not: cosines with them
             return Ok(self.quantized_cosines(q, &query, k, &skip));
@@ -178,6 +187,44 @@ impl Embeddings {
             return Ok(self.scan_cosines(&[&query], k, &skip, |cos| cos[0]));
         }
         Ok(self.search_normalized(&query, 1, k, &skip).pop().unwrap_or_default())
+    }
+
+    /// The cosine of every word row with the unit vector `query` (0 for a zero row), in row
+    /// order: gensim's `most_similar(..., topn=None)`. Quantized rows are scored through their
+    /// lookup table over their rebuilt length. In parallel.
+    pub fn cosines_all(&self, query: &[f32]) -> Vec<f32> {
+        let n = self.vocab.words().map_or(0, |w| w.len());
+        let mut out = vec![0f32; n];
+        let d = self.dims();
+        if n == 0 || d == 0 {
+            return out;
+        }
+        match &self.storage {
+            Storage::Quantized(q) => {
+                let (m, kc) = (q.n_subquantizers(), q.n_centroids());
+                let tables = lookup_tables(q, query, 1);
+                let lengths = q.code_norms();
+                let (codes, norms) = (q.codes(), q.norms());
+                out.par_iter_mut().with_min_len(4096).enumerate().for_each(|(i, o)| {
+                    let sign = norms.map_or(1.0, |nr| if nr[i] > 0.0 { 1.0 } else if nr[i] < 0.0 { -1.0 } else { 0.0 });
+                    let len = lengths[i];
+                    *o = if len > 0.0 && sign != 0.0 { sign * adc_score(&codes[i * m..(i + 1) * m], &tables, kc) / len } else { 0.0 };
+                });
+            }
+            storage => {
+                out.par_chunks_mut(1024).enumerate().for_each_init(
+                    || vec![0f32; d],
+                    |row, (c, chunk)| {
+                        for (j, o) in chunk.iter_mut().enumerate() {
+                            storage.row_into(c * 1024 + j, row);
+                            let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+                            *o = if norm > 0.0 { row.iter().zip(query).map(|(a, b)| a * b).sum::<f32>() / norm } else { 0.0 };
+                        }
+                    },
+                );
+            }
+        }
+        out
     }
 
     /// gensim's `most_similar_cosmul` (Levy and Goldberg's 3CosMul): each word row scores

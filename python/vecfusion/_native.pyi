@@ -19,7 +19,7 @@ class VecfusionError(Exception):
     """Base class of vecfusion's own errors."""
 
 class FormatError(VecfusionError, ValueError):
-    """A file is malformed: corrupt, truncated, of an unknown chunk or version, or inconsistent."""
+    """A file is malformed: corrupt, truncated, of an unknown chunk or version, or inconsistent. Also a ValueError."""
 
 @final
 class WordIter:
@@ -148,12 +148,28 @@ class Embeddings:
     ) -> list[tuple[str, float]]: ...
     # gensim-style helpers
     def similarity(self, a: str, b: str) -> float: ...
+    @overload
     def most_similar(
         self,
         positive: str | npt.ArrayLike | Iterable[str | npt.ArrayLike | tuple[str | npt.ArrayLike, float]] | None = None,
         negative: str | npt.ArrayLike | Iterable[str | npt.ArrayLike | tuple[str | npt.ArrayLike, float]] | None = None,
         topn: int = 10,
     ) -> list[tuple[str, float]]: ...
+    @overload
+    def most_similar(
+        self,
+        positive: str | npt.ArrayLike | Iterable[str | npt.ArrayLike | tuple[str | npt.ArrayLike, float]] | None,
+        negative: str | npt.ArrayLike | Iterable[str | npt.ArrayLike | tuple[str | npt.ArrayLike, float]] | None,
+        topn: None,
+    ) -> npt.NDArray[np.float32]: ...
+    @overload
+    def most_similar(
+        self,
+        positive: str | npt.ArrayLike | Iterable[str | npt.ArrayLike | tuple[str | npt.ArrayLike, float]] | None = None,
+        negative: str | npt.ArrayLike | Iterable[str | npt.ArrayLike | tuple[str | npt.ArrayLike, float]] | None = None,
+        *,
+        topn: None,
+    ) -> npt.NDArray[np.float32]: ...
     def most_similar_cosmul(
         self,
         positive: str | Iterable[str] | None = None,

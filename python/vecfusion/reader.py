@@ -520,14 +520,17 @@ class EmbeddingReader:
             raise ValueError(f"max_piece_size must be a positive number of embeddings, got {max_piece_size!r}")
         if parallel_pieces is not None and (not isinstance(parallel_pieces, (int, np.integer)) or parallel_pieces <= 0):
             raise ValueError(f"parallel_pieces must be a positive integer, got {parallel_pieces!r}")
-        if isinstance(max_ram_usage_in_bytes, bool) or not isinstance(max_ram_usage_in_bytes, (int, np.integer)):
-            raise TypeError(f"max_ram_usage_in_bytes must be an integer, got {max_ram_usage_in_bytes!r}")
+        if isinstance(max_ram_usage_in_bytes, bool) or not isinstance(
+            max_ram_usage_in_bytes, (int, float, np.integer, np.floating)
+        ):
+            raise TypeError(f"max_ram_usage_in_bytes must be a number of bytes, got {max_ram_usage_in_bytes!r}")
+        max_ram_usage_in_bytes = int(max_ram_usage_in_bytes) if np.isfinite(max_ram_usage_in_bytes) else 2**62
         batch_bytes = min(batch_size, max(end - start, 0)) * self._dim * out_dtype.itemsize
         import pandas  # noqa: F401  (fail before the first batch without the extra)
 
         return self._batches(
             batch_size, start, end, max_piece_size, parallel_pieces, show_progress,
-            max(0, int(max_ram_usage_in_bytes) - batch_bytes), out_dtype,
+            max(0, max_ram_usage_in_bytes - batch_bytes), out_dtype,
         )
 
     def _batches(
@@ -624,7 +627,7 @@ class EmbeddingReader:
     ) -> tuple[list[tuple[_Npy, int, int, int]], list[tuple[_Npy, int, int, int]]]:
         """The local and the remote ``(header, file offset, bytes, output offset)`` pieces
         of ``ranges`` for a batch starting at global row ``b0`` with ``out_row`` bytes a row."""
-        row_bytes = self._dim * np.dtype(_CODE_DTYPES[self._npy[0].dtype]).itemsize
+        row_bytes = self._dim * self._disk_dtype.itemsize
         local: list[tuple[_Npy, int, int, int]] = []
         remote: list[tuple[_Npy, int, int, int]] = []
         for f, lo, hi in ranges:
@@ -646,8 +649,9 @@ class EmbeddingReader:
         out_code = _DTYPE_CODES[out.dtype]
         out_bytes = out.reshape(-1).view(np.uint8)
         out_row = self._dim * out.dtype.itemsize
-        first = self._npy[0]
-        row_bytes = self._dim * np.dtype(_CODE_DTYPES[first.dtype]).itemsize
+        # the files' common dtype (not the first file's: a file without rows may have any)
+        disk_code = _DTYPE_CODES[self._disk_dtype]
+        row_bytes = self._dim * self._disk_dtype.itemsize
         local, remote = self._npy_pieces(ranges, b0, out_row)
         # Files agree on dims and dtype but each has its own byte order: the local pieces
         # are read in one call per byte order (almost always a single one).
@@ -655,13 +659,13 @@ class EmbeddingReader:
             group = [(h.path, off, n, o) for h, off, n, o in local if h.big_endian == big_endian]
             if not group:
                 continue
-            converting = out_code != first.dtype or big_endian != (np.little_endian is False)
+            converting = out_code != disk_code or big_endian != (np.little_endian is False)
             chunk = max_piece_size * row_bytes if max_piece_size else _LOCAL_CHUNK
             threads = parallel_pieces or max(4, os.cpu_count() or 1)
             if converting:  # each thread converts through a 256 KiB buffer
                 threads = max(1, min(threads, spare_ram // (256 << 10)))
             _native.read_npy_pieces(
-                out_bytes, out_code, group, first.dtype, big_endian, threads, chunk
+                out_bytes, out_code, group, disk_code, big_endian, threads, chunk
             )
         if remote:
             size = max_piece_size * row_bytes if max_piece_size else _REMOTE_PIECE
@@ -692,7 +696,7 @@ class EmbeddingReader:
                     finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in finished:
                         data, o, big_endian = fut.result()
-                        _native.convert_into(out_bytes, out_code, o, data, first.dtype, big_endian)
+                        _native.convert_into(out_bytes, out_code, o, data, disk_code, big_endian)
                         del data
                         nxt = next(it, None)
                         if nxt is not None:

@@ -238,12 +238,14 @@ pub fn fasttext_subwords(emb: &Embeddings, word: &str) -> (Vec<String>, Vec<usiz
     (strings, ids)
 }
 
-/// Was `emb` imported from a fastText model by vecfusion (its metadata has a `[fasttext]` table)?
-fn has_fasttext_table(emb: &Embeddings) -> bool {
-    emb.metadata
-        .as_deref()
-        .and_then(|m| m.parse::<toml::Table>().ok())
-        .is_some_and(|t| t.get("fasttext").is_some_and(toml::Value::is_table))
+/// Was `emb` converted from a fastText model by finalfusion? Its metadata then holds the
+/// training configuration as top-level keys (`model = "SkipGram"`, `loss`, `buckets`,
+/// `min_n`, `max_n`, ...) and no `[fasttext]` table (vecfusion's import).
+fn is_finalfusion_conversion(emb: &Embeddings) -> bool {
+    emb.metadata.as_deref().and_then(|m| m.parse::<toml::Table>().ok()).is_some_and(|t| {
+        !t.contains_key("fasttext")
+            && ["model", "loss", "buckets", "min_n", "max_n"].iter().all(|k| t.contains_key(*k))
+    })
 }
 
 /// Was `emb` read from a pruned fastText model (its metadata says `pruned_buckets`)?
@@ -902,10 +904,11 @@ pub fn write_fasttext(emb: &Embeddings, path: &Path) -> Result<()> {
         ));
     }
     let rows = nwords + bucket as usize;
-    // Which n-grams each stored word row was averaged with: vecfusion's import (it leaves a
-    // `[fasttext]` metadata table) used fastText's (none for `</s>`, no single `<`/`>`); any
-    // other file (finalfusion's import) used the vocabulary's own for every word.
-    let fasttext_import = has_fasttext_table(emb);
+    // Which n-grams each stored word row was averaged with: finalfusion's conversion (its
+    // metadata: top-level `model`, `loss`, `buckets`, `min_n`, `max_n`) used the vocabulary's
+    // own for every word, `</s>` included; vecfusion's import and anything else fastText's
+    // (none for `</s>`, no single `<`/`>`), so that fastText's vectors are the embeddings.
+    let fasttext_import = !is_finalfusion_conversion(emb);
 
     write_atomically(path, |w| {
         w.write_all(&(FASTTEXT_MAGIC as i32).to_le_bytes())?;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use numpy::PyArray1;
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
 use pyo3::types::{PyBool, PyInt};
 use pyo3::prelude::*;
 
@@ -27,7 +27,9 @@ fn options(lossy: bool, limit: Option<&Bound<'_, PyAny>>, normalize: bool) -> Py
             // Any integer type (Python int, numpy integers): what `operator.index` accepts.
             let l = match l.call_method0("__index__") {
                 Ok(i) if i.is_instance_of::<PyInt>() => i,
-                _ => return Err(not_int()?),
+                Ok(_) => return Err(not_int()?),
+                Err(e) if e.is_instance_of::<PyAttributeError>(l.py()) => return Err(not_int()?),
+                Err(e) => return Err(e), // raised by the object's own __index__
             };
             if l.lt(0)? {
                 return Err(PyValueError::new_err(format!("limit must be >= 0, got {l}")));

@@ -1,6 +1,6 @@
 //! Similarity and analogy queries on `Embeddings` (the work is in `crate::query`).
 
-use numpy::{AllowTypeChange, PyArray2, PyArrayLike1, PyArrayLike2, PyArrayMethods, PyUntypedArrayMethods};
+use numpy::{AllowTypeChange, PyArray1, PyArray2, PyArrayLike1, PyArrayLike2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyList, PyString, PyTuple};
@@ -226,15 +226,17 @@ impl PyEmbeddings {
     /// gensim's `most_similar`: the `topn` words nearest to the mean of the unit embeddings
     /// of `positive` minus those of `negative`, without the given words, as `(word, score)`.
     /// KeyError for a word without an embedding.
-    #[pyo3(signature = (positive=None, negative=None, topn=10))]
+    /// `topn=None` returns the cosine of the query with every word row instead (a float32
+    /// array in row order, the given words included), as gensim does.
+    #[pyo3(signature = (positive=None, negative=None, topn=Some(10)))]
     fn most_similar<'py>(
         &self,
         py: Python<'py>,
         positive: Option<&Bound<'py, PyAny>>,
         negative: Option<&Bound<'py, PyAny>>,
-        topn: i64,
-    ) -> PyResult<Bound<'py, PyList>> {
-        let k = check_k(topn, "topn")?;
+        topn: Option<i64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let k = topn.map(|t| check_k(t, "topn")).transpose()?;
         let mut owned = terms_arg(positive, 1.0)?;
         owned.extend(terms_arg(negative, -1.0)?);
         let terms: Vec<(Term<'_>, f32)> = owned
@@ -248,8 +250,12 @@ impl PyEmbeddings {
             })
             .collect();
         let emb = &self.inner;
+        let Some(k) = k else {
+            let all = py.detach(|| emb.terms_query(&terms).map(|(q, _)| emb.cosines_all(&q)))?;
+            return Ok(PyArray1::from_vec(py, all).into_any());
+        };
         let found = py.detach(|| emb.most_similar_terms(&terms, k, &[]))?;
-        answers(py, emb, found)
+        Ok(answers(py, emb, found)?.into_any())
     }
 
     /// gensim's `most_similar_cosmul` (3CosMul): the `topn` words whose product of

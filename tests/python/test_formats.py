@@ -435,6 +435,20 @@ def test_write_fasttext_of_a_finalfusion_conversion_gives_back_the_model(
     assert got.shape == want.shape
     np.testing.assert_allclose(got[0], want[0], atol=5e-5)  # `</s>`
     np.testing.assert_allclose(got, want, atol=5e-5)
+    # vecfusion's import, also once its metadata is gone, follows fastText (`</s>` alone)
+    own = vf.load_fasttext(peers / "ft_skipgram.bin")
+    for meta in (own.metadata, None, {"source": "x"}):
+        own.metadata = meta
+        own.write_fasttext(out)
+        np.testing.assert_allclose(fasttext.load_model(str(out)).get_input_matrix(), want, atol=5e-5)
+    # and so do embeddings built from an array: fastText's vectors are the embeddings
+    words = ["</s>", "the", "cat", "sat"]
+    m = np.random.default_rng(5).standard_normal((104, 8)).astype(np.float32)
+    built = vf.Embeddings(words, m, vocab="fasttext", buckets=100)
+    built.write_fasttext(out)
+    model = fasttext.load_model(str(out))
+    for w in words:
+        np.testing.assert_allclose(model.get_word_vector(w), built.embedding(w), atol=1e-5, err_msg=w)
     capfd.readouterr()
 
 

@@ -193,6 +193,28 @@ def test_most_similar_weighted_terms_and_vectors(w2v: vf.Embeddings) -> None:
         w2v.most_similar("license", topn=-3)
 
 
+def test_most_similar_topn_none_gives_every_cosine(w2v: vf.Embeddings, cities: vf.Embeddings) -> None:
+    """gensim's `topn=None`: the cosine with every word row, in row order, the given words
+    included; on dense rows with and without norms, and on quantized rows (rebuilt)."""
+    raw = vf.Embeddings(list(cities.vocab.words), np.asarray(cities.storage) * 3.0)  # rows not unit
+    quant = cities.quantize(n_subquantizers=cities.dims // 4, bits=4, opq=True, progress=False)
+    for emb, words in ((w2v, ["license", "software"]), (raw, ["Berlin", "Potsdam"]), (quant, ["Berlin", "Potsdam"])):
+        m = emb.storage.reconstruct() if emb is quant else np.asarray(emb.storage)
+        m = m.astype(np.float64)
+        lengths = np.linalg.norm(m, axis=1)
+        rows = m / np.where(lengths > 0, lengths, 1)[:, None]
+        vocab = list(emb.vocab.words)
+        q = rows[vocab.index(words[0])] - rows[vocab.index(words[1])]
+        q /= np.linalg.norm(q)
+        got = emb.most_similar(positive=[words[0]], negative=[words[1]], topn=None)
+        assert isinstance(got, np.ndarray) and got.dtype == np.float32 and got.shape == (len(emb),)
+        np.testing.assert_allclose(got, rows @ q, atol=2e-5)
+        # the top of the array is the ranked answer (without the given words)
+        ranked = emb.most_similar(positive=[words[0]], negative=[words[1]], topn=5)
+        order = [vocab[i] for i in np.argsort(-got, kind="stable") if vocab[i] not in words][:5]
+        assert [w for w, _ in ranked] == order
+
+
 def test_gensim_similar_by_vector(w2v: vf.Embeddings) -> None:
     case = _json("w2v.expected.json")["similar_by_vector"]["window+license"]
     vec = np.array(case["vector"], dtype=np.float32)  # not normalized: similar() normalizes

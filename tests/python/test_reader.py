@@ -336,6 +336,16 @@ def test_files_without_rows_are_skipped_whatever_their_shape(tmp_path: Path) -> 
     emb, meta = _read_all(r, batch_size=3)
     np.testing.assert_array_equal(emb, np.concatenate([GOOD, GOOD * 2]))
     assert meta["i"].tolist() == list(range(8))
+    # the first file empty and of another dtype: the data is read as the others' dtype
+    for empty in (np.zeros((0, 7), np.float16), np.zeros((0, DIM), np.float64)):
+        e = tmp_path / f"first_{empty.dtype}"
+        e.mkdir()
+        np.save(e / "0.npy", empty)
+        np.save(e / "1.npy", GOOD * 3)
+        r = vf.EmbeddingReader(e)
+        assert (r.count, r.dimension) == (4, DIM)
+        emb, _ = _read_all(r, batch_size=3)
+        np.testing.assert_array_equal(emb, GOOD * 3)
 
 
 def test_truncated_empty_and_garbage_files(tmp_path: Path) -> None:
@@ -460,8 +470,10 @@ def test_tight_memory_budget_still_reads_everything(collections: dict[str, Path]
     # a budget below one batch is a budget for the reads (as in embedding-reader), not a refusal
     emb, _ = _read_all(r, batch_size=10, max_ram_usage_in_bytes=100)
     np.testing.assert_array_equal(emb, _truth("float16").astype(np.float32))
+    emb, _ = _read_all(r, batch_size=10, max_ram_usage_in_bytes=4e9)  # a float, as embedding-reader takes
+    np.testing.assert_array_equal(emb, _truth("float16").astype(np.float32))
     with pytest.raises(TypeError, match="max_ram_usage_in_bytes"):
-        r(max_ram_usage_in_bytes=1.5, show_progress=False)  # type: ignore[arg-type]
+        r(max_ram_usage_in_bytes="1GB", show_progress=False)  # type: ignore[arg-type]
 
 
 def test_read_ahead_of_the_next_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
