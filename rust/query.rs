@@ -201,15 +201,8 @@ impl Embeddings {
         }
         match &self.storage {
             Storage::Quantized(q) => {
-                let (m, kc) = (q.n_subquantizers(), q.n_centroids());
-                let tables = lookup_tables(q, query, 1);
-                let lengths = q.code_norms();
-                let (codes, norms) = (q.codes(), q.norms());
-                out.par_iter_mut().with_min_len(4096).enumerate().for_each(|(i, o)| {
-                    let sign = norms.map_or(1.0, |nr| if nr[i] > 0.0 { 1.0 } else if nr[i] < 0.0 { -1.0 } else { 0.0 });
-                    let len = lengths[i];
-                    *o = if len > 0.0 && sign != 0.0 { sign * adc_score(&codes[i * m..(i + 1) * m], &tables, kc) / len } else { 0.0 };
-                });
+                let score = quantized_cosine(q, query);
+                out.par_iter_mut().with_min_len(4096).enumerate().for_each(|(i, o)| *o = score(i));
             }
             storage => {
                 out.par_chunks_mut(1024).enumerate().for_each_init(
@@ -257,42 +250,37 @@ impl Embeddings {
     where
         F: Fn(&[f32]) -> f32 + Sync,
     {
-        let Some(words) = self.vocab.words() else {
-            return Vec::new();
-        };
-        let n = words.len();
-        let k = k.min(n);
-        if k == 0 {
-            return Vec::new();
-        }
-        let mut skip = skip.to_vec();
-        skip.sort_unstable();
-        skip.dedup();
-        let skip = &skip[..];
         let d = self.dims();
-        let new_tops = || vec![TopK::new(k, words, skip)];
-        let scan = |tops: &mut [TopK<'_>], start: usize, end: usize| {
-            let mut row = vec![0f32; d];
-            let mut cos = vec![0f32; queries.len()];
-            for i in start..end {
+        let make = || {
+            let (mut row, mut cos) = (vec![0f32; d], vec![0f32; queries.len()]);
+            let score = &score;
+            move |i: usize| {
                 self.storage.row_into(i, &mut row);
                 let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
                 for (c, q) in cos.iter_mut().zip(queries) {
                     *c = if norm > 0.0 { row.iter().zip(*q).map(|(a, b)| a * b).sum::<f32>() / norm } else { 0.0 };
                 }
-                tops[0].offer(i, score(&cos));
+                score(&cos)
             }
         };
-        let work = n.saturating_mul(d).saturating_mul(queries.len());
-        let tops = run_blocks(n, work, 4096, new_tops, scan);
-        tops.into_iter().next().map(TopK::into_sorted).unwrap_or_default()
+        self.best_rows(k, skip, d.saturating_mul(queries.len()), 4096, make)
     }
 
     /// The `k` best word rows by cosine of the rebuilt (quantized) row with the unit vector
-    /// `query`, rows in `skip` left out: the lookup-table score of a row divided by the length
-    /// of its rebuilt vector ([`QuantizedStorage::code_norms`]; the stored norm cancels, but
-    /// for its sign and a zero norm, whose row is zero). A scan of the codes, in parallel.
+    /// `query` ([`quantized_cosine`]), rows in `skip` left out. A scan of the codes, in parallel.
     fn quantized_cosines(&self, q: &QuantizedStorage, query: &[f32], k: usize, skip: &[usize]) -> Vec<Neighbor> {
+        let score = quantized_cosine(q, query);
+        self.best_rows(k, skip, q.n_subquantizers(), 8192, || &score)
+    }
+
+    /// The `k` best word rows by the score a scorer from `make` gives each row (one scorer per
+    /// block of rows, so that it can keep scratch buffers); rows in `skip` are not answers.
+    /// `work` (per row) decides whether the blocks are scanned in parallel.
+    fn best_rows<M, S>(&self, k: usize, skip: &[usize], work: usize, block: usize, make: M) -> Vec<Neighbor>
+    where
+        M: Fn() -> S + Sync,
+        S: FnMut(usize) -> f32,
+    {
         let Some(words) = self.vocab.words() else {
             return Vec::new();
         };
@@ -305,25 +293,14 @@ impl Embeddings {
         skip.sort_unstable();
         skip.dedup();
         let skip = &skip[..];
-        let (m, kc) = (q.n_subquantizers(), q.n_centroids());
-        let tables = lookup_tables(q, query, 1);
-        let lengths = q.code_norms();
-        let (codes, norms) = (q.codes(), q.norms());
         let new_tops = || vec![TopK::new(k, words, skip)];
         let scan = |tops: &mut [TopK<'_>], start: usize, end: usize| {
+            let mut score = make();
             for i in start..end {
-                let sign = norms.map_or(1.0, |nr| if nr[i] > 0.0 { 1.0 } else if nr[i] < 0.0 { -1.0 } else { 0.0 });
-                let len = lengths[i];
-                let score = if len > 0.0 && sign != 0.0 {
-                    sign * adc_score(&codes[i * m..(i + 1) * m], &tables, kc) / len
-                } else {
-                    0.0
-                };
-                tops[0].offer(i, score);
+                tops[0].offer(i, score(i));
             }
         };
-        let work = n.saturating_mul(m);
-        let tops = run_blocks(n, work, 8192, new_tops, scan);
+        let tops = run_blocks(n, n.saturating_mul(work), block, new_tops, scan);
         tops.into_iter().next().map(TopK::into_sorted).unwrap_or_default()
     }
 
@@ -693,6 +670,26 @@ impl<'a> TopK<'a> {
                 score,
             })
             .collect()
+    }
+}
+
+/// The cosine of quantized row `i` with the unit vector `query`, as a function of `i`: the
+/// row's lookup-table score over the length of its rebuilt vector before its stored norm
+/// ([`QuantizedStorage::code_norms`]); the stored norm cancels but for its sign, and a zero
+/// norm or length (a zero row) scores 0.
+fn quantized_cosine<'a>(q: &'a QuantizedStorage, query: &[f32]) -> impl Fn(usize) -> f32 + Sync + 'a {
+    let (m, kc) = (q.n_subquantizers(), q.n_centroids());
+    let tables = lookup_tables(q, query, 1);
+    let lengths = q.code_norms();
+    let (codes, norms) = (q.codes(), q.norms());
+    move |i| {
+        let sign = norms.map_or(1.0, |nr| if nr[i] > 0.0 { 1.0 } else if nr[i] < 0.0 { -1.0 } else { 0.0 });
+        let len = lengths[i];
+        if len > 0.0 && sign != 0.0 {
+            sign * adc_score(&codes[i * m..(i + 1) * m], &tables, kc) / len
+        } else {
+            0.0
+        }
     }
 }
 
