@@ -231,7 +231,9 @@ at::Tensor embedding_cpu(const at::Tensor& weight, const at::Tensor& indices, in
   const bool far = num * row_bytes > kPrefetchBytes;
   AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "vecfusion_embedding_cpu", [&] {
     const index_t* ip = idx.const_data_ptr<index_t>();
-    with_width(row_bytes, [&](auto width) {
+    // constant widths for short rows only: a long row is copied faster by the C library's
+    // memcpy (wide vector moves) than by the compiler's inline expansion
+    with_width(row_bytes <= 256 ? row_bytes : 0, [&](auto width) {
       constexpr int64_t W = decltype(width)::value;
       at::parallel_for(0, n, grain_for(row_bytes), [&](int64_t b, int64_t e) {
         gather_rows<W>(dst, src, ip, b, e, row_bytes, far);
