@@ -172,21 +172,15 @@ impl QuantizedStorage {
                     *o = s.sqrt();
                 });
             } else {
-                let pt = self.projection_t.as_deref().map(Vec::as_slice).unwrap_or_default();
+                // c·Pᵀ without the stored norm: the row's centroids side by side, then the
+                // product the rebuild uses
                 out.par_iter_mut().with_min_len(64).enumerate().for_each_init(
                     || (vec![0f32; dims], vec![0f32; dims]),
                     |(c, x), (i, o)| {
-                        for (j, &code) in codes[i * m..(i + 1) * m].iter().enumerate() {
-                            let at = (j * k + usize::from(code)) * ds;
-                            c[j * ds..(j + 1) * ds].copy_from_slice(&self.centroids[at..at + ds]);
-                        }
-                        // x = c·Pᵀ, Pᵀ row-major: x = Σ_r c_r · (row r of Pᵀ)
+                        c.fill(0.0);
+                        self.add_concat(i, 1.0, c);
                         x.fill(0.0);
-                        for (r, &cr) in c.iter().enumerate() {
-                            for (xv, &t) in x.iter_mut().zip(&pt[r * dims..(r + 1) * dims]) {
-                                *xv += cr * t;
-                            }
-                        }
+                        self.add_projected(c, x);
                         *o = x.iter().map(|v| v * v).sum::<f32>().sqrt();
                     },
                 );
