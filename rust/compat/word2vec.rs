@@ -49,8 +49,14 @@ impl Chunked {
     /// Skip ASCII whitespace, reading on as needed; stops at the next other byte or at
     /// the end of the file.
     fn skip_whitespace(&mut self) -> std::io::Result<()> {
+        self.skip_while(|b| b.is_ascii_whitespace())
+    }
+
+    /// Skip the bytes that `skip` accepts, reading on as needed; stops at the next other
+    /// byte or at the end of the file.
+    fn skip_while(&mut self, skip: impl Fn(u8) -> bool) -> std::io::Result<()> {
         loop {
-            let k = self.avail().iter().take_while(|b| b.is_ascii_whitespace()).count();
+            let k = self.avail().iter().take_while(|&&b| skip(b)).count();
             self.pos += k;
             if self.pos < self.len || !self.fill(1)? {
                 return Ok(());
@@ -171,8 +177,10 @@ fn read_word2vec_inner(path: &Path, opts: &ReadOptions) -> Result<Embeddings> {
         let mut k = 0; // rows filled in `part`
         for i in 0..rows {
             let record = i + 1;
-            // skip the whitespace (the previous record's newline) before the word
-            r.skip_whitespace().map_err(io)?;
+            // skip the newlines (the previous record's) before the word, and only them: as
+            // gensim reads, a word is every byte up to the next space (a tab or a carriage
+            // return in it is kept; a record starting with the space is the empty word)
+            r.skip_while(|b| b == b'\n').map_err(io)?;
             // the word, up to a space
             let mut scanned = 0;
             let word_len = loop {
@@ -191,7 +199,7 @@ fn read_word2vec_inner(path: &Path, opts: &ReadOptions) -> Result<Embeddings> {
                 }
             };
             let word = &r.buf[r.pos..r.pos + word_len];
-            words.push(trim_ascii(word), opts.lossy, || format!("word2vec record {record}"))?;
+            words.push(word, opts.lossy, || format!("word2vec record {record}"))?;
             r.pos += word_len + 1;
             // the vector
             if !r.fill(row_bytes).map_err(io)? {
@@ -282,27 +290,16 @@ fn parse_header(line: &[u8]) -> Result<(usize, usize)> {
     Ok((n, d))
 }
 
-fn trim_ascii(b: &[u8]) -> &[u8] {
-    let s = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let e = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(s, |p| p + 1);
-    &b[s..e.max(s)]
-}
-
 /// Write the known words of `emb` as a word2vec binary file (rows times norms).
 pub fn write_word2vec_binary(emb: &Embeddings, path: &Path) -> Result<()> {
     let words = known_words(emb, "word2vec")?;
     for w in words.iter() {
-        // a reader takes the bytes up to the first space as the word and skips the
-        // whitespace before it: an empty word, or one with a space, would not read back
-        if w.is_empty() {
-            return Err(Error::argument("the vocabulary has an empty word, which cannot be written as word2vec"));
-        }
-        // (whitespace other than a space inside a word, e.g. a tab, reads back as gensim
-        // and vecfusion read it: the word ends at the first space, trimmed)
-        let b = w.as_bytes();
-        if b.contains(&b' ') || b[0].is_ascii_whitespace() || b[b.len() - 1].is_ascii_whitespace() {
+        // gensim and vecfusion read the bytes up to the first space as the word, after
+        // skipping newlines: a word with a space, or starting with a newline, would not
+        // read back (the empty word and other whitespace do, as gensim writes them)
+        if w.contains(' ') || w.starts_with('\n') {
             return Err(Error::argument(format!(
-                "the word {w:?} contains a space or starts or ends with whitespace and cannot be written as word2vec"
+                "the word {w:?} contains a space or starts with a newline and cannot be written as word2vec"
             )));
         }
     }
