@@ -647,17 +647,17 @@ class EmbeddingFn : public torch::autograd::Function<EmbeddingFn> {
     if (ctx->saved_data["sparse"].toBool() && padding_idx < 0 && !scale) {
       // one entry per index, values = the output gradient's rows as they lie (as
       // nn.Embedding: an expanded gradient, e.g. of out.sum(), stays a view, not a copy)
-      const int64_t n = indices.numel();
-      const int64_t nw = num_weights.guard_int(__FILE__, __LINE__);
-      gw = at::_sparse_coo_tensor_unsafe(indices.reshape({1, n}).to(at::kLong), grad.reshape({n, grad.size(-1)}),
-                                         {nw, grad.size(-1)});
+      // (symbolic sizes throughout: under torch.compile the batch may be a SymInt)
+      const c10::SymInt n = indices.sym_numel();
+      const c10::SymInt d = grad.sym_size(-1);
+      gw = at::_sparse_coo_tensor_unsafe_symint(indices.reshape_symint({1, n}).to(at::kLong),
+                                                grad.reshape_symint({n, d}), {num_weights, d});
     } else if (ctx->saved_data["sparse"].toBool()) {
       static auto op = op_handle("vecfusion_ops::embedding_sparse_backward")
                            .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, c10::SymInt,
                                                                      int64_t, bool)>();
       auto [rows, values] = op.call(grad, indices, num_weights, padding_idx, scale);
-      const int64_t nw = num_weights.guard_int(__FILE__, __LINE__);
-      gw = at::_sparse_coo_tensor_unsafe(rows.unsqueeze(0), values, {nw, grad.size(-1)});
+      gw = at::_sparse_coo_tensor_unsafe_symint(rows.unsqueeze(0), values, {num_weights, grad.sym_size(-1)});
     } else {
       const auto& op = dense_backward_op();
       gw = op.call(grad, indices, num_weights, padding_idx, scale);
@@ -771,6 +771,22 @@ at::Tensor multi_backward_autograd(const at::Tensor& grad, const at::Tensor& ind
   return MultiBackwardFn::apply(grad, indices, meta, std::move(numel));
 }
 
+// embedding_renorm_ writes the weight in place: like ATen's in-place ops (and
+// torch.embedding_renorm_, which nn.Embedding's max_norm calls), bump its version counter, so
+// that autograd refuses a backward through a graph that saved the weight before the renorm
+// instead of computing it with the new values. Views (FastMultiEmbedding's tables) share
+// their base's counter.
+void embedding_renorm_inplace_or_view(c10::DispatchKeySet ks, at::Tensor& weight, const at::Tensor& indices,
+                                      double max_norm, double norm_type) {
+  static auto op = op_handle("vecfusion_ops::embedding_renorm_")
+                       .typed<void(at::Tensor&, const at::Tensor&, double, double)>();
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    op.redispatch(ks & c10::after_ADInplaceOrView_keyset, weight, indices, max_norm, norm_type);
+  }
+  torch::autograd::impl::bump_version(weight);
+}
+
 bool compiled_with_cuda() {
 #ifdef VECFUSION_WITH_CUDA
   return true;
@@ -801,6 +817,10 @@ TORCH_LIBRARY_IMPL(vecfusion_ops, Autograd, m) {
   m.impl("multi_embedding", &multi_embedding_autograd);
   m.impl("embedding_dense_backward", &dense_backward_autograd);
   m.impl("multi_embedding_backward", &multi_backward_autograd);
+}
+
+TORCH_LIBRARY_IMPL(vecfusion_ops, ADInplaceOrView, m) {
+  m.impl("embedding_renorm_", TORCH_FN(embedding_renorm_inplace_or_view));
 }
 
 TORCH_LIBRARY_IMPL(vecfusion_ops, CPU, m) {

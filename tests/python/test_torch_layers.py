@@ -344,6 +344,55 @@ def test_torch_compile_forward_backward() -> None:
     torch.testing.assert_close(fast.weight.grad, ref.weight.grad)
 
 
+@pytest.mark.parametrize("padding_idx", [None, 3])
+def test_torch_compile_sparse_with_a_changing_batch(padding_idx) -> None:
+    """A second batch size makes dynamo recompile with a symbolic batch; the sparse backward
+    used to ask for concrete sizes ("Cannot call numel() on tensor with symbolic sizes")."""
+    torch.manual_seed(0)
+    fast = FastEmbedding(20, 8, sparse=True, padding_idx=padding_idx)
+    ref = nn.Embedding(20, 8, sparse=True, padding_idx=padding_idx)
+    ref.weight.data.copy_(fast.weight.data)
+    f = torch.compile(lambda x: fast(x).sum(), backend="aot_eager")
+    for b in (4, 7, 9):
+        x = torch.randint(0, 20, (b,))
+        fast.weight.grad = None
+        ref.weight.grad = None
+        f(x).backward()
+        ref(x).sum().backward()
+        torch.testing.assert_close(fast.weight.grad.to_dense(), ref.weight.grad.to_dense())
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_max_norm_bumps_the_weight_version_as_nn_embedding(multi: bool) -> None:
+    """max_norm rewrites rows of the weight in place: like nn.Embedding, the weight's version
+    goes up, so a backward through a graph that saved the weight before the renorm (tied
+    weights: h @ weight.t() and a lookup in one step) raises instead of using the new values."""
+    torch.manual_seed(0)
+    if multi:
+        layer = FastMultiEmbedding([3, 4], [5, 2], max_norm=1.0)
+        x = torch.tensor([[1, 2], [2, 3]])
+    else:
+        layer = FastEmbedding(3, 5, max_norm=1.0)
+        x = torch.tensor([1, 2])
+    ref = nn.Embedding(3, 5, max_norm=1.0)
+    for module, idx in ((layer, x), (ref, torch.tensor([1, 2]))):
+        with torch.no_grad():
+            module.weight.mul_(10)  # every row beyond max_norm
+        saved = module.weight * module.weight  # the product saves the weight for its backward
+        before = module.weight._version
+        out = module(idx)
+        assert module.weight._version > before
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            (saved.sum() + out.sum()).backward()
+
+
+def test_non_tensor_input_is_a_type_error_as_nn_embedding() -> None:
+    fast, multi = FastEmbedding(5, 3), FastMultiEmbedding([5], [3])
+    for module, x in ((nn.Embedding(5, 3), [1, 2]), (fast, [1, 2]), (multi, [[1]])):
+        with pytest.raises(TypeError, match="must be Tensor, not list"):
+            module(x)
+
+
 @pytest.mark.parametrize("bad", [NUM, -1, 10**9])
 def test_out_of_range_raises_index_error(bad) -> None:
     fast = FastEmbedding(NUM, DIM)

@@ -39,6 +39,8 @@ class FastEmbedding(nn.Embedding):
 
     def forward(self, input: Tensor) -> Tensor:
         weight = self.weight
+        if not isinstance(input, Tensor):
+            raise TypeError(f"embedding(): argument 'input' must be Tensor, not {type(input).__name__}")
         if input.dtype not in _INDEX_DTYPES or not weight.is_floating_point():
             # what the kernels do not cover (other index dtypes, integer or complex weights)
             # is nn.Embedding's own function: its results and its errors
@@ -386,6 +388,8 @@ class FastMultiEmbedding(nn.Module):
                     raise IndexError(f"{e} in table {t}") from None
 
     def forward(self, input: Tensor) -> Tensor:
+        if not isinstance(input, Tensor):
+            raise TypeError(f"multi_embedding(): argument 'input' must be Tensor, not {type(input).__name__}")
         if input.dim() != 2:
             raise ValueError(f"input must be 2-D (batch, tables), got {input.dim()}-D")
         if input.shape[1] != len(self.num_embeddings):
