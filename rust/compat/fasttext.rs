@@ -175,7 +175,19 @@ pub fn for_each_fasttext_ngram(word: &str, minn: usize, maxn: usize, f: impl FnM
 /// The n-grams of `s` = `<word>` (see [`for_each_fasttext_ngram`]).
 #[inline]
 fn ngrams_of_bracketed(s: &str, minn: usize, maxn: usize, mut f: impl FnMut(&str)) {
-    let b = s.as_bytes();
+    // (n-grams start and end where characters do: at char boundaries of `s`)
+    ngram_spans(s.as_bytes(), minn, maxn, |i, j| f(&s[i..j]));
+}
+
+/// [`ngrams_of_bracketed`] over bytes, which need not be UTF-8.
+fn ngrams_of_bracketed_bytes(b: &[u8], minn: usize, maxn: usize, mut f: impl FnMut(&[u8])) {
+    ngram_spans(b, minn, maxn, |i, j| f(&b[i..j]));
+}
+
+/// The byte spans `i..j` of the n-grams of the bracketed word `b` (which need not be UTF-8):
+/// fastText's own loop, which takes every byte that is not a continuation byte (`10xxxxxx`)
+/// as the start of a character.
+fn ngram_spans(b: &[u8], minn: usize, maxn: usize, mut f: impl FnMut(usize, usize)) {
     let len = b.len();
     for i in 0..len {
         if (b[i] & 0xC0) == 0x80 {
@@ -189,7 +201,7 @@ fn ngrams_of_bracketed(s: &str, minn: usize, maxn: usize, mut f: impl FnMut(&str
                 j += 1;
             }
             if n >= minn && !(n == 1 && (i == 0 || j == len)) {
-                f(&s[i..j]);
+                f(i, j);
             }
             n += 1;
         }
@@ -334,7 +346,7 @@ pub fn read_fasttext(path: &Path, lossy: bool, normalize: bool) -> Result<Embedd
 }
 
 fn read_fasttext_inner(path: &Path, lossy: bool, normalize: bool) -> Result<Embeddings> {
-    let file = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    let file = crate::embeddings::open_regular_file(path)?;
     let file_len = file
         .metadata()
         .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?
@@ -410,6 +422,7 @@ fn read_fasttext_inner(path: &Path, lossy: bool, normalize: bool) -> Result<Embe
     let mut words = super::WordsBuilder::default();
     words.ends.reserve(nwords);
     let mut buf = Vec::with_capacity(64);
+    let mut raw: Vec<(usize, Vec<u8>)> = Vec::new();
     for i in 0..size as usize {
         buf.clear();
         r.r.read_until(0, &mut buf).map_err(|e| read_err(path, "fastText dictionary", e))?;
@@ -421,6 +434,9 @@ fn read_fasttext_inner(path: &Path, lossy: bool, normalize: bool) -> Result<Embe
         let ty = r.u8(path, "entry type")?;
         match ty {
             0 if i < nwords => {
+                if lossy && std::str::from_utf8(&buf).is_err() {
+                    raw.push((i, buf.clone()));
+                }
                 words.push(&buf, lossy, || format!("fastText dictionary entry {i}"))?;
             }
             1 if i >= nwords => {} // a label: not part of the input matrix
@@ -460,7 +476,7 @@ fn read_fasttext_inner(path: &Path, lossy: bool, normalize: bool) -> Result<Embe
     let quant = r.u8(path, "quantization flag")? != 0;
     if quant || pruned.is_some() {
         let words = words.finish()?;
-        return read_compact_model(r, path, &args, version, words, pruned, quant, normalize, file_len);
+        return read_compact_model(r, path, &args, version, words, &raw, pruned, quant, normalize, file_len);
     }
     let rows = r.i64(path, "matrix rows")?;
     let cols = r.i64(path, "matrix columns")?;
@@ -517,6 +533,7 @@ fn read_fasttext_inner(path: &Path, lossy: bool, normalize: bool) -> Result<Embe
             maxn: args.maxn as usize,
             bucket: args.bucket as u32,
             kept: None,
+            raw: &raw,
         };
         if !cfg!(unix) {
             read_rows(word_part, offset, 64 << 20)?;
@@ -561,6 +578,9 @@ struct NgramParams<'a> {
     bucket: u32,
     /// For a pruned model, which buckets kept a row (fastText drops the others' n-grams).
     kept: Option<&'a [bool]>,
+    /// The file's bytes of the words that were not UTF-8 (read with `lossy`), by row: their
+    /// n-grams are those fastText takes from these bytes, not from the replaced text.
+    raw: &'a [(usize, Vec<u8>)],
 }
 
 /// A quantized (`.ftz`) or pruned model, read from `r` just after the quantization flag:
@@ -575,6 +595,7 @@ fn read_compact_model(
     args: &FastTextArgs,
     version: i32,
     words: WordList,
+    raw: &[(usize, Vec<u8>)],
     pruned: Option<Vec<(usize, usize)>>,
     quant: bool,
     normalize: bool,
@@ -630,7 +651,13 @@ fn read_compact_model(
     };
     let (word_part, ngram_part) = data.split_at_mut(nwords * dims);
     let norms = if subwords {
-        let p = NgramParams { minn: minn as usize, maxn: args.maxn as usize, bucket: args.bucket as u32, kept: kept.as_deref() };
+        let p = NgramParams {
+            minn: minn as usize,
+            maxn: args.maxn as usize,
+            bucket: args.bucket as u32,
+            kept: kept.as_deref(),
+            raw,
+        };
         import_word_rows(word_part, ngram_part, dims, &words, p, normalize, |_, _| Ok(()))?
     } else {
         normalize.then(|| normalize_rows(word_part, dims))
@@ -786,12 +813,16 @@ where
         .try_for_each(|(b, (block, block_norms))| -> Result<()> {
             let first = b * IMPORT_BLOCK;
             fill(first, block)?;
-            let mut scratch = String::new();
+            let mut scratch = Vec::new();
             let mut cur: Vec<usize> = Vec::new();
             let mut next: Vec<usize> = Vec::new();
-            let ngram_rows = |i: usize, scratch: &mut String, out: &mut Vec<usize>| {
+            let ngram_rows = |i: usize, scratch: &mut Vec<u8>, out: &mut Vec<usize>| {
                 out.clear();
-                ngram_rows_into(words.get(i).unwrap_or_default(), p, scratch, out);
+                let word = match p.raw.binary_search_by_key(&i, |(row, _)| *row) {
+                    Ok(k) => &p.raw[k].1[..],
+                    Err(_) => words.get(i).unwrap_or_default().as_bytes(),
+                };
+                ngram_rows_into(word, p, scratch, out);
             };
             let count = block_norms.len();
             ngram_rows(first, &mut scratch, &mut next);
@@ -824,16 +855,16 @@ where
 }
 
 /// [`fasttext_ngram_rows`] relative to the first bucket row, with a reusable buffer.
-fn ngram_rows_into(word: &str, p: NgramParams, scratch: &mut String, out: &mut Vec<usize>) {
-    if word == EOS || p.bucket == 0 {
+fn ngram_rows_into(word: &[u8], p: NgramParams, scratch: &mut Vec<u8>, out: &mut Vec<usize>) {
+    if word == EOS.as_bytes() || p.bucket == 0 {
         return;
     }
     scratch.clear();
-    scratch.push('<');
-    scratch.push_str(word);
-    scratch.push('>');
-    ngrams_of_bracketed(scratch, p.minn, p.maxn, |g| {
-        let h = (fasttext_hash_bytes(g.as_bytes()) % p.bucket) as usize;
+    scratch.push(b'<');
+    scratch.extend_from_slice(word);
+    scratch.push(b'>');
+    ngrams_of_bracketed_bytes(scratch, p.minn, p.maxn, |g| {
+        let h = (fasttext_hash_bytes(g) % p.bucket) as usize;
         if p.kept.is_none_or(|k| k[h]) {
             out.push(h);
         }

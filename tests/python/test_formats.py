@@ -612,6 +612,13 @@ def test_cli_convert_and_info(ff: Path, peers: Path, tmp_path: Path, capsys: pyt
     assert "finalfusion output only" in capsys.readouterr().err
     assert cli_main(["info", str(ff / "rust" / "utf8-incomplete.bin")]) == 1
     assert "UTF-8" in capsys.readouterr().err
+    # TOML's inf and nan are strings in the JSON (json.dumps would print Infinity / NaN,
+    # which strict parsers refuse)
+    md = tmp_path / "md.fifu"
+    vf.Embeddings(["a"], np.ones((1, 2), np.float32), metadata={"x": {"inf": float("inf"), "nan": [float("nan")]}}).write(md)
+    assert cli_main(["info", "--json", str(md)]) == 0
+    d = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert d["metadata"] == {"x": {"inf": "inf", "nan": ["nan"]}}
 
 
 def test_fasttext_unnormalized_is_fasttexts_vector_bit_for_bit(peers: Path, ft_expected: dict) -> None:
@@ -809,3 +816,26 @@ def test_write_fasttext_keeps_the_loss(tmp_path: Path) -> None:
         assert struct.unpack_from("<i", (tmp_path / "out.bin").read_bytes(), 8 + 6 * 4)[0] == loss
         m = fasttext.load_model(str(tmp_path / "out.bin"))
         np.testing.assert_allclose(m.get_word_vector("alpha"), e.fasttext_vector("alpha"), rtol=1e-6, atol=1e-7)
+
+
+def test_load_fasttext_lossy_takes_the_ngrams_of_the_stored_bytes(tmp_path: Path) -> None:
+    """A word that is not UTF-8 (a Latin-1 corpus) is read with lossy=True as U+FFFD text, but
+    its row is fastText's: the mean of its word row and the n-gram rows of the bytes in the
+    file (they were taken from the replaced text). Checked against fastText's own
+    getWordVector on those bytes."""
+    import fasttext
+    import fasttext_pybind
+    corpus = tmp_path / "latin1.txt"
+    corpus.write_bytes(b"caf\xe9 na\xefve hello world foo bar\n" * 300)
+    model = fasttext.train_unsupervised(
+        str(corpus), dim=4, minCount=1, epoch=1, thread=1, verbose=0, bucket=200, minn=2, maxn=4
+    )
+    path = tmp_path / "latin1.bin"
+    model.save_model(str(path))
+    with pytest.raises(vf.FormatError, match="UTF-8"):
+        vf.load_fasttext(path)
+    emb = vf.load_fasttext(path, lossy=True, normalize=False)
+    for raw, text in ((b"caf\xe9", "caf\ufffd"), (b"na\xefve", "na\ufffdve"), (b"hello", "hello")):
+        want = fasttext_pybind.Vector(4)
+        model.f.getWordVector(want, raw)  # the C++ call takes the bytes as they are
+        np.testing.assert_array_equal(emb[text], np.array(want), err_msg=repr(raw))
