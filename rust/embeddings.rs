@@ -499,20 +499,38 @@ fn finish_chunk(body: &ByteReader<'_>, id: ChunkId) -> Result<()> {
     }
 }
 
-/// The bytes of a file: memory-mapped (a read-only private mapping) with
-/// [`OpenMode::Mmap`], else read into one aligned buffer (a single copy, no page-cache
-/// mapping counted twice in the process's memory).
-pub fn read_file(path: &Path, mode: OpenMode) -> Result<FileBytes> {
-    let file = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
+/// Open a file for reading, refusing what is not a regular file (after symlinks) before it
+/// is opened: a directory is an `IsADirectory` error; a pipe, socket or device an
+/// `InvalidInput` one. The readers take a file's size from its metadata (a pipe has none)
+/// and opening a FIFO without a writer would block forever.
+pub fn open_regular_file(path: &Path) -> Result<File> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
     if meta.is_dir() {
         return Err(Error::io(
             format!("cannot read {}", path.display()),
             std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory"),
         ));
     }
+    if !meta.is_file() {
+        return Err(Error::io(
+            format!("cannot read {}", path.display()),
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file (a pipe, socket or device): save the data to a file first",
+            ),
+        ));
+    }
+    File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))
+}
+
+/// The bytes of a file: memory-mapped (a read-only private mapping) with
+/// [`OpenMode::Mmap`], else read into one aligned buffer (a single copy, no page-cache
+/// mapping counted twice in the process's memory).
+pub fn read_file(path: &Path, mode: OpenMode) -> Result<FileBytes> {
+    let file = open_regular_file(path)?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
     let len = usize::try_from(meta.len()).map_err(|_| Error::Overflow("file size"))?;
     #[cfg(feature = "mmap")]
     if mode == OpenMode::Mmap && len > 0 {
@@ -578,6 +596,13 @@ where
         Ok(m) => Some(m.permissions()),
         Err(_) => None,
     };
+    if old.as_ref().is_some_and(|p| p.readonly()) {
+        // The rename would replace it whatever its mode: refuse as `open(path, "wb")` does,
+        // unless the process may write it anyway (root): probed without changing it.
+        if let Err(e) = std::fs::OpenOptions::new().write(true).open(path) {
+            return Err(Error::io(format!("cannot write {} (the file is read-only)", shown.display()), e));
+        }
+    }
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),

@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,6 +58,16 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     """The format of an existing file: from its magic bytes (finalfusion, fastText),
     else from its extension or, failing that, its first bytes (text or word2vec)."""
     p = Path(path)
+    mode = os.stat(p).st_mode  # FileNotFoundError for a missing file
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", str(p))
+    if not stat.S_ISREG(mode):
+        # a pipe has no size to read by, and opening a FIFO without a writer blocks forever
+        raise OSError(
+            errno.EINVAL,
+            "not a regular file (a pipe, socket or device): save the data to a file first",
+            str(p),
+        )
     with open(p, "rb") as f:
         head = f.read(65536)
     if head[:4] == b"FiFu":

@@ -253,7 +253,7 @@ pub(crate) fn read_err(path: &std::path::Path, what: &'static str, e: std::io::E
 pub fn compression_of(path: &std::path::Path) -> Option<&'static str> {
     use std::io::Read;
     let mut head = [0u8; 6];
-    let mut f = std::fs::File::open(path).ok()?;
+    let mut f = crate::embeddings::open_regular_file(path).ok()?;
     let mut n = 0;
     while n < head.len() {
         match f.read(&mut head[n..]) {
@@ -340,7 +340,7 @@ pub(crate) fn other_format(head: &[u8]) -> Option<&'static str> {
 pub fn looks_like_text(path: &std::path::Path) -> bool {
     use std::io::Read;
     let mut head = Vec::new();
-    let Ok(f) = std::fs::File::open(path) else {
+    let Ok(f) = crate::embeddings::open_regular_file(path) else {
         return false;
     };
     if f.take(1 << 16).read_to_end(&mut head).is_err() {

@@ -6,7 +6,6 @@
 //! pieces are appended in order. With a `limit`, lines are streamed one by one and only
 //! the lines needed are read. Errors name the 1-based line number.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 
@@ -48,7 +47,7 @@ fn line_err(line: u64, msg: impl std::fmt::Display) -> Error {
 }
 
 fn read_text_inner(path: &Path, header: Header, opts: &ReadOptions) -> Result<Embeddings> {
-    let file = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    let file = crate::embeddings::open_regular_file(path)?;
     let file_len = file
         .metadata()
         .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?

@@ -103,7 +103,7 @@ pub fn read_word2vec_binary(path: &Path, opts: &ReadOptions) -> Result<Embedding
 }
 
 fn read_word2vec_inner(path: &Path, opts: &ReadOptions) -> Result<Embeddings> {
-    let file = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    let file = crate::embeddings::open_regular_file(path)?;
     let file_len = file
         .metadata()
         .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?

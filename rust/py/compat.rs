@@ -105,7 +105,7 @@ pub fn load_text(
 fn is_binary_after_header(path: &std::path::Path) -> bool {
     use std::io::Read;
     let mut head = Vec::new();
-    let Ok(f) = std::fs::File::open(path) else {
+    let Ok(f) = crate::embeddings::open_regular_file(path) else {
         return false;
     };
     if f.take(4096).read_to_end(&mut head).is_err() {

@@ -38,6 +38,11 @@ impl PyEmbeddings {
         if ngrams.is_some() != (vocab == "explicit") {
             return Err(PyValueError::new_err("ngrams is given exactly when vocab='explicit'"));
         }
+        if buckets.is_some() && !matches!(vocab, "bucket" | "fasttext") {
+            return Err(PyValueError::new_err(format!(
+                "buckets is given only with vocab='bucket' or vocab='fasttext' (vocab={vocab:?} has no buckets)"
+            )));
+        }
         let words = extract_word_buf(words)?;
         let strs = words.strs();
         let matrix: PyArrayLike2<'_, f32, AllowTypeChange> = matrix.extract().map_err(|_| {

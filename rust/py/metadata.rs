@@ -38,7 +38,7 @@ pub fn py_to_toml(obj: &Bound<'_, PyAny>) -> PyResult<String> {
     let dict = obj
         .cast::<PyDict>()
         .map_err(|_| PyTypeError::new_err("metadata must be a dict (or None)"))?;
-    let table = dict_to_table(dict)?;
+    let table = dict_to_table(dict, 0)?;
     // parse-checked: what is written is what reads back (compared as text: NaN != NaN)
     let text = table_to_toml(&table);
     match text.parse::<toml::Table>() {
@@ -151,13 +151,28 @@ fn write_value(out: &mut String, v: &toml::Value) {
     }
 }
 
-fn dict_to_table(d: &Bound<'_, PyDict>) -> PyResult<toml::Table> {
+/// How deeply dicts and lists may nest in metadata. Deeper nesting (or a dict or list that
+/// contains itself, which never ends) is refused before the recursion could overflow the
+/// stack; TOML readers refuse such depths anyway.
+const MAX_DEPTH: usize = 64;
+
+fn too_deep() -> PyErr {
+    PyValueError::new_err(format!(
+        "metadata cannot be written as TOML: dicts and lists nest more than {MAX_DEPTH} levels deep \
+         (or a dict or list contains itself)"
+    ))
+}
+
+fn dict_to_table(d: &Bound<'_, PyDict>, depth: usize) -> PyResult<toml::Table> {
+    if depth > MAX_DEPTH {
+        return Err(too_deep());
+    }
     let mut t = toml::Table::new();
     for (k, v) in d.iter() {
         let key: String = k
             .extract()
             .map_err(|_| PyTypeError::new_err(format!("metadata keys must be strings, got {k}")))?;
-        t.insert(key, py_to_value(&v)?);
+        t.insert(key, py_to_value(&v, depth + 1)?);
     }
     Ok(t)
 }
@@ -199,13 +214,16 @@ fn six_digit_fraction(iso: &str) -> String {
     format!("{}.{six}{}", &iso[..dot], &iso[dot + 1 + digits..])
 }
 
-fn py_to_value(v: &Bound<'_, PyAny>) -> PyResult<toml::Value> {
+fn py_to_value(v: &Bound<'_, PyAny>, depth: usize) -> PyResult<toml::Value> {
+    if depth > MAX_DEPTH {
+        return Err(too_deep());
+    }
     // numpy scalars and arrays (np.float32(0.5), np.int64(3), np.array([1, 2])): as the
     // Python values they stand for
     if v.get_type().module().is_ok_and(|m| m.to_str().is_ok_and(|m| m == "numpy")) && v.hasattr("tolist")? {
         let plain = v.call_method0("tolist")?;
         if !plain.get_type().is(v.get_type()) {
-            return py_to_value(&plain);
+            return py_to_value(&plain, depth);
         }
     }
     // datetime.datetime / date / time: TOML date-times
@@ -232,10 +250,10 @@ fn py_to_value(v: &Bound<'_, PyAny>) -> PyResult<toml::Value> {
         return Ok(toml::Value::String(s.to_str()?.to_string()));
     }
     if let Ok(d) = v.cast::<PyDict>() {
-        return Ok(toml::Value::Table(dict_to_table(d)?));
+        return Ok(toml::Value::Table(dict_to_table(d, depth)?));
     }
     if v.is_instance_of::<PyList>() || v.is_instance_of::<PyTuple>() {
-        let items = v.try_iter()?.map(|x| py_to_value(&x?)).collect::<PyResult<Vec<_>>>()?;
+        let items = v.try_iter()?.map(|x| py_to_value(&x?, depth + 1)).collect::<PyResult<Vec<_>>>()?;
         return Ok(toml::Value::Array(items));
     }
     Err(PyTypeError::new_err(format!(

@@ -303,6 +303,36 @@ def test_write_through_links_keeps_mode_and_refuses_special_files(tmp_path: Path
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
+def test_write_refuses_a_read_only_file_as_open_does(tmp_path: Path, ff: Path) -> None:
+    """The rename would replace a read-only file whatever its mode: write() refuses it with
+    PermissionError exactly when ``open(path, "r+b")`` would (root may write it)."""
+    emb = vf.load(ff / "python/similarity.fifu")
+    ro = tmp_path / "ro.fifu"
+    ro.write_bytes(b"old")
+    os.chmod(ro, 0o444)
+    try:
+        open(ro, "r+b").close()
+        writable = True
+    except PermissionError:
+        writable = False
+    if writable:
+        emb.write(ro)
+        assert vf.load(ro).vocab.words == emb.vocab.words
+        assert (os.stat(ro).st_mode & 0o777) == 0o444
+    else:
+        with pytest.raises(PermissionError, match="read-only"):
+            emb.write(ro)
+        assert ro.read_bytes() == b"old"
+
+
+def test_buckets_only_with_bucket_vocabularies() -> None:
+    m = np.ones((2, 3), dtype=np.float32)
+    for vocab, extra in (("simple", {}), ("explicit", {"ngrams": [("<a>", 0)]})):
+        with pytest.raises(ValueError, match="buckets is given only with"):
+            vf.Embeddings(["a", "b"], m, vocab=vocab, buckets=3, **extra)
+    assert vf.Embeddings(["a"], m, vocab="bucket", buckets=0).vocab_kind == "BucketSubwordVocab"
+
+
 def test_constructor_checks(tmp_path: Path) -> None:
     m = np.ones((3, 4), dtype=np.float32)
     for bad, shown in ((np.nan, "NaN"), (np.inf, "inf"), (-np.inf, "-inf")):

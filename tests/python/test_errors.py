@@ -228,3 +228,60 @@ def test_out_of_memory_is_an_exception(tmp_path: Path) -> None:
     assert len(lines) == 5, r.stdout
     for line in lines:
         assert "MemoryError" in line and "not enough memory" in line, line
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_pipes_and_devices_are_refused_before_they_are_opened(tmp_path: Path) -> None:
+    """A FIFO without a writer would block open() forever, and a pipe has no size to read by:
+    every loader refuses what is not a regular file, naming it, before opening it (run in a
+    child process so that a regression fails the test instead of hanging it)."""
+    fifo = tmp_path / "pipe.fifu"
+    os.mkfifo(fifo)
+    code = textwrap.dedent(
+        f"""
+        import vecfusion as vf
+        from vecfusion.convert import detect_format
+        for f in (vf.load, vf.load_text, vf.load_word2vec, vf.load_fasttext, detect_format):
+            try:
+                f({str(fifo)!r})
+            except OSError as e:
+                assert "not a regular file" in str(e), (f, e)
+                assert not isinstance(e, vf.FormatError), (f, e)
+            else:
+                raise AssertionError(f"{{f}} read a pipe")
+        try:
+            vf.load("/dev/null")
+        except OSError as e:
+            assert "not a regular file" in str(e), e
+        else:
+            raise AssertionError("read /dev/null")
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_metadata_that_contains_itself_or_nests_too_deeply_is_a_value_error() -> None:
+    """Writing metadata recursed without a bound: a dict containing itself, or nesting a few
+    thousand levels deep, overflowed the stack (a segfault)."""
+    words, mat = ["a"], np.ones((1, 2), np.float32)
+    d: dict = {}
+    d["a"] = d
+    lst: list = []
+    lst.append(lst)
+    deep: dict = {"leaf": 1}
+    for _ in range(6000):
+        deep = {"k": deep}
+    for bad in (d, {"x": lst}, deep):
+        with pytest.raises(ValueError, match="nest more than 64 levels"):
+            vf.Embeddings(words, mat, metadata=bad)
+        e = vf.Embeddings(words, mat, metadata={"ok": 1})
+        with pytest.raises(ValueError, match="nest more than 64 levels"):
+            e.metadata = bad
+        assert e.metadata == {"ok": 1}
+    # nesting within the bound still round-trips
+    fine: dict = {"leaf": [1, [2, [3]]]}
+    for _ in range(40):
+        fine = {"k": fine}
+    assert vf.Embeddings(words, mat, metadata=fine).metadata == fine

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from typing import Any
 
 
@@ -45,10 +46,22 @@ def describe(path: str, fmt: str | None = None) -> dict[str, Any]:
     }
 
 
+def _strict_json(v: Any) -> Any:
+    """``v`` with TOML's non-finite floats (``inf``, ``nan``) as strings: JSON has no such
+    numbers (``json.dumps`` would print ``Infinity``, which strict parsers such as jq refuse)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, dict):
+        return {k: _strict_json(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_strict_json(x) for x in v]
+    return v
+
+
 def run(args: argparse.Namespace) -> int:
     d = describe(args.file, args.fmt)
     if args.json:
-        print(json.dumps(d, ensure_ascii=False, indent=1, default=str))
+        print(json.dumps(_strict_json(d), ensure_ascii=False, indent=1, default=str, allow_nan=False))
         return 0
     width = max(len(k) for k in d)
     for k, v in d.items():
