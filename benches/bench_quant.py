@@ -189,6 +189,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller matrices (smoke test)")
     ap.add_argument("--lookups-only", action="store_true",
                     help="only the lookup timings (quantizer trained with 2 iterations: same table sizes)")
+    ap.add_argument("--subquantizers", type=int, nargs="+", default=[75],
+                    help="with --lookups-only: the M values to time (each its own OPQ quantizer)")
     args = ap.parse_args()
     print(f"# bench_quant: vecfusion {vf.__version__} ({vf.build_profile}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
           f"{os.cpu_count()} CPUs")
@@ -197,10 +199,15 @@ def main() -> None:
         n, exp = 200_000, 15
         ws = _data.words(n - (1 << exp))
         emb = vf.Embeddings(ws, _data.matrix(n, 300), vocab="bucket", buckets=exp)
-        q = emb.quantize(n_subquantizers=75, bits=8, opq=True, n_iterations=2, progress=False)
-        with tempfile.TemporaryDirectory() as tmp:
-            q.write(Path(tmp) / "q.fifu")
-            bench_lookups(vf.load(Path(tmp) / "q.fifu", mmap=True), emb, len(ws), Path(tmp) / "q.fifu")
+        for m in args.subquantizers:
+            q = emb.quantize(n_subquantizers=m, bits=8, opq=True, n_iterations=2, progress=False)
+            with tempfile.TemporaryDirectory() as tmp:
+                q.write(Path(tmp) / "q.fifu")
+                loaded = vf.load(Path(tmp) / "q.fifu", mmap=True)
+                table_mib = m * 256 * 300 * 4 / 2**20
+                print(f"\n# OPQ M={m}: projected-centroid table {table_mib:.1f} MiB; rows rebuilt by "
+                      f"{loaded.storage.rebuild_method}")
+                bench_lookups(loaded, emb, len(ws), Path(tmp) / "q.fifu")
         return
 
     words, g = glove()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar, final, overload
+from typing import Any, Literal, TypeVar, final, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -66,6 +66,8 @@ class QuantizedStorage:
     def n_centroids(self) -> int: ...
     @property
     def mmapped(self) -> bool: ...
+    @property
+    def rebuild_method(self) -> Literal["concatenation", "centroid table", "product"]: ...
     @overload
     def reconstruct(self, rows: int) -> npt.NDArray[np.float32]: ...
     @overload

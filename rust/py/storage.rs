@@ -55,6 +55,15 @@ impl PyQuantizedStorage {
         self.q().is_mapped()
     }
 
+    /// How a row is rebuilt: ``"concatenation"`` (no projection), ``"centroid table"``
+    /// (centroids multiplied by their block of Pᵀ at load; a row is M vector additions) or
+    /// ``"product"`` (concatenated centroids times Pᵀ, for quantizers whose table would not
+    /// fit in half the last-level cache).
+    #[getter]
+    fn rebuild_method(&self) -> &'static str {
+        self.q().rebuild_method()
+    }
+
     /// Rebuild rows: `rows` is an int, a sequence or array of ints, or None for all rows.
     #[pyo3(signature = (rows=None))]
     fn reconstruct<'py>(&self, py: Python<'py>, rows: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {

@@ -294,6 +294,17 @@ impl QuantizedStorage {
         }
     }
 
+    /// How a row is rebuilt: `"concatenation"` (no projection), `"centroid table"` (the
+    /// projected-centroid table built at load: `m` vector additions) or `"product"`
+    /// (`concat · Pᵀ`, for quantizers whose table would outgrow the cache).
+    pub fn rebuild_method(&self) -> &'static str {
+        match (&self.projection, &self.projected) {
+            (None, _) => "concatenation",
+            (Some(_), Some(_)) => "centroid table",
+            (Some(_), None) => "product",
+        }
+    }
+
     /// Whether [`QuantizedStorage::rows_into`] rebuilds several rows faster than one at a time
     /// (a projection without the precomputed table).
     pub fn rebuilds_in_batches(&self) -> bool {

@@ -130,6 +130,9 @@ def test_quantize_write_mmap_round_trip(peers, tmp_path):
     q.write(path)
     back = vf.load(path, mmap=True)
     assert back.storage_kind == "MmapQuantizedArray" and back.storage.mmapped
+    # a small OPQ quantizer (6 x 64 x 24 floats) rebuilds rows from its projected-centroid table
+    assert back.storage.rebuild_method == s.rebuild_method == "centroid table"
+    assert emb.quantize(n_subquantizers=6, bits=2, opq=False, progress=False).storage.rebuild_method == "concatenation"
     rebuilt = back.storage.reconstruct()
     np.testing.assert_array_equal(rebuilt, s.reconstruct())
     np.testing.assert_allclose(rebuilt, format_reconstruction(back.storage), atol=1e-5)
