@@ -170,6 +170,19 @@ class _MultiEmbeddingWithOptions(torch.autograd.Function):
         padded = any(p is not None for p, _, _ in ctx.layout)
         x = input.long()
         batch = x.shape[0]
+        if ctx.scale and not ctx.sparse:
+            # table by table through the one-table C++ backward, which scales as nn.Embedding
+            # does (a fused multiply-add by 1/count into each row, in index order): the same
+            # bits as a list of nn.Embedding (dividing the gradient first differed in the last)
+            gw = grad.new_zeros(ctx.numel)
+            for t, ((p, d, c), (n, _, off, _)) in enumerate(zip(ctx.layout, meta.tolist())):
+                if d == 0 or n == 0:
+                    continue
+                part = ops.embedding_dense_backward(
+                    grad[:, c : c + d], input[:, t], n, -1 if p is None else p, True
+                )
+                gw[off : off + n * d] = part.reshape(-1)
+            return gw, None, None, None, None, None, None, None, None
         if ctx.scale:
             # divide each output row's gradient by how often its index occurs in its table's column
             ids = x + row_base
