@@ -21,8 +21,11 @@ class _TqdmBar:
     def update_to(self, done: int, total: int) -> None:
         if total and self._bar.total != total:
             self._bar.total = total
-        self._bar.n = min(done, total) if total else done
-        self._bar.refresh()
+        n = min(done, total) if total else done
+        # update() (not refresh()): it keeps tqdm's own record of what it drew, so that
+        # close() ends a drawn bar with a newline (and draws nothing within the delay)
+        if n > self._bar.n:
+            self._bar.update(n - self._bar.n)
 
     def close(self) -> None:
         self._bar.close()

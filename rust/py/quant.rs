@@ -12,8 +12,11 @@ use pyo3::types::PyDict;
 
 use crate::quant::{quantize_with_stats, Progress, QuantizeParams};
 
-fn non_negative(name: &str, v: i64) -> PyResult<usize> {
-    usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{name}={v} must not be negative")))
+fn non_negative(name: &str, v: i128) -> PyResult<usize> {
+    if v < 0 {
+        return Err(PyValueError::new_err(format!("{name}={v} must not be negative")));
+    }
+    usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{name}={v} is out of range")))
 }
 
 /// How progress is shown: nothing, a callable `(done, total)`, or a bar object from
@@ -52,13 +55,13 @@ impl PyEmbeddings {
     fn quantize(
         &self,
         py: Python<'_>,
-        n_subquantizers: Option<i64>,
-        bits: i64,
+        n_subquantizers: Option<i128>,
+        bits: i128,
         opq: bool,
-        n_iterations: i64,
-        n_attempts: i64,
+        n_iterations: i128,
+        n_attempts: i128,
         normalize: bool,
-        sample: Option<i64>,
+        sample: Option<i128>,
         seed: i128,
         progress: Option<Bound<'_, PyAny>>,
         stats: Option<Bound<'_, PyDict>>,

@@ -160,8 +160,11 @@ fn update(x: &[f32], d: usize, codes: &[u32], k: usize, centroids: &mut [f32]) -
 }
 
 /// faiss's repair of empty clusters: an empty cluster takes over half of a cluster chosen
-/// with probability proportional to its size − 1, both centroids nudged apart.
-fn split_empty(centroids: &mut [f32], counts: &mut [usize], d: usize, n: usize, rng: &mut Rng) -> usize {
+/// with probability proportional to its size − 1, both centroids nudged apart: scaled by
+/// 1 ± 1/1024 as faiss does, plus ± `scale`·1e-6 per coordinate, so that a zero centroid
+/// splits too (`scale`: the data's RMS value per coordinate, so the nudge is as small
+/// relative to the data whatever its magnitude).
+fn split_empty(centroids: &mut [f32], counts: &mut [usize], d: usize, n: usize, scale: f32, rng: &mut Rng) -> usize {
     const EPS: f32 = 1.0 / 1024.0;
     let k = counts.len();
     let mut repaired = 0;
@@ -191,7 +194,7 @@ fn split_empty(centroids: &mut [f32], counts: &mut [usize], d: usize, n: usize, 
         let (src, dst) = (cj * d, ci * d);
         for j in 0..d {
             let v = centroids[src + j];
-            let tiny = EPS * 1e-3;
+            let tiny = EPS * 1e-3 * scale;
             if j % 2 == 0 {
                 centroids[dst + j] = v * (1.0 + EPS) + tiny;
                 centroids[src + j] = v * (1.0 - EPS) - tiny;
@@ -273,6 +276,8 @@ pub fn kmeans(
 ) -> Result<KMeans> {
     debug_assert!(n >= k && k > 0 && x.len() == n * d);
     let xnorms = row_norms(x, d);
+    // RMS value per coordinate (the scale of the nudge that splits a cluster)
+    let scale = (xnorms.iter().map(|&v| f64::from(v)).sum::<f64>() / (n.max(1) * d.max(1)) as f64).sqrt() as f32;
     let mut codes = vec![0u32; n];
     let mut best: Option<KMeans> = None;
     for attempt in 0..attempts.max(1) {
@@ -291,7 +296,7 @@ pub fn kmeans(
                 break; // converged: the centroids would not move
             }
             let mut counts = update(x, d, &codes, k, &mut centroids);
-            split_empty(&mut centroids, &mut counts, d, n, rng);
+            split_empty(&mut centroids, &mut counts, d, n, scale, rng);
             match &mut prev_codes {
                 Some(p) => p.copy_from_slice(&codes),
                 None => prev_codes = Some(codes.clone()),
@@ -353,7 +358,7 @@ mod tests {
         let mut centroids = vec![0.0, 0.0, 5.0, 5.0, 100.0, 100.0];
         let mut counts = vec![10, 4, 0];
         let mut rng = Rng::new(0);
-        assert_eq!(split_empty(&mut centroids, &mut counts, d, 14, &mut rng), 1);
+        assert_eq!(split_empty(&mut centroids, &mut counts, d, 14, 1.0, &mut rng), 1);
         assert_eq!(counts.iter().sum::<usize>(), 14);
         assert!(counts.iter().all(|&c| c > 0));
         assert_ne!(&centroids[4..6], &[100.0, 100.0]);

@@ -57,7 +57,11 @@ pub fn polar_orthogonal(m: &[f64], d: usize) -> Result<Vec<f32>> {
     let mat = Mat::<f64>::from_fn(d, d, |i, j| m[i * d + j]);
     let svd = mat
         .svd()
-        .map_err(|e| Error::invalid("OPQ rotation", format!("SVD did not converge: {e:?}")))?;
+        .map_err(|e| {
+            Error::argument(format!(
+                "OPQ training failed: the SVD of the rotation update did not converge ({e:?}); try opq=False"
+            ))
+        })?;
     let r = svd.U() * svd.V().transpose();
     let mut out = vec![0f32; d * d];
     for i in 0..d {
@@ -66,7 +70,7 @@ pub fn polar_orthogonal(m: &[f64], d: usize) -> Result<Vec<f32>> {
         }
     }
     if out.iter().any(|v| !v.is_finite()) {
-        return Err(Error::invalid("OPQ rotation", "SVD produced non-finite values"));
+        return Err(Error::argument("OPQ training failed: the SVD of the rotation update gave non-finite values; try opq=False"));
     }
     Ok(out)
 }

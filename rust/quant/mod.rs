@@ -191,6 +191,16 @@ pub fn quantize_matrix_with_stats(
             .map(crate::embeddings::l2_normalize)
             .collect::<Vec<f32>>()
     });
+    if let Some(i) = norms.as_ref().and_then(|n| n.iter().position(|v| !v.is_finite())) {
+        return Err(Error::argument(format!(
+            "row {i}'s L2 norm exceeds float32's range: it cannot be stored (scale the matrix down)"
+        )));
+    }
+    // Without normalization, train on the rows scaled by a power of two that brings the
+    // longest to a length in (1/2, 1]: squared distances and OPQ's Xᵀ·X̂ neither overflow
+    // (values near 1e19) nor underflow (near 1e-20) in f32. The scaling is exact, so codes
+    // are those of the unscaled rows; the centroids are scaled back below.
+    let unscale = if p.normalize { 1.0 } else { power_of_two_scale(&mut x, dims) };
     let rng = Rng::new(p.seed);
     let sample_idx = rng.fork(7).sample_indices(rows, n_sample);
     let owned_sample;
@@ -201,7 +211,7 @@ pub fn quantize_matrix_with_stats(
         &owned_sample
     };
     let encode_units = rows.div_ceil(pq::ENCODE_ROWS) as u64;
-    let (projection, centroids) = if p.opq {
+    let (projection, mut centroids) = if p.opq {
         let units = opq::progress_units(n_sample, m, p.n_iterations, p.n_attempts);
         progress.total.store(units + encode_units, Ordering::Relaxed);
         let o = opq::train(sample, n_sample, dims, m, k, p.n_iterations, p.n_attempts, &rng, progress)?;
@@ -217,8 +227,33 @@ pub fn quantize_matrix_with_stats(
     let codes = pq::encode(&x, rows, dims, projection.as_deref(), &centroids, m, k, progress)?;
     let encode_seconds = start.elapsed().as_secs_f64();
     drop(x);
+    if unscale != 1.0 {
+        centroids.par_iter_mut().for_each(|c| *c = (f64::from(*c) * unscale) as f32);
+    }
     let q = QuantizedStorage::new(projection, centroids, norms, U8Data::Owned(Arc::new(codes)), rows, dims, m, k)?;
     Ok((q, QuantizeStats { train_seconds, encode_seconds, sample_rows: n_sample }))
+}
+
+/// Scale the rows of `x` by the power of two 2^-e that brings the longest row's length into
+/// (1/2, 1]; returns 2^e (1 when all rows are zero). Lengths and factors are f64: no overflow,
+/// and multiplying by a power of two is exact (barring f32 underflow of values more than
+/// 2^126 times smaller than the longest row).
+fn power_of_two_scale(x: &mut [f32], dims: usize) -> f64 {
+    let longest = x
+        .par_chunks(dims.max(1))
+        .map(|r| r.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>())
+        .reduce(|| 0.0, f64::max)
+        .sqrt();
+    if longest == 0.0 || !longest.is_finite() {
+        return 1.0;
+    }
+    let e = longest.log2().ceil() as i32;
+    if e == 0 {
+        return 1.0;
+    }
+    let down = 2f64.powi(-e);
+    x.par_iter_mut().for_each(|v| *v = (f64::from(*v) * down) as f32);
+    2f64.powi(e)
 }
 
 /// All rows of a storage as a row-major matrix (quantized rows are rebuilt).

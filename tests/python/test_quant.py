@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -226,3 +228,55 @@ def test_cli_quantize(ff, tmp_path, capsys):
     rc = cli_main(["quantize", str(ff / "python/similarity.fifu"), str(dst), "--subquantizers", "7", "--quiet"])
     assert rc == 1
     assert "does not divide" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-5, 1e-30, 1e19])
+def test_quantization_does_not_depend_on_the_matrix_magnitude(scale: float) -> None:
+    """normalize=False trains on the rows as they are: the error relative to the data is the
+    same at every magnitude (faiss's behaviour). An empty cluster's split used to add an
+    absolute 1e-6 (5% error at 1e-5, 570% at 1e-7), squared distances overflowed f32 near
+    1e19 (codes silently wrong) and OPQ's SVD failed there with a FormatError."""
+    rng = np.random.default_rng(7)
+    clusters = np.repeat(rng.standard_normal((3, 8)).astype(np.float32), 100, axis=0)
+    x = clusters * np.float32(scale)
+    words = [f"w{i}" for i in range(len(x))]
+    q = vf.Embeddings(words, x).quantize(n_subquantizers=2, bits=2, opq=False, normalize=False, progress=False)
+    assert np.abs(q.storage.reconstruct() - x).max() <= 2e-3 * np.abs(x).max()
+    noisy = (rng.standard_normal((1000, 16)).astype(np.float32)) * np.float32(scale)
+    words = [f"w{i}" for i in range(len(noisy))]
+    for opq in (False, True):
+        q = vf.Embeddings(words, noisy).quantize(
+            n_subquantizers=4, bits=4, opq=opq, normalize=False, n_iterations=8, progress=False
+        )
+        err = np.linalg.norm((q.storage.reconstruct() - noisy).astype(np.float64))
+        assert err <= 0.6 * np.linalg.norm(noisy.astype(np.float64)), (opq, err)
+
+
+def test_quantize_refuses_rows_whose_norm_float32_cannot_hold() -> None:
+    x = np.ones((300, 8), np.float32)
+    x[5] = 3e38  # finite values, but the row's length is beyond float32
+    words = [f"w{i}" for i in range(len(x))]
+    with pytest.raises(ValueError, match="row 5's L2 norm exceeds float32"):
+        vf.Embeddings(words, x).quantize(n_subquantizers=2, bits=2, progress=False)
+
+
+def test_quantize_huge_integer_parameters_are_value_errors_naming_them() -> None:
+    emb = vf.Embeddings([f"w{i}" for i in range(300)], np.ones((300, 8), np.float32))
+    for name, value in (("bits", 2**70), ("n_subquantizers", 2**70), ("sample", 2**64),
+                        ("n_iterations", 2**80), ("n_attempts", 2**64)):
+        with pytest.raises(ValueError, match=name):
+            emb.quantize(progress=False, **{name: value})
+
+
+def test_progress_bar_ends_its_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """tqdm's bar was drawn with refresh(), which tqdm's close() did not count as drawn: no
+    newline, so the next output ran on the bar's line."""
+    from vecfusion import _progress
+
+    b = _progress.bar("quantize")
+    for i in range(13):
+        b.update_to(i, 12)
+        time.sleep(0.1)  # past tqdm's 1 s delay: drawn
+    b.close()
+    err = capsys.readouterr().err
+    assert "12/12" in err and err.endswith("\n")
