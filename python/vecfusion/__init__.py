@@ -10,6 +10,8 @@ Open, write and memory-map finalfusion files; look up known and unknown words.
 
 from __future__ import annotations
 
+import os as _os
+
 from ._native import (
     Embeddings as Embeddings,
     FormatError as FormatError,
@@ -24,6 +26,13 @@ from ._native import (
     load_word2vec as load_word2vec,
 )
 from .convert import convert as convert
+
+# rayon's thread pool does not survive fork(): in a child process (multiprocessing's default
+# on Linux, torch DataLoader workers) vecfusion's parallel calls run in a pool of the child's own.
+if hasattr(_os, "register_at_fork"):
+    from ._native import _after_fork_in_child
+
+    _os.register_at_fork(after_in_child=_after_fork_in_child)
 
 __all__ = [
     "Embeddings",

@@ -218,6 +218,7 @@ class Embeddings:
         """
 
 def load(path: str | os.PathLike[str], mmap: bool = False) -> Embeddings: ...
+def _after_fork_in_child() -> None: ...
 
 # --- word2vec, text and fastText formats (issue 5) ---
 

@@ -85,7 +85,7 @@ impl PyVocab {
         let words = extract_word_buf(words)?;
         let strs = words.strs();
         let vocab = &self.inner.vocab;
-        let (rows, offsets, known) = py.detach(|| indices_batch(vocab, &strs));
+        let (rows, offsets, known) = crate::py::fork::detach(py, || indices_batch(vocab, &strs));
         Ok((
             PyArray1::from_vec(py, rows),
             PyArray1::from_vec(py, offsets),

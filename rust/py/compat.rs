@@ -46,7 +46,7 @@ fn options(lossy: bool, limit: Option<&Bound<'_, PyAny>>, normalize: bool) -> Py
 #[pyo3(signature = (path, lossy=false, limit=None, normalize=true))]
 pub fn load_word2vec(py: Python<'_>, path: PathBuf, lossy: bool, limit: Option<&Bound<'_, PyAny>>, normalize: bool) -> PyResult<PyEmbeddings> {
     let opts = options(lossy, limit, normalize)?;
-    let emb = py.detach(|| {
+    let emb = crate::py::fork::detach(py, || {
         crate::compat::check_not_compressed(&path)?;
         word2vec::read_word2vec_binary(&path, &opts).map_err(|e| match e {
             crate::Error::Invalid { what, message } if crate::compat::looks_like_text(&path) => crate::Error::Invalid {
@@ -80,7 +80,7 @@ pub fn load_text(
         Some(true) => Header::Yes,
         Some(false) => Header::No,
     };
-    let emb = py.detach(|| {
+    let emb = crate::py::fork::detach(py, || {
         text::read_text(&path, header, &opts).map_err(|e| match e {
             crate::Error::Invalid { what, message }
                 if message.contains("line 2:")
@@ -131,7 +131,7 @@ fn is_binary_after_header(path: &std::path::Path) -> bool {
 #[pyfunction]
 #[pyo3(signature = (path, lossy=false, normalize=true))]
 pub fn load_fasttext(py: Python<'_>, path: PathBuf, lossy: bool, normalize: bool) -> PyResult<PyEmbeddings> {
-    let emb = py.detach(|| {
+    let emb = crate::py::fork::detach(py, || {
         crate::compat::check_not_compressed(&path)?;
         fasttext::read_fasttext(&path, lossy, normalize)
     })?;
@@ -158,7 +158,7 @@ impl PyEmbeddings {
     /// rows times norms).
     fn write_word2vec(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
         let emb = &self.inner;
-        py.detach(|| word2vec::write_word2vec_binary(emb, &path))?;
+        crate::py::fork::detach(py, || word2vec::write_word2vec_binary(emb, &path))?;
         Ok(())
     }
 
@@ -167,7 +167,7 @@ impl PyEmbeddings {
     #[pyo3(signature = (path, dims=true))]
     fn write_text(&self, py: Python<'_>, path: PathBuf, dims: bool) -> PyResult<()> {
         let emb = &self.inner;
-        py.detach(|| text::write_text(emb, &path, dims))?;
+        crate::py::fork::detach(py, || text::write_text(emb, &path, dims))?;
         Ok(())
     }
 
@@ -176,7 +176,7 @@ impl PyEmbeddings {
     fn write_fasttext(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
         let emb = self.with_current_metadata();
         let emb = &*emb;
-        py.detach(|| fasttext::write_fasttext(emb, &path))?;
+        crate::py::fork::detach(py, || fasttext::write_fasttext(emb, &path))?;
         Ok(())
     }
 
@@ -184,7 +184,7 @@ impl PyEmbeddings {
     /// the mean of its n-gram rows; zeros when the word has no n-grams.
     fn fasttext_vector<'py>(&self, py: Python<'py>, word: &str) -> Bound<'py, PyArray1<f32>> {
         let emb = &self.inner;
-        let v = py.detach(|| fasttext::fasttext_vector(emb, word));
+        let v = crate::py::fork::detach(py, || fasttext::fasttext_vector(emb, word));
         PyArray1::from_vec(py, v)
     }
 

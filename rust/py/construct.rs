@@ -75,7 +75,7 @@ impl PyEmbeddings {
             _ => None,
         };
         let vocab_kind = vocab.to_string();
-        let emb = py.detach(move || -> crate::Result<Embeddings> {
+        let emb = crate::py::fork::detach(py, move || -> crate::Result<Embeddings> {
             let list = WordList::new(strs.iter().copied())?;
             let vocab = match vocab_kind.as_str() {
                 "simple" => Vocab::Simple(list),

@@ -230,7 +230,7 @@ impl PyEmbeddings {
             let out_s = out_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
             let found_s = found_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
             let emb = &self.inner;
-            py.detach(|| emb.lookup_into_with(&strs, out_s, found_s, reused));
+            crate::py::fork::detach(py, || emb.lookup_into_with(&strs, out_s, found_s, reused));
         }
         Ok((out, found))
     }
@@ -293,7 +293,7 @@ impl PyEmbeddings {
         let fmt = crate::vocab::VocabFormat::parse(vocab)?;
         let meta = self.metadata_text();
         let emb = &self.inner;
-        py.detach(|| emb.write_with_vocab(&path, meta.as_deref(), Some(fmt)))?;
+        crate::py::fork::detach(py, || emb.write_with_vocab(&path, meta.as_deref(), Some(fmt)))?;
         Ok(())
     }
 
@@ -345,7 +345,7 @@ impl WordIter {
 #[pyo3(signature = (path, mmap=false))]
 pub fn load(py: Python<'_>, path: PathBuf, mmap: bool) -> PyResult<PyEmbeddings> {
     let mode = if mmap { OpenMode::Mmap } else { OpenMode::Read };
-    let emb = py.detach(|| Embeddings::open(&path, mode))?;
+    let emb = crate::py::fork::detach(py, || Embeddings::open(&path, mode))?;
     Ok(PyEmbeddings::from_rust(emb))
 }
 
@@ -355,7 +355,7 @@ pub(crate) fn words_list<'py>(py: Python<'py>, emb: &Embeddings) -> PyResult<Bou
         Some(w) if !w.is_fst() => PyList::new(py, w.iter()),
         Some(w) => {
             // Decode the automaton once in key order instead of one reverse walk per row.
-            let h = py.detach(|| w.to_hash())?;
+            let h = crate::py::fork::detach(py, || w.to_hash())?;
             PyList::new(py, h.iter())
         }
         None => Ok(PyList::empty(py)),

@@ -6,6 +6,7 @@ mod bag;
 mod construct;
 mod embeddings;
 mod errors;
+pub(crate) mod fork;
 mod metadata;
 mod query;
 mod reader;
@@ -22,6 +23,7 @@ pub use embeddings::PyEmbeddings;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     m.add_class::<embeddings::PyEmbeddings>()?;
+    m.add_function(wrap_pyfunction!(fork::_after_fork_in_child, m)?)?;
     m.add_class::<vocab::PyVocab>()?;
     m.add_function(wrap_pyfunction!(vocab::_vocab_from_bytes, m)?)?;
     m.add_class::<storage::PyQuantizedStorage>()?;

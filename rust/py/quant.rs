@@ -97,9 +97,9 @@ impl PyEmbeddings {
         let emb = Arc::clone(&self.inner);
         let state = Progress::default();
         let mut py_err: Option<PyErr> = None;
-        let result = py.detach(|| {
+        let result = crate::py::fork::detach(py, || {
             std::thread::scope(|s| {
-                let worker = s.spawn(|| quantize_with_stats(&emb, &params, &state));
+                let worker = s.spawn(|| crate::py::fork::in_pool(|| quantize_with_stats(&emb, &params, &state)));
                 let mut last = Instant::now();
                 while !worker.is_finished() {
                     std::thread::sleep(Duration::from_millis(5));

@@ -143,7 +143,7 @@ impl PyEmbeddings {
         }
         let found = if let Ok(word) = query.cast::<PyString>() {
             let word = word.to_str()?;
-            py.detach(|| emb.similar_to_word(word, k, &skip_rows))?
+            crate::py::fork::detach(py, || emb.similar_to_word(word, k, &skip_rows))?
         } else {
             if query.is_instance_of::<PyBytes>() || query.is_instance_of::<PyByteArray>() {
                 return Err(PyTypeError::new_err(format!(
@@ -166,7 +166,7 @@ impl PyEmbeddings {
                     &owned
                 }
             };
-            py.detach(|| emb.similar_to_vector(slice, k, &skip_rows))?
+            crate::py::fork::detach(py, || emb.similar_to_vector(slice, k, &skip_rows))?
         };
         answers(py, emb, found)
     }
@@ -211,7 +211,7 @@ impl PyEmbeddings {
             let mut sc_rw = scores.readwrite();
             let idx = idx_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
             let sc = sc_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
-            py.detach(|| emb.similar_batch_into(slice, n, k, idx, sc))?;
+            crate::py::fork::detach(py, || emb.similar_batch_into(slice, n, k, idx, sc))?;
         }
         Ok((indices, scores))
     }
@@ -220,7 +220,7 @@ impl PyEmbeddings {
     /// KeyError for a word without an embedding.
     fn similarity(&self, py: Python<'_>, a: &str, b: &str) -> PyResult<f32> {
         let emb = &self.inner;
-        Ok(py.detach(|| emb.similarity(a, b))?)
+        Ok(crate::py::fork::detach(py, || emb.similarity(a, b))?)
     }
 
     /// gensim's `most_similar`: the `topn` words nearest to the mean of the unit embeddings
@@ -251,10 +251,10 @@ impl PyEmbeddings {
             .collect();
         let emb = &self.inner;
         let Some(k) = k else {
-            let all = py.detach(|| emb.terms_query(&terms).map(|(q, _)| emb.cosines_all(&q)))?;
+            let all = crate::py::fork::detach(py, || emb.terms_query(&terms).map(|(q, _)| emb.cosines_all(&q)))?;
             return Ok(PyArray1::from_vec(py, all).into_any());
         };
-        let found = py.detach(|| emb.most_similar_terms(&terms, k, &[]))?;
+        let found = crate::py::fork::detach(py, || emb.most_similar_terms(&terms, k, &[]))?;
         Ok(answers(py, emb, found)?.into_any())
     }
 
@@ -273,7 +273,7 @@ impl PyEmbeddings {
         let (pos, neg) = (words_arg(py, positive)?, words_arg(py, negative)?);
         let (pos, neg) = (pos.strs(), neg.strs());
         let emb = &self.inner;
-        let found = py.detach(|| emb.most_similar_cosmul(&pos, &neg, k))?;
+        let found = crate::py::fork::detach(py, || emb.most_similar_cosmul(&pos, &neg, k))?;
         answers(py, emb, found)
     }
 
@@ -283,7 +283,7 @@ impl PyEmbeddings {
         let words = extract_word_buf(words)?;
         let strs = words.strs();
         let emb = &self.inner;
-        match py.detach(|| emb.doesnt_match(&strs))? {
+        match crate::py::fork::detach(py, || emb.doesnt_match(&strs))? {
             Some(w) => Ok(w.to_string()),
             None => Err(PyValueError::new_err("doesnt_match: none of the words has an embedding")),
         }
@@ -308,7 +308,7 @@ impl PyEmbeddings {
             _ => [true; 3],
         };
         let emb = &self.inner;
-        let found = py.detach(|| emb.analogy(a, b, c, k, mask))?;
+        let found = crate::py::fork::detach(py, || emb.analogy(a, b, c, k, mask))?;
         answers(py, emb, found)
     }
 }

@@ -39,7 +39,7 @@ pub fn parse_npy_header(prefix: &[u8], file_len: u64, name: &str) -> PyResult<He
 #[pyfunction]
 #[pyo3(signature = (paths, threads=8))]
 pub fn read_npy_headers(py: Python<'_>, paths: Vec<PathBuf>, threads: usize) -> PyResult<Vec<HeaderTuple>> {
-    let results = py.detach(|| reader::read_headers(&paths, threads));
+    let results = crate::py::fork::detach(py, || reader::read_headers(&paths, threads));
     let mut out = Vec::with_capacity(results.len());
     for r in results {
         out.push(header_tuple(&r?));
@@ -78,7 +78,7 @@ pub fn read_npy_pieces(
     let buf = out
         .as_slice_mut()
         .map_err(|_| Error::argument("the output array must be contiguous"))?;
-    py.detach(|| reader::read_pieces(&pieces, sd, big_endian, buf, dd, threads, chunk_bytes))?;
+    crate::py::fork::detach(py, || reader::read_pieces(&pieces, sd, big_endian, buf, dd, threads, chunk_bytes))?;
     Ok(())
 }
 
@@ -108,7 +108,7 @@ pub fn convert_into(
         .filter(|e| *e <= buf.len())
         .ok_or_else(|| Error::argument("the converted data goes past the end of the output"))?;
     let dst = &mut buf[out_offset..end];
-    py.detach(|| reader::convert(src, sd, big_endian, dst, dd))?;
+    crate::py::fork::detach(py, || reader::convert(src, sd, big_endian, dst, dd))?;
     Ok(())
 }
 

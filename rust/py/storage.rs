@@ -99,7 +99,7 @@ impl PyQuantizedStorage {
             let mut rw = out.readwrite();
             let s = rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
             if dims > 0 {
-                py.detach(|| {
+                crate::py::fork::detach(py, || {
                     use rayon::prelude::*;
                     const CHUNK: usize = 64;
                     s.par_chunks_mut(CHUNK * dims).zip(idx.par_chunks(CHUNK)).for_each(|(o, rows)| {

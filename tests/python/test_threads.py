@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -58,3 +61,45 @@ def test_metadata_setter_from_threads(ff: Path) -> None:
     for t in threads:
         t.join()
     assert emb.metadata["j"] == 199
+
+
+_FORK_SCRIPT = r'''
+import json, os, numpy as np, vecfusion as vf
+words = [f"w{i}" for i in range(30000)]
+emb = vf.Embeddings(words, np.random.default_rng(0).standard_normal((30000, 64)).astype(np.float32))
+small = vf.Embeddings(words[:2000], np.random.default_rng(1).standard_normal((2000, 16)).astype(np.float32))
+
+def work():
+    q = small.quantize(n_subquantizers=4, bits=4, n_iterations=2, progress=False)
+    return [emb.most_similar("w1", topn=3), float(emb.lookup(words[:20000])[0].sum()),
+            emb.vocab.indices_batch(words[:6000])[1].tolist()[-1], q.storage.codes[:50].tolist()]
+
+def in_child(depth):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        res = work()
+        if depth > 1:
+            res = [res, in_child(depth - 1)]
+        os.write(w, json.dumps(res).encode())
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 1 << 16):
+        data += chunk
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+ref = json.loads(json.dumps(work()))  # the parent's thread pool is running now
+print("ok" if in_child(2) == [ref, ref] else "mismatch")
+'''
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_parallel_calls_work_in_forked_children() -> None:
+    """rayon's pool does not survive fork(): a child's (and a grandchild's) large lookup,
+    query, batch of indices or quantize waited forever for threads that do not exist. Run in
+    a subprocess, so that a regression fails on the timeout instead of hanging the suite."""
+    out = subprocess.run([sys.executable, "-c", _FORK_SCRIPT], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -1,0 +1,75 @@
+//! rayon's global thread pool does not survive `fork()`: in a child process (multiprocessing's
+//! default start method on Linux, torch DataLoader workers) its worker threads are gone,
+//! and the first parallel loop waits for them forever. Python's `os.register_at_fork`
+//! calls [`after_fork_in_child`] in every child; from then on each GIL-releasing call runs
+//! inside a pool made for that process (made on first use, one per fork generation).
+//! Processes that never forked take no detour: one relaxed atomic load per call.
+
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
+use pyo3::prelude::*;
+
+/// How many forks lie between the module's first process and this one.
+static FORKS: AtomicUsize = AtomicUsize::new(0);
+
+struct ChildPool {
+    generation: usize,
+    pool: rayon::ThreadPool,
+}
+
+/// The pool of the current fork generation (leaked on purpose: a pool's threads do not
+/// exist in the processes forked after it, so it is never joined or dropped).
+static POOL: AtomicPtr<ChildPool> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Called by Python in a child process right after `fork()` (registered in `__init__.py`).
+#[pyfunction]
+pub fn _after_fork_in_child() {
+    FORKS.fetch_add(1, Ordering::AcqRel);
+}
+
+fn child_pool(generation: usize) -> Option<&'static rayon::ThreadPool> {
+    let current = POOL.load(Ordering::Acquire);
+    // SAFETY: POOL only ever holds null or a leaked `Box<ChildPool>`, never freed.
+    if let Some(p) = unsafe { current.as_ref() } {
+        if p.generation == generation {
+            return Some(&p.pool);
+        }
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(rayon::current_num_threads())
+        .thread_name(|i| format!("vecfusion-{i}"))
+        .build()
+        .ok()?;
+    let made = Box::into_raw(Box::new(ChildPool { generation, pool }));
+    match POOL.compare_exchange(current, made, Ordering::AcqRel, Ordering::Acquire) {
+        // SAFETY: just leaked above and published; never freed.
+        Ok(_) => Some(unsafe { &(*made).pool }),
+        Err(other) => {
+            // another thread published one first: use it if it is of this generation
+            // (ours stays leaked: dropping a pool joins nothing it needs, but is not worth a race)
+            // SAFETY: as above.
+            unsafe { other.as_ref() }.filter(|p| p.generation == generation).map(|p| &p.pool).or_else(|| {
+                // SAFETY: as above.
+                Some(unsafe { &(*made).pool })
+            })
+        }
+    }
+}
+
+/// Run `f` where its rayon loops have live threads: directly in a process that never
+/// forked, else inside this process's own pool.
+pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let generation = FORKS.load(Ordering::Relaxed);
+    if generation == 0 {
+        return f();
+    }
+    match child_pool(generation) {
+        Some(pool) => pool.install(f),
+        None => f(), // no thread could be started: nothing better to do
+    }
+}
+
+/// `py.detach(f)` with `f` run by [`in_pool`].
+pub fn detach<R: Send>(py: Python<'_>, f: impl FnOnce() -> R + Send) -> R {
+    py.detach(|| in_pool(f))
+}
