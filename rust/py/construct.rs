@@ -30,11 +30,33 @@ impl PyEmbeddings {
         norms: Option<PyArrayLike1<'_, f32, AllowTypeChange>>,
         metadata: Option<&Bound<'_, PyAny>>,
         vocab: &str,
-        min_n: u32,
-        max_n: u32,
-        buckets: Option<u32>,
-        ngrams: Option<Vec<(String, u64)>>,
+        min_n: i128,
+        max_n: i128,
+        buckets: Option<i128>,
+        ngrams: Option<Vec<(String, i128)>>,
     ) -> PyResult<Self> {
+        // (wide integers: an out-of-range value is a ValueError naming it, not an OverflowError)
+        let in_range = |name: &str, v: i128, max: u64| -> PyResult<u64> {
+            u64::try_from(v)
+                .ok()
+                .filter(|&x| x <= max)
+                .ok_or_else(|| PyValueError::new_err(format!("{name}={v} is out of range (0 to {max})")))
+        };
+        let min_n = in_range("min_n", min_n, u64::from(u32::MAX))? as u32;
+        let max_n = in_range("max_n", max_n, u64::from(u32::MAX))? as u32;
+        let buckets = buckets.map(|b| in_range("buckets", b, u64::from(u32::MAX)).map(|b| b as u32)).transpose()?;
+        let ngrams = ngrams
+            .map(|list| {
+                list.into_iter()
+                    .map(|(g, i)| {
+                        let i = u64::try_from(i).map_err(|_| {
+                            PyValueError::new_err(format!("the index {i} of n-gram {g:?} is out of range (0 to 2**64 - 1)"))
+                        })?;
+                        Ok((g, i))
+                    })
+                    .collect::<PyResult<Vec<_>>>()
+            })
+            .transpose()?;
         if ngrams.is_some() != (vocab == "explicit") {
             return Err(PyValueError::new_err("ngrams is given exactly when vocab='explicit'"));
         }

@@ -331,6 +331,13 @@ def test_buckets_only_with_bucket_vocabularies() -> None:
         with pytest.raises(ValueError, match="buckets is given only with"):
             vf.Embeddings(["a", "b"], m, vocab=vocab, buckets=3, **extra)
     assert vf.Embeddings(["a"], m, vocab="bucket", buckets=0).vocab_kind == "BucketSubwordVocab"
+    # out-of-range integers are ValueErrors naming the argument (they were OverflowErrors)
+    for kwargs, name in (({"vocab": "fasttext", "buckets": -1}, "buckets=-1"),
+                         ({"vocab": "fasttext", "buckets": 2**40}, "buckets="),
+                         ({"vocab": "bucket", "buckets": 1, "min_n": -3}, "min_n=-3"),
+                         ({"vocab": "explicit", "ngrams": [("<a>", -1)]}, "index -1 of n-gram")):
+        with pytest.raises(ValueError, match=name):
+            vf.Embeddings(["a", "b"], m, **kwargs)
 
 
 def test_constructor_checks(tmp_path: Path) -> None:
