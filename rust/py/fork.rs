@@ -28,31 +28,28 @@ pub fn _after_fork_in_child() {
 }
 
 fn child_pool(generation: usize) -> Option<&'static rayon::ThreadPool> {
-    let current = POOL.load(Ordering::Acquire);
-    // SAFETY: POOL only ever holds null or a leaked `Box<ChildPool>`, never freed.
-    if let Some(p) = unsafe { current.as_ref() } {
-        if p.generation == generation {
-            return Some(&p.pool);
+    loop {
+        let current = POOL.load(Ordering::Acquire);
+        // SAFETY: POOL only ever holds null or a leaked `Box<ChildPool>` that is never freed.
+        if let Some(p) = unsafe { current.as_ref() } {
+            if p.generation == generation {
+                return Some(&p.pool);
+            }
         }
-    }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(rayon::current_num_threads())
-        .thread_name(|i| format!("vecfusion-{i}"))
-        .build()
-        .ok()?;
-    let made = Box::into_raw(Box::new(ChildPool { generation, pool }));
-    match POOL.compare_exchange(current, made, Ordering::AcqRel, Ordering::Acquire) {
-        // SAFETY: just leaked above and published; never freed.
-        Ok(_) => Some(unsafe { &(*made).pool }),
-        Err(other) => {
-            // another thread published one first: use it if it is of this generation
-            // (ours stays leaked: dropping a pool joins nothing it needs, but is not worth a race)
-            // SAFETY: as above.
-            unsafe { other.as_ref() }.filter(|p| p.generation == generation).map(|p| &p.pool).or_else(|| {
-                // SAFETY: as above.
-                Some(unsafe { &(*made).pool })
-            })
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(rayon::current_num_threads())
+            .thread_name(|i| format!("vecfusion-{i}"))
+            .build()
+            .ok()?;
+        let made = Box::into_raw(Box::new(ChildPool { generation, pool }));
+        if POOL.compare_exchange(current, made, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            // SAFETY: published just now and never freed.
+            return Some(unsafe { &(*made).pool });
         }
+        // another thread published a pool first: ours was never shared, so it is dropped
+        // (its idle threads exit) and the published one is looked at again
+        // SAFETY: `made` came from Box::into_raw above and nobody else has seen it.
+        drop(unsafe { Box::from_raw(made) });
     }
 }
 
