@@ -229,6 +229,13 @@ def test_cli_quantize(ff, tmp_path, capsys):
     assert rc == 1
     assert "does not divide" in capsys.readouterr().err
 
+    # a .bin name (word2vec's, for convert) gets a note; the file is finalfusion all the same
+    odd = tmp_path / "q.bin"
+    rc = cli_main(["quantize", str(ff / "python/similarity.fifu"), str(odd), "-m", "20", "-b", "2",
+                   "-i", "2", "--quiet"])
+    assert rc == 0 and "written as a finalfusion file" in capsys.readouterr().err
+    assert vf.load(odd).storage.n_subquantizers == 20
+
 
 @pytest.mark.parametrize("scale", [1.0, 1e-5, 1e-30, 1e19])
 def test_quantization_does_not_depend_on_the_matrix_magnitude(scale: float) -> None:

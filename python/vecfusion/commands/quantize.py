@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -56,6 +57,14 @@ def run(args: argparse.Namespace) -> int:
     """Quantize ``args.src`` into ``args.dst``."""
     from ..convert import load_any
 
+    suffix = os.path.splitext(str(args.dst))[1].lower()
+    if suffix in (".bin", ".ftz", ".vec", ".txt", ".w2v", ".glove"):
+        # (convert reads these extensions as word2vec / fastText / text)
+        print(
+            f"note: {args.dst} is written as a finalfusion file (quantized storage has no "
+            f"{suffix} form); name it .fifu to keep `vecfusion convert` from misreading it",
+            file=sys.stderr,
+        )
     emb = load_any(args.src, args.fmt, mmap=True)
     start = time.perf_counter()
     q = emb.quantize(
