@@ -121,8 +121,11 @@ impl PyEmbeddings {
                     }
                     let indexer = if vocab_kind == "bucket" {
                         let exponent = buckets.unwrap_or(21);
-                        if exponent > 40 {
-                            return Err(crate::Error::argument("bucket exponent must be at most 40"));
+                        // (finalfusion-python refuses to load an exponent of 0)
+                        if exponent == 0 || exponent > 40 {
+                            return Err(crate::Error::argument(format!(
+                                "buckets={exponent}: the bucket exponent (2**buckets n-gram rows) must be 1 to 40"
+                            )));
                         }
                         Indexer::Bucket { exponent }
                     } else {
