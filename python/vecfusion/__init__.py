@@ -11,6 +11,7 @@ Open, write and memory-map finalfusion files; look up known and unknown words.
 from __future__ import annotations
 
 import os as _os
+from typing import TYPE_CHECKING
 
 from ._native import (
     Embeddings as Embeddings,
@@ -26,6 +27,9 @@ from ._native import (
     load_word2vec as load_word2vec,
 )
 from .convert import convert as convert
+
+if TYPE_CHECKING:  # (imported lazily at run time, below: it pulls in pandas glue)
+    from .reader import EmbeddingReader as EmbeddingReader
 
 # rayon's thread pool does not survive fork(): in a child process (multiprocessing's default
 # on Linux, torch DataLoader workers) vecfusion's parallel calls run in a pool of the child's own.

@@ -888,7 +888,7 @@ pub fn write_fasttext(emb: &Embeddings, path: &Path) -> Result<()> {
             Indexer::FastText { buckets } => (&s.words, s.min_n, s.max_n, buckets),
             _ => {
                 return Err(Error::argument(format!(
-                    "a {} cannot be written as fastText: its n-grams are not indexed with fastText's hash",
+                    "the {} cannot be written as fastText: its n-grams are not indexed with fastText's hash",
                     emb.vocab.kind()
                 )))
             }

@@ -46,8 +46,23 @@ impl Reporter {
 
 #[pymethods]
 impl PyEmbeddings {
-    /// Product-quantize the storage; returns new Embeddings with a QuantizedArray storage
-    /// (same vocabulary, metadata and norms). See `vecfusion._native.pyi` for the parameters.
+    /// Product-quantize the storage (PQ, or OPQ with a learned rotation).
+    ///
+    /// Returns new Embeddings with a QuantizedArray storage (finalfusion's chunk); the
+    /// vocabulary, metadata and norms are kept. ``n_subquantizers`` (M) must divide ``dims``;
+    /// default: the largest divisor of ``dims`` not above ``dims / 4`` (75 for 300 dims).
+    /// Each subquantizer has ``2**bits`` centroids (bits 1 to 8: one u8 code per
+    /// subquantizer). ``n_iterations`` Lloyd steps of k-means (k-means++ init, empty
+    /// clusters split), best of ``n_attempts`` runs; with ``opq`` the rotation is
+    /// fitted by ``2 * n_iterations`` alternations of PQ training and the orthogonal Procrustes
+    /// update (50 by default).
+    /// ``normalize`` L2-normalizes rows before training and stores their norms in the chunk.
+    /// ``sample``: training rows (default 256 per centroid, like faiss; all rows at most).
+    /// ``seed``: the random seed (0 to 2**64 - 1); the same seed gives the same codes.
+    /// ``progress``: True/None for a bar (tqdm when installed), False for none, or a
+    /// callable ``(done, total)`` called about every 0.1 s. Bad parameters raise ValueError.
+    /// ``stats``: a dict to fill with ``train_seconds``, ``encode_seconds``, ``sample_rows``.
+    /// The work runs in Rust with the GIL released; Ctrl-C cancels it.
     #[pyo3(signature = (n_subquantizers=None, bits=8, opq=true, n_iterations=25, n_attempts=1,
                         normalize=true, sample=None, seed=0, progress=None, stats=None),
                text_signature = "(self, /, n_subquantizers=None, bits=8, opq=True, n_iterations=25, n_attempts=1, normalize=True, sample=None, seed=0, progress=True, stats=None)")]

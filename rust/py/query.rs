@@ -12,9 +12,13 @@ use crate::query::{Neighbor, Term};
 /// `(indices, scores)` of a batch.
 type BatchAnswers<'py> = (Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>);
 
-/// `k` (or `topn`, named by `name`) from Python: a non-negative int.
-fn check_k(k: i64, name: &str) -> PyResult<usize> {
-    usize::try_from(k).map_err(|_| PyValueError::new_err(format!("{name} must be >= 0, got {k}")))
+/// `k` (or `topn`, named by `name`) from Python: a non-negative int; any count beyond the
+/// rows means all of them (a wide integer type: `2**64` is no OverflowError).
+fn check_k(k: i128, name: &str) -> PyResult<usize> {
+    if k < 0 {
+        return Err(PyValueError::new_err(format!("{name} must be >= 0, got {k}")));
+    }
+    Ok(usize::try_from(k).unwrap_or(usize::MAX))
 }
 
 /// `[(word, score), ...]`
@@ -132,7 +136,7 @@ impl PyEmbeddings {
         &self,
         py: Python<'py>,
         query: &Bound<'py, PyAny>,
-        k: i64,
+        k: i128,
         skip: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let k = check_k(k, "k")?;
@@ -179,7 +183,7 @@ impl PyEmbeddings {
         &self,
         py: Python<'py>,
         matrix: &Bound<'py, PyAny>,
-        k: i64,
+        k: i128,
     ) -> PyResult<BatchAnswers<'py>> {
         let k = check_k(k, "k")?;
         let emb = &self.inner;
@@ -228,13 +232,14 @@ impl PyEmbeddings {
     /// KeyError for a word without an embedding.
     /// `topn=None` returns the cosine of the query with every word row instead (a float32
     /// array in row order, the given words included), as gensim does.
-    #[pyo3(signature = (positive=None, negative=None, topn=Some(10)))]
+    #[pyo3(signature = (positive=None, negative=None, topn=Some(10)),
+               text_signature = "(self, /, positive=None, negative=None, topn=10)")]
     fn most_similar<'py>(
         &self,
         py: Python<'py>,
         positive: Option<&Bound<'py, PyAny>>,
         negative: Option<&Bound<'py, PyAny>>,
-        topn: Option<i64>,
+        topn: Option<i128>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let k = topn.map(|t| check_k(t, "topn")).transpose()?;
         let mut owned = terms_arg(positive, 1.0)?;
@@ -267,7 +272,7 @@ impl PyEmbeddings {
         py: Python<'py>,
         positive: Option<&Bound<'py, PyAny>>,
         negative: Option<&Bound<'py, PyAny>>,
-        topn: i64,
+        topn: i128,
     ) -> PyResult<Bound<'py, PyList>> {
         let k = check_k(topn, "topn")?;
         let (pos, neg) = (words_arg(py, positive)?, words_arg(py, negative)?);
@@ -299,7 +304,7 @@ impl PyEmbeddings {
         a: &str,
         b: &str,
         c: &str,
-        k: i64,
+        k: i128,
         mask: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let k = check_k(k, "k")?;

@@ -531,3 +531,15 @@ def test_batch_accepts_any_layout_and_dtype(w2v: vf.Embeddings) -> None:
         np.testing.assert_allclose(s2, scores, atol=1e-6)
     single = w2v.similar(np.repeat(q[0], 2)[::2], k=4)
     assert [w for w, _ in single] == [w2v.vocab[int(j)] for j in idx[0]]
+
+
+def test_any_huge_k_means_every_word() -> None:
+    """k beyond the vocabulary gives every word, however large (2**63 and up were
+    OverflowErrors); a negative k stays a ValueError naming it."""
+    e = vf.Embeddings(["a", "b", "c"], np.eye(3, dtype=np.float32))
+    for k in (2**63, 2**70):
+        assert [w for w, _ in e.similar("a", k)] == ["b", "c"]
+        assert [w for w, _ in e.most_similar("a", topn=k)] == ["b", "c"]
+        assert [w for w, _ in e.analogy("a", "b", "c", k)] == []
+    with pytest.raises(ValueError, match="topn"):
+        e.most_similar("a", topn=-1)
