@@ -596,11 +596,14 @@ where
         Ok(m) => Some(m.permissions()),
         Err(_) => None,
     };
-    if old.as_ref().is_some_and(|p| p.readonly()) {
-        // The rename would replace it whatever its mode: refuse as `open(path, "wb")` does,
-        // unless the process may write it anyway (root): probed without changing it.
+    if old.is_some() {
+        // The rename would replace the file whatever its mode or owner: refuse when
+        // `open(path, "wb")` would (probed by opening it for writing, which changes nothing;
+        // root may write anything).
         if let Err(e) = std::fs::OpenOptions::new().write(true).open(path) {
-            return Err(Error::io(format!("cannot write {} (the file is read-only)", shown.display()), e));
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                return Err(Error::io(format!("cannot write {} (the file is read-only to this process)", shown.display()), e));
+            }
         }
     }
     let dir = match path.parent() {

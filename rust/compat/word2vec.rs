@@ -125,9 +125,9 @@ fn read_word2vec_inner(path: &Path, opts: &ReadOptions) -> Result<Embeddings> {
 
     let rows = opts.limit.map_or(n, |l| l.min(n));
     let row_bytes = dims.checked_mul(4).ok_or(Error::Overflow("word2vec row size"))?;
-    // Every record needs at least a one-byte word, a space and its numbers.
+    // Every record needs at least a space and its numbers (the word may be empty).
     let need = (rows as u64)
-        .checked_mul(row_bytes as u64 + 2)
+        .checked_mul(row_bytes as u64 + 1)
         .ok_or(Error::Overflow("word2vec file size"))?;
     let have = file_len.saturating_sub(header.len() as u64);
     if need > have {
@@ -177,10 +177,11 @@ fn read_word2vec_inner(path: &Path, opts: &ReadOptions) -> Result<Embeddings> {
         let mut k = 0; // rows filled in `part`
         for i in 0..rows {
             let record = i + 1;
-            // skip the newlines (the previous record's) before the word, and only them: as
-            // gensim reads, a word is every byte up to the next space (a tab or a carriage
-            // return in it is kept; a record starting with the space is the empty word)
-            r.skip_while(|b| b == b'\n').map_err(io)?;
+            // skip the line breaks (the previous record's) before the word, and only them: as
+            // gensim reads, a word is every byte up to the next space (a tab in it is kept; a
+            // record starting with the space is the empty word). gensim skips only `\n`; a
+            // `\r` is skipped too, so that records ending in `\r\n` read clean words.
+            r.skip_while(|b| b == b'\n' || b == b'\r').map_err(io)?;
             // the word, up to a space
             let mut scanned = 0;
             let word_len = loop {
@@ -295,11 +296,11 @@ pub fn write_word2vec_binary(emb: &Embeddings, path: &Path) -> Result<()> {
     let words = known_words(emb, "word2vec")?;
     for w in words.iter() {
         // gensim and vecfusion read the bytes up to the first space as the word, after
-        // skipping newlines: a word with a space, or starting with a newline, would not
+        // skipping line breaks: a word with a space, or starting with a line break, would not
         // read back (the empty word and other whitespace do, as gensim writes them)
-        if w.contains(' ') || w.starts_with('\n') {
+        if w.contains(' ') || w.starts_with(['\n', '\r']) {
             return Err(Error::argument(format!(
-                "the word {w:?} contains a space or starts with a newline and cannot be written as word2vec"
+                "the word {w:?} contains a space or starts with a line break and cannot be written as word2vec"
             )));
         }
     }

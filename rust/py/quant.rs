@@ -112,7 +112,9 @@ impl PyEmbeddings {
         let emb = Arc::clone(&self.inner);
         let state = Progress::default();
         let mut py_err: Option<PyErr> = None;
-        let result = crate::py::fork::detach(py, || {
+        // (plain detach: this thread only polls; the worker below runs the training in the
+        // process's pool, so that in a forked child a one-thread pool is not taken by the poll)
+        let result = py.detach(|| {
             std::thread::scope(|s| {
                 let worker = s.spawn(|| crate::py::fork::in_pool(|| quantize_with_stats(&emb, &params, &state)));
                 let mut last = Instant::now();

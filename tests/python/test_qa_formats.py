@@ -116,7 +116,7 @@ def _fifu_simple(words: list[str], path: Path) -> None:
     path.write_bytes(bytes(body))
 
 
-@pytest.mark.parametrize("bad", ["\nb", "a b", " "])
+@pytest.mark.parametrize("bad", ["\nb", "\rb", "a b", " "])
 def test_write_word2vec_refuses_words_it_cannot_write(bad: str, tmp_path: Path) -> None:
     src = tmp_path / "in.fifu"
     _fifu_simple(["a", bad, "z"], src)
@@ -124,7 +124,7 @@ def test_write_word2vec_refuses_words_it_cannot_write(bad: str, tmp_path: Path) 
     assert e.vocab.words == ["a", bad, "z"]
     out = tmp_path / "o.bin"
     # a word2vec reader could not get the word back: refused before anything is written
-    with pytest.raises(ValueError, match="contains a space or starts with a newline"):
+    with pytest.raises(ValueError, match="contains a space or starts with a line break"):
         e.write_word2vec(out)
     assert not out.exists()
 
@@ -144,7 +144,8 @@ def test_word2vec_binary_words_are_the_bytes_up_to_the_space_as_gensim_reads_the
 ) -> None:
     """gensim takes every byte up to the next space as the word and strips only leading
     newlines: the empty word, tabs and carriage returns are part of words. (vecfusion used to
-    skip all whitespace, which read the empty word's vector as the next word.)"""
+    skip all whitespace, which read the empty word's vector as the next word.) vecfusion also
+    skips a leading \r, so that \r\n-terminated records read clean words."""
     words = ["a", "", "cr\r", "\tb", "c\td", "e"]
     vecs = np.arange(len(words) * 2, dtype=np.float32).reshape(-1, 2) - 3.5
     path = tmp_path / "g.bin"
@@ -156,12 +157,29 @@ def test_word2vec_binary_words_are_the_bytes_up_to_the_space_as_gensim_reads_the
     e3 = vf.load_word2vec(path, limit=3, normalize=False)
     assert list(e3) == words[:3]
     np.testing.assert_array_equal(e3.storage, vecs[:3])
+    # records ending in \r\n (not gensim's writing, which ends none) read clean words
+    crlf = f"{len(words)} 2\r\n".encode() + b"".join(
+        f"{w} ".encode() + v.astype("<f4").tobytes() + b"\r\n" for w, v in zip(words, vecs)
+    )
+    path.write_bytes(crlf)
+    assert list(vf.load_word2vec(path, normalize=False)) == words
     # and they write back to the same words
+    e = vf.load_word2vec(path, normalize=False)
     out = tmp_path / "o.bin"
     e.write_word2vec(out)
     back = vf.load_word2vec(out, normalize=False)
     assert list(back) == words
     np.testing.assert_array_equal(back.storage, vecs)
+
+
+def test_word2vec_binary_shortest_records_have_an_empty_word(tmp_path: Path) -> None:
+    """The size check before reading allowed for a one-byte word per record: a file with the
+    empty word, as gensim writes it, was refused as too short."""
+    path = tmp_path / "e.bin"
+    path.write_bytes(_gensim_binary(["", "a"], np.array([[1.0], [2.0]], np.float32), newline=False))
+    e = vf.load_word2vec(path, normalize=False)
+    assert list(e) == ["", "a"]
+    np.testing.assert_array_equal(e.storage, [[1.0], [2.0]])
 
 
 def test_write_word2vec_words_with_inner_tabs_round_trip(tmp_path: Path) -> None:

@@ -97,9 +97,16 @@ print("ok" if in_child(2) == [ref, ref] else "mismatch")
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
-def test_parallel_calls_work_in_forked_children() -> None:
+@pytest.mark.parametrize("threads", [None, "1"])
+def test_parallel_calls_work_in_forked_children(threads: str | None) -> None:
     """rayon's pool does not survive fork(): a child's (and a grandchild's) large lookup,
     query, batch of indices or quantize waited forever for threads that do not exist. Run in
-    a subprocess, so that a regression fails on the timeout instead of hanging the suite."""
-    out = subprocess.run([sys.executable, "-c", _FORK_SCRIPT], capture_output=True, text=True, timeout=180)
+    a subprocess, so that a regression fails on the timeout instead of hanging the suite.
+    With one thread per pool too (quantize's progress poll must not take the only one)."""
+    env = dict(os.environ)
+    if threads is not None:
+        env["RAYON_NUM_THREADS"] = threads
+    out = subprocess.run(
+        [sys.executable, "-c", _FORK_SCRIPT], capture_output=True, text=True, timeout=180, env=env
+    )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -344,22 +344,45 @@ def test_torch_compile_forward_backward() -> None:
     torch.testing.assert_close(fast.weight.grad, ref.weight.grad)
 
 
-@pytest.mark.parametrize("padding_idx", [None, 3])
-def test_torch_compile_sparse_with_a_changing_batch(padding_idx) -> None:
-    """A second batch size makes dynamo recompile with a symbolic batch; the sparse backward
-    used to ask for concrete sizes ("Cannot call numel() on tensor with symbolic sizes")."""
+@pytest.mark.parametrize("padding_idx", [-1, 3])
+def test_sparse_op_equals_nn_embedding(padding_idx: int) -> None:
+    """The C++ op's sparse gradient (what FastEmbedding(sparse=True) uses on CUDA; on CPU the
+    layer is F.embedding itself) equals nn.Embedding's."""
     torch.manual_seed(0)
-    fast = FastEmbedding(20, 8, sparse=True, padding_idx=padding_idx)
-    ref = nn.Embedding(20, 8, sparse=True, padding_idx=padding_idx)
+    w = torch.randn(20, 8, requires_grad=True)
+    ref = w.detach().clone().requires_grad_()
+    x = torch.tensor([[1, 3, 3], [0, 19, 3]])
+    up = torch.randn(2, 3, 8)
+    (ops.embedding(w, x, padding_idx, False, True) * up).sum().backward()
+    nn_pad = None if padding_idx < 0 else padding_idx
+    (torch.nn.functional.embedding(x, ref, padding_idx=nn_pad, sparse=True) * up).sum().backward()
+    assert w.grad.is_sparse
+    torch.testing.assert_close(w.grad.to_dense(), ref.grad.to_dense(), rtol=0, atol=0)
+
+
+def test_torch_compile_sparse_with_a_changing_batch() -> None:
+    """A second batch size makes dynamo recompile with a symbolic batch; the C++ sparse
+    backward asked for concrete sizes ("Cannot call numel() on tensor with symbolic sizes").
+    Both of its branches: the op called directly (no padding, no scale: FastEmbedding's CUDA
+    path) and the layer with scale_grad_by_freq (against nn.Embedding's dense gradient, as
+    nn.Embedding refuses a sparse one with it)."""
+    torch.manual_seed(0)
+    w = torch.randn(20, 8, requires_grad=True)
+    direct = torch.compile(lambda x: ops.embedding(w, x, -1, False, True).sum(), backend="aot_eager")
+    fast = FastEmbedding(20, 8, sparse=True, scale_grad_by_freq=True)
+    ref = nn.Embedding(20, 8, scale_grad_by_freq=True)
     ref.weight.data.copy_(fast.weight.data)
-    f = torch.compile(lambda x: fast(x).sum(), backend="aot_eager")
+    layer = torch.compile(lambda x: (fast(x) ** 2).sum(), backend="aot_eager")
     for b in (4, 7, 9):
         x = torch.randint(0, 20, (b,))
-        fast.weight.grad = None
-        ref.weight.grad = None
-        f(x).backward()
-        ref(x).sum().backward()
-        torch.testing.assert_close(fast.weight.grad.to_dense(), ref.weight.grad.to_dense())
+        w.grad = fast.weight.grad = ref.weight.grad = None
+        direct(x).backward()
+        want = torch.zeros(20, 8).index_add_(0, x, torch.ones(b, 8))
+        torch.testing.assert_close(w.grad.to_dense(), want)
+        layer(x).backward()
+        (ref(x) ** 2).sum().backward()
+        assert fast.weight.grad.is_sparse
+        torch.testing.assert_close(fast.weight.grad.to_dense(), ref.weight.grad)
 
 
 @pytest.mark.parametrize("multi", [False, True])

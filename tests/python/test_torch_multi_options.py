@@ -426,3 +426,29 @@ def test_cuda_equals_separate_nn_embeddings(padding_idx, max_norm, scale, sparse
     (ref * up).sum().backward()
     assert multi.weight.grad.is_sparse == sparse
     _assert_tables_close(multi, refs, "grad", rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("fullgraph", [False, True])
+def test_scale_grad_by_freq_compiles_with_a_changing_batch(fullgraph: bool) -> None:
+    """The dense scale_grad_by_freq backward goes table by table with the sizes kept as Python
+    ints (reading them from the `meta` tensor broke torch.compile(fullgraph=True) and meta
+    tensors); exact against a list of nn.Embedding."""
+    torch.manual_seed(0)
+    m = FastMultiEmbedding([5, 7], [3, 2], scale_grad_by_freq=True, padding_idx=[None, 1])
+    refs = [
+        nn.Embedding.from_pretrained(m.table(t).detach().clone(), freeze=False, scale_grad_by_freq=True, padding_idx=p)
+        for t, p in enumerate([None, 1])
+    ]
+    f = torch.compile(m, backend="aot_eager", fullgraph=fullgraph)
+    for b in (4, 6, 9):
+        x = torch.stack([torch.randint(0, 5, (b,)), torch.randint(0, 7, (b,))], 1)
+        m.weight.grad = None
+        for r in refs:
+            r.weight.grad = None
+        (f(x) ** 2).sum().backward()
+        (torch.cat([refs[t](x[:, t]) for t in range(2)], 1) ** 2).sum().backward()
+        assert torch.equal(m.weight.grad, torch.cat([r.weight.grad.reshape(-1) for r in refs]))
+    meta = FastMultiEmbedding([5, 7], [3, 2], scale_grad_by_freq=True, device="meta")
+    out = meta(torch.zeros(4, 2, dtype=torch.long, device="meta"))
+    out.sum().backward()
+    assert meta.weight.grad is not None and meta.weight.grad.shape == (29,)

@@ -33,8 +33,8 @@ class FastEmbedding(nn.Embedding):
     indices (CPU: each thread owns a range of rows; CUDA: atomic adds with warp-level
     pre-reduction, or a deterministic path under ``torch.use_deterministic_algorithms``).
     ``max_norm`` renormalizes the looked-up rows in place, as nn.Embedding does. ``sparse=True``
-    is nn.Embedding's own function (a sparse gradient has nothing to reduce), except with
-    ``scale_grad_by_freq``, which nn.Embedding refuses with it and this layer supports.
+    on CPU is nn.Embedding's own function (a sparse gradient has nothing to reduce), except
+    with ``scale_grad_by_freq``, which nn.Embedding refuses with it and this layer supports.
     Indices are int32 or int64; an out-of-range index raises IndexError.
     """
 
@@ -45,14 +45,16 @@ class FastEmbedding(nn.Embedding):
         if (
             input.dtype not in _INDEX_DTYPES
             or not weight.is_floating_point()
-            or (self.sparse and not self.scale_grad_by_freq)
+            or (self.sparse and not self.scale_grad_by_freq and weight.device.type == "cpu")
         ):
             # what the kernels do not cover (other index dtypes, integer or complex weights)
             # is nn.Embedding's own function: its results and its errors. So is a sparse
-            # gradient (without scale_grad_by_freq, which ATen refuses with it): it is the
-            # output gradient's rows with their indices, no reduction for a kernel to speed
-            # up, and ATen's generated autograd costs less per step than a custom op's
-            # (measured on CPU: ~9 µs a forward and backward, 15% of a batch-256 step).
+            # gradient on CPU (without scale_grad_by_freq, which ATen refuses with it): it is
+            # the output gradient's rows with their indices, no reduction for a kernel to
+            # speed up, and ATen's generated autograd costs less per step than a custom op's
+            # (~9 µs a forward and backward, 15% of a batch-256 step). On CUDA the op stays:
+            # ATen's kernel asserts on the device for an out-of-range index, the op raises
+            # IndexError.
             return F.embedding(
                 input, weight, self.padding_idx, self.max_norm, self.norm_type,
                 self.scale_grad_by_freq, self.sparse,
@@ -159,7 +161,7 @@ class _MultiEmbeddingWithOptions(torch.autograd.Function):
         meta: Tensor,
         total_dim: int,
         aux: tuple[Tensor, ...],
-        layout: list[tuple[int | None, int, int]],
+        layout: list[tuple[int | None, int, int, int, int]],
         total_rows: int,
         scale_grad_by_freq: bool,
         sparse: bool,
@@ -176,7 +178,7 @@ class _MultiEmbeddingWithOptions(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         input, meta, row_base, pad_elems, col_table, col_j = ctx.saved_tensors
-        padded = any(p is not None for p, _, _ in ctx.layout)
+        padded = any(p is not None for p, *_ in ctx.layout)
         x = input.long()
         batch = x.shape[0]
         if ctx.scale and not ctx.sparse:
@@ -184,7 +186,8 @@ class _MultiEmbeddingWithOptions(torch.autograd.Function):
             # does (a fused multiply-add by 1/count into each row, in index order): the same
             # bits as a list of nn.Embedding (dividing the gradient first differed in the last)
             gw = grad.new_zeros(ctx.numel)
-            for t, ((p, d, c), (n, _, off, _)) in enumerate(zip(ctx.layout, meta.tolist())):
+            # (sizes and offsets from the layout's Python ints: nothing read from the device)
+            for t, (p, d, c, n, off) in enumerate(ctx.layout):
                 if d == 0 or n == 0:
                     continue
                 part = ops.embedding_dense_backward(
@@ -214,7 +217,7 @@ class _MultiEmbeddingWithOptions(torch.autograd.Function):
             values = grad.reshape(-1)
         else:  # per table (tables are few): leave out the lookups of the padding row
             parts_e, parts_v = [x.new_empty(0)], [grad.new_empty(0)]
-            for t, (p, d, c) in enumerate(ctx.layout):
+            for t, (p, d, c, _, _) in enumerate(ctx.layout):
                 if d == 0:
                     continue
                 j, g, st = col_j[c : c + d], grad[:, c : c + d], start[:, t]
@@ -334,7 +337,10 @@ class FastMultiEmbedding(nn.Module):
         per = _per_table_padding(value, self.num_embeddings)
         self._padding = per
         self._padded = any(p is not None for p in per)
-        self._layout = list(zip(per, self.embedding_dims, self._columns))
+        # per table: padding row, dim, first output column, rows, first element of the weight
+        self._layout = list(
+            zip(per, self.embedding_dims, self._columns, self.num_embeddings, self._offsets)
+        )
         dev = self.meta.device
         elems = [
             self._offsets[t] + p * d + j
