@@ -601,8 +601,18 @@ where
         // `open(path, "wb")` would (probed by opening it for writing, which changes nothing;
         // root may write anything).
         if let Err(e) = std::fs::OpenOptions::new().write(true).open(path) {
-            if e.kind() == std::io::ErrorKind::PermissionDenied {
-                return Err(Error::io(format!("cannot write {} (the file is read-only to this process)", shown.display()), e));
+            match e.kind() {
+                std::io::ErrorKind::PermissionDenied => {
+                    return Err(Error::io(
+                        format!("cannot write {} (the file is read-only to this process)", shown.display()),
+                        e,
+                    ))
+                }
+                // refused now, not after the whole file is written
+                std::io::ErrorKind::IsADirectory => {
+                    return Err(Error::io(format!("cannot write {}", shown.display()), e))
+                }
+                _ => {}
             }
         }
     }

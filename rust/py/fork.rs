@@ -37,7 +37,7 @@ fn child_pool(generation: usize) -> Option<&'static rayon::ThreadPool> {
             }
         }
         let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(rayon::current_num_threads())
+            .num_threads(default_threads())
             .thread_name(|i| format!("vecfusion-{i}"))
             .build()
             .ok()?;
@@ -51,6 +51,17 @@ fn child_pool(generation: usize) -> Option<&'static rayon::ThreadPool> {
         // SAFETY: `made` came from Box::into_raw above and nobody else has seen it.
         drop(unsafe { Box::from_raw(made) });
     }
+}
+
+/// rayon's default thread count (`RAYON_NUM_THREADS`, else the available parallelism),
+/// worked out without `rayon::current_num_threads()`, which would start the global pool in a
+/// child whose parent never used it: threads that would sit idle beside the child's own.
+fn default_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Run `f` where its rayon loops have live threads: directly in a process that never

@@ -267,7 +267,7 @@ def test_double_backward() -> None:
     m = FastMultiEmbedding([4, 7, 3], [2, 1, 3], dtype=torch.float64)
     xm = torch.tensor([[0, 6, 2], [3, 6, 1], [0, 0, 2]])
     wm = m.weight.detach().clone().requires_grad_(True)
-    assert torch.autograd.gradgradcheck(lambda w: ops.multi_embedding(w, xm, m.meta, m.total_dim), (wm,))
+    assert torch.autograd.gradgradcheck(lambda w: ops.multi_embedding(w, xm, m.table_meta, m.total_dim), (wm,))
 
 
 def test_padding_idx_set_after_construction() -> None:
@@ -312,7 +312,7 @@ def test_gradcheck_float64() -> None:
     m = FastMultiEmbedding([4, 7, 3], [2, 1, 3], dtype=torch.float64)
     xm = torch.tensor([[0, 6, 2], [3, 6, 1], [0, 0, 2]])
     wm = m.weight.detach().clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda w: ops.multi_embedding(w, xm, m.meta, m.total_dim), (wm,))
+    assert torch.autograd.gradcheck(lambda w: ops.multi_embedding(w, xm, m.table_meta, m.total_dim), (wm,))
 
 
 # opcheck's aot_dispatch test itself reads .grad of a non-leaf tensor (a torch-internal warning)
@@ -330,7 +330,7 @@ def test_opcheck() -> None:
     torch.library.opcheck(ops.embedding_renorm_, (w.detach().clone(), x, 1.0, 2.0))
     m = FastMultiEmbedding([4, 7], [2, 3])
     xm = torch.tensor([[0, 6], [3, 5]])
-    torch.library.opcheck(ops.multi_embedding, (m.weight, xm, m.meta, m.total_dim))
+    torch.library.opcheck(ops.multi_embedding, (m.weight, xm, m.table_meta, m.total_dim))
 
 
 def test_torch_compile_forward_backward() -> None:

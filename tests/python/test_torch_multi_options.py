@@ -452,3 +452,18 @@ def test_scale_grad_by_freq_compiles_with_a_changing_batch(fullgraph: bool) -> N
     out = meta(torch.zeros(4, 2, dtype=torch.long, device="meta"))
     out.sum().backward()
     assert meta.weight.grad is not None and meta.weight.grad.shape == (29,)
+
+
+def test_torch_export_round_trips() -> None:
+    """torch.export's GraphModule has a `meta` attribute: a buffer of that name made
+    `.module()` fail ("attribute 'meta' already exists")."""
+    m = FastMultiEmbedding([5, 6], [2, 3])
+    x = torch.tensor([[0, 5], [4, 1], [2, 2]])
+    exported = torch.export.export(m, (x,)).module()
+    assert torch.equal(exported(x), m(x))
+    # a module pickled before the buffer was renamed still loads and runs
+    state = m.__getstate__()
+    state["_buffers"] = {("meta" if k == "table_meta" else k): v for k, v in state["_buffers"].items()}
+    old = FastMultiEmbedding.__new__(FastMultiEmbedding)
+    old.__setstate__(state)
+    assert torch.equal(old(x), m(x))

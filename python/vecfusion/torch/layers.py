@@ -304,7 +304,8 @@ class FastMultiEmbedding(nn.Module):
         self._offsets = [int(o) for o in woff]
         self._columns = [int(c) for c in coff]
         self._total_rows = int(sum(nums))
-        self.register_buffer("meta", torch.from_numpy(meta).to(device), persistent=False)
+        # (not named `meta`: torch.export's GraphModule has an attribute of that name)
+        self.register_buffer("table_meta", torch.from_numpy(meta).to(device), persistent=False)
         # For the gradient options: the first row of each table in the concatenated rows
         # (counts for scale_grad_by_freq), and per output column its table and its position in
         # the table's row (sparse gradient indices).
@@ -327,6 +328,12 @@ class FastMultiEmbedding(nn.Module):
                 raise ValueError(f"_weight must have shape ({numel},), got {tuple(_weight.shape)}")
             self.weight = nn.Parameter(_weight, requires_grad=not _freeze)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        buffers = self.__dict__.get("_buffers", {})
+        if "meta" in buffers and "table_meta" not in buffers:  # pickled before the rename
+            buffers["table_meta"] = buffers.pop("meta")
+
     @property
     def padding_idx(self) -> list[int | None]:
         """The padding row of each table (non-negative) or None; settable like at construction."""
@@ -341,7 +348,7 @@ class FastMultiEmbedding(nn.Module):
         self._layout = list(
             zip(per, self.embedding_dims, self._columns, self.num_embeddings, self._offsets)
         )
-        dev = self.meta.device
+        dev = self.table_meta.device
         elems = [
             self._offsets[t] + p * d + j
             for t, (p, d) in enumerate(zip(per, self.embedding_dims))
@@ -428,12 +435,12 @@ class FastMultiEmbedding(nn.Module):
             self._renorm(input)
         adjusted = self._padded or self.scale_grad_by_freq or self.sparse
         if not (adjusted and self.weight.requires_grad and torch.is_grad_enabled()):
-            return ops.multi_embedding(self.weight, input, self.meta, self.total_dim)
+            return ops.multi_embedding(self.weight, input, self.table_meta, self.total_dim)
         aux = (self._row_base, self._pad_elems, self._col_table, self._col_j)
         return _MultiEmbeddingWithOptions.apply(
             self.weight,
             input,
-            self.meta,
+            self.table_meta,
             self.total_dim,
             aux,
             self._layout,
