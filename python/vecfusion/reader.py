@@ -328,7 +328,10 @@ class EmbeddingReader:
             # files without rows give no data: their shape and dtype do not matter (as in
             # embedding-reader, which skips them)
             full = [h for h in self._npy if h.rows > 0]
-            first = full[0] if full else self._npy[0]
+            if not full:
+                # as embedding-reader ("No embeddings found") and the parquet format here
+                raise FormatError(f"every .npy file of {a['embeddings_folder']!r} is empty: no embeddings to read")
+            first = full[0]
             for h in full:
                 if h.dim != first.dim:
                     raise FormatError(
@@ -770,7 +773,14 @@ class EmbeddingReader:
                 return None
             # Strings stay Arrow-backed (pandas' "string[pyarrow]"): no Python str per value.
             strings = {pa.string(): pd.StringDtype("pyarrow"), pa.large_string(): pd.StringDtype("pyarrow")}
-            return table.select(meta_cols).to_pandas(types_mapper=strings.get)
+            meta = table.select(meta_cols)
+            # dictionary-encoded columns as their values: a pandas category would turn into
+            # object where a batch joins two files with different dictionaries, so the dtype
+            # would change from batch to batch
+            for k, field in enumerate(meta.schema):
+                if pa.types.is_dictionary(field.type):
+                    meta = meta.set_column(k, field.name, meta.column(k).cast(field.type.value_type))
+            return meta.to_pandas(types_mapper=strings.get)
 
         workers = max(1, min(parallel_pieces or 8, len(ranges)))
         if workers == 1:

@@ -700,3 +700,27 @@ def test_a_row_group_is_decoded_once_for_all_its_batches(tmp_path: Path, monkeyp
         assert meta["id"].tolist() == list(range(230)) + list(range(1000, 1057))
         decoded = [g for gs in reads for g in gs]
         assert len(decoded) == 4 if bs < 1000 else len(decoded) <= 4, (bs, reads)  # groups 0-2 and 0
+
+
+def test_dictionary_meta_columns_keep_one_dtype_across_batches(tmp_path: Path) -> None:
+    """A dictionary-encoded (categorical) meta column came back as a pandas category, except
+    in a batch joining two files with different dictionaries (then object): its values now
+    come back as the dictionary's value type in every batch."""
+    for name, vals in (("a", ["x", "y", "x"]), ("b", ["z", "q", "z"])):
+        pq.write_table(
+            pa.table({"embedding": pa.array([[1.0, 2.0]] * 3, pa.list_(pa.float32())),
+                      "c": pa.array(vals).dictionary_encode()}),
+            tmp_path / f"{name}.parquet",
+        )
+    r = vf.EmbeddingReader(str(tmp_path), file_format="parquet", meta_columns=["c"])
+    batches = [m for _, m in r(2, show_progress=False)]
+    assert len({str(m["c"].dtype) for m in batches}) == 1
+    assert [v for m in batches for v in m["c"]] == ["x", "y", "x", "z", "q", "z"]
+
+
+def test_a_folder_of_empty_npy_files_is_an_error(tmp_path: Path) -> None:
+    """As embedding-reader ("No embeddings found") and as this reader's parquet format."""
+    np.save(tmp_path / "a.npy", np.zeros((0, 4), np.float32))
+    np.save(tmp_path / "b.npy", np.zeros((0, 4), np.float32))
+    with pytest.raises(ValueError, match="is empty: no embeddings"):
+        vf.EmbeddingReader(str(tmp_path))
