@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use vecfusion::compat::text::{read_text, write_text, Header};
 use vecfusion::compat::word2vec::{read_word2vec_binary, write_word2vec_binary};
-use vecfusion::compat::{fasttext, ReadOptions};
+use vecfusion::compat::{fasttext, Decode, ReadOptions};
 use vecfusion::{Embeddings, OpenMode};
 
 fn golden(rel: &str) -> PathBuf {
@@ -15,7 +15,7 @@ fn golden(rel: &str) -> PathBuf {
 }
 
 const RAW: ReadOptions = ReadOptions {
-    lossy: false,
+    decode: Decode::Strict,
     limit: None,
     normalize: false,
 };
@@ -55,7 +55,7 @@ fn strict_utf8_fails_lossy_replaces() {
         let e = read_text(&p, header, &ReadOptions::default()).unwrap_err();
         assert!(e.is_format() && e.to_string().contains("UTF-8"), "{e}");
         let lossy = ReadOptions {
-            lossy: true,
+            decode: Decode::Lossy,
             ..ReadOptions::default()
         };
         let emb = read_text(&p, header, &lossy).unwrap();

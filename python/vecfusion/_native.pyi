@@ -223,7 +223,11 @@ def _after_fork_in_child() -> None: ...
 # --- word2vec, text and fastText formats (issue 5) ---
 
 def load_word2vec(
-    path: str | os.PathLike[str], lossy: bool = False, limit: int | None = None, normalize: bool = True
+    path: str | os.PathLike[str],
+    lossy: bool = False,
+    limit: int | None = None,
+    normalize: bool = True,
+    encoding: str = "utf-8",
 ) -> Embeddings: ...
 def load_text(
     path: str | os.PathLike[str],
@@ -231,8 +235,11 @@ def load_text(
     lossy: bool = False,
     limit: int | None = None,
     normalize: bool = True,
+    encoding: str = "utf-8",
 ) -> Embeddings: ...
-def load_fasttext(path: str | os.PathLike[str], lossy: bool = False, normalize: bool = True) -> Embeddings: ...
+def load_fasttext(
+    path: str | os.PathLike[str], lossy: bool = False, normalize: bool = True, encoding: str = "utf-8"
+) -> Embeddings: ...
 # -- EmbeddingReader helpers (rust/py/reader.rs; used by vecfusion.reader) -------------
 
 def npy_header_size(prefix: bytes, name: str | None = None) -> int: ...

@@ -126,18 +126,19 @@ def _dst_format(path: Path, src_format: str) -> str:
 
 
 def load_any(path: str | os.PathLike[str], fmt: str | None = None, *, normalize: bool = True,
-             lossy: bool = False, mmap: bool = False) -> Embeddings:
-    """Load embeddings of any supported format (detected when ``fmt`` is None)."""
+             lossy: bool = False, mmap: bool = False, encoding: str = "utf-8") -> Embeddings:
+    """Load embeddings of any supported format (detected when ``fmt`` is None).
+    ``lossy`` and ``encoding`` apply to the words of word2vec, text and fastText files."""
     f = _norm_format(fmt) if fmt else detect_format(path)
     if f == "finalfusion":
         return load(path, mmap=mmap)
     if f == "word2vec":
-        return load_word2vec(path, lossy=lossy, normalize=normalize)
+        return load_word2vec(path, lossy=lossy, normalize=normalize, encoding=encoding)
     if f == "text":
-        return load_text(path, dims=None, lossy=lossy, normalize=normalize)
+        return load_text(path, dims=None, lossy=lossy, normalize=normalize, encoding=encoding)
     if f == "glove":
-        return load_text(path, dims=False, lossy=lossy, normalize=normalize)
-    return load_fasttext(path, lossy=lossy, normalize=normalize)
+        return load_text(path, dims=False, lossy=lossy, normalize=normalize, encoding=encoding)
+    return load_fasttext(path, lossy=lossy, normalize=normalize, encoding=encoding)
 
 
 def write_any(emb: Embeddings, path: str | os.PathLike[str], fmt: str, vocab: str = "standard") -> None:
@@ -189,6 +190,7 @@ def convert(
     vocab: str = "standard",
     progress: bool = True,
     lossy: bool = False,
+    encoding: str = "utf-8",
 ) -> Embeddings:
     """Convert an embedding file to another format and return the embeddings read.
 
@@ -201,7 +203,8 @@ def convert(
     ``vocab`` other than ``"standard"`` is passed to ``Embeddings.write`` (finalfusion
     targets only). ``progress`` shows a progress bar for steps longer than a second.
     ``lossy`` reads words with invalid UTF-8 (word2vec, text and fastText sources) with
-    U+FFFD in place of the bad bytes instead of failing.
+    U+FFFD in place of the bad bytes instead of failing; ``encoding="latin-1"`` reads them as
+    ISO-8859-1 instead (every byte a character, so distinct words stay distinct).
     """
     src_p, dst_p = Path(src), Path(dst)
     sf = _norm_format(src_format) if src_format else detect_format(src_p)
@@ -218,7 +221,7 @@ def convert(
                    bar_format="{desc}: {n_fmt}/{total_fmt} steps [{elapsed}]")
     try:
         with _step(bar, f"reading {src_p.name} ({sf})"):
-            emb = load_any(src_p, sf, normalize=(df == "finalfusion"), lossy=lossy)
+            emb = load_any(src_p, sf, normalize=(df == "finalfusion"), lossy=lossy, encoding=encoding)
         with _step(bar, f"writing {dst_p.name} ({df})"):
             write_any(emb, dst_p, df, vocab)
     finally:

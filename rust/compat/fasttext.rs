@@ -337,15 +337,15 @@ impl<R: BufRead> Reader<R> {
 /// import); without, each word row stays fastText's own vector (the mean of the word row
 /// and its n-gram rows, summed in fastText's order: `get_word_vector` bit for bit) and
 /// there are no norms.
-pub fn read_fasttext(path: &Path, lossy: bool, normalize: bool) -> Result<Embeddings> {
-    read_fasttext_inner(path, lossy, normalize).map_err(|e| match e {
+pub fn read_fasttext(path: &Path, decode: impl Into<super::Decode>, normalize: bool) -> Result<Embeddings> {
+    read_fasttext_inner(path, decode.into(), normalize).map_err(|e| match e {
         // I/O errors name the file already
         e @ Error::Io { .. } => e,
         e => e.context(path.display()),
     })
 }
 
-fn read_fasttext_inner(path: &Path, lossy: bool, normalize: bool) -> Result<Embeddings> {
+fn read_fasttext_inner(path: &Path, decode: super::Decode, normalize: bool) -> Result<Embeddings> {
     let file = crate::embeddings::open_regular_file(path)?;
     let file_len = file
         .metadata()
@@ -434,10 +434,10 @@ fn read_fasttext_inner(path: &Path, lossy: bool, normalize: bool) -> Result<Embe
         let ty = r.u8(path, "entry type")?;
         match ty {
             0 if i < nwords => {
-                if lossy && std::str::from_utf8(&buf).is_err() {
+                if decode != super::Decode::Strict && decode.changes(&buf) {
                     raw.push((i, buf.clone()));
                 }
-                words.push(&buf, lossy, || format!("fastText dictionary entry {i}"))?;
+                words.push(&buf, decode, || format!("fastText dictionary entry {i}"))?;
             }
             1 if i >= nwords => {} // a label: not part of the input matrix
             _ => {
@@ -578,8 +578,9 @@ struct NgramParams<'a> {
     bucket: u32,
     /// For a pruned model, which buckets kept a row (fastText drops the others' n-grams).
     kept: Option<&'a [bool]>,
-    /// The file's bytes of the words that were not UTF-8 (read with `lossy`), by row: their
-    /// n-grams are those fastText takes from these bytes, not from the replaced text.
+    /// The file's bytes of the words whose text is not those bytes (invalid UTF-8 read with
+    /// `lossy`, non-ASCII read as Latin-1), by row: their n-grams are those fastText takes
+    /// from these bytes, not from the decoded text.
     raw: &'a [(usize, Vec<u8>)],
 }
 

@@ -18,11 +18,46 @@ use crate::error::{Error, Result};
 use crate::storage::{ArrayStorage, Storage};
 use crate::vocab::{Vocab, WordList};
 
+/// How the bytes of a word become text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Decode {
+    /// UTF-8; a word that is not valid UTF-8 is an error.
+    #[default]
+    Strict,
+    /// UTF-8; invalid bytes become U+FFFD (distinct words can become one).
+    Lossy,
+    /// ISO-8859-1 (Latin-1): every byte is the character of that code point, so every byte
+    /// string is a word and distinct byte strings stay distinct (gensim's `encoding='latin-1'`).
+    Latin1,
+}
+
+impl From<bool> for Decode {
+    /// `lossy`: `true` is [`Decode::Lossy`], `false` [`Decode::Strict`].
+    fn from(lossy: bool) -> Self {
+        if lossy {
+            Decode::Lossy
+        } else {
+            Decode::Strict
+        }
+    }
+}
+
+impl Decode {
+    /// Whether a word's text is not its bytes as they are (not strict UTF-8 of those bytes):
+    /// true for a Latin-1 word with a byte above 0x7F and for a word with invalid UTF-8.
+    pub fn changes(self, raw: &[u8]) -> bool {
+        match self {
+            Decode::Latin1 => !raw.is_ascii(),
+            _ => std::str::from_utf8(raw).is_err(),
+        }
+    }
+}
+
 /// Options shared by the word2vec and text readers.
 #[derive(Clone, Copy, Debug)]
 pub struct ReadOptions {
-    /// Replace invalid UTF-8 in words with U+FFFD instead of failing.
-    pub lossy: bool,
+    /// How words' bytes are decoded (strict UTF-8 by default).
+    pub decode: Decode,
     /// Read at most this many words (the rest of the file is not read).
     pub limit: Option<usize>,
     /// L2-normalize rows and keep the norms (true), or keep rows as stored (false).
@@ -32,7 +67,7 @@ pub struct ReadOptions {
 impl Default for ReadOptions {
     fn default() -> Self {
         ReadOptions {
-            lossy: false,
+            decode: Decode::Strict,
             limit: None,
             normalize: true,
         }
@@ -48,10 +83,20 @@ pub(crate) struct WordsBuilder {
 
 impl WordsBuilder {
     /// Append a word given as raw bytes; `where_` describes its position for errors.
-    pub fn push(&mut self, raw: &[u8], lossy: bool, where_: impl FnOnce() -> String) -> Result<()> {
+    pub fn push(&mut self, raw: &[u8], decode: Decode, where_: impl FnOnce() -> String) -> Result<()> {
+        if decode == Decode::Latin1 {
+            // U+0000..U+00FF: ASCII bytes as they are, the others as two UTF-8 bytes
+            self.bytes.reserve(raw.len() * 2);
+            for &b in raw {
+                let mut buf = [0u8; 2];
+                self.bytes.extend_from_slice(char::from(b).encode_utf8(&mut buf).as_bytes());
+            }
+            self.ends.push(self.bytes.len());
+            return Ok(());
+        }
         match std::str::from_utf8(raw) {
             Ok(_) => self.bytes.extend_from_slice(raw),
-            Err(_) if lossy => {
+            Err(_) if decode == Decode::Lossy => {
                 self.bytes.extend_from_slice(String::from_utf8_lossy(raw).as_bytes());
             }
             Err(e) => {
@@ -60,7 +105,8 @@ impl WordsBuilder {
                 return Err(Error::invalid(
                     "UTF-8",
                     format!(
-                        "{at}the word {:?} is not valid UTF-8 ({e}); read with lossy=True to replace invalid bytes with U+FFFD",
+                        "{at}the word {:?} is not valid UTF-8 ({e}); read with encoding='latin-1' if the file is \
+                         Latin-1, or lossy=True to replace invalid bytes with U+FFFD",
                         String::from_utf8_lossy(raw)
                     ),
                 ));

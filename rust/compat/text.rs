@@ -12,7 +12,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use super::fmt::push_f32;
-use super::{assemble, export_row, known_words, ReadOptions, WordsBuilder};
+use super::{assemble, export_row, known_words, Decode, ReadOptions, WordsBuilder};
 use crate::embeddings::{write_atomically, Embeddings};
 use crate::error::{Error, Result};
 
@@ -98,7 +98,7 @@ fn read_text_inner(path: &Path, header: Header, opts: &ReadOptions) -> Result<Em
             return Err(line_err(1, "no values after the word"));
         }
         dims = Some(d);
-        parse_line(line, d, 1, opts.lossy, &mut words, &mut data)?;
+        parse_line(line, d, 1, opts.decode, &mut words, &mut data)?;
         lineno = 2;
     }
     let Some(dims) = dims else {
@@ -115,11 +115,11 @@ fn read_text_inner(path: &Path, header: Header, opts: &ReadOptions) -> Result<Em
             if n == 0 {
                 break;
             }
-            parse_line(strip_eol(&buf), dims, lineno, opts.lossy, &mut words, &mut data)?;
+            parse_line(strip_eol(&buf), dims, lineno, opts.decode, &mut words, &mut data)?;
             lineno += 1;
         }
     } else {
-        read_parallel(&mut r, dims, &mut lineno, opts.lossy, &mut words, &mut data, BLOCK).map_err(|e| match e {
+        read_parallel(&mut r, dims, &mut lineno, opts.decode, &mut words, &mut data, BLOCK).map_err(|e| match e {
             ParErr::Io(e) => io_err(e),
             ParErr::Format(e) => e,
         })?;
@@ -157,7 +157,7 @@ fn read_parallel<R: Read>(
     r: &mut R,
     dims: usize,
     lineno: &mut u64,
-    lossy: bool,
+    decode: Decode,
     words: &mut WordsBuilder,
     data: &mut Vec<f32>,
     block: usize,
@@ -194,7 +194,7 @@ fn read_parallel<R: Read>(
         let bounds = split_lines(region, pieces_per_block);
         let pieces: Vec<Piece> = bounds
             .par_windows(2)
-            .map(|w| parse_piece(&region[w[0]..w[1]], dims, lossy))
+            .map(|w| parse_piece(&region[w[0]..w[1]], dims, decode))
             .collect();
         for p in pieces {
             if let Some(e) = p.error {
@@ -230,7 +230,7 @@ fn renumber(e: Error, base: u64) -> Error {
     }
 }
 
-fn parse_piece(bytes: &[u8], dims: usize, lossy: bool) -> Piece {
+fn parse_piece(bytes: &[u8], dims: usize, decode: Decode) -> Piece {
     let mut p = Piece::default();
     let mut est = 0;
     if dims > 0 {
@@ -241,7 +241,7 @@ fn parse_piece(bytes: &[u8], dims: usize, lossy: bool) -> Piece {
     for line in bytes.split_inclusive(|&b| b == b'\n') {
         p.lines += 1;
         let local = p.lines;
-        if let Err(e) = parse_line_piece(strip_eol(line), dims, local, lossy, &mut p.words, &mut p.data) {
+        if let Err(e) = parse_line_piece(strip_eol(line), dims, local, decode, &mut p.words, &mut p.data) {
             p.error = Some(e);
             return p;
         }
@@ -253,17 +253,17 @@ fn parse_line_piece(
     line: &[u8],
     dims: usize,
     local: u64,
-    lossy: bool,
+    decode: Decode,
     words: &mut WordsBuilder,
     data: &mut Vec<f32>,
 ) -> Result<()> {
-    parse_line_with(line, dims, lossy, words, data, |msg| {
+    parse_line_with(line, dims, decode, words, data, |msg| {
         Error::invalid("text embeddings", format!("piece line {local}: {msg}"))
     })
 }
 
-fn parse_line(line: &[u8], dims: usize, lineno: u64, lossy: bool, words: &mut WordsBuilder, data: &mut Vec<f32>) -> Result<()> {
-    parse_line_with(line, dims, lossy, words, data, |msg| line_err(lineno, msg))
+fn parse_line(line: &[u8], dims: usize, lineno: u64, decode: Decode, words: &mut WordsBuilder, data: &mut Vec<f32>) -> Result<()> {
+    parse_line_with(line, dims, decode, words, data, |msg| line_err(lineno, msg))
 }
 
 #[inline]
@@ -275,7 +275,7 @@ fn is_sep(b: u8) -> bool {
 fn parse_line_with(
     line: &[u8],
     dims: usize,
-    lossy: bool,
+    decode: Decode,
     words: &mut WordsBuilder,
     data: &mut Vec<f32>,
     err: impl Fn(String) -> Error,
@@ -333,7 +333,7 @@ fn parse_line_with(
             super::excerpt(word)
         )));
     }
-    words.push(word, lossy, String::new).map_err(|e| match e {
+    words.push(word, decode, String::new).map_err(|e| match e {
         Error::Invalid { message, .. } => err(message),
         e => e,
     })
@@ -472,7 +472,7 @@ mod tests {
         let mut data = Vec::new();
         let mut lineno = 1;
         let mut r = std::io::Cursor::new(text);
-        read_parallel(&mut r, 2, &mut lineno, false, &mut words, &mut data, block).map_err(|e| match e {
+        read_parallel(&mut r, 2, &mut lineno, Decode::Strict, &mut words, &mut data, block).map_err(|e| match e {
             ParErr::Io(e) => Error::io("read", e),
             ParErr::Format(e) => e,
         })?;
@@ -509,13 +509,13 @@ mod tests {
     fn line_errors() {
         let mut words = WordsBuilder::default();
         let mut data = Vec::new();
-        let e = parse_line(b"w 1 x 3", 3, 7, false, &mut words, &mut data).unwrap_err();
+        let e = parse_line(b"w 1 x 3", 3, 7, Decode::Strict, &mut words, &mut data).unwrap_err();
         assert!(e.to_string().contains("line 7"), "{e}");
-        let e = parse_line(b"w 1 2", 3, 8, false, &mut words, &mut data).unwrap_err();
+        let e = parse_line(b"w 1 2", 3, 8, Decode::Strict, &mut words, &mut data).unwrap_err();
         assert!(e.to_string().contains("line 8") && e.to_string().contains("found 2"), "{e}");
-        let e = parse_line(b"", 3, 9, false, &mut words, &mut data).unwrap_err();
+        let e = parse_line(b"", 3, 9, Decode::Strict, &mut words, &mut data).unwrap_err();
         assert!(e.to_string().contains("line 9: empty line"), "{e}");
-        parse_line(b"w 1 -2.5e1 3 ", 3, 10, false, &mut words, &mut data).unwrap();
+        parse_line(b"w 1 -2.5e1 3 ", 3, 10, Decode::Strict, &mut words, &mut data).unwrap();
         assert_eq!(data, vec![1.0, -25.0, 3.0]);
     }
 }

@@ -200,7 +200,7 @@ fn read_word2vec_inner(path: &Path, opts: &ReadOptions) -> Result<Embeddings> {
                 }
             };
             let word = &r.buf[r.pos..r.pos + word_len];
-            words.push(word, opts.lossy, || format!("word2vec record {record}"))?;
+            words.push(word, opts.decode, || format!("word2vec record {record}"))?;
             r.pos += word_len + 1;
             // the vector
             if !r.fill(row_bytes).map_err(io)? {

@@ -9,12 +9,24 @@ use pyo3::prelude::*;
 
 use super::embeddings::PyEmbeddings;
 use crate::compat::text::Header;
-use crate::compat::{fasttext, text, word2vec, ReadOptions};
+use crate::compat::{fasttext, text, word2vec, Decode, ReadOptions};
 use crate::embeddings::Embeddings;
+
+/// How words are decoded: `encoding` is UTF-8 (strict, or with U+FFFD for invalid bytes when
+/// `lossy`) or Latin-1 (every byte a character; `lossy` changes nothing).
+fn decode_of(lossy: bool, encoding: &str) -> PyResult<Decode> {
+    match encoding.to_ascii_lowercase().replace('_', "-").as_str() {
+        "utf-8" | "utf8" => Ok(Decode::from(lossy)),
+        "latin-1" | "latin1" | "iso-8859-1" | "iso8859-1" | "l1" => Ok(Decode::Latin1),
+        _ => Err(PyValueError::new_err(format!(
+            "encoding must be 'utf-8' or 'latin-1' (ISO-8859-1), got {encoding:?}"
+        ))),
+    }
+}
 
 /// `limit` as a row count: `None` reads everything, an int above any possible row count (a
 /// Python int is unbounded) reads everything too; negative or non-int values are refused.
-fn options(lossy: bool, limit: Option<&Bound<'_, PyAny>>, normalize: bool) -> PyResult<ReadOptions> {
+fn options(decode: Decode, limit: Option<&Bound<'_, PyAny>>, normalize: bool) -> PyResult<ReadOptions> {
     let limit = match limit {
         None => None,
         Some(l) => {
@@ -37,15 +49,23 @@ fn options(lossy: bool, limit: Option<&Bound<'_, PyAny>>, normalize: bool) -> Py
             Some(l.extract::<u64>().map_or(usize::MAX, |v| usize::try_from(v).unwrap_or(usize::MAX)))
         }
     };
-    Ok(ReadOptions { lossy, limit, normalize })
+    Ok(ReadOptions { decode, limit, normalize })
 }
 
 /// Read a word2vec binary file. `limit` reads only the first words; `normalize=False`
-/// keeps the vectors as stored (no norms); `lossy=True` replaces invalid UTF-8 with U+FFFD.
+/// keeps the vectors as stored (no norms); `lossy=True` replaces invalid UTF-8 with U+FFFD;
+/// `encoding='latin-1'` reads words as ISO-8859-1 (every byte a character).
 #[pyfunction]
-#[pyo3(signature = (path, lossy=false, limit=None, normalize=true))]
-pub fn load_word2vec(py: Python<'_>, path: PathBuf, lossy: bool, limit: Option<&Bound<'_, PyAny>>, normalize: bool) -> PyResult<PyEmbeddings> {
-    let opts = options(lossy, limit, normalize)?;
+#[pyo3(signature = (path, lossy=false, limit=None, normalize=true, encoding="utf-8"))]
+pub fn load_word2vec(
+    py: Python<'_>,
+    path: PathBuf,
+    lossy: bool,
+    limit: Option<&Bound<'_, PyAny>>,
+    normalize: bool,
+    encoding: &str,
+) -> PyResult<PyEmbeddings> {
+    let opts = options(decode_of(lossy, encoding)?, limit, normalize)?;
     let emb = crate::py::fork::detach(py, || {
         crate::compat::check_not_compressed(&path)?;
         word2vec::read_word2vec_binary(&path, &opts).map_err(|e| match e {
@@ -64,8 +84,9 @@ pub fn load_word2vec(py: Python<'_>, path: PathBuf, lossy: bool, limit: Option<&
 
 /// Read a text file (`word v1 ... vd` per line). `dims=None` detects a `"n d"` header line,
 /// `dims=True` requires one (word2vec text), `dims=False` reads every line as a vector (GloVe).
+/// `encoding='latin-1'` reads words as ISO-8859-1 (every byte a character).
 #[pyfunction]
-#[pyo3(signature = (path, dims=None, lossy=false, limit=None, normalize=true))]
+#[pyo3(signature = (path, dims=None, lossy=false, limit=None, normalize=true, encoding="utf-8"))]
 pub fn load_text(
     py: Python<'_>,
     path: PathBuf,
@@ -73,8 +94,9 @@ pub fn load_text(
     lossy: bool,
     limit: Option<&Bound<'_, PyAny>>,
     normalize: bool,
+    encoding: &str,
 ) -> PyResult<PyEmbeddings> {
-    let opts = options(lossy, limit, normalize)?;
+    let opts = options(decode_of(lossy, encoding)?, limit, normalize)?;
     let header = match dims {
         None => Header::Detect,
         Some(true) => Header::Yes,
@@ -128,12 +150,15 @@ fn is_binary_after_header(path: &std::path::Path) -> bool {
 /// Read a fastText `.bin` model or a quantized (and pruned) `.ftz` model.
 /// With `normalize` (the default) word rows are L2-normalized and their norms kept, as
 /// finalfusion does; `normalize=False` keeps each word row exactly fastText's vector.
+/// `encoding='latin-1'` reads words as ISO-8859-1 (their n-grams stay those of the file's
+/// bytes, as fastText's).
 #[pyfunction]
-#[pyo3(signature = (path, lossy=false, normalize=true))]
-pub fn load_fasttext(py: Python<'_>, path: PathBuf, lossy: bool, normalize: bool) -> PyResult<PyEmbeddings> {
+#[pyo3(signature = (path, lossy=false, normalize=true, encoding="utf-8"))]
+pub fn load_fasttext(py: Python<'_>, path: PathBuf, lossy: bool, normalize: bool, encoding: &str) -> PyResult<PyEmbeddings> {
+    let decode = decode_of(lossy, encoding)?;
     let emb = crate::py::fork::detach(py, || {
         crate::compat::check_not_compressed(&path)?;
-        fasttext::read_fasttext(&path, lossy, normalize)
+        fasttext::read_fasttext(&path, decode, normalize)
     })?;
     Ok(PyEmbeddings::from_rust(emb))
 }

@@ -839,3 +839,53 @@ def test_load_fasttext_lossy_takes_the_ngrams_of_the_stored_bytes(tmp_path: Path
         want = fasttext_pybind.Vector(4)
         model.f.getWordVector(want, raw)  # the C++ call takes the bytes as they are
         np.testing.assert_array_equal(emb[text], np.array(want), err_msg=repr(raw))
+
+
+def test_latin1_words_stay_distinct_where_lossy_would_merge_them(tmp_path: Path) -> None:
+    """A Latin-1 file whose words differ only in non-ASCII bytes ("caf\\xe9", "caf\\xe8"):
+    lossy=True makes both "caf\\ufffd" (a duplicate: refused); encoding="latin-1" reads them
+    as gensim's encoding='latin-1' does, every byte the character of that code point."""
+    words = [b"caf\xe9", b"caf\xe8", b"na\xefve", b"plain"]
+    vecs = np.arange(len(words) * 3, dtype=np.float32).reshape(-1, 3) + 1
+    w2v = tmp_path / "l1.bin"
+    w2v.write_bytes(b"4 3\n" + b"".join(w + b" " + v.astype("<f4").tobytes() + b"\n" for w, v in zip(words, vecs)))
+    txt = tmp_path / "l1.txt"
+    txt.write_bytes(b"".join(w + b" " + " ".join(map(str, v.tolist())).encode() + b"\n" for w, v in zip(words, vecs)))
+    want = [w.decode("latin-1") for w in words]
+    for load in (lambda p, **k: vf.load_word2vec(w2v, **k), lambda p, **k: vf.load_text(txt, dims=False, **k)):
+        with pytest.raises(vf.FormatError, match="latin-1"):
+            load(None)  # the UTF-8 error names the way out
+        with pytest.raises(vf.FormatError, match="duplicate"):
+            load(None, lossy=True)
+        e = load(None, encoding="latin-1", normalize=False)
+        assert list(e) == want
+        np.testing.assert_array_equal(e.storage, vecs)
+        assert list(load(None, encoding="ISO-8859-1")) == want
+    with pytest.raises(ValueError, match="encoding must be"):
+        vf.load_word2vec(w2v, encoding="cp1252")
+    # vf.convert passes it on
+    out = tmp_path / "l1.fifu"
+    vf.convert(w2v, out, encoding="latin-1", progress=False)
+    assert list(vf.load(out)) == want
+
+
+def test_load_fasttext_latin1_keeps_fasttexts_vectors(tmp_path: Path) -> None:
+    """fastText keeps words as bytes: a Latin-1 model whose words collide under lossy=True
+    loads with encoding="latin-1", every word row fastText's own vector for its bytes."""
+    import fasttext
+    import fasttext_pybind
+
+    corpus = tmp_path / "latin1.txt"
+    corpus.write_bytes(b"caf\xe9 caf\xe8 na\xefve hello world\n" * 300)
+    model = fasttext.train_unsupervised(
+        str(corpus), dim=4, minCount=1, epoch=1, thread=1, verbose=0, bucket=200, minn=2, maxn=4
+    )
+    path = tmp_path / "latin1.bin"
+    model.save_model(str(path))
+    with pytest.raises(vf.FormatError, match="duplicate"):
+        vf.load_fasttext(path, lossy=True)
+    emb = vf.load_fasttext(path, encoding="latin-1", normalize=False)
+    for raw in (b"caf\xe9", b"caf\xe8", b"na\xefve", b"hello"):
+        want = fasttext_pybind.Vector(4)
+        model.f.getWordVector(want, raw)
+        np.testing.assert_array_equal(emb[raw.decode("latin-1")], np.array(want), err_msg=repr(raw))

@@ -27,6 +27,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--lossy", action="store_true",
                    help="replace invalid UTF-8 in words with U+FFFD instead of failing")
+    p.add_argument("--encoding", default="utf-8",
+                   help="words' encoding in word2vec/text/fastText input: utf-8 (default) or latin-1")
     p.set_defaults(func=run)
     return p
 
@@ -42,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         vocab=args.vocab,
         progress=not args.no_progress and sys.stderr.isatty(),
         lossy=args.lossy,
+        encoding=args.encoding,
     )
     print(f"wrote {args.dst}: {len(emb)} words x {emb.dims} dims")
     return 0
