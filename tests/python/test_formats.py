@@ -867,6 +867,9 @@ def test_latin1_words_stay_distinct_where_lossy_would_merge_them(tmp_path: Path)
     out = tmp_path / "l1.fifu"
     vf.convert(w2v, out, encoding="latin-1", progress=False)
     assert list(vf.load(out)) == want
+    out2 = tmp_path / "l1-cli.fifu"
+    assert cli_main(["convert", str(txt), str(out2), "--from", "glove", "--encoding", "latin-1"]) == 0
+    assert list(vf.load(out2)) == want
 
 
 def test_load_fasttext_latin1_keeps_fasttexts_vectors(tmp_path: Path) -> None:
