@@ -76,6 +76,10 @@ pub enum Error {
     #[error("{0}")]
     UnknownWord(String),
 
+    /// The operation was interrupted (Ctrl-C from Python; see [`crate::cancel`]).
+    #[error("interrupted")]
+    Interrupted,
+
     /// An operating-system I/O error, with context.
     #[error("{context}: {source}")]
     Io {
@@ -114,7 +118,7 @@ impl Error {
     pub fn is_format(&self) -> bool {
         !matches!(
             self,
-            Error::Io { .. } | Error::Argument(_) | Error::UnknownWord(_) | Error::OutOfMemory { .. }
+            Error::Io { .. } | Error::Argument(_) | Error::UnknownWord(_) | Error::OutOfMemory { .. } | Error::Interrupted
         )
     }
 

@@ -18,6 +18,7 @@
 //! ```
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod cancel;
 pub mod compat;
 pub mod embeddings;
 pub mod error;

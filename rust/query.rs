@@ -378,6 +378,7 @@ impl Embeddings {
         let mut normalized = vec![0f32; chunk.min(nq) * d];
         let mut first = 0;
         while first < nq {
+            crate::cancel::check()?;
             let count = chunk.min(nq - first);
             let buf = &mut normalized[..count * d];
             buf.copy_from_slice(&queries[first * d..(first + count) * d]);

@@ -167,6 +167,7 @@ fn read_parallel<R: Read>(
     let mut eof = false;
     let pieces_per_block = rayon::current_num_threads() * 4;
     while !eof {
+        crate::cancel::check().map_err(ParErr::Format)?;
         // fill the buffer up to BLOCK bytes (it may already hold a partial line)
         let start = buf.len();
         buf.resize(start + block, 0);
@@ -423,6 +424,7 @@ pub fn write_text(emb: &Embeddings, path: &Path, header: bool) -> Result<()> {
         const GROUP: usize = ROWS * 64;
         let mut start = 0;
         while start < n {
+            crate::cancel::check_io()?;
             let end = (start + GROUP).min(n);
             let bufs: Vec<Vec<u8>> = (start..end)
                 .into_par_iter()

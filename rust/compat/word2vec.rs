@@ -176,6 +176,9 @@ fn read_word2vec_inner(path: &Path, opts: &ReadOptions) -> Result<Embeddings> {
         let mut norm_part: &mut [f32] = &mut [];
         let mut k = 0; // rows filled in `part`
         for i in 0..rows {
+            if i % 65_536 == 0 {
+                crate::cancel::check()?;
+            }
             let record = i + 1;
             // skip the line breaks (the previous record's) before the word, and only them: as
             // gensim reads, a word is every byte up to the next space (a tab in it is kept; a
@@ -310,6 +313,9 @@ pub fn write_word2vec_binary(emb: &Embeddings, path: &Path) -> Result<()> {
         let mut row = vec![0f32; dims];
         let mut bytes = Vec::with_capacity(dims * 4 + 64);
         for (i, word) in words.iter().enumerate() {
+            if i % 65_536 == 0 {
+                crate::cancel::check_io()?;
+            }
             export_row(emb, i, &mut row);
             bytes.clear();
             bytes.extend_from_slice(word.as_bytes());

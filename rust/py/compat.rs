@@ -66,7 +66,7 @@ pub fn load_word2vec(
     encoding: &str,
 ) -> PyResult<PyEmbeddings> {
     let opts = options(decode_of(lossy, encoding)?, limit, normalize)?;
-    let emb = crate::py::fork::detach(py, || {
+    let emb = crate::py::fork::detach_interruptible(py, || {
         crate::compat::check_not_compressed(&path)?;
         word2vec::read_word2vec_binary(&path, &opts).map_err(|e| match e {
             crate::Error::Invalid { what, message } if crate::compat::looks_like_text(&path) => crate::Error::Invalid {
@@ -102,7 +102,7 @@ pub fn load_text(
         Some(true) => Header::Yes,
         Some(false) => Header::No,
     };
-    let emb = crate::py::fork::detach(py, || {
+    let emb = crate::py::fork::detach_interruptible(py, || {
         text::read_text(&path, header, &opts).map_err(|e| match e {
             crate::Error::Invalid { what, message }
                 if message.contains("line 2:")
@@ -183,7 +183,7 @@ impl PyEmbeddings {
     /// rows times norms).
     fn write_word2vec(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
         let emb = &self.inner;
-        crate::py::fork::detach(py, || word2vec::write_word2vec_binary(emb, &path))?;
+        crate::py::fork::detach_interruptible(py, || word2vec::write_word2vec_binary(emb, &path))?;
         Ok(())
     }
 
@@ -192,7 +192,7 @@ impl PyEmbeddings {
     #[pyo3(signature = (path, dims=true))]
     fn write_text(&self, py: Python<'_>, path: PathBuf, dims: bool) -> PyResult<()> {
         let emb = &self.inner;
-        crate::py::fork::detach(py, || text::write_text(emb, &path, dims))?;
+        crate::py::fork::detach_interruptible(py, || text::write_text(emb, &path, dims))?;
         Ok(())
     }
 

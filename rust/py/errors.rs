@@ -35,6 +35,7 @@ impl From<Error> for PyErr {
             Error::Argument(_) => PyValueError::new_err(msg),
             Error::OutOfMemory { .. } => PyMemoryError::new_err(msg),
             Error::UnknownWord(w) => PyKeyError::new_err(w),
+            Error::Interrupted => pyo3::exceptions::PyKeyboardInterrupt::new_err(msg),
             _ => FormatError::new_err(msg),
         }
     }

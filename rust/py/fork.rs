@@ -81,3 +81,50 @@ pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 pub fn detach<R: Send>(py: Python<'_>, f: impl FnOnce() -> R + Send) -> R {
     py.detach(|| in_pool(f))
 }
+
+/// [`detach`] for long operations that stop on Ctrl-C: `f` runs on a worker thread (in the
+/// process's pool) while this thread, without the GIL, waits for it and every 50 ms lets
+/// Python run its signal handlers. When one raises (KeyboardInterrupt), the core's long
+/// loops are asked to stop ([`crate::cancel`]); once `f` has returned, the Python exception
+/// is raised, whatever `f` returned. A call that ends sooner returns at once.
+pub fn detach_interruptible<R: Send>(py: Python<'_>, f: impl FnOnce() -> crate::Result<R> + Send) -> PyResult<R> {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let mut interrupt: Option<PyErr> = None;
+    let result = py.detach(|| {
+        std::thread::scope(|s| {
+            let (tx, rx) = mpsc::channel();
+            s.spawn(move || {
+                // (a panic drops `tx`: the receiver below sees it and resumes the panic)
+                let _ = tx.send(in_pool(f));
+            });
+            loop {
+                match rx.recv_timeout(Duration::from_millis(50)) {
+                    Ok(r) => return Some(r),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if interrupt.is_none() {
+                            Python::attach(|py| {
+                                if let Err(e) = py.check_signals() {
+                                    interrupt = Some(e);
+                                    crate::cancel::request();
+                                }
+                            });
+                        }
+                    }
+                }
+            }
+        })
+    });
+    if interrupt.is_some() {
+        crate::cancel::clear();
+    }
+    let Some(result) = result else {
+        // the worker panicked; its panic was reported by the scope... unreachable in practice
+        return Err(pyo3::exceptions::PyRuntimeError::new_err("vecfusion: a worker thread panicked"));
+    };
+    match interrupt {
+        Some(e) => Err(e),
+        None => result.map_err(PyErr::from),
+    }
+}

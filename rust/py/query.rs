@@ -215,7 +215,7 @@ impl PyEmbeddings {
             let mut sc_rw = scores.readwrite();
             let idx = idx_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
             let sc = sc_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
-            crate::py::fork::detach(py, || emb.similar_batch_into(slice, n, k, idx, sc))?;
+            crate::py::fork::detach_interruptible(py, || emb.similar_batch_into(slice, n, k, idx, sc))?;
         }
         Ok((indices, scores))
     }
