@@ -186,17 +186,9 @@ OOM_SCRIPT = textwrap.dedent(
     import numpy as np
     import vecfusion as vf
 
-    rows, dims = 60_000, 256  # 61 MB of floats per file
-    words = [f"w{i}" for i in range(rows)]
-    m = np.ones((rows, dims), np.float32)
-    e = vf.Embeddings(words, m)
     tmp = sys.argv[1]
-    e.write(f"{tmp}/big.fifu")
-    e.write_word2vec(f"{tmp}/big.bin")
-    e.write_text(f"{tmp}/big.txt")
-    e.write_text(f"{tmp}/big.glove.txt", dims=False)
-    e.write_fasttext(f"{tmp}/big.ftbin")
-    del e, m
+    # (the files were written by another process: threads that ran here would have left
+    # malloc arenas, reserved address space a load could use under the limit)
     # a little more address space than is in use now: no file fits any more
     vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
     resource.setrlimit(resource.RLIMIT_AS, (vm + (24 << 20), resource.RLIM_INFINITY))
@@ -216,6 +208,14 @@ OOM_SCRIPT = textwrap.dedent(
 
 def test_out_of_memory_is_an_exception(tmp_path: Path) -> None:
     """A file too big for the memory left gives MemoryError, not an abort of the process."""
+    rows, dims = 60_000, 256  # 61 MB of floats per file
+    e = vf.Embeddings([f"w{i}" for i in range(rows)], np.ones((rows, dims), np.float32))
+    e.write(tmp_path / "big.fifu")
+    e.write_word2vec(tmp_path / "big.bin")
+    e.write_text(tmp_path / "big.txt")
+    e.write_text(tmp_path / "big.glove.txt", dims=False)
+    e.write_fasttext(tmp_path / "big.ftbin")
+    del e
     r = subprocess.run(
         [sys.executable, "-c", OOM_SCRIPT, str(tmp_path)],
         capture_output=True,
