@@ -215,7 +215,14 @@ impl PyEmbeddings {
             let mut sc_rw = scores.readwrite();
             let idx = idx_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
             let sc = sc_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
-            crate::py::fork::detach_interruptible(py, || emb.similar_batch_into(slice, n, k, idx, sc))?;
+            // (a batch scanning more than ~2^28 values is stoppable with Ctrl-C; a smaller one
+            // is not worth the worker thread that takes)
+            let work = (n as u64).saturating_mul(emb.storage.rows() as u64).saturating_mul(emb.dims() as u64);
+            if work >= 1 << 28 {
+                crate::py::fork::detach_interruptible(py, || emb.similar_batch_into(slice, n, k, idx, sc))?;
+            } else {
+                crate::py::fork::detach(py, || emb.similar_batch_into(slice, n, k, idx, sc))?;
+            }
         }
         Ok((indices, scores))
     }
