@@ -1,31 +1,45 @@
-//! Cooperative interruption of long operations: the Python bindings set the flag when
-//! Ctrl-C arrives during a long call (readers, writers, batch queries), and those loops
-//! check it between blocks and stop with [`Error::Interrupted`]. A process-wide flag: set only
-//! while an interrupted call winds down, then cleared.
+//! Cooperative interruption of long operations (Ctrl-C from Python).
+//!
+//! Each interruptible call gets its own stop token ([`Token`]), installed for the thread that
+//! drives the call ([`with_token`]); the call's loops check it between blocks with [`check`]
+//! and stop with [`Error::Interrupted`]. Calls on other threads (which have no token, or
+//! their own) are not affected. The checks sit in the driving loops, not in the rayon
+//! closures they start, so the token is needed on that one thread only.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
-static REQUESTED: AtomicBool = AtomicBool::new(false);
+/// A stop request shared by a call and whoever may interrupt it.
+pub type Token = Arc<AtomicBool>;
 
-/// Ask the running long operations to stop.
-pub fn request() {
-    REQUESTED.store(true, Ordering::Relaxed);
+thread_local! {
+    static CURRENT: RefCell<Option<Token>> = const { RefCell::new(None) };
 }
 
-/// Let operations run again (after the interrupted one has stopped).
-pub fn clear() {
-    REQUESTED.store(false, Ordering::Relaxed);
+/// Run `f` with `token` as this thread's stop token (the previous one is restored after,
+/// also when `f` panics).
+pub fn with_token<R>(token: Token, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Token>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let prev = self.0.take();
+            CURRENT.with(|c| *c.borrow_mut() = prev);
+        }
+    }
+    let _restore = Restore(CURRENT.with(|c| c.borrow_mut().replace(token)));
+    f()
 }
 
-/// Whether a stop was asked for.
+/// Whether a stop was asked for the call running on this thread.
 #[inline]
 pub fn requested() -> bool {
-    REQUESTED.load(Ordering::Relaxed)
+    CURRENT.with(|c| c.borrow().as_ref().is_some_and(|t| t.load(Ordering::Relaxed)))
 }
 
-/// `Err(Error::Interrupted)` when a stop was asked for.
+/// `Err(Error::Interrupted)` when a stop was asked for the call running on this thread.
 #[inline]
 pub fn check() -> Result<()> {
     if requested() {
@@ -42,5 +56,25 @@ pub fn check_io() -> std::io::Result<()> {
         Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted"))
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_stops_its_own_thread_only() {
+        let token: Token = Arc::new(AtomicBool::new(false));
+        assert!(check().is_ok()); // no token: never stopped
+        with_token(token.clone(), || {
+            assert!(check().is_ok());
+            token.store(true, Ordering::Relaxed);
+            assert!(matches!(check(), Err(Error::Interrupted)));
+            assert!(check_io().is_err());
+            // another thread (no token) runs on
+            std::thread::scope(|s| s.spawn(|| assert!(check().is_ok())).join().unwrap());
+        });
+        assert!(check().is_ok()); // restored
     }
 }

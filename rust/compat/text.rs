@@ -110,6 +110,9 @@ fn read_text_inner(path: &Path, header: Header, opts: &ReadOptions) -> Result<Em
         // Stream line by line: read no more than needed.
         let mut buf = Vec::new();
         while words.len() < limit {
+            if lineno % 65_536 == 0 {
+                crate::cancel::check()?;
+            }
             buf.clear();
             let n = r.read_until(b'\n', &mut buf).map_err(io_err)?;
             if n == 0 {

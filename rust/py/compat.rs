@@ -150,8 +150,8 @@ fn is_binary_after_header(path: &std::path::Path) -> bool {
 /// Read a fastText `.bin` model or a quantized (and pruned) `.ftz` model.
 /// With `normalize` (the default) word rows are L2-normalized and their norms kept, as
 /// finalfusion does; `normalize=False` keeps each word row exactly fastText's vector.
-/// `encoding='latin-1'` reads words as ISO-8859-1 (their n-grams stay those of the file's
-/// bytes, as fastText's).
+/// `encoding='latin-1'` reads words as ISO-8859-1 (their rows are fastText's, from the n-grams
+/// of the file's bytes; an unknown word asked for later is hashed as its UTF-8 bytes).
 #[pyfunction]
 #[pyo3(signature = (path, lossy=false, normalize=true, encoding="utf-8"))]
 pub fn load_fasttext(py: Python<'_>, path: PathBuf, lossy: bool, normalize: bool, encoding: &str) -> PyResult<PyEmbeddings> {

@@ -83,31 +83,42 @@ pub fn detach<R: Send>(py: Python<'_>, f: impl FnOnce() -> R + Send) -> R {
 }
 
 /// [`detach`] for long operations that stop on Ctrl-C: `f` runs on a worker thread (in the
-/// process's pool) while this thread, without the GIL, waits for it and every 50 ms lets
-/// Python run its signal handlers. When one raises (KeyboardInterrupt), the core's long
-/// loops are asked to stop ([`crate::cancel`]); once `f` has returned, the Python exception
-/// is raised, whatever `f` returned. A call that ends sooner returns at once.
+/// process's pool) with a stop token of its own ([`crate::cancel`]), while this thread,
+/// without the GIL, waits for it and every 50 ms lets Python run its signal handlers. When
+/// one raises (KeyboardInterrupt), the token asks `f`'s loops to stop; once `f` has
+/// returned, the Python exception is raised, whatever `f` returned. Other calls, on other
+/// threads, are not affected. A call that ends sooner returns at once.
 pub fn detach_interruptible<R: Send>(py: Python<'_>, f: impl FnOnce() -> crate::Result<R> + Send) -> PyResult<R> {
+    use std::sync::atomic::AtomicBool;
     use std::sync::mpsc;
     use std::time::Duration;
+    let token: crate::cancel::Token = std::sync::Arc::new(AtomicBool::new(false));
     let mut interrupt: Option<PyErr> = None;
-    let result = py.detach(|| {
+    let outcome = py.detach(|| {
         std::thread::scope(|s| {
             let (tx, rx) = mpsc::channel();
+            let worker_token = token.clone();
             s.spawn(move || {
-                // (a panic drops `tx`: the receiver below sees it and resumes the panic)
-                let _ = tx.send(in_pool(f));
+                // a panic is carried back and resumed on the calling thread (its own message)
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    in_pool(|| crate::cancel::with_token(worker_token, f))
+                }));
+                let _ = tx.send(r);
             });
             loop {
                 match rx.recv_timeout(Duration::from_millis(50)) {
-                    Ok(r) => return Some(r),
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+                    Ok(r) => return r,
+                    // (the worker always sends before it ends)
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        return Err(Box::new("vecfusion: the worker thread ended without a result")
+                            as Box<dyn std::any::Any + Send>)
+                    }
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         if interrupt.is_none() {
                             Python::attach(|py| {
                                 if let Err(e) = py.check_signals() {
                                     interrupt = Some(e);
-                                    crate::cancel::request();
+                                    token.store(true, std::sync::atomic::Ordering::Relaxed);
                                 }
                             });
                         }
@@ -116,12 +127,9 @@ pub fn detach_interruptible<R: Send>(py: Python<'_>, f: impl FnOnce() -> crate::
             }
         })
     });
-    if interrupt.is_some() {
-        crate::cancel::clear();
-    }
-    let Some(result) = result else {
-        // the worker panicked; its panic was reported by the scope... unreachable in practice
-        return Err(pyo3::exceptions::PyRuntimeError::new_err("vecfusion: a worker thread panicked"));
+    let result = match outcome {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
     };
     match interrupt {
         Some(e) => Err(e),
