@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -818,20 +819,28 @@ def test_write_fasttext_keeps_the_loss(tmp_path: Path) -> None:
         np.testing.assert_allclose(m.get_word_vector("alpha"), e.fasttext_vector("alpha"), rtol=1e-6, atol=1e-7)
 
 
-def test_load_fasttext_lossy_takes_the_ngrams_of_the_stored_bytes(tmp_path: Path) -> None:
-    """A word that is not UTF-8 (a Latin-1 corpus) is read with lossy=True as U+FFFD text, but
-    its row is fastText's: the mean of its word row and the n-gram rows of the bytes in the
-    file (they were taken from the replaced text). Checked against fastText's own
-    getWordVector on those bytes."""
+def _latin1_fasttext(tmp_path: Path, line: bytes) -> tuple[Any, Path]:
+    """A small fastText model trained on a Latin-1 (not UTF-8) corpus, and its .bin file."""
     import fasttext
-    import fasttext_pybind
+
     corpus = tmp_path / "latin1.txt"
-    corpus.write_bytes(b"caf\xe9 na\xefve hello world foo bar\n" * 300)
+    corpus.write_bytes(line * 300)
     model = fasttext.train_unsupervised(
         str(corpus), dim=4, minCount=1, epoch=1, thread=1, verbose=0, bucket=200, minn=2, maxn=4
     )
     path = tmp_path / "latin1.bin"
     model.save_model(str(path))
+    return model, path
+
+
+def test_load_fasttext_lossy_takes_the_ngrams_of_the_stored_bytes(tmp_path: Path) -> None:
+    """A word that is not UTF-8 (a Latin-1 corpus) is read with lossy=True as U+FFFD text, but
+    its row is fastText's: the mean of its word row and the n-gram rows of the bytes in the
+    file (they were taken from the replaced text). Checked against fastText's own
+    getWordVector on those bytes."""
+    import fasttext_pybind
+
+    model, path = _latin1_fasttext(tmp_path, b"caf\xe9 na\xefve hello world foo bar\n")
     with pytest.raises(vf.FormatError, match="UTF-8"):
         vf.load_fasttext(path)
     emb = vf.load_fasttext(path, lossy=True, normalize=False)
@@ -875,16 +884,9 @@ def test_latin1_words_stay_distinct_where_lossy_would_merge_them(tmp_path: Path)
 def test_load_fasttext_latin1_keeps_fasttexts_vectors(tmp_path: Path) -> None:
     """fastText keeps words as bytes: a Latin-1 model whose words collide under lossy=True
     loads with encoding="latin-1", every word row fastText's own vector for its bytes."""
-    import fasttext
     import fasttext_pybind
 
-    corpus = tmp_path / "latin1.txt"
-    corpus.write_bytes(b"caf\xe9 caf\xe8 na\xefve hello world\n" * 300)
-    model = fasttext.train_unsupervised(
-        str(corpus), dim=4, minCount=1, epoch=1, thread=1, verbose=0, bucket=200, minn=2, maxn=4
-    )
-    path = tmp_path / "latin1.bin"
-    model.save_model(str(path))
+    model, path = _latin1_fasttext(tmp_path, b"caf\xe9 caf\xe8 na\xefve hello world\n")
     with pytest.raises(vf.FormatError, match="duplicate"):
         vf.load_fasttext(path, lossy=True)
     emb = vf.load_fasttext(path, encoding="latin-1", normalize=False)
