@@ -117,6 +117,11 @@ inline void prefetch_row(const void* p, int64_t bytes) {
   for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 1);
 }
 
+// One case of the dispatchers below: `f` called with the value as a compile-time constant.
+#define VF_CONST_CASE(V) \
+  case V:                \
+    return f(std::integral_constant<int64_t, V>{});
+
 // Calls `f(std::integral_constant<int64_t, W>{})` with W = `w` when `w` is one of the usual
 // row widths and W = 0 otherwise (the kernel then uses the runtime width): the per-row loops of
 // the common widths compile with the width as a constant (a few vector moves per row, no
@@ -124,13 +129,9 @@ inline void prefetch_row(const void* p, int64_t bytes) {
 template <typename F>
 inline void with_width(int64_t w, F&& f) {
   switch (w) {
-#define VF_WIDTH_CASE(W) \
-  case W:                \
-    return f(std::integral_constant<int64_t, W>{});
-    VF_WIDTH_CASE(1) VF_WIDTH_CASE(2) VF_WIDTH_CASE(4) VF_WIDTH_CASE(8) VF_WIDTH_CASE(16) VF_WIDTH_CASE(32)
-    VF_WIDTH_CASE(64) VF_WIDTH_CASE(128) VF_WIDTH_CASE(256) VF_WIDTH_CASE(300) VF_WIDTH_CASE(512) VF_WIDTH_CASE(1024)
-    VF_WIDTH_CASE(1200)
-#undef VF_WIDTH_CASE
+    VF_CONST_CASE(1) VF_CONST_CASE(2) VF_CONST_CASE(4) VF_CONST_CASE(8) VF_CONST_CASE(16) VF_CONST_CASE(32)
+    VF_CONST_CASE(64) VF_CONST_CASE(128) VF_CONST_CASE(256) VF_CONST_CASE(300) VF_CONST_CASE(512) VF_CONST_CASE(1024)
+    VF_CONST_CASE(1200)
     default:
       return f(std::integral_constant<int64_t, 0>{});
   }
@@ -442,13 +443,9 @@ std::vector<Table> tables_of(const at::Tensor& meta) {
 template <typename F>
 inline void with_small_width(int64_t bytes, F&& f) {
   switch (bytes) {
-#define VF_SW(B) \
-  case B:        \
-    return f(std::integral_constant<int64_t, B>{});
-    VF_SW(4) VF_SW(8) VF_SW(12) VF_SW(16) VF_SW(20) VF_SW(24) VF_SW(28) VF_SW(32) VF_SW(36) VF_SW(40) VF_SW(44)
-    VF_SW(48) VF_SW(52) VF_SW(56) VF_SW(60) VF_SW(64) VF_SW(68) VF_SW(72) VF_SW(76) VF_SW(80) VF_SW(84) VF_SW(88)
-    VF_SW(92) VF_SW(96) VF_SW(100) VF_SW(104) VF_SW(108) VF_SW(112) VF_SW(116) VF_SW(120) VF_SW(124) VF_SW(128)
-#undef VF_SW
+    VF_CONST_CASE(4) VF_CONST_CASE(8) VF_CONST_CASE(12) VF_CONST_CASE(16) VF_CONST_CASE(20) VF_CONST_CASE(24) VF_CONST_CASE(28) VF_CONST_CASE(32) VF_CONST_CASE(36) VF_CONST_CASE(40) VF_CONST_CASE(44)
+    VF_CONST_CASE(48) VF_CONST_CASE(52) VF_CONST_CASE(56) VF_CONST_CASE(60) VF_CONST_CASE(64) VF_CONST_CASE(68) VF_CONST_CASE(72) VF_CONST_CASE(76) VF_CONST_CASE(80) VF_CONST_CASE(84) VF_CONST_CASE(88)
+    VF_CONST_CASE(92) VF_CONST_CASE(96) VF_CONST_CASE(100) VF_CONST_CASE(104) VF_CONST_CASE(108) VF_CONST_CASE(112) VF_CONST_CASE(116) VF_CONST_CASE(120) VF_CONST_CASE(124) VF_CONST_CASE(128)
     default:
       return f(std::integral_constant<int64_t, 0>{});
   }
@@ -530,17 +527,14 @@ at::Tensor multi_embedding_cpu(const at::Tensor& weight, const at::Tensor& indic
 template <typename F>
 inline void with_small_dim(int64_t dim, F&& f) {
   switch (dim) {
-#define VF_SD(D) \
-  case D:        \
-    return f(std::integral_constant<int64_t, D>{});
-    VF_SD(1) VF_SD(2) VF_SD(3) VF_SD(4) VF_SD(5) VF_SD(6) VF_SD(7) VF_SD(8) VF_SD(9) VF_SD(10) VF_SD(11) VF_SD(12)
-    VF_SD(13) VF_SD(14) VF_SD(15) VF_SD(16) VF_SD(17) VF_SD(18) VF_SD(19) VF_SD(20) VF_SD(21) VF_SD(22) VF_SD(23)
-    VF_SD(24) VF_SD(25) VF_SD(26) VF_SD(27) VF_SD(28) VF_SD(29) VF_SD(30) VF_SD(31) VF_SD(32)
-#undef VF_SD
+    VF_CONST_CASE(1) VF_CONST_CASE(2) VF_CONST_CASE(3) VF_CONST_CASE(4) VF_CONST_CASE(5) VF_CONST_CASE(6) VF_CONST_CASE(7) VF_CONST_CASE(8) VF_CONST_CASE(9) VF_CONST_CASE(10) VF_CONST_CASE(11) VF_CONST_CASE(12)
+    VF_CONST_CASE(13) VF_CONST_CASE(14) VF_CONST_CASE(15) VF_CONST_CASE(16) VF_CONST_CASE(17) VF_CONST_CASE(18) VF_CONST_CASE(19) VF_CONST_CASE(20) VF_CONST_CASE(21) VF_CONST_CASE(22) VF_CONST_CASE(23)
+    VF_CONST_CASE(24) VF_CONST_CASE(25) VF_CONST_CASE(26) VF_CONST_CASE(27) VF_CONST_CASE(28) VF_CONST_CASE(29) VF_CONST_CASE(30) VF_CONST_CASE(31) VF_CONST_CASE(32)
     default:
       return f(std::integral_constant<int64_t, 0>{});
   }
 }
+#undef VF_CONST_CASE
 
 // One table's part of the multi-table backward: weight row `ip[i·nt]` of the table at `w` +=
 // gradient slice `g + i·s0` (element stride `s1`) for every batch row i, in order. Rows of `dim`
