@@ -41,20 +41,71 @@ struct HashWords {
     /// `ends[i]` is the end offset of word `i` in `bytes`; word `i` starts at `ends[i-1]`.
     ends: Vec<usize>,
     /// A power of two number of entries (empty for an empty list).
-    table: Vec<Slot>,
+    table: SlotTable,
     state: foldhash::fast::FixedState,
 }
 
 /// A hash-table entry (16 bytes): `start_len` packs the start of the word's bytes (low 40
 /// bits) and its length (high 24 bits); `EMPTY` marks a free entry.
 #[derive(Clone, Copy)]
+#[repr(C)]
 struct Slot {
     start_len: u64,
     fingerprint: u32,
     row: u32,
 }
 
+const _: () = assert!(std::mem::size_of::<Slot>() == 16 && std::mem::align_of::<Slot>() == 8);
+// SAFETY: `Slot` is `repr(C)` with three integer fields and no padding (16 bytes, checked
+// above): every bit pattern is a valid value, and all-zero is one.
+unsafe impl bytemuck::Zeroable for Slot {}
+// SAFETY: as above; it is `Copy` and `'static`.
+unsafe impl bytemuck::Pod for Slot {}
+
 const EMPTY: u64 = u64::MAX;
+
+/// The entries of a [`HashWords`] table, in a buffer that is backed by transparent huge
+/// pages when it is large (see [`crate::storage::AlignedBytes`]). The table is far larger
+/// than the cache and read at random: with 4 KiB pages nearly every lookup, and every
+/// insertion while it is built, also missed the TLB.
+#[derive(Default)]
+struct SlotTable(Option<crate::storage::AlignedBytes>);
+
+impl SlotTable {
+    /// `n` free entries.
+    fn empty_slots(n: usize) -> Result<Self> {
+        let bytes = n.checked_mul(std::mem::size_of::<Slot>()).ok_or(Error::Overflow("vocabulary"))?;
+        let mut b = crate::storage::AlignedBytes::zeroed(bytes, "vocabulary hash table")?;
+        // every byte 0xFF: `start_len == EMPTY` in every entry
+        b.as_mut_slice().fill(0xFF);
+        Ok(SlotTable(Some(b)))
+    }
+}
+
+impl Clone for SlotTable {
+    fn clone(&self) -> Self {
+        let copy = self.0.as_ref().map(|b| crate::storage::AlignedBytes::copy_from(b.as_slice(), "vocabulary hash table"));
+        // A copy of a table that exists is at most as large as it; should even that fail,
+        // abort as a failed `Vec` clone would.
+        SlotTable(copy.map(|c| c.unwrap_or_else(|_| std::alloc::handle_alloc_error(std::alloc::Layout::new::<Slot>()))))
+    }
+}
+
+impl std::ops::Deref for SlotTable {
+    type Target = [Slot];
+    #[inline]
+    fn deref(&self) -> &[Slot] {
+        // The buffer is at least 8-byte aligned and a whole number of entries long.
+        self.0.as_ref().map_or(&[], |b| bytemuck::cast_slice(b.as_slice()))
+    }
+}
+
+impl std::ops::DerefMut for SlotTable {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut [Slot] {
+        self.0.as_mut().map_or(&mut [], |b| bytemuck::cast_slice_mut(b.as_mut_slice()))
+    }
+}
 const START_BITS: u32 = 40;
 const MAX_START: usize = (1 << START_BITS) - 1;
 const MAX_LEN: usize = (1 << (64 - START_BITS)) - 2;
@@ -107,7 +158,7 @@ impl HashWords {
         let mut list = HashWords {
             bytes: Vec::new(),
             ends: Vec::with_capacity(it.size_hint().0),
-            table: Vec::new(),
+            table: SlotTable::default(),
             state: foldhash::fast::FixedState::with_seed(0x5646_5646),
         };
         for w in it {
@@ -123,7 +174,7 @@ impl HashWords {
         let mut list = HashWords {
             bytes,
             ends,
-            table: Vec::new(),
+            table: SlotTable::default(),
             state: foldhash::fast::FixedState::with_seed(0x5646_5646),
         };
         list.build_table()?;
@@ -139,28 +190,30 @@ impl HashWords {
             return Err(Error::invalid("vocabulary", "more than 2^40 bytes of words"));
         }
         if n == 0 {
-            self.table = Vec::new();
+            self.table = SlotTable::default();
             return Ok(());
         }
         // at most three quarters full (linear probing stays short; 16 bytes per entry)
         let size = (n + n / 3 + 1).checked_next_power_of_two().ok_or(Error::Overflow("vocabulary"))?;
         let mask = size - 1;
-        let mut table = vec![
-            Slot {
-                start_len: EMPTY,
-                fingerprint: 0,
-                row: 0,
-            };
-            size
-        ];
+        let mut table = SlotTable::empty_slots(size)?;
         let bytes = &self.bytes;
+        // Hash every word first (a sequential pass), so that the insertion loop can
+        // prefetch the entry it will write `AHEAD` words later: the entries are scattered
+        // over a table far larger than the cache, and one miss at a time made the
+        // insertions most of the time a memory-mapped file takes to open.
+        const AHEAD: usize = 16;
+        let hashes: Vec<u64> = (0..n).map(|i| hash_str(&self.state, self.bytes_of(i))).collect();
         for i in 0..n {
+            if let Some(&h) = hashes.get(i + AHEAD) {
+                crate::storage::prefetch_addr(std::ptr::from_ref(&table[h as usize & mask]).cast::<u8>());
+            }
             let start = if i == 0 { 0 } else { self.ends[i - 1] };
             let w = &bytes[start..self.ends[i]];
             if w.len() > MAX_LEN {
                 return Err(Error::invalid("vocabulary", format!("word {i} is longer than {MAX_LEN} bytes")));
             }
-            let (mut pos, fingerprint) = split_hash(hash_str(&self.state, w), mask);
+            let (mut pos, fingerprint) = split_hash(hashes[i], mask);
             loop {
                 let slot = &table[pos];
                 if slot.is_empty() {
@@ -434,6 +487,30 @@ impl WordList {
     }
 }
 
+/// Check that every word of a concatenation (`ends`: word end offsets) is valid UTF-8.
+///
+/// One pass over the whole buffer (the standard library's check runs fastest over long
+/// ASCII stretches) plus a look at each boundary: when the buffer is valid and no word
+/// ends inside a character, every word is valid. Only on failure are the words checked
+/// one by one, to name the first bad one.
+pub(crate) fn validate_words_utf8(bytes: &[u8], ends: &[usize]) -> Result<()> {
+    // A continuation byte (0b10xx_xxxx) right after a word end means a character spans it.
+    let split = |&e: &usize| bytes.get(e).is_some_and(|&b| (b as i8) < -64);
+    if std::str::from_utf8(bytes).is_ok() && !ends.iter().any(split) {
+        return Ok(());
+    }
+    let mut start = 0;
+    for (i, &end) in ends.iter().enumerate() {
+        std::str::from_utf8(&bytes[start..end]).map_err(|source| Error::Utf8 {
+            what: "vocabulary word",
+            index: i as u64,
+            source,
+        })?;
+        start = end;
+    }
+    Ok(())
+}
+
 /// Read `n` length-prefixed words from `r` into a [`WordList`].
 pub(crate) fn read_words(r: &mut crate::format::ByteReader<'_>, n: u64) -> Result<WordList> {
     // Every word needs at least its 4-byte length: bound `n` by the data left
@@ -450,16 +527,12 @@ pub(crate) fn read_words(r: &mut crate::format::ByteReader<'_>, n: u64) -> Resul
     let n = n as usize;
     let mut ends = Vec::with_capacity(n);
     let mut bytes = Vec::new();
-    for i in 0..n {
+    for _ in 0..n {
         let b = r.string_bytes("vocabulary word")?;
-        std::str::from_utf8(b).map_err(|source| Error::Utf8 {
-            what: "vocabulary word",
-            index: i as u64,
-            source,
-        })?;
         bytes.extend_from_slice(b);
         ends.push(bytes.len());
     }
+    validate_words_utf8(&bytes, &ends)?;
     bytes.shrink_to_fit();
     WordList::from_parts(bytes, ends)
 }
@@ -533,7 +606,7 @@ mod tests {
         // move "ab" two entries on, and put a decoy (the bytes of "cd", same length,
         // same fingerprint) at its home, with the entry between them filled too
         let real = h.table.iter().position(|s| !s.is_empty() && s.row == 0).unwrap();
-        let mut slots = h.table.clone();
+        let mut slots: Vec<Slot> = h.table.to_vec();
         slots[real] = Slot { start_len: EMPTY, fingerprint: 0, row: 0 };
         let others: Vec<Slot> = slots.iter().filter(|s| !s.is_empty()).copied().collect();
         for s in slots.iter_mut() {
@@ -543,11 +616,35 @@ mod tests {
         slots[home] = Slot { fingerprint, ..cd };
         slots[(home + 1) & mask] = others.iter().find(|s| s.row == 2).copied().unwrap();
         slots[(home + 2) & mask] = h.table[real];
-        h.table = slots;
+        h.table.copy_from_slice(&slots);
         assert_eq!(h.index("ab"), Some(0));
         let mut rows = [None; 2];
         h.index_group(&["ab", "zz"], &mut rows, |_| ());
         assert_eq!(rows, [Some(0), None]);
+    }
+
+    /// The one-pass check accepts exactly what checking each word would: a character
+    /// split across two words is refused although the concatenation is valid.
+    #[test]
+    fn words_utf8_is_checked_word_by_word() {
+        let bad_at = |bytes: &[u8], ends: &[usize]| match validate_words_utf8(bytes, ends) {
+            Ok(()) => None,
+            Err(Error::Utf8 { index, .. }) => Some(index),
+            Err(e) => panic!("unexpected error {e}"),
+        };
+        let e_acute = "a\u{e9}b".as_bytes(); // 61 c3 a9 62
+        assert_eq!(bad_at(e_acute, &[1, 4]), None);
+        assert_eq!(bad_at(e_acute, &[2, 4]), Some(0)); // "a\xc3" | "\xa9b"
+        assert_eq!(bad_at(e_acute, &[0, 1, 1, 3, 4]), None); // empty words
+        assert_eq!(bad_at(e_acute, &[0, 1, 1, 2, 4]), Some(3));
+        assert_eq!(bad_at(b"ab\xff", &[1, 2, 3]), Some(2));
+        assert_eq!(bad_at(b"", &[0, 0]), None);
+        // the same answers for every split of a mixed buffer
+        let text = "x\u{e9}\u{20ac}y\u{1f600}".as_bytes();
+        for cut in 0..=text.len() {
+            let want = [&text[..cut], &text[cut..]].iter().position(|w| std::str::from_utf8(w).is_err());
+            assert_eq!(bad_at(text, &[cut, text.len()]), want.map(|i| i as u64), "cut {cut}");
+        }
     }
 
     #[test]
