@@ -3,8 +3,9 @@
 //! Each interruptible call gets its own stop token ([`Token`]), installed for the thread that
 //! drives the call ([`with_token`]); the call's loops check it between blocks with [`check`]
 //! and stop with [`Error::Interrupted`]. Calls on other threads (which have no token, or
-//! their own) are not affected. The checks sit in the driving loops, not in the rayon
-//! closures they start, so the token is needed on that one thread only.
+//! their own) are not affected. Most checks sit in the driving loops; a parallel loop whose
+//! pieces are long takes the driving thread's token along ([`current`]) and checks it in
+//! its closures ([`stopped`]).
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +38,18 @@ pub fn with_token<R>(token: Token, f: impl FnOnce() -> R) -> R {
 #[inline]
 pub fn requested() -> bool {
     CURRENT.with(|c| c.borrow().as_ref().is_some_and(|t| t.load(Ordering::Relaxed)))
+}
+
+/// The stop token of the call running on this thread (`None` outside an interruptible
+/// call), for the worker threads the call starts.
+pub fn current() -> Option<Token> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+/// Whether a stop was asked through `token` (from [`current`]).
+#[inline]
+pub fn stopped(token: &Option<Token>) -> bool {
+    token.as_ref().is_some_and(|t| t.load(Ordering::Relaxed))
 }
 
 /// `Err(Error::Interrupted)` when a stop was asked for the call running on this thread.
@@ -74,7 +87,12 @@ mod tests {
             assert!(check_io().is_err());
             // another thread (no token) runs on
             std::thread::scope(|s| s.spawn(|| assert!(check().is_ok())).join().unwrap());
+            // unless it was handed this call's token
+            let taken = current();
+            assert!(stopped(&taken));
+            std::thread::scope(|s| s.spawn(move || assert!(stopped(&taken))).join().unwrap());
         });
         assert!(check().is_ok()); // restored
+        assert!(current().is_none() && !stopped(&current()));
     }
 }

@@ -562,9 +562,13 @@ pub(crate) fn read_into_at(file: &File, buf: &mut [u8], offset: u64, piece: usiz
     {
         use std::os::unix::fs::FileExt;
         let piece = piece.max(1);
-        buf.par_chunks_mut(piece)
-            .enumerate()
-            .try_for_each(|(i, chunk)| file.read_exact_at(chunk, offset + (i * piece) as u64))
+        let stop = crate::cancel::current();
+        buf.par_chunks_mut(piece).enumerate().try_for_each(|(i, chunk)| {
+            if crate::cancel::stopped(&stop) {
+                return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted"));
+            }
+            file.read_exact_at(chunk, offset + (i * piece) as u64)
+        })
     }
     #[cfg(not(unix))]
     {

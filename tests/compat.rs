@@ -257,3 +257,43 @@ fn word2vec_without_dimensions_keeps_the_empty_norm() {
     let empty = vecfusion::embeddings::l2_normalize(&mut []);
     assert!(emb.norms.as_ref().unwrap().iter().all(|n| n.to_bits() == empty.to_bits()));
 }
+
+/// A stop request (Ctrl-C from Python) ends the long reads and writes early: each call,
+/// run with a token already set, fails and a write leaves no file behind (neither the
+/// target nor its temporary file); the same calls succeed without a stop request.
+#[test]
+fn stop_requests_end_reads_and_writes() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use vecfusion::cancel::with_token;
+
+    let dir = tempfile::tempdir().unwrap();
+    // a matrix over 16 MiB, so that the finalfusion writer writes it in pieces
+    let (n, dims) = (70_000, 64);
+    let words: Vec<String> = (0..n).map(|i| format!("w{i}")).collect();
+    let vocab = vecfusion::vocab::Vocab::Simple(vecfusion::vocab::WordList::new(words.iter().map(String::as_str)).unwrap());
+    let storage = vecfusion::Storage::Array(vecfusion::ArrayStorage::new(floats(n * dims, 5), n, dims).unwrap());
+    let emb = Embeddings::new(None, vocab, storage, None).unwrap();
+    let stopped = || Arc::new(AtomicBool::new(true));
+    let listing = || {
+        let mut v: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    };
+
+    let fifu = dir.path().join("e.fifu");
+    let ft = dir.path().join("e.bin");
+    assert!(with_token(stopped(), || emb.write_with_vocab(&fifu, None, None)).is_err());
+    assert!(with_token(stopped(), || fasttext::write_fasttext(&emb, &ft)).is_err());
+    assert!(listing().is_empty(), "{:?}", listing());
+
+    emb.write_with_vocab(&fifu, None, None).unwrap();
+    fasttext::write_fasttext(&emb, &ft).unwrap();
+    assert_eq!(listing(), ["e.bin", "e.fifu"]);
+    assert!(with_token(stopped(), || Embeddings::open(&fifu, OpenMode::Read)).is_err());
+    assert!(with_token(stopped(), || fasttext::read_fasttext(&ft, false, true)).is_err());
+    // a token that is not set changes nothing
+    let calm = Arc::new(AtomicBool::new(false));
+    assert_eq!(with_token(calm.clone(), || Embeddings::open(&fifu, OpenMode::Read)).unwrap().len(), n);
+    assert_eq!(with_token(calm, || fasttext::read_fasttext(&ft, false, true)).unwrap().len(), n);
+}

@@ -424,6 +424,9 @@ fn read_fasttext_inner(path: &Path, decode: super::Decode, normalize: bool) -> R
     let mut buf = Vec::with_capacity(64);
     let mut raw: Vec<(usize, Vec<u8>)> = Vec::new();
     for i in 0..size as usize {
+        if i % (1 << 16) == 0 {
+            crate::cancel::check()?;
+        }
         buf.clear();
         r.r.read_until(0, &mut buf).map_err(|e| read_err(path, "fastText dictionary", e))?;
         if buf.last() != Some(&0) {
@@ -807,11 +810,15 @@ where
     if dims == 0 {
         return Ok(normalize.then_some(norms));
     }
+    let stop = crate::cancel::current();
     word_part
         .par_chunks_mut(IMPORT_BLOCK * dims)
         .zip(norms.par_chunks_mut(IMPORT_BLOCK))
         .enumerate()
         .try_for_each(|(b, (block, block_norms))| -> Result<()> {
+            if crate::cancel::stopped(&stop) {
+                return Err(Error::Interrupted);
+            }
             let first = b * IMPORT_BLOCK;
             fill(first, block)?;
             let mut scratch = Vec::new();
@@ -1003,6 +1010,9 @@ pub fn write_fasttext(emb: &Embeddings, path: &Path) -> Result<()> {
         let mut row = vec![0f32; dims];
         let mut bytes = Vec::with_capacity(dims * 4);
         for r in nwords..rows {
+            if r % 4096 == 0 {
+                crate::cancel::check_io()?;
+            }
             emb.storage.row_into(r, &mut row);
             bytes.clear();
             for x in &row {
@@ -1017,6 +1027,7 @@ pub fn write_fasttext(emb: &Embeddings, path: &Path) -> Result<()> {
         let zeros = vec![0u8; 1 << 20];
         let mut left = (nwords as u64) * (dims as u64) * 4;
         while left > 0 {
+            crate::cancel::check_io()?;
             let k = left.min(zeros.len() as u64) as usize;
             w.write_all(&zeros[..k])?;
             left -= k as u64;
@@ -1028,6 +1039,7 @@ pub fn write_fasttext(emb: &Embeddings, path: &Path) -> Result<()> {
 fn write_f32s<W: Write>(w: &mut W, v: &[f32]) -> std::io::Result<()> {
     let mut bytes = Vec::with_capacity(v.len().min(1 << 16) * 4);
     for c in v.chunks(1 << 16) {
+        crate::cancel::check_io()?;
         bytes.clear();
         for x in c {
             bytes.extend_from_slice(&x.to_le_bytes());

@@ -292,7 +292,16 @@ impl<W: Write> PosWriter<W> {
     }
 
     pub fn bytes(&mut self, b: &[u8]) -> std::io::Result<()> {
-        self.inner.write_all(b)?;
+        // A large write (a matrix) goes in pieces, with a look for Ctrl-C between them.
+        const PIECE: usize = 16 << 20;
+        if b.len() <= PIECE {
+            self.inner.write_all(b)?;
+        } else {
+            for piece in b.chunks(PIECE) {
+                crate::cancel::check_io()?;
+                self.inner.write_all(piece)?;
+            }
+        }
         self.pos += b.len() as u64;
         Ok(())
     }

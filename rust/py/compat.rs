@@ -156,7 +156,7 @@ fn is_binary_after_header(path: &std::path::Path) -> bool {
 #[pyo3(signature = (path, lossy=false, normalize=true, encoding="utf-8"))]
 pub fn load_fasttext(py: Python<'_>, path: PathBuf, lossy: bool, normalize: bool, encoding: &str) -> PyResult<PyEmbeddings> {
     let decode = decode_of(lossy, encoding)?;
-    let emb = crate::py::fork::detach(py, || {
+    let emb = crate::py::fork::detach_interruptible(py, || {
         crate::compat::check_not_compressed(&path)?;
         fasttext::read_fasttext(&path, decode, normalize)
     })?;
@@ -201,7 +201,7 @@ impl PyEmbeddings {
     fn write_fasttext(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
         let emb = self.with_current_metadata();
         let emb = &*emb;
-        crate::py::fork::detach(py, || fasttext::write_fasttext(emb, &path))?;
+        crate::py::fork::detach_interruptible(py, || fasttext::write_fasttext(emb, &path))?;
         Ok(())
     }
 

@@ -293,7 +293,7 @@ impl PyEmbeddings {
         let fmt = crate::vocab::VocabFormat::parse(vocab)?;
         let meta = self.metadata_text();
         let emb = &self.inner;
-        crate::py::fork::detach(py, || emb.write_with_vocab(&path, meta.as_deref(), Some(fmt)))?;
+        crate::py::fork::detach_interruptible(py, || emb.write_with_vocab(&path, meta.as_deref(), Some(fmt)))?;
         Ok(())
     }
 
@@ -344,8 +344,12 @@ impl WordIter {
 #[pyfunction]
 #[pyo3(signature = (path, mmap=false))]
 pub fn load(py: Python<'_>, path: PathBuf, mmap: bool) -> PyResult<PyEmbeddings> {
-    let mode = if mmap { OpenMode::Mmap } else { OpenMode::Read };
-    let emb = crate::py::fork::detach(py, || Embeddings::open(&path, mode))?;
+    let emb = if mmap {
+        crate::py::fork::detach(py, || Embeddings::open(&path, OpenMode::Mmap))?
+    } else {
+        // reading a large file takes seconds: Ctrl-C stops it
+        crate::py::fork::detach_interruptible(py, || Embeddings::open(&path, OpenMode::Read))?
+    };
     Ok(PyEmbeddings::from_rust(emb))
 }
 
