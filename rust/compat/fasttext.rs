@@ -269,14 +269,58 @@ fn is_pruned(emb: &Embeddings) -> bool {
         .is_some()
 }
 
+/// `row`, a stored word vector that is the mean of the word's own (fastText input) row and
+/// its n-gram rows `idx`, back to that own row: `row * (k + 1) - the k n-gram rows`, in the
+/// order [`write_fasttext`] uses. `scratch` is a row-sized buffer.
+fn unmean_row(emb: &Embeddings, row: &mut [f32], idx: &[usize], scratch: &mut Vec<f32>) {
+    if idx.is_empty() {
+        return;
+    }
+    scratch.resize(row.len(), 0.0);
+    let m = (idx.len() + 1) as f32;
+    for x in row.iter_mut() {
+        *x *= m;
+    }
+    for &r in idx {
+        emb.storage.row_into(r, scratch);
+        for (x, v) in row.iter_mut().zip(scratch.iter()) {
+            *x -= v;
+        }
+    }
+}
+
 /// What fastText's `get_word_vector` returns: a known word's vector before
 /// normalization (row times norm); for an unknown word the mean of its n-gram rows
 /// (zero without n-grams).
+///
+/// A model converted by finalfusion stores each word averaged with finalfusion's n-grams
+/// of it, which differ from fastText's for `</s>` (fastText gives it none) and, with
+/// `min_n` 1, by the single `<` and `>`: such a word's own row is recovered (as
+/// [`write_fasttext`] does) and averaged with fastText's n-grams instead.
 pub fn fasttext_vector(emb: &Embeddings, word: &str) -> Vec<f32> {
     let dims = emb.dims();
     let mut out = vec![0f32; dims];
     if let Some(i) = emb.vocab.word_index(word) {
         super::export_row(emb, i, &mut out);
+        if let Some((minn, maxn, bucket)) = fasttext_params(&emb.vocab).filter(|_| is_finalfusion_conversion(emb)) {
+            let (mut theirs, mut ours) = (Vec::new(), Vec::new());
+            emb.vocab.push_subword_indices(word, &mut theirs);
+            fasttext_ngram_rows(word, minn, maxn, bucket, emb.vocab.words_len(), &mut ours);
+            let (mut a, mut b) = (theirs.clone(), ours.clone());
+            a.sort_unstable();
+            b.sort_unstable();
+            if a != b {
+                unmean_row(emb, &mut out, &theirs, &mut Vec::new());
+                // fastText: the sum of the word's row and its n-gram rows, times 1 / count
+                for &r in &ours {
+                    emb.storage.add_row(r, &mut out);
+                }
+                let inv = (1.0 / (ours.len() + 1) as f64) as f32;
+                for x in out.iter_mut() {
+                    *x *= inv;
+                }
+            }
+        }
         return out;
     }
     let mut rows = Vec::new();
@@ -388,7 +432,8 @@ fn read_fasttext_inner(path: &Path, decode: super::Decode, normalize: bool) -> R
         // old supervised models: fastText ignores their n-grams
         args.maxn = 0;
     }
-    if args.dim <= 0 || args.bucket < 0 || args.minn < 0 || args.maxn < 0 || args.maxn > 1024 {
+    // (any maxn: n-grams stop at the word's length, and fastText itself has no limit)
+    if args.dim <= 0 || args.bucket < 0 || args.minn < 0 || args.maxn < 0 {
         return Err(Error::invalid(
             "fastText arguments",
             format!(
@@ -977,7 +1022,7 @@ pub fn write_fasttext(emb: &Embeddings, path: &Path) -> Result<()> {
             let end = (start + GROUP).min(nwords);
             let mut block = vec![0f32; (end - start) * dims];
             if dims > 0 {
-                block.par_chunks_mut(dims).enumerate().with_min_len(64).for_each_init(Vec::new, |idx, (k, row)| {
+                block.par_chunks_mut(dims).enumerate().with_min_len(64).for_each_init(<(Vec<usize>, Vec<f32>)>::default, |(idx, g), (k, row)| {
                     let i = start + k;
                     super::export_row(emb, i, row);
                     idx.clear();
@@ -987,20 +1032,7 @@ pub fn write_fasttext(emb: &Embeddings, path: &Path) -> Result<()> {
                     } else {
                         emb.vocab.push_subword_indices(word, idx);
                     }
-                    if idx.is_empty() {
-                        return;
-                    }
-                    let m = (idx.len() + 1) as f32;
-                    for x in row.iter_mut() {
-                        *x *= m;
-                    }
-                    let mut g = vec![0f32; row.len()];
-                    for &r in idx.iter() {
-                        emb.storage.row_into(r, &mut g);
-                        for (x, v) in row.iter_mut().zip(&g) {
-                            *x -= v;
-                        }
-                    }
+                    unmean_row(emb, row, idx, g);
                 });
             }
             write_f32s(w, &block)?;

@@ -593,11 +593,13 @@ fn bucket_indexer(finalfusion: bool, buckets: u32) -> Result<Indexer> {
     }
 }
 
+/// finalfusion's n-gram lengths: `1 <= min_n <= max_n` (any `max_n`: the n-grams of a word
+/// stop at its length, so a large one costs nothing; finalfusion reads any).
 fn check_ngram_range(min_n: u32, max_n: u32) -> Result<()> {
-    if min_n == 0 || min_n > max_n || max_n > 1024 {
+    if min_n == 0 || min_n > max_n {
         return Err(Error::invalid(
             "n-gram range",
-            format!("min_n {min_n}, max_n {max_n} (need 1 <= min_n <= max_n <= 1024)"),
+            format!("min_n {min_n}, max_n {max_n} (need 1 <= min_n <= max_n)"),
         ));
     }
     Ok(())

@@ -894,3 +894,48 @@ def test_load_fasttext_latin1_keeps_fasttexts_vectors(tmp_path: Path) -> None:
         want = fasttext_pybind.Vector(4)
         model.f.getWordVector(want, raw)
         np.testing.assert_array_equal(emb[raw.decode("latin-1")], np.array(want), err_msg=repr(raw))
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_max_n_beyond_1024_is_read_as_written(tmp_path: Path, mmap: bool) -> None:
+    """Any max_n >= min_n is a valid n-gram range (finalfusion reads any; the n-grams of a
+    word stop at its length): a file vecfusion writes with max_n 1025 reads back, with
+    finalfusion-python's n-grams (recorded from finalfusion 0.7.1 on this file)."""
+    for fmt in ("standard", "fst"):
+        e = vf.Embeddings(["hello"], np.ones((9, 4), np.float32), vocab="bucket", buckets=3, min_n=3, max_n=1025)
+        e.write(tmp_path / f"m_{fmt}.fifu", vocab=fmt)
+        back = vf.load(tmp_path / f"m_{fmt}.fifu", mmap=mmap)
+        assert (back.vocab.min_n, back.vocab.max_n) == (3, 1025)
+        assert back.vocab.ngrams("abc") == ["<abc>", "<abc", "<ab", "abc>", "abc", "bc>"]
+        np.testing.assert_array_equal(back["unknown"], e["unknown"])
+
+
+def test_fasttext_maxn_beyond_1024_matches_fasttext(tmp_path: Path) -> None:
+    """fastText has no limit on maxn: a model trained with maxn 1100 loads, and its word and
+    unknown-word vectors are fastText's."""
+    fasttext = pytest.importorskip("fasttext", reason="the fasttext package cannot be installed here")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 50)
+    model = fasttext.train_unsupervised(str(corpus), dim=4, minCount=1, epoch=1, thread=1, verbose=0,
+                                        bucket=100, minn=3, maxn=1100)
+    model.save_model(str(tmp_path / "m.bin"))
+    emb = vf.load_fasttext(tmp_path / "m.bin", normalize=False)
+    assert (emb.vocab.min_n, emb.vocab.max_n) == (3, 1100)
+    for w in ("quick", "lazy", "foxes", "unseenword"):
+        np.testing.assert_allclose(emb.fasttext_vector(w), model.get_word_vector(w), rtol=1e-5, atol=1e-6,
+                                   err_msg=w)
+
+
+def test_fasttext_vector_of_a_finalfusion_conversion_is_fasttexts(peers: Path) -> None:
+    """finalfusion's conversion averaged `</s>` with n-grams fastText does not give it:
+    fasttext_vector undoes that mean (as write_fasttext does), so every known word's vector,
+    `</s>` included, is fastText's get_word_vector on the original model."""
+    fasttext = pytest.importorskip("fasttext", reason="the fasttext package cannot be installed here")
+    conv = vf.load(peers / "ft_skipgram.fifu")
+    model = fasttext.load_model(str(peers / "ft_skipgram.bin"))
+    words = model.get_words(on_unicode_error="replace")
+    assert words[0] == "</s>" and conv.vocab.index("</s>") == 0
+    got = np.stack([conv.fasttext_vector(w) for w in words])
+    want = np.stack([model.get_word_vector(w) for w in words])
+    np.testing.assert_allclose(got[0], want[0], atol=5e-5)
+    np.testing.assert_allclose(got, want, atol=5e-5)
