@@ -428,13 +428,24 @@ struct Table {
   int64_t rows, dim, woff, coff;
 };
 
-std::vector<Table> tables_of(const at::Tensor& meta) {
+// The tables of `meta`, each checked to lie inside a flat weight of `numel` elements and inside
+// `total_dim` output columns (the kernels then never read or write outside either).
+std::vector<Table> tables_of(const at::Tensor& meta, int64_t numel, int64_t total_dim) {
   TORCH_CHECK_VALUE(meta.dim() == 2 && meta.size(1) == 4 && meta.scalar_type() == at::kLong,
                     "vecfusion multi-embedding: meta must be int64 (tables, 4)");
   auto m = meta.cpu().contiguous();
   const int64_t* p = m.const_data_ptr<int64_t>();
   std::vector<Table> t(static_cast<size_t>(m.size(0)));
-  for (size_t i = 0; i < t.size(); ++i) t[i] = {p[4 * i], p[4 * i + 1], p[4 * i + 2], p[4 * i + 3]};
+  for (size_t i = 0; i < t.size(); ++i) {
+    const Table tb = {p[4 * i], p[4 * i + 1], p[4 * i + 2], p[4 * i + 3]};
+    const bool fits = tb.rows >= 0 && tb.dim >= 0 && tb.woff >= 0 && tb.coff >= 0 && tb.woff <= numel &&
+                      tb.coff <= total_dim && tb.dim <= total_dim - tb.coff &&
+                      (tb.dim == 0 || tb.rows <= (numel - tb.woff) / tb.dim);
+    TORCH_CHECK_VALUE(fits, "vecfusion multi-embedding: table ", i, " (", tb.rows, " rows of ", tb.dim,
+                      " at weight element ", tb.woff, ", output column ", tb.coff, ") does not fit a weight of ", numel,
+                      " elements and ", total_dim, " output columns");
+    t[i] = tb;
+  }
   return t;
 }
 
@@ -464,20 +475,11 @@ void gather_column(char* __restrict dst, int64_t stride, const char* __restrict 
   }
 }
 
-at::Tensor multi_embedding_cpu(const at::Tensor& weight, const at::Tensor& indices, const at::Tensor& meta,
-                               int64_t total_dim) {
-  TORCH_CHECK_VALUE(weight.dim() == 1, "vecfusion multi-embedding: weight must be 1-D (flat)");
-  check_indices_tensor(indices);
-  TORCH_CHECK_VALUE(indices.dim() == 2, "vecfusion multi-embedding: indices must be 2-D (batch, tables), got ",
-                    indices.dim(), "-D");
-  const auto tabs = tables_of(meta);
-  TORCH_CHECK_VALUE(indices.size(1) == static_cast<int64_t>(tabs.size()), "vecfusion multi-embedding: indices have ",
-                    indices.size(1), " columns for ", tabs.size(), " tables");
-  auto w = weight.contiguous();
-  auto idx = indices.contiguous();
+// Every index of the contiguous (batch, tables) `idx` in range for its table: one plain
+// branch-free pass (no tensor ops per call); the slow search for the first bad index (for the
+// message) only when there is one.
+void check_multi_indices(const at::Tensor& idx, const std::vector<Table>& tabs) {
   const int64_t batch = idx.size(0), nt = idx.size(1);
-  // range check: one plain branch-free pass (no tensor ops per call); the slow search for the
-  // first bad index (for the message) only when there is one
   AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "vecfusion_multi_check", [&] {
     const index_t* ip = idx.const_data_ptr<index_t>();
     std::vector<uint64_t> rows(static_cast<size_t>(nt));
@@ -499,6 +501,21 @@ at::Tensor multi_embedding_cpu(const at::Tensor& weight, const at::Tensor& indic
       }
     }
   });
+}
+
+at::Tensor multi_embedding_cpu(const at::Tensor& weight, const at::Tensor& indices, const at::Tensor& meta,
+                               int64_t total_dim) {
+  TORCH_CHECK_VALUE(weight.dim() == 1, "vecfusion multi-embedding: weight must be 1-D (flat)");
+  check_indices_tensor(indices);
+  TORCH_CHECK_VALUE(indices.dim() == 2, "vecfusion multi-embedding: indices must be 2-D (batch, tables), got ",
+                    indices.dim(), "-D");
+  const auto tabs = tables_of(meta, weight.numel(), total_dim);
+  TORCH_CHECK_VALUE(indices.size(1) == static_cast<int64_t>(tabs.size()), "vecfusion multi-embedding: indices have ",
+                    indices.size(1), " columns for ", tabs.size(), " tables");
+  auto w = weight.contiguous();
+  auto idx = indices.contiguous();
+  const int64_t batch = idx.size(0), nt = idx.size(1);
+  check_multi_indices(idx, tabs);
   auto out = at::empty({batch, total_dim}, weight.options());
   if (batch == 0 || total_dim == 0) return out;
   const int64_t es = static_cast<int64_t>(w.element_size());
@@ -559,8 +576,13 @@ void scatter_column(acc_t* __restrict w, const scalar_t* __restrict g, int64_t s
 
 at::Tensor multi_embedding_backward_cpu(const at::Tensor& grad_, const at::Tensor& indices, const at::Tensor& meta,
                                         int64_t numel) {
-  const auto tabs = tables_of(meta);
+  TORCH_CHECK_VALUE(grad_.dim() == 2, "vecfusion multi-embedding backward: the gradient must be 2-D");
+  const auto tabs = tables_of(meta, numel, grad_.size(1));
+  check_indices_tensor(indices);
+  TORCH_CHECK_VALUE(indices.dim() == 2 && indices.size(1) == static_cast<int64_t>(tabs.size()),
+                    "vecfusion multi-embedding backward: indices must be (batch, ", tabs.size(), " tables)");
   auto idx = indices.contiguous();
+  check_multi_indices(idx, tabs);
   const int64_t batch = idx.size(0), nt = idx.size(1), total_dim = grad_.size(1);
   const auto grad = rows_of(grad_, batch, total_dim);
   const int64_t s0 = grad.s0, s1 = grad.s1;

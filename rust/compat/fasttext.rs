@@ -432,7 +432,6 @@ fn read_fasttext_inner(path: &Path, decode: super::Decode, normalize: bool) -> R
         // old supervised models: fastText ignores their n-grams
         args.maxn = 0;
     }
-    // (any maxn: n-grams stop at the word's length, and fastText itself has no limit)
     if args.dim <= 0 || args.bucket < 0 || args.minn < 0 || args.maxn < 0 {
         return Err(Error::invalid(
             "fastText arguments",
@@ -440,6 +439,13 @@ fn read_fasttext_inner(path: &Path, decode: super::Decode, normalize: bool) -> R
                 "dim {}, bucket {}, minn {}, maxn {} (dim must be positive, the others not negative)",
                 args.dim, args.bucket, args.minn, args.maxn
             ),
+        ));
+    }
+    // (see MAX_NGRAM_LEN: fastText has no limit, but a huge one makes long words quadratic)
+    if args.maxn as u32 > crate::vocab::MAX_NGRAM_LEN {
+        return Err(Error::invalid(
+            "fastText arguments",
+            format!("maxn {} is more than vecfusion takes ({})", args.maxn, crate::vocab::MAX_NGRAM_LEN),
         ));
     }
     let dims = args.dim as usize;

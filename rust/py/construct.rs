@@ -102,8 +102,11 @@ impl PyEmbeddings {
             let vocab = match vocab_kind.as_str() {
                 "simple" => Vocab::Simple(list),
                 "explicit" => {
-                    if min_n == 0 || min_n > max_n {
-                        return Err(crate::Error::argument(format!("bad n-gram range min_n={min_n}, max_n={max_n}")));
+                    if min_n == 0 || min_n > max_n || max_n > crate::vocab::MAX_NGRAM_LEN {
+                        return Err(crate::Error::argument(format!(
+                            "bad n-gram range min_n={min_n}, max_n={max_n} (need 1 <= min_n <= max_n <= {})",
+                            crate::vocab::MAX_NGRAM_LEN
+                        )));
                     }
                     let table = ExplicitNgrams::new(ngrams.unwrap_or_default())
                         .map_err(|e| crate::Error::argument(e.to_string()))?;
@@ -116,8 +119,11 @@ impl PyEmbeddings {
                     })
                 }
                 "bucket" | "fasttext" => {
-                    if min_n == 0 || min_n > max_n {
-                        return Err(crate::Error::argument(format!("bad n-gram range min_n={min_n}, max_n={max_n}")));
+                    if min_n == 0 || min_n > max_n || max_n > crate::vocab::MAX_NGRAM_LEN {
+                        return Err(crate::Error::argument(format!(
+                            "bad n-gram range min_n={min_n}, max_n={max_n} (need 1 <= min_n <= max_n <= {})",
+                            crate::vocab::MAX_NGRAM_LEN
+                        )));
                     }
                     let indexer = if vocab_kind == "bucket" {
                         let exponent = buckets.unwrap_or(21);

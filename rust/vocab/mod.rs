@@ -593,13 +593,18 @@ fn bucket_indexer(finalfusion: bool, buckets: u32) -> Result<Indexer> {
     }
 }
 
-/// finalfusion's n-gram lengths: `1 <= min_n <= max_n` (any `max_n`: the n-grams of a word
-/// stop at its length, so a large one costs nothing; finalfusion reads any).
-fn check_ngram_range(min_n: u32, max_n: u32) -> Result<()> {
-    if min_n == 0 || min_n > max_n {
+/// The longest n-grams accepted. finalfusion and fastText set no limit, but the n-grams of a
+/// word of `L` characters number up to `L * (max_n - min_n + 1)`: without a bound, a file
+/// with a huge `max_n` makes every long unknown word cost memory and time quadratic in its
+/// length. The constructors refuse the same, so every file vecfusion writes reads back.
+pub const MAX_NGRAM_LEN: u32 = 1024;
+
+/// finalfusion's n-gram lengths: `1 <= min_n <= max_n <= MAX_NGRAM_LEN`.
+pub fn check_ngram_range(min_n: u32, max_n: u32) -> Result<()> {
+    if min_n == 0 || min_n > max_n || max_n > MAX_NGRAM_LEN {
         return Err(Error::invalid(
             "n-gram range",
-            format!("min_n {min_n}, max_n {max_n} (need 1 <= min_n <= max_n)"),
+            format!("min_n {min_n}, max_n {max_n} (need 1 <= min_n <= max_n <= {MAX_NGRAM_LEN})"),
         ));
     }
     Ok(())

@@ -896,34 +896,18 @@ def test_load_fasttext_latin1_keeps_fasttexts_vectors(tmp_path: Path) -> None:
         np.testing.assert_array_equal(emb[raw.decode("latin-1")], np.array(want), err_msg=repr(raw))
 
 
-@pytest.mark.parametrize("mmap", [False, True])
-def test_max_n_beyond_1024_is_read_as_written(tmp_path: Path, mmap: bool) -> None:
-    """Any max_n >= min_n is a valid n-gram range (finalfusion reads any; the n-grams of a
-    word stop at its length): a file vecfusion writes with max_n 1025 reads back, with
-    finalfusion-python's n-grams (recorded from finalfusion 0.7.1 on this file)."""
-    for fmt in ("standard", "fst"):
-        e = vf.Embeddings(["hello"], np.ones((9, 4), np.float32), vocab="bucket", buckets=3, min_n=3, max_n=1025)
-        e.write(tmp_path / f"m_{fmt}.fifu", vocab=fmt)
-        back = vf.load(tmp_path / f"m_{fmt}.fifu", mmap=mmap)
-        assert (back.vocab.min_n, back.vocab.max_n) == (3, 1025)
-        assert back.vocab.ngrams("abc") == ["<abc>", "<abc", "<ab", "abc>", "abc", "bc>"]
-        np.testing.assert_array_equal(back["unknown"], e["unknown"])
-
-
-def test_fasttext_maxn_beyond_1024_matches_fasttext(tmp_path: Path) -> None:
-    """fastText has no limit on maxn: a model trained with maxn 1100 loads, and its word and
-    unknown-word vectors are fastText's."""
-    fasttext = pytest.importorskip("fasttext", reason="the fasttext package cannot be installed here")
-    corpus = tmp_path / "c.txt"
-    corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 50)
-    model = fasttext.train_unsupervised(str(corpus), dim=4, minCount=1, epoch=1, thread=1, verbose=0,
-                                        bucket=100, minn=3, maxn=1100)
-    model.save_model(str(tmp_path / "m.bin"))
-    emb = vf.load_fasttext(tmp_path / "m.bin", normalize=False)
-    assert (emb.vocab.min_n, emb.vocab.max_n) == (3, 1100)
-    for w in ("quick", "lazy", "foxes", "unseenword"):
-        np.testing.assert_allclose(emb.fasttext_vector(w), model.get_word_vector(w), rtol=1e-5, atol=1e-6,
-                                   err_msg=w)
+def test_max_n_is_bounded_the_same_when_building_and_reading(tmp_path: Path) -> None:
+    """max_n up to 1024 builds, writes and reads back; above it the constructor refuses what
+    the readers refuse (a long unknown word costs memory and time quadratic in its length
+    with a huge max_n), so vecfusion never writes a file it cannot read."""
+    e = vf.Embeddings(["hello"], np.ones((9, 4), np.float32), vocab="bucket", buckets=3, min_n=3, max_n=1024)
+    e.write(tmp_path / "m.fifu")
+    back = vf.load(tmp_path / "m.fifu")
+    assert (back.vocab.min_n, back.vocab.max_n) == (3, 1024)
+    assert back.vocab.ngrams("abc") == ["<abc>", "<abc", "<ab", "abc>", "abc", "bc>"]  # finalfusion 0.7.1's
+    for kind, extra in (("bucket", {"buckets": 3}), ("fasttext", {"buckets": 5}), ("explicit", {"ngrams": []})):
+        with pytest.raises(ValueError, match="max_n=1025"):
+            vf.Embeddings(["hello"], np.ones((9, 4), np.float32), vocab=kind, min_n=3, max_n=1025, **extra)
 
 
 def test_fasttext_vector_of_a_finalfusion_conversion_is_fasttexts(peers: Path) -> None:

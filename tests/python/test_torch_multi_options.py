@@ -467,3 +467,40 @@ def test_torch_export_round_trips() -> None:
     old = FastMultiEmbedding.__new__(FastMultiEmbedding)
     old.__setstate__(state)
     assert torch.equal(old(x), m(x))
+
+
+def test_layout_survives_to_empty_type_and_rejects_a_wrong_weight() -> None:
+    """The table layout lives in buffers that are not saved: `skip_init` / `to_empty` (which
+    leave buffers uninitialized) and `.type()` (which makes them float) rebuild them from the
+    sizes, so a module set up the meta-device way and loaded from a state dict equals the
+    original (it read garbage offsets and crashed). A weight of the wrong size, and a layout
+    that does not fit the weight (the op called directly), are errors, not reads out of range."""
+    src = FastMultiEmbedding([5, 9, 1000], [3, 1, 4], padding_idx=[1, None, 7])
+    m = torch.nn.utils.skip_init(FastMultiEmbedding, [5, 9, 1000], [3, 1, 4], padding_idx=[1, None, 7])
+    m.load_state_dict(src.state_dict())
+    assert m.table_meta.tolist() == [[5, 3, 0, 0], [9, 1, 15, 3], [1000, 4, 24, 4]]
+    assert torch.equal(m._pad_elems, src._pad_elems)
+    x = torch.tensor([[1, 2, 999], [0, 8, 7]])
+    assert torch.equal(m(x), src(x))
+    ref = [nn.Embedding(5, 3, padding_idx=1), nn.Embedding(9, 1), nn.Embedding(1000, 4, padding_idx=7)]
+    for t, e in enumerate(ref):
+        e.weight.data.copy_(src.table(t))
+    m.type(torch.float64)
+    assert m.table_meta.dtype == torch.int64 and m.weight.dtype == torch.float64
+    out = m(x)
+    want = torch.cat([e(x[:, t]) for t, e in enumerate(ref)], 1).double()
+    assert torch.equal(out, want)
+    out.sum().backward()  # the padding options' path uses the rebuilt buffers too
+    g = m.weight.grad
+    assert g is not None and m._pad_elems.tolist() == [3, 4, 5, 52, 53, 54, 55]
+    assert float(g[m._pad_elems].abs().sum()) == 0.0 and float(g[0:3].sum()) == 1.0 * 3
+    with pytest.raises(RuntimeError, match="'weight' must be 1-D with 576015 elements"):
+        torch.func.functional_call(FastMultiEmbedding([5, 9000], [3, 64]), {"weight": torch.randn(4)},
+                                   (torch.tensor([[1, 2]]),))
+    op = torch.ops.vecfusion_ops
+    with pytest.raises(ValueError, match="does not fit a weight of 10 elements"):
+        op.multi_embedding(torch.randn(10), torch.tensor([[1]]), torch.tensor([[5, 3, 0, 0]]), 3)
+    with pytest.raises(ValueError, match="does not fit"):
+        op.multi_embedding(torch.randn(100), torch.tensor([[1]]), torch.tensor([[2, 3, 0, 1]]), 3)
+    with pytest.raises(IndexError, match="index 7"):
+        op.multi_embedding_backward(torch.randn(1, 3), torch.tensor([[7]]), torch.tensor([[5, 3, 0, 0]]), 15)

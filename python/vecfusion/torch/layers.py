@@ -297,27 +297,16 @@ class FastMultiEmbedding(nn.Module):
         self.scale_grad_by_freq = bool(scale_grad_by_freq)
         self.sparse = bool(sparse)
         sizes = [n * d for n, d in zip(nums, dims)]
-        woff = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-        coff = np.concatenate([[0], np.cumsum(dims)[:-1]]).astype(np.int64)
-        meta = np.stack([np.array(nums), np.array(dims), woff, coff], axis=1).astype(np.int64)
         self.total_dim = int(sum(dims))
-        self._offsets = [int(o) for o in woff]
-        self._columns = [int(c) for c in coff]
+        self._offsets = [int(o) for o in np.concatenate([[0], np.cumsum(sizes)[:-1]])]
+        self._columns = [int(c) for c in np.concatenate([[0], np.cumsum(dims)[:-1]])]
         self._total_rows = int(sum(nums))
-        # (not named `meta`: torch.export's GraphModule has an attribute of that name)
-        self.register_buffer("table_meta", torch.from_numpy(meta).to(device), persistent=False)
-        # For the gradient options: the first row of each table in the concatenated rows
-        # (counts for scale_grad_by_freq), and per output column its table and its position in
-        # the table's row (sparse gradient indices).
-        row_base = np.concatenate([[0], np.cumsum(nums)[:-1]]).astype(np.int64)
-        col_table = np.repeat(np.arange(len(nums)), dims).astype(np.int64)
-        col_j = (np.arange(self.total_dim) - coff[col_table]).astype(np.int64)
-        for name, arr in (("_row_base", row_base), ("_col_table", col_table), ("_col_j", col_j)):
-            self.register_buffer(name, torch.from_numpy(arr).to(device), persistent=False)
+        self._numel = numel = int(sum(sizes))
         empty = torch.empty(0, dtype=torch.long, device=device)
-        self.register_buffer("_pad_elems", empty, persistent=False)  # set with padding_idx
-        self.padding_idx = padding_idx
-        numel = int(sum(sizes))
+        for name in self._LAYOUT_BUFFERS:
+            self.register_buffer(name, empty, persistent=False)
+        self._padding: list[int | None] = [None] * len(nums)
+        self.padding_idx = padding_idx  # (builds the layout buffers)
         if _weight is None:
             self.weight = nn.Parameter(
                 torch.empty(numel, device=device, dtype=dtype), requires_grad=not _freeze
@@ -328,11 +317,52 @@ class FastMultiEmbedding(nn.Module):
                 raise ValueError(f"_weight must have shape ({numel},), got {tuple(_weight.shape)}")
             self.weight = nn.Parameter(_weight, requires_grad=not _freeze)
 
+    # The table layout, as int64 buffers that move with the module (not saved: they follow
+    # from the sizes). `table_meta` is (rows, dim, first weight element, first output column)
+    # per table (not named `meta`: torch.export's GraphModule has an attribute of that name);
+    # for the gradient options, `_row_base` is the first row of each table in the concatenated
+    # rows (counts for scale_grad_by_freq), `_col_table` and `_col_j` the table of each output
+    # column and its position in the table's row (sparse gradient indices), `_pad_elems` the
+    # weight elements of the padding rows.
+    _LAYOUT_BUFFERS = ("table_meta", "_row_base", "_col_table", "_col_j", "_pad_elems")
+
+    def _set_layout(self, device: torch.device) -> None:
+        """(Re)build the layout buffers on ``device`` from the table sizes and padding rows."""
+        nums, dims = np.array(self.num_embeddings, np.int64), np.array(self.embedding_dims, np.int64)
+        coff = np.array(self._columns, np.int64)
+        meta = np.stack([nums, dims, np.array(self._offsets, np.int64), coff], axis=1)
+        col_table = np.repeat(np.arange(len(nums)), dims).astype(np.int64)
+        pad = [
+            self._offsets[t] + p * d + j
+            for t, (p, d) in enumerate(zip(self._padding, self.embedding_dims))
+            if p is not None
+            for j in range(d)
+        ]
+        arrays = {
+            "table_meta": meta,
+            "_row_base": np.concatenate([[0], np.cumsum(nums)[:-1]]).astype(np.int64),
+            "_col_table": col_table,
+            "_col_j": (np.arange(self.total_dim) - coff[col_table]).astype(np.int64),
+            "_pad_elems": np.array(pad, np.int64),
+        }
+        for name, arr in arrays.items():
+            self._buffers[name] = torch.from_numpy(arr).to(device)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> FastMultiEmbedding:
+        # `.to(device)`, `.cuda()`, `.to_empty()` (meta-device init, `skip_init`) and `.type()`
+        # also transform the layout buffers: build them afresh where they went, as int64 with
+        # the right values (`to_empty` leaves them uninitialized, `.type()` makes them float).
+        super()._apply(fn, recurse)
+        self._set_layout(self.table_meta.device)
+        return self
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         buffers = self.__dict__.get("_buffers", {})
         if "meta" in buffers and "table_meta" not in buffers:  # pickled before the rename
             buffers["table_meta"] = buffers.pop("meta")
+        if "_numel" not in self.__dict__:  # pickled before it was kept
+            self._numel = int(sum(n * d for n, d in zip(self.num_embeddings, self.embedding_dims)))
 
     @property
     def padding_idx(self) -> list[int | None]:
@@ -348,14 +378,7 @@ class FastMultiEmbedding(nn.Module):
         self._layout = list(
             zip(per, self.embedding_dims, self._columns, self.num_embeddings, self._offsets)
         )
-        dev = self.table_meta.device
-        elems = [
-            self._offsets[t] + p * d + j
-            for t, (p, d) in enumerate(zip(per, self.embedding_dims))
-            if p is not None
-            for j in range(d)
-        ]
-        self._pad_elems = torch.tensor(elems, dtype=torch.long, device=dev)
+        self._set_layout(self.table_meta.device)
 
     def reset_parameters(self) -> None:
         """Each table N(0, 1), in order, then its padding row zeroed (as nn.Embedding)."""
@@ -430,6 +453,12 @@ class FastMultiEmbedding(nn.Module):
         if input.shape[1] != len(self.num_embeddings):
             raise ValueError(
                 f"input has {input.shape[1]} columns for {len(self.num_embeddings)} tables"
+            )
+        weight = self.weight
+        if weight.dim() != 1 or weight.shape[0] != self._numel:
+            raise RuntimeError(
+                f"'weight' must be 1-D with {self._numel} elements (the tables back to back), "
+                f"got shape {tuple(weight.shape)}"
             )
         if self.max_norm is not None:
             self._renorm(input)
