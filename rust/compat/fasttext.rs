@@ -125,7 +125,13 @@ impl FastTextArgs {
         for (k, v) in INT_KEYS.iter().zip(self.ints()) {
             s.push_str(&format!("{k} = {v}\n"));
         }
-        s.push_str(&format!("t = {:?}\n", self.t));
+        // TOML spells the special values nan, inf and -inf (Rust's `{:?}` gives NaN)
+        let t = match self.t {
+            t if t.is_nan() => "nan".to_string(),
+            t if t.is_infinite() => if t > 0.0 { "inf" } else { "-inf" }.to_string(),
+            t => format!("{t:?}"),
+        };
+        s.push_str(&format!("t = {t}\n"));
         s
     }
 

@@ -7,6 +7,7 @@ Truth comes from golden files written by finalfusion, gensim and fastText
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import re
 import struct
@@ -923,3 +924,20 @@ def test_fasttext_vector_of_a_finalfusion_conversion_is_fasttexts(peers: Path) -
     want = np.stack([model.get_word_vector(w) for w in words])
     np.testing.assert_allclose(got[0], want[0], atol=5e-5)
     np.testing.assert_allclose(got, want, atol=5e-5)
+
+
+@pytest.mark.parametrize("t", [float("nan"), float("inf"), float("-inf")])
+def test_fasttext_special_sampling_threshold_loads(tmp_path: Path, t: float) -> None:
+    """A fastText header whose sampling threshold `t` is NaN or infinite (fastText loads it)
+    reads, keeps the value in the metadata and writes it back; it was a TOML error."""
+    p = tmp_path / "t.bin"
+    vf.Embeddings(["a", "b"], np.eye(2, 4, dtype=np.float32)).write_fasttext(p)
+    raw = bytearray(p.read_bytes())
+    struct.pack_into("<d", raw, 56, t)  # magic version, 12 ints, then t
+    p.write_bytes(bytes(raw))
+    e = vf.load_fasttext(p)
+    got = e.metadata["fasttext"]["t"]
+    assert (math.isnan(got) and math.isnan(t)) or got == t
+    e.write_fasttext(tmp_path / "back.bin")
+    back = struct.unpack_from("<d", (tmp_path / "back.bin").read_bytes(), 56)[0]
+    assert (math.isnan(back) and math.isnan(t)) or back == t
