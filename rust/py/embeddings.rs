@@ -151,7 +151,11 @@ impl PyEmbeddings {
         let Ok(word) = word.cast::<PyString>() else {
             return Ok(false);
         };
-        Ok(self.inner.vocab.idx(word.to_str()?).is_some())
+        // a str that is not valid Unicode text (a lone surrogate) is no word either
+        let Ok(word) = word.to_str() else {
+            return Ok(false);
+        };
+        Ok(self.inner.vocab.idx(word).is_some())
     }
 
     /// Iterate over the known words in row order.
