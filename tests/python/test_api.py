@@ -418,5 +418,5 @@ def test_argument_errors_say_what_was_given() -> None:
 def test_a_lone_surrogate_is_not_in_the_embeddings() -> None:
     """`in` answers False for anything that is not a word, like a dict: a str holding a lone
     surrogate (not valid Unicode text) too (it raised UnicodeEncodeError)."""
-    emb = vf.Embeddings(["a", "b"], np.eye(2, dtype=np.float32), vocab="bucket", buckets=3)
+    emb = vf.Embeddings(["a", "b"], np.eye(10, 2, dtype=np.float32), vocab="bucket", buckets=3)
     assert "\ud800" not in emb and "a" in emb and 5 not in emb
