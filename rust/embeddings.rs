@@ -129,9 +129,11 @@ impl Embeddings {
                 have: r.remaining() as u64,
             });
         }
+        let mut listed = Vec::with_capacity(n_chunks as usize);
         for _ in 0..n_chunks {
-            ChunkId::from_u32(r.u32("chunk id")?)?;
+            listed.push(ChunkId::from_u32(r.u32("chunk id")?)?);
         }
+        let mut seen = Vec::with_capacity(4);
 
         // Positional reading, as the reference readers do.
         let (mut id, mut body) = next_chunk(&mut r)?;
@@ -144,6 +146,7 @@ impl Embeddings {
                     source,
                 })?;
             metadata = Some(text.to_string());
+            seen.push(id);
             (id, body) = next_chunk(&mut r)?;
         }
         if !id.is_vocab() {
@@ -154,6 +157,7 @@ impl Embeddings {
         }
         let vocab = Vocab::read_chunk_mapped(id, &mut body, map)?;
         finish_chunk(&body, id)?;
+        seen.push(id);
 
         let (id, mut body) = next_chunk(&mut r)?;
         if !id.is_storage() {
@@ -164,6 +168,7 @@ impl Embeddings {
         }
         let storage = Storage::read_chunk(id, &mut body, map)?;
         finish_chunk(&body, id)?;
+        seen.push(id);
 
         let mut norms = None;
         if !r.is_empty() {
@@ -176,6 +181,7 @@ impl Embeddings {
             }
             norms = Some(read_norms(&mut body, map)?);
             finish_chunk(&body, id)?;
+            seen.push(id);
             // Nothing may follow the norms (after the storage, anything but norms is
             // refused above): a rewrite would silently drop it.
             if !r.is_empty() {
@@ -184,6 +190,18 @@ impl Embeddings {
                     format!("{} bytes follow the norms chunk, the last chunk a file may have", r.remaining()),
                 ));
             }
+        }
+        // A chunk the header lists but the file lacks: the file was cut at a chunk boundary
+        // (e.g. before its norms, which would silently change every exported vector).
+        if let Some(missing) = listed.iter().find(|id| !seen.contains(id)) {
+            return Err(Error::invalid(
+                "file",
+                format!(
+                    "the header lists a {} chunk that the file does not have (the file ends after its {} chunk: truncated?)",
+                    missing.name(),
+                    seen.last().map_or("first", |id| id.name())
+                ),
+            ));
         }
         Embeddings::with_norms(metadata, vocab, storage, norms)
     }

@@ -127,3 +127,26 @@ def test_fst_round_trip_gives_back_the_standard_file(name: str, tmp_path: Path) 
     if not name.startswith("explicit"):
         # (finalfusion-python's explicit chunk length is corrected on writing)
         assert back.read_bytes() == (FIX / f"{name}.fifu").read_bytes()
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_a_file_cut_at_a_chunk_boundary_is_an_error(tmp_path: Path, mmap: bool) -> None:
+    """A file cut exactly where a chunk the header lists would begin (here the norms) is a
+    FormatError naming the missing chunk: it loaded without them, and every vector exported
+    after (rows times norms) silently changed."""
+    p = tmp_path / "n.fifu"
+    vf.Embeddings(["a", "b"], np.eye(2, 3, dtype=np.float32), norms=np.array([2, 3], np.float32),
+                  metadata={"k": 1}).write(p)
+    data = p.read_bytes()
+    pos = 12 + 4 * struct.unpack_from("<I", data, 8)[0]
+    starts = []
+    while pos < len(data):
+        starts.append(pos)
+        pos += 12 + struct.unpack_from("<Q", data, pos + 4)[0]
+    assert len(starts) == 4  # metadata, vocabulary, storage, norms
+    for cut, missing in zip(starts[1:], ["SimpleVocab", "NdArray", "NdNorms"]):
+        p.write_bytes(data[:cut])
+        with pytest.raises(vf.FormatError, match=f"lists a {missing} chunk" if missing == "NdNorms" else None):
+            vf.load(p, mmap=mmap)
+    p.write_bytes(data)
+    assert vf.load(p, mmap=mmap).embedding_with_norm("a")[1] == 2.0
