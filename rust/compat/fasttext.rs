@@ -611,6 +611,7 @@ fn read_fasttext_inner(path: &Path, decode: super::Decode, normalize: bool) -> R
         normalize.then(|| normalize_rows(word_part, dims))
     };
     drop(file);
+    check_finite_rows(&data, dims, &words)?;
     let storage = Storage::Array(ArrayStorage::new(data, keep_rows, dims)?);
     Embeddings::new(metadata, model_vocab(words, subwords, minn, &args), storage, norms)
 }
@@ -729,8 +730,44 @@ fn read_compact_model(
         // (`fasttext_vector` leaves the pruned-away buckets out of an unknown word's mean)
         metadata.push_str(&format!("pruned_buckets = {}\n", p.len()));
     }
+    check_finite_rows(&data, dims, &words)?;
     let storage = Storage::Array(ArrayStorage::new(data, rows, dims)?);
     Embeddings::new(Some(metadata), model_vocab(words, subwords, minn, args), storage, norms)
+}
+
+/// A FormatError naming the first row of an imported matrix (word rows, then n-gram rows)
+/// that holds NaN or infinity, as the word2vec and text readers refuse them: such a row can
+/// be neither normalized nor compared, and an unknown word using it would be NaN. Word rows
+/// are checked after the import, so a mean that overflows float32 is caught too. One pass,
+/// in parallel, without early exit within a block (so that it vectorizes).
+fn check_finite_rows(data: &[f32], dims: usize, words: &WordList) -> Result<()> {
+    if dims == 0 {
+        return Ok(());
+    }
+    const BLOCK_ROWS: usize = 1024;
+    let bad = |x: &f32| x.to_bits() & 0x7f80_0000 == 0x7f80_0000;
+    let first = data
+        .par_chunks(BLOCK_ROWS * dims)
+        .enumerate()
+        .filter(|(_, c)| c.iter().fold(false, |acc, x| acc | bad(x)))
+        .map(|(b, c)| b * BLOCK_ROWS + c.iter().position(bad).unwrap_or(0) / dims)
+        .min();
+    let Some(row) = first else {
+        return Ok(());
+    };
+    let nwords = words.len();
+    let which = if row < nwords {
+        format!("word {:?}", words.get(row).unwrap_or_default())
+    } else {
+        format!("n-gram bucket {}", row - nwords)
+    };
+    Err(Error::invalid(
+        "fastText input matrix",
+        format!(
+            "row {row} ({which}) holds NaN or infinity (or, for a word, the mean of its word and n-gram rows \
+             overflows float32): not a finite number"
+        ),
+    ))
 }
 
 /// `n` zeros, or a FormatError when the system cannot provide the memory (rather than

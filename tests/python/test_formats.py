@@ -941,3 +941,38 @@ def test_fasttext_special_sampling_threshold_loads(tmp_path: Path, t: float) -> 
     e.write_fasttext(tmp_path / "back.bin")
     back = struct.unpack_from("<d", (tmp_path / "back.bin").read_bytes(), 56)[0]
     assert (math.isnan(back) and math.isnan(t)) or back == t
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_load_fasttext_refuses_non_finite_values(tmp_path: Path, bad: float) -> None:
+    """NaN or infinity in a fastText input matrix (a word row or an n-gram row) is a
+    FormatError naming the row, as in word2vec and text files; it loaded, and gave NaN
+    vectors and norms that queries then skipped. A word mean that overflows float32 too."""
+    words = ["alpha", "beta", "gamma"]
+    m = np.arange(1, (3 + 50) * 4 + 1, dtype=np.float32).reshape(53, 4)  # every value distinct
+    sub = vf.Embeddings(words, m, vocab="fasttext", buckets=50, min_n=3, max_n=4)
+    # an n-gram row no word uses (a row a word uses makes that word's mean the first bad row)
+    used = {i for w in words for i in sub.vocab.subword_indices(w)}
+    free = min(set(range(3, 53)) - used)
+    cases = [
+        # (embeddings, the float to replace, what the error names)
+        (vf.Embeddings(words, m[:3]), m[1, 2], 'row 1 \\(word "beta"\\)'),
+        (sub, m[free, 1], rf"row {free} \(n-gram bucket {free - 3}\)"),
+    ]
+    for emb, value, named in cases:
+        emb.write_fasttext(tmp_path / "ok.bin")
+        raw = (tmp_path / "ok.bin").read_bytes()
+        assert len(vf.load_fasttext(tmp_path / "ok.bin")) == 3
+        at = raw.find(np.float32(value).tobytes(), 100)
+        assert at > 0
+        data = bytearray(raw)
+        struct.pack_into("<f", data, at, bad)
+        (tmp_path / "bad.bin").write_bytes(bytes(data))
+        for normalize in (True, False):
+            with pytest.raises(vf.FormatError, match=named + ".*not a finite number"):
+                vf.load_fasttext(tmp_path / "bad.bin", normalize=normalize)
+    # finite values whose word mean overflows
+    big = np.full((3 + 50, 4), 3e38, np.float32)
+    vf.Embeddings(words, big, vocab="fasttext", buckets=50, min_n=3, max_n=4).write_fasttext(tmp_path / "big.bin")
+    with pytest.raises(vf.FormatError, match="overflows"):
+        vf.load_fasttext(tmp_path / "big.bin", normalize=False)
