@@ -223,23 +223,66 @@ impl Embeddings {
     /// gensim's `most_similar_cosmul` (Levy and Goldberg's 3CosMul): each word row scores
     /// the product over `positive` of `(1 + cos) / 2` divided by that product over
     /// `negative` plus 1e-6; the given words are not answers. `positive` must not be empty
-    /// (as in gensim). A full scan (every row is read, or rebuilt for quantized storage),
-    /// in parallel.
-    pub fn most_similar_cosmul(&self, positive: &[&str], negative: &[&str], k: usize) -> Result<Vec<Neighbor>> {
+    /// (as in gensim). A word counts by its unit embedding, a vector as given (gensim's
+    /// rule: `cos` is then the row's cosine times the vector's length). A full scan (every
+    /// row is read, or rebuilt for quantized storage), in parallel.
+    pub fn most_similar_cosmul(&self, positive: &[Term<'_>], negative: &[Term<'_>], k: usize) -> Result<Vec<Neighbor>> {
+        let (vectors, np, skip) = self.cosmul_terms(positive, negative)?;
+        let queries: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();
+        Ok(self.scan_cosines(&queries, k, &skip, |cos| cosmul_score(cos, np)))
+    }
+
+    /// The 3CosMul score of [`Embeddings::most_similar_cosmul`] of every word row, in row
+    /// order, the given words included (gensim's `topn=None`).
+    pub fn cosmul_all(&self, positive: &[Term<'_>], negative: &[Term<'_>]) -> Result<Vec<f32>> {
+        let (vectors, np, _) = self.cosmul_terms(positive, negative)?;
+        let queries: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();
+        let n = self.vocab.words().map_or(0, |w| w.len());
+        let d = self.dims();
+        let mut out = vec![0f32; n];
+        out.par_chunks_mut(1024).enumerate().for_each_init(
+            || (vec![0f32; d], vec![0f32; queries.len()]),
+            |(row, cos), (c, chunk)| {
+                for (j, o) in chunk.iter_mut().enumerate() {
+                    self.storage.row_into(c * 1024 + j, row);
+                    row_cosines(row, &queries, cos);
+                    *o = cosmul_score(cos, np);
+                }
+            },
+        );
+        Ok(out)
+    }
+
+    /// The query vectors of a 3CosMul query (positive terms first, then negative), the
+    /// number of positive ones and the rows of the given known words.
+    fn cosmul_terms(&self, positive: &[Term<'_>], negative: &[Term<'_>]) -> Result<(Vec<Vec<f32>>, usize, Vec<usize>)> {
         if positive.is_empty() {
             return Err(Error::argument("most_similar_cosmul needs at least one positive word"));
         }
-        let units = |ws: &[&str]| ws.iter().map(|w| self.unit_embedding(w)).collect::<Result<Vec<_>>>();
-        let (pos, neg) = (units(positive)?, units(negative)?);
-        let skip: Vec<usize> = positive.iter().chain(negative).filter_map(|w| self.vocab.word_index(w)).collect();
-        let queries: Vec<&[f32]> = pos.iter().chain(&neg).map(Vec::as_slice).collect();
-        let np = pos.len();
-        Ok(self.scan_cosines(&queries, k, &skip, |cos| {
-            let shifted = |c: &f32| (1.0 + f64::from(*c)) / 2.0;
-            let num: f64 = cos[..np].iter().map(shifted).product();
-            let den: f64 = cos[np..].iter().map(shifted).product();
-            (num / (den + 1e-6)) as f32
-        }))
+        let d = self.dims();
+        let vectors = positive
+            .iter()
+            .chain(negative)
+            .map(|t| match t {
+                Term::Word(w) => self.unit_embedding(w),
+                Term::Vector(v) => {
+                    if v.len() != d {
+                        return Err(Error::argument(format!("a query vector has {} values, but the embeddings have {d} dimensions", v.len())));
+                    }
+                    check_queries(v, d, "a query vector")?;
+                    Ok(v.to_vec())
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let skip = positive
+            .iter()
+            .chain(negative)
+            .filter_map(|t| match t {
+                Term::Word(w) => self.vocab.word_index(w),
+                Term::Vector(_) => None,
+            })
+            .collect();
+        Ok((vectors, positive.len(), skip))
     }
 
     /// The `k` best word rows by `score(cosines)`, where `cosines[j]` is the cosine of the
@@ -256,10 +299,7 @@ impl Embeddings {
             let score = &score;
             move |i: usize| {
                 self.storage.row_into(i, &mut row);
-                let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
-                for (c, q) in cos.iter_mut().zip(queries) {
-                    *c = if norm > 0.0 { row.iter().zip(*q).map(|(a, b)| a * b).sum::<f32>() / norm } else { 0.0 };
-                }
+                row_cosines(&row, queries, &mut cos);
                 score(&cos)
             }
         };
@@ -480,6 +520,26 @@ impl Embeddings {
 }
 
 /// Reject queries of the wrong size or holding NaN / infinity.
+/// `cos[j]` = the dot product of `row` with `queries[j]` over the length of `row` (the cosine
+/// for a unit query; 0 for a zero row).
+#[inline]
+fn row_cosines(row: &[f32], queries: &[&[f32]], cos: &mut [f32]) {
+    let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+    for (c, q) in cos.iter_mut().zip(queries) {
+        *c = if norm > 0.0 { row.iter().zip(*q).map(|(a, b)| a * b).sum::<f32>() / norm } else { 0.0 };
+    }
+}
+
+/// 3CosMul: the product of `(1 + cos) / 2` over the first `np` cosines over that product over
+/// the others plus 1e-6 (in f64).
+#[inline]
+fn cosmul_score(cos: &[f32], np: usize) -> f32 {
+    let shifted = |c: &f32| (1.0 + f64::from(*c)) / 2.0;
+    let num: f64 = cos[..np].iter().map(shifted).product();
+    let den: f64 = cos[np..].iter().map(shifted).product();
+    (num / (den + 1e-6)) as f32
+}
+
 fn check_queries(q: &[f32], d: usize, what: &str) -> Result<()> {
     if d == 0 {
         if !q.is_empty() {

@@ -153,31 +153,47 @@ class Embeddings:
     @overload
     def most_similar(
         self,
-        positive: str | npt.ArrayLike | Iterable[str | npt.ArrayLike | tuple[str | npt.ArrayLike, float]] | None = None,
-        negative: str | npt.ArrayLike | Iterable[str | npt.ArrayLike | tuple[str | npt.ArrayLike, float]] | None = None,
+        positive: str | int | npt.ArrayLike | Iterable[str | int | npt.ArrayLike | tuple[str | int | npt.ArrayLike, float]] | None = None,
+        negative: str | int | npt.ArrayLike | Iterable[str | int | npt.ArrayLike | tuple[str | int | npt.ArrayLike, float]] | None = None,
         topn: int = 10,
     ) -> list[tuple[str, float]]: ...
     @overload
     def most_similar(
         self,
-        positive: str | npt.ArrayLike | Iterable[str | npt.ArrayLike | tuple[str | npt.ArrayLike, float]] | None,
-        negative: str | npt.ArrayLike | Iterable[str | npt.ArrayLike | tuple[str | npt.ArrayLike, float]] | None,
+        positive: str | int | npt.ArrayLike | Iterable[str | int | npt.ArrayLike | tuple[str | int | npt.ArrayLike, float]] | None,
+        negative: str | int | npt.ArrayLike | Iterable[str | int | npt.ArrayLike | tuple[str | int | npt.ArrayLike, float]] | None,
         topn: None,
     ) -> npt.NDArray[np.float32]: ...
     @overload
     def most_similar(
         self,
-        positive: str | npt.ArrayLike | Iterable[str | npt.ArrayLike | tuple[str | npt.ArrayLike, float]] | None = None,
-        negative: str | npt.ArrayLike | Iterable[str | npt.ArrayLike | tuple[str | npt.ArrayLike, float]] | None = None,
+        positive: str | int | npt.ArrayLike | Iterable[str | int | npt.ArrayLike | tuple[str | int | npt.ArrayLike, float]] | None = None,
+        negative: str | int | npt.ArrayLike | Iterable[str | int | npt.ArrayLike | tuple[str | int | npt.ArrayLike, float]] | None = None,
         *,
         topn: None,
     ) -> npt.NDArray[np.float32]: ...
+    @overload
     def most_similar_cosmul(
         self,
-        positive: str | Iterable[str] | None = None,
-        negative: str | Iterable[str] | None = None,
+        positive: str | int | npt.ArrayLike | Iterable[str | int | npt.ArrayLike] | None = None,
+        negative: str | int | npt.ArrayLike | Iterable[str | int | npt.ArrayLike] | None = None,
         topn: int = 10,
     ) -> list[tuple[str, float]]: ...
+    @overload
+    def most_similar_cosmul(
+        self,
+        positive: str | int | npt.ArrayLike | Iterable[str | int | npt.ArrayLike] | None,
+        negative: str | int | npt.ArrayLike | Iterable[str | int | npt.ArrayLike] | None,
+        topn: None,
+    ) -> npt.NDArray[np.float32]: ...
+    @overload
+    def most_similar_cosmul(
+        self,
+        positive: str | int | npt.ArrayLike | Iterable[str | int | npt.ArrayLike] | None = None,
+        negative: str | int | npt.ArrayLike | Iterable[str | int | npt.ArrayLike] | None = None,
+        *,
+        topn: None,
+    ) -> npt.NDArray[np.float32]: ...
     def doesnt_match(self, words: Iterable[str]) -> str: ...
     # word2vec, text and fastText formats (issue 5)
     def write_word2vec(self, path: str | os.PathLike[str]) -> None: ...

@@ -1,11 +1,11 @@
 //! Similarity and analogy queries on `Embeddings` (the work is in `crate::query`).
 
 use numpy::{AllowTypeChange, PyArray1, PyArray2, PyArrayLike1, PyArrayLike2, PyArrayMethods, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple};
 
-use super::embeddings::{extract_word_buf, PyEmbeddings, WordBuf};
+use super::embeddings::{extract_word_buf, PyEmbeddings};
 use crate::embeddings::Embeddings;
 use crate::query::{Neighbor, Term};
 
@@ -38,30 +38,75 @@ enum OwnedTerm {
     Vector(Vec<f32>),
 }
 
-/// gensim's `most_similar` terms: None, one word, one 1-D vector, or an iterable of words,
-/// vectors and `(word or vector, weight)` pairs; a plain term weighs `sign` (+1 for
-/// `positive`, -1 for `negative`), a pair its own weight as given, also among `negative`
-/// (gensim's rule).
-fn terms_arg(arg: Option<&Bound<'_, PyAny>>, sign: f32) -> PyResult<Vec<(OwnedTerm, f32)>> {
+impl OwnedTerm {
+    fn as_term(&self) -> Term<'_> {
+        match self {
+            OwnedTerm::Word(s) => Term::Word(s),
+            OwnedTerm::Vector(v) => Term::Vector(v),
+        }
+    }
+}
+
+/// A row number given as a key (gensim's int keys): a Python int (not a bool) or a numpy
+/// integer scalar.
+fn row_key(x: &Bound<'_, PyAny>) -> Option<i128> {
+    if x.is_instance_of::<PyBool>() || x.is_instance_of::<PyFloat>() {
+        return None;
+    }
+    if x.is_instance_of::<PyInt>() {
+        return x.extract::<i128>().ok();
+    }
+    // a numpy integer scalar (or 0-d integer array): ndim 0, an `__index__`, no float dtype
+    let zero_d = x.getattr("ndim").ok().and_then(|d| d.extract::<usize>().ok()) == Some(0);
+    let integral = x.getattr("dtype").ok().and_then(|t| t.getattr("kind").ok()).and_then(|k| k.extract::<String>().ok());
+    if zero_d && matches!(integral.as_deref(), Some("i" | "u")) {
+        return x.call_method0("__index__").ok().and_then(|i| i.extract::<i128>().ok());
+    }
+    None
+}
+
+/// gensim's `most_similar` terms: None, one word, one row number, one 1-D vector, or an
+/// iterable of words, row numbers (gensim's int keys: the word of that row), vectors and,
+/// with `pairs`, `(term, weight)` pairs; a plain term weighs `sign` (+1 for `positive`, -1
+/// for `negative`), a pair its own weight as given, also among `negative` (gensim's rule).
+/// `what` names the method in errors.
+fn terms_arg(
+    emb: &Embeddings,
+    arg: Option<&Bound<'_, PyAny>>,
+    sign: f32,
+    pairs: bool,
+    what: &str,
+) -> PyResult<Vec<(OwnedTerm, f32)>> {
     let Some(arg) = arg.filter(|a| !a.is_none()) else {
         return Ok(Vec::new());
     };
+    let takes = if pairs { "words (str), row numbers, 1-D vectors or (word, weight) pairs" } else { "words (str), row numbers or 1-D vectors" };
     let one = |x: &Bound<'_, PyAny>| -> PyResult<OwnedTerm> {
         if let Ok(s) = x.cast::<PyString>() {
             return Ok(OwnedTerm::Word(s.to_str()?.to_string()));
         }
         if x.is_instance_of::<PyBytes>() || x.is_instance_of::<PyByteArray>() {
-            return Err(PyTypeError::new_err("most_similar takes words (str), vectors or (word, weight) pairs, not bytes"));
+            return Err(PyTypeError::new_err(format!("{what} takes {takes}, not bytes")));
+        }
+        if let Some(row) = row_key(x) {
+            let word = usize::try_from(row).ok().and_then(|r| emb.vocab.word(r));
+            return match word {
+                Some(w) => Ok(OwnedTerm::Word(w.to_string())),
+                None => Err(PyKeyError::new_err(format!("Key '{row}' not present"))),
+            };
         }
         let v: PyArrayLike1<'_, f32, AllowTypeChange> = x.extract().map_err(|_| {
             PyTypeError::new_err(format!(
-                "most_similar takes words (str), 1-D vectors or (word, weight) pairs, got {}",
+                "{what} takes {takes}, got {}",
                 x.get_type().name().map(|n| n.to_string()).unwrap_or_default()
             ))
         })?;
         Ok(OwnedTerm::Vector(v.as_array().to_vec()))
     };
-    if arg.is_instance_of::<PyString>() || arg.getattr("ndim").ok().and_then(|d| d.extract::<usize>().ok()) == Some(1) {
+    if arg.is_instance_of::<PyString>()
+        || row_key(arg).is_some()
+        || arg.getattr("ndim").ok().and_then(|d| d.extract::<usize>().ok()) == Some(1)
+    {
         return Ok(vec![(one(arg)?, sign)]);
     }
     let mut out = Vec::new();
@@ -69,9 +114,11 @@ fn terms_arg(arg: Option<&Bound<'_, PyAny>>, sign: f32) -> PyResult<Vec<(OwnedTe
         let item = item?;
         // a (word, weight) pair: a tuple, or a list whose first item is a word (as gensim)
         let pair = match item.cast::<PyTuple>() {
-            Ok(t) if t.len() == 2 => Some((t.get_item(0)?, t.get_item(1)?)),
+            Ok(t) if pairs && t.len() == 2 => Some((t.get_item(0)?, t.get_item(1)?)),
             _ => match item.cast::<PyList>() {
-                Ok(l) if l.len() == 2 && l.get_item(0)?.is_instance_of::<PyString>() => Some((l.get_item(0)?, l.get_item(1)?)),
+                Ok(l) if pairs && l.len() == 2 && l.get_item(0)?.is_instance_of::<PyString>() => {
+                    Some((l.get_item(0)?, l.get_item(1)?))
+                }
                 _ => None,
             },
         };
@@ -80,7 +127,7 @@ fn terms_arg(arg: Option<&Bound<'_, PyAny>>, sign: f32) -> PyResult<Vec<(OwnedTe
                 if let Ok(w) = weight.extract::<f64>() {
                     if !w.is_finite() || w.abs() > f64::from(f32::MAX) {
                         return Err(PyValueError::new_err(format!(
-                            "most_similar: the weight {w} of term {} is not a finite float32 number",
+                            "{what}: the weight {w} of term {} is not a finite float32 number",
                             out.len()
                         )));
                     }
@@ -92,16 +139,6 @@ fn terms_arg(arg: Option<&Bound<'_, PyAny>>, sign: f32) -> PyResult<Vec<(OwnedTe
         out.push((one(&item)?, sign));
     }
     Ok(out)
-}
-
-/// gensim's `positive` / `negative` of `most_similar_cosmul`: None, one word, or an
-/// iterable of words.
-fn words_arg(py: Python<'_>, arg: Option<&Bound<'_, PyAny>>) -> PyResult<WordBuf> {
-    match arg.filter(|a| !a.is_none()) {
-        Some(a) if a.is_instance_of::<PyString>() => extract_word_buf(PyList::new(py, [a])?.as_any()),
-        Some(a) => extract_word_buf(a),
-        None => extract_word_buf(PyList::empty(py).as_any()),
-    }
 }
 
 /// `mask` from Python: any sequence (tuple, list, array) of three booleans.
@@ -248,20 +285,14 @@ impl PyEmbeddings {
         negative: Option<&Bound<'py, PyAny>>,
         topn: Option<i128>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let k = topn.map(|t| check_k(t, "topn")).transpose()?;
-        let mut owned = terms_arg(positive, 1.0)?;
-        owned.extend(terms_arg(negative, -1.0)?);
-        let terms: Vec<(Term<'_>, f32)> = owned
-            .iter()
-            .map(|(t, w)| {
-                let term = match t {
-                    OwnedTerm::Word(s) => Term::Word(s),
-                    OwnedTerm::Vector(v) => Term::Vector(v),
-                };
-                (term, *w)
-            })
-            .collect();
         let emb = &self.inner;
+        if topn.is_some_and(|t| t < 1) {
+            return Ok(PyList::empty(py).into_any()); // gensim: no answers for topn < 1
+        }
+        let k = topn.map(|t| usize::try_from(t).unwrap_or(usize::MAX));
+        let mut owned = terms_arg(emb, positive, 1.0, true, "most_similar")?;
+        owned.extend(terms_arg(emb, negative, -1.0, true, "most_similar")?);
+        let terms: Vec<(Term<'_>, f32)> = owned.iter().map(|(t, w)| (t.as_term(), *w)).collect();
         let Some(k) = k else {
             let all = crate::py::fork::detach(py, || emb.terms_query(&terms).map(|(q, _)| emb.cosines_all(&q)))?;
             return Ok(PyArray1::from_vec(py, all).into_any());
@@ -272,21 +303,33 @@ impl PyEmbeddings {
 
     /// gensim's `most_similar_cosmul` (3CosMul): the `topn` words whose product of
     /// `(1 + cos) / 2` over `positive`, divided by the product over `negative` (+ 1e-6),
-    /// is highest, without the given words, as `(word, score)`. A full scan of the rows.
-    #[pyo3(signature = (positive=None, negative=None, topn=10))]
+    /// is highest, without the given words, as `(word, score)`. Terms are words, row
+    /// numbers or vectors (used as given, as gensim does). `topn=None` returns the score of
+    /// every word row instead (a float32 array in row order); `topn < 1` gives `[]`. A full
+    /// scan of the rows.
+    #[pyo3(signature = (positive=None, negative=None, topn=Some(10)),
+               text_signature = "(self, /, positive=None, negative=None, topn=10)")]
     fn most_similar_cosmul<'py>(
         &self,
         py: Python<'py>,
         positive: Option<&Bound<'py, PyAny>>,
         negative: Option<&Bound<'py, PyAny>>,
-        topn: i128,
-    ) -> PyResult<Bound<'py, PyList>> {
-        let k = check_k(topn, "topn")?;
-        let (pos, neg) = (words_arg(py, positive)?, words_arg(py, negative)?);
-        let (pos, neg) = (pos.strs(), neg.strs());
+        topn: Option<i128>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let emb = &self.inner;
+        if topn.is_some_and(|t| t < 1) {
+            return Ok(PyList::empty(py).into_any()); // gensim: no answers for topn < 1
+        }
+        let name = "most_similar_cosmul";
+        let (pos, neg) = (terms_arg(emb, positive, 1.0, false, name)?, terms_arg(emb, negative, -1.0, false, name)?);
+        let pos: Vec<Term<'_>> = pos.iter().map(|(t, _)| t.as_term()).collect();
+        let neg: Vec<Term<'_>> = neg.iter().map(|(t, _)| t.as_term()).collect();
+        let Some(k) = topn.map(|t| usize::try_from(t).unwrap_or(usize::MAX)) else {
+            let all = crate::py::fork::detach(py, || emb.cosmul_all(&pos, &neg))?;
+            return Ok(PyArray1::from_vec(py, all).into_any());
+        };
         let found = crate::py::fork::detach(py, || emb.most_similar_cosmul(&pos, &neg, k))?;
-        answers(py, emb, found)
+        Ok(answers(py, emb, found)?.into_any())
     }
 
     /// gensim's `doesnt_match`: of `words` (those with an embedding), the one least similar

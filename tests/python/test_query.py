@@ -189,8 +189,8 @@ def test_most_similar_weighted_terms_and_vectors(w2v: vf.Embeddings) -> None:
     # huge but finite weights do not overflow the sum
     big = w2v.most_similar(positive=[("license", 3e38), ("software", 3e38)], topn=3)
     assert [w for w, _ in big] == [w for w, _ in w2v.most_similar(positive=["license", "software"], topn=3)]
-    with pytest.raises(ValueError, match="topn must be >= 0"):
-        w2v.most_similar("license", topn=-3)
+    # gensim: topn below 1 gives no answers
+    assert w2v.most_similar("license", topn=-3) == [] and w2v.most_similar_cosmul("license", topn=-3) == []
 
 
 def test_most_similar_topn_none_gives_every_cosine(w2v: vf.Embeddings, cities: vf.Embeddings) -> None:
@@ -541,5 +541,46 @@ def test_any_huge_k_means_every_word() -> None:
         assert [w for w, _ in e.similar("a", k)] == ["b", "c"]
         assert [w for w, _ in e.most_similar("a", topn=k)] == ["b", "c"]
         assert [w for w, _ in e.analogy("a", "b", "c", k)] == []
-    with pytest.raises(ValueError, match="topn"):
-        e.most_similar("a", topn=-1)
+    assert e.most_similar("a", topn=-1) == []  # gensim's rule for topn < 1
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        e.similar("a", -1)
+
+
+def test_gensim_int_keys_and_cosmul_vectors(w2v: vf.Embeddings) -> None:
+    """gensim's int keys (a row number stands for the word of that row, also as a numpy
+    integer; a number without a row is a KeyError as in gensim), and most_similar_cosmul with
+    vectors (used as given, gensim's rule) and topn=None (every row's score), checked against
+    gensim's formula computed with numpy."""
+    words = list(w2v.vocab.words)
+    i = words.index("license")
+    assert w2v.most_similar(positive=[i], negative=[np.int64(words.index("gnu"))], topn=5) == w2v.most_similar(
+        positive=["license"], negative=["gnu"], topn=5
+    )
+    assert w2v.most_similar(i, topn=3) == w2v.most_similar("license", topn=3)
+    assert w2v.most_similar_cosmul(positive=[i], topn=3) == w2v.most_similar_cosmul(positive=["license"], topn=3)
+    for bad in (len(words), -1, 2**70):
+        with pytest.raises(KeyError, match=f"Key '{bad}' not present"):
+            w2v.most_similar(positive=[bad])
+    with pytest.raises(TypeError):
+        w2v.most_similar(positive=[True])  # a bool is no row number
+    with pytest.raises(TypeError, match="not bytes"):
+        w2v.most_similar_cosmul(positive=[b"license"])
+    with pytest.raises(TypeError, match="most_similar_cosmul takes"):
+        w2v.most_similar_cosmul(positive=[("license", 2.0)])  # no weights in 3CosMul
+
+    # gensim's 3CosMul with numpy: rows over their norms, words as unit vectors, vectors as given
+    m = np.asarray(w2v.storage, np.float64)[: len(words)]
+    norms = np.linalg.norm(m, axis=1)
+    unit = lambda w: np.asarray(w2v[w], np.float64) / np.linalg.norm(w2v[w])  # noqa: E731
+    vec = np.asarray(w2v["software"], np.float64) * 0.7 + np.asarray(w2v["vim"], np.float64) * 0.2
+    pos, neg = [unit("license"), vec], [unit("gnu")]
+    shifted = lambda t: (1 + m @ t / norms) / 2  # noqa: E731
+    want = np.prod([shifted(t) for t in pos], axis=0) / (np.prod([shifted(t) for t in neg], axis=0) + 1e-6)
+    terms = dict(positive=["license", vec.astype(np.float32)], negative=["gnu"])
+    allv = w2v.most_similar_cosmul(**terms, topn=None)
+    assert allv.dtype == np.float32 and allv.shape == (len(words),)
+    np.testing.assert_allclose(allv, want, rtol=2e-5, atol=1e-6)
+    top = w2v.most_similar_cosmul(**terms, topn=5)
+    order = [j for j in np.argsort(-want, kind="stable") if words[j] not in ("license", "gnu")][:5]
+    assert [w for w, _ in top] == [words[j] for j in order]
+    np.testing.assert_allclose([s for _, s in top], want[order], rtol=2e-5)
