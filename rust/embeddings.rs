@@ -311,16 +311,31 @@ impl Embeddings {
             self.storage.row_into(i, out);
             return Some(self.word_norm(i));
         }
+        // The n-gram rows are added a block at a time (each block prefetched first), so that
+        // a very long word needs no list of all its n-grams.
+        const BLOCK: usize = 4096;
         scratch.clear();
-        self.vocab.push_subword_indices(word, scratch);
-        if scratch.is_empty() {
+        out.fill(0.0);
+        let mut any = false;
+        let mut one = Vec::new();
+        let add = |rows: &mut Vec<usize>, out: &mut [f32]| {
+            for &row in rows.iter() {
+                self.storage.prefetch_row(row);
+            }
+            self.storage.add_rows(rows, out);
+            rows.clear();
+        };
+        self.vocab.for_each_subword_index(word, &mut one, |row| {
+            any = true;
+            scratch.push(row);
+            if scratch.len() == BLOCK {
+                add(scratch, out);
+            }
+        });
+        if !any {
             return None;
         }
-        for &row in scratch.iter() {
-            self.storage.prefetch_row(row);
-        }
-        out.fill(0.0);
-        self.storage.add_rows(scratch, out);
+        add(scratch, out);
         Some(l2_normalize(out))
     }
 

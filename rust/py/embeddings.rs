@@ -43,7 +43,10 @@ impl PyEmbeddings {
         if let (Some(i), Storage::Array(a)) = (emb.known_row(word), &emb.storage) {
             return Some(PyArray1::from_slice(py, a.row(i)));
         }
-        emb.embedding(word).map(|v| PyArray1::from_vec(py, v))
+        // an unknown word's n-grams (or a rebuilt quantized row); a long word, which takes a
+        // while, without the GIL (a few microseconds are not worth the release)
+        let v = if word.len() > 256 { crate::py::fork::detach(py, || emb.embedding(word)) } else { emb.embedding(word) };
+        v.map(|v| PyArray1::from_vec(py, v))
     }
 }
 

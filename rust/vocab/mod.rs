@@ -65,12 +65,22 @@ impl SubwordVocab {
     /// (finalfusion keeps them; fastText also gives its end-of-sentence token `</s>` no
     /// n-grams, where finalfusion gives it some: a known word in fastText models.)
     pub fn ngram_ranges(&self, word: &str) -> (String, Vec<(usize, usize)>) {
-        let (b, mut ranges) = subword::ngram_ranges(word, self.min_n as usize, self.max_n as usize, "<", ">");
-        if self.fasttext_ngrams && self.min_n <= 1 {
-            let len = b.len();
-            ranges.retain(|&(st, en)| !((st == 0 && en == 1) || (st == len - 1 && en == len)));
-        }
+        let b = subword::bracket(word, "<", ">");
+        let mut ranges = Vec::new();
+        self.for_each_ngram_range(&b, |s, e| ranges.push((s, e)));
         (b, ranges)
+    }
+
+    /// [`SubwordVocab::ngram_ranges`] of the bracketed word `b` (from `subword::bracket`),
+    /// one `f(start, end)` at a time, without collecting them.
+    pub fn for_each_ngram_range(&self, b: &str, mut f: impl FnMut(usize, usize)) {
+        let skip_single = self.fasttext_ngrams && self.min_n <= 1;
+        let len = b.len();
+        subword::for_each_ngram_range(b, self.min_n as usize, self.max_n as usize, |st, en| {
+            if !(skip_single && ((st == 0 && en == 1) || (st == len - 1 && en == len))) {
+                f(st, en);
+            }
+        });
     }
 }
 
@@ -281,28 +291,40 @@ impl Vocab {
 
     /// Like [`Vocab::subword_indices`], appending to `out` (no allocation when it has room).
     pub fn push_subword_indices(&self, word: &str, out: &mut Vec<usize>) {
+        let mut one = Vec::new();
+        self.for_each_subword_index(word, &mut one, |i| out.push(i));
+    }
+
+    /// The storage rows of the n-grams of `word`, in [`Vocab::subword_indices`] order, one
+    /// `f(row)` at a time: nothing is collected, so the memory a very long word takes is one
+    /// offset per character whatever its number of n-grams. `scratch` is a small reusable
+    /// buffer (floret's indices of one n-gram).
+    pub fn for_each_subword_index(&self, word: &str, scratch: &mut Vec<usize>, mut f: impl FnMut(usize)) {
         match self {
             Vocab::Simple(_) => {}
             Vocab::Subword(s) => {
                 let offset = s.words.len();
-                let (b, ranges) = s.ngram_ranges(word);
-                for (st, en) in ranges {
+                let b = subword::bracket(word, "<", ">");
+                s.for_each_ngram_range(&b, |st, en| {
                     if let Some(i) = s.indexer.index(&b[st..en]) {
-                        out.push(offset + i as usize);
+                        f(offset + i as usize);
                     }
-                }
+                });
             }
-            Vocab::Floret(f) => {
-                let (b, ranges) =
-                    subword::ngram_ranges(word, f.min_n as usize, f.max_n as usize, &f.bow, &f.eow);
+            Vocab::Floret(fl) => {
+                let b = subword::bracket(word, &fl.bow, &fl.eow);
+                let mut each = |g: &str| {
+                    scratch.clear();
+                    fl.indexer.push_indices(g, scratch);
+                    scratch.iter().for_each(|&i| f(i));
+                };
                 // floret also hashes the whole bracketed word.
-                f.indexer.push_indices(&b, out);
-                for (st, en) in ranges {
-                    if st == 0 && en == b.len() {
-                        continue;
+                each(&b);
+                subword::for_each_ngram_range(&b, fl.min_n as usize, fl.max_n as usize, |st, en| {
+                    if !(st == 0 && en == b.len()) {
+                        each(&b[st..en]);
                     }
-                    f.indexer.push_indices(&b[st..en], out);
-                }
+                });
             }
         }
     }

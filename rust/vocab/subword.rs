@@ -8,29 +8,41 @@ use hashbrown::HashMap;
 ///
 /// Returns the bracketed string and the ranges into it.
 pub fn ngram_ranges(word: &str, min_n: usize, max_n: usize, bow: &str, eow: &str) -> (String, Vec<(usize, usize)>) {
+    let bracketed = bracket(word, bow, eow);
+    let mut out = Vec::new();
+    for_each_ngram_range(&bracketed, min_n, max_n, |s, e| out.push((s, e)));
+    (bracketed, out)
+}
+
+/// `bow word eow` as one string.
+pub fn bracket(word: &str, bow: &str, eow: &str) -> String {
     let mut bracketed = String::with_capacity(word.len() + bow.len() + eow.len());
     bracketed.push_str(bow);
     bracketed.push_str(word);
     bracketed.push_str(eow);
-    let mut bounds: Vec<usize> = Vec::with_capacity(bracketed.len() + 1);
-    bounds.extend(bracketed.char_indices().map(|(i, _)| i));
-    bounds.push(bracketed.len());
-    let n_chars = bounds.len() - 1;
+    bracketed
+}
+
+/// [`ngram_ranges`] of an already bracketed word `b`, one `f(start, end)` at a time (the
+/// same order), without collecting them: a very long word costs one offset per character,
+/// not one range per n-gram.
+pub fn for_each_ngram_range(b: &str, min_n: usize, max_n: usize, mut f: impl FnMut(usize, usize)) {
     if min_n == 0 || min_n > max_n {
-        return (bracketed, Vec::new());
+        return;
     }
-    // at most (max_n - min_n + 1) n-grams start at each character
-    let mut out = Vec::with_capacity(n_chars.saturating_mul((max_n - min_n + 1).min(n_chars)));
+    let mut bounds: Vec<usize> = Vec::with_capacity(b.len() + 1);
+    bounds.extend(b.char_indices().map(|(i, _)| i));
+    bounds.push(b.len());
+    let n_chars = bounds.len() - 1;
     for start in 0..n_chars {
         let longest = max_n.min(n_chars - start);
         if longest < min_n {
             continue;
         }
         for len in (min_n..=longest).rev() {
-            out.push((bounds[start], bounds[start + len]));
+            f(bounds[start], bounds[start + len]);
         }
     }
-    (bracketed, out)
 }
 
 /// The n-gram strings of `word` bracketed with `<` and `>`.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -420,3 +422,43 @@ def test_a_lone_surrogate_is_not_in_the_embeddings() -> None:
     surrogate (not valid Unicode text) too (it raised UnicodeEncodeError)."""
     emb = vf.Embeddings(["a", "b"], np.eye(10, 2, dtype=np.float32), vocab="bucket", buckets=3)
     assert "\ud800" not in emb and "a" in emb and 5 not in emb
+
+
+_LONG_WORD_SCRIPT = r'''
+import resource, numpy as np, vecfusion as vf
+rng = np.random.default_rng(0)
+e = vf.Embeddings(["a", "b"], rng.standard_normal((2 + 2**10, 8)).astype(np.float32), vocab="bucket", buckets=10)
+w = "xyz" * 700_000  # 2.1M characters, 8.4M n-grams: their ranges and rows alone took ~200 MB
+e["warm"]
+with open("/proc/self/status") as f:
+    vm = next(int(line.split()[1]) for line in f if line.startswith("VmSize")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (96 << 20), resource.RLIM_INFINITY))
+v = e[w]
+print(round(float(np.linalg.norm(v)), 5), bool(np.isfinite(v).all()))
+'''
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and RLIMIT_AS")
+def test_a_very_long_unknown_word_takes_memory_per_character_not_per_ngram() -> None:
+    """An unknown word's n-gram rows are added a block at a time: a 2.1M-character word
+    (8.4M n-grams) is looked up within 96 MB more address space (it listed every n-gram
+    range and row first, ~200 MB, and a long enough word aborted the process on allocation)."""
+    out = subprocess.run([sys.executable, "-c", _LONG_WORD_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1.0", "True"]
+
+
+def test_a_long_unknown_word_sums_every_ngram_row_across_blocks() -> None:
+    """More n-grams than one block (4096): the same sum as adding every row of
+    vocab.subword_indices in order, then normalizing."""
+    rng = np.random.default_rng(1)
+    m = rng.standard_normal((2 + 2**10, 8)).astype(np.float32)
+    e = vf.Embeddings(["a", "b"], m, vocab="bucket", buckets=10)
+    w = "".join(chr(0x61 + int(c)) for c in rng.integers(0, 26, 3000))  # ~12k n-grams
+    idx = e.vocab.subword_indices(w)
+    assert len(idx) > 2 * 4096
+    acc = np.zeros(8, np.float32)
+    for i in idx:
+        acc += m[i]
+    np.testing.assert_allclose(e[w], acc / np.linalg.norm(acc), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(e.lookup([w])[0][0], e[w])
