@@ -800,7 +800,9 @@ void embedding_renorm_inplace_or_view(c10::DispatchKeySet ks, at::Tensor& weight
     at::AutoDispatchBelowADInplaceOrView guard;
     op.redispatch(ks & c10::after_ADInplaceOrView_keyset, weight, indices, max_norm, norm_type);
   }
-  torch::autograd::impl::bump_version(weight);
+  // An inference tensor (made under torch.inference_mode) has no version counter: bumping it
+  // raises outside inference mode, where nn.Embedding renormalizes it without complaint.
+  if (!weight.is_inference()) torch::autograd::impl::bump_version(weight);
 }
 
 bool compiled_with_cuda() {

@@ -735,3 +735,18 @@ def test_cuda_deterministic_and_multi() -> None:
     with pytest.raises(IndexError):
         fast(torch.tensor([NUM], device="cuda"))
     torch.library.opcheck(ops.embedding, (fast.weight, x, -1, False, False))
+
+
+def test_max_norm_on_a_weight_made_in_inference_mode() -> None:
+    """A layer built (or loaded) under torch.inference_mode and used outside it renormalizes
+    its weight as nn.Embedding does (the version bump of an inference tensor raised)."""
+    idx = torch.tensor([1, 2, 1, 7])
+    with torch.inference_mode():
+        fast = FastEmbedding(12, 4, max_norm=1.0)
+        ref = nn.Embedding(12, 4, max_norm=1.0)
+        ref.weight.copy_(fast.weight)
+    for grad_mode in (torch.no_grad, torch.enable_grad):
+        with grad_mode():
+            assert torch.equal(fast(idx), ref(idx))
+    assert torch.equal(fast.weight, ref.weight)
+    assert float(fast.weight[1].norm()) <= 1.0 + 1e-6
