@@ -210,7 +210,7 @@ impl Embeddings {
                     |row, (c, chunk)| {
                         for (j, o) in chunk.iter_mut().enumerate() {
                             storage.row_into(c * 1024 + j, row);
-                            let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+                            let norm = row_norm(row);
                             *o = if norm > 0.0 { row.iter().zip(query).map(|(a, b)| a * b).sum::<f32>() / norm } else { 0.0 };
                         }
                     },
@@ -520,11 +520,23 @@ impl Embeddings {
 }
 
 /// Reject queries of the wrong size or holding NaN / infinity.
+/// The length of `row`: the f32 sum of squares, or, when that overflows or underflows (values
+/// beyond about 1e19 or below 1e-19, in rows stored unnormalized), the f64 one, so that such
+/// rows get their true cosine instead of 0.
+#[inline]
+fn row_norm(row: &[f32]) -> f32 {
+    let sum_sq = row.iter().map(|x| x * x).sum::<f32>();
+    if sum_sq.is_finite() && sum_sq >= f32::MIN_POSITIVE {
+        return sum_sq.sqrt();
+    }
+    row.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt() as f32
+}
+
 /// `cos[j]` = the dot product of `row` with `queries[j]` over the length of `row` (the cosine
 /// for a unit query; 0 for a zero row).
 #[inline]
 fn row_cosines(row: &[f32], queries: &[&[f32]], cos: &mut [f32]) {
-    let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let norm = row_norm(row);
     for (c, q) in cos.iter_mut().zip(queries) {
         *c = if norm > 0.0 { row.iter().zip(*q).map(|(a, b)| a * b).sum::<f32>() / norm } else { 0.0 };
     }

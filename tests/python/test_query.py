@@ -584,3 +584,17 @@ def test_gensim_int_keys_and_cosmul_vectors(w2v: vf.Embeddings) -> None:
     order = [j for j in np.argsort(-want, kind="stable") if words[j] not in ("license", "gnu")][:5]
     assert [w for w, _ in top] == [words[j] for j in order]
     np.testing.assert_allclose([s for _, s in top], want[order], rtol=2e-5)
+
+
+def test_cosines_of_huge_and_tiny_unnormalized_rows(tmp_path: Path) -> None:
+    """Rows kept unnormalized (normalize=False) whose f32 sum of squares overflows (1e20) or
+    underflows (1e-25) get their true cosine in most_similar and most_similar_cosmul (they
+    scored 0)."""
+    for scale in (1e20, 1e-25):
+        p = tmp_path / "t.txt"
+        p.write_text(f"a {scale!r} {scale * 2!r}\nb 1 2\nc 2 -1\n")
+        e = vf.load_text(p, dims=False, normalize=False)
+        np.testing.assert_allclose(e.most_similar(positive=["b"], topn=None), [1.0, 1.0, 0.0], atol=1e-6)
+        (word, score), = e.most_similar(positive=["b"], topn=1)
+        assert word == "a" and abs(score - 1.0) < 1e-6
+        np.testing.assert_allclose(e.most_similar_cosmul(positive=["b"], topn=None), [1.0, 1.0, 0.5], rtol=1e-5)
