@@ -504,3 +504,37 @@ def test_layout_survives_to_empty_type_and_rejects_a_wrong_weight() -> None:
         op.multi_embedding(torch.randn(100), torch.tensor([[1]]), torch.tensor([[2, 3, 0, 1]]), 3)
     with pytest.raises(IndexError, match="index 7"):
         op.multi_embedding_backward(torch.randn(1, 3), torch.tensor([[7]]), torch.tensor([[5, 3, 0, 0]]), 15)
+
+
+@pytest.mark.parametrize("pad", [None, [1, None], [0, 4], [None, 1]])
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("scale", [False, True])
+def test_double_backward_with_options(pad: Any, sparse: bool, scale: bool) -> None:
+    """The options' backward is differentiable (it was once_differentiable: a second
+    derivative through it was None or an error). With padding rows and sparse gradients it
+    equals a list of nn.Embedding's; with scale_grad_by_freq (dense) it equals a list of the
+    one-table FastEmbedding's, which includes the 1/count that torch's own leaves out."""
+    if pad is None and not (sparse or scale):
+        pytest.skip("no options: the C++ backward (tested elsewhere)")
+    if scale and sparse:
+        pytest.skip("nn.Embedding has no second derivative for sparse scaled gradients")
+    from vecfusion.torch import FastEmbedding
+
+    torch.manual_seed(0)
+    x = torch.tensor([[0, 2], [3, 4], [0, 1], [4, 1], [0, 2]])
+    m = FastMultiEmbedding([5, 9], [3, 2], padding_idx=pad, sparse=sparse, scale_grad_by_freq=scale, dtype=torch.float64)
+    kind = FastEmbedding if scale else nn.Embedding
+    ref = [
+        kind(n, d, padding_idx=None if pad is None else pad[t], sparse=sparse, scale_grad_by_freq=scale,
+             dtype=torch.float64)
+        for t, (n, d) in enumerate([(5, 3), (9, 2)])
+    ]
+    for t, e in enumerate(ref):
+        e.weight.data.copy_(m.table(t))
+    go = torch.randn(5, 5, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(m(x), m.weight, go, create_graph=True)
+    (gg,) = torch.autograd.grad((g.to_dense() if g.is_sparse else g).pow(3).sum(), go)
+    out = torch.cat([e(x[:, t]) for t, e in enumerate(ref)], 1)
+    grads = torch.autograd.grad(out, [e.weight for e in ref], go, create_graph=True)
+    (want,) = torch.autograd.grad(sum((h.to_dense() if h.is_sparse else h).pow(3).sum() for h in grads), go)
+    torch.testing.assert_close(gg, want, rtol=1e-12, atol=1e-12)

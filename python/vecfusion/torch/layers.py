@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from ._ops import ops
@@ -175,8 +174,8 @@ class _MultiEmbeddingWithOptions(torch.autograd.Function):
         return ops.multi_embedding(weight, input, meta, total_dim)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        # (differentiable itself: every step is a differentiable op, so double backward works)
         input, meta, row_base, pad_elems, col_table, col_j = ctx.saved_tensors
         padded = any(p is not None for p, *_ in ctx.layout)
         x = input.long()
