@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Literal, TypeVar, final, overload
+from typing import Any, Literal, TypeAlias, TypeVar, final, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +14,11 @@ __version__: str
 build_profile: str
 
 _T = TypeVar("_T")
+# gensim's query terms: a word, a row number (the word of that row) or a vector; `most_similar`
+# also takes (term, weight) pairs
+_Term: TypeAlias = str | int | npt.ArrayLike
+_Terms: TypeAlias = _Term | Iterable[_Term | tuple[_Term, float]] | None
+_CosmulTerms: TypeAlias = _Term | Iterable[_Term] | None
 
 class VecfusionError(Exception):
     """Base class of vecfusion's own errors."""
@@ -151,48 +156,20 @@ class Embeddings:
     # gensim-style helpers
     def similarity(self, a: str, b: str) -> float: ...
     @overload
-    def most_similar(
-        self,
-        positive: str | int | npt.ArrayLike | Iterable[str | int | npt.ArrayLike | tuple[str | int | npt.ArrayLike, float]] | None = None,
-        negative: str | int | npt.ArrayLike | Iterable[str | int | npt.ArrayLike | tuple[str | int | npt.ArrayLike, float]] | None = None,
-        topn: int = 10,
+    def most_similar(self, positive: _Terms = None, negative: _Terms = None, topn: int = 10) -> list[tuple[str, float]]: ...
+    @overload
+    def most_similar(self, positive: _Terms, negative: _Terms, topn: None) -> npt.NDArray[np.float32]: ...
+    @overload
+    def most_similar(self, positive: _Terms = None, negative: _Terms = None, *, topn: None) -> npt.NDArray[np.float32]: ...
+    @overload
+    def most_similar_cosmul(
+        self, positive: _CosmulTerms = None, negative: _CosmulTerms = None, topn: int = 10
     ) -> list[tuple[str, float]]: ...
     @overload
-    def most_similar(
-        self,
-        positive: str | int | npt.ArrayLike | Iterable[str | int | npt.ArrayLike | tuple[str | int | npt.ArrayLike, float]] | None,
-        negative: str | int | npt.ArrayLike | Iterable[str | int | npt.ArrayLike | tuple[str | int | npt.ArrayLike, float]] | None,
-        topn: None,
-    ) -> npt.NDArray[np.float32]: ...
-    @overload
-    def most_similar(
-        self,
-        positive: str | int | npt.ArrayLike | Iterable[str | int | npt.ArrayLike | tuple[str | int | npt.ArrayLike, float]] | None = None,
-        negative: str | int | npt.ArrayLike | Iterable[str | int | npt.ArrayLike | tuple[str | int | npt.ArrayLike, float]] | None = None,
-        *,
-        topn: None,
-    ) -> npt.NDArray[np.float32]: ...
+    def most_similar_cosmul(self, positive: _CosmulTerms, negative: _CosmulTerms, topn: None) -> npt.NDArray[np.float32]: ...
     @overload
     def most_similar_cosmul(
-        self,
-        positive: str | int | npt.ArrayLike | Iterable[str | int | npt.ArrayLike] | None = None,
-        negative: str | int | npt.ArrayLike | Iterable[str | int | npt.ArrayLike] | None = None,
-        topn: int = 10,
-    ) -> list[tuple[str, float]]: ...
-    @overload
-    def most_similar_cosmul(
-        self,
-        positive: str | int | npt.ArrayLike | Iterable[str | int | npt.ArrayLike] | None,
-        negative: str | int | npt.ArrayLike | Iterable[str | int | npt.ArrayLike] | None,
-        topn: None,
-    ) -> npt.NDArray[np.float32]: ...
-    @overload
-    def most_similar_cosmul(
-        self,
-        positive: str | int | npt.ArrayLike | Iterable[str | int | npt.ArrayLike] | None = None,
-        negative: str | int | npt.ArrayLike | Iterable[str | int | npt.ArrayLike] | None = None,
-        *,
-        topn: None,
+        self, positive: _CosmulTerms = None, negative: _CosmulTerms = None, *, topn: None
     ) -> npt.NDArray[np.float32]: ...
     def doesnt_match(self, words: Iterable[str]) -> str: ...
     # word2vec, text and fastText formats (issue 5)
