@@ -197,9 +197,8 @@ impl Embeddings {
             return Err(Error::invalid(
                 "file",
                 format!(
-                    "the header lists a {} chunk that the file does not have (the file ends after its {} chunk: truncated?)",
-                    missing.name(),
-                    seen.last().map_or("first", |id| id.name())
+                    "the header lists a {} chunk that the file does not have (a truncated file?)",
+                    missing.name()
                 ),
             ));
         }

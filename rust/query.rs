@@ -519,7 +519,6 @@ impl Embeddings {
     }
 }
 
-/// Reject queries of the wrong size or holding NaN / infinity.
 /// The length of `row`: the f32 sum of squares, or, when that overflows or underflows (values
 /// beyond about 1e19 or below 1e-19, in rows stored unnormalized), the f64 one, so that such
 /// rows get their true cosine instead of 0.
@@ -552,6 +551,7 @@ fn cosmul_score(cos: &[f32], np: usize) -> f32 {
     (num / (den + 1e-6)) as f32
 }
 
+/// Reject queries of the wrong size or holding NaN / infinity.
 fn check_queries(q: &[f32], d: usize, what: &str) -> Result<()> {
     if d == 0 {
         if !q.is_empty() {

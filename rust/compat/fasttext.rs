@@ -308,7 +308,10 @@ pub fn fasttext_vector(emb: &Embeddings, word: &str) -> Vec<f32> {
     let mut out = vec![0f32; dims];
     if let Some(i) = emb.vocab.word_index(word) {
         super::export_row(emb, i, &mut out);
-        if let Some((minn, maxn, bucket)) = fasttext_params(&emb.vocab).filter(|_| is_finalfusion_conversion(emb)) {
+        // (finalfusion's n-grams differ from fastText's only for `</s>` and, with min_n 1, by
+        // the single `<` and `>`: the metadata is parsed only then)
+        let may_differ = |&(minn, _, _): &(u32, u32, u32)| (word == EOS || minn <= 1) && is_finalfusion_conversion(emb);
+        if let Some((minn, maxn, bucket)) = fasttext_params(&emb.vocab).filter(may_differ) {
             let (mut theirs, mut ours) = (Vec::new(), Vec::new());
             emb.vocab.push_subword_indices(word, &mut theirs);
             fasttext_ngram_rows(word, minn, maxn, bucket, emb.vocab.words_len(), &mut ours);

@@ -116,7 +116,11 @@ fn terms_arg(
         let pair = match item.cast::<PyTuple>() {
             Ok(t) if pairs && t.len() == 2 => Some((t.get_item(0)?, t.get_item(1)?)),
             _ => match item.cast::<PyList>() {
-                Ok(l) if pairs && l.len() == 2 && l.get_item(0)?.is_instance_of::<PyString>() => {
+                Ok(l) if pairs && l.len() == 2 && {
+                    let first = l.get_item(0)?;
+                    first.is_instance_of::<PyString>() || row_key(&first).is_some()
+                } =>
+                {
                     Some((l.get_item(0)?, l.get_item(1)?))
                 }
                 _ => None,

@@ -84,10 +84,13 @@ impl SlotTable {
 
 impl Clone for SlotTable {
     fn clone(&self) -> Self {
-        let copy = self.0.as_ref().map(|b| crate::storage::AlignedBytes::copy_from(b.as_slice(), "vocabulary hash table"));
-        // A copy of a table that exists is at most as large as it; should even that fail,
-        // abort as a failed `Vec` clone would.
-        SlotTable(copy.map(|c| c.unwrap_or_else(|_| std::alloc::handle_alloc_error(std::alloc::Layout::new::<Slot>()))))
+        // should the copy fail, abort as a failed `Vec` clone would (naming its size)
+        SlotTable(self.0.as_ref().map(|b| {
+            crate::storage::AlignedBytes::copy_from(b.as_slice(), "vocabulary hash table").unwrap_or_else(|_| {
+                let size = std::alloc::Layout::from_size_align(b.as_slice().len(), 8);
+                std::alloc::handle_alloc_error(size.unwrap_or(std::alloc::Layout::new::<Slot>()))
+            })
+        }))
     }
 }
 

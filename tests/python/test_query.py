@@ -598,3 +598,12 @@ def test_cosines_of_huge_and_tiny_unnormalized_rows(tmp_path: Path) -> None:
         (word, score), = e.most_similar(positive=["b"], topn=1)
         assert word == "a" and abs(score - 1.0) < 1e-6
         np.testing.assert_allclose(e.most_similar_cosmul(positive=["b"], topn=None), [1.0, 1.0, 0.5], rtol=1e-5)
+
+
+def test_a_list_pair_with_a_row_number(w2v: vf.Embeddings) -> None:
+    """gensim reads a two-item list as (key, weight), an int key too: [5, 2.0] is row 5
+    weighted 2 (it was taken as a 2-value vector)."""
+    word = w2v.vocab[5]
+    assert w2v.most_similar(positive=[[5, 2.0], "gnu"], topn=3) == w2v.most_similar(
+        positive=[(word, 2.0), "gnu"], topn=3
+    )

@@ -538,3 +538,37 @@ def test_double_backward_with_options(pad: Any, sparse: bool, scale: bool) -> No
     grads = torch.autograd.grad(out, [e.weight for e in ref], go, create_graph=True)
     (want,) = torch.autograd.grad(sum((h.to_dense() if h.is_sparse else h).pow(3).sum() for h in grads), go)
     torch.testing.assert_close(gg, want, rtol=1e-12, atol=1e-12)
+
+
+def test_meta_device_module_loaded_with_assign() -> None:
+    """Built on the meta device and loaded with `load_state_dict(assign=True)` (the weight is
+    then a CPU tensor while the layout buffers stayed on meta): the layout follows the weight
+    and the output is the source module's (it was uninitialized memory)."""
+    src = FastMultiEmbedding([5, 9], [3, 2], padding_idx=[None, 1])
+    with torch.device("meta"):
+        m = FastMultiEmbedding([5, 9], [3, 2], padding_idx=[None, 1])
+    m.load_state_dict(src.state_dict(), assign=True)
+    x = torch.tensor([[1, 2], [4, 1]])
+    assert torch.equal(m(x), src(x))
+    m(x).sum().backward()  # the padding option's backward uses the layout too
+    assert m.weight.grad is not None and float(m.weight.grad[15 + 2 : 15 + 4].abs().sum()) == 0.0
+
+
+def test_a_module_pickled_before_the_buffer_rename_keeps_its_state_dict() -> None:
+    """A module pickled when the layout buffer was named `meta` loads with it renamed and
+    still non-persistent: its state_dict is the weight alone, loadable into a new module."""
+    import pickle
+
+    m = FastMultiEmbedding([5, 9], [3, 2])
+    state = m.__getstate__() if hasattr(m, "__getstate__") else m.__dict__
+    state = dict(state)
+    state["_buffers"] = {("meta" if k == "table_meta" else k): v for k, v in state["_buffers"].items()}
+    state["_non_persistent_buffers_set"] = {("meta" if k == "table_meta" else k) for k in state["_non_persistent_buffers_set"]}
+    old = FastMultiEmbedding.__new__(FastMultiEmbedding)
+    old.__setstate__(state)
+    old = pickle.loads(pickle.dumps(old))
+    assert list(old.state_dict()) == ["weight"]
+    fresh = FastMultiEmbedding([5, 9], [3, 2])
+    fresh.load_state_dict(old.state_dict())
+    x = torch.tensor([[1, 2]])
+    assert torch.equal(fresh(x), m(x))

@@ -360,6 +360,10 @@ class FastMultiEmbedding(nn.Module):
         buffers = self.__dict__.get("_buffers", {})
         if "meta" in buffers and "table_meta" not in buffers:  # pickled before the rename
             buffers["table_meta"] = buffers.pop("meta")
+            non_persistent = self.__dict__.get("_non_persistent_buffers_set", set())
+            if "meta" in non_persistent:
+                non_persistent.discard("meta")
+                non_persistent.add("table_meta")
         if "_numel" not in self.__dict__:  # pickled before it was kept
             self._numel = int(sum(n * d for n, d in zip(self.num_embeddings, self.embedding_dims)))
 
@@ -459,6 +463,10 @@ class FastMultiEmbedding(nn.Module):
                 f"'weight' must be 1-D with {self._numel} elements (the tables back to back), "
                 f"got shape {tuple(weight.shape)}"
             )
+        if self.table_meta.device != weight.device:
+            # a weight assigned on another device (meta-device set-up with
+            # `load_state_dict(assign=True)`): the layout follows it
+            self._set_layout(weight.device)
         if self.max_norm is not None:
             self._renorm(input)
         adjusted = self._padded or self.scale_grad_by_freq or self.sparse
