@@ -616,9 +616,10 @@ fn bucket_indexer(finalfusion: bool, buckets: u32) -> Result<Indexer> {
 }
 
 /// The longest n-grams accepted. finalfusion and fastText set no limit, but the n-grams of a
-/// word of `L` characters number up to `L * (max_n - min_n + 1)`: without a bound, a file
-/// with a huge `max_n` makes every long unknown word cost memory and time quadratic in its
-/// length. The constructors refuse the same, so every file vecfusion writes reads back.
+/// word of `L` characters number up to `L * (max_n - min_n + 1)`, each hashed over its length:
+/// without a bound, a file with a huge `max_n` makes a long unknown word cost time quadratic
+/// (or worse) in its length. The constructors refuse the same, so every file vecfusion writes
+/// reads back.
 pub const MAX_NGRAM_LEN: u32 = 1024;
 
 /// finalfusion's n-gram lengths: `1 <= min_n <= max_n <= MAX_NGRAM_LEN`.
