@@ -173,18 +173,32 @@ impl Embeddings {
     /// vector as given (gensim's `get_mean_vector`), normalized; the words among the terms
     /// are not answers.
     pub fn most_similar_terms(&self, terms: &[(Term<'_>, f32)], k: usize, skip: &[usize]) -> Result<Vec<Neighbor>> {
+        self.most_similar_terms_in(terms, k, skip, None)
+    }
+
+    /// [`Embeddings::most_similar_terms`] among the first `rows` word rows only when `rows`
+    /// is given (gensim's `restrict_vocab`; then by a scan of those rows' cosines).
+    pub fn most_similar_terms_in(
+        &self,
+        terms: &[(Term<'_>, f32)],
+        k: usize,
+        skip: &[usize],
+        rows: Option<usize>,
+    ) -> Result<Vec<Neighbor>> {
         let (query, mut skip_all) = self.terms_query(terms)?;
         skip_all.extend_from_slice(skip);
         let skip = skip_all;
+        let limit = rows.unwrap_or(usize::MAX);
         if let Storage::Quantized(q) = &self.storage {
             // rebuilt rows are not unit vectors, norms chunk or not: cosines with them
-            return Ok(self.quantized_cosines(q, &query, k, &skip));
+            return Ok(self.quantized_cosines(q, &query, k, &skip, limit));
         }
-        if self.norms.is_none() {
+        // (a limit at or beyond the word count restricts nothing: the usual path)
+        if self.norms.is_none() || rows.is_some_and(|r| r < self.vocab.words_len()) {
             // Without a norms chunk the rows may not be unit vectors (vf.Embeddings from an
             // array, a file read with normalize=False): gensim's cosine needs each row's
             // norm, which the fast scan (a plain dot product) does not take.
-            return Ok(self.scan_cosines(&[&query], k, &skip, |cos| cos[0]));
+            return Ok(self.scan_cosines(&[&query], k, &skip, limit, |cos| cos[0]));
         }
         Ok(self.search_normalized(&query, 1, k, &skip).pop().unwrap_or_default())
     }
@@ -192,8 +206,9 @@ impl Embeddings {
     /// The cosine of every word row with the unit vector `query` (0 for a zero row), in row
     /// order: gensim's `most_similar(..., topn=None)`. Quantized rows are scored through their
     /// lookup table over their rebuilt length. In parallel.
-    pub fn cosines_all(&self, query: &[f32]) -> Vec<f32> {
-        let n = self.vocab.words().map_or(0, |w| w.len());
+    /// Only the first `rows` word rows when given (gensim's `restrict_vocab`).
+    pub fn cosines_all(&self, query: &[f32], rows: Option<usize>) -> Vec<f32> {
+        let n = self.vocab.words().map_or(0, |w| w.len()).min(rows.unwrap_or(usize::MAX));
         let mut out = vec![0f32; n];
         let d = self.dims();
         if n == 0 || d == 0 {
@@ -226,18 +241,25 @@ impl Embeddings {
     /// (as in gensim). A word counts by its unit embedding, a vector as given (gensim's
     /// rule: `cos` is then the row's cosine times the vector's length). A full scan (every
     /// row is read, or rebuilt for quantized storage), in parallel.
-    pub fn most_similar_cosmul(&self, positive: &[Term<'_>], negative: &[Term<'_>], k: usize) -> Result<Vec<Neighbor>> {
+    /// Among the first `rows` word rows only when given (gensim's `restrict_vocab`).
+    pub fn most_similar_cosmul(
+        &self,
+        positive: &[Term<'_>],
+        negative: &[Term<'_>],
+        k: usize,
+        rows: Option<usize>,
+    ) -> Result<Vec<Neighbor>> {
         let (vectors, np, skip) = self.cosmul_terms(positive, negative)?;
         let queries: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();
-        Ok(self.scan_cosines(&queries, k, &skip, |cos| cosmul_score(cos, np)))
+        Ok(self.scan_cosines(&queries, k, &skip, rows.unwrap_or(usize::MAX), |cos| cosmul_score(cos, np)))
     }
 
-    /// The 3CosMul score of [`Embeddings::most_similar_cosmul`] of every word row, in row
-    /// order, the given words included (gensim's `topn=None`).
-    pub fn cosmul_all(&self, positive: &[Term<'_>], negative: &[Term<'_>]) -> Result<Vec<f32>> {
+    /// The 3CosMul score of [`Embeddings::most_similar_cosmul`] of every word row (the first
+    /// `rows` when given), in row order, the given words included (gensim's `topn=None`).
+    pub fn cosmul_all(&self, positive: &[Term<'_>], negative: &[Term<'_>], rows: Option<usize>) -> Result<Vec<f32>> {
         let (vectors, np, _) = self.cosmul_terms(positive, negative)?;
         let queries: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();
-        let n = self.vocab.words().map_or(0, |w| w.len());
+        let n = self.vocab.words().map_or(0, |w| w.len()).min(rows.unwrap_or(usize::MAX));
         let d = self.dims();
         let mut out = vec![0f32; n];
         out.par_chunks_mut(1024).enumerate().for_each_init(
@@ -289,7 +311,7 @@ impl Embeddings {
     /// row with the unit vector `queries[j]` (0 for a zero row); rows in `skip` are not
     /// answers. Every row is read (rebuilt for quantized storage) and normalized here, so
     /// this works whether or not the stored rows are unit vectors. In parallel.
-    fn scan_cosines<F>(&self, queries: &[&[f32]], k: usize, skip: &[usize], score: F) -> Vec<Neighbor>
+    fn scan_cosines<F>(&self, queries: &[&[f32]], k: usize, skip: &[usize], rows: usize, score: F) -> Vec<Neighbor>
     where
         F: Fn(&[f32]) -> f32 + Sync,
     {
@@ -303,20 +325,21 @@ impl Embeddings {
                 score(&cos)
             }
         };
-        self.best_rows(k, skip, d.saturating_mul(queries.len()), 4096, make)
+        self.best_rows(k, skip, rows, d.saturating_mul(queries.len()), 4096, make)
     }
 
     /// The `k` best word rows by cosine of the rebuilt (quantized) row with the unit vector
     /// `query` ([`quantized_cosine`]), rows in `skip` left out. A scan of the codes, in parallel.
-    fn quantized_cosines(&self, q: &QuantizedStorage, query: &[f32], k: usize, skip: &[usize]) -> Vec<Neighbor> {
+    fn quantized_cosines(&self, q: &QuantizedStorage, query: &[f32], k: usize, skip: &[usize], rows: usize) -> Vec<Neighbor> {
         let score = quantized_cosine(q, query);
-        self.best_rows(k, skip, q.n_subquantizers(), 8192, || &score)
+        self.best_rows(k, skip, rows, q.n_subquantizers(), 8192, || &score)
     }
 
     /// The `k` best word rows by the score a scorer from `make` gives each row (one scorer per
     /// block of rows, so that it can keep scratch buffers); rows in `skip` are not answers.
-    /// `work` (per row) decides whether the blocks are scanned in parallel.
-    fn best_rows<M, S>(&self, k: usize, skip: &[usize], work: usize, block: usize, make: M) -> Vec<Neighbor>
+    /// `work` (per row) decides whether the blocks are scanned in parallel. Only the first
+    /// `rows` word rows are candidates.
+    fn best_rows<M, S>(&self, k: usize, skip: &[usize], rows: usize, work: usize, block: usize, make: M) -> Vec<Neighbor>
     where
         M: Fn() -> S + Sync,
         S: FnMut(usize) -> f32,
@@ -324,7 +347,7 @@ impl Embeddings {
         let Some(words) = self.vocab.words() else {
             return Vec::new();
         };
-        let n = words.len();
+        let n = words.len().min(rows);
         let k = k.min(n);
         if k == 0 {
             return Vec::new();

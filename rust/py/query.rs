@@ -279,17 +279,20 @@ impl PyEmbeddings {
     /// of `positive` minus those of `negative`, without the given words, as `(word, score)`.
     /// KeyError for a word without an embedding.
     /// `topn=None` returns the cosine of the query with every word row instead (a float32
-    /// array in row order, the given words included), as gensim does.
-    #[pyo3(signature = (positive=None, negative=None, topn=Some(10)),
-               text_signature = "(self, /, positive=None, negative=None, topn=10)")]
+    /// array in row order, the given words included), as gensim does. `restrict_vocab=N`
+    /// searches (and scores) the first N word rows only.
+    #[pyo3(signature = (positive=None, negative=None, topn=Some(10), *, restrict_vocab=None),
+               text_signature = "(self, /, positive=None, negative=None, topn=10, *, restrict_vocab=None)")]
     fn most_similar<'py>(
         &self,
         py: Python<'py>,
         positive: Option<&Bound<'py, PyAny>>,
         negative: Option<&Bound<'py, PyAny>>,
         topn: Option<i128>,
+        restrict_vocab: Option<i128>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let emb = &self.inner;
+        let rows = restrict_vocab.map(|r| check_k(r, "restrict_vocab")).transpose()?;
         if topn.is_some_and(|t| t < 1) {
             return Ok(PyList::empty(py).into_any()); // gensim: no answers for topn < 1
         }
@@ -298,10 +301,10 @@ impl PyEmbeddings {
         owned.extend(terms_arg(emb, negative, -1.0, true, "most_similar")?);
         let terms: Vec<(Term<'_>, f32)> = owned.iter().map(|(t, w)| (t.as_term(), *w)).collect();
         let Some(k) = k else {
-            let all = crate::py::fork::detach(py, || emb.terms_query(&terms).map(|(q, _)| emb.cosines_all(&q)))?;
+            let all = crate::py::fork::detach(py, || emb.terms_query(&terms).map(|(q, _)| emb.cosines_all(&q, rows)))?;
             return Ok(PyArray1::from_vec(py, all).into_any());
         };
-        let found = crate::py::fork::detach(py, || emb.most_similar_terms(&terms, k, &[]))?;
+        let found = crate::py::fork::detach(py, || emb.most_similar_terms_in(&terms, k, &[], rows))?;
         Ok(answers(py, emb, found)?.into_any())
     }
 
@@ -309,18 +312,21 @@ impl PyEmbeddings {
     /// `(1 + cos) / 2` over `positive`, divided by the product over `negative` (+ 1e-6),
     /// is highest, without the given words, as `(word, score)`. Terms are words, row
     /// numbers or vectors (used as given, as gensim does). `topn=None` returns the score of
-    /// every word row instead (a float32 array in row order); `topn < 1` gives `[]`. A full
-    /// scan of the rows.
-    #[pyo3(signature = (positive=None, negative=None, topn=Some(10)),
-               text_signature = "(self, /, positive=None, negative=None, topn=10)")]
+    /// every word row instead (a float32 array in row order); `topn < 1` gives `[]`.
+    /// `restrict_vocab=N` searches (and scores) the first N word rows only. A full scan of
+    /// the rows.
+    #[pyo3(signature = (positive=None, negative=None, topn=Some(10), restrict_vocab=None),
+               text_signature = "(self, /, positive=None, negative=None, topn=10, restrict_vocab=None)")]
     fn most_similar_cosmul<'py>(
         &self,
         py: Python<'py>,
         positive: Option<&Bound<'py, PyAny>>,
         negative: Option<&Bound<'py, PyAny>>,
         topn: Option<i128>,
+        restrict_vocab: Option<i128>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let emb = &self.inner;
+        let rows = restrict_vocab.map(|r| check_k(r, "restrict_vocab")).transpose()?;
         if topn.is_some_and(|t| t < 1) {
             return Ok(PyList::empty(py).into_any()); // gensim: no answers for topn < 1
         }
@@ -329,10 +335,10 @@ impl PyEmbeddings {
         let pos: Vec<Term<'_>> = pos.iter().map(|(t, _)| t.as_term()).collect();
         let neg: Vec<Term<'_>> = neg.iter().map(|(t, _)| t.as_term()).collect();
         let Some(k) = topn.map(|t| usize::try_from(t).unwrap_or(usize::MAX)) else {
-            let all = crate::py::fork::detach(py, || emb.cosmul_all(&pos, &neg))?;
+            let all = crate::py::fork::detach(py, || emb.cosmul_all(&pos, &neg, rows))?;
             return Ok(PyArray1::from_vec(py, all).into_any());
         };
-        let found = crate::py::fork::detach(py, || emb.most_similar_cosmul(&pos, &neg, k))?;
+        let found = crate::py::fork::detach(py, || emb.most_similar_cosmul(&pos, &neg, k, rows))?;
         Ok(answers(py, emb, found)?.into_any())
     }
 

@@ -607,3 +607,27 @@ def test_a_list_pair_with_a_row_number(w2v: vf.Embeddings) -> None:
     assert w2v.most_similar(positive=[[5, 2.0], "gnu"], topn=3) == w2v.most_similar(
         positive=[(word, 2.0), "gnu"], topn=3
     )
+
+
+def test_restrict_vocab(w2v: vf.Embeddings) -> None:
+    """gensim's restrict_vocab=N: only the first N word rows are searched (and scored, with
+    topn=None), in most_similar and most_similar_cosmul, on dense and quantized storage."""
+    words = list(w2v.vocab.words)
+    n = len(words) // 3
+    quant = w2v.quantize(n_subquantizers=w2v.dims // 4, bits=4, opq=False, progress=False)
+    for emb in (w2v, quant):
+        full = emb.most_similar(positive=["license"], negative=["gnu"], topn=None)
+        part = emb.most_similar(positive=["license"], negative=["gnu"], topn=None, restrict_vocab=n)
+        np.testing.assert_array_equal(part, full[:n])
+        order = [j for j in np.argsort(-full[:n], kind="stable") if words[j] not in ("license", "gnu")][:5]
+        got = emb.most_similar(positive=["license"], negative=["gnu"], topn=5, restrict_vocab=n)
+        assert [w for w, _ in got] == [words[j] for j in order]
+        np.testing.assert_allclose([s for _, s in got], full[order], rtol=1e-5, atol=1e-6)
+        cos_full = emb.most_similar_cosmul(["license", "software"], ["gnu"], None)
+        np.testing.assert_array_equal(emb.most_similar_cosmul(["license", "software"], ["gnu"], None, n), cos_full[:n])
+        top = emb.most_similar_cosmul(["license", "software"], ["gnu"], 3, restrict_vocab=n)
+        assert all(words.index(w) < n for w, _ in top) and len(top) == 3
+        assert emb.most_similar("license", restrict_vocab=0) == []
+        assert emb.most_similar("license", topn=3, restrict_vocab=2**70) == emb.most_similar("license", topn=3)
+        with pytest.raises(ValueError, match="restrict_vocab must be >= 0"):
+            emb.most_similar("license", restrict_vocab=-1)
