@@ -1,6 +1,7 @@
 //! Vocabularies: plain word lists and subword vocabularies.
 
 pub mod fstvocab;
+mod fstwalk;
 pub mod subword;
 pub mod words;
 

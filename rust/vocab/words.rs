@@ -434,17 +434,10 @@ impl WordList {
     /// Rows of up to [`INDEX_GROUP`] words (`rows.len() == words.len()`). The hash backend
     /// overlaps the group's memory accesses and calls `candidate(row)` for each likely row
     /// before it is confirmed, so that the caller can prefetch the row's data meanwhile.
-    pub fn index_group<S: AsRef<str>>(&self, words: &[S], rows: &mut [Option<usize>], mut candidate: impl FnMut(usize)) {
+    pub fn index_group<S: AsRef<str>>(&self, words: &[S], rows: &mut [Option<usize>], candidate: impl FnMut(usize)) {
         match &self.repr {
             Repr::Hash(h) => h.index_group(words, rows, candidate),
-            Repr::Fst(f) => {
-                for (r, w) in rows.iter_mut().zip(words) {
-                    *r = f.try_index(w.as_ref()).ok().flatten();
-                    if let Some(i) = *r {
-                        candidate(i);
-                    }
-                }
-            }
+            Repr::Fst(f) => f.index_group(words, rows, candidate),
         }
     }
 
