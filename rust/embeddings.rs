@@ -37,6 +37,9 @@ pub enum OpenMode {
 /// with non-temporal stores.
 const STREAMING_FLOATS: usize = 8 << 20;
 
+/// Widest matrix of no rows accepted (2^24 dimensions; real embeddings have a few hundred).
+pub const MAX_DIMS_WITHOUT_ROWS: usize = 1 << 24;
+
 impl Embeddings {
     /// Assemble embeddings, checking that the pieces fit together.
     pub fn new(metadata: Option<String>, vocab: Vocab, storage: Storage, norms: Option<Vec<f32>>) -> Result<Self> {
@@ -56,6 +59,15 @@ impl Embeddings {
                     vocab.words_len(),
                     if need > vocab.words_len() as u64 { " plus n-gram rows" } else { "" }
                 ),
+            ));
+        }
+        // With rows, the matrix itself shows that a row of `dims` values fits in memory; without
+        // any, a header's width is all there is, and every lookup or write would allocate a row
+        // of it (10^12 dimensions: an abort, not an error).
+        if have == 0 && storage.dims() > MAX_DIMS_WITHOUT_ROWS {
+            return Err(Error::invalid(
+                "storage",
+                format!("0 rows of {} dimensions (at most {MAX_DIMS_WITHOUT_ROWS} without any row)", storage.dims()),
             ));
         }
         if let Some(n) = &norms {
@@ -95,6 +107,8 @@ impl Embeddings {
                 ),
             ),
             e @ (Error::Io { .. } | Error::Invalid { .. }) => e.context(path.display()),
+            // not a format error: MemoryError / KeyboardInterrupt / ValueError as they are
+            e @ (Error::OutOfMemory { .. } | Error::Interrupted | Error::Argument(_)) => e,
             // name the file in every other format error too
             e => Error::invalid("file", format!("{e} ({})", path.display())),
         })

@@ -108,8 +108,11 @@ fn read_text_inner(path: &Path, header: Header, opts: &ReadOptions) -> Result<Em
 
     if opts.limit.is_some() {
         // Stream line by line: read no more than needed.
+        // (a header's count is all that is read, as gensim does: `limit` above it reads `n`)
+        let stop = shape.map_or(limit, |(n, _)| n.min(limit));
         let mut buf = Vec::new();
-        while words.len() < limit {
+        let mut blank = None;
+        while words.len() < stop {
             if lineno % 65_536 == 0 {
                 crate::cancel::check()?;
             }
@@ -118,7 +121,15 @@ fn read_text_inner(path: &Path, header: Header, opts: &ReadOptions) -> Result<Em
             if n == 0 {
                 break;
             }
-            parse_line(strip_eol(&buf), dims, lineno, opts.decode, &mut words, &mut data)?;
+            let line = strip_eol(&buf);
+            if line.is_empty() {
+                // blank lines may end the file, not separate records
+                blank = blank.or(Some(lineno));
+            } else if let Some(b) = blank {
+                return Err(line_err(b, "empty line"));
+            } else {
+                parse_line(line, dims, lineno, opts.decode, &mut words, &mut data)?;
+            }
             lineno += 1;
         }
     } else {
@@ -153,6 +164,8 @@ struct Piece {
     words: WordsBuilder,
     data: Vec<f32>,
     lines: u64,
+    /// The first of the blank lines that end the piece (piece line number).
+    blank: Option<u64>,
     error: Option<Error>,
 }
 
@@ -169,6 +182,8 @@ fn read_parallel<R: Read>(
     crate::storage::try_reserve(&mut buf, block + (1 << 20), "text read buffer").map_err(ParErr::Format)?;
     let mut eof = false;
     let pieces_per_block = rayon::current_num_threads() * 4;
+    // the first of the blank lines read last (absolute): fine at the end of the file only
+    let mut blank: Option<u64> = None;
     while !eof {
         crate::cancel::check().map_err(ParErr::Format)?;
         // fill the buffer up to BLOCK bytes (it may already hold a partial line)
@@ -203,6 +218,12 @@ fn read_parallel<R: Read>(
         for p in pieces {
             if let Some(e) = p.error {
                 return Err(ParErr::Format(renumber(e, *lineno)));
+            }
+            if let (Some(b), false) = (blank, p.words.is_empty()) {
+                return Err(ParErr::Format(line_err(b, "empty line")));
+            }
+            if let Some(b) = p.blank {
+                blank = blank.or(Some(*lineno + b - 1));
             }
             words.extend(&p.words);
             // the matrix grows piece by piece (a file without a header says no size up front)
@@ -245,7 +266,17 @@ fn parse_piece(bytes: &[u8], dims: usize, decode: Decode) -> Piece {
     for line in bytes.split_inclusive(|&b| b == b'\n') {
         p.lines += 1;
         let local = p.lines;
-        if let Err(e) = parse_line_piece(strip_eol(line), dims, local, decode, &mut p.words, &mut p.data) {
+        let line = strip_eol(line);
+        if line.is_empty() {
+            // blank lines may end the file, not separate records
+            p.blank = p.blank.or(Some(local));
+            continue;
+        }
+        if let Some(b) = p.blank {
+            p.error = Some(Error::invalid("text embeddings", format!("piece line {b}: empty line")));
+            return p;
+        }
+        if let Err(e) = parse_line_piece(line, dims, local, decode, &mut p.words, &mut p.data) {
             p.error = Some(e);
             return p;
         }
@@ -352,15 +383,11 @@ fn count_values(line: &[u8], skip: usize) -> Result<usize> {
     Ok(n.saturating_sub(skip))
 }
 
+/// The line without its end and the whitespace before it (as gensim's `line.rstrip()`: the
+/// ASCII whitespace of Python's `str.isspace`, so `\r`, `\x0b`, `\x0c` too).
 fn strip_eol(line: &[u8]) -> &[u8] {
-    let mut l = line;
-    if l.last() == Some(&b'\n') {
-        l = &l[..l.len() - 1];
-    }
-    if l.last() == Some(&b'\r') {
-        l = &l[..l.len() - 1];
-    }
-    l
+    let keep = line.iter().rposition(|&b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c | 0x1c..=0x1f));
+    &line[..keep.map_or(0, |k| k + 1)]
 }
 
 /// `"n d"`: exactly two unsigned integers.
@@ -507,6 +534,32 @@ mod tests {
         for block in [7, 100, 4096, 1 << 20] {
             let e = parse_blocks(&bad, block).err().unwrap().to_string();
             assert!(e.contains("line 3001:"), "{block}: {e}");
+        }
+    }
+
+    #[test]
+    fn blank_lines_end_a_file_but_do_not_separate_records() {
+        let mut text = Vec::new();
+        for i in 0..3000 {
+            text.extend_from_slice(format!("w{i} {i} 2\x0c\r\n").as_bytes());
+        }
+        let mut good = text.clone();
+        good.extend_from_slice(b"\n  \t\r\n\x0c\n\n");
+        for block in [7, 100, 4096, 1 << 20] {
+            let (words, data, _) = parse_blocks(&good, block).unwrap();
+            assert_eq!(words.len(), 3000);
+            assert_eq!(&data[2 * 2999..], &[2999.0, 2.0]);
+        }
+        // a blank line (line 1501) between records, whatever the block size
+        let mut bad = text[..text.len() / 2].to_vec();
+        let cut = bad.iter().rposition(|&b| b == b'\n').unwrap() + 1;
+        bad.truncate(cut);
+        let before = bad.iter().filter(|&&b| b == b'\n').count();
+        bad.extend_from_slice(b" \n\n");
+        bad.extend_from_slice(&text[cut..]);
+        for block in [7, 100, 4096, 1 << 20] {
+            let e = parse_blocks(&bad, block).err().unwrap().to_string();
+            assert!(e.contains(&format!("line {}: empty line", before + 1)), "{block}: {e}");
         }
     }
 

@@ -206,7 +206,10 @@ impl HashWords {
         // over a table far larger than the cache, and one miss at a time made the
         // insertions most of the time a memory-mapped file takes to open.
         const AHEAD: usize = 16;
-        let hashes: Vec<u64> = (0..n).map(|i| hash_str(&self.state, self.bytes_of(i))).collect();
+        let mut hashes = crate::storage::try_zeroed_vec::<u64>(n, "vocabulary hashes")?;
+        for (i, h) in hashes.iter_mut().enumerate() {
+            *h = hash_str(&self.state, self.bytes_of(i));
+        }
         for i in 0..n {
             if let Some(&h) = hashes.get(i + AHEAD) {
                 crate::storage::prefetch_addr(std::ptr::from_ref(&table[h as usize & mask]).cast::<u8>());
@@ -521,10 +524,12 @@ pub(crate) fn read_words(r: &mut crate::format::ByteReader<'_>, n: u64) -> Resul
         });
     }
     let n = n as usize;
-    let mut ends = Vec::with_capacity(n);
+    let mut ends = Vec::new();
+    crate::storage::try_reserve(&mut ends, n, "vocabulary word ends")?;
     let mut bytes = Vec::new();
     for _ in 0..n {
         let b = r.string_bytes("vocabulary word")?;
+        crate::storage::try_reserve(&mut bytes, b.len(), "vocabulary words")?;
         bytes.extend_from_slice(b);
         ends.push(bytes.len());
     }

@@ -193,7 +193,9 @@ OOM_SCRIPT = textwrap.dedent(
     vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
     resource.setrlimit(resource.RLIMIT_AS, (vm + (24 << 20), resource.RLIM_INFINITY))
     for load, name in [(vf.load, "big.fifu"), (vf.load_word2vec, "big.bin"), (vf.load_text, "big.txt"),
-                       (vf.load_text, "big.glove.txt"), (vf.load_fasttext, "big.ftbin")]:
+                       (vf.load_text, "big.glove.txt"), (vf.load_fasttext, "big.ftbin"),
+                       # a small file whose vocabulary needs more than the limit (1M words, 0 dims)
+                       (lambda p: vf.load(p, mmap=True), "words.fifu")]:
         try:
             load(f"{tmp}/{name}")
         except MemoryError as ex:
@@ -207,7 +209,8 @@ OOM_SCRIPT = textwrap.dedent(
 
 
 def test_out_of_memory_is_an_exception(tmp_path: Path) -> None:
-    """A file too big for the memory left gives MemoryError, not an abort of the process."""
+    """A file too big for the memory left gives MemoryError, not an abort of the process
+    (nor a FormatError: the file is fine)."""
     rows, dims = 60_000, 256  # 61 MB of floats per file
     e = vf.Embeddings([f"w{i}" for i in range(rows)], np.ones((rows, dims), np.float32))
     e.write(tmp_path / "big.fifu")
@@ -215,6 +218,8 @@ def test_out_of_memory_is_an_exception(tmp_path: Path) -> None:
     e.write_text(tmp_path / "big.txt")
     e.write_text(tmp_path / "big.glove.txt", dims=False)
     e.write_fasttext(tmp_path / "big.ftbin")
+    n = 1_000_000
+    vf.Embeddings([f"w{i}" for i in range(n)], np.zeros((n, 0), np.float32)).write(tmp_path / "words.fifu")
     del e
     r = subprocess.run(
         [sys.executable, "-c", OOM_SCRIPT, str(tmp_path)],
@@ -225,9 +230,28 @@ def test_out_of_memory_is_an_exception(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.splitlines()
-    assert len(lines) == 5, r.stdout
+    assert len(lines) == 6, r.stdout
     for line in lines:
         assert "MemoryError" in line and "not enough memory" in line, line
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_huge_width_without_rows_is_refused(tmp_path: Path, binary: bool) -> None:
+    """A header of 0 words and 10^12 dimensions has nothing to contradict it: refused at
+    load (every lookup or write would allocate a row of that width: an abort)."""
+    p = tmp_path / "w.txt"
+    p.write_bytes(b"0 1000000000000\n")
+    load = vf.load_word2vec if binary else vf.load_text
+    with pytest.raises(vf.FormatError, match="0 rows of 1000000000000 dimensions"):
+        load(p)
+    p.write_bytes(b"5 1000000000000\n")
+    with pytest.raises(vf.FormatError, match="0 rows of 1000000000000 dimensions"):
+        load(p, limit=0)
+    with pytest.raises(ValueError, match="0 rows of 33554432 dimensions"):
+        vf.Embeddings([], np.zeros((0, 1 << 25), np.float32))
+    # wide but plausible: fine
+    e = vf.Embeddings([], np.zeros((0, 1 << 20), np.float32))
+    assert e.embedding("x") is None and e.dims == 1 << 20
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")

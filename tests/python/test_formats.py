@@ -240,6 +240,33 @@ def test_malformed_text(tmp_path: Path, text: str, dims, match: str) -> None:
         vf.load_text(p, dims=dims)
 
 
+@pytest.mark.parametrize(
+    "text, kwargs",
+    [
+        # what gensim 4.4's load_word2vec_format(binary=False) reads from these files:
+        ("2 2\na 1 2\nb 3 4\n\n  \n", {}),  # blank lines after the records
+        ("a 1 2\nb 3 4\n\n\t\n", {"dims": False}),
+        ("2 2\na 1 2\x0c\nb 3 4\x0b\r\r\n", {}),  # line ends stripped as str.rstrip() does
+        ("2 2\na 1 2\nb 3 4\nc 5 6\n", {"limit": 3}),  # a limit above the header's count
+        ("2 2\na 1 2\nb 3 4\n\n\nc 5 6\n", {"limit": 5}),  # (and nothing after it is read)
+    ],
+)
+def test_text_ends_as_gensim_reads_them(tmp_path: Path, text: str, kwargs: dict) -> None:
+    p = tmp_path / "t.txt"
+    p.write_text(text, newline="")
+    emb = vf.load_text(p, normalize=False, **kwargs)
+    assert list(emb) == ["a", "b"]
+    np.testing.assert_array_equal(emb.storage[:], [[1, 2], [3, 4]])
+
+
+def test_blank_line_between_records_is_an_error(tmp_path: Path) -> None:
+    p = tmp_path / "t.txt"
+    p.write_text("3 2\na 1 2\n \nb 3 4\nc 5 6\n")
+    for kwargs in ({}, {"limit": 3}):
+        with pytest.raises(vf.FormatError, match="line 3: empty line"):
+            vf.load_text(p, **kwargs)
+
+
 def test_malformed_text_far_down_gets_the_right_line(tmp_path: Path) -> None:
     # large enough to be cut into several pieces that are parsed in parallel
     rows = [f"w{i} {i} {i + 1} {i + 2}" for i in range(60_000)]
