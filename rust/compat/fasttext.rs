@@ -615,6 +615,7 @@ fn read_fasttext_inner(path: &Path, decode: super::Decode, normalize: bool) -> R
     };
     drop(file);
     check_finite_rows(&data, dims, &words)?;
+    super::check_norms(norms.as_deref(), &words)?;
     let storage = Storage::Array(ArrayStorage::new(data, keep_rows, dims)?);
     Embeddings::new(metadata, model_vocab(words, subwords, minn, &args), storage, norms)
 }
@@ -734,6 +735,7 @@ fn read_compact_model(
         metadata.push_str(&format!("pruned_buckets = {}\n", p.len()));
     }
     check_finite_rows(&data, dims, &words)?;
+    super::check_norms(norms.as_deref(), &words)?;
     let storage = Storage::Array(ArrayStorage::new(data, rows, dims)?);
     Embeddings::new(Some(metadata), model_vocab(words, subwords, minn, args), storage, norms)
 }

@@ -137,6 +137,23 @@ impl WordsBuilder {
     }
 }
 
+/// Norms from normalizing finite rows at load: one beyond float32's range (a row such as
+/// `[3e38, 3e38]`, whose length overflows f32) cannot be kept, since the unit row times an
+/// infinite norm does not give the row back (writing the file out would write `inf`).
+pub(crate) fn check_norms(norms: Option<&[f32]>, words: &WordList) -> Result<()> {
+    let Some(i) = norms.and_then(|n| n.iter().position(|x| x.is_infinite())) else {
+        return Ok(());
+    };
+    Err(Error::invalid(
+        "vectors",
+        format!(
+            "the vector of {:?} (row {i}) is longer than float32's range (its norm is above 3.4e38), \
+             so it cannot be stored normalized with its norm: load with normalize=False",
+            words.get(i).unwrap_or_default()
+        ),
+    ))
+}
+
 /// L2-normalize each `dims`-long row in parallel; returns the former norms.
 pub fn normalize_rows(data: &mut [f32], dims: usize) -> Vec<f32> {
     if dims == 0 {
@@ -254,6 +271,7 @@ pub(crate) fn assemble(words: WordsBuilder, mut data: Vec<f32>, dims: usize, nor
         Some(normalize_rows(&mut data, dims))
     };
     let words = words.finish()?;
+    check_norms(norms.as_deref(), &words)?;
     let storage = Storage::Array(ArrayStorage::new(data, rows, dims)?);
     Embeddings::new(None, Vocab::Simple(words), storage, norms)
 }

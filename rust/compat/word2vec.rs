@@ -269,6 +269,7 @@ fn read_word2vec_inner(path: &Path, opts: &ReadOptions) -> Result<Embeddings> {
     let norms = opts.normalize.then_some(norms);
     // (word2vec records count from 1)
     let words = words.finish().map_err(|e| super::duplicate_at(e, 1, "record").context(path.display()))?;
+    super::check_norms(norms.as_deref(), &words).map_err(|e| e.context(path.display()))?;
     let storage = Storage::Array(ArrayStorage::new(data, rows, dims)?);
     Embeddings::new(None, Vocab::Simple(words), storage, norms).map_err(|e| e.context(path.display()))
 }

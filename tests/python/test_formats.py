@@ -283,6 +283,24 @@ def test_malformed_text_far_down_gets_the_right_line(tmp_path: Path) -> None:
     np.testing.assert_array_equal(emb["oops"], [1, 2, 3])
 
 
+def test_rows_longer_than_float32_range(tmp_path: Path) -> None:
+    """[3e38, 3e38] is finite, but its norm (4.2e38) is not a float32: normalized at load it
+    could not be written back (row x inf norm), so loading it normalized is an error that
+    says what to do; with normalize=False it reads and writes back exactly."""
+    rows = np.array([[3e38, 3e38], [1, 2]], np.float32)
+    e = vf.Embeddings(["big", "ok"], rows)
+    for name, write, load in [
+        ("w.bin", e.write_word2vec, vf.load_word2vec),
+        ("w.txt", e.write_text, vf.load_text),
+        ("w.ftbin", e.write_fasttext, vf.load_fasttext),
+    ]:
+        write(tmp_path / name)
+        with pytest.raises(vf.FormatError, match='"big" .*normalize=False'):
+            load(tmp_path / name)
+        raw = load(tmp_path / name, normalize=False)
+        np.testing.assert_array_equal(raw.storage[:2], rows)
+
+
 def test_malformed_word2vec(tmp_path: Path, peers: Path) -> None:
     data = (peers / "w2v.bin").read_bytes()
     p = tmp_path / "x.bin"
