@@ -108,8 +108,14 @@ impl PyEmbeddings {
                             crate::vocab::MAX_NGRAM_LEN
                         )));
                     }
-                    let table = ExplicitNgrams::new(ngrams.unwrap_or_default())
-                        .map_err(|e| crate::Error::argument(e.to_string()))?;
+                    let ngrams = ngrams.unwrap_or_default();
+                    // (finalfusion-python refuses to load a table of no n-grams)
+                    if ngrams.is_empty() {
+                        return Err(crate::Error::argument(
+                            "vocab='explicit' needs at least one n-gram (use vocab='simple' for words without n-grams)",
+                        ));
+                    }
+                    let table = ExplicitNgrams::new(ngrams).map_err(|e| crate::Error::argument(e.to_string()))?;
                     Vocab::Subword(SubwordVocab {
                         words: list,
                         min_n,

@@ -254,6 +254,18 @@ fn py_to_value(v: &Bound<'_, PyAny>, depth: usize) -> PyResult<toml::Value> {
     }
     if v.is_instance_of::<PyList>() || v.is_instance_of::<PyTuple>() {
         let items = v.try_iter()?.map(|x| py_to_value(&x?, depth + 1)).collect::<PyResult<Vec<_>>>()?;
+        // One kind of value per array (arrays of arrays may differ inside): TOML 0.4 readers
+        // such as finalfusion-python's refuse `[1, "x"]` or `[1, 2.5]` (the whole file fails
+        // to open there) and drop the non-tables of `[{...}, 1]` silently.
+        if let Some(other) = items.iter().find(|x| x.type_str() != items[0].type_str()) {
+            return Err(PyValueError::new_err(format!(
+                "metadata array {} mixes a {} and a {}: TOML readers of finalfusion files (TOML 0.4) \
+                 need one kind of value per array (make them all strings or all floats, or use a table)",
+                v.repr()?,
+                items[0].type_str(),
+                other.type_str()
+            )));
+        }
         return Ok(toml::Value::Array(items));
     }
     Err(PyTypeError::new_err(format!(

@@ -210,6 +210,42 @@ def test_metadata_toml_reads_the_same_in_older_toml_readers(tmp_path: Path) -> N
     assert vf.load(p).metadata == want
 
 
+@pytest.mark.parametrize("bad", [[1, "x"], [1, 2.5], [True, 1], [{"a": 1}, 1], [[1], 2]])
+def test_metadata_arrays_of_mixed_kinds_are_refused(bad: list) -> None:
+    """toml 0.10 (finalfusion-python) refuses `[1, "x"]`, `[1, 2.5]`, ... (the whole file
+    would not open there) and drops the 1 of `[{a = 1}, 1]`: such metadata is a ValueError."""
+    old_toml = pytest.importorskip("toml", reason="the toml package (requirements-dev.txt) is missing")
+    e = vf.load(FIX / "simple.fifu")
+    with pytest.raises(ValueError, match="mixes a"):
+        e.metadata = {"x": {"bad": bad}}
+    with pytest.raises(ValueError, match="mixes a"):
+        vf.Embeddings(["a"], np.ones((1, 2), np.float32), metadata={"bad": bad})
+    # arrays of one kind each (also inside an array of arrays) are fine, in every reader
+    good = {"ints": [1, 2], "nested": [[1, 2], ["a"]], "tables": [{"a": 1}, {"b": "x"}], "none": []}
+    e.metadata = good
+    assert e.metadata == good
+    assert old_toml.loads(_toml_text(e)) == good
+
+
+def _toml_text(e: vf.Embeddings) -> str:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "m.fifu"
+        e.write(p)
+        raw = p.read_bytes()
+    start = 12 + 4 * struct.unpack_from("<I", raw, 8)[0]
+    cid, n = struct.unpack_from("<IQ", raw, start)
+    assert cid == 5
+    return raw[start + 12 : start + 12 + n].decode()
+
+
+def test_explicit_vocab_of_no_ngrams_is_refused() -> None:
+    """finalfusion-python cannot load an explicit n-gram table without n-grams."""
+    with pytest.raises(ValueError, match="at least one n-gram"):
+        vf.Embeddings(["a"], np.ones((1, 2), np.float32), vocab="explicit", ngrams=[])
+
+
 def test_cli_output_into_a_closed_pipe_is_not_an_error(tmp_path: Path) -> None:
     import subprocess
     import sys
