@@ -266,6 +266,11 @@ fn is_finalfusion_conversion(emb: &Embeddings) -> bool {
     })
 }
 
+/// Are all of `row`'s values +0.0 (the row of a bucket a pruned model dropped)?
+fn row_is_unmarked_zero(row: &[f32]) -> bool {
+    row.iter().all(|x| x.to_bits() == 0)
+}
+
 /// Was `emb` read from a pruned fastText model (its metadata says `pruned_buckets`)?
 fn is_pruned(emb: &Embeddings) -> bool {
     emb.metadata
@@ -338,12 +343,13 @@ pub fn fasttext_vector(emb: &Embeddings, word: &str) -> Vec<f32> {
         None => emb.vocab.push_subword_indices(word, &mut rows),
     }
     if is_pruned(emb) {
-        // a pruned model (.ftz) keeps rows for some buckets only; the others (zero rows
-        // here) are left out of the mean, as fastText drops their n-grams
+        // a pruned model (.ftz) keeps rows for some buckets only; the others (rows of +0.0
+        // here; a kept row of zeros holds a -0.0, see `read_compact_model`) are left out of
+        // the mean, as fastText drops their n-grams
         let mut row = vec![0f32; dims];
         rows.retain(|&r| {
             emb.storage.row_into(r, &mut row);
-            row.iter().any(|&x| x != 0.0)
+            !row_is_unmarked_zero(&row)
         });
     }
     if rows.is_empty() {
@@ -707,7 +713,14 @@ fn read_compact_model(
                 for &(h, k) in pairs {
                     let at = (nwords + h) * dims;
                     let from = (nwords + k) * dims;
-                    data[at..at + dims].copy_from_slice(&src[from..from + dims]);
+                    let row = &mut data[at..at + dims];
+                    row.copy_from_slice(&src[from..from + dims]);
+                    // A kept bucket whose row is all zeros still counts in fastText's means:
+                    // marked by a negative zero (the same value in every sum), so that
+                    // `fasttext_vector` tells it from the buckets pruned away (+0.0 bits).
+                    if let Some(first) = row.first_mut().filter(|_| row_is_unmarked_zero(&src[from..from + dims])) {
+                        *first = -0.0;
+                    }
                     keep[h] = true;
                 }
                 kept = Some(keep);

@@ -438,6 +438,35 @@ def test_ftz_quantized_and_pruned_model(peers: Path, tmp_path: Path) -> None:
             vf.load_fasttext(p)
 
 
+def test_pruned_ftz_kept_buckets_of_zeros_count_in_the_mean(tmp_path: Path) -> None:
+    """fastText's pruned dictionary can keep buckets whose rows are all zeros (here most of
+    them: a tiny corpus, one epoch); an unknown word's vector counts them in its mean, as
+    fastText does, and only the buckets pruned away are left out."""
+    fasttext = pytest.importorskip("fasttext", reason="the fasttext package cannot be installed here")
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta", "épsilon", "zeta", "日本", "eta", "theta", "iota", "kappa"]
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(
+        "".join(f"__label__{'ab'[rng.integers(2)]} {' '.join(rng.choice(words, 8))}\n" for _ in range(300)),
+        encoding="utf-8",
+    )
+    m = fasttext.train_supervised(str(corpus), dim=4, bucket=400, minn=2, maxn=3, epoch=1, minCount=1, thread=1, verbose=0)
+    m.quantize(input=str(corpus), qnorm=True, cutoff=300, retrain=False, dsub=2)
+    m.save_model(str(tmp_path / "m.ftz"))
+    ft = fasttext.load_model(str(tmp_path / "m.ftz"))
+    emb = vf.load_fasttext(tmp_path / "m.ftz", normalize=False)
+    ngram_rows = emb.storage[len(emb) :]
+    kept_zero = np.all(ngram_rows == 0, axis=1) & np.signbit(ngram_rows[:, 0])
+    assert kept_zero.any()  # the case under test occurs in this model
+    emb.write(tmp_path / "m.fifu")
+    back = vf.load(tmp_path / "m.fifu")
+    probes = ["zzz", "xyzzy", "alph", "gamm", "日", "kapp", "q"]
+    for w in list(ft.words) + probes:
+        want = ft.get_word_vector(w)
+        np.testing.assert_array_equal(emb.fasttext_vector(w), want, err_msg=w)
+        np.testing.assert_array_equal(back.fasttext_vector(w), want, err_msg=w)
+
+
 def test_fasttext_bad_files(tmp_path: Path, peers: Path) -> None:
     p = tmp_path / "x.bin"
     p.write_bytes(b"FiFu" + b"\0" * 100)
