@@ -433,11 +433,19 @@ fn split_lines(region: &[u8], n: usize) -> Vec<usize> {
 pub fn write_text(emb: &Embeddings, path: &Path, header: bool) -> Result<()> {
     let words = known_words(emb, "text")?;
     for w in words.iter() {
-        if w.is_empty() || w.bytes().any(|b| b == b' ' || b == b'\t' || b == b'\n') {
+        // (with no values after it, a word's trailing whitespace would be read as the line end)
+        let trailing = emb.dims() == 0 && strip_eol(w.as_bytes()).len() != w.len();
+        if w.is_empty() || trailing || w.bytes().any(|b| b == b' ' || b == b'\t' || b == b'\n') {
             return Err(Error::argument(format!(
                 "the word {w:?} is empty or contains whitespace and cannot be written as text"
             )));
         }
+    }
+    if let Some(w) = words.iter().next().filter(|w| !header && w.starts_with('\u{feff}')) {
+        // (a byte order mark opening a file is not part of its first word when read back)
+        return Err(Error::argument(format!(
+            "the first word {w:?} starts with U+FEFF, which reads back as a byte order mark: write with a header"
+        )));
     }
     let dims = emb.dims();
     if dims == 0 && !header && !words.is_empty() {

@@ -578,6 +578,19 @@ def test_write_text_rejects_words_with_spaces(tmp_path: Path) -> None:
         emb.write_word2vec(tmp_path / "x.bin")
 
 
+def test_write_text_refuses_what_would_not_read_back(tmp_path: Path) -> None:
+    # a first word opening with U+FEFF reads back as a byte order mark (no header before it)
+    emb = vf.Embeddings(["\ufeffa", "b"], np.ones((2, 2), np.float32))
+    with pytest.raises(ValueError, match="U\\+FEFF"):
+        emb.write_text(tmp_path / "x.txt", dims=False)
+    emb.write_text(tmp_path / "x.txt")  # after a header it is a word like any other
+    assert list(vf.load_text(tmp_path / "x.txt")) == ["\ufeffa", "b"]
+    # 0 dimensions: trailing whitespace of a word would be read as the end of its line
+    emb = vf.Embeddings(["a\x0c", "b"], np.ones((2, 0), np.float32))
+    with pytest.raises(ValueError, match="whitespace"):
+        emb.write_text(tmp_path / "y.txt")
+
+
 def test_text_round_trip_of_awkward_floats(tmp_path: Path) -> None:
     vals = np.array(
         [[3.0, -0.5, 1e-10, -0.0], [1e20, 1.17549435e-38, 3.4028235e38, 1.4e-45],
