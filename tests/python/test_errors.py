@@ -305,7 +305,7 @@ def test_metadata_that_contains_itself_or_nests_too_deeply_is_a_value_error() ->
             e.metadata = bad
         assert e.metadata == {"ok": 1}
     # nesting within the bound still round-trips
-    fine: dict = {"leaf": [1, [2, [3]]]}
+    fine: dict = {"leaf": [[1], [[2], [[3]]]]}
     for _ in range(40):
         fine = {"k": fine}
     assert vf.Embeddings(words, mat, metadata=fine).metadata == fine
