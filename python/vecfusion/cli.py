@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    except (VecfusionError, OSError, KeyError, ValueError, OverflowError) as e:
+    except (VecfusionError, OSError, KeyError, ValueError, OverflowError, MemoryError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"vecfusion {args.command}: error: {msg}", file=sys.stderr)
         return 1

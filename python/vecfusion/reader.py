@@ -233,10 +233,12 @@ def _parquet_infos(
         src, path, _ = f
         pf = _open_parquet(fss[src], path)
         schema = pf.schema_arrow
-        missing = [c for c in columns if c not in schema.names]
-        if missing:
-            raise FormatError(f"{path}: missing column(s) {missing} (columns: {schema.names})")
         md = pf.metadata
+        # (a file without rows gives no data: its columns do not matter, as in embedding-reader;
+        # pandas writes an empty shard's list column as `double`)
+        missing = [c for c in columns if c not in schema.names]
+        if missing and md.num_rows > 0:
+            raise FormatError(f"{path}: missing column(s) {missing} (columns: {schema.names})")
         groups = tuple(md.row_group(g).num_rows for g in range(md.num_row_groups))
         return _Parquet(src, path, md.num_rows, groups), schema
 
@@ -342,6 +344,8 @@ class EmbeddingReader:
                         f"mixed dtypes: {h.path} is {_CODE_DTYPES[h.dtype]} but {first.path} is "
                         f"{_CODE_DTYPES[first.dtype]}"
                     )
+            if first.dim == 0:
+                raise FormatError(f"{first.path}: embeddings of dimension 0 (shape ({first.rows}, 0))")
             self._dim = first.dim
             self._disk_dtype = _CODE_DTYPES[first.dtype]
             counts = [h.rows for h in self._npy]
@@ -362,15 +366,17 @@ class EmbeddingReader:
             meta_fss, mfiles = _collect(_folders(a["embeddings_folder"]), ".parquet", "embeddings folder")
             col = a["embedding_column"]
             self._parquet, schemas = _parquet_infos(meta_fss, mfiles, [col, *a["meta_columns"]])
-            # every file's embedding column must be a list of the same float type
-            types = [_list_value_type(sch, col, p.path) for sch, p in zip(schemas, self._parquet)]
+            # every file's embedding column must be a list of the same float type (files without
+            # rows aside: they give no data, whatever their schema)
+            full = [(sch, p) for sch, p in zip(schemas, self._parquet) if p.rows > 0]
+            self._dim = self._parquet_dim(meta_fss)
+            types = [_list_value_type(sch, col, p.path) for sch, p in full]
             self._disk_dtype = types[0]
-            for t, p in zip(types, self._parquet):
+            for t, (_, p) in zip(types, full):
                 if t != self._disk_dtype:
                     raise FormatError(
-                        f"{p.path}: column {col!r} holds {t}, {self._parquet[0].path} holds {self._disk_dtype}"
+                        f"{p.path}: column {col!r} holds {t}, {full[0][1].path} holds {self._disk_dtype}"
                     )
-            self._dim = self._parquet_dim(meta_fss)
             counts = [p.rows for p in self._parquet]
         self._emb_fss = emb_fss
         self._meta_fss = meta_fss
@@ -385,14 +391,19 @@ class EmbeddingReader:
                 continue
             pf = _open_parquet(fss[p.source], p.path)
             t = pf.schema_arrow.field(col).type
+            _list_value_type(pf.schema_arrow, col, p.path)
             if pa.types.is_fixed_size_list(t):
-                return int(t.list_size)
-            with _parquet_errors(p.path):
-                batch = next(pf.iter_batches(batch_size=1, columns=[col]))
-            first = batch.column(0)[0]
-            if not first.is_valid:
-                raise FormatError(f"{p.path}: null embedding at row 0")
-            return len(first)
+                dim = int(t.list_size)
+            else:
+                with _parquet_errors(p.path):
+                    batch = next(pf.iter_batches(batch_size=1, columns=[col]))
+                first = batch.column(0)[0]
+                if not first.is_valid:
+                    raise FormatError(f"{p.path}: null embedding at row 0")
+                dim = len(first)
+            if dim == 0:
+                raise FormatError(f"{p.path}: the embedding at row 0 is empty (dimension 0)")
+            return dim
         raise FormatError(f"every parquet file of {self._args['embeddings_folder']!r} is empty: cannot tell the dimension")
 
     def __getstate__(self) -> dict[str, Any]:
@@ -521,6 +532,9 @@ class EmbeddingReader:
             raise ValueError(f"dtype must be float16, float32, float64 or None, got {out_dtype}")
         if max_piece_size is not None and (not isinstance(max_piece_size, (int, np.integer)) or max_piece_size <= 0):
             raise ValueError(f"max_piece_size must be a positive number of embeddings, got {max_piece_size!r}")
+        if max_piece_size is not None:
+            # (no piece holds more than the whole collection: bounds the byte sizes computed from it)
+            max_piece_size = min(int(max_piece_size), max(1, self.count))
         if parallel_pieces is not None and (not isinstance(parallel_pieces, (int, np.integer)) or parallel_pieces <= 0):
             raise ValueError(f"parallel_pieces must be a positive integer, got {parallel_pieces!r}")
         if isinstance(max_ram_usage_in_bytes, bool) or not isinstance(

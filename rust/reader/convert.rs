@@ -89,7 +89,7 @@ pub fn convert(src: &[u8], sd: DType, big_endian: bool, dst: &mut [u8], dd: DTyp
                 fix_nans_f64(unsafe { a16[..k].align_to::<u16>() }.1, &mut a64[..k]);
             }
             (DType::F32, DType::F16) => a16[..k].convert_from_f32_slice(&a32[..k]),
-            (DType::F64, DType::F16) => a16[..k].convert_from_f64_slice(&a64[..k]),
+            (DType::F64, DType::F16) => f64_to_f16_slice(&mut a16[..k], &a64[..k]),
             (DType::F32, DType::F64) => {
                 for (o, i) in a64[..k].iter_mut().zip(&a32[..k]) {
                     *o = f64::from(*i);
@@ -172,7 +172,7 @@ fn fast(src: &[u8], sd: DType, dst: &mut [u8], dd: DType) -> bool {
             fix_nans_f64(s, d);
         }
         (DType::F32, DType::F16) => view_mut!(dst, f16).convert_from_f32_slice(view!(src, f32)),
-        (DType::F64, DType::F16) => view_mut!(dst, f16).convert_from_f64_slice(view!(src, f64)),
+        (DType::F64, DType::F16) => f64_to_f16_slice(view_mut!(dst, f16), view!(src, f64)),
         (DType::F32, DType::F64) => {
             for (o, i) in view_mut!(dst, f64).iter_mut().zip(view!(src, f32)) {
                 *o = f64::from(*i);
@@ -190,6 +190,35 @@ fn fast(src: &[u8], sd: DType, dst: &mut [u8], dd: DType) -> bool {
 
 /// Is any of the float16 bit patterns `h` a NaN (all-ones exponent, nonzero significand)?
 /// One branch-free pass (vectorized).
+/// `x` rounded to f32 toward zero, the last bit set when inexact ("round to odd"): an f16
+/// rounding of that value is the correct rounding of `x` (f32 carries 13 more bits), where
+/// two rounds to nearest (f64 -> f32 -> f16, what the `half` crate and F16C do) are off by
+/// one step when the first lands on a tie of the second.
+#[inline]
+fn f64_to_f32_odd(x: f64) -> f32 {
+    let r = x as f32;
+    if !r.is_finite() || f64::from(r) == x {
+        return r; // exact, NaN, or beyond f32's range (inf in f16 as well)
+    }
+    let mut bits = r.to_bits();
+    if f64::from(r).abs() > x.abs() {
+        bits -= 1; // one step toward zero (the magnitude is above 0 here)
+    }
+    f32::from_bits(bits | 1)
+}
+
+/// f64 -> f16 rounded once, to nearest with ties to even (as numpy's `astype`).
+fn f64_to_f16_slice(dst: &mut [f16], src: &[f64]) {
+    let mut tmp = [0f32; 1024];
+    for (d, s) in dst.chunks_mut(tmp.len()).zip(src.chunks(tmp.len())) {
+        let t = &mut tmp[..s.len()];
+        for (o, &x) in t.iter_mut().zip(s) {
+            *o = f64_to_f32_odd(x);
+        }
+        d.convert_from_f32_slice(t);
+    }
+}
+
 fn any_nan16(h: &[u16]) -> bool {
     h.iter().fold(0u16, |acc, &b| acc | u16::from((b & 0x7c00) == 0x7c00 && (b & 0x03ff) != 0)) != 0
 }
@@ -264,6 +293,36 @@ unsafe fn f16_to_f32_f16c(src: &[u16], dst: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn f64_to_f16_rounds_once() {
+        let next = |x: f64, up: bool| {
+            let b = x.to_bits();
+            f64::from_bits(if (x > 0.0) == up { b + 1 } else { b - 1 })
+        };
+        let mut xs = Vec::new();
+        let mut want = Vec::new();
+        // around every midpoint of two neighbouring positive f16 (65520: between the largest
+        // finite one and what would follow it, infinity), and the mirror images
+        for b in 0..0x7c00u16 {
+            let lo = f64::from(f16::from_bits(b));
+            let hi = if b == 0x7bff { 65536.0 } else { f64::from(f16::from_bits(b + 1)) };
+            let mid = (lo + hi) / 2.0;
+            let even = if b % 2 == 0 { b } else { b + 1 };
+            for (x, w) in [(mid, even), (next(mid, true), b + 1), (next(mid, false), b)] {
+                xs.extend([x, -x]);
+                want.extend([w, w | 0x8000]);
+            }
+        }
+        let mut got = vec![f16::ZERO; xs.len()];
+        f64_to_f16_slice(&mut got, &xs);
+        for ((x, g), w) in xs.iter().zip(&got).zip(&want) {
+            assert_eq!(g.to_bits(), *w, "{x:e}");
+        }
+        let mut special = [f16::ZERO; 4];
+        f64_to_f16_slice(&mut special, &[f64::INFINITY, 1e300, 1e-300, -0.0]);
+        assert_eq!(special.map(f16::to_bits), [0x7c00, 0x7c00, 0, 0x8000]);
+    }
 
     fn f16_bytes(v: &[f32], be: bool) -> Vec<u8> {
         v.iter()

@@ -204,6 +204,14 @@ OOM_SCRIPT = textwrap.dedent(
             print(name, type(ex).__name__, ex)
         else:
             print(name, "loaded")
+    # the CLI says so in one line (no traceback) and exits 1
+    import contextlib, io
+    from vecfusion import cli
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = cli.main(["similar", f"{tmp}/big.bin", "w1"])
+    text = err.getvalue().strip()
+    print("cli", "MemoryError" if rc == 1 and "Traceback" not in text and len(text.splitlines()) == 1 else "", text)
     """
 )
 
@@ -230,7 +238,7 @@ def test_out_of_memory_is_an_exception(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.splitlines()
-    assert len(lines) == 6, r.stdout
+    assert len(lines) == 7, r.stdout
     for line in lines:
         assert "MemoryError" in line and "not enough memory" in line, line
 

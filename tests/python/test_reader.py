@@ -724,3 +724,51 @@ def test_a_folder_of_empty_npy_files_is_an_error(tmp_path: Path) -> None:
     np.save(tmp_path / "b.npy", np.zeros((0, 4), np.float32))
     with pytest.raises(ValueError, match="is empty: no embeddings"):
         vf.EmbeddingReader(str(tmp_path))
+
+
+def test_empty_parquet_shards_are_skipped_whatever_their_schema(tmp_path: Path) -> None:
+    """pandas writes an empty shard's list column as `double`; a shard may also lack the
+    column: with no rows neither matters (embedding-reader reads such folders too)."""
+    pd.DataFrame({"embedding": [[1.0, 2.0], [3.0, 4.0]], "caption": ["a", "b"]}).to_parquet(tmp_path / "0.parquet")
+    pd.DataFrame({"embedding": []}).to_parquet(tmp_path / "1.parquet")
+    pd.DataFrame({"other": []}).to_parquet(tmp_path / "2.parquet")
+    pd.DataFrame({"embedding": [[5.0, 6.0]], "caption": ["c"]}).to_parquet(tmp_path / "3.parquet")
+    r = vf.EmbeddingReader(str(tmp_path), file_format="parquet", meta_columns=["caption"])
+    assert (r.count, r.dimension) == (3, 2)
+    batches = list(r(batch_size=2, show_progress=False))
+    np.testing.assert_array_equal(np.concatenate([e for e, _ in batches]), [[1, 2], [3, 4], [5, 6]])
+    assert pd.concat([m for _, m in batches])["caption"].tolist() == ["a", "b", "c"]
+    # a shard with rows still needs the column and a list type
+    pd.DataFrame({"embedding": [1.0]}).to_parquet(tmp_path / "4.parquet")
+    with pytest.raises(vf.FormatError, match="4.parquet: column 'embedding' is double"):
+        vf.EmbeddingReader(str(tmp_path), file_format="parquet")
+
+
+def test_dimension_zero_is_refused(tmp_path: Path) -> None:
+    np.save(tmp_path / "0.npy", np.zeros((5, 0), np.float32))
+    with pytest.raises(vf.FormatError, match="dimension 0"):
+        vf.EmbeddingReader(str(tmp_path))
+    (tmp_path / "p").mkdir()
+    pd.DataFrame({"embedding": [[], [1.0, 2.0]]}).to_parquet(tmp_path / "p" / "0.parquet")
+    with pytest.raises(vf.FormatError, match="row 0 is empty"):
+        vf.EmbeddingReader(str(tmp_path / "p"), file_format="parquet")
+
+
+def test_a_huge_max_piece_size_is_bounded(tmp_path: Path) -> None:
+    np.save(tmp_path / "0.npy", np.arange(4 * 512, dtype=np.float32).reshape(4, 512))
+    got = list(vf.EmbeddingReader(str(tmp_path))(batch_size=3, max_piece_size=10**17, show_progress=False))
+    np.testing.assert_array_equal(np.concatenate([e for e, _ in got]), np.arange(4 * 512).reshape(4, 512))
+
+
+def test_float64_to_float16_rounds_as_numpy(tmp_path: Path) -> None:
+    """One rounding (to nearest, ties to even), not two through float32: values just off the
+    midpoint of two float16 neighbours, where f64 -> f32 lands on the tie."""
+    h = np.arange(0, 0x7BFF, 7, dtype=np.uint16).view(np.float16).astype(np.float64)
+    nxt = (np.arange(0, 0x7BFF, 7, dtype=np.uint16) + 1).view(np.float16).astype(np.float64)
+    mid = (h + nxt) / 2
+    x = np.concatenate([mid, np.nextafter(mid, np.inf), np.nextafter(mid, -np.inf), mid * (1 + 2**-40)])
+    x = np.concatenate([x, -x])
+    x = x[: len(x) // 4 * 4].reshape(-1, 4)
+    np.save(tmp_path / "0.npy", x)
+    got = np.concatenate([e for e, _ in vf.EmbeddingReader(str(tmp_path))(batch_size=1000, dtype=np.float16, show_progress=False)])
+    np.testing.assert_array_equal(got.view(np.uint16), x.astype(np.float16).view(np.uint16))
