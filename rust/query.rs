@@ -226,7 +226,7 @@ impl Embeddings {
                         for (j, o) in chunk.iter_mut().enumerate() {
                             storage.row_into(c * 1024 + j, row);
                             let norm = row_norm(row);
-                            *o = if norm > 0.0 { row.iter().zip(query).map(|(a, b)| a * b).sum::<f32>() / norm } else { 0.0 };
+                            *o = row_cosine(row, query, norm);
                         }
                     },
                 );
@@ -554,13 +554,26 @@ fn row_norm(row: &[f32]) -> f32 {
     row.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt() as f32
 }
 
+/// The cosine of `row` (of length `norm`) with the unit vector `query`: 0 for a zero row, NaN
+/// for a row holding NaN (as gensim scores it; the searches leave NaN scores out).
+#[inline]
+fn row_cosine(row: &[f32], query: &[f32], norm: f32) -> f32 {
+    if norm > 0.0 {
+        row.iter().zip(query).map(|(a, b)| a * b).sum::<f32>() / norm
+    } else if norm.is_nan() {
+        f32::NAN
+    } else {
+        0.0
+    }
+}
+
 /// `cos[j]` = the dot product of `row` with `queries[j]` over the length of `row` (the cosine
-/// for a unit query; 0 for a zero row).
+/// for a unit query; 0 for a zero row, NaN for a row holding NaN).
 #[inline]
 fn row_cosines(row: &[f32], queries: &[&[f32]], cos: &mut [f32]) {
     let norm = row_norm(row);
     for (c, q) in cos.iter_mut().zip(queries) {
-        *c = if norm > 0.0 { row.iter().zip(*q).map(|(a, b)| a * b).sum::<f32>() / norm } else { 0.0 };
+        *c = row_cosine(row, q, norm);
     }
 }
 
@@ -783,6 +796,8 @@ fn quantized_cosine<'a>(q: &'a QuantizedStorage, query: &[f32]) -> impl Fn(usize
         let len = lengths[i];
         if len > 0.0 && sign != 0.0 {
             sign * adc_score(&codes[i * m..(i + 1) * m], &tables, kc) / len
+        } else if len.is_nan() || norms.is_some_and(|nr| nr[i].is_nan()) {
+            f32::NAN // (a NaN centroid or norm: left out of the searches, as gensim ranks it)
         } else {
             0.0
         }

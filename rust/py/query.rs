@@ -292,7 +292,8 @@ impl PyEmbeddings {
         restrict_vocab: Option<i128>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let emb = &self.inner;
-        let rows = restrict_vocab.map(|r| check_k(r, "restrict_vocab")).transpose()?;
+        // (0 restricts nothing: gensim tests `if restrict_vocab:`)
+        let rows = restrict_vocab.filter(|&r| r != 0).map(|r| check_k(r, "restrict_vocab")).transpose()?;
         if topn.is_some_and(|t| t < 1) {
             return Ok(PyList::empty(py).into_any()); // gensim: no answers for topn < 1
         }
@@ -326,7 +327,8 @@ impl PyEmbeddings {
         restrict_vocab: Option<i128>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let emb = &self.inner;
-        let rows = restrict_vocab.map(|r| check_k(r, "restrict_vocab")).transpose()?;
+        // (0 restricts nothing: gensim tests `if restrict_vocab:`)
+        let rows = restrict_vocab.filter(|&r| r != 0).map(|r| check_k(r, "restrict_vocab")).transpose()?;
         if topn.is_some_and(|t| t < 1) {
             return Ok(PyList::empty(py).into_any()); // gensim: no answers for topn < 1
         }

@@ -105,6 +105,9 @@ pub fn default_subquantizers(dims: usize) -> usize {
     (1..=target).rev().find(|m| dims % m == 0).unwrap_or(1)
 }
 
+/// Most k-means iterations (and attempts) a quantizer is trained with.
+pub const MAX_ITERATIONS: usize = 1_000_000;
+
 /// Checked sizes of a run: (subquantizers, centroids, training rows).
 pub fn check_params(p: &QuantizeParams, rows: usize, dims: usize) -> Result<(usize, usize, usize)> {
     if dims == 0 {
@@ -126,11 +129,13 @@ pub fn check_params(p: &QuantizeParams, rows: usize, dims: usize) -> Result<(usi
         )));
     }
     let k = 1usize << p.bits;
-    if p.n_iterations == 0 {
-        return Err(Error::argument("n_iterations must be at least 1"));
+    // (the bounds keep the counts of work done, `2 * m * iterations * attempts`, far from
+    // overflowing, which skipped OPQ's rotation without a word at 2^63 iterations)
+    if p.n_iterations == 0 || p.n_iterations > MAX_ITERATIONS {
+        return Err(Error::argument(format!("n_iterations must be 1 to {MAX_ITERATIONS}, got {}", p.n_iterations)));
     }
-    if p.n_attempts == 0 {
-        return Err(Error::argument("n_attempts must be at least 1"));
+    if p.n_attempts == 0 || p.n_attempts > MAX_ITERATIONS {
+        return Err(Error::argument(format!("n_attempts must be 1 to {MAX_ITERATIONS}, got {}", p.n_attempts)));
     }
     if rows < k {
         return Err(Error::argument(format!(

@@ -282,11 +282,17 @@ def test_quantize_keeps_the_current_metadata(tmp_path: Path) -> None:
 
 def test_constructor_takes_any_real_matrix() -> None:
     words = ["a", "b", "c"]
-    want = np.arange(6, dtype=np.float32).reshape(3, 2)
+    want = np.array([[1, 0], [0, -1], [0, 0]], np.float32)  # unit (or zero) rows, as norms= needs
     for m in (want.astype(np.float64), want.astype(np.int64), want.tolist(), np.asfortranarray(want)):
         e = vf.Embeddings(words, m, norms=np.ones(3))
         np.testing.assert_array_equal(np.asarray(e.storage), want)
         np.testing.assert_array_equal(e.norms, np.ones(3, np.float32))
+        e = vf.Embeddings(words, np.asarray(m) * 3)  # any rows without norms
+        np.testing.assert_array_equal(np.asarray(e.storage), want * 3)
+    # with norms, rows that are not unit vectors would be scored as if they were (the searches
+    # take finalfusion's convention): refused, naming the row
+    with pytest.raises(ValueError, match=r'row 0 \(word "a"\) has length 3'):
+        vf.Embeddings(words, want * 3, norms=np.ones(3))
     with pytest.raises(TypeError):
         vf.Embeddings(words, np.ones(3))
     with pytest.raises(ValueError, match="4 rows"):
@@ -312,3 +318,13 @@ def test_similar_to_a_word_with_a_nan_vector_raises(tmp_path: Path) -> None:
         e.analogy("a", "c", "d")
     # a NaN row is never an answer to other queries
     assert [w for w, _ in e.similar("a", k=10)] == ["b", "d"]
+    # nor to gensim's queries: scored NaN (as gensim scores it), ranked nowhere; a zero row
+    # (no NaN) scores 0
+    for mmap in (False, True):
+        e = vf.load(tmp_path / "nan.fifu", mmap=mmap)
+        assert [w for w, _ in e.most_similar("a", topn=10)] == ["b", "d"]
+        assert [w for w, _ in e.most_similar_cosmul("a", topn=10)] == ["b", "d"]
+        assert [w for w, _ in e.most_similar("a", topn=10, restrict_vocab=3)] == ["b"]
+        scores = e.most_similar("a", topn=None)
+        assert np.isnan(scores[2]) and not np.isnan(np.delete(scores, 2)).any()
+        assert np.isnan(e.most_similar_cosmul("a", topn=None)[2])

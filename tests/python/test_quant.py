@@ -186,8 +186,11 @@ def test_requantizing_quantized_storage(ff):
         (dict(bits=0), "bits must be 1 to 8"),
         (dict(bits=8), "256 centroids per subquantizer, more than the 100 rows"),
         (dict(bits=4, sample=8), "sample=8 is smaller than the 16 centroids"),
-        (dict(bits=4, n_iterations=0), "n_iterations must be at least 1"),
-        (dict(bits=4, n_attempts=0), "n_attempts must be at least 1"),
+        (dict(bits=4, n_iterations=0), "n_iterations must be 1 to 1000000, got 0"),
+        (dict(bits=4, n_attempts=0), "n_attempts must be 1 to 1000000, got 0"),
+        # (2 * 2**63 alternations wrapped to 0: OPQ's rotation was skipped without a word)
+        (dict(bits=4, opq=True, n_iterations=2**63), "n_iterations must be 1 to 1000000"),
+        (dict(bits=4, n_attempts=2**62), "n_attempts must be 1 to 1000000"),
         (dict(bits=4, seed=-1), r"seed must be an integer from 0 to 2\*\*64 - 1, got -1"),
         (dict(bits=4, seed=2**64), "seed must be an integer"),
     ],

@@ -627,7 +627,9 @@ def test_restrict_vocab(w2v: vf.Embeddings) -> None:
         np.testing.assert_array_equal(emb.most_similar_cosmul(["license", "software"], ["gnu"], None, n), cos_full[:n])
         top = emb.most_similar_cosmul(["license", "software"], ["gnu"], 3, restrict_vocab=n)
         assert all(words.index(w) < n for w, _ in top) and len(top) == 3
-        assert emb.most_similar("license", restrict_vocab=0) == []
+        # 0 restricts nothing (gensim: `if restrict_vocab:`)
+        assert emb.most_similar("license", restrict_vocab=0) == emb.most_similar("license")
+        assert emb.most_similar_cosmul("license", restrict_vocab=0) == emb.most_similar_cosmul("license")
         assert emb.most_similar("license", topn=3, restrict_vocab=2**70) == emb.most_similar("license", topn=3)
         with pytest.raises(ValueError, match="restrict_vocab must be >= 0"):
             emb.most_similar("license", restrict_vocab=-1)
