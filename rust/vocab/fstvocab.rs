@@ -337,8 +337,8 @@ impl FstWords {
         }
         let n = self.len() as u64;
         let r2r = self.rank_to_row.bytes.as_ref().as_ptr();
-        for rank in ranks.iter().take(words.len()).flatten() {
-            crate::storage::prefetch_addr(r2r.wrapping_add(*rank as usize * self.rank_to_row.width));
+        for &rank in ranks.iter().take(words.len()).flatten().filter(|&&r| r < n) {
+            crate::storage::prefetch_addr(r2r.wrapping_add(rank as usize * self.rank_to_row.width));
         }
         let back = self.row_to_rank.bytes.as_ref().as_ptr();
         let mut cands = [None::<(u64, u64)>; GROUP];
