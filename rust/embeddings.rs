@@ -21,6 +21,10 @@ pub struct Embeddings {
     /// One norm per word: the L2 norm each word vector had before normalization.
     /// Per-word norms (owned, or in place in the file's buffer when opened from a file).
     pub norms: Option<F32Data>,
+    /// With norms, whether the word rows are unit vectors, as finalfusion's convention has it
+    /// (and gensim-style cosines may be taken as dot products). True for files; `vf.Embeddings`
+    /// built with norms over rows that are not unit vectors sets it false.
+    pub unit_rows: bool,
 }
 
 /// How to open a file.
@@ -86,6 +90,7 @@ impl Embeddings {
             vocab,
             storage,
             norms,
+            unit_rows: true,
         })
     }
 

@@ -194,7 +194,7 @@ impl Embeddings {
             return Ok(self.quantized_cosines(q, &query, k, &skip, limit));
         }
         // (a limit at or beyond the word count restricts nothing: the usual path)
-        if self.norms.is_none() || rows.is_some_and(|r| r < self.vocab.words_len()) {
+        if self.norms.is_none() || !self.unit_rows || rows.is_some_and(|r| r < self.vocab.words_len()) {
             // Without a norms chunk the rows may not be unit vectors (vf.Embeddings from an
             // array, a file read with normalize=False): gensim's cosine needs each row's
             // norm, which the fast scan (a plain dot product) does not take.

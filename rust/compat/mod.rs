@@ -120,10 +120,6 @@ impl WordsBuilder {
         self.ends.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
     /// Append the words of another builder.
     pub fn extend(&mut self, other: &WordsBuilder) {
         let base = self.bytes.len();

@@ -166,6 +166,8 @@ struct Piece {
     lines: u64,
     /// The first of the blank lines that end the piece (piece line number).
     blank: Option<u64>,
+    /// Whether the piece holds a line that is not blank (a record, or the line in error).
+    nonblank: bool,
     error: Option<Error>,
 }
 
@@ -216,11 +218,13 @@ fn read_parallel<R: Read>(
             .map(|w| parse_piece(&region[w[0]..w[1]], dims, decode))
             .collect();
         for p in pieces {
+            // blank lines before this piece, then anything but blank lines: the first of them
+            // is the error (whatever this piece's own error, further down)
+            if let (Some(b), true) = (blank, p.nonblank) {
+                return Err(ParErr::Format(line_err(b, "empty line")));
+            }
             if let Some(e) = p.error {
                 return Err(ParErr::Format(renumber(e, *lineno)));
-            }
-            if let (Some(b), false) = (blank, p.words.is_empty()) {
-                return Err(ParErr::Format(line_err(b, "empty line")));
             }
             if let Some(b) = p.blank {
                 blank = blank.or(Some(*lineno + b - 1));
@@ -272,6 +276,7 @@ fn parse_piece(bytes: &[u8], dims: usize, decode: Decode) -> Piece {
             p.blank = p.blank.or(Some(local));
             continue;
         }
+        p.nonblank = true;
         if let Some(b) = p.blank {
             p.error = Some(Error::invalid("text embeddings", format!("piece line {b}: empty line")));
             return p;
@@ -384,9 +389,10 @@ fn count_values(line: &[u8], skip: usize) -> Result<usize> {
 }
 
 /// The line without its end and the whitespace before it (as gensim's `line.rstrip()`: the
-/// ASCII whitespace of Python's `str.isspace`, so `\r`, `\x0b`, `\x0c` too).
+/// whitespace of Python's `bytes.rstrip()`: space, `\t`, `\n`, `\r`, `\x0b`, `\x0c`; gensim reads
+/// the file as bytes).
 fn strip_eol(line: &[u8]) -> &[u8] {
-    let keep = line.iter().rposition(|&b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c | 0x1c..=0x1f));
+    let keep = line.iter().rposition(|&b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c));
     &line[..keep.map_or(0, |k| k + 1)]
 }
 
@@ -568,6 +574,17 @@ mod tests {
         for block in [7, 100, 4096, 1 << 20] {
             let e = parse_blocks(&bad, block).err().unwrap().to_string();
             assert!(e.contains(&format!("line {}: empty line", before + 1)), "{block}: {e}");
+        }
+        // a run of blank lines across pieces (64 KiB or more each), then a record or a bad line:
+        // the first blank line is the error, not one in a later piece or that piece's own error
+        for tail in [&b"w 1 2\n"[..], b"bad 1\n"] {
+            let mut long = text.clone();
+            long.extend_from_slice(&b"\n".repeat(200_000));
+            long.extend_from_slice(tail);
+            for block in [4096, 1 << 20] {
+                let e = parse_blocks(&long, block).err().unwrap().to_string();
+                assert!(e.contains("line 3001: empty line"), "{block}: {e}");
+            }
         }
     }
 

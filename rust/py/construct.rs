@@ -92,24 +92,16 @@ impl PyEmbeddings {
             let word = strs.get(at).map(|w| format!(" (word {w:?})")).unwrap_or_default();
             return Err(PyValueError::new_err(format!("norms[{at}]{word} is {v}: norms must be finite and >= 0")));
         }
-        // With norms, the word rows are unit vectors (finalfusion's convention: the rows are
-        // stored normalized, the norms keep their former lengths); the searches rely on it.
-        if norms.is_some() && cols > 0 {
-            let words_rows = strs.len().min(rows);
-            let bad = data[..words_rows * cols].chunks_exact(cols).position(|r| {
+        // With norms, finalfusion's convention has the word rows unit vectors (the rows stored
+        // normalized, the norms their former lengths); gensim-style searches then take cosines
+        // as dot products. Rows that are not (raw rows, or rows rebuilt from a quantizer) are
+        // searched with their own lengths instead.
+        let unit_rows = norms.is_none()
+            || cols == 0
+            || data[..strs.len().min(rows) * cols].chunks_exact(cols).all(|r| {
                 let len = r.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
-                len != 0.0 && (len - 1.0).abs() > 1e-3
+                len == 0.0 || (len - 1.0).abs() <= 1e-4
             });
-            if let Some(r) = bad {
-                let len = data[r * cols..(r + 1) * cols].iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
-                return Err(PyValueError::new_err(format!(
-                    "matrix row {r} (word {:?}) has length {len}: with norms=, the word rows must be unit vectors \
-                     (finalfusion stores rows L2-normalized and their former lengths as norms); divide each row by \
-                     its norm, or leave norms out",
-                    strs[r]
-                )));
-            }
-        }
         let metadata = match metadata {
             Some(m) if !m.is_none() => Some(py_to_toml(m)?),
             _ => None,
@@ -174,10 +166,12 @@ impl PyEmbeddings {
                 }
             };
             let storage = Storage::Array(ArrayStorage::new(data, rows, cols)?);
-            Embeddings::new(metadata, vocab, storage, norms).map_err(|e| match e {
+            let mut emb = Embeddings::new(metadata, vocab, storage, norms).map_err(|e| match e {
                 crate::Error::Invalid { message, .. } => crate::Error::argument(message),
                 e => e,
-            })
+            })?;
+            emb.unit_rows = unit_rows;
+            Ok(emb)
         });
         emb.map(PyEmbeddings::from_rust).map_err(|e| PyValueError::new_err(e.to_string()))
     }

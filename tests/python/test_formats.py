@@ -259,6 +259,14 @@ def test_text_ends_as_gensim_reads_them(tmp_path: Path, text: str, kwargs: dict)
     np.testing.assert_array_equal(emb.storage[:], [[1, 2], [3, 4]])
 
 
+def test_only_bytes_rstrip_whitespace_ends_a_line(tmp_path: Path) -> None:
+    """gensim strips lines as bytes (`bytes.rstrip()`: space, \\t, \\n, \\r, \\x0b, \\x0c):
+    \\x1c-\\x1f stay in a word, here the only field of a 0-dimensional file."""
+    p = tmp_path / "t.txt"
+    p.write_bytes(b"2 0\na\x1c\nb\x1f\x0c\n")
+    assert list(vf.load_text(p)) == ["a\x1c", "b\x1f"]
+
+
 def test_blank_line_between_records_is_an_error(tmp_path: Path) -> None:
     p = tmp_path / "t.txt"
     p.write_text("3 2\na 1 2\n \nb 3 4\nc 5 6\n")

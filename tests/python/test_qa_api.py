@@ -214,7 +214,6 @@ def test_metadata_toml_reads_the_same_in_older_toml_readers(tmp_path: Path) -> N
 def test_metadata_arrays_of_mixed_kinds_are_refused(bad: list) -> None:
     """toml 0.10 (finalfusion-python) refuses `[1, "x"]`, `[1, 2.5]`, ... (the whole file
     would not open there) and drops the 1 of `[{a = 1}, 1]`: such metadata is a ValueError."""
-    old_toml = pytest.importorskip("toml", reason="the toml package (requirements-dev.txt) is missing")
     e = vf.load(FIX / "simple.fifu")
     with pytest.raises(ValueError, match="mixes a"):
         e.metadata = {"x": {"bad": bad}}
@@ -224,6 +223,7 @@ def test_metadata_arrays_of_mixed_kinds_are_refused(bad: list) -> None:
     good = {"ints": [1, 2], "nested": [[1, 2], ["a"]], "tables": [{"a": 1}, {"b": "x"}], "none": []}
     e.metadata = good
     assert e.metadata == good
+    old_toml = pytest.importorskip("toml", reason="the toml package (requirements-dev.txt) is missing")
     assert old_toml.loads(_toml_text(e)) == good
 
 
@@ -282,17 +282,13 @@ def test_quantize_keeps_the_current_metadata(tmp_path: Path) -> None:
 
 def test_constructor_takes_any_real_matrix() -> None:
     words = ["a", "b", "c"]
-    want = np.array([[1, 0], [0, -1], [0, 0]], np.float32)  # unit (or zero) rows, as norms= needs
+    want = np.array([[1, 0], [0, -1], [0, 0]], np.float32)
     for m in (want.astype(np.float64), want.astype(np.int64), want.tolist(), np.asfortranarray(want)):
         e = vf.Embeddings(words, m, norms=np.ones(3))
         np.testing.assert_array_equal(np.asarray(e.storage), want)
         np.testing.assert_array_equal(e.norms, np.ones(3, np.float32))
         e = vf.Embeddings(words, np.asarray(m) * 3)  # any rows without norms
         np.testing.assert_array_equal(np.asarray(e.storage), want * 3)
-    # with norms, rows that are not unit vectors would be scored as if they were (the searches
-    # take finalfusion's convention): refused, naming the row
-    with pytest.raises(ValueError, match=r'row 0 \(word "a"\) has length 3'):
-        vf.Embeddings(words, want * 3, norms=np.ones(3))
     with pytest.raises(TypeError):
         vf.Embeddings(words, np.ones(3))
     with pytest.raises(ValueError, match="4 rows"):
@@ -328,3 +324,25 @@ def test_similar_to_a_word_with_a_nan_vector_raises(tmp_path: Path) -> None:
         scores = e.most_similar("a", topn=None)
         assert np.isnan(scores[2]) and not np.isnan(np.delete(scores, 2)).any()
         assert np.isnan(e.most_similar_cosmul("a", topn=None)[2])
+
+
+def test_norms_over_rows_that_are_not_unit_vectors() -> None:
+    """finalfusion's convention has the rows unit vectors when there are norms, and the gensim-
+    style searches took cosines as dot products then: with norms over raw rows (or rows rebuilt
+    from a quantizer) most_similar ranked by dot product, with scores above 1. Now the rows'
+    own lengths are used, as without norms (and as gensim does)."""
+    rng = np.random.default_rng(3)
+    raw = rng.standard_normal((300, 16)).astype(np.float32) * rng.uniform(0.2, 12, (300, 1)).astype(np.float32)
+    words = [f"w{i:03d}" for i in range(300)]
+    plain = vf.Embeddings(words, raw)
+    normed = vf.Embeddings(words, raw, norms=np.linalg.norm(raw, axis=1))
+    for q in ("w001", "w150"):
+        want = plain.most_similar(q, topn=5)
+        got = normed.most_similar(q, topn=5)
+        assert [w for w, _ in got] == [w for w, _ in want]
+        np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=1e-5)
+        assert all(s <= 1.0 + 1e-6 for _, s in got)
+    # unit rows with norms keep the fast path (finalfusion's convention), with the same answers
+    unit = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    fast = vf.Embeddings(words, unit, norms=np.linalg.norm(raw, axis=1))
+    assert [w for w, _ in fast.most_similar("w001", topn=5)] == [w for w, _ in plain.most_similar("w001", topn=5)]
