@@ -275,6 +275,8 @@ fn row_is_unmarked_zero(row: &[f32]) -> bool {
 fn is_pruned(emb: &Embeddings) -> bool {
     emb.metadata
         .as_deref()
+        // (parsed only when it can say so: this is asked on every unknown word's vector)
+        .filter(|m| m.contains("pruned_buckets"))
         .and_then(|m| m.parse::<toml::Table>().ok())
         .and_then(|t| t.get("fasttext").and_then(|f| f.get("pruned_buckets")).map(|_| ()))
         .is_some()
