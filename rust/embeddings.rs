@@ -41,6 +41,9 @@ pub enum OpenMode {
 /// with non-temporal stores.
 const STREAMING_FLOATS: usize = 8 << 20;
 
+/// Room for the n-gram rows of a typical unknown word (scratch buffers start with it).
+pub const SCRATCH_ROWS: usize = 64;
+
 /// Widest matrix of no rows accepted (2^24 dimensions; real embeddings have a few hundred).
 pub const MAX_DIMS_WITHOUT_ROWS: usize = 1 << 24;
 
@@ -329,22 +332,29 @@ impl Embeddings {
             self.storage.row_into(i, out);
             return Some(self.word_norm(i));
         }
-        // The n-gram rows are added a block at a time (each block prefetched first), so that
-        // a very long word needs no list of all its n-grams.
+        self.subword_embedding_into(word, out, scratch)
+    }
+
+    /// The embedding of `word` as an unknown word, written into `out` (`dims` long): the
+    /// L2-normalized sum of its n-gram rows (a zero sum stays zero, norm 0). Returns the
+    /// norm of the sum, or `None` (leaving `out` unspecified) when `word` has no n-gram
+    /// rows. Known words are not looked up ([`Embeddings::embedding_into`] does that first).
+    pub fn subword_embedding_into(&self, word: &str, out: &mut [f32], scratch: &mut Vec<usize>) -> Option<f32> {
+        // The n-gram rows are added a block at a time, so that a very long word needs no
+        // list of all its n-grams. Each row is prefetched as soon as its n-gram is hashed:
+        // the loads overlap the hashing of the n-grams after it.
         const BLOCK: usize = 4096;
         scratch.clear();
         out.fill(0.0);
         let mut any = false;
         let mut one = Vec::new();
         let add = |rows: &mut Vec<usize>, out: &mut [f32]| {
-            for &row in rows.iter() {
-                self.storage.prefetch_row(row);
-            }
             self.storage.add_rows(rows, out);
             rows.clear();
         };
         self.vocab.for_each_subword_index(word, &mut one, |row| {
             any = true;
+            self.storage.prefetch_row(row);
             scratch.push(row);
             if scratch.len() == BLOCK {
                 add(scratch, out);
@@ -360,7 +370,7 @@ impl Embeddings {
     /// The embedding of `word` and its norm.
     pub fn embedding_with_norm(&self, word: &str) -> Option<(Vec<f32>, f32)> {
         let mut out = vec![0f32; self.dims()];
-        let mut scratch = Vec::new();
+        let mut scratch = Vec::with_capacity(SCRATCH_ROWS);
         self.embedding_into(word, &mut out, &mut scratch).map(|n| (out, n))
     }
 
@@ -397,7 +407,7 @@ impl Embeddings {
         // An output larger than the caches is written with non-temporal stores.
         let streaming = streaming && out.len() >= STREAMING_FLOATS;
         let fill = |out: &mut [f32], found: &mut [bool], words: &[S]| {
-            let mut scratch = Vec::new();
+            let mut scratch = Vec::with_capacity(SCRATCH_ROWS);
             let mut rows = [None; GROUP];
             for ((out, found), words) in out.chunks_mut(GROUP * dims).zip(found.chunks_mut(GROUP)).zip(words.chunks(GROUP)) {
                 let rows = &mut rows[..words.len()];
@@ -420,7 +430,8 @@ impl Embeddings {
                             }
                             true
                         }
-                        None => self.embedding_into(w.as_ref(), row, &mut scratch).is_some(),
+                        // not a known word (the group above looked it up)
+                        None => self.subword_embedding_into(w.as_ref(), row, &mut scratch).is_some(),
                     };
                     if !*f {
                         row.fill(0.0);

@@ -40,13 +40,27 @@ impl PyEmbeddings {
 
     fn word_array<'py>(&self, py: Python<'py>, word: &str) -> Option<Bound<'py, PyArray1<f32>>> {
         let emb = &self.inner;
-        if let (Some(i), Storage::Array(a)) = (emb.known_row(word), &emb.storage) {
+        let known = emb.known_row(word);
+        if let (Some(i), Storage::Array(a)) = (known, &emb.storage) {
             return Some(PyArray1::from_slice(py, a.row(i)));
         }
-        // an unknown word's n-grams (or a rebuilt quantized row); a long word, which takes a
-        // while, without the GIL (a few microseconds are not worth the release)
-        let v = if word.len() > 256 { crate::py::fork::detach(py, || emb.embedding(word)) } else { emb.embedding(word) };
-        v.map(|v| PyArray1::from_vec(py, v))
+        // An unknown word's n-grams (or a rebuilt quantized row), summed straight into a
+        // new array; a long word, which takes a while, without the GIL (a few microseconds
+        // are not worth the release).
+        let arr = PyArray1::<f32>::zeros(py, emb.dims(), false);
+        // SAFETY: the array was created just above, is contiguous, and nothing else holds
+        // a reference to it (nor can Python code run before the slice's last use).
+        let out = unsafe { arr.as_slice_mut() }.ok()?;
+        let mut scratch = Vec::with_capacity(crate::embeddings::SCRATCH_ROWS);
+        let mut fill = || match known {
+            Some(i) => {
+                emb.storage.row_into(i, out);
+                Some(())
+            }
+            None => emb.subword_embedding_into(word, out, &mut scratch).map(|_| ()),
+        };
+        let found = if word.len() > 256 { crate::py::fork::detach(py, fill) } else { fill() };
+        found.map(|()| arr)
     }
 }
 

@@ -205,7 +205,7 @@ impl Storage {
     #[inline]
     pub fn prefetch_row(&self, i: usize) {
         if let Storage::Array(a) = self {
-            prefetch(a.row(i));
+            prefetch_l2(a.row(i));
         }
     }
 
@@ -360,12 +360,44 @@ pub fn prefetch_addr(p: *const u8) {
     let _ = p;
 }
 
+/// Ask the CPU to pull the cache line at `p` into the level-2 cache (x86-64; elsewhere a
+/// no-op). For data wanted a little later and in quantity (many storage rows): such a
+/// prefetch does not wait for one of the few level-1 miss buffers, so more lines are on
+/// their way at once (on the development machine an unknown word's 33 n-gram rows came in
+/// a quarter sooner than with level-1 prefetches).
+#[inline]
+pub fn prefetch_addr_l2(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults and has no visible effect, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_T1)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Ask the CPU to pull `data` into the cache (x86-64; elsewhere a no-op).
 #[inline]
 pub fn prefetch<T>(data: &[T]) {
+    prefetch_with(data, prefetch_addr);
+}
+
+/// [`prefetch`] into the level-2 cache (see [`prefetch_addr_l2`]).
+#[inline]
+pub fn prefetch_l2<T>(data: &[T]) {
+    prefetch_with(data, prefetch_addr_l2);
+}
+
+#[inline(always)]
+fn prefetch_with<T>(data: &[T], line: fn(*const u8)) {
+    // every cache line the data touches: from the line of its first byte (data need not
+    // start on a line boundary) to the line of its last
     let p = data.as_ptr().cast::<u8>();
-    for off in (0..std::mem::size_of_val(data)).step_by(64) {
-        prefetch_addr(p.wrapping_add(off));
+    let skew = p as usize % 64;
+    let size = std::mem::size_of_val(data);
+    let line0 = p.wrapping_sub(skew);
+    for off in (0..size + skew).step_by(64) {
+        line(line0.wrapping_add(off));
     }
 }
 

@@ -85,6 +85,63 @@ impl SubwordVocab {
     }
 }
 
+impl SubwordVocab {
+    /// The n-gram rows (counted from the first n-gram row) of the n-grams of `word`, in
+    /// [`SubwordVocab::ngram_ranges`] order, one `f(index)` at a time; n-grams without a
+    /// row are left out.
+    ///
+    /// finalfusion buckets hash the characters of each n-gram: the bracketed word is
+    /// decoded once (on the stack when it is short) instead of once per n-gram.
+    pub fn for_each_ngram_index(&self, word: &str, mut f: impl FnMut(u64)) {
+        let Indexer::Bucket { exponent } = self.indexer else {
+            let b = subword::bracket(word, "<", ">");
+            self.for_each_ngram_range(&b, |st, en| {
+                if let Some(i) = self.indexer.index(&b[st..en]) {
+                    f(i);
+                }
+            });
+            return;
+        };
+        let (min_n, max_n) = (self.min_n as usize, self.max_n as usize);
+        if min_n == 0 || min_n > max_n {
+            return;
+        }
+        let mask = if exponent >= 64 { u64::MAX } else { (1u64 << exponent) - 1 };
+        let mut stack = [0u32; 64];
+        let mut heap = Vec::new();
+        let cap = word.len() + 2;
+        let buf: &mut [u32] = if cap <= stack.len() {
+            &mut stack[..cap]
+        } else {
+            heap.resize(cap, 0);
+            &mut heap
+        };
+        buf[0] = u32::from('<');
+        let mut n = 1;
+        for c in word.chars() {
+            buf[n] = u32::from(c);
+            n += 1;
+        }
+        buf[n] = u32::from('>');
+        n += 1;
+        let chars = &buf[..n];
+        // as `for_each_ngram_range`: fastText's rule leaves out the single `<` and `>`
+        let skip_single = self.fasttext_ngrams && min_n <= 1;
+        for start in 0..n {
+            let longest = max_n.min(n - start);
+            if longest < min_n {
+                continue;
+            }
+            for len in (min_n..=longest).rev() {
+                if skip_single && len == 1 && (start == 0 || start == n - 1) {
+                    continue;
+                }
+                f(subword::finalfusion_hash_chars(&chars[start..start + len]) & mask);
+            }
+        }
+    }
+}
+
 /// floret's vocabulary: no words, every string is hashed.
 #[derive(Clone, Debug)]
 pub struct FloretVocab {
@@ -305,12 +362,7 @@ impl Vocab {
             Vocab::Simple(_) => {}
             Vocab::Subword(s) => {
                 let offset = s.words.len();
-                let b = subword::bracket(word, "<", ">");
-                s.for_each_ngram_range(&b, |st, en| {
-                    if let Some(i) = s.indexer.index(&b[st..en]) {
-                        f(offset + i as usize);
-                    }
-                });
+                s.for_each_ngram_index(word, |i| f(offset + i as usize));
             }
             Vocab::Floret(fl) => {
                 let b = subword::bracket(word, &fl.bow, &fl.eow);
@@ -632,4 +684,38 @@ pub fn check_ngram_range(min_n: u32, max_n: u32) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every n-gram of the bracketed word, hashed one string at a time (the generic path).
+    fn indices_by_ranges(v: &SubwordVocab, word: &str) -> Vec<u64> {
+        let (b, ranges) = v.ngram_ranges(word);
+        ranges.into_iter().filter_map(|(s, e)| v.indexer.index(&b[s..e])).collect()
+    }
+
+    #[test]
+    fn bucket_ngram_indices_equal_hashing_each_ngram_string() {
+        let words = ["", "a", "ab", "Test", "tüß", "日本語の単語", "😀x😀", &"long".repeat(30)];
+        for (min_n, max_n) in [(1, 1), (1, 3), (3, 6), (2, 2), (4, 3), (5, 40)] {
+            for fasttext_ngrams in [false, true] {
+                for exponent in [0, 10, 21, 63, 64] {
+                    let v = SubwordVocab {
+                        words: WordList::new(["known"]).expect("word list"),
+                        min_n,
+                        max_n,
+                        indexer: Indexer::Bucket { exponent },
+                        fasttext_ngrams,
+                    };
+                    for w in words {
+                        let mut got = Vec::new();
+                        v.for_each_ngram_index(w, |i| got.push(i));
+                        assert_eq!(got, indices_by_ranges(&v, w), "{w:?} n {min_n}..{max_n} fastText {fasttext_ngrams} 2^{exponent}");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -51,24 +51,60 @@ pub fn ngrams(word: &str, min_n: usize, max_n: usize) -> Vec<String> {
     r.into_iter().map(|(s, e)| b[s..e].to_string()).collect()
 }
 
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
+const FNV_PRIME_2: u64 = FNV_PRIME.wrapping_mul(FNV_PRIME);
+const FNV_PRIME_3: u64 = FNV_PRIME_2.wrapping_mul(FNV_PRIME);
+const FNV_PRIME_4: u64 = FNV_PRIME_3.wrapping_mul(FNV_PRIME);
+const FNV_PRIME_8: u64 = FNV_PRIME_4.wrapping_mul(FNV_PRIME_4);
+
+/// FNV-1a state `h` after feeding the bytes of `x` (little-endian), where only the low
+/// `nonzero` bytes of `x` may be nonzero: a zero byte leaves the xor out, and the
+/// multiplications by the prime that follow the last nonzero byte are one multiplication
+/// by a power of it.
+#[inline(always)]
+fn fnv_feed_le(mut h: u64, x: u64, nonzero: u32, tail_power: u64) -> u64 {
+    for k in 0..nonzero {
+        h = (h ^ ((x >> (8 * k)) & 0xff)).wrapping_mul(FNV_PRIME);
+    }
+    h.wrapping_mul(tail_power)
+}
+
+/// The finalfusion hash state after the character count `n` (a u64, little-endian).
+#[inline(always)]
+fn finalfusion_hash_count(n: u64) -> u64 {
+    if n < 0x100 {
+        (FNV_OFFSET ^ n).wrapping_mul(FNV_PRIME_8)
+    } else {
+        fnv_feed_le(FNV_OFFSET, n, 8, 1)
+    }
+}
+
+/// The finalfusion hash state `h` after one more character (a u32, little-endian). Most
+/// characters have zero high bytes, which cost one multiplication together.
+#[inline(always)]
+fn finalfusion_hash_char(h: u64, c: u32) -> u64 {
+    let c = u64::from(c);
+    if c < 0x100 {
+        (h ^ c).wrapping_mul(FNV_PRIME_4)
+    } else if c < 0x1_0000 {
+        fnv_feed_le(h, c, 2, FNV_PRIME_2)
+    } else {
+        fnv_feed_le(h, c, 3, FNV_PRIME)
+    }
+}
+
 /// finalfusion's n-gram hash: 64-bit FNV-1a over the character count (u64 LE)
 /// and the characters as u32 LE.
 pub fn finalfusion_hash(ngram: &str) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0100_0000_01b3;
-    let mut h = OFFSET;
-    let mut feed = |bytes: &[u8]| {
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(PRIME);
-        }
-    };
     let n = ngram.chars().count() as u64;
-    feed(&n.to_le_bytes());
-    for c in ngram.chars() {
-        feed(&(c as u32).to_le_bytes());
-    }
-    h
+    ngram.chars().fold(finalfusion_hash_count(n), |h, c| finalfusion_hash_char(h, c as u32))
+}
+
+/// [`finalfusion_hash`] of the n-gram made of the characters `chars` (as u32).
+#[inline]
+pub fn finalfusion_hash_chars(chars: &[u32]) -> u64 {
+    chars.iter().fold(finalfusion_hash_count(chars.len() as u64), |h, &c| finalfusion_hash_char(h, c))
 }
 
 /// fastText's n-gram hash: 32-bit FNV-1a over the UTF-8 bytes, each byte
@@ -258,6 +294,45 @@ mod tests {
         );
         assert!(ngrams("", 3, 6).is_empty());
         assert_eq!(ngrams("ü", 3, 6), vec!["<ü>"]);
+    }
+
+    /// finalfusion's hash as specified: FNV-1a fed one byte at a time.
+    fn finalfusion_hash_bytewise(ngram: &str) -> u64 {
+        let mut h = FNV_OFFSET;
+        let mut feed = |bytes: &[u8]| {
+            for &b in bytes {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(FNV_PRIME);
+            }
+        };
+        feed(&(ngram.chars().count() as u64).to_le_bytes());
+        for c in ngram.chars() {
+            feed(&(c as u32).to_le_bytes());
+        }
+        h
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+        #[test]
+        fn finalfusion_hash_equals_bytewise_fnv(s in "\\PC{0,12}", ascii in "[ -~]{0,8}") {
+            // any characters (1- to 4-byte UTF-8: every char class of the shortcut) and ASCII
+            for t in [s.as_str(), ascii.as_str()] {
+                proptest::prop_assert_eq!(finalfusion_hash(t), finalfusion_hash_bytewise(t));
+                let chars: Vec<u32> = t.chars().map(u32::from).collect();
+                proptest::prop_assert_eq!(finalfusion_hash_chars(&chars), finalfusion_hash_bytewise(t));
+            }
+        }
+    }
+
+    #[test]
+    fn finalfusion_hash_of_long_and_boundary_strings() {
+        // 256 and more characters (the count's second byte), and the char-class edges
+        let long = "a".repeat(300);
+        let edges: String = ['\u{ff}', '\u{100}', '\u{ffff}', '\u{10000}', '\u{10ffff}', '\0'].iter().collect();
+        for t in [long.as_str(), &"é".repeat(256), &edges, ""] {
+            assert_eq!(finalfusion_hash(t), finalfusion_hash_bytewise(t));
+        }
     }
 
     #[test]
