@@ -561,9 +561,12 @@ mod kernels {
         let mut rows: [&[f32]; GROUP] = [&[]; GROUP];
         let mut acc_all = None;
         for (g, group) in codes.chunks(GROUP).enumerate() {
+            // every row's lines are requested (into L2) before the sum starts, so that the
+            // table's scattered rows come in together rather than a couple at a time
             for (i, (r, &c)) in rows.iter_mut().zip(group).enumerate() {
                 let base = ((g * GROUP + i) * k + usize::from(c)) * dims;
                 *r = &table[base..base + dims];
+                crate::storage::prefetch_l2(r);
             }
             if codes.len() <= GROUP {
                 crate::storage::rowsum::add_scaled_sum(out, &rows[..group.len()], scale);
