@@ -22,9 +22,15 @@ pub struct Embeddings {
     /// Per-word norms (owned, or in place in the file's buffer when opened from a file).
     pub norms: Option<F32Data>,
     /// With norms, whether the word rows are unit vectors, as finalfusion's convention has it
-    /// (and gensim-style cosines may be taken as dot products). True for files; `vf.Embeddings`
-    /// built with norms over rows that are not unit vectors sets it false.
-    pub unit_rows: bool,
+    /// (and gensim-style cosines may be taken as dot products): see [`Embeddings::unit_rows`].
+    unit_rows: std::sync::OnceLock<bool>,
+}
+
+/// Whether `row` is a unit vector (within 1e-4) or all zeros, as finalfusion stores rows
+/// with a norms chunk (a zero row keeps its norm 0). NaN or infinity makes it neither.
+pub fn is_unit_or_zero(row: &[f32]) -> bool {
+    let len = row.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+    len == 0.0 || (len - 1.0).abs() <= 1e-4
 }
 
 /// How to open a file.
@@ -93,8 +99,36 @@ impl Embeddings {
             vocab,
             storage,
             norms,
-            unit_rows: true,
+            unit_rows: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Whether gensim-style cosines with the word rows may be taken as plain dot products:
+    /// a norms chunk says the rows were normalized (finalfusion's convention), and every
+    /// word row is a unit vector or zero. A file's rows are checked once, on the first
+    /// call (a parallel pass over the word rows, as gensim computes its norms once): a
+    /// file whose norms chunk comes with rows that are not unit vectors, or that hold NaN
+    /// or infinity, is then searched with each row's own length, and gives the answers
+    /// its in-memory original gave.
+    pub fn unit_rows(&self) -> bool {
+        if self.norms.is_none() {
+            return false;
+        }
+        *self.unit_rows.get_or_init(|| match &self.storage {
+            Storage::Array(a) => {
+                let d = a.cols();
+                let n = self.vocab.words_len().min(a.rows());
+                d == 0 || a.as_slice()[..n * d].par_chunks(d * 1024).all(|block| block.chunks_exact(d).all(is_unit_or_zero))
+            }
+            // rebuilt rows are only near unit length
+            Storage::Quantized(_) => false,
+        })
+    }
+
+    /// Record whether the word rows are unit vectors (see [`Embeddings::unit_rows`]), for
+    /// embeddings built from an array whose rows were just checked.
+    pub fn set_unit_rows(&mut self, unit: bool) {
+        self.unit_rows = std::sync::OnceLock::from(unit);
     }
 
     /// Open a finalfusion file.

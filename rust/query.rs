@@ -194,7 +194,7 @@ impl Embeddings {
             return Ok(self.quantized_cosines(q, &query, k, &skip, limit));
         }
         // (a limit at or beyond the word count restricts nothing: the usual path)
-        if self.norms.is_none() || !self.unit_rows || rows.is_some_and(|r| r < self.vocab.words_len()) {
+        if !self.unit_rows() || rows.is_some_and(|r| r < self.vocab.words_len()) {
             // Without a norms chunk the rows may not be unit vectors (vf.Embeddings from an
             // array, a file read with normalize=False): gensim's cosine needs each row's
             // norm, which the fast scan (a plain dot product) does not take.
@@ -912,7 +912,9 @@ mod kernel {
 
     impl Isa {
         /// The best kernel this CPU runs. `VECFUSION_KERNEL=avx2` or `=baseline` picks a
-        /// lesser one (for comparisons); every x86-64 kernel gives the same bits.
+        /// lesser one (for comparisons). The AVX2 and AVX-512 kernels give the same bits;
+        /// the baseline on x86-64 multiplies then adds (no fused multiply-add without FMA
+        /// hardware), so its scores may differ in the last bit.
         pub(crate) fn detect() -> Isa {
             static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
             *ISA.get_or_init(|| Isa::best(&std::env::var("VECFUSION_KERNEL").unwrap_or_default()))

@@ -96,12 +96,8 @@ impl PyEmbeddings {
         // normalized, the norms their former lengths); gensim-style searches then take cosines
         // as dot products. Rows that are not (raw rows, or rows rebuilt from a quantizer) are
         // searched with their own lengths instead.
-        let unit_rows = norms.is_none()
-            || cols == 0
-            || data[..strs.len().min(rows) * cols].chunks_exact(cols).all(|r| {
-                let len = r.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
-                len == 0.0 || (len - 1.0).abs() <= 1e-4
-            });
+        let unit_rows = norms.is_some()
+            && (cols == 0 || data[..strs.len().min(rows) * cols].chunks_exact(cols).all(crate::embeddings::is_unit_or_zero));
         let metadata = match metadata {
             Some(m) if !m.is_none() => Some(py_to_toml(m)?),
             _ => None,
@@ -170,7 +166,7 @@ impl PyEmbeddings {
                 crate::Error::Invalid { message, .. } => crate::Error::argument(message),
                 e => e,
             })?;
-            emb.unit_rows = unit_rows;
+            emb.set_unit_rows(unit_rows);
             Ok(emb)
         });
         emb.map(PyEmbeddings::from_rust).map_err(|e| PyValueError::new_err(e.to_string()))

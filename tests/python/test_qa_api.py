@@ -326,6 +326,44 @@ def test_similar_to_a_word_with_a_nan_vector_raises(tmp_path: Path) -> None:
         assert np.isnan(e.most_similar_cosmul("a", topn=None)[2])
 
 
+def test_norms_over_rows_that_are_not_unit_vectors_in_a_file(tmp_path: Path) -> None:
+    """The same rows written out and opened again (a norms chunk over rows that are not unit
+    vectors) were ranked by raw dot product for an int topn, and by cosine for topn=None or
+    a restrict_vocab below the word count: the answers changed with save and load, and
+    with topn. A file's rows are now checked once, and every call ranks by cosine."""
+    rng = np.random.default_rng(18)
+    n, d = 50, 6
+    words = [f"w{i}" for i in range(n)]
+    m = (rng.standard_normal((n, d)) * rng.uniform(0.1, 10, (n, 1))).astype(np.float32)
+    vf.Embeddings(words, m, norms=np.ones(n, np.float32)).write(tmp_path / "raw.fifu")
+    unit = m / np.linalg.norm(m, axis=1, keepdims=True)
+    cos = unit @ unit[1]
+    order = [j for j in np.argsort(-cos, kind="stable") if j != 1][:3]
+    for mmap in (False, True):
+        f = vf.load(tmp_path / "raw.fifu", mmap=mmap)
+        for rv in (None, n, 10**6):
+            got = f.most_similar("w1", topn=3, restrict_vocab=rv)
+            assert [w for w, _ in got] == [words[j] for j in order], (mmap, rv)
+            np.testing.assert_allclose([s for _, s in got], cos[order], rtol=1e-5)
+        np.testing.assert_allclose(f.most_similar("w1", topn=None), cos, rtol=1e-5, atol=1e-6)
+    # a file whose norms chunk comes with unit rows and one infinite row (finalfusion-python
+    # writes such files): the infinite row is never an answer (it scored inf)
+    u = unit.copy()
+    u[4] = [0.6, 0.8, 0, 0, 0, 0]
+    vf.Embeddings(words, u, norms=np.ones(n, np.float32)).write(tmp_path / "inf.fifu")
+    data = (tmp_path / "inf.fifu").read_bytes()
+    row = np.asarray(u[4], np.float32).tobytes()
+    assert data.count(row) == 1
+    bad = np.asarray([np.inf, 0.8, 0, 0, 0, 0], np.float32).tobytes()
+    (tmp_path / "inf.fifu").write_bytes(data.replace(row, bad))
+    ucos = u @ u[1]
+    finite = [j for j in np.argsort(-ucos, kind="stable") if j not in (1, 4)][:3]
+    for mmap in (False, True):
+        f = vf.load(tmp_path / "inf.fifu", mmap=mmap)
+        assert [w for w, _ in f.most_similar("w1", topn=3)] == [words[j] for j in finite]
+        assert np.isnan(f.most_similar("w1", topn=None)[4])
+
+
 def test_norms_over_rows_that_are_not_unit_vectors() -> None:
     """finalfusion's convention has the rows unit vectors when there are norms, and the gensim-
     style searches took cosines as dot products then: with norms over raw rows (or rows rebuilt
