@@ -320,15 +320,24 @@ fn parse_line_with(
     data: &mut Vec<f32>,
     err: impl Fn(String) -> Error,
 ) -> Result<()> {
+    // gensim takes the bytes before the first space as the word: a line that starts with one
+    // space and then holds exactly `dims` values is the empty word's (gensim writes it so).
+    // Other leading blanks are skipped.
+    let empty_word = dims > 0
+        && line.first() == Some(&b' ')
+        && line.get(1).is_some_and(|&b| !is_sep(b))
+        && line[1..].split(|&b| is_sep(b)).filter(|f| !f.is_empty()).count() == dims;
     let mut i = 0;
-    while i < line.len() && is_sep(line[i]) {
-        i += 1;
-    }
-    if i == line.len() {
-        return Err(err("empty line".into()));
+    if !empty_word {
+        while i < line.len() && is_sep(line[i]) {
+            i += 1;
+        }
+        if i == line.len() {
+            return Err(err("empty line".into()));
+        }
     }
     let ws = i;
-    while i < line.len() && !is_sep(line[i]) {
+    while !empty_word && i < line.len() && !is_sep(line[i]) {
         i += 1;
     }
     let word = &line[ws..i];
@@ -342,7 +351,10 @@ fn parse_line_with(
             break;
         }
         let rest = &line[i..];
-        let parsed = fast_float2::parse_partial::<f32, _>(rest);
+        // As gensim reads a value: parsed as a float64, then rounded to float32 (two
+        // roundings: a decimal halfway between two float32 values, such as an f64 mean of
+        // two f32s, goes where numpy's cast puts it, one ulp from a direct f32 parse).
+        let parsed = fast_float2::parse_partial::<f64, _>(rest).map(|(v, n)| (v as f32, n));
         let (problem, len) = match parsed {
             Ok((v, n)) if n > 0 && (n == rest.len() || is_sep(rest[n])) => {
                 if v.is_finite() {

@@ -138,6 +138,34 @@ def _gensim_binary(words: list[str], vecs: np.ndarray, newline: bool) -> bytes:
     return out
 
 
+def test_text_empty_word_as_gensim_writes_it(tmp_path: Path) -> None:
+    """gensim writes the empty word's line as ' 1.0 2.0' and reads it back as the word '':
+    vecfusion took '1.0' for the word and failed, one value short."""
+    p = tmp_path / "e.txt"
+    p.write_text("2 2\n 1.0 2.0\na 3.0 4.0\n")
+    e = vf.load_text(p, normalize=False)
+    assert list(e) == ["", "a"]
+    np.testing.assert_array_equal(e.storage, [[1, 2], [3, 4]])
+    # a leading blank before a word with its values is still skipped
+    p.write_text("2 2\n b 1.0 2.0\n\ta 3.0 4.0\n")
+    assert list(vf.load_text(p, normalize=False)) == ["b", "a"]
+
+
+def test_text_values_round_as_gensim_rounds_them(tmp_path: Path) -> None:
+    """gensim parses a value as a Python float, then casts it to float32: two roundings. A
+    decimal halfway between two float32 values (an f64 mean of two f32s, say) went the other
+    way in vecfusion's direct float32 parse, one ulp off."""
+    vals = ["1.0000000596046448", "-1.9267255663871765", "0.1", "3.4028234663852886e38", "1e-45"]
+    rng = np.random.default_rng(5)
+    pairs = rng.standard_normal((200, 2)).astype(np.float32)
+    vals += [repr((float(a) + float(b)) / 2) for a, b in pairs]
+    p = tmp_path / "r.txt"
+    p.write_text(f"1 {len(vals)}\nw " + " ".join(vals) + "\n")
+    want = np.array([np.float32(float(v)) for v in vals], np.float32)
+    got = np.asarray(vf.load_text(p, normalize=False).storage)[0]
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
 @pytest.mark.parametrize("newline", [False, True])
 def test_word2vec_binary_words_are_the_bytes_up_to_the_space_as_gensim_reads_them(
     newline: bool, tmp_path: Path
