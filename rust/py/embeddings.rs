@@ -64,6 +64,14 @@ impl PyEmbeddings {
     }
 }
 
+/// The text of a word argument, or `None` for a str that is not valid Unicode text (a lone
+/// surrogate, as `os.fsdecode` makes of undecodable bytes): no vocabulary holds such a word
+/// and it has no n-grams, so it is a word without an embedding (KeyError, None or False as
+/// for any such word), not a UnicodeEncodeError.
+pub(crate) fn word_text<'a>(word: &'a Bound<'_, PyString>) -> Option<&'a str> {
+    word.to_str().ok()
+}
+
 /// The most room reserved from an iterable's `__len__` before iterating it.
 const LEN_HINT_CAP: usize = 1 << 16;
 
@@ -157,9 +165,10 @@ impl PyEmbeddings {
     }
 
     /// The embedding of `word`; KeyError if it has none.
-    fn __getitem__<'py>(&self, py: Python<'py>, word: &str) -> PyResult<Bound<'py, PyArray1<f32>>> {
-        self.word_array(py, word)
-            .ok_or_else(|| PyKeyError::new_err(word.to_string()))
+    fn __getitem__<'py>(&self, py: Python<'py>, word: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyArray1<f32>>> {
+        word_text(word)
+            .and_then(|w| self.word_array(py, w))
+            .ok_or_else(|| PyKeyError::new_err(word.clone().unbind()))
     }
 
     /// True if `word` has an embedding (a known word, or an unknown word with n-grams).
@@ -185,8 +194,8 @@ impl PyEmbeddings {
 
     /// The embedding of `word`, or `default` if it has none.
     #[pyo3(signature = (word, default=None))]
-    fn embedding<'py>(&self, py: Python<'py>, word: &str, default: Option<Bound<'py, PyAny>>) -> Bound<'py, PyAny> {
-        match self.word_array(py, word) {
+    fn embedding<'py>(&self, py: Python<'py>, word: &Bound<'py, PyString>, default: Option<Bound<'py, PyAny>>) -> Bound<'py, PyAny> {
+        match word_text(word).and_then(|w| self.word_array(py, w)) {
             Some(a) => a.into_any(),
             None => default.unwrap_or_else(|| py.None().into_bound(py)),
         }
@@ -194,8 +203,8 @@ impl PyEmbeddings {
 
     /// `(embedding, norm)` of `word`, or None. The norm is the stored norm of a known
     /// word (1.0 without a norms chunk) or the norm of the n-gram sum of an unknown word.
-    fn embedding_with_norm<'py>(&self, py: Python<'py>, word: &str) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        match self.inner.embedding_with_norm(word) {
+    fn embedding_with_norm<'py>(&self, py: Python<'py>, word: &Bound<'py, PyString>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        match word_text(word).and_then(|w| self.inner.embedding_with_norm(w)) {
             Some((v, n)) => Ok(Some(PyTuple::new(py, [PyArray1::from_vec(py, v).into_any(), n.into_pyobject(py)?.into_any()])?)),
             None => Ok(None),
         }

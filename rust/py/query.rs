@@ -1,7 +1,7 @@
 //! Similarity and analogy queries on `Embeddings` (the work is in `crate::query`).
 
 use numpy::{AllowTypeChange, PyArray1, PyArray2, PyArrayLike1, PyArrayLike2, PyArrayMethods, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyKeyError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyFloat, PyInt, PyList, PyString, PyTuple};
 
@@ -12,13 +12,47 @@ use crate::query::{Neighbor, Term};
 /// `(indices, scores)` of a batch.
 type BatchAnswers<'py> = (Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>);
 
+/// An int argument (`k`, `topn`, `restrict_vocab`) of any size: ints beyond 128 bits
+/// saturate (`2**200` asks for every word, as in gensim; no OverflowError).
+#[derive(Clone, Copy)]
+pub(crate) struct WideInt(i128);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for WideInt {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        match obj.extract::<i128>() {
+            Ok(v) => Ok(WideInt(v)),
+            Err(e) if e.is_instance_of::<PyOverflowError>(obj.py()) => {
+                Ok(WideInt(if obj.lt(0)? { i128::MIN } else { i128::MAX }))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// `k` (or `topn`, named by `name`) from Python: a non-negative int; any count beyond the
-/// rows means all of them (a wide integer type: `2**64` is no OverflowError).
-fn check_k(k: i128, name: &str) -> PyResult<usize> {
+/// rows means all of them.
+fn check_k(k: WideInt, name: &str) -> PyResult<usize> {
+    let k = k.0;
     if k < 0 {
         return Err(PyValueError::new_err(format!("{name} must be >= 0, got {k}")));
     }
     Ok(usize::try_from(k).unwrap_or(usize::MAX))
+}
+
+/// A key of gensim's methods as a word: a str (KeyError for one that is not valid Unicode
+/// text, a lone surrogate: no vocabulary holds it) or a row number (gensim's int keys: the
+/// word of that row; KeyError beyond the words). `None` for anything else.
+fn key_word(emb: &Embeddings, x: &Bound<'_, PyAny>) -> Option<PyResult<String>> {
+    if let Ok(s) = x.cast::<PyString>() {
+        return Some(s.to_str().map(str::to_string).map_err(|_| PyKeyError::new_err(s.clone().unbind())));
+    }
+    let row = row_key(x)?;
+    Some(match usize::try_from(row).ok().and_then(|r| emb.vocab.word(r)) {
+        Some(w) => Ok(w.to_string()),
+        None => Err(PyKeyError::new_err(format!("Key '{row}' not present"))),
+    })
 }
 
 /// `[(word, score), ...]`
@@ -82,18 +116,11 @@ fn terms_arg(
     };
     let takes = if pairs { "words (str), row numbers, 1-D vectors or (word, weight) pairs" } else { "words (str), row numbers or 1-D vectors" };
     let one = |x: &Bound<'_, PyAny>| -> PyResult<OwnedTerm> {
-        if let Ok(s) = x.cast::<PyString>() {
-            return Ok(OwnedTerm::Word(s.to_str()?.to_string()));
+        if let Some(word) = key_word(emb, x) {
+            return word.map(OwnedTerm::Word);
         }
         if x.is_instance_of::<PyBytes>() || x.is_instance_of::<PyByteArray>() {
             return Err(PyTypeError::new_err(format!("{what} takes {takes}, not bytes")));
-        }
-        if let Some(row) = row_key(x) {
-            let word = usize::try_from(row).ok().and_then(|r| emb.vocab.word(r));
-            return match word {
-                Some(w) => Ok(OwnedTerm::Word(w.to_string())),
-                None => Err(PyKeyError::new_err(format!("Key '{row}' not present"))),
-            };
         }
         let v: PyArrayLike1<'_, f32, AllowTypeChange> = x.extract().map_err(|_| {
             PyTypeError::new_err(format!(
@@ -172,12 +199,12 @@ impl PyEmbeddings {
     /// infinity raise ValueError. The score is the dot product with each word row (the
     /// cosine for normalized rows); ties go to the word that sorts first. `skip` is an
     /// iterable of words never to return. `k` larger than the vocabulary returns every word.
-    #[pyo3(signature = (query, k=10, skip=None))]
+    #[pyo3(signature = (query, k=WideInt(10), skip=None), text_signature = "(self, /, query, k=10, skip=None)")]
     fn similar<'py>(
         &self,
         py: Python<'py>,
         query: &Bound<'py, PyAny>,
-        k: i128,
+        k: WideInt,
         skip: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let k = check_k(k, "k")?;
@@ -187,7 +214,9 @@ impl PyEmbeddings {
             skip_rows.extend(extract_word_buf(s)?.strs().into_iter().filter_map(|w| emb.vocab.word_index(w)));
         }
         let found = if let Ok(word) = query.cast::<PyString>() {
-            let word = word.to_str()?;
+            let Some(word) = super::embeddings::word_text(word) else {
+                return Err(PyKeyError::new_err(word.clone().unbind()));
+            };
             crate::py::fork::detach(py, || emb.similar_to_word(word, k, &skip_rows))?
         } else {
             if query.is_instance_of::<PyBytes>() || query.is_instance_of::<PyByteArray>() {
@@ -219,12 +248,12 @@ impl PyEmbeddings {
     /// Nearest words to each row of `matrix` (`(n, dims)`; rows are L2-normalized):
     /// `(indices int64 (n, w), scores float32 (n, w))` with `w = min(k, len(self))`, best
     /// first; row `i` equals `similar(matrix[i], k)`. Indices are word rows (`vocab[i]`).
-    #[pyo3(signature = (matrix, k=10))]
+    #[pyo3(signature = (matrix, k=WideInt(10)), text_signature = "(self, /, matrix, k=10)")]
     fn similar_batch<'py>(
         &self,
         py: Python<'py>,
         matrix: &Bound<'py, PyAny>,
-        k: i128,
+        k: WideInt,
     ) -> PyResult<BatchAnswers<'py>> {
         let k = check_k(k, "k")?;
         let emb = &self.inner;
@@ -268,11 +297,20 @@ impl PyEmbeddings {
         Ok((indices, scores))
     }
 
-    /// Cosine similarity of the embeddings of two words (gensim's `similarity`).
-    /// KeyError for a word without an embedding.
-    fn similarity(&self, py: Python<'_>, a: &str, b: &str) -> PyResult<f32> {
+    /// Cosine similarity of the embeddings of two words (gensim's `similarity`); a key is
+    /// a word or a row number, as in gensim. KeyError for a word without an embedding.
+    fn similarity(&self, py: Python<'_>, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<f32> {
         let emb = &self.inner;
-        Ok(crate::py::fork::detach(py, || emb.similarity(a, b))?)
+        let key = |x: &Bound<'_, PyAny>| {
+            key_word(emb, x).unwrap_or_else(|| {
+                Err(PyTypeError::new_err(format!(
+                    "similarity takes words (str) or row numbers, got {}",
+                    x.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                )))
+            })
+        };
+        let (a, b) = (key(a)?, key(b)?);
+        Ok(crate::py::fork::detach(py, || emb.similarity(&a, &b))?)
     }
 
     /// gensim's `most_similar`: the `topn` words nearest to the mean of the unit embeddings
@@ -281,23 +319,23 @@ impl PyEmbeddings {
     /// `topn=None` returns the cosine of the query with every word row instead (a float32
     /// array in row order, the given words included), as gensim does. `restrict_vocab=N`
     /// searches (and scores) the first N word rows only.
-    #[pyo3(signature = (positive=None, negative=None, topn=Some(10), *, restrict_vocab=None),
+    #[pyo3(signature = (positive=None, negative=None, topn=Some(WideInt(10)), *, restrict_vocab=None),
                text_signature = "(self, /, positive=None, negative=None, topn=10, *, restrict_vocab=None)")]
     fn most_similar<'py>(
         &self,
         py: Python<'py>,
         positive: Option<&Bound<'py, PyAny>>,
         negative: Option<&Bound<'py, PyAny>>,
-        topn: Option<i128>,
-        restrict_vocab: Option<i128>,
+        topn: Option<WideInt>,
+        restrict_vocab: Option<WideInt>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let emb = &self.inner;
         // (0 restricts nothing: gensim tests `if restrict_vocab:`)
-        let rows = restrict_vocab.filter(|&r| r != 0).map(|r| check_k(r, "restrict_vocab")).transpose()?;
-        if topn.is_some_and(|t| t < 1) {
+        let rows = restrict_vocab.filter(|r| r.0 != 0).map(|r| check_k(r, "restrict_vocab")).transpose()?;
+        if topn.is_some_and(|t| t.0 < 1) {
             return Ok(PyList::empty(py).into_any()); // gensim: no answers for topn < 1
         }
-        let k = topn.map(|t| usize::try_from(t).unwrap_or(usize::MAX));
+        let k = topn.map(|t| usize::try_from(t.0).unwrap_or(usize::MAX));
         let mut owned = terms_arg(emb, positive, 1.0, true, "most_similar")?;
         owned.extend(terms_arg(emb, negative, -1.0, true, "most_similar")?);
         let terms: Vec<(Term<'_>, f32)> = owned.iter().map(|(t, w)| (t.as_term(), *w)).collect();
@@ -316,27 +354,27 @@ impl PyEmbeddings {
     /// every word row instead (a float32 array in row order); `topn < 1` gives `[]`.
     /// `restrict_vocab=N` searches (and scores) the first N word rows only. A full scan of
     /// the rows.
-    #[pyo3(signature = (positive=None, negative=None, topn=Some(10), restrict_vocab=None),
+    #[pyo3(signature = (positive=None, negative=None, topn=Some(WideInt(10)), restrict_vocab=None),
                text_signature = "(self, /, positive=None, negative=None, topn=10, restrict_vocab=None)")]
     fn most_similar_cosmul<'py>(
         &self,
         py: Python<'py>,
         positive: Option<&Bound<'py, PyAny>>,
         negative: Option<&Bound<'py, PyAny>>,
-        topn: Option<i128>,
-        restrict_vocab: Option<i128>,
+        topn: Option<WideInt>,
+        restrict_vocab: Option<WideInt>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let emb = &self.inner;
         // (0 restricts nothing: gensim tests `if restrict_vocab:`)
-        let rows = restrict_vocab.filter(|&r| r != 0).map(|r| check_k(r, "restrict_vocab")).transpose()?;
-        if topn.is_some_and(|t| t < 1) {
+        let rows = restrict_vocab.filter(|r| r.0 != 0).map(|r| check_k(r, "restrict_vocab")).transpose()?;
+        if topn.is_some_and(|t| t.0 < 1) {
             return Ok(PyList::empty(py).into_any()); // gensim: no answers for topn < 1
         }
         let name = "most_similar_cosmul";
         let (pos, neg) = (terms_arg(emb, positive, 1.0, false, name)?, terms_arg(emb, negative, -1.0, false, name)?);
         let pos: Vec<Term<'_>> = pos.iter().map(|(t, _)| t.as_term()).collect();
         let neg: Vec<Term<'_>> = neg.iter().map(|(t, _)| t.as_term()).collect();
-        let Some(k) = topn.map(|t| usize::try_from(t).unwrap_or(usize::MAX)) else {
+        let Some(k) = topn.map(|t| usize::try_from(t.0).unwrap_or(usize::MAX)) else {
             let all = crate::py::fork::detach(py, || emb.cosmul_all(&pos, &neg, rows))?;
             return Ok(PyArray1::from_vec(py, all).into_any());
         };
@@ -359,14 +397,14 @@ impl PyEmbeddings {
     /// Analogy: the `k` words nearest to `normalize(e(b) - e(a) + e(c))` ("a is to b as
     /// c is to ?"), best first, as `(word, score)`. `mask[i]` True skips the i-th query
     /// word from the answers. KeyError names each argument that has no embedding.
-    #[pyo3(signature = (a, b, c, k=10, mask=None), text_signature = "(self, /, a, b, c, k=10, mask=(True, True, True))")]
+    #[pyo3(signature = (a, b, c, k=WideInt(10), mask=None), text_signature = "(self, /, a, b, c, k=10, mask=(True, True, True))")]
     fn analogy<'py>(
         &self,
         py: Python<'py>,
-        a: &str,
-        b: &str,
-        c: &str,
-        k: i128,
+        a: &Bound<'py, PyString>,
+        b: &Bound<'py, PyString>,
+        c: &Bound<'py, PyString>,
+        k: WideInt,
         mask: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let k = check_k(k, "k")?;
@@ -375,6 +413,18 @@ impl PyEmbeddings {
             _ => [true; 3],
         };
         let emb = &self.inner;
+        let text = |w| super::embeddings::word_text(w);
+        let (Some(a), Some(b), Some(c)) = (text(a), text(b), text(c)) else {
+            // a str that is no valid text (a lone surrogate) has no embedding: named with
+            // the other words without one, as the core names them
+            let missing = [("a", a), ("b", b), ("c", c)]
+                .iter()
+                .filter(|(_, w)| text(w).is_none_or(|t| emb.vocab.idx(t).is_none()))
+                .map(|(name, w)| Ok(format!("{name} ({})", w.repr()?)))
+                .collect::<PyResult<Vec<_>>>()?;
+            let (noun, verb) = if missing.len() == 1 { ("word", "has") } else { ("words", "have") };
+            return Err(PyKeyError::new_err(format!("analogy {noun} {} {verb} no embedding", missing.join(", "))));
+        };
         let found = crate::py::fork::detach(py, || emb.analogy(a, b, c, k, mask))?;
         answers(py, emb, found)
     }

@@ -69,10 +69,10 @@ impl PyVocab {
     /// `vocab[i]` is the word at row `i` (negative counts from the end);
     /// `vocab[word]` is what `index(word)` returns, KeyError if None.
     fn __getitem__<'py>(&self, py: Python<'py>, key: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        if let Ok(word) = key.extract::<&str>() {
+        if let Ok(word) = key.cast::<PyString>() {
             return match self.index(py, word)? {
                 Some(v) => Ok(v),
-                None => Err(PyKeyError::new_err(word.to_string())),
+                None => Err(PyKeyError::new_err(word.clone().unbind())),
             };
         }
         let n = self.inner.vocab.words_len() as isize;
@@ -94,10 +94,10 @@ impl PyVocab {
 
     /// True if `word` is a known word (in the word list); False for anything not a str.
     fn __contains__(&self, word: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let Ok(word) = word.cast::<PyString>() else {
+        let Some(word) = word.cast::<PyString>().ok().and_then(|w| super::embeddings::word_text(w)) else {
             return Ok(false);
         };
-        Ok(self.inner.vocab.try_word_index(word.to_str()?)?.is_some())
+        Ok(self.inner.vocab.try_word_index(word)?.is_some())
     }
 
     fn __iter__(&self) -> WordIter {
@@ -109,7 +109,10 @@ impl PyVocab {
 
     /// The row of a known word (int), the n-gram rows of an unknown word (list of int),
     /// or None when the word has no embedding.
-    fn index<'py>(&self, py: Python<'py>, word: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+    fn index<'py>(&self, py: Python<'py>, word: &Bound<'py, PyString>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let Some(word) = super::embeddings::word_text(word) else {
+            return Ok(None);
+        };
         Ok(match self.inner.vocab.try_idx(word)? {
             Some(WordIndex::Word(i)) => Some(i.into_pyobject(py)?.into_any()),
             Some(WordIndex::Subwords(v)) => Some(PyList::new(py, v)?.into_any()),

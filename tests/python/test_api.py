@@ -424,6 +424,56 @@ def test_a_lone_surrogate_is_not_in_the_embeddings() -> None:
     assert "\ud800" not in emb and "a" in emb and 5 not in emb
 
 
+def test_a_lone_surrogate_is_a_word_without_an_embedding() -> None:
+    """A str holding a lone surrogate (os.fsdecode makes them of undecodable bytes) is in no
+    vocabulary and has no n-grams: lookups and queries treat it as any word without an
+    embedding (KeyError, None, False) where they raised UnicodeEncodeError."""
+    bad = "x\udcff"
+    emb = vf.Embeddings(["a", "b", "c"], np.eye(3, dtype=np.float32))
+    with pytest.raises(KeyError) as e:
+        emb[bad]
+    assert e.value.args == (bad,)
+    assert emb.embedding(bad) is None and emb.embedding(bad, default=7) == 7
+    assert emb.embedding_with_norm(bad) is None
+    assert emb.vocab.index(bad) is None and bad not in emb.vocab
+    with pytest.raises(KeyError):
+        emb.vocab[bad]
+    for call in (
+        lambda: emb.similar(bad),
+        lambda: emb.most_similar(bad),
+        lambda: emb.most_similar(["a"], [bad]),
+        lambda: emb.most_similar_cosmul(bad),
+        lambda: emb.similarity("a", bad),
+    ):
+        with pytest.raises(KeyError):
+            call()
+    with pytest.raises(KeyError) as e:
+        emb.analogy("a", bad, "zz")
+    assert e.value.args == ("analogy words b ('x\\udcff'), c ('zz') have no embedding",)
+    # a bucket vocabulary gives unknown words n-grams, but not this one
+    sub = vf.Embeddings(["a", "b"], np.eye(10, 2, dtype=np.float32), vocab="bucket", buckets=3)
+    assert sub.embedding(bad) is None and sub.embedding("xy") is not None
+
+
+def test_similarity_takes_row_numbers_and_counts_take_any_int() -> None:
+    """gensim's keys are words or row numbers in similarity too (it took only str), and a
+    topn or k beyond 64 bits asks for every word (it was an OverflowError naming no argument)."""
+    rng = np.random.default_rng(2)
+    emb = vf.Embeddings(["a", "b", "c", "d"], rng.standard_normal((4, 5)).astype(np.float32))
+    assert emb.similarity(0, np.int64(2)) == emb.similarity("a", "c")
+    with pytest.raises(KeyError):
+        emb.similarity(0, 9)
+    with pytest.raises(TypeError, match="similarity takes words"):
+        emb.similarity("a", 1.5)
+    assert len(emb.most_similar("a", topn=2**200)) == 3
+    assert len(emb.most_similar_cosmul("a", topn=2**200, restrict_vocab=2**100)) == 3
+    assert len(emb.similar("a", k=2**200)) == 3 and len(emb.analogy("a", "b", "c", k=2**70)) == 1
+    assert emb.similar_batch(np.ones((1, 5), np.float32), k=2**65)[0].shape == (1, 4)
+    assert emb.most_similar("a", topn=-(2**200)) == []
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        emb.similar("a", k=-(2**200))
+
+
 _LONG_WORD_SCRIPT = r'''
 import resource, numpy as np, vecfusion as vf
 rng = np.random.default_rng(0)
