@@ -500,6 +500,27 @@ class FastMultiEmbedding(nn.Module):
         return s
 
 
+def _normalized_as_rust(s: np.ndarray) -> np.ndarray:
+    """Each float32 row of ``s`` L2-normalized as the Rust core normalizes an unknown word's
+    n-gram sum (``l2_normalize`` in rust/embeddings.rs), bit for bit: the squares added in
+    order in float32 (``np.cumsum`` accumulates in order, in the array's type), then a float32
+    division; rows whose sum of squares overflows or underflows in float64, and rounded
+    once to float32; zero rows (and rows with NaN or infinity) as they are."""
+    out = s.copy()
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        sq = np.cumsum(s * s, axis=1, dtype=np.float32)[:, -1]
+    ok = np.isfinite(sq) & (sq >= np.finfo(np.float32).tiny)
+    out[ok] = s[ok] / np.sqrt(sq[ok])[:, None]
+    wide = ~ok & np.any(s != 0, axis=1)
+    if wide.any():
+        w64 = s[wide].astype(np.float64)
+        n64 = np.sqrt(np.cumsum(w64 * w64, axis=1)[:, -1])
+        good = np.isfinite(n64) & (n64 > 0)
+        rows = np.flatnonzero(wide)[good]
+        out[rows] = (w64[good] / n64[good][:, None]).astype(np.float32)
+    return out
+
+
 class SubwordEmbeddingBag(nn.Module):
     """Embeddings of words from a finalfusion vocabulary, trainable end to end.
 
@@ -538,10 +559,22 @@ class SubwordEmbeddingBag(nn.Module):
     def _embed(self, words: Sequence[str]) -> Tensor:
         rows, offsets, known = self.indices(words)
         summed = F.embedding_bag(rows, self.weight, offsets, mode="sum", include_last_offset=True)
-        norm = torch.linalg.vector_norm(summed, dim=1, keepdim=True)
+        # The length is taken over the row scaled by its largest magnitude (the scale is a
+        # constant for autograd): sums of squares of rows near 1e20 or 1e-25 neither
+        # overflow nor underflow (they gave zero or unnormalized rows).
+        scale = summed.detach().abs().amax(dim=1, keepdim=True) if summed.shape[1] else summed.new_ones((summed.shape[0], 1))
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        norm = scale * torch.linalg.vector_norm(summed / scale, dim=1, keepdim=True)
         # A zero sum stays zero; dividing it by 1 (not by a tiny clamp) keeps its gradient
         # finite: the identity, so that zero n-gram rows can still learn.
         normalized = summed / torch.where(norm > 0, norm, torch.ones_like(norm))
+        if normalized.device.type == "cpu" and normalized.dtype == torch.float32 and normalized.numel():
+            # The values exactly as the Rust core (emb.lookup) gives them, the gradient of the
+            # expression above: torch's norm adds the squares in another order (1-2 ulp off
+            # for a third of the rows at 300 dims). `a + (b - a)` is `b` exactly here: the two
+            # agree to a few ulp, so that the difference is exact (Sterbenz).
+            exact = torch.from_numpy(_normalized_as_rust(summed.detach().numpy()))
+            normalized = normalized + (exact - normalized).detach()
         return torch.where(known.unsqueeze(1), summed, normalized)
 
     def forward(self, words: Sequence[str] | Sequence[Sequence[str]]) -> Tensor:
