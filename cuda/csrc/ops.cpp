@@ -292,7 +292,8 @@ void scatter_add_rows(acc_t* __restrict wp, const scalar_t* __restrict gp, const
 
 at::Tensor embedding_dense_backward_cpu(const at::Tensor& grad_, const at::Tensor& indices, int64_t num_weights,
                                         int64_t padding_idx, bool scale_grad_by_freq) {
-  check_indices_tensor(indices);
+  // an index out of range is an IndexError (row_counts indexes by it; the scatter dropped it)
+  check_index_range(indices, num_weights, "vecfusion embedding backward");
   const int64_t dim = grad_.size(-1);
   const int64_t n = indices.numel();
   const auto grad = rows_of(grad_, n, dim);
@@ -336,7 +337,8 @@ at::Tensor embedding_dense_backward_cpu(const at::Tensor& grad_, const at::Tenso
 std::tuple<at::Tensor, at::Tensor> embedding_sparse_backward_cpu(const at::Tensor& grad_, const at::Tensor& indices,
                                                                  int64_t num_weights, int64_t padding_idx,
                                                                  bool scale_grad_by_freq) {
-  check_indices_tensor(indices);
+  // (row_counts indexes by every index: one out of range would write outside its table)
+  check_index_range(indices, num_weights, "vecfusion embedding backward");
   const int64_t dim = grad_.size(-1);
   const int64_t n = indices.numel();
   auto grad = grad_.contiguous().view({n, dim});
@@ -348,7 +350,10 @@ std::tuple<at::Tensor, at::Tensor> embedding_sparse_backward_cpu(const at::Tenso
       grad = grad.index({keep});
     }
   }
-  if (!scale_grad_by_freq) return {idx, grad};
+  // The schema returns new tensors: never views of the inputs (torch.compile and opcheck
+  // rely on it; a later in-place change of the indices moved the gradient).
+  if (idx.is_alias_of(indices)) idx = idx.clone();
+  if (!scale_grad_by_freq) return {idx, grad.is_alias_of(grad_) ? grad.clone() : grad};
   const int64_t m = idx.numel();
   auto vals = at::empty_like(grad);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "vecfusion_sparse_bwd", [&] {

@@ -324,13 +324,33 @@ def test_opcheck() -> None:
     torch.library.opcheck(ops.embedding, (w, x.int(), 2, True, False))
     g = torch.randn(*x.shape, DIM)
     torch.library.opcheck(ops.embedding_dense_backward, (g, x, NUM, -1, True))
-    torch.library.opcheck(
-        ops.embedding_sparse_backward, (g, x, NUM, 1, False), test_utils=("test_schema", "test_faketensor")
-    )
+    # without a padding row among the indices too (then nothing is filtered: the outputs were
+    # views of the inputs, against the schema), and with scale_grad_by_freq
+    for padding, scale in ((1, False), (-1, False), (-1, True), (NUM - 1, True)):
+        torch.library.opcheck(
+            ops.embedding_sparse_backward, (g, x, NUM, padding, scale), test_utils=("test_schema", "test_faketensor")
+        )
     torch.library.opcheck(ops.embedding_renorm_, (w.detach().clone(), x, 1.0, 2.0))
     m = FastMultiEmbedding([4, 7], [2, 3])
     xm = torch.tensor([[0, 6], [3, 5]])
     torch.library.opcheck(ops.multi_embedding, (m.weight, xm, m.table_meta, m.total_dim))
+
+
+def test_backward_ops_refuse_indices_out_of_range() -> None:
+    """The backward ops called directly with an index beyond the table: an IndexError (a
+    segfault with scale_grad_by_freq, whose per-row counts were indexed by it; without it
+    the dense gradient silently dropped the row)."""
+    g = torch.ones(2, 3)
+    for bad in (torch.tensor([1, 10**12]), torch.tensor([1, 5]), torch.tensor([-1, 2]), torch.tensor([1, 5], dtype=torch.int32)):
+        for scale in (False, True):
+            with pytest.raises(IndexError, match="out of range"):
+                ops.embedding_dense_backward(g, bad, 5, -1, scale)
+            with pytest.raises(IndexError, match="out of range"):
+                ops.embedding_sparse_backward(g, bad, 5, -1, scale)
+    # in range: nn.Embedding's gradient
+    ok = torch.tensor([4, 0])
+    want = torch.ops.aten.embedding_dense_backward(g, ok, 5, -1, True)
+    torch.testing.assert_close(ops.embedding_dense_backward(g, ok, 5, -1, True), want)
 
 
 def test_torch_compile_forward_backward() -> None:

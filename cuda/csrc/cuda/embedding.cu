@@ -182,7 +182,9 @@ std::tuple<at::Tensor, at::Tensor> embedding_sparse_backward_cuda(const at::Tens
     idx = idx.masked_select(keep);
     grad = grad.index({keep});
   }
-  if (!scale_grad_by_freq) return {idx, grad};
+  // The schema returns new tensors: never views of the inputs.
+  if (idx.is_alias_of(indices)) idx = idx.clone();
+  if (!scale_grad_by_freq) return {idx, grad.is_alias_of(grad_) ? grad.clone() : grad};
   const auto acc = acc_type_of(grad.scalar_type());
   auto counts = at::bincount(idx, {}, num_weights).index_select(0, idx).to(acc);
   return {idx, (grad.to(acc) / counts.unsqueeze(1)).to(grad.scalar_type())};
