@@ -683,6 +683,11 @@ def test_bag_token_lists() -> None:
         bag("one")
     with pytest.raises(TypeError, match="not a mix"):
         bag([["one"], "two"])  # a bare str among token lists is not a list of characters
+    # bytes or None are neither words nor token lists (bytes read as lists of ints)
+    with pytest.raises(TypeError, match=r"got bytes \(decode bytes to str\)"):
+        bag([b"one"])
+    with pytest.raises(TypeError, match="got NoneType"):
+        bag([None])
 
 
 def test_bag_zero_sum_has_a_finite_gradient() -> None:

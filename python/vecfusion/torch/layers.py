@@ -585,6 +585,11 @@ class SubwordEmbeddingBag(nn.Module):
             return self._embed(words)  # type: ignore[arg-type]
         if any(isinstance(t, str) for t in words):
             raise TypeError("expected a list of words or a list of token lists, not a mix of both")
+        for t in words:
+            # a token list is a list or tuple of str (bytes would iterate as ints)
+            if not isinstance(t, (list, tuple)):
+                hint = " (decode bytes to str)" if isinstance(t, (bytes, bytearray)) else ""
+                raise TypeError(f"expected words (str) or token lists, got {type(t).__name__}{hint}")
         lens = [len(t) for t in words]
         flat = [w for toks in words for w in toks]
         out = self._embed(flat)
