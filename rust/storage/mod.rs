@@ -347,17 +347,37 @@ pub fn stream_fence() {
     };
 }
 
+/// The cache level a prefetch fills: the level-1 cache (and those below it), or the level-2.
+#[derive(Clone, Copy)]
+enum Level {
+    L1,
+    L2,
+}
+
+/// Ask the CPU to pull the cache line at `p` into the cache `level` (x86-64; elsewhere a
+/// no-op). Any address will do: a prefetch never faults.
+#[inline(always)]
+fn prefetch_line(p: *const u8, level: Level) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+        // SAFETY: a prefetch never faults and has no visible effect, whatever the address.
+        unsafe {
+            match level {
+                Level::L1 => _mm_prefetch(p.cast::<i8>(), _MM_HINT_T0),
+                Level::L2 => _mm_prefetch(p.cast::<i8>(), _MM_HINT_T1),
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, level);
+}
+
 /// Ask the CPU to pull the cache line at `p` into the cache (x86-64; elsewhere a no-op).
 /// Any address will do: a prefetch never faults.
 #[inline]
 pub fn prefetch_addr(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch never faults and has no visible effect, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_T0)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
+    prefetch_line(p, Level::L1);
 }
 
 /// Ask the CPU to pull the cache line at `p` into the level-2 cache (x86-64; elsewhere a
@@ -367,13 +387,7 @@ pub fn prefetch_addr(p: *const u8) {
 /// a quarter sooner than with level-1 prefetches).
 #[inline]
 pub fn prefetch_addr_l2(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch never faults and has no visible effect, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(p.cast::<i8>(), std::arch::x86_64::_MM_HINT_T1)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
+    prefetch_line(p, Level::L2);
 }
 
 /// Ask the CPU to pull `data` into the cache (x86-64; elsewhere a no-op).
