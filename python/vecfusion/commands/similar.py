@@ -17,7 +17,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("word", metavar="WORD")
     p.add_argument("-k", type=int, default=10, help="number of words (default 10)")
-    p.add_argument("--mmap", action="store_true", help="memory-map the matrix of a finalfusion file instead of reading it (other formats are always read)")
+    p.add_argument(
+        "--mmap",
+        action="store_true",
+        help="memory-map the matrix of a finalfusion file (other formats are always read)",
+    )
     p.add_argument("--format", dest="fmt", metavar="FMT", help="file format (detected if omitted)")
     p.set_defaults(func=run)
 

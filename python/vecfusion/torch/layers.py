@@ -562,8 +562,11 @@ class SubwordEmbeddingBag(nn.Module):
         # The length is taken over the row scaled by its largest magnitude (the scale is a
         # constant for autograd): sums of squares of rows near 1e20 or 1e-25 neither
         # overflow nor underflow (they gave zero or unnormalized rows).
-        scale = summed.detach().abs().amax(dim=1, keepdim=True) if summed.shape[1] else summed.new_ones((summed.shape[0], 1))
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        if summed.shape[1]:
+            scale = summed.detach().abs().amax(dim=1, keepdim=True)
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        else:
+            scale = summed.new_ones((summed.shape[0], 1))
         norm = scale * torch.linalg.vector_norm(summed / scale, dim=1, keepdim=True)
         # A zero sum stays zero; dividing it by 1 (not by a tiny clamp) keeps its gradient
         # finite: the identity, so that zero n-gram rows can still learn.
