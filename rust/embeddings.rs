@@ -114,7 +114,7 @@ impl Embeddings {
         if self.norms.is_none() {
             return false;
         }
-        *self.unit_rows.get_or_init(|| match &self.storage {
+        *crate::storage::get_or_compute(&self.unit_rows, || match &self.storage {
             Storage::Array(a) => {
                 let d = a.cols();
                 let n = self.vocab.words_len().min(a.rows());

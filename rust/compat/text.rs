@@ -61,7 +61,12 @@ fn read_text_inner(path: &Path, header: Header, opts: &ReadOptions) -> Result<Em
     if first.starts_with(UTF8_BOM) {
         first.drain(..UTF8_BOM.len());
     }
-    if let Some(hint) = super::other_format(&first) {
+    if first.is_empty() && opts.limit != Some(0) {
+        // gensim refuses it too: a failed download or a truncated copy is no empty model
+        return Err(Error::invalid("text embeddings", "the file is empty"));
+    }
+    // another format's magic bytes, unless the line reads as text (a GloVe word may be "FiFu")
+    if let Some(hint) = super::other_format(&first).filter(|_| !reads_as_text_line(&first)) {
         return Err(Error::invalid("text embeddings", hint));
     }
     let parsed_header = parse_header(&first);
@@ -389,6 +394,15 @@ fn parse_line_with(
         Error::Invalid { message, .. } => err(message),
         e => e,
     })
+}
+
+/// Whether `line` is a header or `word v1 ... vd` with numbers for values.
+fn reads_as_text_line(line: &[u8]) -> bool {
+    if parse_header(line).is_some() {
+        return true;
+    }
+    let mut fields = strip_eol(line).split(|&b| is_sep(b)).filter(|f| !f.is_empty()).skip(1).peekable();
+    fields.peek().is_some() && fields.all(|v| fast_float2::parse::<f64, _>(v).is_ok())
 }
 
 /// Number of value fields in a line (`skip` leading fields not counted).

@@ -12,6 +12,22 @@ use pyo3::types::PyDict;
 
 use crate::quant::{quantize_with_stats, Progress, QuantizeParams};
 
+/// An int parameter of `quantize` that is no bool (`bits=True` meant 1 bit; a bool is an
+/// int to Python, never a count here). The argument's name comes with the error as a note.
+#[derive(Clone, Copy)]
+struct Count(i128);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Count {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        if obj.is_instance_of::<pyo3::types::PyBool>() {
+            return Err(pyo3::exceptions::PyTypeError::new_err(format!("expected an int, got the bool {}", obj.str()?)));
+        }
+        Ok(Count(obj.extract::<super::query::WideInt>()?.0))
+    }
+}
+
 fn non_negative(name: &str, v: i128) -> PyResult<usize> {
     if v < 0 {
         return Err(PyValueError::new_err(format!("{name}={v} must not be negative")));
@@ -63,24 +79,26 @@ impl PyEmbeddings {
     /// callable ``(done, total)`` called about every 0.1 s. Bad parameters raise ValueError.
     /// ``stats``: a dict to fill with ``train_seconds``, ``encode_seconds``, ``sample_rows``.
     /// The work runs in Rust with the GIL released; Ctrl-C cancels it.
-    #[pyo3(signature = (n_subquantizers=None, bits=8, opq=true, n_iterations=25, n_attempts=1,
-                        normalize=true, sample=None, seed=0, progress=None, stats=None),
+    #[pyo3(signature = (n_subquantizers=None, bits=Count(8), opq=true, n_iterations=Count(25), n_attempts=Count(1),
+                        normalize=true, sample=None, seed=Count(0), progress=None, stats=None),
                text_signature = "(self, /, n_subquantizers=None, bits=8, opq=True, n_iterations=25, n_attempts=1, normalize=True, sample=None, seed=0, progress=True, stats=None)")]
     #[allow(clippy::too_many_arguments)]
     fn quantize(
         &self,
         py: Python<'_>,
-        n_subquantizers: Option<i128>,
-        bits: i128,
+        n_subquantizers: Option<Count>,
+        bits: Count,
         opq: bool,
-        n_iterations: i128,
-        n_attempts: i128,
+        n_iterations: Count,
+        n_attempts: Count,
         normalize: bool,
-        sample: Option<i128>,
-        seed: i128,
+        sample: Option<Count>,
+        seed: Count,
         progress: Option<Bound<'_, PyAny>>,
         stats: Option<Bound<'_, PyDict>>,
     ) -> PyResult<PyEmbeddings> {
+        let (n_subquantizers, bits, n_iterations, n_attempts) = (n_subquantizers.map(|c| c.0), bits.0, n_iterations.0, n_attempts.0);
+        let (sample, seed) = (sample.map(|c| c.0), seed.0);
         let seed = u64::try_from(seed)
             .map_err(|_| PyValueError::new_err(format!("seed must be an integer from 0 to 2**64 - 1, got {seed}")))?;
         let params = QuantizeParams {

@@ -15,7 +15,7 @@ type BatchAnswers<'py> = (Bound<'py, PyArray2<i64>>, Bound<'py, PyArray2<f32>>);
 /// An int argument (`k`, `topn`, `restrict_vocab`) of any size: ints beyond 128 bits
 /// saturate (`2**200` asks for every word, as in gensim; no OverflowError).
 #[derive(Clone, Copy)]
-pub(crate) struct WideInt(i128);
+pub(crate) struct WideInt(pub(crate) i128);
 
 impl<'a, 'py> FromPyObject<'a, 'py> for WideInt {
     type Error = PyErr;

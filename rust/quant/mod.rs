@@ -188,8 +188,13 @@ pub fn quantize_matrix_with_stats(
     if x.len() != rows * dims {
         return Err(Error::argument("matrix size is not rows x dims"));
     }
-    if x.iter().any(|v| !v.is_finite()) {
-        return Err(Error::argument("the matrix contains NaN or infinite values"));
+    if let Some(at) = x.iter().position(|v| !v.is_finite()) {
+        return Err(Error::argument(format!(
+            "row {} of the matrix holds {} (at column {}): NaN and infinity cannot be quantized",
+            at / dims.max(1),
+            x[at],
+            at % dims.max(1)
+        )));
     }
     let norms = p.normalize.then(|| {
         x.par_chunks_mut(dims)
@@ -289,7 +294,18 @@ pub fn quantize_with_stats(emb: &Embeddings, p: &QuantizeParams, progress: &Prog
     let (rows, dims) = emb.storage.shape();
     check_params(p, rows, dims)?;
     let x = dense_rows(&emb.storage);
-    let (q, stats) = quantize_matrix_with_stats(x, rows, dims, p, progress)?;
+    let (q, stats) = quantize_matrix_with_stats(x, rows, dims, p, progress).map_err(|e| match e {
+        // a matrix holding NaN or infinity: its first such row named with its word
+        Error::Argument(m) => {
+            let bad = dense_rows(&emb.storage).iter().position(|v| !v.is_finite()).map(|at| at / dims.max(1));
+            Error::argument(match bad.map(|r| emb.vocab.word(r)) {
+                Some(Some(w)) => format!("{m} (the word {w:?})"),
+                Some(None) => format!("{m} (an n-gram row)"),
+                None => m,
+            })
+        }
+        e => e,
+    })?;
     let e = Embeddings::with_norms(emb.metadata.clone(), emb.vocab.clone(), Storage::Quantized(q), emb.norms.clone())?;
     Ok((e, stats))
 }

@@ -347,6 +347,20 @@ pub fn stream_fence() {
     };
 }
 
+/// `cell`'s value, computed by `f` outside the cell's lock when it is not there yet (two
+/// racing callers may both compute it; one value is kept). A parallel `f` must not run
+/// inside `OnceLock::get_or_init`: a rayon worker waiting in `f`'s join may pick up another
+/// caller's queued job that needs the same cell, which then waits, on that same thread,
+/// for the initialization it is part of (a deadlock seen in forked children, whose calls
+/// run on the pool's workers).
+pub(crate) fn get_or_compute<T>(cell: &std::sync::OnceLock<T>, f: impl FnOnce() -> T) -> &T {
+    if let Some(v) = cell.get() {
+        return v;
+    }
+    let v = f();
+    cell.get_or_init(|| v)
+}
+
 /// The cache level a prefetch fills: the level-1 cache (and those below it), or the level-2.
 #[derive(Clone, Copy)]
 enum Level {

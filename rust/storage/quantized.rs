@@ -189,7 +189,7 @@ impl QuantizedStorage {
     /// projection, or with an orthogonal one (OPQ's rotation), it is `sqrt(Σ ‖centroid‖²)`
     /// over the row's subquantizers; otherwise each row is rebuilt.
     pub fn code_norms(&self) -> &[f32] {
-        self.code_norms.get_or_init(|| {
+        super::get_or_compute::<Vec<f32>>(&self.code_norms, || {
             let (rows, dims, m, k) = (self.rows, self.dims, self.m, self.k);
             if rows == 0 || dims == 0 || m == 0 {
                 return vec![0f32; rows];

@@ -151,6 +151,25 @@ def test_text_empty_word_as_gensim_writes_it(tmp_path: Path) -> None:
     assert list(vf.load_text(p, normalize=False)) == ["b", "a"]
 
 
+def test_text_first_word_fifu_and_empty_files(tmp_path: Path) -> None:
+    """A GloVe file whose first word is "FiFu" was refused as a finalfusion file, even with
+    the format given; an empty file read as an empty model (gensim raises: a failed download
+    is no embedding). A real finalfusion file read as text still says what it is."""
+    p = tmp_path / "g.txt"
+    p.write_text("FiFu 0.5 1.5\nb 3 4\n")
+    e = vf.load_text(p, dims=False, normalize=False)
+    assert list(e) == ["FiFu", "b"]
+    np.testing.assert_array_equal(e.storage, [[0.5, 1.5], [3, 4]])
+    p.write_bytes(b"")
+    with pytest.raises(vf.FormatError, match="the file is empty"):
+        vf.load_text(p)
+    assert len(vf.load_text(p, limit=0)) == 0
+    ff = tmp_path / "x.fifu"
+    vf.Embeddings(["a", "b"], np.eye(2, dtype=np.float32)).write(ff)
+    with pytest.raises(vf.FormatError, match="this is a finalfusion file"):
+        vf.load_text(ff)
+
+
 def test_text_values_round_as_gensim_rounds_them(tmp_path: Path) -> None:
     """gensim parses a value as a Python float, then casts it to float32: two roundings. A
     decimal halfway between two float32 values (an f64 mean of two f32s, say) went the other

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -276,6 +277,33 @@ def test_quantize_huge_integer_parameters_are_value_errors_naming_them() -> None
                         ("n_iterations", 2**80), ("n_attempts", 2**64)):
         with pytest.raises(ValueError, match=name):
             emb.quantize(progress=False, **{name: value})
+
+
+def test_quantize_refuses_bools_for_its_counts() -> None:
+    """bits=True meant 1 bit, n_subquantizers=True one subquantizer: a bool is an int to
+    Python, never a count here (the error notes the argument)."""
+    emb = vf.Embeddings([f"w{i}" for i in range(300)], np.ones((300, 8), np.float32))
+    for name in ("bits", "n_subquantizers", "n_iterations", "n_attempts", "sample", "seed"):
+        with pytest.raises(TypeError, match="got the bool True") as e:
+            emb.quantize(progress=False, **{name: True})
+        assert f"'{name}'" in " ".join(getattr(e.value, "__notes__", [])), name
+
+
+def test_quantize_names_the_row_and_word_holding_nan(tmp_path: Path) -> None:
+    """A finalfusion file may hold NaN; quantizing it said only that the matrix holds NaN or
+    infinity somewhere."""
+    x = np.random.default_rng(1).standard_normal((300, 8)).astype(np.float32)
+    x[7] = [1, 2, 3, 4, 5, 6, 7, 8.5]
+    vf.Embeddings([f"w{i}" for i in range(300)], x).write(tmp_path / "n.fifu")
+    data = (tmp_path / "n.fifu").read_bytes()
+    row = x[7].tobytes()
+    assert data.count(row) == 1
+    bad = x[7].copy()
+    bad[3] = np.nan
+    (tmp_path / "n.fifu").write_bytes(data.replace(row, bad.tobytes()))
+    emb = vf.load(tmp_path / "n.fifu")
+    with pytest.raises(ValueError, match=r"row 7 of the matrix holds NaN \(at column 3\).*the word \"w7\""):
+        emb.quantize(n_subquantizers=2, bits=2, progress=False)
 
 
 def test_progress_bar_ends_its_line(capsys: pytest.CaptureFixture[str]) -> None:

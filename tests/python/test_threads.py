@@ -112,6 +112,43 @@ def test_parallel_calls_work_in_forked_children(threads: str | None) -> None:
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
+_FIRST_CALLS_IN_FORK_SCRIPT = r'''
+import os, sys, threading, numpy as np, vecfusion as vf
+p, q = sys.argv[1], sys.argv[2]
+n, d = 200_000, 32
+m = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
+nr = np.linalg.norm(m, axis=1); m /= nr[:, None]
+emb = vf.Embeddings([f"w{i}" for i in range(n)], m, norms=nr.astype(np.float32))
+emb.write(p)
+emb.quantize(n_subquantizers=8, bits=4, n_iterations=1, sample=4000, progress=False).write(q)
+if os.fork() == 0:  # a server's preloaded, forked, threaded worker
+    for attempt in range(6):
+        for path in (p, q):
+            e = vf.load(path)  # nothing decided yet: unit rows, quantized row lengths
+            ts = [threading.Thread(target=e.most_similar, args=("w1",), daemon=True) for _ in range(4)]
+            for t in ts: t.start()
+            for t in ts: t.join(30)
+            if any(t.is_alive() for t in ts):
+                print("hung", path, attempt, flush=True); os._exit(1)
+    os._exit(0)
+print(os.waitstatus_to_exitcode(os.wait()[1]))
+'''
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_first_concurrent_queries_in_a_forked_child(tmp_path: Path) -> None:
+    """The first most_similar of a file decides once whether its rows are unit vectors (and a
+    quantized file its rows' lengths), in parallel: inside the cell's lock a rayon worker that
+    waited on that pass could take another thread's query, which then waited on the same cell
+    on the same thread. In a forked child, whose calls run on the pool's workers, four
+    threads' first queries hung forever."""
+    out = subprocess.run(
+        [sys.executable, "-c", _FIRST_CALLS_IN_FORK_SCRIPT, str(tmp_path / "u.fifu"), str(tmp_path / "q.fifu")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "0", (out.stdout, out.stderr)
+
+
 _SIGINT_SCRIPT = r'''
 import os, signal, sys, threading, numpy as np, vecfusion as vf, pathlib
 rng = np.random.default_rng(0)
