@@ -85,7 +85,21 @@ impl PyVocab {
         let words = extract_word_buf(words)?;
         let strs = words.strs();
         let vocab = &self.inner.vocab;
-        let (rows, offsets, known) = crate::py::fork::detach(py, || indices_batch(vocab, &strs));
+        let (mut rows, mut offsets, mut known) = crate::py::fork::detach(py, || indices_batch(vocab, &strs));
+        if !words.invalid().is_empty() {
+            // words that are no valid text were taken as empty words: they have no rows
+            let mut bad = words.invalid().iter().peekable();
+            let (mut kept, mut at) = (Vec::with_capacity(rows.len()), vec![0i64]);
+            for (i, span) in offsets.windows(2).enumerate() {
+                if bad.next_if_eq(&&i).is_some() {
+                    known[i] = false;
+                } else {
+                    kept.extend_from_slice(&rows[span[0] as usize..span[1] as usize]);
+                }
+                at.push(kept.len() as i64);
+            }
+            (rows, offsets) = (kept, at);
+        }
         Ok((
             PyArray1::from_vec(py, rows),
             PyArray1::from_vec(py, offsets),

@@ -66,6 +66,7 @@ impl PyEmbeddings {
             )));
         }
         let words = extract_word_buf(words)?;
+        words.require_valid()?;
         let strs = words.strs();
         let matrix: PyArrayLike2<'_, f32, AllowTypeChange> = matrix.extract().map_err(|_| {
             let ndim = matrix.getattr("ndim").ok().and_then(|d| d.extract::<usize>().ok());

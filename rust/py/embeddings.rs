@@ -84,6 +84,9 @@ const LEN_HINT_CAP: usize = 1 << 16;
 pub(crate) struct WordBuf {
     bytes: Vec<u8>,
     ends: Vec<usize>,
+    /// Positions of the strs that are not valid Unicode text (a lone surrogate), in order:
+    /// held as empty words, which callers must treat as words without an embedding.
+    invalid: Vec<usize>,
 }
 
 impl WordBuf {
@@ -102,6 +105,33 @@ impl WordBuf {
             .collect()
     }
 
+    /// Positions of the words that are no valid text (see [`word_text`]).
+    pub(crate) fn invalid(&self) -> &[usize] {
+        &self.invalid
+    }
+
+    /// The words that are valid text, in order (for callers that skip the others).
+    pub(crate) fn valid_strs(&self) -> Vec<&str> {
+        let mut bad = self.invalid.iter().peekable();
+        self.strs()
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| bad.next_if_eq(&i).is_none())
+            .map(|(_, w)| w)
+            .collect()
+    }
+
+    /// An error naming the first word that is no valid text, if any (for callers that store
+    /// the words).
+    pub(crate) fn require_valid(&self) -> PyResult<()> {
+        match self.invalid.first() {
+            Some(i) => Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "word {i} is not valid Unicode text (it holds a lone surrogate)"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     fn push(&mut self, w: &Bound<'_, PyAny>) -> PyResult<()> {
         let s = w.cast::<PyString>().map_err(|_| {
             PyTypeError::new_err(format!(
@@ -109,7 +139,10 @@ impl WordBuf {
                 w.get_type().name().map(|n| n.to_string()).unwrap_or_default()
             ))
         })?;
-        self.bytes.extend_from_slice(s.to_str()?.as_bytes());
+        match word_text(s) {
+            Some(t) => self.bytes.extend_from_slice(t.as_bytes()),
+            None => self.invalid.push(self.ends.len()),
+        }
         self.ends.push(self.bytes.len());
         Ok(())
     }
@@ -120,7 +153,7 @@ pub(crate) fn extract_word_buf(words: &Bound<'_, PyAny>) -> PyResult<WordBuf> {
     if words.is_instance_of::<PyString>() {
         return Err(PyTypeError::new_err("expected an iterable of words, got a single str"));
     }
-    let mut buf = WordBuf { bytes: Vec::new(), ends: Vec::new() };
+    let mut buf = WordBuf { bytes: Vec::new(), ends: Vec::new(), invalid: Vec::new() };
     if let Ok(list) = words.cast::<PyList>() {
         // A list's str objects lie anywhere in memory: each one's header is prefetched a
         // few items ahead, so that their cache misses overlap (the loop runs with the GIL).
@@ -261,6 +294,11 @@ impl PyEmbeddings {
             let found_s = found_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
             let emb = &self.inner;
             crate::py::fork::detach(py, || emb.lookup_into_with(&strs, out_s, found_s, reused));
+            // words that are no valid text were looked up as empty words: no embedding
+            for &i in words.invalid() {
+                found_s[i] = false;
+                out_s[i * dims..(i + 1) * dims].fill(0.0);
+            }
         }
         Ok((out, found))
     }

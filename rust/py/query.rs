@@ -36,7 +36,9 @@ impl<'a, 'py> FromPyObject<'a, 'py> for WideInt {
 fn check_k(k: WideInt, name: &str) -> PyResult<usize> {
     let k = k.0;
     if k < 0 {
-        return Err(PyValueError::new_err(format!("{name} must be >= 0, got {k}")));
+        // (beyond 128 bits the number itself is not kept)
+        let got = if k == i128::MIN { "a negative int".to_string() } else { k.to_string() };
+        return Err(PyValueError::new_err(format!("{name} must be >= 0, got {got}")));
     }
     Ok(usize::try_from(k).unwrap_or(usize::MAX))
 }
@@ -211,7 +213,7 @@ impl PyEmbeddings {
         let emb = &self.inner;
         let mut skip_rows = Vec::new();
         if let Some(s) = skip.filter(|s| !s.is_none()) {
-            skip_rows.extend(extract_word_buf(s)?.strs().into_iter().filter_map(|w| emb.vocab.word_index(w)));
+            skip_rows.extend(extract_word_buf(s)?.valid_strs().into_iter().filter_map(|w| emb.vocab.word_index(w)));
         }
         let found = if let Ok(word) = query.cast::<PyString>() {
             let Some(word) = super::embeddings::word_text(word) else {
@@ -386,7 +388,7 @@ impl PyEmbeddings {
     /// to the mean of their unit embeddings. ValueError if no word has an embedding.
     fn doesnt_match(&self, py: Python<'_>, words: &Bound<'_, PyAny>) -> PyResult<String> {
         let words = extract_word_buf(words)?;
-        let strs = words.strs();
+        let strs = words.valid_strs();
         let emb = &self.inner;
         match crate::py::fork::detach(py, || emb.doesnt_match(&strs))? {
             Some(w) => Ok(w.to_string()),

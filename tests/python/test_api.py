@@ -453,6 +453,21 @@ def test_a_lone_surrogate_is_a_word_without_an_embedding() -> None:
     # a bucket vocabulary gives unknown words n-grams, but not this one
     sub = vf.Embeddings(["a", "b"], np.eye(10, 2, dtype=np.float32), vocab="bucket", buckets=3)
     assert sub.embedding(bad) is None and sub.embedding("xy") is not None
+    # batches: such a word is one without an embedding (even where the empty word has one)
+    with_empty = vf.Embeddings(["", "a", "b"], np.eye(3, dtype=np.float32))
+    for e in (emb, sub, with_empty):
+        vecs, found = e.lookup(["a", bad, "b"])
+        assert found.tolist() == [True, False, True] and not vecs[1].any()
+        np.testing.assert_array_equal(vecs[[0, 2]], e.lookup(["a", "b"])[0])
+        rows, offsets, known = e.vocab.indices_batch(["a", bad, "xy", bad])
+        want_rows, want_offsets, want_known = e.vocab.indices_batch(["a", "xy"])
+        assert known.tolist() == [True, False, want_known[1], False]
+        assert rows.tolist() == want_rows.tolist()
+        assert np.diff(offsets).tolist() == [1, 0, int(np.diff(want_offsets)[1]), 0]
+    assert with_empty.doesnt_match(["a", bad, "b", "c"]) in ("a", "b")
+    assert [w for w, _ in with_empty.similar("a", k=3, skip=[bad])] == ["", "b"]
+    with pytest.raises(ValueError, match="word 1 is not valid Unicode text"):
+        vf.Embeddings(["a", bad], np.eye(2, dtype=np.float32))
 
 
 def test_similarity_takes_row_numbers_and_counts_take_any_int() -> None:

@@ -636,6 +636,24 @@ def test_bag_equals_lookup_bit_for_bit_at_300_dims(scale: float) -> None:
     torch.testing.assert_close(bag.weight.grad[50:], w.grad[50:], rtol=1e-4, atol=1e-6 / scale)
 
 
+def test_bag_under_torch_func_and_with_array_token_lists() -> None:
+    """torch.func's grad runs the layer on tensors without storage (the exact-values step read
+    them through numpy and failed); token lists may be any sized iterable of str."""
+    from torch.func import functional_call, grad
+
+    emb = _bucket_embeddings(False)
+    bag = SubwordEmbeddingBag.from_embeddings(emb)
+    words = ["two", "unknownword", "xyz"]
+    w = bag.weight.detach().clone()
+    g = grad(lambda p: functional_call(bag, p, (words,)).pow(2).sum())({"weight": w})["weight"]
+    w.requires_grad_(True)
+    bag.weight.grad = None
+    bag(words).pow(2).sum().backward()
+    torch.testing.assert_close(g, bag.weight.grad)
+    out = bag([np.array(["one", "tübingen"]), ("zwei",)])
+    np.testing.assert_array_equal(out[0].detach().numpy(), emb.lookup(["one", "tübingen"])[0])
+
+
 def test_bag_golden_files(ff: Path) -> None:
     for name in ["ff_buckets.fifu", "similarity.fifu", "pq.fifu"]:
         emb = vf.load(ff / "python" / name)

@@ -575,9 +575,15 @@ class SubwordEmbeddingBag(nn.Module):
             # The values exactly as the Rust core (emb.lookup) gives them, the gradient of the
             # expression above: torch's norm adds the squares in another order (1-2 ulp off
             # for a third of the rows at 300 dims). `a + (b - a)` is `b` exactly here: the two
-            # agree to a few ulp, so that the difference is exact (Sterbenz).
-            exact = torch.from_numpy(_normalized_as_rust(summed.detach().numpy()))
-            normalized = normalized + (exact - normalized).detach()
+            # agree to a few ulp, so that the difference is exact (Sterbenz). Tensors without
+            # storage (torch.func's grad and vmap) keep torch's values.
+            try:
+                plain = summed.detach().numpy()
+            except (RuntimeError, TypeError):
+                plain = None
+            if plain is not None:
+                exact = torch.from_numpy(_normalized_as_rust(plain))
+                normalized = normalized + (exact - normalized).detach()
         return torch.where(known.unsqueeze(1), summed, normalized)
 
     def forward(self, words: Sequence[str] | Sequence[Sequence[str]]) -> Tensor:
@@ -589,9 +595,10 @@ class SubwordEmbeddingBag(nn.Module):
         if any(isinstance(t, str) for t in words):
             raise TypeError("expected a list of words or a list of token lists, not a mix of both")
         for t in words:
-            # a token list is a list or tuple of str (bytes would iterate as ints)
-            if not isinstance(t, (list, tuple)):
-                hint = " (decode bytes to str)" if isinstance(t, (bytes, bytearray)) else ""
+            # a token list is a sized iterable of str (bytes would iterate as ints)
+            bytes_like = isinstance(t, (bytes, bytearray))
+            if bytes_like or not (hasattr(t, "__len__") and hasattr(t, "__iter__")):
+                hint = " (decode bytes to str)" if bytes_like else ""
                 raise TypeError(f"expected words (str) or token lists, got {type(t).__name__}{hint}")
         lens = [len(t) for t in words]
         flat = [w for toks in words for w in toks]
