@@ -121,6 +121,23 @@ def test_cli_similar_unknown_word_message(files: dict[str, Path], capsys) -> Non
     assert "'nope' has no embedding" in err
 
 
+def test_cli_reads_latin1_and_lossy_input_in_every_command(tmp_path: Path, capsys) -> None:
+    """info, similar, analogy and quantize read what convert reads: --encoding and --lossy
+    (they had neither, and their errors suggested Python arguments)."""
+    lat = tmp_path / "lat.txt"
+    lat.write_bytes(b"3 2\ncaf\xe9 1 2\nb 3 4\nc 5 6\n")
+    assert cli(["similar", str(lat), "b", "-k", "1"]) == 1  # not UTF-8
+    capsys.readouterr()
+    assert cli(["similar", str(lat), "b", "-k", "1", "--encoding", "latin-1"]) == 0
+    assert capsys.readouterr().out.split("\t")[0] == "c"
+    assert cli(["analogy", str(lat), "b", "c", "café", "-k", "1", "--encoding", "latin-1"]) == 0
+    assert cli(["info", str(lat), "--lossy", "--json"]) == 0
+    assert '"words": 3' in capsys.readouterr().out
+    dst = tmp_path / "q.fifu"
+    assert cli(["quantize", str(lat), str(dst), "-m", "1", "-b", "1", "-q", "--encoding", "latin-1"]) == 0
+    assert "café" in vf.load(dst)
+
+
 def test_cli_quantize_word2vec_input(files: dict[str, Path], tmp_path: Path) -> None:
     dst = tmp_path / "q.fifu"
     assert cli(["quantize", str(files["word2vec"]), str(dst), "-m", "1", "-b", "2", "-q"]) == 0

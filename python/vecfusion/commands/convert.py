@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from ..convert import FORMATS
+from . import add_word_options
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -25,10 +26,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--to", dest="dst_format", metavar="FMT", help="output format")
     p.add_argument("--vocab", default="standard", help="finalfusion vocabulary layout (e.g. fst)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--lossy", action="store_true",
-                   help="replace invalid UTF-8 in words with U+FFFD instead of failing")
-    p.add_argument("--encoding", default="utf-8",
-                   help="words' encoding in word2vec/text/fastText input: utf-8 (default) or latin-1")
+    add_word_options(p)
     p.set_defaults(func=run)
     return p
 

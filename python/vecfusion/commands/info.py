@@ -7,6 +7,8 @@ import json
 import math
 from typing import Any
 
+from . import add_word_options
+
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -18,16 +20,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE")
     p.add_argument("--format", dest="fmt", metavar="FMT", help="file format (detected if omitted)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    add_word_options(p)
     p.set_defaults(func=run)
     return p
 
 
-def describe(path: str, fmt: str | None = None) -> dict[str, Any]:
+def describe(path: str, fmt: str | None = None, *, lossy: bool = False, encoding: str = "utf-8") -> dict[str, Any]:
     """The facts ``info`` prints, as a dict."""
     from ..convert import _norm_format, detect_format, load_any
 
     f = _norm_format(fmt) if fmt else detect_format(path)
-    emb = load_any(path, f, normalize=False, mmap=True)
+    emb = load_any(path, f, normalize=False, mmap=True, lossy=lossy, encoding=encoding)
     vocab = emb.vocab
     return {
         "file": str(path),
@@ -59,7 +62,7 @@ def _strict_json(v: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    d = describe(args.file, args.fmt)
+    d = describe(args.file, args.fmt, lossy=args.lossy, encoding=args.encoding)
     if args.json:
         print(json.dumps(_strict_json(d), ensure_ascii=False, indent=1, default=str, allow_nan=False))
         return 0

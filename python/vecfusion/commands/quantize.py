@@ -7,6 +7,8 @@ import os
 import sys
 import time
 
+from . import add_word_options
+
 
 def add_parser(subparsers) -> None:
     """Register the ``quantize`` subcommand."""
@@ -50,6 +52,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    add_word_options(p)
     p.set_defaults(func=run)
 
 
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             f"{suffix} form); name it .fifu to keep `vecfusion convert` from misreading it",
             file=sys.stderr,
         )
-    emb = load_any(args.src, args.fmt, mmap=True)
+    emb = load_any(args.src, args.fmt, mmap=True, lossy=args.lossy, encoding=args.encoding)
     start = time.perf_counter()
     q = emb.quantize(
         n_subquantizers=args.subquantizers,

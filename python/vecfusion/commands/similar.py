@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import add_word_options
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -23,13 +25,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="memory-map the matrix of a finalfusion file (other formats are always read)",
     )
     p.add_argument("--format", dest="fmt", metavar="FMT", help="file format (detected if omitted)")
+    add_word_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..convert import load_any
 
-    emb = load_any(args.file, args.fmt, mmap=args.mmap)
+    emb = load_any(args.file, args.fmt, mmap=args.mmap, lossy=args.lossy, encoding=args.encoding)
     try:
         found = emb.similar(args.word, k=args.k)
     except KeyError:
