@@ -92,7 +92,7 @@ impl Embeddings {
             }
         }
         if let Some(m) = &metadata {
-            m.parse::<toml::Table>().map_err(|e| Error::Toml(e.to_string()))?;
+            m.parse::<toml::Table>().map_err(|e| Error::toml(&e))?;
         }
         Ok(Embeddings {
             metadata,

@@ -60,7 +60,7 @@ pub enum Error {
         source: std::str::Utf8Error,
     },
 
-    /// The metadata chunk is not valid TOML.
+    /// The metadata chunk is not valid TOML (see [`Error::toml`]).
     #[error("invalid metadata TOML: {0}")]
     Toml(String),
 
@@ -112,6 +112,16 @@ impl Error {
     /// A bad argument.
     pub fn argument(message: impl Into<String>) -> Self {
         Error::Argument(message.into())
+    }
+
+    /// [`Error::Toml`] from the parser's error, on one line: where and what, without the
+    /// source excerpt the parser draws under it (an error message is one line).
+    pub fn toml(e: &toml::de::Error) -> Error {
+        let text = e.to_string();
+        // the excerpt's lines: "|", "1 | key = value", "|   ^^^"
+        let excerpt = |l: &str| l.starts_with('|') || l.split_once(" |").is_some_and(|(n, _)| n.chars().all(|c| c.is_ascii_digit()));
+        let parts: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !excerpt(l)).collect();
+        Error::Toml(parts.join(": "))
     }
 
     /// True if this error describes a malformed file (as opposed to I/O or arguments).

@@ -8,7 +8,7 @@ use crate::error::Error;
 
 /// Parse TOML text into a Python dict.
 pub fn toml_to_py<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyAny>> {
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| PyErr::from(Error::Toml(e.to_string())))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| PyErr::from(Error::toml(&e)))?;
     value_to_py(py, &toml::Value::Table(table))
 }
 

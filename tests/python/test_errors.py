@@ -317,3 +317,17 @@ def test_metadata_that_contains_itself_or_nests_too_deeply_is_a_value_error() ->
     for _ in range(40):
         fine = {"k": fine}
     assert vf.Embeddings(words, mat, metadata=fine).metadata == fine
+
+
+def test_invalid_metadata_toml_is_a_one_line_error(tmp_path: Path) -> None:
+    """The TOML parser's error drew an excerpt of the source over several lines under the
+    message (the CLI printed it as is); it is one line: where, and what."""
+    p = tmp_path / "m.fifu"
+    vf.Embeddings(["a", "b"], np.eye(2, dtype=np.float32), metadata={"changed": True}).write(p)
+    data = p.read_bytes()
+    assert data.count(b"changed = true") == 1
+    p.write_bytes(data.replace(b"changed = true", b"changed = tru!"))
+    with pytest.raises(vf.FormatError) as e:
+        vf.load(p)
+    msg = str(e.value)
+    assert "\n" not in msg and "line 1, column 11" in msg and "invalid boolean" in msg, msg
