@@ -57,8 +57,9 @@ def _norm_format(fmt: str) -> str:
 def detect_format(path: str | os.PathLike[str]) -> str:
     """The format of an existing file: from its magic bytes (finalfusion, fastText),
     else from its extension or, failing that, its first bytes (text or word2vec)."""
+    # (the path as given: Path("") is ".", a directory, where "" names no file)
     p = Path(path)
-    mode = os.stat(p).st_mode  # FileNotFoundError for a missing file
+    mode = os.stat(os.fspath(path)).st_mode  # FileNotFoundError for a missing file, or ""
     if stat.S_ISDIR(mode):
         raise IsADirectoryError(errno.EISDIR, "is a directory", str(p))
     if not stat.S_ISREG(mode):
@@ -207,7 +208,7 @@ def convert(
     ISO-8859-1 instead (every byte a character, so distinct words stay distinct).
     """
     src_p, dst_p = Path(src), Path(dst)
-    sf = _norm_format(src_format) if src_format else detect_format(src_p)
+    sf = _norm_format(src_format) if src_format else detect_format(src)
     df = _norm_format(dst_format) if dst_format else _dst_format(dst_p, sf)
     if vocab not in ("standard", "fst"):
         raise ValueError(f"vocab must be 'standard' or 'fst', not {vocab!r}")
@@ -221,9 +222,10 @@ def convert(
                    bar_format="{desc}: {n_fmt}/{total_fmt} steps [{elapsed}]")
     try:
         with _step(bar, f"reading {src_p.name} ({sf})"):
-            emb = load_any(src_p, sf, normalize=(df == "finalfusion"), lossy=lossy, encoding=encoding)
+            emb = load_any(src, sf, normalize=(df == "finalfusion"), lossy=lossy, encoding=encoding)
         with _step(bar, f"writing {dst_p.name} ({df})"):
-            write_any(emb, dst_p, df, vocab)
+            # the path as given: "out.fifu/" names a directory (Path drops the slash)
+            write_any(emb, dst, df, vocab)
     finally:
         if bar is not None:
             bar.close()

@@ -401,3 +401,17 @@ def test_norms_over_rows_that_are_not_unit_vectors() -> None:
     unit = raw / np.linalg.norm(raw, axis=1, keepdims=True)
     fast = vf.Embeddings(words, unit, norms=np.linalg.norm(raw, axis=1))
     assert [w for w, _ in fast.most_similar("w001", topn=5)] == [w for w, _ in plain.most_similar("w001", topn=5)]
+
+
+def test_cli_paths_as_given(tmp_path: Path, capsys) -> None:
+    """convert wrote "new.fifu/" as a regular file named new.fifu (Path drops the slash),
+    and an empty path was '.', "a directory"."""
+    src = tmp_path / "s.txt"
+    src.write_text("2 2\na 1 2\nb 3 4\n")
+    assert cli(["convert", str(src), str(tmp_path / "new.fifu") + "/"]) == 1
+    assert not (tmp_path / "new.fifu").exists()
+    assert "Not a directory" in capsys.readouterr().err
+    for argv in (["info", ""], ["convert", "", str(tmp_path / "x.fifu")], ["similar", "", "a"]):
+        assert cli(argv) == 1
+        err = capsys.readouterr().err
+        assert "No such file" in err and "directory: '.'" not in err, err
