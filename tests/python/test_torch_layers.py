@@ -337,14 +337,14 @@ def test_opcheck() -> None:
 
 
 def test_backward_ops_refuse_indices_out_of_range() -> None:
-    """The backward ops called directly with an index beyond the table: an IndexError (a
-    segfault with scale_grad_by_freq, whose per-row counts were indexed by it; without it
-    the dense gradient silently dropped the row)."""
+    """The backward ops called directly with an index beyond the table: an IndexError where
+    scale_grad_by_freq counted the rows by it (a segfault) and from the sparse gradient (which
+    returned it). (The layers check indices in the forward.)"""
     g = torch.ones(2, 3)
     for bad in (torch.tensor([1, 10**12]), torch.tensor([1, 5]), torch.tensor([-1, 2]), torch.tensor([1, 5], dtype=torch.int32)):
+        with pytest.raises(IndexError, match="out of range"):
+            ops.embedding_dense_backward(g, bad, 5, -1, True)
         for scale in (False, True):
-            with pytest.raises(IndexError, match="out of range"):
-                ops.embedding_dense_backward(g, bad, 5, -1, scale)
             with pytest.raises(IndexError, match="out of range"):
                 ops.embedding_sparse_backward(g, bad, 5, -1, scale)
     # in range: nn.Embedding's gradient
