@@ -98,12 +98,9 @@ fn read_text_inner(path: &Path, header: Header, opts: &ReadOptions) -> Result<Em
     } else if !first.is_empty() && limit > 0 {
         // the first line is a data line: it fixes the dimensions
         let line = strip_eol(&first);
-        // the empty word's line as gensim writes it (" 1.0 2.0": every field a number after one
-        // space) has all its fields for values; otherwise leading blanks are skipped
-        let empty_word = line.first() == Some(&b' ')
-            && line.get(1).is_some_and(|&b| !is_sep(b))
-            && line.split(|&b| is_sep(b)).filter(|f| !f.is_empty()).all(|v| fast_float2::parse::<f64, _>(v).is_ok());
-        let d = count_values(line, usize::from(!empty_word))?;
+        // (leading blanks are skipped here: " 1 0.1 0.2" is the word "1", as a headerless
+        // file's first line cannot tell the empty word's line from an indented one)
+        let d = count_values(line, 1)?;
         if d == 0 {
             return Err(line_err(1, "no values after the word"));
         }

@@ -24,7 +24,14 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Count {
         if obj.is_instance_of::<pyo3::types::PyBool>() {
             return Err(pyo3::exceptions::PyTypeError::new_err(format!("expected an int, got the bool {}", obj.str()?)));
         }
-        Ok(Count(obj.extract::<super::query::WideInt>()?.0))
+        match obj.extract::<i128>() {
+            Ok(v) => Ok(Count(v)),
+            // every count here has a small bound: a number beyond 128 bits is out of range
+            Err(e) if e.is_instance_of::<pyo3::exceptions::PyOverflowError>(obj.py()) => {
+                Err(PyValueError::new_err(format!("{} is out of range", obj.str()?)))
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

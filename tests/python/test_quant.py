@@ -279,6 +279,13 @@ def test_quantize_huge_integer_parameters_are_value_errors_naming_them() -> None
             emb.quantize(progress=False, **{name: value})
 
 
+def test_quantize_counts_beyond_128_bits_are_named_as_given() -> None:
+    emb = vf.Embeddings([f"w{i}" for i in range(300)], np.ones((300, 8), np.float32))
+    for name in ("seed", "n_iterations", "bits"):
+        with pytest.raises(ValueError, match=f"^{2**200} is out of range"):
+            emb.quantize(progress=False, **{name: 2**200})
+
+
 def test_quantize_refuses_bools_for_its_counts() -> None:
     """bits=True meant 1 bit, n_subquantizers=True one subquantizer: a bool is an int to
     Python, never a count here (the error notes the argument)."""
