@@ -55,9 +55,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     except (VecfusionError, OSError, KeyError, ValueError, OverflowError, MemoryError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+        # the readers' hints name Python arguments: say them as this command's options
+        for py_arg, option in _OPTION_NAMES:
+            msg = msg.replace(py_arg, option)
         print(f"vecfusion {args.command}: error: {msg}", file=sys.stderr)
         return 1
+
+
+_OPTION_NAMES = (("encoding='latin-1'", "--encoding latin-1"), ("lossy=True", "--lossy"))
 
 
 if __name__ == "__main__":
