@@ -530,12 +530,16 @@ class EmbeddingReader:
         out_dtype = self._disk_dtype if dtype is None else np.dtype(dtype)
         if out_dtype not in _DTYPE_CODES:
             raise ValueError(f"dtype must be float16, float32, float64 or None, got {out_dtype}")
-        if max_piece_size is not None and (not isinstance(max_piece_size, (int, np.integer)) or max_piece_size <= 0):
+        if max_piece_size is not None and (
+            isinstance(max_piece_size, bool) or not isinstance(max_piece_size, (int, np.integer)) or max_piece_size <= 0
+        ):
             raise ValueError(f"max_piece_size must be a positive number of embeddings, got {max_piece_size!r}")
         if max_piece_size is not None:
             # (no piece holds more than the whole collection: bounds the byte sizes computed from it)
             max_piece_size = min(int(max_piece_size), max(1, self.count))
-        if parallel_pieces is not None and (not isinstance(parallel_pieces, (int, np.integer)) or parallel_pieces <= 0):
+        if parallel_pieces is not None and (
+            isinstance(parallel_pieces, bool) or not isinstance(parallel_pieces, (int, np.integer)) or parallel_pieces <= 0
+        ):
             raise ValueError(f"parallel_pieces must be a positive integer, got {parallel_pieces!r}")
         if isinstance(max_ram_usage_in_bytes, bool) or not isinstance(
             max_ram_usage_in_bytes, (int, float, np.integer, np.floating)

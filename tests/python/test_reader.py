@@ -760,6 +760,16 @@ def test_a_huge_max_piece_size_is_bounded(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.concatenate([e for e, _ in got]), np.arange(4 * 512).reshape(4, 512))
 
 
+def test_bools_are_no_piece_counts(tmp_path: Path) -> None:
+    """parallel_pieces=True read with one thread and max_piece_size=True meant pieces of one
+    embedding; batch_size, start and end already refused bools."""
+    np.save(tmp_path / "0.npy", np.ones((4, 8), np.float32))
+    r = vf.EmbeddingReader(str(tmp_path))
+    for kw in ({"parallel_pieces": True}, {"max_piece_size": True}, {"parallel_pieces": False}):
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            list(r(batch_size=2, show_progress=False, **kw))
+
+
 def test_float64_to_float16_rounds_as_numpy(tmp_path: Path) -> None:
     """One rounding (to nearest, ties to even), not two through float32: values just off the
     midpoint of two float16 neighbours, where f64 -> f32 lands on the tie."""
