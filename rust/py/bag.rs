@@ -1,6 +1,6 @@
 //! Batch row indices for bag-of-subwords layers (`Vocab.indices_batch`).
 
-use numpy::PyArray1;
+use numpy::{PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use rayon::prelude::*;
 
@@ -106,4 +106,26 @@ impl PyVocab {
             PyArray1::from_vec(py, known),
         ))
     }
+}
+
+/// Normalize each row of `sums` (a C-contiguous float32 (n, dims) array) in place as the core
+/// normalizes an unknown word's n-gram sum (`l2_normalize`: the squares added in order in
+/// float32, a float64 fallback when that sum overflows or underflows; zero rows stay zero),
+/// so that `SubwordEmbeddingBag` gives `lookup`'s values bit for bit. In parallel, without
+/// the GIL.
+#[pyfunction]
+pub fn _normalize_rows_as_lookup(py: Python<'_>, sums: &Bound<'_, PyArray2<f32>>) -> PyResult<()> {
+    let dims = sums.shape()[1];
+    let mut rw = sums.try_readwrite()?;
+    let data = rw
+        .as_slice_mut()
+        .map_err(|_| pyo3::exceptions::PyValueError::new_err("sums must be a C-contiguous array"))?;
+    if dims > 0 {
+        crate::py::fork::detach(py, || {
+            data.par_chunks_mut(dims).with_min_len(256).for_each(|row| {
+                crate::embeddings::l2_normalize(row);
+            })
+        });
+    }
+    Ok(())
 }

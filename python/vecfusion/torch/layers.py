@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .._native import _normalize_rows_as_lookup
 from ._ops import ops
 
 
@@ -500,27 +501,6 @@ class FastMultiEmbedding(nn.Module):
         return s
 
 
-def _normalized_as_rust(s: np.ndarray) -> np.ndarray:
-    """Each float32 row of ``s`` L2-normalized as the Rust core normalizes an unknown word's
-    n-gram sum (``l2_normalize`` in rust/embeddings.rs), bit for bit: the squares added in
-    order in float32 (``np.cumsum`` accumulates in order, in the array's type), then a float32
-    division; rows whose sum of squares overflows or underflows in float64, and rounded
-    once to float32; zero rows (and rows with NaN or infinity) as they are."""
-    out = s.copy()
-    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-        sq = np.cumsum(s * s, axis=1, dtype=np.float32)[:, -1]
-    ok = np.isfinite(sq) & (sq >= np.finfo(np.float32).tiny)
-    out[ok] = s[ok] / np.sqrt(sq[ok])[:, None]
-    wide = ~ok & np.any(s != 0, axis=1)
-    if wide.any():
-        w64 = s[wide].astype(np.float64)
-        n64 = np.sqrt(np.cumsum(w64 * w64, axis=1)[:, -1])
-        good = np.isfinite(n64) & (n64 > 0)
-        rows = np.flatnonzero(wide)[good]
-        out[rows] = (w64[good] / n64[good][:, None]).astype(np.float32)
-    return out
-
-
 class SubwordEmbeddingBag(nn.Module):
     """Embeddings of words from a finalfusion vocabulary, trainable end to end.
 
@@ -582,7 +562,9 @@ class SubwordEmbeddingBag(nn.Module):
             except (RuntimeError, TypeError):
                 plain = None
             if plain is not None:
-                exact = torch.from_numpy(_normalized_as_rust(plain))
+                exact = plain.copy()
+                _normalize_rows_as_lookup(exact)  # the Rust core's own normalization
+                exact = torch.from_numpy(exact)
                 normalized = normalized + (exact - normalized).detach()
         return torch.where(known.unsqueeze(1), summed, normalized)
 
