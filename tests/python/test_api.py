@@ -215,6 +215,26 @@ def test_quantized(ff: Path, mmap: bool) -> None:
     np.testing.assert_allclose(rec, manual, rtol=1e-5, atol=1e-6)
     with pytest.raises(IndexError):
         q.reconstruct(41)
+    # numpy's indexing rules: arrays of any integer type, boolean masks, no bool as a row
+    np.testing.assert_array_equal(q.reconstruct(np.array([40, 0], np.uint8)), rec[[40, 0]])
+    np.testing.assert_array_equal(q.reconstruct(np.array([-41, 2], np.int16)), rec[[0, 2]])
+    np.testing.assert_array_equal(q.reconstruct(np.int64(-2)), rec[39])
+    mask = np.zeros(41, bool)
+    mask[[1, 7, 40]] = True
+    np.testing.assert_array_equal(q.reconstruct(mask), rec[mask])
+    np.testing.assert_array_equal(q.reconstruct(mask.tolist()), rec[mask])
+    assert q.reconstruct(np.zeros(0, np.int64)).shape == (0, 100)
+    with pytest.raises(IndexError, match="boolean mask of 2 bools"):
+        q.reconstruct([True, False])
+    for bad in (True, np.True_, [1, True], np.zeros((2, 2), np.int64), [1.0], "ab"):
+        with pytest.raises(TypeError):
+            q.reconstruct(bad)
+    with pytest.raises(IndexError, match="beyond 128 bits"):
+        q.reconstruct(2**200)
+    with pytest.raises(IndexError, match="row -42 out of range"):
+        q.reconstruct([0, -42])
+    with pytest.raises(IndexError, match=f"row {2**64 - 1} out of range"):
+        q.reconstruct(np.array([2**64 - 1], np.uint64))
 
 
 def test_rust_quantized_matches_similarity(ff: Path) -> None:
