@@ -57,13 +57,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (VecfusionError, OSError, KeyError, ValueError, OverflowError, MemoryError) as e:
         msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
         # the readers' hints name Python arguments: say them as this command's options
-        for py_arg, option in _OPTION_NAMES:
-            msg = msg.replace(py_arg, option)
+        msg = _as_options(msg, "--from" if args.command == "convert" else "--format")
         print(f"vecfusion {args.command}: error: {msg}", file=sys.stderr)
         return 1
 
 
 _OPTION_NAMES = (("encoding='latin-1'", "--encoding latin-1"), ("lossy=True", "--lossy"))
+_LOADER_FORMATS = {"load": "finalfusion", "load_word2vec": "word2vec", "load_text": "text", "load_fasttext": "fasttext"}
+
+
+def _as_options(msg: str, format_option: str) -> str:
+    """The readers' hints name Python calls and arguments; say them as this command's options."""
+    import re
+
+    for py_arg, option in _OPTION_NAMES:
+        msg = msg.replace(py_arg, option)
+    msg = msg.replace(
+        "word2vec, text/GloVe and fastText files open with vf.load_word2vec, vf.load_text and "
+        "vf.load_fasttext, or convert them with vf.convert",
+        f"for word2vec, text/GloVe and fastText files give {format_option} word2vec, text or fasttext",
+    )
+    msg = re.sub(r"\(limit=(\d+) reads only the announced words\)", r"(the Python reader's limit=\1 reads only the announced words)", msg)
+    return re.sub(
+        r"read it with vf\.(load(?:_word2vec|_text|_fasttext)?)\b",
+        lambda m: f"give {format_option} {_LOADER_FORMATS[m.group(1)]}",
+        msg,
+    )
 
 
 if __name__ == "__main__":

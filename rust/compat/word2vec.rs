@@ -209,6 +209,18 @@ fn read_word2vec_inner(path: &Path, opts: &ReadOptions) -> Result<Embeddings> {
             if !r.fill(row_bytes).map_err(io)? {
                 return Err(ends_early(record, "vector"));
             }
+            if i == 0 && looks_like_text_numbers(&r.buf[r.pos..r.pos + row_bytes]) {
+                // gensim reads such a file and returns floats made of the digits' bytes
+                // (values like 1e-19): a text file, not a silently wrong matrix
+                return Err(Error::invalid(
+                    "word2vec file",
+                    format!(
+                        "record 1's vector is text ({:?}), not {dims} binary float32 values ({})",
+                        String::from_utf8_lossy(&r.buf[r.pos..r.pos + row_bytes]),
+                        path.display()
+                    ),
+                ));
+            }
             if dims > 0 {
                 if k * dims == part.len() {
                     part = rx
@@ -277,6 +289,15 @@ fn read_word2vec_inner(path: &Path, opts: &ReadOptions) -> Result<Embeddings> {
 /// Rows of the matrix handed over at a time by the thread that faults them in.
 const PART_ROWS: usize = 256;
 
+
+/// Are these bytes of a binary vector all characters of written numbers (digits, sign,
+/// point, exponent, blanks)? float32 values made of such bytes are all about 1e-19 or
+/// 1e-33 or smaller: no real embedding is, a text file read as binary always is.
+fn looks_like_text_numbers(bytes: &[u8]) -> bool {
+    bytes.len() >= 4
+        && bytes.iter().any(u8::is_ascii_digit)
+        && bytes.iter().all(|&b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E' | b' ' | b'\t' | b'\n' | b'\r'))
+}
 
 fn parse_header(line: &[u8]) -> Result<(usize, usize)> {
     let bad = || {

@@ -139,6 +139,24 @@ def test_cli_reads_latin1_and_lossy_input_in_every_command(tmp_path: Path, capsy
     assert "café" in vf.load(dst)
 
 
+def test_cli_wrong_format_hint_names_the_option(files: dict[str, Path], capsys) -> None:
+    """A file given with the wrong format: the hint names --format (--from for convert) and
+    the right format, not the Python loader."""
+    cases = [
+        (["info", "--format", "text", str(files["word2vec"])], "give --format word2vec"),
+        (["info", "--format", "word2vec", str(files["text"])], "give --format text"),
+        (["info", "--format", "fasttext", str(files["finalfusion"])], "give --format finalfusion"),
+        (["similar", "--format", "finalfusion", str(files["word2vec"]), "the"],
+         "give --format word2vec, text or fasttext"),
+        (["convert", "--from", "fasttext", str(files["word2vec"]), str(files["word2vec"]) + ".fifu"],
+         "give --from word2vec"),
+    ]
+    for argv, hint in cases:
+        assert cli(argv) == 1
+        err = capsys.readouterr().err
+        assert hint in err and "vf." not in err, err
+
+
 def test_cli_quantize_word2vec_input(files: dict[str, Path], tmp_path: Path) -> None:
     dst = tmp_path / "q.fifu"
     assert cli(["quantize", str(files["word2vec"]), str(dst), "-m", "1", "-b", "2", "-q"]) == 0

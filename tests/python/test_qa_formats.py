@@ -297,10 +297,17 @@ def test_compressed_inputs_are_refused_clearly(tmp_path: Path, kind: str) -> Non
     assert not (tmp_path / "out.fifu").exists()
 
 
-def test_wrong_loader_for_text_or_binary_says_which_to_use() -> None:
+def test_wrong_loader_for_text_or_binary_says_which_to_use(tmp_path: Path) -> None:
     # a word2vec text file read as binary: the error says to use load_text
     with pytest.raises(vf.FormatError, match=r"looks like text embeddings.*vf\.load_text"):
         vf.load_word2vec(FIX / "w.txt")
+    # a text file whose numbers happen to fill whole binary records (gensim returns
+    # floats of about 1e-19 made of the digits' bytes): refused, not a silent wrong matrix
+    t = tmp_path / "fits.txt"
+    t.write_text("2 3\nthe 1.0 2.0 3.0\nof -1.5 0.0 2.25\n")
+    with pytest.raises(vf.FormatError, match=r"record 1's vector is text.*looks like text embeddings.*vf\.load_text"):
+        vf.load_word2vec(t)
+    np.testing.assert_array_equal(vf.load_text(t, normalize=False).storage, [[1, 2, 3], [-1.5, 0, 2.25]])
     # a word2vec binary file read as text: the error says to use load_word2vec
     for dims in (None, True):
         with pytest.raises(vf.FormatError, match=r"line 2:.*looks like word2vec binary.*vf\.load_word2vec"):
