@@ -26,12 +26,21 @@ pub struct Embeddings {
     unit_rows: std::sync::OnceLock<bool>,
 }
 
-/// Whether `row` is a unit vector (within 1e-4) or all zeros, as finalfusion stores rows
-/// with a norms chunk (a zero row keeps its norm 0). NaN or infinity makes it neither.
+/// Whether `row` is a unit vector or all zeros, as finalfusion stores rows with a norms
+/// chunk (a zero row keeps its norm 0). NaN or infinity makes it neither.
+///
+/// "Unit" is within [`UNIT_TOLERANCE`]: rows normalized in float32 are within about 1e-7
+/// (1e-6 with a naive float32 sum over 1024 dims). Rows taken as unit are searched by plain
+/// dot products, so a row that is off by `t` gets a score off by `t` relative: looser than
+/// rounding, that would reorder gensim's answers (a row of length 1.00009 outranked a
+/// unit row of a cosine 5e-5 higher). Rows further off are searched with their own lengths.
 pub fn is_unit_or_zero(row: &[f32]) -> bool {
     let len = row.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
-    len == 0.0 || (len - 1.0).abs() <= 1e-4
+    len == 0.0 || (len - 1.0).abs() <= UNIT_TOLERANCE
 }
+
+/// How far from 1 the length of a row taken as a unit vector may be (see [`is_unit_or_zero`]).
+pub const UNIT_TOLERANCE: f64 = 2e-6;
 
 /// How to open a file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
