@@ -75,7 +75,8 @@ _REMOTE_PIECE = 50 * 10**6
 
 def natural_sort_key(name: str) -> list[Any]:
     """Sort key ordering digit runs by value: ``"2.npy" < "10.npy"``."""
-    return [(0, int(t), t) if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t]
+    # (isdecimal: `\d` matches decimal digits only; "²" is a digit to isdigit, not to int)
+    return [(0, int(t), t) if t.isdecimal() else (1, 0, t) for t in re.split(r"(\d+)", name) if t]
 
 
 class _Npy(NamedTuple):
@@ -95,14 +96,24 @@ class _Parquet(NamedTuple):
     row_groups: tuple[int, ...]  # rows per row group
 
 
+def _local(path: str) -> str:
+    """A local path as the reader keeps it: ``~`` expanded and made absolute (as fsspec's
+    local filesystem and embedding-reader do), so that a later ``chdir``, or a worker
+    process started elsewhere with a pickled reader, reads the same files."""
+    return os.path.abspath(os.path.expanduser(path))
+
+
 def _split_url(folder: Any) -> tuple[Any, str]:
     """(fsspec filesystem or None for local, path)."""
     if isinstance(folder, os.PathLike):
-        return None, os.fspath(folder)
+        folder = os.fspath(folder)
+        if not isinstance(folder, str):
+            raise TypeError("expected a str path, got a bytes path")
+        return None, _local(folder)
     if not isinstance(folder, str):
         raise TypeError(f"expected a path, an fsspec URL or a list of them, got {type(folder).__name__}")
     if "://" not in folder or folder.startswith("file://"):
-        return None, folder[len("file://") :] if folder.startswith("file://") else folder
+        return None, _local(folder[len("file://") :] if folder.startswith("file://") else folder)
     import fsspec.core
 
     fs, path = fsspec.core.url_to_fs(folder)
@@ -156,7 +167,7 @@ def _collect(folders: list[Any], suffix: str, what: str) -> tuple[list[Any], lis
     # embedding-reader's order (its `get_file_list`): the paths of all folders together,
     # sorted as plain strings (local paths made absolute), so that the global row numbers
     # ("i") of the two readers agree.
-    files.sort(key=lambda f: os.path.abspath(f[1]) if fss[f[0]] is None else f[1])
+    files.sort(key=lambda f: f[1])
     if not files:
         raise ValueError(f"no {suffix} files found in {what} {folders if len(folders) > 1 else folders[0]!r}")
     return fss, files

@@ -105,6 +105,29 @@ def test_natural_sort_key() -> None:
     assert sorted(names, key=natural_sort_key) == [
         "a.npy", "b1.npy", "b2.npy", "b2x.npy", "b9_20.npy", "b9_100.npy", "b10.npy", "c.npy"
     ]
+    # characters that are digits to str.isdigit but no decimal digits ("²") are text;
+    # other scripts' decimal digits are numbers
+    assert sorted(["a1²", "a1", "a٣", "a2"], key=natural_sort_key) == ["a1", "a1²", "a2", "a٣"]
+
+
+def test_relative_and_home_paths_are_kept_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative folder is read from where it was when the reader was made, also after a
+    chdir and in a worker started elsewhere (it was kept relative: a sibling folder's
+    files of the same name were read, silently); ``~`` is the home folder (fsspec and
+    embedding-reader expand it)."""
+    for name, value in (("one", 1.0), ("two", 2.0)):
+        (tmp_path / name / "emb").mkdir(parents=True)
+        np.save(tmp_path / name / "emb" / "0.npy", np.full((3, 2), value, np.float32))
+    monkeypatch.chdir(tmp_path / "one")
+    r = vf.EmbeddingReader("emb")
+    clone = pickle.dumps(r)
+    monkeypatch.chdir(tmp_path / "two")
+    for reader in (r, pickle.loads(clone)):
+        (emb, _), = list(reader(batch_size=10))
+        np.testing.assert_array_equal(emb, np.ones((3, 2), np.float32))
+    monkeypatch.setenv("HOME", str(tmp_path / "one"))
+    (emb, _), = list(vf.EmbeddingReader("~/emb")(batch_size=10))
+    np.testing.assert_array_equal(emb, np.ones((3, 2), np.float32))
 
 
 def test_attributes(collections: dict[str, Path]) -> None:
