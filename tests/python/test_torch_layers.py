@@ -281,6 +281,12 @@ def test_padding_idx_set_after_construction() -> None:
         fast.padding_idx = bad
         with pytest.raises(AssertionError, match="Padding_idx must be within num_embeddings"):
             fast(x)
+    # checked before max_norm's renorm, as F.embedding does: the failing call changes nothing
+    fast.max_norm = 1e-3
+    before, version = fast.weight.detach().clone(), fast.weight._version
+    with pytest.raises(AssertionError, match="Padding_idx"):
+        fast(x)
+    assert torch.equal(fast.weight, before) and fast.weight._version == version
 
 
 def test_half_accumulates_in_fp32() -> None:

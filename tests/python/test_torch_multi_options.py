@@ -572,3 +572,36 @@ def test_a_module_pickled_before_the_buffer_rename_keeps_its_state_dict() -> Non
     fresh.load_state_dict(old.state_dict())
     x = torch.tensor([[1, 2]])
     assert torch.equal(fresh(x), m(x))
+
+
+@pytest.mark.parametrize("options", [{}, {"padding_idx": 0}, {"max_norm": 1.0, "scale_grad_by_freq": True}])
+def test_built_or_cast_under_inference_mode_still_trains(options: dict[str, Any]) -> None:
+    """The layout buffers were rebuilt as inference tensors under `inference_mode` (at
+    construction, `.float()`, `.to()`, setting `padding_idx`), and a forward that records a
+    graph refused to save them; a list of nn.Embedding trains the same way."""
+    x = torch.tensor([[1, 2], [3, 1]])
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        built = FastMultiEmbedding([4, 3], [2, 3], **options)
+    cast = FastMultiEmbedding([4, 3], [2, 3], **options)
+    with torch.inference_mode():
+        cast.float()
+        cast.padding_idx = cast.padding_idx
+    for m in (built, cast):
+        ref = [nn.Embedding.from_pretrained(t.detach().clone(), freeze=False, **options) for t in (m.table(0), m.table(1))]
+        m(x).pow(2).sum().backward()
+        torch.cat([e(x[:, i]) for i, e in enumerate(ref)], 1).pow(2).sum().backward()
+        torch.testing.assert_close(m.weight.grad, torch.cat([e.weight.grad.reshape(-1) for e in ref]))
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
+def test_trace_and_export(tmp_path: Any) -> None:
+    """As the README says: without options the layer traces and saves; with padding rows
+    (a Python autograd.Function) torch.export captures it."""
+    x = torch.tensor([[1, 2], [3, 1]])
+    plain = FastMultiEmbedding([4, 3], [2, 3])
+    torch.jit.save(torch.jit.trace(plain, (x,)), str(tmp_path / "m.pt"))
+    assert torch.equal(torch.jit.load(str(tmp_path / "m.pt"))(x), plain(x))
+    padded = FastMultiEmbedding([4, 3], [2, 3], padding_idx=0)
+    y = torch.tensor([[0, 2], [3, 0]])
+    assert torch.equal(torch.export.export(padded, (y,)).module()(y), padded(y))

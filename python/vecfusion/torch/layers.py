@@ -59,18 +59,19 @@ class FastEmbedding(nn.Embedding):
                 input, weight, self.padding_idx, self.max_norm, self.norm_type,
                 self.scale_grad_by_freq, self.sparse,
             )
-        if self.max_norm is not None:
-            with torch.no_grad():
-                ops.embedding_renorm_(weight, input, float(self.max_norm), float(self.norm_type))
         padding = -1
         if self.padding_idx is not None:
-            # as F.embedding (padding_idx may have been set after construction)
+            # as F.embedding (padding_idx may have been set after construction), and checked
+            # before the renorm, as there: a failing call leaves the weight as it was
             n = self.weight.size(0)
             padding = int(self.padding_idx)
             if padding < 0:
                 assert padding >= -n, "Padding_idx must be within num_embeddings"
                 padding += n
             assert padding < n, "Padding_idx must be within num_embeddings"
+        if self.max_norm is not None:
+            with torch.no_grad():
+                ops.embedding_renorm_(weight, input, float(self.max_norm), float(self.norm_type))
         # the overload itself: a call through the packet resolves it each time
         return ops.embedding.default(weight, input, padding, bool(self.scale_grad_by_freq), bool(self.sparse))
 
@@ -345,8 +346,11 @@ class FastMultiEmbedding(nn.Module):
             "_col_j": (np.arange(self.total_dim) - coff[col_table]).astype(np.int64),
             "_pad_elems": np.array(pad, np.int64),
         }
-        for name, arr in arrays.items():
-            self._buffers[name] = torch.from_numpy(arr).to(device)
+        # never inference tensors (a module built, moved or cast under `inference_mode`):
+        # the forward saves some of them for backward, which an inference tensor refuses
+        with torch.inference_mode(False):
+            for name, arr in arrays.items():
+                self._buffers[name] = torch.from_numpy(arr).to(device)
 
     def _apply(self, fn: Any, recurse: bool = True) -> FastMultiEmbedding:
         # `.to(device)`, `.cuda()`, `.to_empty()` (meta-device init, `skip_init`) and `.type()`
