@@ -172,7 +172,16 @@ fn dict_to_table(d: &Bound<'_, PyDict>, depth: usize) -> PyResult<toml::Table> {
         let key: String = k
             .extract()
             .map_err(|_| PyTypeError::new_err(format!("metadata keys must be strings, got {k}")))?;
-        t.insert(key, py_to_value(&v, depth + 1)?);
+        let value = py_to_value(&v, depth + 1)?;
+        // a table (or array of tables) is written as a `[a.""]` section, which TOML 0.4
+        // readers (finalfusion-python's) refuse: "Can't have a keygroup with an empty name"
+        if key.is_empty() && (value.is_table() || is_table_array(&value)) {
+            return Err(PyValueError::new_err(
+                "metadata key '' (the empty name) holds a table: TOML readers of finalfusion files \
+                 (TOML 0.4) cannot read a table of an empty name; give it a name",
+            ));
+        }
+        t.insert(key, value);
     }
     Ok(t)
 }

@@ -246,6 +246,18 @@ def test_metadata_toml_reads_the_same_in_older_toml_readers(tmp_path: Path) -> N
     assert vf.load(p).metadata == want
 
 
+def test_metadata_table_of_empty_name_is_refused() -> None:
+    """`{"x": {"": {}}}` was written as a `[x.""]` section, which toml 0.10 (finalfusion-python)
+    refuses ("Can't have a keygroup with an empty name"): the whole file would not open there."""
+    old_toml = pytest.importorskip("toml", reason="the toml package (requirements-dev.txt) is missing")
+    for bad in ({"x": {"": {}}}, {"": {"a": 1}}, {"x": {"": [{"a": 1}]}}):
+        with pytest.raises(ValueError, match="empty name"):
+            vf.Embeddings(["a"], np.ones((1, 2), np.float32), metadata=bad)
+    # an empty key of a plain value is fine in every reader
+    e = vf.Embeddings(["a"], np.ones((1, 2), np.float32), metadata={"": 1, "x": {"": "y"}})
+    assert e.metadata == old_toml.loads(_toml_text(e)) == {"": 1, "x": {"": "y"}}
+
+
 @pytest.mark.parametrize("bad", [[1, "x"], [1, 2.5], [True, 1], [{"a": 1}, 1], [[1], 2]])
 def test_metadata_arrays_of_mixed_kinds_are_refused(bad: list) -> None:
     """toml 0.10 (finalfusion-python) refuses `[1, "x"]`, `[1, 2.5]`, ... (the whole file
