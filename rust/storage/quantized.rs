@@ -277,9 +277,16 @@ impl QuantizedStorage {
             // m rows of the projected table, summed in registers (no matrix product).
             Some(table) => kernels::add_table_rows(out, table, codes, self.k, self.dims, scale),
             None if self.projection.is_some() => {
-                with_buffer(self.dims, |concat| {
+                // the same matrix product as `rows_into` rebuilds groups of rows with (one
+                // row of it), so that a row is the same bits one at a time or in a group
+                let pt = self.projection_t.as_deref().map_or(&[][..], Vec::as_slice);
+                with_buffer(2 * self.dims, |buf| {
+                    let (concat, product) = buf.split_at_mut(self.dims);
                     self.add_concat(i, scale, concat);
-                    self.add_projected(concat, out);
+                    crate::quant::linalg::gemm_nn(product, concat, 1, self.dims, pt, self.dims, faer::Par::Seq);
+                    for (o, p) in out.iter_mut().zip(product.iter()) {
+                        *o += p;
+                    }
                 });
             }
             None => {
@@ -663,6 +670,39 @@ mod lookup_tests {
             q.projected = None;
         }
         q
+    }
+
+    #[test]
+    fn product_rebuilds_a_row_alike_alone_and_in_groups() {
+        // a dense projection (every output sums dims products): one row alone and the same
+        // row in a group of any size must be the same bits
+        for (dims, m) in [(7, 7), (70, 7), (300, 75), (512, 128)] {
+            let (rows, k) = (130, 16);
+            let f = |i: usize| ((i as f32) * 0.731 + 0.2).sin();
+            let p: Vec<f32> = (0..dims * dims).map(|i| f(i * 13 + 5)).collect();
+            let centroids: Vec<f32> = (0..k * dims).map(f).collect();
+            let norms: Vec<f32> = (0..rows).map(|i| 0.5 + i as f32 * 0.1).collect();
+            let codes: Vec<u8> = (0..rows * m).map(|i| ((i * 7 + i / 3) % k) as u8).collect();
+            let mut q =
+                QuantizedStorage::new(Some(p), centroids, Some(norms), U8Data::Owned(Arc::new(codes)), rows, dims, m, k).unwrap();
+            q.projected = None;
+            assert_eq!(q.rebuild_method(), "product");
+            let mut one = vec![0f32; dims];
+            for group in [2usize, 3, 17, 64, rows] {
+                let ids: Vec<Option<usize>> = (0..group).map(|t| (t % 5 != 4).then_some((t * 31 + group) % rows)).collect();
+                let mut out = vec![0f32; group * dims];
+                q.rows_into(&ids, &mut out);
+                for (id, o) in ids.iter().zip(out.chunks_exact(dims)) {
+                    match id {
+                        Some(i) => {
+                            q.reconstruct_into(*i, &mut one);
+                            assert_eq!(o, &one[..], "dims {dims}, group {group}, row {i}");
+                        }
+                        None => assert!(o.iter().all(|&v| v == 0.0)),
+                    }
+                }
+            }
+        }
     }
 
     #[test]
