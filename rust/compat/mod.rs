@@ -376,13 +376,24 @@ pub fn check_not_compressed(path: &std::path::Path) -> Result<()> {
 /// with `...` when there is more.
 pub(crate) fn excerpt(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
-    let text = text.trim_end();
+    let text = text.trim_end_matches(|c: char| c.is_ascii_whitespace());
     let short: String = text.chars().take(60).collect();
-    if short.len() < text.len() {
-        format!("{short:?}...")
-    } else {
-        format!("{short:?}")
+    // as Rust's `{:?}`, and whitespace other than the space escaped too (a no-break space
+    // after a number would look like nothing is wrong with it)
+    let mut quoted = String::with_capacity(short.len() + 2);
+    quoted.push('"');
+    for c in short.chars() {
+        if c.is_whitespace() && c != ' ' && !matches!(c, '\t' | '\n' | '\r') {
+            quoted.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            quoted.extend(c.escape_debug());
+        }
     }
+    quoted.push('"');
+    if short.len() < text.len() {
+        quoted.push_str("...");
+    }
+    quoted
 }
 
 /// If `head` (the first bytes of a file) starts like a file of another format that

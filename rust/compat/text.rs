@@ -361,9 +361,13 @@ fn parse_line_with(
         // As gensim reads a value: parsed as a float64, then rounded to float32 (two
         // roundings: a decimal halfway between two float32 values, such as an f64 mean of
         // two f32s, goes where numpy's cast puts it, one ulp from a direct f32 parse).
-        let parsed = fast_float2::parse_partial::<f64, _>(rest).map(|(v, n)| (v as f32, n));
+        let parsed = fast_float2::parse_partial::<f64, _>(rest)
+            .ok()
+            .filter(|&(_, n)| n > 0 && (n == rest.len() || is_sep(rest[n])))
+            .or_else(|| number_in_unicode_blanks(rest, decode))
+            .map(|(v, n)| (v as f32, n));
         let (problem, len) = match parsed {
-            Ok((v, n)) if n > 0 && (n == rest.len() || is_sep(rest[n])) => {
+            Some((v, n)) => {
                 if v.is_finite() {
                     count += 1;
                     if count <= dims {
@@ -405,6 +409,24 @@ fn reads_as_text_line(line: &[u8]) -> bool {
     }
     let mut fields = strip_eol(line).split(|&b| is_sep(b)).filter(|f| !f.is_empty()).skip(1).peekable();
     fields.peek().is_some() && fields.all(|v| fast_float2::parse::<f64, _>(v).is_ok())
+}
+
+/// The value at the start of `rest` (up to the next separator) and its length in bytes,
+/// where the number is surrounded by Unicode whitespace (a no-break space, U+3000, ...):
+/// gensim parses each field with Python's `float()`, which strips exactly the characters of
+/// Unicode's White_Space property (`char::is_whitespace`). `None` if it is no number that way
+/// either. Only tried after the plain parse failed.
+fn number_in_unicode_blanks(rest: &[u8], decode: Decode) -> Option<(f64, usize)> {
+    let len = rest.iter().position(|&b| is_sep(b)).unwrap_or(rest.len());
+    let field: std::borrow::Cow<'_, str> = match decode {
+        Decode::Latin1 => rest[..len].iter().map(|&b| char::from(b)).collect::<String>().into(),
+        _ => std::str::from_utf8(&rest[..len]).ok()?.into(),
+    };
+    let trimmed = field.trim_matches(char::is_whitespace);
+    if trimmed.len() == field.len() || trimmed.is_empty() {
+        return None;
+    }
+    fast_float2::parse::<f64, _>(trimmed).ok().map(|v| (v, len))
 }
 
 /// Number of value fields in a line (`skip` leading fields not counted).

@@ -267,6 +267,30 @@ def test_only_bytes_rstrip_whitespace_ends_a_line(tmp_path: Path) -> None:
     assert list(vf.load_text(p)) == ["a\x1c", "b\x1f"]
 
 
+def test_numbers_in_unicode_whitespace_read_as_python_float_reads_them(tmp_path: Path) -> None:
+    """gensim parses each field with float(), which strips Unicode's White_Space (a no-break
+    space after the last number, U+3000 ...): such a file read as gensim reads it, and a
+    field that is no number names its invisible characters."""
+    from gensim.models import KeyedVectors
+
+    p = tmp_path / "t.txt"
+    p.write_bytes("2 3\na 1 2 3\xa0\nb \u30004 5\u2003 6\x85\n".encode())
+    want = KeyedVectors.load_word2vec_format(p).vectors
+    np.testing.assert_array_equal(vf.load_text(p, normalize=False).storage, want)
+    np.testing.assert_array_equal(want, [[1, 2, 3], [4, 5, 6]])
+    # in latin-1, byte A0 is the no-break space
+    q = tmp_path / "l.txt"
+    q.write_bytes(b"2 3\na 1 2 3\xa0\nb 4 5 6\n")
+    np.testing.assert_array_equal(vf.load_text(q, normalize=False, encoding="latin-1").storage, want)
+    # no White_Space (a zero-width space, \x1c), or nothing but it: not a number (also in
+    # Python), and the message shows what is there
+    for bad, shown in (("3\u200b", r"3\u{200b}"), ("3\x1c", r"3\u{1c}"), ("3 \xa0", r"\u{a0}")):
+        r = tmp_path / "bad.txt"
+        r.write_bytes(f"2 3\na 1 2 {bad}\nb 4 5 6\n".encode())
+        with pytest.raises(vf.FormatError, match=re.escape(f'is not a number: "{shown}"')):
+            vf.load_text(r)
+
+
 def test_blank_line_between_records_is_an_error(tmp_path: Path) -> None:
     p = tmp_path / "t.txt"
     p.write_text("3 2\na 1 2\n \nb 3 4\nc 5 6\n")
