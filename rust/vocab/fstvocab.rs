@@ -428,6 +428,13 @@ impl FstWords {
     /// automaton in key order).
     pub fn materialize(&self) -> Result<(Vec<u8>, Vec<usize>)> {
         use fst::{IntoStreamer, Streamer};
+        if !self.verified {
+            // all of it is read anyway: the checksum costs little more, and a flipped byte
+            // that still decodes would give a wrong word without it
+            self.fst
+                .verify()
+                .map_err(|e| Error::invalid("fst vocabulary", format!("automaton checksum: {e}")))?;
+        }
         let n = self.len();
         let mut by_rank: Vec<(usize, usize)> = Vec::with_capacity(n);
         let mut sorted = Vec::new();
