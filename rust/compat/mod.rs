@@ -84,9 +84,19 @@ pub(crate) struct WordsBuilder {
 impl WordsBuilder {
     /// Append a word given as raw bytes; `where_` describes its position for errors.
     pub fn push(&mut self, raw: &[u8], decode: Decode, where_: impl FnOnce() -> String) -> Result<()> {
+        // room first, fallibly (a MemoryError, not an abort, when memory runs out): Latin-1
+        // takes up to 2 bytes a byte, U+FFFD 3
+        let most = raw.len().saturating_mul(if decode == Decode::Strict { 1 } else { 3 });
+        if self.bytes.capacity() - self.bytes.len() < most {
+            let extra = most.max(self.bytes.len());
+            crate::storage::try_reserve(&mut self.bytes, extra, "vocabulary words")?;
+        }
+        if self.ends.len() == self.ends.capacity() {
+            let extra = self.ends.len().max(64);
+            crate::storage::try_reserve(&mut self.ends, extra, "vocabulary words")?;
+        }
         if decode == Decode::Latin1 {
             // U+0000..U+00FF: ASCII bytes as they are, the others as two UTF-8 bytes
-            self.bytes.reserve(raw.len() * 2);
             for &b in raw {
                 let mut buf = [0u8; 2];
                 self.bytes.extend_from_slice(char::from(b).encode_utf8(&mut buf).as_bytes());
@@ -121,10 +131,13 @@ impl WordsBuilder {
     }
 
     /// Append the words of another builder.
-    pub fn extend(&mut self, other: &WordsBuilder) {
+    pub fn extend(&mut self, other: &WordsBuilder) -> Result<()> {
+        crate::storage::try_reserve(&mut self.bytes, other.bytes.len(), "vocabulary words")?;
+        crate::storage::try_reserve(&mut self.ends, other.ends.len(), "vocabulary words")?;
         let base = self.bytes.len();
         self.bytes.extend_from_slice(&other.bytes);
         self.ends.extend(other.ends.iter().map(|e| e + base));
+        Ok(())
     }
 
     pub fn finish(mut self) -> Result<WordList> {

@@ -53,7 +53,11 @@ fn read_text_inner(path: &Path, header: Header, opts: &ReadOptions) -> Result<Em
         .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?
         .len();
     let io_err = |e: std::io::Error| Error::io(format!("cannot read {}", path.display()), e);
-    let mut r = BufReader::with_capacity(1 << 20, file);
+    // (the blocks of the parallel path are read past this buffer, into one of their own;
+    // it serves the first line and `limit`'s line-by-line reading. BufReader allocates it
+    // infallibly, so it is kept small: a process at its memory limit gets a MemoryError
+    // from the allocations that follow, rather than an abort here)
+    let mut r = BufReader::with_capacity(64 << 10, file);
 
     let mut first = Vec::new();
     r.read_until(b'\n', &mut first).map_err(io_err)?;
@@ -93,7 +97,7 @@ fn read_text_inner(path: &Path, header: Header, opts: &ReadOptions) -> Result<Em
         // each value takes at least two bytes ("0 "): bound the allocation by the file size
         let cap = n.min(limit).saturating_mul(d).min((file_len / 2) as usize);
         crate::storage::try_reserve(&mut data, cap, "text matrix")?;
-        words.ends.reserve(n.min(limit).min((file_len / 2) as usize));
+        crate::storage::try_reserve(&mut words.ends, n.min(limit).min((file_len / 2) as usize), "vocabulary words")?;
         lineno = 2;
     } else if !first.is_empty() && limit > 0 {
         // the first line is a data line: it fixes the dimensions
@@ -236,7 +240,7 @@ fn read_parallel<R: Read>(
             if let Some(b) = p.blank {
                 blank = blank.or(Some(*lineno + b - 1));
             }
-            words.extend(&p.words);
+            words.extend(&p.words).map_err(ParErr::Format)?;
             // the matrix grows piece by piece (a file without a header says no size up front)
             crate::storage::try_reserve(data, p.data.len(), "text matrix").map_err(ParErr::Format)?;
             data.extend_from_slice(&p.data);
@@ -273,7 +277,11 @@ fn parse_piece(bytes: &[u8], dims: usize, decode: Decode) -> Piece {
         // rough capacity estimate: ~8 bytes per value
         est = bytes.len() / 8;
     }
-    p.data.reserve(est);
+    // (fallible, as every large allocation of a reader: a MemoryError, not an abort)
+    if let Err(e) = crate::storage::try_reserve(&mut p.data, est, "text matrix piece") {
+        p.error = Some(e);
+        return p;
+    }
     for line in bytes.split_inclusive(|&b| b == b'\n') {
         p.lines += 1;
         let local = p.lines;
@@ -371,6 +379,11 @@ fn parse_line_with(
                 if v.is_finite() {
                     count += 1;
                     if count <= dims {
+                        if data.len() == data.capacity() {
+                            // (fallible: a MemoryError, not an abort, when memory runs out)
+                            let extra = data.len().max(dims);
+                            crate::storage::try_reserve(data, extra, "text matrix")?;
+                        }
                         data.push(v);
                     }
                     i += n;

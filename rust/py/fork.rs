@@ -68,13 +68,64 @@ fn default_threads() -> usize {
 /// forked, else inside this process's own pool.
 pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     let generation = FORKS.load(Ordering::Relaxed);
-    if generation == 0 {
+    if generation == 0 && !NO_GLOBAL_POOL.load(Ordering::Relaxed) {
         return f();
     }
     match child_pool(generation) {
         Some(pool) => pool.install(f),
         None => f(), // no thread could be started: nothing better to do
     }
+}
+
+/// Set once rayon's global pool failed to start (no thread could be started: an
+/// address-space limit). rayon never retries: its global pool is then gone for good, and
+/// every parallel loop outside another pool panics. From then on calls run in a pool of
+/// this module's own (as in a forked child), made when threads can be had again.
+static NO_GLOBAL_POOL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Make sure the parallel loops of the coming call have threads, or say why not: rayon
+/// starts its global pool at the first parallel loop and panics there if no thread can be
+/// started, where this gives a MemoryError (and later calls a pool of their own).
+fn ensure_pool() -> PyResult<()> {
+    use std::sync::atomic::AtomicBool;
+    static STARTED: AtomicBool = AtomicBool::new(false);
+    let generation = FORKS.load(Ordering::Relaxed);
+    if generation == 0 && !NO_GLOBAL_POOL.load(Ordering::Relaxed) {
+        if STARTED.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match rayon::ThreadPoolBuilder::new().build_global() {
+            Ok(()) => {
+                STARTED.store(true, Ordering::Relaxed);
+                return Ok(());
+            }
+            // started by an earlier parallel loop (or a failed start: then that loop panicked)
+            Err(e) if e.to_string().contains("already been initialized") => {
+                STARTED.store(true, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(e) => {
+                NO_GLOBAL_POOL.store(true, Ordering::Relaxed);
+                return Err(no_threads(&e.to_string()));
+            }
+        }
+    }
+    match child_pool(generation) {
+        Some(_) => Ok(()),
+        None => Err(no_threads("no thread could be started")),
+    }
+}
+
+/// The message of a panic (a `&str` or `String` payload).
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+}
+
+fn no_threads(why: &str) -> PyErr {
+    pyo3::exceptions::PyMemoryError::new_err(format!("not enough memory to start worker threads: {why}"))
 }
 
 /// `py.detach(f)` with `f` run by [`in_pool`].
@@ -90,6 +141,7 @@ pub fn detach<R: Send>(py: Python<'_>, f: impl FnOnce() -> R + Send) -> R {
 /// threads, are not affected. A call that ends sooner returns at once.
 pub fn detach_interruptible<R: Send>(py: Python<'_>, f: impl FnOnce() -> crate::Result<R> + Send) -> PyResult<R> {
     use std::sync::atomic::AtomicBool;
+    ensure_pool()?;
     use std::sync::mpsc;
     use std::time::Duration;
     let token: crate::cancel::Token = std::sync::Arc::new(AtomicBool::new(false));
@@ -98,13 +150,16 @@ pub fn detach_interruptible<R: Send>(py: Python<'_>, f: impl FnOnce() -> crate::
         std::thread::scope(|s| {
             let (tx, rx) = mpsc::channel();
             let worker_token = token.clone();
-            s.spawn(move || {
+            let spawned = std::thread::Builder::new().spawn_scoped(s, move || {
                 // a panic is carried back and resumed on the calling thread (its own message)
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     in_pool(|| crate::cancel::with_token(worker_token, f))
                 }));
                 let _ = tx.send(r);
             });
+            if let Err(e) = spawned {
+                return Err(Box::new(format!("failed to spawn thread: {e}")) as Box<dyn std::any::Any + Send>);
+            }
             loop {
                 match rx.recv_timeout(Duration::from_millis(50)) {
                     Ok(r) => return r,
@@ -129,7 +184,11 @@ pub fn detach_interruptible<R: Send>(py: Python<'_>, f: impl FnOnce() -> crate::
     });
     let result = match outcome {
         Ok(r) => r,
-        Err(panic) => std::panic::resume_unwind(panic),
+        // no thread could be started (an address-space limit): out of memory, not a bug
+        Err(panic) => match panic_text(&*panic) {
+            Some(m) if m.starts_with("failed to spawn thread") => return Err(no_threads(m)),
+            _ => std::panic::resume_unwind(panic),
+        },
     };
     match interrupt {
         Some(e) => Err(e),

@@ -243,6 +243,57 @@ def test_out_of_memory_is_an_exception(tmp_path: Path) -> None:
         assert "MemoryError" in line and "not enough memory" in line, line
 
 
+SWEEP_SCRIPT = textwrap.dedent(
+    """
+    import resource, sys
+    import vecfusion as vf
+
+    path, glove = sys.argv[1], sys.argv[2]
+    vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024
+    loads = {"header": lambda: vf.load_text(path), "limit": lambda: vf.load_text(path, limit=15_000),
+             "glove": lambda: vf.load_text(glove, dims=False)}
+    for name, load in loads.items():
+        for extra in range(0, 128, 8):
+            resource.setrlimit(resource.RLIMIT_AS, (vm + (extra << 20), resource.RLIM_INFINITY))
+            try:
+                e = load()
+            except MemoryError:
+                print(name, extra, "MemoryError")
+            else:
+                print(name, extra, "loaded", len(e))
+                del e
+            finally:
+                resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    """
+)
+
+
+def test_out_of_memory_at_any_point_of_a_text_load(tmp_path: Path) -> None:
+    """Whatever the memory left, a text load succeeds or raises MemoryError: the parsing
+    pieces' buffers aborted the process (Rust's infallible allocation) and a first parallel
+    loop that could not start rayon's threads raised a PanicException (a BaseException)."""
+    rows, dims = 20_000, 128  # values "1": far more values per byte than parsing expects
+    e = vf.Embeddings([f"w{i}" for i in range(rows)], np.ones((rows, dims), np.float32))
+    e.write_text(tmp_path / "t.txt")
+    e.write_text(tmp_path / "g.txt", dims=False)
+    r = subprocess.run(
+        [sys.executable, "-c", SWEEP_SCRIPT, str(tmp_path / "t.txt"), str(tmp_path / "g.txt")],
+        capture_output=True, text=True, timeout=300,
+        # one malloc arena: a new thread's first allocation (glibc's thread-local data for
+        # this module) then needs no 64 MiB arena of its own, which glibc, not vecfusion,
+        # turns into an abort when the address space is nearly all used
+        env={**os.environ, "MALLOC_ARENA_MAX": "1"},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name in ("header", "limit", "glove"):
+        results = [line.split()[2] for line in r.stdout.splitlines() if line.startswith(name + " ")]
+        assert len(results) == 16 and set(results) <= {"MemoryError", "loaded"}, r.stdout
+        assert results[-1] == "loaded", r.stdout
+        # the whole file does not fit the smallest limits (`limit` reads three quarters of it
+        # line by line, in what the earlier loads left free)
+        assert name == "limit" or results[0] == "MemoryError", r.stdout
+
+
 @pytest.mark.parametrize("binary", [True, False])
 def test_huge_width_without_rows_is_refused(tmp_path: Path, binary: bool) -> None:
     """A header of 0 words and 10^12 dimensions has nothing to contradict it: refused at
