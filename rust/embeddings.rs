@@ -741,7 +741,17 @@ where
             .map_or(0, |d| d.as_nanos())
     ));
     let result = (|| {
-        let file = File::create(&tmp)?;
+        // Created new (never through a link planted at the name) and, over an existing
+        // file, with that file's mode from the start: a private file's contents are never
+        // readable to others while they are written (its mode was set only at the end).
+        let mut open = std::fs::OpenOptions::new();
+        open.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            open.mode(old.as_ref().map_or(0o666, |p| p.mode() & 0o7777));
+        }
+        let file = open.open(&tmp)?;
         {
             let mut w = BufWriter::with_capacity(1 << 20, &file);
             f(&mut w)?;

@@ -299,6 +299,45 @@ def test_failed_write_leaves_no_file(tmp_path: Path, ff: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.skipif(not hasattr(os, "umask"), reason="POSIX modes")
+def test_private_file_stays_private_while_written_over(tmp_path: Path) -> None:
+    """The temporary file was created with the default mode (0644 under umask 022) and given
+    the old file's 0600 only once written: the contents were readable to others meanwhile."""
+    import stat
+    import threading
+
+    target = tmp_path / "secret.fifu"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o600)
+    emb = vf.Embeddings([f"w{i}" for i in range(200_000)], np.ones((200_000, 50), np.float32))
+    seen: set[int] = set()
+    old_umask = os.umask(0o022)
+    try:
+        for _ in range(10):  # until the watcher has seen the temporary file
+            stop = threading.Event()
+
+            def watch() -> None:
+                while not stop.is_set():
+                    for entry in os.scandir(tmp_path):
+                        if entry.name.endswith(".tmp"):
+                            try:
+                                seen.add(stat.S_IMODE(entry.stat().st_mode))
+                            except FileNotFoundError:
+                                pass
+
+            t = threading.Thread(target=watch)
+            t.start()
+            emb.write_text(target)
+            stop.set()
+            t.join()
+            if seen:
+                break
+    finally:
+        os.umask(old_umask)
+    assert seen == {0o600}
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX links and FIFOs")
 def test_write_through_links_keeps_mode_and_refuses_special_files(tmp_path: Path, ff: Path) -> None:
     emb = vf.load(ff / "python/similarity.fifu")
