@@ -451,6 +451,8 @@ impl Embeddings {
                 }
             }
             let answers = self.search_normalized(buf, count, w, &[]);
+            // (a stop during the scan left these answers incomplete)
+            crate::cancel::check()?;
             for (j, answer) in answers.into_iter().enumerate() {
                 let at = (first + j) * w;
                 let (idx, sc) = (&mut indices[at..at + w], &mut scores[at..at + w]);
@@ -629,11 +631,16 @@ where
     }
     let n_blocks = n.div_ceil(block);
     let min_len = (n_blocks / (threads * 4)).max(1);
+    // an interruptible call (similar_batch) stops within a block of rows: the blocks left
+    // are skipped, and the caller's next check raises (the answers are then not used)
+    let token = crate::cancel::current();
     (0..n_blocks)
         .into_par_iter()
         .with_min_len(min_len)
         .fold(&new_tops, |mut tops, b| {
-            scan(&mut tops, b * block, ((b + 1) * block).min(n));
+            if !crate::cancel::stopped(&token) {
+                scan(&mut tops, b * block, ((b + 1) * block).min(n));
+            }
             tops
         })
         .reduce(&new_tops, |mut a, b| {

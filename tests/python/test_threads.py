@@ -200,3 +200,33 @@ def test_ctrl_c_stops_long_calls(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines == ["True True True", "['bg', 'full.bin'] []", "(2, 3)"], out.stdout
+
+
+_SIGINT_WITHIN_SCAN_SCRIPT = r'''
+import os, signal, threading, time, numpy as np, vecfusion as vf
+rng = np.random.default_rng(0)
+n, d = 400_000, 64
+emb = vf.Embeddings([f"w{i}" for i in range(n)], rng.standard_normal((n, d)).astype(np.float32))
+queries = rng.standard_normal((2000, d)).astype(np.float32)  # one chunk of queries
+t = time.perf_counter()
+emb.similar_batch(queries, 10)
+full = time.perf_counter() - t
+threading.Timer(full / 20, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+t = time.perf_counter()
+try:
+    emb.similar_batch(queries, 10)
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("stopped early" if time.perf_counter() - t < full / 2 else f"stopped late {time.perf_counter() - t} of {full}")
+'''
+
+
+@pytest.mark.skipif(not hasattr(os, "kill") or sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_stops_a_batch_query_within_its_scan(tmp_path: Path) -> None:
+    """The stop was checked between chunks of 2048 queries, each a whole scan of the matrix:
+    a batch of one chunk ran to its end before KeyboardInterrupt (seconds on a large
+    matrix). The scan's row blocks now check it: the call stops well before its end."""
+    out = subprocess.run([sys.executable, "-c", _SIGINT_WITHIN_SCAN_SCRIPT],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "stopped early", out.stdout
