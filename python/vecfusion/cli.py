@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (VecfusionError, OSError, KeyError, ValueError, OverflowError, MemoryError) as e:
         msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
         # the readers' hints name Python arguments: say them as this command's options
-        msg = _as_options(msg, "--from" if args.command == "convert" else "--format")
+        msg = _as_options(msg, args.command)
         print(f"vecfusion {args.command}: error: {msg}", file=sys.stderr)
         return 1
 
@@ -66,10 +66,28 @@ _OPTION_NAMES = (("encoding='latin-1'", "--encoding latin-1"), ("lossy=True", "-
 _LOADER_FORMATS = {"load": "finalfusion", "load_word2vec": "word2vec", "load_text": "text", "load_fasttext": "fasttext"}
 
 
-def _as_options(msg: str, format_option: str) -> str:
+# per command: (Python argument as the core's messages name it, this command's option)
+_COMMAND_OPTIONS: dict[str, list[tuple[str, str]]] = {
+    "quantize": [
+        (r"\bn_subquantizers\b", "--subquantizers"),
+        (r"\bn_iterations\b", "--iterations"),
+        (r"\bn_attempts\b", "--attempts"),
+        (r"\bbits(?==)", "--bits"),
+        (r"\bbits must\b", "--bits must"),
+        (r"\bsample(?==| must)", "--sample"),
+        (r"\bseed must\b", "--seed must"),
+    ],
+    "convert": [(r"\bvocab='(\w+)'", r"--vocab \1")],
+    # the Python API's a, b, c are the command's A, B, C
+    "analogy": [(r"\banalogy word ([abc]) \(", lambda m: f"analogy word {m.group(1).upper()} (")],
+}
+
+
+def _as_options(msg: str, command: str) -> str:
     """The readers' hints name Python calls and arguments; say them as this command's options."""
     import re
 
+    format_option = "--from" if command == "convert" else "--format"
     for py_arg, option in _OPTION_NAMES:
         msg = msg.replace(py_arg, option)
     msg = msg.replace(
@@ -78,11 +96,15 @@ def _as_options(msg: str, format_option: str) -> str:
         f"for word2vec, text/GloVe and fastText files give {format_option} word2vec, text or fasttext",
     )
     msg = re.sub(r"\(limit=(\d+) reads only the announced words\)", r"(the Python reader's limit=\1 reads only the announced words)", msg)
-    return re.sub(
+    msg = re.sub(
         r"read it with vf\.(load(?:_word2vec|_text|_fasttext)?)\b",
         lambda m: f"give {format_option} {_LOADER_FORMATS[m.group(1)]}",
         msg,
     )
+    for pattern, option in _COMMAND_OPTIONS.get(command, []):
+        msg = re.sub(pattern, option, msg)
+    # `--option=value` reads as the command line would have it: `--option value`
+    return re.sub(r"(--[a-z-]+)=(\S)", r"\1 \2", msg)
 
 
 if __name__ == "__main__":

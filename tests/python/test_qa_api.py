@@ -4,6 +4,8 @@ query commands on every input format."""
 
 from __future__ import annotations
 
+import json
+
 import struct
 from pathlib import Path
 
@@ -155,6 +157,37 @@ def test_cli_wrong_format_hint_names_the_option(files: dict[str, Path], capsys) 
         assert cli(argv) == 1
         err = capsys.readouterr().err
         assert hint in err and "vf." not in err, err
+
+
+def test_cli_errors_name_the_command_options(files: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """The core's messages name the Python API's arguments (n_iterations, vocab='fst', analogy
+    word b): the CLI says them as its own options and positionals."""
+    w2v, out = str(files["word2vec"]), str(tmp_path / "q.fifu")
+    cases = [
+        (["quantize", w2v, out, "-q", "-i", "0"], "--iterations must be", "n_iterations"),
+        (["quantize", w2v, out, "-q", "--attempts", "0"], "--attempts must be", "n_attempts"),
+        (["quantize", w2v, out, "-q", "-m", "2"], "--subquantizers 2 does not divide", "n_subquantizers"),
+        (["quantize", w2v, out, "-q", "-b", "9"], "--bits 9 is out of range", "bits="),
+        (["quantize", w2v, out, "-q", "--sample", "-1"], "--sample -1 must not be negative", "sample="),
+        (["convert", w2v, str(tmp_path / "x.txt"), "--vocab", "fst"], "--vocab fst applies", "vocab="),
+        (["analogy", w2v, "the", "nope", "x"], 'analogy word B ("nope")', "word b"),
+    ]
+    for argv, want, python_name in cases:
+        assert cli(argv) == 1
+        err = capsys.readouterr().err
+        assert want in err and python_name not in err, err
+
+
+def test_cli_info_names_a_headerless_txt_glove(files: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """A .txt without a "<words> <dims>" line is GloVe (the reader detects it), not "text"."""
+    glove_txt = tmp_path / "g.txt"
+    glove_txt.write_bytes(files["glove"].read_bytes())
+    for path, want in ((glove_txt, "glove"), (files["text"], "text")):
+        assert cli(["info", str(path), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["format"] == want
+    # a format given is reported as given
+    assert cli(["info", str(glove_txt), "--format", "text", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["format"] == "text"
 
 
 def test_cli_quantize_word2vec_input(files: dict[str, Path], tmp_path: Path) -> None:

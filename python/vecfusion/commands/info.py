@@ -31,6 +31,8 @@ def describe(path: str, fmt: str | None = None, *, lossy: bool = False, encoding
 
     f = _norm_format(fmt) if fmt else detect_format(path)
     emb = load_any(path, f, normalize=False, mmap=True, lossy=lossy, encoding=encoding)
+    if f == "text" and not fmt and not _has_count_header(path):
+        f = "glove"  # the reader found no "<words> <dims>" header line
     vocab = emb.vocab
     return {
         "file": str(path),
@@ -47,6 +49,15 @@ def describe(path: str, fmt: str | None = None, *, lossy: bool = False, encoding
         "norms": emb.norms is not None,
         "metadata": emb.metadata,
     }
+
+
+def _has_count_header(path: str) -> bool:
+    """Does a text file start with a ``"<words> <dims>"`` line (two unsigned integers, as
+    the text reader detects it)?"""
+    with open(path, "rb") as f:
+        first = f.readline(1 << 16)
+    fields = first.removeprefix(b"\xef\xbb\xbf").split()
+    return len(fields) == 2 and all(x.isdigit() for x in fields)
 
 
 def _strict_json(v: Any) -> Any:

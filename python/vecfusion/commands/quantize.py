@@ -62,10 +62,12 @@ def run(args: argparse.Namespace) -> int:
 
     suffix = os.path.splitext(str(args.dst))[1].lower()
     if suffix in (".bin", ".ftz", ".vec", ".txt", ".w2v", ".glove"):
-        # (convert reads these extensions as word2vec / fastText / text)
+        # (vecfusion knows a finalfusion file by its magic bytes, whatever its name; other
+        # tools go by the extension)
         print(
             f"note: {args.dst} is written as a finalfusion file (quantized storage has no "
-            f"{suffix} form); name it .fifu to keep `vecfusion convert` from misreading it",
+            f"{suffix} form); vecfusion reads it whatever its name, but tools that go by the "
+            f"extension (gensim, fastText) will not: name it .fifu",
             file=sys.stderr,
         )
     emb = load_any(args.src, args.fmt, mmap=True, lossy=args.lossy, encoding=args.encoding)
