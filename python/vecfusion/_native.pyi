@@ -128,7 +128,9 @@ class Embeddings:
     @property
     def norms(self) -> npt.NDArray[np.float32] | None: ...
     @property
-    def metadata(self) -> dict[str, Any] | None: ...
+    def metadata(self) -> dict[str, Any] | None:
+        """The metadata chunk's TOML as a dict (a fresh copy on every access: changes to it
+        are kept only when the dict is assigned back), or None."""
     @metadata.setter
     def metadata(self, value: dict[str, Any] | None) -> None: ...
     def write(self, path: str | os.PathLike[str], vocab: str = "standard") -> None:
