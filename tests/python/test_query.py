@@ -538,7 +538,7 @@ def test_cli_analogy(w2v: vf.Embeddings) -> None:
     got = [line.split("\t")[0] for line in r.stdout.strip().splitlines()]
     assert got == [w for w, _ in w2v.analogy("insert", "mode", "normal", k=4)]
     r = _cli("analogy", str(PEERS / "w2v.fifu"), "insert", "nosuchword", "normal")
-    assert r.returncode == 1 and "nosuchword" in r.stderr and " b " in r.stderr
+    assert r.returncode == 1 and "nosuchword" in r.stderr and " B " in r.stderr
 
 
 def test_batch_accepts_any_layout_and_dtype(w2v: vf.Embeddings) -> None:
