@@ -29,18 +29,23 @@ pub struct Embeddings {
 /// Whether `row` is a unit vector or all zeros, as finalfusion stores rows with a norms
 /// chunk (a zero row keeps its norm 0). NaN or infinity makes it neither.
 ///
-/// "Unit" is within [`UNIT_TOLERANCE`]: rows normalized in float32 are within about 1e-7
-/// (1e-6 with a naive float32 sum over 1024 dims). Rows taken as unit are searched by plain
-/// dot products, so a row that is off by `t` gets a score off by `t` relative: looser than
-/// rounding, that would reorder gensim's answers (a row of length 1.00009 outranked a
-/// unit row of a cosine 5e-5 higher). Rows further off are searched with their own lengths.
+/// "Unit" is within [`unit_tolerance`] of the row's width: what normalizing in float32 leaves
+/// (a sum of `d` squares in float32 is off by about `sqrt(d)` roundings; measured up to 4e-6
+/// at 4096 dims with outlier dimensions). Rows taken as unit are searched by plain dot
+/// products, so a row that is off by `t` gets a score off by `t` relative: much looser than
+/// rounding, that would reorder gensim's answers (a row of length 1.00009 outranked a unit
+/// row of a cosine 5e-5 higher). Rows further off are searched with their own lengths.
 pub fn is_unit_or_zero(row: &[f32]) -> bool {
     let len = row.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
-    len == 0.0 || (len - 1.0).abs() <= UNIT_TOLERANCE
+    len == 0.0 || (len - 1.0).abs() <= unit_tolerance(row.len())
 }
 
-/// How far from 1 the length of a row taken as a unit vector may be (see [`is_unit_or_zero`]).
-pub const UNIT_TOLERANCE: f64 = 2e-6;
+/// How far from 1 the length of a row of `dims` values taken as a unit vector may be (see
+/// [`is_unit_or_zero`]): `4·sqrt(dims)` float32 epsilons, at least 2e-6 (8e-6 at 300 dims,
+/// 3e-5 at 4096).
+pub fn unit_tolerance(dims: usize) -> f64 {
+    (4.0 * (dims as f64).sqrt() * f64::from(f32::EPSILON)).max(2e-6)
+}
 
 /// How to open a file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -790,4 +795,40 @@ fn resolve_links(path: &Path) -> Result<PathBuf> {
         }
     }
     Err(Error::argument(format!("cannot write {}: too many levels of symbolic links", path.display())))
+}
+
+#[cfg(test)]
+mod unit_row_tests {
+    use super::*;
+
+    /// A deterministic pseudo-random value in [-1, 1).
+    fn noise(i: u64) -> f32 {
+        let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    #[test]
+    fn rows_normalized_in_float32_are_unit_and_rows_further_off_are_not() {
+        // the library's own normalizer, on wide rows with a few outlier dimensions (as
+        // language-model embeddings have): every row counts as unit (4e-6 was measured at
+        // 4096 dims, beyond a fixed 2e-6)
+        for dims in [3usize, 300, 4096, 16384] {
+            for r in 0..200u64 {
+                let mut row: Vec<f32> = (0..dims as u64).map(|j| noise(r * 100_003 + j)).collect();
+                for x in row.iter_mut().take(8) {
+                    *x *= 50.0;
+                }
+                l2_normalize(&mut row);
+                assert!(is_unit_or_zero(&row), "dims {dims} row {r}");
+                // off by a hundred times the bound: searched with its own length
+                let off = 1.0 + 100.0 * unit_tolerance(dims) as f32;
+                let far: Vec<f32> = row.iter().map(|x| x * off).collect();
+                assert!(!is_unit_or_zero(&far), "dims {dims} row {r}");
+            }
+        }
+        // a row of length 1.00009 is no unit vector (it outranked a row of a higher cosine)
+        let s = 1.00009f32 / 3f32.sqrt();
+        assert!(!is_unit_or_zero(&[s, s, s]));
+        assert!(is_unit_or_zero(&[0.0; 5]) && !is_unit_or_zero(&[f32::NAN, 0.0]));
+    }
 }

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
 
@@ -66,21 +67,29 @@ _OPTION_NAMES = (("encoding='latin-1'", "--encoding latin-1"), ("lossy=True", "-
 _LOADER_FORMATS = {"load": "finalfusion", "load_word2vec": "word2vec", "load_text": "text", "load_fasttext": "fasttext"}
 
 
-# per command: (Python argument as the core's messages name it, this command's option)
-_COMMAND_OPTIONS: dict[str, list[tuple[str, str]]] = {
+# Per command: (the phrase of a core message that names a Python argument, the same phrase
+# with this command's option). Each pattern matches a whole phrase of a message, never a
+# bare word, so that paths in the message (a folder named "sample=1") stay as given.
+_COMMAND_OPTIONS: dict[str, list[tuple[str, Any]]] = {
     "quantize": [
-        (r"\bn_subquantizers\b", "--subquantizers"),
-        (r"\bn_iterations\b", "--iterations"),
-        (r"\bn_attempts\b", "--attempts"),
-        (r"\bbits(?==)", "--bits"),
-        (r"\bbits must\b", "--bits must"),
-        (r"\bsample(?==| must)", "--sample"),
-        (r"\bseed must\b", "--seed must"),
+        (r"^n_subquantizers(?:=(-?\d+))? (must|does not divide)\b", lambda m: _opt("--subquantizers", m)),
+        (r"^n_iterations must\b", "--iterations must"),
+        (r"^n_attempts must\b", "--attempts must"),
+        (r"^bits=(-?\d+) is out of range: codes are u8, so bits must\b",
+         r"--bits \1 is out of range: codes are u8, so --bits must"),
+        (r"^bits=(\d+) means\b", r"--bits \1 means"),
+        (r"^sample(?:=(-?\d+))? (must|is smaller)\b", lambda m: _opt("--sample", m)),
+        (r"^seed must\b", "--seed must"),
     ],
-    "convert": [(r"\bvocab='(\w+)'", r"--vocab \1")],
+    "convert": [(r"^vocab='(\w+)' applies to\b", r"--vocab \1 applies to")],
     # the Python API's a, b, c are the command's A, B, C
-    "analogy": [(r"\banalogy word ([abc]) \(", lambda m: f"analogy word {m.group(1).upper()} (")],
+    "analogy": [(r"^analogy word ([abc]) \(", lambda m: f"analogy word {m.group(1).upper()} (")],
 }
+
+
+def _opt(option: str, m: Any) -> str:
+    """``--option value verb`` (or ``--option verb``) from a match of ``name(=value)? verb``."""
+    return f"{option} {m.group(1)} {m.group(2)}" if m.group(1) is not None else f"{option} {m.group(2)}"
 
 
 def _as_options(msg: str, command: str) -> str:
@@ -102,9 +111,8 @@ def _as_options(msg: str, command: str) -> str:
         msg,
     )
     for pattern, option in _COMMAND_OPTIONS.get(command, []):
-        msg = re.sub(pattern, option, msg)
-    # `--option=value` reads as the command line would have it: `--option value`
-    return re.sub(r"(--[a-z-]+)=(\S)", r"\1 \2", msg)
+        msg = re.sub(pattern, option, msg, count=1)
+    return msg
 
 
 if __name__ == "__main__":

@@ -290,13 +290,27 @@ fn read_word2vec_inner(path: &Path, opts: &ReadOptions) -> Result<Embeddings> {
 const PART_ROWS: usize = 256;
 
 
-/// Are these bytes of a binary vector all characters of written numbers (digits, sign,
-/// point, exponent, blanks)? float32 values made of such bytes are all about 1e-19 or
-/// 1e-33 or smaller: no real embedding is, a text file read as binary always is.
+/// Are these bytes of a binary vector written numbers: at least two, separated by blanks
+/// (what a text file's first line after its header holds, read as a binary record)?
+///
+/// Bytes of real float32 values are digits or `.`/`-`/`e` now and then (a top byte of '0' to
+/// '9' is a value of 5e-10 to 2e-4), but a blank (0x20, 0x09) among them too, in the place
+/// of a separator, with every piece a number, is a text file: a top byte of 0x20 would be a
+/// value of about 1e-19.
 fn looks_like_text_numbers(bytes: &[u8]) -> bool {
-    bytes.len() >= 4
-        && bytes.iter().any(u8::is_ascii_digit)
-        && bytes.iter().all(|&b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E' | b' ' | b'\t' | b'\n' | b'\r'))
+    let is_blank = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    if !bytes.iter().all(|&b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E') || is_blank(&b)) {
+        return false;
+    }
+    let mut numbers = 0;
+    for piece in bytes.split(is_blank).filter(|p| !p.is_empty()) {
+        if fast_float2::parse::<f64, _>(piece).is_err() {
+            return false;
+        }
+        numbers += 1;
+    }
+    // (an end-cut last piece, "2." of "2.5", still parses)
+    numbers >= 2
 }
 
 fn parse_header(line: &[u8]) -> Result<(usize, usize)> {

@@ -83,32 +83,26 @@ pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 /// this module's own (as in a forked child), made when threads can be had again.
 static NO_GLOBAL_POOL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Make sure the parallel loops of the coming call have threads, or say why not: rayon
-/// starts its global pool at the first parallel loop and panics there if no thread can be
-/// started, where this gives a MemoryError (and later calls a pool of their own).
+/// Start rayon's global pool (at import, while memory is to be had): rayon starts it at
+/// the first parallel loop otherwise, and panics there, for good, if no thread can be
+/// started then (an address-space limit). If it cannot start now, calls run in a pool of
+/// this module's own, made when threads can be had.
+pub fn start_global_pool() {
+    match rayon::ThreadPoolBuilder::new().build_global() {
+        // (already: a second initialization of the module in this process)
+        Err(e) if !e.to_string().contains("already been initialized") => {
+            NO_GLOBAL_POOL.store(true, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+}
+
+/// Make sure the parallel loops of the coming call have threads, or say why not (a
+/// MemoryError, where rayon would panic).
 fn ensure_pool() -> PyResult<()> {
-    use std::sync::atomic::AtomicBool;
-    static STARTED: AtomicBool = AtomicBool::new(false);
     let generation = FORKS.load(Ordering::Relaxed);
     if generation == 0 && !NO_GLOBAL_POOL.load(Ordering::Relaxed) {
-        if STARTED.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        match rayon::ThreadPoolBuilder::new().build_global() {
-            Ok(()) => {
-                STARTED.store(true, Ordering::Relaxed);
-                return Ok(());
-            }
-            // started by an earlier parallel loop (or a failed start: then that loop panicked)
-            Err(e) if e.to_string().contains("already been initialized") => {
-                STARTED.store(true, Ordering::Relaxed);
-                return Ok(());
-            }
-            Err(e) => {
-                NO_GLOBAL_POOL.store(true, Ordering::Relaxed);
-                return Err(no_threads(&e.to_string()));
-            }
-        }
+        return Ok(());
     }
     match child_pool(generation) {
         Some(_) => Ok(()),

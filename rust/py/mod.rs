@@ -21,6 +21,7 @@ pub use embeddings::PyEmbeddings;
 
 #[pymodule(gil_used = false)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    fork::start_global_pool();
     errors::register(m)?;
     m.add_class::<embeddings::PyEmbeddings>()?;
     m.add_function(wrap_pyfunction!(fork::_after_fork_in_child, m)?)?;

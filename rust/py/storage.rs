@@ -18,8 +18,8 @@ fn checked_row(i: i128, n_rows: usize) -> PyResult<usize> {
     if j < 0 || j >= n_rows as i128 {
         // (beyond 128 bits the number itself is not kept)
         let got = match i {
-            i128::MIN => "a negative int beyond 128 bits".to_string(),
-            i128::MAX => "an int beyond 128 bits".to_string(),
+            i128::MIN => "an int of -2**127 or less".to_string(),
+            i128::MAX => "an int of 2**127 - 1 or more".to_string(),
             _ => i.to_string(),
         };
         Err(PyIndexError::new_err(format!("row {got} out of range for {n_rows} rows")))
@@ -46,6 +46,11 @@ fn scalar_row(r: &Bound<'_, PyAny>) -> PyResult<Option<i128>> {
     Ok(None)
 }
 
+/// numpy's kind letter of an array's or a numpy scalar's dtype ("b", "i", "u", "f", ...).
+fn dtype_kind(x: &Bound<'_, PyAny>) -> Option<String> {
+    x.getattr("dtype").and_then(|d| d.getattr("kind")).and_then(|k| k.extract::<String>()).ok()
+}
+
 /// A boolean mask of the wrong length (numpy's IndexError).
 fn mask_error(len: usize, n_rows: usize) -> PyErr {
     PyIndexError::new_err(format!("boolean mask of {len} bools does not match the {n_rows} rows"))
@@ -59,9 +64,12 @@ fn row_list(r: &Bound<'_, PyAny>, n_rows: usize) -> PyResult<Vec<usize>> {
         return Err(type_error());
     }
     // a numpy array: read as one typed array, not item by item
-    if let Ok(kind) = r.getattr("dtype").and_then(|d| d.getattr("kind")).and_then(|k| k.extract::<String>()) {
-        if r.getattr("ndim")?.extract::<usize>()? != 1 {
-            return Err(PyTypeError::new_err("rows must be a 1-D array"));
+    if let Some(kind) = dtype_kind(r) {
+        match r.getattr("ndim")?.extract::<usize>()? {
+            1 => {}
+            // a numpy scalar that is no integer (a float, a str)
+            0 => return Err(type_error()),
+            _ => return Err(PyTypeError::new_err("rows must be a 1-D array")),
         }
         return match kind.as_str() {
             "b" => {
@@ -85,7 +93,9 @@ fn row_list(r: &Bound<'_, PyAny>, n_rows: usize) -> PyResult<Vec<usize>> {
         };
     }
     let items: Vec<Bound<'_, PyAny>> = r.try_iter().map_err(|_| type_error())?.collect::<PyResult<_>>()?;
-    let n_bool = items.iter().filter(|x| x.is_instance_of::<PyBool>()).count();
+    // Python's bools and numpy's (`list(mask)` holds numpy.bool_ items)
+    let is_bool = |x: &Bound<'_, PyAny>| x.is_instance_of::<PyBool>() || dtype_kind(x).as_deref() == Some("b");
+    let n_bool = items.iter().filter(|x| is_bool(x)).count();
     if n_bool == items.len() && n_bool > 0 {
         if items.len() != n_rows {
             return Err(mask_error(items.len(), n_rows));

@@ -169,6 +169,7 @@ def test_cli_errors_name_the_command_options(files: dict[str, Path], tmp_path: P
         (["quantize", w2v, out, "-q", "-m", "2"], "--subquantizers 2 does not divide", "n_subquantizers"),
         (["quantize", w2v, out, "-q", "-b", "9"], "--bits 9 is out of range", "bits="),
         (["quantize", w2v, out, "-q", "--sample", "-1"], "--sample -1 must not be negative", "sample="),
+        (["quantize", w2v, out, "-q", "-m", "1"], "--bits 8 means 256 centroids", "bits="),
         (["convert", w2v, str(tmp_path / "x.txt"), "--vocab", "fst"], "--vocab fst applies", "vocab="),
         (["analogy", w2v, "the", "nope", "x"], 'analogy word B ("nope")', "word b"),
     ]
@@ -176,6 +177,18 @@ def test_cli_errors_name_the_command_options(files: dict[str, Path], tmp_path: P
         assert cli(argv) == 1
         err = capsys.readouterr().err
         assert want in err and python_name not in err, err
+    # paths in messages are shown as given, whatever they hold
+    for argv, path in (
+        (["quantize", w2v, str(tmp_path / "nope" / "sample=1" / "q.fifu"), "-q", "-m", "1", "-b", "1"],
+         "nope/sample=1/q.fifu"),
+        (["quantize", str(tmp_path / "n_iterations must.txt"), out, "-q"], "n_iterations must.txt"),
+        (["info", str(tmp_path / "model--dim=300.fifu")], "model--dim=300.fifu"),
+    ):
+        if argv[0] == "info":
+            Path(argv[1]).write_bytes(b"garbage")
+        assert cli(argv) == 1
+        err = capsys.readouterr().err
+        assert path in err, err
 
 
 def test_cli_info_names_a_headerless_txt_glove(files: dict[str, Path], tmp_path: Path, capsys) -> None:

@@ -308,6 +308,12 @@ def test_wrong_loader_for_text_or_binary_says_which_to_use(tmp_path: Path) -> No
     with pytest.raises(vf.FormatError, match=r"record 1's vector is text.*looks like text embeddings.*vf\.load_text"):
         vf.load_word2vec(t)
     np.testing.assert_array_equal(vf.load_text(t, normalize=False).storage, [[1, 2, 3], [-1.5, 0, 2.25]])
+    # real binary values whose bytes are digits and points (b"1.392.18": 1.7e-4, 4.2e-5) but
+    # no blank between numbers: a word2vec file, read as gensim reads it
+    row = np.frombuffer(b"1.392.18", "<f4")
+    b = tmp_path / "digits.bin"
+    b.write_bytes(b"2 2\na " + row.tobytes() + b"\nb " + np.array([0.5, -0.25], "<f4").tobytes() + b"\n")
+    np.testing.assert_array_equal(vf.load_word2vec(b, normalize=False).storage, [row, [0.5, -0.25]])
     # a word2vec binary file read as text: the error says to use load_word2vec
     for dims in (None, True):
         with pytest.raises(vf.FormatError, match=r"line 2:.*looks like word2vec binary.*vf\.load_word2vec"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from typing import Any
 
 from . import add_word_options
@@ -57,7 +58,8 @@ def _has_count_header(path: str) -> bool:
     with open(path, "rb") as f:
         first = f.readline(1 << 16)
     fields = first.removeprefix(b"\xef\xbb\xbf").split()
-    return len(fields) == 2 and all(x.isdigit() for x in fields)
+    # (as Rust parses an unsigned integer: ASCII digits, an optional leading "+")
+    return len(fields) == 2 and all(re.fullmatch(rb"\+?[0-9]+", x) for x in fields)
 
 
 def _strict_json(v: Any) -> Any:
