@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -83,8 +84,17 @@ _COMMAND_OPTIONS: dict[str, list[tuple[str, Any]]] = {
     ],
     "convert": [(r"^vocab='(\w+)' applies to\b", r"--vocab \1 applies to")],
     # the Python API's a, b, c are the command's A, B, C
-    "analogy": [(r"^analogy word ([abc]) \(", lambda m: f"analogy word {m.group(1).upper()} (")],
+    "analogy": [
+        (
+            r"^(analogy words? )((?:[abc] \(\"(?:[^\"\\]|\\.)*\"\)(?:, )?)+)( ha(?:s|ve) no embedding)",
+            lambda m: m.group(1) + _ANALOGY_ITEM.sub(lambda n: n.group(1).upper() + n.group(2), m.group(2)) + m.group(3),
+        )
+    ],
 }
+
+
+# one `x ("word")` of an analogy message (the word as Rust's Debug quotes it)
+_ANALOGY_ITEM = re.compile(r'([abc])( \("(?:[^"\\]|\\.)*"\))')
 
 
 def _opt(option: str, m: Any) -> str:
@@ -94,8 +104,6 @@ def _opt(option: str, m: Any) -> str:
 
 def _as_options(msg: str, command: str) -> str:
     """The readers' hints name Python calls and arguments; say them as this command's options."""
-    import re
-
     format_option = "--from" if command == "convert" else "--format"
     for py_arg, option in _OPTION_NAMES:
         msg = msg.replace(py_arg, option)

@@ -172,6 +172,7 @@ def test_cli_errors_name_the_command_options(files: dict[str, Path], tmp_path: P
         (["quantize", w2v, out, "-q", "-m", "1"], "--bits 8 means 256 centroids", "bits="),
         (["convert", w2v, str(tmp_path / "x.txt"), "--vocab", "fst"], "--vocab fst applies", "vocab="),
         (["analogy", w2v, "the", "nope", "x"], 'analogy word B ("nope")', "word b"),
+        (["analogy", w2v, "no1", "no2", 'q", b ("x'], 'words A ("no1"), B ("no2"), C ("q\\", b (\\"x")', "A (\"no1\"), b"),
     ]
     for argv, want, python_name in cases:
         assert cli(argv) == 1
