@@ -5,8 +5,9 @@ query commands on every input format."""
 from __future__ import annotations
 
 import json
-
+import os
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -202,6 +203,17 @@ def test_cli_info_names_a_headerless_txt_glove(files: dict[str, Path], tmp_path:
     # a format given is reported as given
     assert cli(["info", str(glove_txt), "--format", "text", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["format"] == "text"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="file names of undecodable bytes")
+def test_cli_info_json_of_an_undecodable_file_name_is_utf8(files: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """A file name's undecodable byte (a lone surrogate in Python) was printed raw: the
+    JSON was no UTF-8 text, which parsers refuse. It is now a \\u escape."""
+    odd = Path(os.fsdecode(os.fsencode(tmp_path) + b"/x\xff.fifu"))
+    odd.write_bytes(files["finalfusion"].read_bytes())
+    assert cli(["info", str(odd), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out.encode("utf-8"))["file"] == str(odd)
 
 
 def test_cli_quantize_word2vec_input(files: dict[str, Path], tmp_path: Path) -> None:

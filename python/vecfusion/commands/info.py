@@ -77,7 +77,14 @@ def _strict_json(v: Any) -> Any:
 def run(args: argparse.Namespace) -> int:
     d = describe(args.file, args.fmt, lossy=args.lossy, encoding=args.encoding)
     if args.json:
-        print(json.dumps(_strict_json(d), ensure_ascii=False, indent=1, default=str, allow_nan=False))
+        text = json.dumps(_strict_json(d), ensure_ascii=False, indent=1, default=str, allow_nan=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # a file name of undecodable bytes (lone surrogates from os.fsdecode): written
+            # raw they are no UTF-8, so no JSON; as \u escapes they are
+            text = json.dumps(_strict_json(d), ensure_ascii=True, indent=1, default=str, allow_nan=False)
+        print(text)
         return 0
     width = max(len(k) for k in d)
     for k, v in d.items():
