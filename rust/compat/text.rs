@@ -459,6 +459,18 @@ fn strip_eol(line: &[u8]) -> &[u8] {
     &line[..keep.map_or(0, |k| k + 1)]
 }
 
+/// The `"<words> <dims>"` header of a text file, as the reader detects it (`dims=None`), or
+/// `None` when its first line is a record (GloVe).
+pub fn file_header(path: &Path) -> Result<Option<(usize, usize)>> {
+    let file = crate::embeddings::open_regular_file(path)?;
+    let mut first = Vec::new();
+    BufReader::with_capacity(64 << 10, file)
+        .take(1 << 16)
+        .read_until(b'\n', &mut first)
+        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    Ok(parse_header(first.strip_prefix(UTF8_BOM).unwrap_or(&first)))
+}
+
 /// `"n d"`: exactly two unsigned integers.
 fn parse_header(line: &[u8]) -> Option<(usize, usize)> {
     let text = std::str::from_utf8(strip_eol(line)).ok()?;

@@ -124,6 +124,12 @@ pub fn load_text(
 }
 
 /// A `"n d"` header line followed by bytes that are not UTF-8 text (word2vec binary).
+/// The `(words, dims)` header line of a text file as `load_text` detects it, or None (GloVe).
+#[pyfunction]
+pub fn _text_header(py: Python<'_>, path: PathBuf) -> PyResult<Option<(usize, usize)>> {
+    Ok(py.detach(|| text::file_header(&path))?)
+}
+
 fn is_binary_after_header(path: &std::path::Path) -> bool {
     use std::io::Read;
     let mut head = Vec::new();

@@ -33,6 +33,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(embeddings::load, m)?)?;
     m.add_function(wrap_pyfunction!(compat::load_word2vec, m)?)?;
     m.add_function(wrap_pyfunction!(compat::load_text, m)?)?;
+    m.add_function(wrap_pyfunction!(compat::_text_header, m)?)?;
     m.add_function(wrap_pyfunction!(compat::load_fasttext, m)?)?;
     reader::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -94,7 +94,7 @@ fn row_key(x: &Bound<'_, PyAny>) -> Option<i128> {
     }
     // a numpy integer scalar (or 0-d integer array): ndim 0, an `__index__`, no float dtype
     let zero_d = x.getattr("ndim").ok().and_then(|d| d.extract::<usize>().ok()) == Some(0);
-    let integral = x.getattr("dtype").ok().and_then(|t| t.getattr("kind").ok()).and_then(|k| k.extract::<String>().ok());
+    let integral = super::views::dtype_kind(x);
     if zero_d && matches!(integral.as_deref(), Some("i" | "u")) {
         return x.call_method0("__index__").ok().and_then(|i| i.extract::<i128>().ok());
     }

@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyString};
 
 use super::query::WideInt;
+use super::views::dtype_kind;
 use super::views;
 use crate::embeddings::Embeddings;
 use crate::storage::{QuantizedStorage, Storage};
@@ -37,18 +38,13 @@ fn bool_row_error() -> PyErr {
 /// One row number (a Python or numpy integer, any size), `None` for anything else (a
 /// sequence); a bool scalar is a TypeError.
 fn scalar_row(r: &Bound<'_, PyAny>) -> PyResult<Option<i128>> {
-    if r.is_instance_of::<PyBool>() || r.getattr("dtype").and_then(|d| d.getattr("kind")).is_ok_and(|k| k.eq("b").unwrap_or(false)) && r.len().is_err() {
+    if r.is_instance_of::<PyBool>() || dtype_kind(r).as_deref() == Some("b") && r.len().is_err() {
         return Err(bool_row_error());
     }
     if r.is_instance_of::<PyInt>() || (r.len().is_err() && r.hasattr("__index__")?) {
         return Ok(Some(r.extract::<WideInt>()?.0));
     }
     Ok(None)
-}
-
-/// numpy's kind letter of an array's or a numpy scalar's dtype ("b", "i", "u", "f", ...).
-fn dtype_kind(x: &Bound<'_, PyAny>) -> Option<String> {
-    x.getattr("dtype").and_then(|d| d.getattr("kind")).and_then(|k| k.extract::<String>()).ok()
 }
 
 /// A boolean mask of the wrong length (numpy's IndexError).

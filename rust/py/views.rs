@@ -42,3 +42,9 @@ pub fn readonly_1d<'py, T: numpy::Element>(owner: Bound<'py, PyAny>, data: &[T])
     set_readonly(arr.as_any())?;
     Ok(arr)
 }
+
+/// numpy's kind letter of an array's or a numpy scalar's dtype ("b", "i", "u", "f", ...), or
+/// `None` for anything without a dtype.
+pub(crate) fn dtype_kind(x: &Bound<'_, PyAny>) -> Option<String> {
+    x.getattr("dtype").and_then(|d| d.getattr("kind")).and_then(|k| k.extract::<String>()).ok()
+}

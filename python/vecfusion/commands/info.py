@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 from typing import Any
 
 from . import add_word_options
@@ -28,11 +27,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def describe(path: str, fmt: str | None = None, *, lossy: bool = False, encoding: str = "utf-8") -> dict[str, Any]:
     """The facts ``info`` prints, as a dict."""
+    from .. import _native
     from ..convert import _norm_format, detect_format, load_any
 
     f = _norm_format(fmt) if fmt else detect_format(path)
     emb = load_any(path, f, normalize=False, mmap=True, lossy=lossy, encoding=encoding)
-    if f == "text" and not fmt and not _has_count_header(path):
+    if f == "text" and not fmt and _native._text_header(path) is None:
         f = "glove"  # the reader found no "<words> <dims>" header line
     vocab = emb.vocab
     return {
@@ -50,16 +50,6 @@ def describe(path: str, fmt: str | None = None, *, lossy: bool = False, encoding
         "norms": emb.norms is not None,
         "metadata": emb.metadata,
     }
-
-
-def _has_count_header(path: str) -> bool:
-    """Does a text file start with a ``"<words> <dims>"`` line (two unsigned integers, as
-    the text reader detects it)?"""
-    with open(path, "rb") as f:
-        first = f.readline(1 << 16)
-    fields = first.removeprefix(b"\xef\xbb\xbf").split()
-    # (as Rust parses an unsigned integer: ASCII digits, an optional leading "+")
-    return len(fields) == 2 and all(re.fullmatch(rb"\+?[0-9]+", x) for x in fields)
 
 
 def _strict_json(v: Any) -> Any:
