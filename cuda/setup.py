@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 
 from setuptools import setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+# ATen's `at::parallel_for` is a header template: compiled without OpenMP it runs every range on
+# the calling thread (torch's own kernels are parallel, ours would not be). torch's Linux wheels
+# use GNU OpenMP (torch/lib/libgomp.so.1); linking with -fopenmp records the same soname, so the
+# extension shares torch's thread pool and `torch.set_num_threads` governs both.
+OPENMP_FLAGS = ["-fopenmp"] if sys.platform.startswith("linux") else []
 
 
 def _with_cuda() -> bool:
@@ -28,7 +35,7 @@ def _with_cuda() -> bool:
 
 def _extension():
     cpp = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
-    cxx = ["-O3", "-fdiagnostics-color=never"]
+    cxx = ["-O3", "-fdiagnostics-color=never", *OPENMP_FLAGS]
     if _with_cuda():
         cu = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         return CUDAExtension(
@@ -36,8 +43,9 @@ def _extension():
             cpp + cu,
             define_macros=[("VECFUSION_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
+            extra_link_args=OPENMP_FLAGS,
         )
-    return CppExtension("vecfusion_ops._C", cpp, extra_compile_args={"cxx": cxx})
+    return CppExtension("vecfusion_ops._C", cpp, extra_compile_args={"cxx": cxx}, extra_link_args=OPENMP_FLAGS)
 
 
 os.chdir(HERE)

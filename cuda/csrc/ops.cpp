@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -308,8 +309,10 @@ at::Tensor embedding_dense_backward_cpu(const at::Tensor& grad_, const at::Tenso
   const auto grad = rows_of(grad_, n, dim);
   auto idx = indices.contiguous();
   const auto acc_t = acc_type_of(grad.t.scalar_type());
-  auto gw = at::zeros({num_weights, dim}, grad.t.options().dtype(acc_t));
-  if (n == 0 || dim == 0) return gw.to(grad.t.scalar_type());
+  if (n == 0 || dim == 0) return at::zeros({num_weights, dim}, grad.t.options());
+  // not zeroed here: each task zeroes its own rows just before adding into them (one pass
+  // over the gradient instead of two, and the rows are still in cache when the adds come)
+  auto gw = at::empty({num_weights, dim}, grad.t.options().dtype(acc_t));
   const int64_t s0 = grad.s0, s1 = grad.s1;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.t.scalar_type(), "vecfusion_dense_bwd", [&] {
     using acc_t = acc_of<scalar_t>;
@@ -324,12 +327,13 @@ at::Tensor embedding_dense_backward_cpu(const at::Tensor& grad_, const at::Tenso
       const bool far = num_weights * row_bytes > kPrefetchBytes;
       const int32_t* cp = scale_grad_by_freq ? counts.data() : nullptr;
       auto section = [&](int64_t lo, int64_t hi) {
+        std::fill(wp + lo * dim, wp + hi * dim, acc_t(0));
         with_width(dim, [&](auto width) {
           constexpr int64_t D = decltype(width)::value;
           scatter_add_rows<D>(wp, gp, ip, n, dim, s0, s1, lo, hi, padding_idx, cp, far);
         });
       };
-      if (n * dim < 16384) {
+      if (n * dim < 16384 && num_weights * dim < (int64_t{1} << 16)) {  // too little to share
         section(0, num_weights);
       } else {
         at::parallel_for(0, num_weights, 1, section);
@@ -537,16 +541,22 @@ at::Tensor multi_embedding_cpu(const at::Tensor& weight, const at::Tensor& indic
   char* dst = static_cast<char*>(out.data_ptr());
   AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "vecfusion_multi_fwd", [&] {
     const index_t* ip = idx.const_data_ptr<index_t>();
+    // output rows in tiles of about 16 KiB, so that a tile stays in the core's cache while every
+    // table writes its columns of it
+    const int64_t tile = std::max<int64_t>(8, (int64_t{1} << 14) / std::max<int64_t>(total_dim * es, 1));
     at::parallel_for(0, batch, grain_for(total_dim * es), [&](int64_t b, int64_t e) {
-      // table by table: each inner loop copies rows of one constant width from one table
-      for (int64_t t = 0; t < nt; ++t) {
-        const Table& tb = tabs[static_cast<size_t>(t)];
-        const int64_t bytes = tb.dim * es;
-        const bool far = tb.rows * bytes > kPrefetchBytes;
-        with_small_width(bytes, [&](auto width) {
-          gather_column<decltype(width)::value>(dst + tb.coff * es, total_dim * es, src + tb.woff * es, ip + t, nt, b,
-                                                e, bytes, far);
-        });
+      for (int64_t tb0 = b; tb0 < e; tb0 += tile) {
+        const int64_t tb1 = std::min(e, tb0 + tile);
+        // table by table: each inner loop copies rows of one constant width from one table
+        for (int64_t t = 0; t < nt; ++t) {
+          const Table& tb = tabs[static_cast<size_t>(t)];
+          const int64_t bytes = tb.dim * es;
+          const bool far = tb.rows * bytes > kPrefetchBytes;
+          with_small_width(bytes, [&](auto width) {
+            gather_column<decltype(width)::value>(dst + tb.coff * es, total_dim * es, src + tb.woff * es, ip + t, nt,
+                                                  tb0, tb1, bytes, far);
+          });
+        }
       }
     });
   });
@@ -567,18 +577,21 @@ inline void with_small_dim(int64_t dim, F&& f) {
 }
 #undef VF_CONST_CASE
 
-// One table's part of the multi-table backward: weight row `ip[i·nt]` of the table at `w` +=
-// gradient slice `g + i·s0` (element stride `s1`) for every batch row i, in order. Rows of `dim`
-// (= D when D != 0) values; by value, as `scatter_add_rows`.
+// One piece of a table's part of the multi-table backward: weight row `ip[i·nt]` of the table
+// at `w` += gradient slice `g + i·s0` (element stride `s1`) for every batch row i whose row lies
+// in [lo, hi), in order. Rows of `dim` (= D when D != 0) values; by value, as `scatter_add_rows`.
 template <int64_t D, typename acc_t, typename scalar_t, typename index_t>
 void scatter_column(acc_t* __restrict w, const scalar_t* __restrict g, int64_t s0, int64_t s1,
-                    const index_t* __restrict ip, int64_t nt, int64_t batch, int64_t dim, bool far) {
+                    const index_t* __restrict ip, int64_t nt, int64_t batch, int64_t dim, int64_t lo, int64_t hi,
+                    bool far) {
   const int64_t d = D != 0 ? D : dim;
   constexpr int64_t AHEAD = 8;
   auto each = [&](int64_t s1c) {
     for (int64_t i = 0; i < batch; ++i) {
       if (far && i + AHEAD < batch) __builtin_prefetch(w + static_cast<int64_t>(ip[(i + AHEAD) * nt]) * d, 1);
-      add_into<D>(w + static_cast<int64_t>(ip[i * nt]) * d, g + i * s0, s1c, d);
+      const int64_t k = static_cast<int64_t>(ip[i * nt]);
+      if (k < lo || k >= hi) continue;
+      add_into<D>(w + k * d, g + i * s0, s1c, d);
     }
   };
   if (s1 == 1) {
@@ -586,6 +599,46 @@ void scatter_column(acc_t* __restrict w, const scalar_t* __restrict g, int64_t s
   } else {
     each(s1);
   }
+}
+
+// A piece of the multi-table backward's work: rows [lo, hi) of table t.
+struct Piece {
+  int64_t t, lo, hi, cost;
+};
+
+// The work of a multi-table backward in pieces, the costliest first, so that threads taking
+// them in turn end together. A table costing more than a thread's share of the whole is split by
+// rows into pieces of about that share (at most `threads`: each piece reads the table's whole
+// index column and passes over the indices of the other pieces).
+std::vector<Piece> backward_pieces(const std::vector<Table>& tabs, int64_t batch, int64_t elem, int64_t threads) {
+  // zeroing the rows (a fast fill), reading the index column, adding the gradient rows
+  auto cost_of = [&](const Table& tb) { return tb.rows * tb.dim * elem / 16 + batch + batch * tb.dim; };
+  int64_t total = 0;
+  for (const Table& tb : tabs) total += cost_of(tb);
+  const int64_t share = std::max<int64_t>(1, total / std::max<int64_t>(threads, 1));
+  std::vector<Piece> pieces;
+  for (int64_t t = 0; t < static_cast<int64_t>(tabs.size()); ++t) {
+    const Table& tb = tabs[static_cast<size_t>(t)];
+    const int64_t cost = cost_of(tb);
+    const int64_t n = std::max<int64_t>(1, std::min<int64_t>({threads, tb.rows, (cost + share - 1) / share}));
+    for (int64_t p = 0; p < n; ++p) pieces.push_back({t, tb.rows * p / n, tb.rows * (p + 1) / n, cost / n});
+  }
+  std::stable_sort(pieces.begin(), pieces.end(), [](const Piece& a, const Piece& b) { return a.cost > b.cost; });
+  return pieces;
+}
+
+// True when no two tables share a weight element (the layout FastMultiEmbedding builds): the
+// backward's pieces may then each zero and fill their own rows at the same time.
+bool tables_disjoint(const std::vector<Table>& tabs) {
+  std::vector<std::pair<int64_t, int64_t>> spans;
+  for (const Table& tb : tabs) {
+    if (tb.rows > 0 && tb.dim > 0) spans.emplace_back(tb.woff, tb.woff + tb.rows * tb.dim);
+  }
+  std::sort(spans.begin(), spans.end());
+  for (size_t i = 1; i < spans.size(); ++i) {
+    if (spans[i].first < spans[i - 1].second) return false;
+  }
+  return true;
 }
 
 at::Tensor multi_embedding_backward_cpu(const at::Tensor& grad_, const at::Tensor& indices, const at::Tensor& meta,
@@ -601,26 +654,58 @@ at::Tensor multi_embedding_backward_cpu(const at::Tensor& grad_, const at::Tenso
   const auto grad = rows_of(grad_, batch, total_dim);
   const int64_t s0 = grad.s0, s1 = grad.s1;
   const auto acc_t = acc_type_of(grad.t.scalar_type());
-  auto gw = at::zeros({numel}, grad.t.options().dtype(acc_t));
-  if (batch == 0) return gw.to(grad.t.scalar_type());
+  // Tables that share weight elements (only a direct call can give such a layout) are summed
+  // one after another into a zeroed gradient; otherwise every piece zeroes its own rows just
+  // before adding into them (one pass over the gradient instead of two, the rows still in cache)
+  // and only elements outside every table are zeroed here.
+  const bool disjoint = tables_disjoint(tabs);
+  auto gw = disjoint ? at::empty({numel}, grad.t.options().dtype(acc_t))
+                     : at::zeros({numel}, grad.t.options().dtype(acc_t));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.t.scalar_type(), "vecfusion_multi_bwd", [&] {
     using acc_t = acc_of<scalar_t>;
     const scalar_t* gp = grad.t.const_data_ptr<scalar_t>();
     acc_t* wp = gw.data_ptr<acc_t>();
+    if (disjoint) {
+      std::vector<char> covered;  // elements outside every table: zero (a layout with gaps)
+      int64_t in_tables = 0;
+      for (const Table& tb : tabs) in_tables += tb.rows * tb.dim;
+      if (in_tables != numel) {
+        covered.assign(static_cast<size_t>(numel), 0);
+        for (const Table& tb : tabs) std::memset(covered.data() + tb.woff, 1, static_cast<size_t>(tb.rows * tb.dim));
+        for (int64_t k = 0; k < numel; ++k) {
+          if (!covered[static_cast<size_t>(k)]) wp[k] = acc_t(0);
+        }
+      }
+    }
+    if (batch == 0 && !disjoint) return;
     AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "vecfusion_multi_bwd_idx", [&] {
       const index_t* ip = idx.const_data_ptr<index_t>();
-      // Each task owns whole tables (their regions of the weight) and adds, table by table, the
-      // table's slice of every gradient row in index order (an inner loop of one constant width).
-      at::parallel_for(0, nt, 1, [&](int64_t tb_lo, int64_t tb_hi) {
-        for (int64_t t = tb_lo; t < tb_hi; ++t) {
-          const Table& tb = tabs[static_cast<size_t>(t)];
-          const bool far = tb.rows * tb.dim * static_cast<int64_t>(sizeof(acc_t)) > kPrefetchBytes;
-          with_small_dim(tb.dim, [&](auto width) {
-            scatter_column<decltype(width)::value>(wp + tb.woff, gp + tb.coff * s1, s0, s1, ip + t, nt, batch, tb.dim,
-                                                   far);
-          });
-        }
-      });
+      auto run = [&](const Table& tb, int64_t t, int64_t lo, int64_t hi) {
+        acc_t* w = wp + tb.woff;
+        if (disjoint) std::fill(w + lo * tb.dim, w + hi * tb.dim, acc_t(0));
+        if (batch == 0) return;
+        const bool far = (hi - lo) * tb.dim * static_cast<int64_t>(sizeof(acc_t)) > kPrefetchBytes;
+        with_small_dim(tb.dim, [&](auto width) {
+          scatter_column<decltype(width)::value>(w, gp + tb.coff * s1, s0, s1, ip + t, nt, batch, tb.dim, lo, hi,
+                                                 far);
+        });
+      };
+      if (!disjoint) {  // one table after another: tables that overlap must not add at once
+        for (int64_t t = 0; t < nt; ++t) run(tabs[static_cast<size_t>(t)], t, 0, tabs[static_cast<size_t>(t)].rows);
+        return;
+      }
+      // Each piece owns its rows (a region of the weight) and adds the gradient rows in index
+      // order, so the result does not depend on which thread takes which piece.
+      const int64_t threads = at::get_num_threads();
+      const auto pieces = backward_pieces(tabs, batch, static_cast<int64_t>(sizeof(acc_t)), threads);
+      std::atomic<size_t> next{0};
+      at::parallel_for(0, std::min<int64_t>(threads, static_cast<int64_t>(pieces.size())), 1,
+                       [&](int64_t, int64_t) {
+                         for (size_t p = next++; p < pieces.size(); p = next++) {
+                           const Piece& pc = pieces[p];
+                           run(tabs[static_cast<size_t>(pc.t)], pc.t, pc.lo, pc.hi);
+                         }
+                       });
     });
   });
   return acc_t == grad.t.scalar_type() ? gw : gw.to(grad.t.scalar_type());
@@ -827,6 +912,21 @@ bool compiled_with_cuda() {
 #endif
 }
 
+
+// How many threads the CPU kernels' `at::parallel_for` runs on now: the distinct thread
+// numbers of a parallel loop over a range long enough to give every thread a part. 1 for an
+// extension compiled without OpenMP, whose parallel loops all run on the calling thread.
+int64_t parallel_threads() {
+  const int64_t n = std::max<int64_t>(1, at::get_num_threads());
+  std::vector<std::atomic<int>> seen(static_cast<size_t>(n));
+  at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) seen[static_cast<size_t>(std::min<int64_t>(at::get_thread_num(), n - 1))] = 1;
+  });
+  int64_t used = 0;
+  for (const auto& v : seen) used += v.load();
+  return used;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(vecfusion_ops, m) {
@@ -842,6 +942,8 @@ TORCH_LIBRARY(vecfusion_ops, m) {
   m.def("multi_embedding_backward(Tensor grad, Tensor indices, Tensor meta, SymInt numel) -> Tensor");
   m.def("compiled_with_cuda() -> bool");
   m.impl("compiled_with_cuda", &compiled_with_cuda);
+  m.def("parallel_threads() -> int");
+  m.impl("parallel_threads", &parallel_threads);
 }
 
 TORCH_LIBRARY_IMPL(vecfusion_ops, Autograd, m) {

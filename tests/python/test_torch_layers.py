@@ -824,3 +824,88 @@ def test_max_norm_on_a_weight_made_in_inference_mode() -> None:
             assert torch.equal(fast(idx), ref(idx))
     assert torch.equal(fast.weight, ref.weight)
     assert float(fast.weight[1].norm()) <= 1.0 + 1e-6
+
+
+# ---------------------------------------------------------------- threads
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_cpu_kernels_run_on_torch_threads(two_threads) -> None:
+    """The extension is built with OpenMP: without it ATen's parallel loops in our kernels run
+    on the calling thread only, whatever torch.set_num_threads says."""
+    from vecfusion.torch import parallel_threads
+
+    assert parallel_threads() == 2
+    torch.set_num_threads(1)
+    assert parallel_threads() == 1
+
+
+def _threads_agree(f) -> None:
+    """f() gives the same bits on one thread and on two (each task owns its rows)."""
+    torch.set_num_threads(1)
+    one = f()
+    torch.set_num_threads(2)
+    two = f()
+    assert torch.equal(one, two)
+
+
+def test_dense_backward_is_the_same_on_any_thread_count(two_threads) -> None:
+    g = torch.Generator().manual_seed(11)
+    for num, dim, n in [(50_000, 8, 9000), (3000, 64, 700), (7, 3, 5000)]:
+        x = torch.randint(0, num, (n,), generator=g)
+        x[: n // 3] = 5 % num  # a hot row
+        grad = torch.randn(n, dim, generator=g)
+        got = ops.embedding_dense_backward(grad, x, num, -1, False)
+        _threads_agree(lambda: ops.embedding_dense_backward(grad, x, num, -1, False))
+        ref = torch.zeros(num, dim, dtype=torch.float64).index_add_(0, x, grad.double())
+        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-4)
+        assert not got[torch.ones(num, dtype=torch.bool).index_fill_(0, x, False)].any()  # rows not hit
+
+
+def _multi_reference(grad: torch.Tensor, x: torch.Tensor, meta: torch.Tensor, numel: int) -> torch.Tensor:
+    """Table by table into one zeroed flat gradient (tables may share elements)."""
+    out = torch.zeros(numel, dtype=torch.float64)
+    for t, (rows, dim, woff, coff) in enumerate(meta.tolist()):
+        if rows and dim:
+            view = out[woff : woff + rows * dim].view(rows, dim)
+            view.index_add_(0, x[:, t], grad[:, coff : coff + dim].double())
+    return out
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        # rows, dim, first weight element, first output column
+        "packed",  # as FastMultiEmbedding lays tables out
+        "gaps",  # elements outside every table stay zero
+        "overlap",  # two tables sharing elements add into them
+        "one big table",  # split by rows among threads
+    ],
+)
+def test_multi_backward_any_table_layout(layout: str, two_threads) -> None:
+    g = torch.Generator().manual_seed(12)
+    tables = {
+        "packed": ([(300, 4), (20, 9), (4000, 2), (1, 5)], [0, 1200, 1380, 9380], 9385),
+        "gaps": ([(300, 4), (20, 9)], [7, 1300], 1500),
+        "overlap": ([(300, 4), (20, 9)], [0, 1000], 1200),
+        "one big table": ([(60_000, 8), (10, 3)], [0, 480_000], 480_030),
+    }[layout]
+    shapes, woffs, numel = tables
+    coffs = np.cumsum([0] + [d for _, d in shapes])[:-1].tolist()
+    meta = torch.tensor([[r, d, w, c] for (r, d), w, c in zip(shapes, woffs, coffs)])
+    total = sum(d for _, d in shapes)
+    for batch in (0, 3, 5000):
+        x = torch.stack([torch.randint(0, r, (batch,), generator=g) for r, _ in shapes], 1)
+        # small integers: every sum is exact in float32, whatever the order of the adds
+        grad = torch.randint(-8, 9, (batch, total), generator=g).float()
+        got = ops.multi_embedding_backward(grad, x, meta, numel)
+        assert torch.equal(got.double(), _multi_reference(grad, x, meta, numel)), (layout, batch)
+        noisy = torch.randn(batch, total, generator=g)
+        _threads_agree(lambda: ops.multi_embedding_backward(noisy, x, meta, numel))

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from ._ops import compiled_with_cuda, has_cuda_kernels
+from ._ops import compiled_with_cuda, has_cuda_kernels, parallel_threads
 from .layers import FastEmbedding, FastMultiEmbedding, SubwordEmbeddingBag
 
 __all__ = [
@@ -14,4 +14,5 @@ __all__ = [
     "SubwordEmbeddingBag",
     "compiled_with_cuda",
     "has_cuda_kernels",
+    "parallel_threads",
 ]

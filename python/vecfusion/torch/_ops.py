@@ -9,6 +9,7 @@ torch.utils.cpp_extension (CUDA sources too when a toolkit is found, see cuda/se
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -27,7 +28,9 @@ def _jit_build() -> None:
             "(or `pip install --no-build-isolation ./cuda`)"
         )
     with_cuda = os.environ.get("FORCE_CUDA") == "1" or cpp_extension.CUDA_HOME is not None
-    flags = ["-O3"]
+    # OpenMP: without it ATen's at::parallel_for runs serially (see cuda/setup.py)
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    flags = ["-O3", *openmp]
     if with_cuda:
         sources += sorted(str(p) for p in (csrc / "cuda").glob("*.cu"))
         flags.append("-DVECFUSION_WITH_CUDA=1")
@@ -36,6 +39,7 @@ def _jit_build() -> None:
         sources=sources,
         extra_cflags=flags,
         extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr", "-DVECFUSION_WITH_CUDA=1"],
+        extra_ldflags=openmp,
         is_python_module=False,
     )
 
@@ -51,6 +55,12 @@ ops = torch.ops.vecfusion_ops
 def compiled_with_cuda() -> bool:
     """True if the loaded extension was compiled with its CUDA kernels."""
     return bool(ops.compiled_with_cuda())
+
+
+def parallel_threads() -> int:
+    """How many threads the extension's CPU kernels run on now (``torch.get_num_threads()``
+    when it was built with OpenMP, as ``make torch-ext`` builds it; 1 otherwise)."""
+    return int(ops.parallel_threads())
 
 
 def has_cuda_kernels() -> bool:
