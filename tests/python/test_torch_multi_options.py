@@ -379,8 +379,19 @@ def test_errors_name_the_table() -> None:
         m(torch.tensor([[0, -1, 0, 0]]))
     with pytest.raises(ValueError, match="3 columns for 4 tables"):
         m(torch.zeros(2, 3, dtype=torch.long))
+    # other index dtypes: the error of a list of nn.Embedding tables, type and message
+    tables = [nn.Embedding(n, d) for n, d in zip(NUMS, DIMS)]
+    for bad in (torch.zeros(2, 4), torch.zeros(2, 4, dtype=torch.int16), torch.zeros(2, 4, dtype=torch.uint8),
+                torch.zeros(2, 4, dtype=torch.bool), torch.zeros(2, 4, dtype=torch.complex64)):
+        with pytest.raises(RuntimeError) as want:
+            torch.cat([tab(bad[:, t]) for t, tab in enumerate(tables)], 1)
+        with pytest.raises(RuntimeError) as got:
+            m(bad)
+        assert str(got.value) == str(want.value), bad.dtype
+    # the op itself says what it takes
     with pytest.raises(TypeError, match="int32 or int64"):
-        m(torch.zeros(2, 4))
+        op_multi = torch.ops.vecfusion_ops.multi_embedding
+        op_multi(m.weight, torch.zeros(2, 4), m.table_meta, m.total_dim)
 
 
 def test_low_precision_and_no_grad() -> None:

@@ -462,6 +462,11 @@ class FastMultiEmbedding(nn.Module):
             raise ValueError(
                 f"input has {input.shape[1]} columns for {len(self.num_embeddings)} tables"
             )
+        if input.dtype not in _INDEX_DTYPES:
+            # nn.Embedding's own check: for other index dtypes the error (a RuntimeError) and
+            # message a list of nn.Embedding tables gives; a dtype it would accept is read as int64
+            F.embedding(input[:0, 0], self.weight.detach()[:0].view(0, 1))
+            input = input.long()
         weight = self.weight
         if weight.dim() != 1 or weight.shape[0] != self._numel:
             raise RuntimeError(
