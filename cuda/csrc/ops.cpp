@@ -5,6 +5,9 @@
 // adds the gradients of that row in index order (the order nn.Embedding uses).
 
 #include <ATen/Parallel.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <Python.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -484,11 +487,15 @@ inline void with_small_width(int64_t bytes, F&& f) {
 // `bytes` (= B when B != 0). By value, as `gather_rows`.
 template <int64_t B, typename index_t>
 void gather_column(char* __restrict dst, int64_t stride, const char* __restrict src, const index_t* __restrict ip,
-                   int64_t nt, int64_t b, int64_t e, int64_t bytes, bool far) {
+                   int64_t nt, int64_t b, int64_t e, int64_t end, int64_t bytes, bool far) {
   const int64_t rb = B != 0 ? B : bytes;
   constexpr int64_t AHEAD = 8;
   for (int64_t i = b; i < e; ++i) {
-    if (far && i + AHEAD < e) __builtin_prefetch(src + static_cast<int64_t>(ip[(i + AHEAD) * nt]) * rb);
+    // rows ahead up to `end` (the task's last row, past this tile's end `e`)
+    if (far && i + AHEAD < end) {
+      const char* next = src + static_cast<int64_t>(ip[(i + AHEAD) * nt]) * rb;
+      for (int64_t off = 0; off < rb; off += 64) __builtin_prefetch(next + off);
+    }
     std::memcpy(dst + i * stride, src + static_cast<int64_t>(ip[i * nt]) * rb, static_cast<size_t>(rb));
   }
 }
@@ -554,7 +561,7 @@ at::Tensor multi_embedding_cpu(const at::Tensor& weight, const at::Tensor& indic
           const bool far = tb.rows * bytes > kPrefetchBytes;
           with_small_width(bytes, [&](auto width) {
             gather_column<decltype(width)::value>(dst + tb.coff * es, total_dim * es, src + tb.woff * es, ip + t, nt,
-                                                  tb0, tb1, bytes, far);
+                                                  tb0, tb1, e, bytes, far);
           });
         }
       }
@@ -588,7 +595,11 @@ void scatter_column(acc_t* __restrict w, const scalar_t* __restrict g, int64_t s
   constexpr int64_t AHEAD = 8;
   auto each = [&](int64_t s1c) {
     for (int64_t i = 0; i < batch; ++i) {
-      if (far && i + AHEAD < batch) __builtin_prefetch(w + static_cast<int64_t>(ip[(i + AHEAD) * nt]) * d, 1);
+      if (far && i + AHEAD < batch) {
+        // only this piece's rows: the others' are being written by other threads
+        const int64_t ka = static_cast<int64_t>(ip[(i + AHEAD) * nt]);
+        if (ka >= lo && ka < hi) prefetch_row(w + ka * d, d * static_cast<int64_t>(sizeof(acc_t)));
+      }
       const int64_t k = static_cast<int64_t>(ip[i * nt]);
       if (k < lo || k >= hi) continue;
       add_into<D>(w + k * d, g + i * s0, s1c, d);
@@ -619,6 +630,7 @@ std::vector<Piece> backward_pieces(const std::vector<Table>& tabs, int64_t batch
   std::vector<Piece> pieces;
   for (int64_t t = 0; t < static_cast<int64_t>(tabs.size()); ++t) {
     const Table& tb = tabs[static_cast<size_t>(t)];
+    if (tb.rows == 0 || tb.dim == 0) continue;  // no rows to zero, nothing to add
     const int64_t cost = cost_of(tb);
     const int64_t n = std::max<int64_t>(1, std::min<int64_t>({threads, tb.rows, (cost + share - 1) / share}));
     for (int64_t p = 0; p < n; ++p) pieces.push_back({t, tb.rows * p / n, tb.rows * (p + 1) / n, cost / n});
@@ -665,17 +677,16 @@ at::Tensor multi_embedding_backward_cpu(const at::Tensor& grad_, const at::Tenso
     using acc_t = acc_of<scalar_t>;
     const scalar_t* gp = grad.t.const_data_ptr<scalar_t>();
     acc_t* wp = gw.data_ptr<acc_t>();
-    if (disjoint) {
-      std::vector<char> covered;  // elements outside every table: zero (a layout with gaps)
-      int64_t in_tables = 0;
-      for (const Table& tb : tabs) in_tables += tb.rows * tb.dim;
-      if (in_tables != numel) {
-        covered.assign(static_cast<size_t>(numel), 0);
-        for (const Table& tb : tabs) std::memset(covered.data() + tb.woff, 1, static_cast<size_t>(tb.rows * tb.dim));
-        for (int64_t k = 0; k < numel; ++k) {
-          if (!covered[static_cast<size_t>(k)]) wp[k] = acc_t(0);
-        }
+    if (disjoint) {  // elements outside every table (a layout with gaps) are zero
+      std::vector<std::pair<int64_t, int64_t>> spans;
+      for (const Table& tb : tabs) spans.emplace_back(tb.woff, tb.woff + tb.rows * tb.dim);
+      std::sort(spans.begin(), spans.end());
+      int64_t at = 0;
+      for (const auto& [from, to] : spans) {
+        if (from > at) std::fill(wp + at, wp + from, acc_t(0));
+        at = std::max(at, to);
       }
+      if (numel > at) std::fill(wp + at, wp + numel, acc_t(0));
     }
     if (batch == 0 && !disjoint) return;
     AT_DISPATCH_INDEX_TYPES(idx.scalar_type(), "vecfusion_multi_bwd_idx", [&] {
@@ -913,18 +924,22 @@ bool compiled_with_cuda() {
 }
 
 
-// How many threads the CPU kernels' `at::parallel_for` runs on now: the distinct thread
-// numbers of a parallel loop over a range long enough to give every thread a part. 1 for an
-// extension compiled without OpenMP, whose parallel loops all run on the calling thread.
+// How many threads the CPU kernels' `at::parallel_for` runs on now: the size of the OpenMP team
+// that runs a parallel loop long enough to give every thread of torch's a part (the team of the
+// OpenMP runtime this extension is linked with, which is not torch's if the two differ). 1 for
+// an extension compiled without OpenMP, whose parallel loops all run on the calling thread.
 int64_t parallel_threads() {
-  const int64_t n = std::max<int64_t>(1, at::get_num_threads());
-  std::vector<std::atomic<int>> seen(static_cast<size_t>(n));
-  at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) seen[static_cast<size_t>(std::min<int64_t>(at::get_thread_num(), n - 1))] = 1;
+  std::atomic<int64_t> team{1};
+  const int64_t n = std::max<int64_t>(2, 4 * at::get_num_threads());
+  at::parallel_for(0, n, 1, [&](int64_t, int64_t) {
+#ifdef _OPENMP
+    const int64_t here = omp_in_parallel() ? omp_get_num_threads() : 1;
+    int64_t seen = team.load();
+    while (here > seen && !team.compare_exchange_weak(seen, here)) {
+    }
+#endif
   });
-  int64_t used = 0;
-  for (const auto& v : seen) used += v.load();
-  return used;
+  return team.load();
 }
 
 }  // namespace

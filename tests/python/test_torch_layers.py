@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -837,14 +838,34 @@ def two_threads():
     torch.set_num_threads(before)
 
 
+@pytest.mark.skipif(
+    not (sys.platform.startswith("linux") and "OpenMP" in torch.__config__.parallel_info()),
+    reason="the extension is built with OpenMP where torch is (its Linux wheels)",
+)
 def test_cpu_kernels_run_on_torch_threads(two_threads) -> None:
     """The extension is built with OpenMP: without it ATen's parallel loops in our kernels run
-    on the calling thread only, whatever torch.set_num_threads says."""
+    on the calling thread only, whatever torch.set_num_threads says; with another OpenMP runtime
+    than torch's they would not follow torch.set_num_threads."""
     from vecfusion.torch import parallel_threads
 
     assert parallel_threads() == 2
     torch.set_num_threads(1)
     assert parallel_threads() == 1
+    torch.set_num_threads(2)
+    assert parallel_threads() == 2
+
+
+@pytest.fixture
+def nan_filled_empty():
+    """at::empty fills new tensors with NaN (deterministic mode), so that an element a kernel
+    leaves unwritten shows, instead of reading as the zero of fresh pages."""
+    before = torch.are_deterministic_algorithms_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(before)
+    torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 def _threads_agree(f) -> None:
@@ -856,17 +877,27 @@ def _threads_agree(f) -> None:
     assert torch.equal(one, two)
 
 
-def test_dense_backward_is_the_same_on_any_thread_count(two_threads) -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_dense_backward_is_the_same_on_any_thread_count(dtype, two_threads, nan_filled_empty) -> None:
     g = torch.Generator().manual_seed(11)
-    for num, dim, n in [(50_000, 8, 9000), (3000, 64, 700), (7, 3, 5000)]:
+    cases = [(50_000, 8, 9000), (3000, 64, 700), (7, 3, 5000), (50_000, 8, 100), (20_000, 4, 3)]
+    for num, dim, n in cases:
         x = torch.randint(0, num, (n,), generator=g)
         x[: n // 3] = 5 % num  # a hot row
-        grad = torch.randn(n, dim, generator=g)
-        got = ops.embedding_dense_backward(grad, x, num, -1, False)
-        _threads_agree(lambda: ops.embedding_dense_backward(grad, x, num, -1, False))
-        ref = torch.zeros(num, dim, dtype=torch.float64).index_add_(0, x, grad.double())
-        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-4)
-        assert not got[torch.ones(num, dtype=torch.bool).index_fill_(0, x, False)].any()  # rows not hit
+        # small integers: sums exact in float32 whatever the order (float16 accumulates in float32)
+        grad = torch.randint(-4, 5, (n, dim), generator=g).to(dtype)
+        for padding, scale in [(-1, False), (5 % num, False), (-1, True), (5 % num, True)]:
+            got = ops.embedding_dense_backward(grad, x, num, padding, scale)
+            w = grad.double()
+            if scale:
+                w = w / torch.bincount(x, minlength=num).double()[x].unsqueeze(1)
+            if padding >= 0:
+                w = w * (x != padding).unsqueeze(1)
+            ref = torch.zeros(num, dim, dtype=torch.float64).index_add_(0, x, w)
+            assert got.dtype == dtype
+            torch.testing.assert_close(got.double(), ref.to(dtype).double(), rtol=1e-3, atol=1e-6)
+        noisy = torch.randn(n, dim, generator=g).to(dtype)
+        _threads_agree(lambda: ops.embedding_dense_backward(noisy, x, num, -1, False))
 
 
 def _multi_reference(grad: torch.Tensor, x: torch.Tensor, meta: torch.Tensor, numel: int) -> torch.Tensor:
@@ -887,22 +918,26 @@ def _multi_reference(grad: torch.Tensor, x: torch.Tensor, meta: torch.Tensor, nu
         "gaps",  # elements outside every table stay zero
         "overlap",  # two tables sharing elements add into them
         "one big table",  # split by rows among threads
+        "empty tables",  # tables of no rows or no columns
     ],
 )
-def test_multi_backward_any_table_layout(layout: str, two_threads) -> None:
+def test_multi_backward_any_table_layout(layout: str, two_threads, nan_filled_empty) -> None:
     g = torch.Generator().manual_seed(12)
     tables = {
         "packed": ([(300, 4), (20, 9), (4000, 2), (1, 5)], [0, 1200, 1380, 9380], 9385),
         "gaps": ([(300, 4), (20, 9)], [7, 1300], 1500),
         "overlap": ([(300, 4), (20, 9)], [0, 1000], 1200),
         "one big table": ([(60_000, 8), (10, 3)], [0, 480_000], 480_030),
+        "empty tables": ([(0, 4), (30, 0), (40, 2)], [0, 0, 5], 90),  # and a gap in front, one behind
     }[layout]
     shapes, woffs, numel = tables
     coffs = np.cumsum([0] + [d for _, d in shapes])[:-1].tolist()
     meta = torch.tensor([[r, d, w, c] for (r, d), w, c in zip(shapes, woffs, coffs)])
     total = sum(d for _, d in shapes)
     for batch in (0, 3, 5000):
-        x = torch.stack([torch.randint(0, r, (batch,), generator=g) for r, _ in shapes], 1)
+        if layout == "empty tables" and batch:
+            continue  # a table of no rows takes no index
+        x = torch.stack([torch.randint(0, max(r, 1), (batch,), generator=g) for r, _ in shapes], 1)
         # small integers: every sum is exact in float32, whatever the order of the adds
         grad = torch.randint(-8, 9, (batch, total), generator=g).float()
         got = ops.multi_embedding_backward(grad, x, meta, numel)
