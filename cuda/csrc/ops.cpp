@@ -191,6 +191,35 @@ void check_multi_index_range(const at::Tensor& indices, const at::Tensor& meta_c
   }
 }
 
+// The tables of `meta`, each checked to lie inside a flat weight of `numel` elements and inside
+// `total_dim` output columns (the kernels then never read or write outside either).
+std::vector<Table> tables_of(const at::Tensor& meta, int64_t numel, int64_t total_dim) {
+  TORCH_CHECK_VALUE(meta.dim() == 2 && meta.size(1) == 4 && meta.scalar_type() == at::kLong,
+                    "vecfusion multi-embedding: meta must be int64 (tables, 4)");
+  auto m = meta.cpu().contiguous();
+  const int64_t* p = m.const_data_ptr<int64_t>();
+  std::vector<Table> t(static_cast<size_t>(m.size(0)));
+  int64_t column = 0;
+  for (size_t i = 0; i < t.size(); ++i) {
+    const Table tb = {p[4 * i], p[4 * i + 1], p[4 * i + 2], p[4 * i + 3]};
+    TORCH_CHECK_VALUE(tb.coff == column, "vecfusion multi-embedding: table ", i, " starts at output column ", tb.coff,
+                      ", not ", column, " (each table's columns follow the previous table's)");
+    const bool fits = tb.rows >= 0 && tb.dim >= 0 && tb.woff >= 0 && tb.coff >= 0 && tb.woff <= numel &&
+                      tb.coff <= total_dim && tb.dim <= total_dim - tb.coff &&
+                      (tb.dim == 0 || tb.rows <= (numel - tb.woff) / tb.dim);
+    TORCH_CHECK_VALUE(fits, "vecfusion multi-embedding: table ", i, " (", tb.rows, " rows of ", tb.dim,
+                      " at weight element ", tb.woff, ", output column ", tb.coff, ") does not fit a weight of ", numel,
+                      " elements and ", total_dim, " output columns");
+    t[i] = tb;
+    column += tb.dim;
+  }
+  // the output columns are the tables' columns, in table order, with nothing between them
+  // (every output element is written; the CUDA kernels find a column's table by its start)
+  TORCH_CHECK_VALUE(column == total_dim, "vecfusion multi-embedding: the tables have ", column,
+                    " output columns in all, not ", total_dim);
+  return t;
+}
+
 namespace {
 
 // ---------------------------------------------------------------- forward (gather)
@@ -444,31 +473,6 @@ void embedding_renorm_cpu(at::Tensor& weight, const at::Tensor& indices, double 
 
 // ---------------------------------------------------------------- multi-table
 
-// meta is int64 (tables, 4): rows, dim, offset of the table in the flat weight, output column.
-struct Table {
-  int64_t rows, dim, woff, coff;
-};
-
-// The tables of `meta`, each checked to lie inside a flat weight of `numel` elements and inside
-// `total_dim` output columns (the kernels then never read or write outside either).
-std::vector<Table> tables_of(const at::Tensor& meta, int64_t numel, int64_t total_dim) {
-  TORCH_CHECK_VALUE(meta.dim() == 2 && meta.size(1) == 4 && meta.scalar_type() == at::kLong,
-                    "vecfusion multi-embedding: meta must be int64 (tables, 4)");
-  auto m = meta.cpu().contiguous();
-  const int64_t* p = m.const_data_ptr<int64_t>();
-  std::vector<Table> t(static_cast<size_t>(m.size(0)));
-  for (size_t i = 0; i < t.size(); ++i) {
-    const Table tb = {p[4 * i], p[4 * i + 1], p[4 * i + 2], p[4 * i + 3]};
-    const bool fits = tb.rows >= 0 && tb.dim >= 0 && tb.woff >= 0 && tb.coff >= 0 && tb.woff <= numel &&
-                      tb.coff <= total_dim && tb.dim <= total_dim - tb.coff &&
-                      (tb.dim == 0 || tb.rows <= (numel - tb.woff) / tb.dim);
-    TORCH_CHECK_VALUE(fits, "vecfusion multi-embedding: table ", i, " (", tb.rows, " rows of ", tb.dim,
-                      " at weight element ", tb.woff, ", output column ", tb.coff, ") does not fit a weight of ", numel,
-                      " elements and ", total_dim, " output columns");
-    t[i] = tb;
-  }
-  return t;
-}
 
 // Calls `f(std::integral_constant<int64_t, B>{})` with B = `bytes` for the row widths of small
 // tables (multiples of 4 bytes up to 128), B = 0 otherwise (the runtime width is used).

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <type_traits>
+#include <vector>
 
 namespace vecfusion_ops {
 
@@ -12,6 +13,17 @@ void check_index_range(const at::Tensor& indices, int64_t num_rows, const char* 
 
 // Raise IndexError unless indices[:, t] is in [0, rows_t) for every table t (meta on CPU).
 void check_multi_index_range(const at::Tensor& indices, const at::Tensor& meta_cpu);
+
+// A table of a multi-table layout: meta is int64 (tables, 4), one row per table: rows, dim,
+// offset of the table in the flat weight, first output column.
+struct Table {
+  int64_t rows, dim, woff, coff;
+};
+
+// The tables of `meta` (on any device), each checked to lie inside a flat weight of `numel`
+// elements and inside `total_dim` output columns (ValueError otherwise): kernels given these
+// tables never read or write outside either.
+std::vector<Table> tables_of(const at::Tensor& meta, int64_t numel, int64_t total_dim);
 
 // The type gradients are accumulated in: float for float/half/bfloat16, double for double.
 inline at::ScalarType acc_type_of(at::ScalarType t) {

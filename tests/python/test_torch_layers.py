@@ -812,6 +812,42 @@ def test_cuda_deterministic_and_multi() -> None:
     torch.library.opcheck(ops.embedding, (fast.weight, x, -1, False, False))
 
 
+@cuda
+def test_cuda_ops_refuse_what_would_fault_the_device() -> None:
+    """Checks that keep a bad direct call (or a module fed indices on another device) an
+    exception instead of an illegal memory access that breaks the CUDA context."""
+    multi = FastMultiEmbedding(NUMS, DIMS).cuda()
+    with pytest.raises(ValueError, match="indices on cpu"):
+        multi(_multi_input(4))
+    w = multi.weight.detach()
+    meta = multi.table_meta
+    x = _multi_input(4).cuda()
+    with pytest.raises(ValueError, match="output columns in all"):
+        ops.multi_embedding(w, x, meta, multi.total_dim + 5)
+    bad_meta = meta.clone()
+    bad_meta[-1, 2] = w.numel()  # the last table past the weight's end
+    with pytest.raises(ValueError, match="does not fit"):
+        ops.multi_embedding(w, x, bad_meta, multi.total_dim)
+    with pytest.raises(ValueError, match="does not fit"):
+        ops.multi_embedding_backward(torch.ones(4, multi.total_dim, device="cuda"), x, bad_meta, w.numel())
+    with pytest.raises(ValueError, match="indices on cpu"):
+        ops.multi_embedding_backward(torch.ones(4, multi.total_dim, device="cuda"), x.cpu(), meta, w.numel())
+    # the dense backward drops an out-of-range row (as on the CPU), the sparse one refuses it
+    grad = torch.ones(3, 2, device="cuda")
+    idx = torch.tensor([0, 5, -1], device="cuda")
+    for scale in (False, True):
+        got = ops.embedding_dense_backward(grad, idx, 4, -1, scale)
+        assert got.tolist() == [[1.0, 1.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
+    with pytest.raises(IndexError):
+        ops.embedding_sparse_backward(grad, idx, 4, -1, False)
+    # 1-byte floats in rows of odd length: every byte gathered
+    if hasattr(torch, "float8_e4m3fn"):
+        w8 = torch.randn(9, 3).to(torch.float8_e4m3fn)
+        i8 = torch.tensor([8, 0, 4])
+        got = ops.embedding(w8.cuda(), i8.cuda(), -1, False, False).cpu()
+        assert torch.equal(got.view(torch.uint8), w8[i8].view(torch.uint8))
+
+
 def test_max_norm_on_a_weight_made_in_inference_mode() -> None:
     """A layer built (or loaded) under torch.inference_mode and used outside it renormalizes
     its weight as nn.Embedding does (the version bump of an inference tensor raised)."""

@@ -511,8 +511,15 @@ def test_layout_survives_to_empty_type_and_rejects_a_wrong_weight() -> None:
     op = torch.ops.vecfusion_ops
     with pytest.raises(ValueError, match="does not fit a weight of 10 elements"):
         op.multi_embedding(torch.randn(10), torch.tensor([[1]]), torch.tensor([[5, 3, 0, 0]]), 3)
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match="starts at output column 1, not 0"):
         op.multi_embedding(torch.randn(100), torch.tensor([[1]]), torch.tensor([[2, 3, 0, 1]]), 3)
+    # the output has exactly the tables' columns (none left unwritten, none past a table)
+    with pytest.raises(ValueError, match="does not fit a weight of 100 elements and 2 output columns"):
+        op.multi_embedding(torch.randn(100), torch.tensor([[1]]), torch.tensor([[2, 3, 0, 0]]), 2)
+    with pytest.raises(ValueError, match="the tables have 3 output columns in all, not 5"):
+        op.multi_embedding(torch.randn(100), torch.tensor([[1]]), torch.tensor([[2, 3, 0, 0]]), 5)
+    with pytest.raises(ValueError, match="3 output columns in all, not 4"):
+        op.multi_embedding_backward(torch.randn(1, 4), torch.tensor([[1]]), torch.tensor([[2, 3, 0, 0]]), 6)
     with pytest.raises(IndexError, match="index 7"):
         op.multi_embedding_backward(torch.randn(1, 3), torch.tensor([[7]]), torch.tensor([[5, 3, 0, 0]]), 15)
 

@@ -15,6 +15,10 @@
 
 #include "../ops.h"
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 700
+#error "vecfusion's CUDA kernels need compute capability 7.0 or newer (__match_any_sync): set TORCH_CUDA_ARCH_LIST"
+#endif
+
 namespace vecfusion_ops {
 namespace {
 
@@ -57,8 +61,10 @@ void launch_gather(const at::Tensor& w, const at::Tensor& idx, at::Tensor& out, 
     go(uint2{});
   } else if (row_bytes % 4 == 0 && addr % 4 == 0) {
     go(uint32_t{});
-  } else {
+  } else if (row_bytes % 2 == 0 && addr % 2 == 0) {
     go(uint16_t{});
+  } else {
+    go(uint8_t{});  // 1-byte types (float8) in rows of odd length or at odd addresses
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -84,10 +90,15 @@ at::Tensor embedding_cuda(const at::Tensor& weight, const at::Tensor& indices, i
 }
 
 template <typename index_t>
-__global__ void count_kernel(const index_t* __restrict__ idx, int64_t n, int* __restrict__ counts) {
+__global__ void count_kernel(const index_t* __restrict__ idx, int64_t n, int64_t num, int* __restrict__ counts) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    atomicAdd(counts + idx[i], 1);
+  {
+    // an index out of range (a direct call of the backward; the forward checks them) is dropped,
+    // as the dense CPU backward drops it
+    const int64_t k = static_cast<int64_t>(idx[i]);
+    if (static_cast<uint64_t>(k) < static_cast<uint64_t>(num)) atomicAdd(counts + k, 1);
+  }
 }
 
 // Each warp takes 32 consecutive samples. Lanes whose samples hit the same row are
@@ -96,7 +107,7 @@ __global__ void count_kernel(const index_t* __restrict__ idx, int64_t n, int* __
 template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void backward_kernel(const scalar_t* __restrict__ grad, const index_t* __restrict__ idx,
                                 const int* __restrict__ counts, acc_t* __restrict__ gw, int64_t n, int64_t dim,
-                                int64_t padding_idx) {
+                                int64_t num, int64_t padding_idx) {
   const int lane = threadIdx.x % kWarp;
   const int64_t warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / kWarp;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * blockDim.x / kWarp;
@@ -104,7 +115,8 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad, const index_t
     const int64_t i = base + lane;
     const bool valid = i < n;
     const int64_t k = valid ? static_cast<int64_t>(idx[i]) : -1;
-    const bool live = valid && k != padding_idx;
+    // an index out of range (a direct call; the forward checks them) is dropped, as on the CPU
+    const bool live = valid && k != padding_idx && static_cast<uint64_t>(k) < static_cast<uint64_t>(num);
     const unsigned groups = __match_any_sync(0xffffffffu, live ? k : int64_t{-2});
     // leaders: lowest live lane of each group
     const bool leader = live && (__ffs(groups) - 1) == lane;
@@ -141,7 +153,7 @@ at::Tensor atomic_backward(const at::Tensor& grad, const at::Tensor& idx, int64_
     const index_t* ip = idx.const_data_ptr<index_t>();
     if (scale_grad_by_freq) {
       counts = at::zeros({num_weights}, idx.options().dtype(at::kInt));
-      count_kernel<index_t><<<blocks_for(n, 256), 256, 0, stream>>>(ip, n, counts.data_ptr<int>());
+      count_kernel<index_t><<<blocks_for(n, 256), 256, 0, stream>>>(ip, n, num_weights, counts.data_ptr<int>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "vecfusion_bwd_cuda", [&] {
@@ -149,7 +161,7 @@ at::Tensor atomic_backward(const at::Tensor& grad, const at::Tensor& idx, int64_
       const int threads = 256;
       backward_kernel<scalar_t, acc_t, index_t><<<blocks_for(n * kWarp / kWarp, threads), threads, 0, stream>>>(
           grad.const_data_ptr<scalar_t>(), ip, scale_grad_by_freq ? counts.const_data_ptr<int>() : nullptr,
-          gw.data_ptr<acc_t>(), n, dim, padding_idx);
+          gw.data_ptr<acc_t>(), n, dim, num_weights, padding_idx);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -159,6 +171,8 @@ at::Tensor atomic_backward(const at::Tensor& grad, const at::Tensor& idx, int64_
 at::Tensor embedding_dense_backward_cuda(const at::Tensor& grad_, const at::Tensor& indices, int64_t num_weights,
                                          int64_t padding_idx, bool scale_grad_by_freq) {
   c10::cuda::CUDAGuard guard(grad_.device());
+  TORCH_CHECK_VALUE(indices.device() == grad_.device(), "vecfusion embedding backward: indices on ",
+                    indices.device(), ", gradient on ", grad_.device());
   const int64_t dim = grad_.size(-1), n = indices.numel();
   auto grad = grad_.contiguous().view({n, dim});
   auto idx = indices.contiguous();
@@ -174,6 +188,10 @@ std::tuple<at::Tensor, at::Tensor> embedding_sparse_backward_cuda(const at::Tens
                                                                   int64_t num_weights, int64_t padding_idx,
                                                                   bool scale_grad_by_freq) {
   c10::cuda::CUDAGuard guard(grad_.device());
+  TORCH_CHECK_VALUE(indices.device() == grad_.device(), "vecfusion embedding backward: indices on ",
+                    indices.device(), ", gradient on ", grad_.device());
+  // the rows become the sparse gradient's indices: one out of range would make an invalid tensor
+  check_index_range(indices, num_weights, "vecfusion embedding backward");
   const int64_t dim = grad_.size(-1), n = indices.numel();
   auto grad = grad_.contiguous().view({n, dim});
   auto idx = indices.contiguous().view({n}).to(at::kLong);
@@ -234,7 +252,10 @@ __global__ void multi_backward_kernel(const scalar_t* __restrict__ grad, const i
 at::Tensor multi_embedding_cuda(const at::Tensor& weight, const at::Tensor& indices, const at::Tensor& meta,
                                 int64_t total_dim) {
   TORCH_CHECK_VALUE(weight.dim() == 1, "vecfusion multi-embedding: weight must be 1-D (flat)");
+  TORCH_CHECK_VALUE(indices.device() == weight.device(), "vecfusion multi-embedding: indices on ", indices.device(),
+                    ", weight on ", weight.device());
   c10::cuda::CUDAGuard guard(weight.device());
+  tables_of(meta, weight.numel(), total_dim);  // the layout fits the weight and the output
   check_multi_index_range(indices, meta);
   auto w = weight.contiguous();
   auto idx = indices.contiguous();
@@ -256,21 +277,26 @@ at::Tensor multi_embedding_cuda(const at::Tensor& weight, const at::Tensor& indi
 
 at::Tensor multi_embedding_backward_cuda(const at::Tensor& grad_, const at::Tensor& indices, const at::Tensor& meta,
                                          int64_t numel) {
+  TORCH_CHECK_VALUE(grad_.dim() == 2, "vecfusion multi-embedding backward: the gradient must be 2-D");
+  TORCH_CHECK_VALUE(indices.device() == grad_.device(), "vecfusion multi-embedding backward: indices on ",
+                    indices.device(), ", gradient on ", grad_.device());
   c10::cuda::CUDAGuard guard(grad_.device());
+  const auto tabs = tables_of(meta, numel, grad_.size(1));
+  check_multi_index_range(indices, meta);
   auto grad = grad_.contiguous();
   auto idx = indices.contiguous();
   const int64_t batch = idx.size(0), nt = idx.size(1), total_dim = grad.size(1);
   const auto acc = acc_type_of(grad.scalar_type());
   if (at::globalContext().deterministicAlgorithms()) {
     // per table, ATen's deterministic (sort-based) backward into the table's region
+    // (added, not copied: tables that share elements, possible in a direct call, sum)
     auto gw = at::zeros({numel}, grad.options());
-    auto mc = meta.cpu().contiguous();
-    const int64_t* p = mc.const_data_ptr<int64_t>();
     for (int64_t t = 0; t < nt; ++t) {
-      const int64_t rows = p[4 * t], d = p[4 * t + 1], woff = p[4 * t + 2], coff = p[4 * t + 3];
-      auto g = at::embedding_dense_backward(grad.narrow(1, coff, d).contiguous(), idx.select(1, t).contiguous(), rows,
-                                            -1, false);
-      gw.narrow(0, woff, rows * d).copy_(g.view({rows * d}));
+      const Table& tb = tabs[static_cast<size_t>(t)];
+      if (tb.rows == 0 || tb.dim == 0) continue;
+      auto g = at::embedding_dense_backward(grad.narrow(1, tb.coff, tb.dim).contiguous(),
+                                            idx.select(1, t).contiguous(), tb.rows, -1, false);
+      gw.narrow(0, tb.woff, tb.rows * tb.dim).add_(g.view({tb.rows * tb.dim}));
     }
     return gw;
   }
