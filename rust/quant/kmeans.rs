@@ -285,26 +285,35 @@ pub fn kmeans(
             (0, Some(c)) => c.to_vec(),
             _ => kmeanspp(x, n, d, k, rng),
         };
-        let mut objective = f64::INFINITY;
         let mut prev_codes: Option<Vec<u32>> = None;
         for it in 0..iterations {
             progress.check()?;
-            objective = assign(x, &xnorms, d, &centroids, k, &mut codes);
+            assign(x, &xnorms, d, &centroids, k, &mut codes);
             progress.add(1);
             if prev_codes.as_deref() == Some(&codes[..]) {
                 progress.add((iterations - it - 1) as u64);
                 break; // converged: the centroids would not move
             }
             let mut counts = update(x, d, &codes, k, &mut centroids);
-            split_empty(&mut centroids, &mut counts, d, n, scale, rng);
+            if it + 1 < iterations {
+                // (not after the last update: its centroids are returned as they are)
+                split_empty(&mut centroids, &mut counts, d, n, scale, rng);
+            }
             match &mut prev_codes {
                 Some(p) => p.copy_from_slice(&codes),
                 None => prev_codes = Some(codes.clone()),
             }
         }
-        if iterations == 0 {
-            objective = assign(x, &xnorms, d, &centroids, k, &mut codes);
+        if iterations > 0 {
+            // The centroids returned are the means of their points (exact for data with fewer
+            // distinct rows than centroids): after a converged assignment the last update may
+            // have been followed by a split, whose nudged centroids would be returned; on the
+            // other path this update repeats the last one (the same codes).
+            update(x, d, &codes, k, &mut centroids);
         }
+        // scored by their own assignment (the loop's objective is that of the centroids
+        // before the last update), so that the best attempt is the best of what is returned
+        let objective = assign(x, &xnorms, d, &centroids, k, &mut codes);
         if best.as_ref().is_none_or(|b| objective < b.objective) {
             best = Some(KMeans { centroids, objective });
         }

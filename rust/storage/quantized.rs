@@ -148,11 +148,15 @@ impl QuantizedStorage {
         if codes.as_slice().len() != rows * m {
             return Err(Error::invalid("quantized codes", "size is not rows x subquantizers"));
         }
-        if let Some(&bad) = codes.as_slice().iter().find(|&&c| usize::from(c) >= k) {
-            return Err(Error::invalid(
-                "quantized codes",
-                format!("code {bad} refers to a centroid beyond the {k} stored"),
-            ));
+        // With 256 centroids every u8 code is valid: the check (which would read every code,
+        // every page of a memory-mapped file) is needed only for fewer.
+        if k < 256 {
+            if let Some(&bad) = codes.as_slice().iter().find(|&&c| usize::from(c) >= k) {
+                return Err(Error::invalid(
+                    "quantized codes",
+                    format!("code {bad} refers to a centroid beyond the {k} stored"),
+                ));
+            }
         }
         // The table costs m·k·dims floats; beyond the limit rows are rebuilt with a product.
         let projected = projection

@@ -325,3 +325,34 @@ def test_progress_bar_ends_its_line(capsys: pytest.CaptureFixture[str]) -> None:
     b.close()
     err = capsys.readouterr().err
     assert "12/12" in err and err.endswith("\n")
+
+
+@pytest.mark.parametrize("opq", [False, True])
+@pytest.mark.parametrize("distinct", [1, 3])
+def test_fewer_distinct_rows_than_centroids_reconstruct_exactly(opq: bool, distinct: int) -> None:
+    """With more centroids than distinct rows, every row is a centroid: k-means must return
+    the clusters' means, not centroids nudged apart by the repair of empty clusters."""
+    rng = np.random.default_rng(5)
+    protos = rng.standard_normal((distinct, 8)).astype(np.float32)
+    x = protos[rng.integers(0, distinct, size=300)]
+    emb = vf.Embeddings(words(len(x)), x)
+    for bits, iterations in [(2, 25), (4, 5)]:
+        q = emb.quantize(n_subquantizers=2, bits=bits, opq=opq, n_iterations=iterations, normalize=False,
+                         progress=False)
+        err = np.abs(q.storage.reconstruct() - x).max()
+        assert err < 1e-5, (bits, iterations, err)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_more_attempts_are_never_worse_than_one(seed: int) -> None:
+    """The first of n attempts is the single attempt's run: keeping the best of what each
+    attempt returns can only lower the error."""
+    x = np.random.default_rng(seed).standard_normal((400, 8)).astype(np.float32)
+    emb = vf.Embeddings(words(len(x)), x)
+    errs = {}
+    for iterations in (1, 2, 3):
+        for attempts in (1, 4):
+            q = emb.quantize(n_subquantizers=1, bits=5, opq=False, normalize=False, n_iterations=iterations,
+                             n_attempts=attempts, seed=seed, progress=False)
+            errs[attempts] = float(((q.storage.reconstruct().astype(np.float64) - x) ** 2).sum())
+        assert errs[4] <= errs[1] * (1 + 1e-9), (iterations, errs)
