@@ -737,14 +737,21 @@ where
     let name = path
         .file_name()
         .ok_or_else(|| Error::argument(format!("not a file path: {}", shown.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.{}.tmp",
-        name.to_string_lossy(),
+    let suffix = format!(
+        ".{}.{}.tmp",
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos())
-    ));
+    );
+    // ".{name}{suffix}", the name cut short where the whole would pass the 255 bytes a file
+    // name may have (a valid name of 220 to 255 bytes would fail with "File name too long")
+    let stem = name.to_string_lossy();
+    let mut cut = stem.len().min(255usize.saturating_sub(1 + suffix.len()));
+    while !stem.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let tmp = dir.join(format!(".{}{suffix}", &stem[..cut]));
     let result = (|| {
         // Created new (never through a link planted at the name) and, over an existing
         // file, with that file's mode from the start: a private file's contents are never

@@ -289,28 +289,62 @@ fn read_word2vec_inner(path: &Path, opts: &ReadOptions) -> Result<Embeddings> {
 /// Rows of the matrix handed over at a time by the thread that faults them in.
 const PART_ROWS: usize = 256;
 
-
-/// Are these bytes of a binary vector written numbers: at least two, separated by blanks
-/// (what a text file's first line after its header holds, read as a binary record)?
+/// Are these bytes of a binary vector written numbers (what a text file's first line after its
+/// header holds, read as a binary record)?
 ///
-/// Bytes of real float32 values are digits or `.`/`-`/`e` now and then (a top byte of '0' to
-/// '9' is a value of 5e-10 to 2e-4), but a blank (0x20, 0x09) among them too, in the place
-/// of a separator, with every piece a number, is a text file: a top byte of 0x20 would be a
-/// value of about 1e-19.
+/// Every byte is a digit, a sign, a point, an exponent or a blank, and every piece between
+/// blanks is a number; the last piece counts only when a blank follows it (it may be cut in
+/// the middle: "1e" of "1e-05", "-" of "-0.5"), unless it is the only one. Bytes of real float32
+/// values are in that set only for tiny values (a top byte of '0' to '9' is 5e-10 to 2e-4; the
+/// values of an embedding, 1e-3 to 10, have top bytes of 0x3a to 0x41 or 0xba to 0xc1: '<', '?',
+/// 'A', ... outside the set), and they form numbers between blanks rarely: a record such as
+/// b"1.392.18" (1.7e-4, 4.2e-5) is not one number.
 fn looks_like_text_numbers(bytes: &[u8]) -> bool {
     let is_blank = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
     if !bytes.iter().all(|&b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E') || is_blank(&b)) {
         return false;
     }
-    let mut numbers = 0;
-    for piece in bytes.split(is_blank).filter(|p| !p.is_empty()) {
-        if fast_float2::parse::<f64, _>(piece).is_err() {
-            return false;
+    let pieces: Vec<&[u8]> = bytes.split(is_blank).filter(|p| !p.is_empty()).collect();
+    let Some((&last, whole)) = pieces.split_last() else {
+        return false;
+    };
+    let number = |p: &&[u8]| fast_float2::parse::<f64, _>(*p).is_ok();
+    let last_ok = if bytes.last().is_some_and(is_blank) {
+        number(&last)
+    } else {
+        // cut where the record ends: the start of a number (with a digit if it is all there is)
+        number_prefix(last) && (!whole.is_empty() || last.iter().any(u8::is_ascii_digit))
+    };
+    last_ok && whole.iter().all(number)
+}
+
+/// Could `p` be the start of a written number (`[+-]digits[.digits][e[+-]digits]`, any part
+/// cut off)?
+fn number_prefix(p: &[u8]) -> bool {
+    let mut i = 0;
+    let skip = |i: &mut usize, f: &dyn Fn(u8) -> bool| {
+        while *i < p.len() && f(p[*i]) {
+            *i += 1;
         }
-        numbers += 1;
+    };
+    if i < p.len() && matches!(p[i], b'+' | b'-') {
+        i += 1;
     }
-    // (an end-cut last piece, "2." of "2.5", still parses)
-    numbers >= 2
+    let start = i;
+    skip(&mut i, &|b| b.is_ascii_digit());
+    if i < p.len() && p[i] == b'.' {
+        i += 1;
+        skip(&mut i, &|b| b.is_ascii_digit());
+    }
+    let digits = p[start..i].iter().any(u8::is_ascii_digit);
+    if digits && i < p.len() && matches!(p[i], b'e' | b'E') {
+        i += 1;
+        if i < p.len() && matches!(p[i], b'+' | b'-') {
+            i += 1;
+        }
+        skip(&mut i, &|b| b.is_ascii_digit());
+    }
+    i == p.len()
 }
 
 fn parse_header(line: &[u8]) -> Result<(usize, usize)> {

@@ -1,6 +1,5 @@
 //! Bindings of the word2vec, text and fastText readers and writers.
 
-use std::path::PathBuf;
 
 use numpy::PyArray1;
 use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
@@ -59,7 +58,7 @@ fn options(decode: Decode, limit: Option<&Bound<'_, PyAny>>, normalize: bool) ->
 #[pyo3(signature = (path, lossy=false, limit=None, normalize=true, encoding="utf-8"))]
 pub fn load_word2vec(
     py: Python<'_>,
-    path: PathBuf,
+    path: crate::py::UserPath,
     lossy: bool,
     limit: Option<&Bound<'_, PyAny>>,
     normalize: bool,
@@ -89,7 +88,7 @@ pub fn load_word2vec(
 #[pyo3(signature = (path, dims=None, lossy=false, limit=None, normalize=true, encoding="utf-8"))]
 pub fn load_text(
     py: Python<'_>,
-    path: PathBuf,
+    path: crate::py::UserPath,
     dims: Option<bool>,
     lossy: bool,
     limit: Option<&Bound<'_, PyAny>>,
@@ -126,7 +125,7 @@ pub fn load_text(
 /// A `"n d"` header line followed by bytes that are not UTF-8 text (word2vec binary).
 /// The `(words, dims)` header line of a text file as `load_text` detects it, or None (GloVe).
 #[pyfunction]
-pub fn _text_header(py: Python<'_>, path: PathBuf) -> PyResult<Option<(usize, usize)>> {
+pub fn _text_header(py: Python<'_>, path: crate::py::UserPath) -> PyResult<Option<(usize, usize)>> {
     Ok(py.detach(|| text::file_header(&path))?)
 }
 
@@ -160,7 +159,7 @@ fn is_binary_after_header(path: &std::path::Path) -> bool {
 /// of the file's bytes; an unknown word asked for later is hashed as its UTF-8 bytes).
 #[pyfunction]
 #[pyo3(signature = (path, lossy=false, normalize=true, encoding="utf-8"))]
-pub fn load_fasttext(py: Python<'_>, path: PathBuf, lossy: bool, normalize: bool, encoding: &str) -> PyResult<PyEmbeddings> {
+pub fn load_fasttext(py: Python<'_>, path: crate::py::UserPath, lossy: bool, normalize: bool, encoding: &str) -> PyResult<PyEmbeddings> {
     let decode = decode_of(lossy, encoding)?;
     let emb = crate::py::fork::detach_interruptible(py, || {
         crate::compat::check_not_compressed(&path)?;
@@ -187,7 +186,7 @@ impl PyEmbeddings {
 impl PyEmbeddings {
     /// Write the known words as a word2vec binary file (vectors as in the source file:
     /// rows times norms).
-    fn write_word2vec(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+    fn write_word2vec(&self, py: Python<'_>, path: crate::py::UserPath) -> PyResult<()> {
         let emb = &self.inner;
         crate::py::fork::detach_interruptible(py, || word2vec::write_word2vec_binary(emb, &path))?;
         Ok(())
@@ -196,7 +195,7 @@ impl PyEmbeddings {
     /// Write the known words as text, with a `"n d"` header line when `dims` is true
     /// (word2vec text) and without (GloVe). Numbers use the shortest exact digits.
     #[pyo3(signature = (path, dims=true))]
-    fn write_text(&self, py: Python<'_>, path: PathBuf, dims: bool) -> PyResult<()> {
+    fn write_text(&self, py: Python<'_>, path: crate::py::UserPath, dims: bool) -> PyResult<()> {
         let emb = &self.inner;
         crate::py::fork::detach_interruptible(py, || text::write_text(emb, &path, dims))?;
         Ok(())
@@ -204,7 +203,7 @@ impl PyEmbeddings {
 
     /// Write a fastText `.bin` model that fastText itself loads (fastText subword or
     /// simple vocabularies).
-    fn write_fasttext(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+    fn write_fasttext(&self, py: Python<'_>, path: crate::py::UserPath) -> PyResult<()> {
         let emb = self.with_current_metadata();
         let emb = &*emb;
         crate::py::fork::detach_interruptible(py, || fasttext::write_fasttext(emb, &path))?;

@@ -1,6 +1,5 @@
 //! The `Embeddings` class.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -357,7 +356,7 @@ impl PyEmbeddings {
     /// every finalfusion reader; `vocab="fst"` writes vecfusion's memory-mappable automaton
     /// vocabulary (opens with no per-word work; readable only by vecfusion).
     #[pyo3(signature = (path, vocab="standard"))]
-    fn write(&self, py: Python<'_>, path: PathBuf, vocab: &str) -> PyResult<()> {
+    fn write(&self, py: Python<'_>, path: crate::py::UserPath, vocab: &str) -> PyResult<()> {
         let fmt = crate::vocab::VocabFormat::parse(vocab)?;
         let meta = self.metadata_text();
         let emb = &self.inner;
@@ -411,7 +410,7 @@ impl WordIter {
 /// Open a finalfusion file. With `mmap=True` the matrix is memory-mapped, not read.
 #[pyfunction]
 #[pyo3(signature = (path, mmap=false))]
-pub fn load(py: Python<'_>, path: PathBuf, mmap: bool) -> PyResult<PyEmbeddings> {
+pub fn load(py: Python<'_>, path: crate::py::UserPath, mmap: bool) -> PyResult<PyEmbeddings> {
     let emb = if mmap {
         crate::py::fork::detach(py, || Embeddings::open(&path, OpenMode::Mmap))?
     } else {

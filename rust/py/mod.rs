@@ -15,9 +15,39 @@ mod storage;
 mod views;
 mod vocab;
 
+use std::path::{Path, PathBuf};
+
 use pyo3::prelude::*;
 
 pub use embeddings::PyEmbeddings;
+
+/// A file path argument (str, bytes or os.PathLike) with a leading `~` or `~user` expanded
+/// as `os.path.expanduser` expands it, as gensim's loaders (smart_open) and the
+/// EmbeddingReader do.
+pub(crate) struct UserPath(pub PathBuf);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for UserPath {
+    type Error = PyErr;
+
+    fn extract(obj: pyo3::Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        let expanded = obj.py().import("os.path")?.call_method1("expanduser", (obj,))?;
+        Ok(UserPath(expanded.extract::<PathBuf>()?))
+    }
+}
+
+impl AsRef<Path> for UserPath {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for UserPath {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
 
 #[pymodule(gil_used = false)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -590,3 +590,42 @@ def test_a_long_unknown_word_sums_every_ngram_row_across_blocks() -> None:
         acc += m[i]
     np.testing.assert_allclose(e[w], acc / np.linalg.norm(acc), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(e.lookup([w])[0][0], e[w])
+
+
+def test_paths_with_a_tilde_name_the_home_directory(tmp_path: Path, ff: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`~` in a path is the home directory, for every loader, writer and convert (as gensim's
+    loaders and the EmbeddingReader take it)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    emb = vf.Embeddings(["a", "b", "c"], np.arange(6, dtype=np.float32).reshape(3, 2) + 1)
+    emb.write("~/e.fifu")
+    emb.write_word2vec("~/e.bin")
+    emb.write_text("~/e.txt")
+    emb.write_fasttext("~/e.ftbin")
+    for name in ("e.fifu", "e.bin", "e.txt", "e.ftbin"):
+        assert (tmp_path / name).is_file(), name
+    want = vf.load(tmp_path / "e.fifu").vocab.words
+    assert vf.load("~/e.fifu").vocab.words == want
+    assert vf.load("~/e.fifu", mmap=True).vocab.words == want
+    assert vf.load_word2vec(Path("~/e.bin")).vocab.words == want
+    assert vf.load_text("~/e.txt").vocab.words == want
+    assert vf.load_fasttext("~/e.ftbin").vocab.words[: len(want)] == want
+    from vecfusion.convert import detect_format
+
+    assert detect_format("~/e.bin") == "word2vec"
+    vf.convert("~/e.txt", "~/c.fifu", progress=False)
+    assert vf.load(tmp_path / "c.fifu").vocab.words == want
+
+
+@pytest.mark.parametrize("stem", ["n" * 250, "é" * 125])
+def test_write_to_a_long_file_name(tmp_path: Path, stem: str) -> None:
+    """A file name near the 255-byte limit: the temporary name beside it is cut short."""
+    emb = vf.Embeddings(["a", "b"], np.eye(2, dtype=np.float32))
+    for ext, write, load in [
+        (".txt", emb.write_text, vf.load_text),
+        (".fifu", emb.write, vf.load),
+    ]:
+        target = tmp_path / (stem[: 255 // len(stem[0].encode()) - len(ext)] + ext)
+        assert len(os.fsencode(target.name)) <= 255
+        write(target)
+        assert load(target).vocab.words == ["a", "b"]
+        assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

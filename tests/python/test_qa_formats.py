@@ -308,6 +308,18 @@ def test_wrong_loader_for_text_or_binary_says_which_to_use(tmp_path: Path) -> No
     with pytest.raises(vf.FormatError, match=r"record 1's vector is text.*looks like text embeddings.*vf\.load_text"):
         vf.load_word2vec(t)
     np.testing.assert_array_equal(vf.load_text(t, normalize=False).storage, [[1, 2, 3], [-1.5, 0, 2.25]])
+    # any text file, whatever its width: the first record's bytes may hold a single number
+    # (few dims) or end in the middle of one ("1e" of "1e-05", "-" of "-0.5")
+    rng = np.random.default_rng(3)
+    for dims in (1, 2, 3, 5, 100):
+        for scale in (1.0, 1e-5):
+            vals = (rng.standard_normal((4, dims)) * scale).astype(np.float32)
+            lines = [f"{len(vals)} {dims}"] + [f"w{i} " + " ".join(repr(float(v)) for v in row) for i, row in enumerate(vals)]
+            t = tmp_path / f"k{dims}.txt"
+            t.write_text("\n".join(lines) + "\n")
+            for limit in (None, 1, len(vals)):
+                with pytest.raises(vf.FormatError, match=r"looks like text embeddings.*vf\.load_text"):
+                    vf.load_word2vec(t, limit=limit)
     # real binary values whose bytes are digits and points (b"1.392.18": 1.7e-4, 4.2e-5) but
     # no blank between numbers: a word2vec file, read as gensim reads it
     row = np.frombuffer(b"1.392.18", "<f4")
