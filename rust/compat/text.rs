@@ -60,7 +60,15 @@ fn read_text_inner(path: &Path, header: Header, opts: &ReadOptions) -> Result<Em
     let mut r = BufReader::with_capacity(64 << 10, file);
 
     let mut first = Vec::new();
-    r.read_until(b'\n', &mut first).map_err(io_err)?;
+    // (bounded: a file of zero bytes or other binary data with no line break, a failed
+    // download, is not read whole into memory to find its first line)
+    (&mut r).take(MAX_FIRST_LINE).read_until(b'\n', &mut first).map_err(io_err)?;
+    if first.len() as u64 == MAX_FIRST_LINE && !first.ends_with(b"\n") {
+        return Err(Error::invalid(
+            "text embeddings",
+            format!("line 1 has no line break within {} MiB: not a text embedding file", MAX_FIRST_LINE >> 20),
+        ));
+    }
     // A UTF-8 byte order mark (files saved by Windows editors) is not part of the first word.
     if first.starts_with(UTF8_BOM) {
         first.drain(..UTF8_BOM.len());
@@ -380,8 +388,10 @@ fn parse_line_with(
                     count += 1;
                     if count <= dims {
                         if data.len() == data.capacity() {
-                            // (fallible: a MemoryError, not an abort, when memory runs out)
-                            let extra = data.len().max(dims);
+                            // (fallible: a MemoryError, not an abort, when memory runs out;
+                            // no more than the rest of the line can hold, whatever a header
+                            // says the dims are)
+                            let extra = data.len().max(dims.min(rest.len() / 2 + 1));
                             crate::storage::try_reserve(data, extra, "text matrix")?;
                         }
                         data.push(v);
@@ -461,6 +471,9 @@ fn strip_eol(line: &[u8]) -> &[u8] {
 
 /// The `"<words> <dims>"` header of a text file, as the reader detects it (`dims=None`), or
 /// `None` when its first line is a record (GloVe).
+/// The longest first line read (a line of 1M values has about 12 MiB).
+const MAX_FIRST_LINE: u64 = 64 << 20;
+
 pub fn file_header(path: &Path) -> Result<Option<(usize, usize)>> {
     let file = crate::embeddings::open_regular_file(path)?;
     let mut first = Vec::new();

@@ -387,3 +387,22 @@ def test_fasttext_errors_name_the_file_once(tmp_path: Path) -> None:
     with pytest.raises(vf.FormatError) as ei:
         vf.load_fasttext(empty)
     assert _count_path(str(ei.value), empty) == 1, str(ei.value)
+
+
+def test_text_without_a_line_break_is_refused_without_reading_it_whole(tmp_path: Path) -> None:
+    """A failed download of zero bytes (or any binary blob without a line break) is a
+    FormatError after a bounded read of its first line."""
+    p = tmp_path / "zeros.txt"
+    with open(p, "wb") as f:
+        f.truncate(65 << 20)  # 65 MiB of NUL bytes, no line break
+    with pytest.raises(vf.FormatError, match="line 1 has no line break within 64 MiB"):
+        vf.load_text(p)
+
+
+def test_text_header_with_huge_dims_is_a_format_error(tmp_path: Path) -> None:
+    """The dims of a header bound nothing by themselves: a short row is a ragged row, not
+    a reservation of 400 GB (MemoryError)."""
+    p = tmp_path / "h.txt"
+    p.write_bytes(b"2 99999999999\na 1 2\nb 3 4\n")
+    with pytest.raises(vf.FormatError, match="line 2"):
+        vf.load_text(p)
