@@ -58,6 +58,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except (VecfusionError, OSError, KeyError, ValueError, OverflowError, MemoryError) as e:
         msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+        # an argument's conversion error names the argument in a note only ("while processing
+        # 'n_attempts'"): put it in the message, where the command's option replaces it
+        for note in getattr(e, "__notes__", ()):
+            named = re.fullmatch(r"while processing '(\w+)'", note)
+            if named:
+                sep = "=" if re.match(r"-?\d", msg) else ": "
+                msg = f"{named.group(1)}{sep}{msg}"
+                break
         # the readers' hints name Python arguments: say them as this command's options
         msg = _as_options(msg, args.command)
         print(f"vecfusion {args.command}: error: {msg}", file=sys.stderr)
@@ -73,14 +81,15 @@ _LOADER_FORMATS = {"load": "finalfusion", "load_word2vec": "word2vec", "load_tex
 # bare word, so that paths in the message (a folder named "sample=1") stay as given.
 _COMMAND_OPTIONS: dict[str, list[tuple[str, Any]]] = {
     "quantize": [
-        (r"^n_subquantizers(?:=(-?\d+))? (must|does not divide)\b", lambda m: _opt("--subquantizers", m)),
-        (r"^n_iterations must\b", "--iterations must"),
-        (r"^n_attempts must\b", "--attempts must"),
+        (r"^n_subquantizers(?:=(-?\d+))? (must|does not divide|is out of range)\b", lambda m: _opt("--subquantizers", m)),
+        (r"^n_iterations(?:=(-?\d+))? (must|is out of range)\b", lambda m: _opt("--iterations", m)),
+        (r"^n_attempts(?:=(-?\d+))? (must|is out of range)\b", lambda m: _opt("--attempts", m)),
         (r"^bits=(-?\d+) is out of range: codes are u8, so bits must\b",
          r"--bits \1 is out of range: codes are u8, so --bits must"),
         (r"^bits=(\d+) means\b", r"--bits \1 means"),
-        (r"^sample(?:=(-?\d+))? (must|is smaller)\b", lambda m: _opt("--sample", m)),
-        (r"^seed must\b", "--seed must"),
+        (r"^bits=(-?\d+) is out of range$", r"--bits \1 is out of range"),
+        (r"^sample(?:=(-?\d+))? (must|is smaller|is out of range)\b", lambda m: _opt("--sample", m)),
+        (r"^seed(?:=(-?\d+))? (must|is out of range)\b", lambda m: _opt("--seed", m)),
     ],
     "convert": [(r"^vocab='(\w+)' applies to\b", r"--vocab \1 applies to")],
     # the Python API's a, b, c are the command's A, B, C

@@ -171,6 +171,13 @@ def test_cli_errors_name_the_command_options(files: dict[str, Path], tmp_path: P
         (["quantize", w2v, out, "-q", "-b", "9"], "--bits 9 is out of range", "bits="),
         (["quantize", w2v, out, "-q", "--sample", "-1"], "--sample -1 must not be negative", "sample="),
         (["quantize", w2v, out, "-q", "-m", "1"], "--bits 8 means 256 centroids", "bits="),
+        (["quantize", w2v, out, "-q", "-i", "-1"], "--iterations -1 must not be negative", "n_iterations"),
+        (["quantize", w2v, out, "-q", "--attempts", "-1"], "--attempts -1 must not be negative", "n_attempts"),
+        # beyond 128 bits: the conversion's error names the argument in a note only
+        (["quantize", w2v, out, "-q", "--attempts", "9" * 41], f"--attempts {'9' * 41} is out of range", "n_attempts"),
+        (["quantize", w2v, out, "-q", "-m", "9" * 41], f"--subquantizers {'9' * 41} is out of range", "n_sub"),
+        (["quantize", w2v, out, "-q", "--sample", "9" * 41], f"--sample {'9' * 41} is out of range", "sample="),
+        (["quantize", w2v, out, "-q", "-b", "9" * 41], f"--bits {'9' * 41} is out of range", "bits="),
         (["convert", w2v, str(tmp_path / "x.txt"), "--vocab", "fst"], "--vocab fst applies", "vocab="),
         (["analogy", w2v, "the", "nope", "x"], 'analogy word B ("nope")', "word b"),
         (["analogy", w2v, "no1", "no2", 'q", b ("x'], 'words A ("no1"), B ("no2"), C ("q\\", b (\\"x")', "A (\"no1\"), b"),
