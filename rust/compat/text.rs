@@ -526,7 +526,13 @@ fn split_lines(region: &[u8], n: usize) -> Vec<usize> {
 /// digits that read back to the same f32, without exponent.
 pub fn write_text(emb: &Embeddings, path: &Path, header: bool) -> Result<()> {
     let words = known_words(emb, "text")?;
-    for w in words.iter() {
+    for (i, w) in words.iter().enumerate() {
+        if w.is_empty() && emb.dims() > 0 && (header || i > 0) {
+            // a line of " v1 v2 ...", as gensim writes the empty word and both read it back
+            // (after a header or a first line; a headerless file's indented first line keeps
+            // its first field as the word)
+            continue;
+        }
         // (with no values after it, a word's trailing whitespace would be read as the line end)
         let trailing = emb.dims() == 0 && strip_eol(w.as_bytes()).len() != w.len();
         if w.is_empty() || trailing || w.bytes().any(|b| b == b' ' || b == b'\t' || b == b'\n') {

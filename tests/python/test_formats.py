@@ -623,6 +623,23 @@ def test_write_text_refuses_what_would_not_read_back(tmp_path: Path) -> None:
         emb.write_text(tmp_path / "y.txt")
 
 
+def test_the_empty_word_writes_as_text_where_it_reads_back(tmp_path: Path) -> None:
+    """The empty word is a line of " v1 v2 ...", as gensim writes it: after a header or a
+    first line it reads back as the empty word; as a headerless file's first line it would not."""
+    vals = np.arange(6, dtype=np.float32).reshape(3, 2) + 0.5
+    for words, dims in [(["a", "", "b"], False), (["", "a", "b"], True), (["a", "", "b"], True)]:
+        emb = vf.Embeddings(words, vals)
+        emb.write_text(tmp_path / "e.txt", dims=dims)
+        back = vf.load_text(tmp_path / "e.txt", dims=dims, normalize=False)
+        assert list(back) == words
+        np.testing.assert_array_equal(back.storage, vals)
+    with pytest.raises(ValueError, match="empty"):
+        vf.Embeddings(["", "a", "b"], vals).write_text(tmp_path / "f.txt", dims=False)
+    with pytest.raises(ValueError, match="empty"):
+        vf.Embeddings(["a", ""], np.ones((2, 0), np.float32)).write_text(tmp_path / "f.txt")
+    assert not (tmp_path / "f.txt").exists()
+
+
 def test_text_round_trip_of_awkward_floats(tmp_path: Path) -> None:
     vals = np.array(
         [[3.0, -0.5, 1e-10, -0.0], [1e20, 1.17549435e-38, 3.4028235e38, 1.4e-45],
