@@ -294,18 +294,21 @@ pub fn quantize_with_stats(emb: &Embeddings, p: &QuantizeParams, progress: &Prog
     let (rows, dims) = emb.storage.shape();
     check_params(p, rows, dims)?;
     let x = dense_rows(&emb.storage);
-    let (q, stats) = quantize_matrix_with_stats(x, rows, dims, p, progress).map_err(|e| match e {
-        // a matrix holding NaN or infinity: its first such row named with its word
-        Error::Argument(m) => {
-            let bad = dense_rows(&emb.storage).iter().position(|v| !v.is_finite()).map(|at| at / dims.max(1));
-            Error::argument(match bad.map(|r| emb.vocab.word(r)) {
-                Some(Some(w)) => format!("{m} (the word {w:?})"),
-                Some(None) => format!("{m} (an n-gram row)"),
-                None => m,
-            })
-        }
-        e => e,
-    })?;
+    // a matrix holding NaN or infinity: its first such row named with its word (checked here,
+    // where the words are known; any other error of the training passes through as it is)
+    if let Some(at) = x.iter().position(|v| !v.is_finite()) {
+        let row = at / dims.max(1);
+        let who = match emb.vocab.word(row) {
+            Some(w) => format!(" (the word {w:?})"),
+            None => " (an n-gram row)".to_string(),
+        };
+        return Err(Error::argument(format!(
+            "row {row} of the matrix holds {} (at column {}): NaN and infinity cannot be quantized{who}",
+            x[at],
+            at % dims.max(1)
+        )));
+    }
+    let (q, stats) = quantize_matrix_with_stats(x, rows, dims, p, progress)?;
     let e = Embeddings::with_norms(emb.metadata.clone(), emb.vocab.clone(), Storage::Quantized(q), emb.norms.clone())?;
     Ok((e, stats))
 }
