@@ -286,12 +286,15 @@ pub fn kmeans(
             _ => kmeanspp(x, n, d, k, rng),
         };
         let mut prev_codes: Option<Vec<u32>> = None;
+        let mut last_objective = f64::INFINITY;
+        let mut converged = false;
         for it in 0..iterations {
             progress.check()?;
-            assign(x, &xnorms, d, &centroids, k, &mut codes);
+            last_objective = assign(x, &xnorms, d, &centroids, k, &mut codes);
             progress.add(1);
             if prev_codes.as_deref() == Some(&codes[..]) {
                 progress.add((iterations - it - 1) as u64);
+                converged = true;
                 break; // converged: the centroids would not move
             }
             let mut counts = update(x, d, &codes, k, &mut centroids);
@@ -304,16 +307,21 @@ pub fn kmeans(
                 None => prev_codes = Some(codes.clone()),
             }
         }
-        if iterations > 0 {
+        if converged {
             // The centroids returned are the means of their points (exact for data with fewer
-            // distinct rows than centroids): after a converged assignment the last update may
-            // have been followed by a split, whose nudged centroids would be returned; on the
-            // other path this update repeats the last one (the same codes).
+            // distinct rows than centroids): the update before a converged assignment may have
+            // been followed by a split, whose nudged centroids would be returned. (A loop run
+            // to its end did its last update without a split.)
             update(x, d, &codes, k, &mut centroids);
         }
-        // scored by their own assignment (the loop's objective is that of the centroids
-        // before the last update), so that the best attempt is the best of what is returned
-        let objective = assign(x, &xnorms, d, &centroids, k, &mut codes);
+        // Several attempts are compared by the score of the centroids each returns, their own
+        // assignment (the loop's is that of the centroids before the last update); a single
+        // attempt keeps the loop's, an upper bound, and saves the pass.
+        let objective = if attempts > 1 || iterations == 0 {
+            assign(x, &xnorms, d, &centroids, k, &mut codes)
+        } else {
+            last_objective
+        };
         if best.as_ref().is_none_or(|b| objective < b.objective) {
             best = Some(KMeans { centroids, objective });
         }
