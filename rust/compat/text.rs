@@ -469,11 +469,12 @@ fn strip_eol(line: &[u8]) -> &[u8] {
     &line[..keep.map_or(0, |k| k + 1)]
 }
 
-/// The `"<words> <dims>"` header of a text file, as the reader detects it (`dims=None`), or
-/// `None` when its first line is a record (GloVe).
-/// The longest first line read (a line of 1M values has about 12 MiB).
+/// The longest first line read (a line of 1M values has about 12 MiB; a longer one, or a
+/// file of exactly this size holding one line without a final line break, is refused).
 const MAX_FIRST_LINE: u64 = 64 << 20;
 
+/// The `"<words> <dims>"` header of a text file, as the reader detects it (`dims=None`), or
+/// `None` when its first line is a record (GloVe).
 pub fn file_header(path: &Path) -> Result<Option<(usize, usize)>> {
     let file = crate::embeddings::open_regular_file(path)?;
     let mut first = Vec::new();

@@ -294,11 +294,14 @@ const PART_ROWS: usize = 256;
 ///
 /// Every byte is a digit, a sign, a point, an exponent or a blank, and every piece between
 /// blanks is a number; the last piece counts only when a blank follows it (it may be cut in
-/// the middle: "1e" of "1e-05", "-" of "-0.5"), unless it is the only one. Bytes of real float32
-/// values are in that set only for tiny values (a top byte of '0' to '9' is 5e-10 to 2e-4; the
-/// values of an embedding, 1e-3 to 10, have top bytes of 0x3a to 0x41 or 0xba to 0xc1: '<', '?',
-/// 'A', ... outside the set), and they form numbers between blanks rarely: a record such as
-/// b"1.392.18" (1.7e-4, 4.2e-5) is not one number.
+/// the middle: "1e" of "1e-05", "-" of "-0.5"), unless it is the only one. The top byte of
+/// a positive float32 is in that set only for values of about 1e-19 (a blank), 1e-11 to 2e-4
+/// ('+', '-', '.', '0' to '9'), 2048 to 8191 ('E') or about 1e22 ('e'), and never for a
+/// negative one; the values of an embedding, 1e-3 to 10, have top bytes of 0x3a to 0x41 or
+/// 0xba to 0xc1 (':', '<', '?', 'A', ... outside the set). Every byte of a whole record must
+/// be in the set, and form numbers between blanks: a record such as b"1.392.18" (1.7e-4,
+/// 4.2e-5) is not one number and loads. (A record of 1 or 2 values whose bytes all are
+/// digits, b"12345678", is taken for text: vanishingly rare in a real file.)
 fn looks_like_text_numbers(bytes: &[u8]) -> bool {
     let is_blank = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
     if !bytes.iter().all(|&b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E') || is_blank(&b)) {

@@ -23,15 +23,17 @@ pub use embeddings::PyEmbeddings;
 
 /// A file path argument (str, bytes or os.PathLike) with a leading `~` or `~user` expanded
 /// as `os.path.expanduser` expands it, as gensim's loaders (smart_open) and the
-/// EmbeddingReader do.
+/// EmbeddingReader do; bytes are decoded as `os.fsdecode` decodes them.
 pub(crate) struct UserPath(pub PathBuf);
 
 impl<'a, 'py> FromPyObject<'a, 'py> for UserPath {
     type Error = PyErr;
 
     fn extract(obj: pyo3::Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
-        let expanded = obj.py().import("os.path")?.call_method1("expanduser", (obj,))?;
-        Ok(UserPath(expanded.extract::<PathBuf>()?))
+        let py = obj.py();
+        let expanded = py.import("os.path")?.call_method1("expanduser", (obj,))?;
+        let text = py.import("os")?.call_method1("fsdecode", (expanded,))?;
+        Ok(UserPath(text.extract::<PathBuf>()?))
     }
 }
 

@@ -177,7 +177,7 @@ pub fn quantize_matrix(
 
 /// [`quantize_matrix`], also returning timings.
 pub fn quantize_matrix_with_stats(
-    mut x: Vec<f32>,
+    x: Vec<f32>,
     rows: usize,
     dims: usize,
     p: &QuantizeParams,
@@ -188,14 +188,35 @@ pub fn quantize_matrix_with_stats(
     if x.len() != rows * dims {
         return Err(Error::argument("matrix size is not rows x dims"));
     }
-    if let Some(at) = x.iter().position(|v| !v.is_finite()) {
-        return Err(Error::argument(format!(
-            "row {} of the matrix holds {} (at column {}): NaN and infinity cannot be quantized",
-            at / dims.max(1),
-            x[at],
-            at % dims.max(1)
-        )));
+    if let Some(e) = non_finite_error(&x, dims, |_| None) {
+        return Err(e);
     }
+    train_checked(x, rows, dims, p, progress, start, (m, k, n_sample))
+}
+
+/// The error for the first NaN or infinity of the row-major matrix `x`, if it holds one, with
+/// `who(row)` (the row's word) after it.
+fn non_finite_error(x: &[f32], dims: usize, who: impl Fn(usize) -> Option<String>) -> Option<Error> {
+    let at = x.iter().position(|v| !v.is_finite())?;
+    let row = at / dims.max(1);
+    Some(Error::argument(format!(
+        "row {row} of the matrix holds {} (at column {}): NaN and infinity cannot be quantized{}",
+        x[at],
+        at % dims.max(1),
+        who(row).map_or(String::new(), |w| format!(" ({w})"))
+    )))
+}
+
+/// [`quantize_matrix_with_stats`] after its checks (parameters, size, finite values).
+fn train_checked(
+    mut x: Vec<f32>,
+    rows: usize,
+    dims: usize,
+    p: &QuantizeParams,
+    progress: &Progress,
+    start: std::time::Instant,
+    (m, k, n_sample): (usize, usize, usize),
+) -> Result<(QuantizedStorage, QuantizeStats)> {
     let norms = p.normalize.then(|| {
         x.par_chunks_mut(dims)
             .map(crate::embeddings::l2_normalize)
@@ -292,23 +313,19 @@ pub fn quantize(emb: &Embeddings, p: &QuantizeParams, progress: &Progress) -> Re
 /// [`quantize`], also returning timings.
 pub fn quantize_with_stats(emb: &Embeddings, p: &QuantizeParams, progress: &Progress) -> Result<(Embeddings, QuantizeStats)> {
     let (rows, dims) = emb.storage.shape();
-    check_params(p, rows, dims)?;
+    let checked = check_params(p, rows, dims)?;
     let x = dense_rows(&emb.storage);
-    // a matrix holding NaN or infinity: its first such row named with its word (checked here,
-    // where the words are known; any other error of the training passes through as it is)
-    if let Some(at) = x.iter().position(|v| !v.is_finite()) {
-        let row = at / dims.max(1);
-        let who = match emb.vocab.word(row) {
-            Some(w) => format!(" (the word {w:?})"),
-            None => " (an n-gram row)".to_string(),
-        };
-        return Err(Error::argument(format!(
-            "row {row} of the matrix holds {} (at column {}): NaN and infinity cannot be quantized{who}",
-            x[at],
-            at % dims.max(1)
-        )));
+    // a matrix holding NaN or infinity: its first such row named with its word (here, where
+    // the words are known; the matrix is scanned once)
+    let who = |row| match emb.vocab.word(row) {
+        Some(w) => Some(format!("the word {w:?}")),
+        None => Some("an n-gram row".to_string()),
+    };
+    if let Some(e) = non_finite_error(&x, dims, who) {
+        return Err(e);
     }
-    let (q, stats) = quantize_matrix_with_stats(x, rows, dims, p, progress)?;
+    let start = std::time::Instant::now();
+    let (q, stats) = train_checked(x, rows, dims, p, progress, start, checked)?;
     let e = Embeddings::with_norms(emb.metadata.clone(), emb.vocab.clone(), Storage::Quantized(q), emb.norms.clone())?;
     Ok((e, stats))
 }

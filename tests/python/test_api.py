@@ -616,16 +616,35 @@ def test_paths_with_a_tilde_name_the_home_directory(tmp_path: Path, ff: Path, mo
     assert vf.load(tmp_path / "c.fifu").vocab.words == want
 
 
-@pytest.mark.parametrize("stem", ["n" * 250, "é" * 125])
-def test_write_to_a_long_file_name(tmp_path: Path, stem: str) -> None:
-    """A file name near the 255-byte limit: the temporary name beside it is cut short."""
+def _name_of_bytes(n: int, ext: str, unit: str) -> str:
+    """A file name of exactly `n` UTF-8 bytes: `unit` repeated, ASCII filling the rest."""
+    room = n - len(ext.encode())
+    reps = room // len(unit.encode())
+    return unit * reps + "n" * (room - reps * len(unit.encode())) + ext
+
+
+@pytest.mark.parametrize("unit", ["n", "é", "€", "é€"])
+@pytest.mark.parametrize("size", [220, 254, 255])
+def test_write_to_a_long_file_name(tmp_path: Path, unit: str, size: int) -> None:
+    """A file name near the 255-byte limit: the temporary name beside it is cut short, on a
+    character boundary whatever the bytes of the characters around the cut."""
     emb = vf.Embeddings(["a", "b"], np.eye(2, dtype=np.float32))
     for ext, write, load in [
         (".txt", emb.write_text, vf.load_text),
         (".fifu", emb.write, vf.load),
+        (".bin", emb.write_word2vec, vf.load_word2vec),
     ]:
-        target = tmp_path / (stem[: 255 // len(stem[0].encode()) - len(ext)] + ext)
-        assert len(os.fsencode(target.name)) <= 255
+        target = tmp_path / _name_of_bytes(size, ext, unit)
+        assert len(os.fsencode(target.name)) == size
         write(target)
         assert load(target).vocab.words == ["a", "b"]
         assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_bytes_paths(tmp_path: Path) -> None:
+    emb = vf.Embeddings(["a", "b"], np.eye(2, dtype=np.float32))
+    p = os.fsencode(tmp_path / "b.fifu")
+    emb.write(p)
+    assert vf.load(p).vocab.words == ["a", "b"]
+    emb.write_text(os.fsencode(tmp_path / "b.txt"))
+    assert vf.load_text(os.fsencode(tmp_path / "b.txt")).vocab.words == ["a", "b"]

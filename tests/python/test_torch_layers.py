@@ -828,8 +828,11 @@ def test_cuda_ops_refuse_what_would_fault_the_device() -> None:
     bad_meta[-1, 2] = w.numel()  # the last table past the weight's end
     with pytest.raises(ValueError, match="does not fit"):
         ops.multi_embedding(w, x, bad_meta, multi.total_dim)
-    with pytest.raises(ValueError, match="does not fit"):
-        ops.multi_embedding_backward(torch.ones(4, multi.total_dim, device="cuda"), x, bad_meta, w.numel())
+    # the backward does not read the layout on the host (that would wait for the device every
+    # step): what falls outside the weight is dropped
+    g = ops.multi_embedding_backward(torch.ones(4, multi.total_dim, device="cuda"), x, bad_meta, w.numel())
+    torch.cuda.synchronize()
+    assert g.shape == (w.numel(),) and bool(torch.isfinite(g).all())
     with pytest.raises(ValueError, match="indices on cpu"):
         ops.multi_embedding_backward(torch.ones(4, multi.total_dim, device="cuda"), x.cpu(), meta, w.numel())
     # the dense backward drops an out-of-range row (as on the CPU), the sparse one refuses it
@@ -896,11 +899,12 @@ def nan_filled_empty():
     """at::empty fills new tensors with NaN (deterministic mode), so that an element a kernel
     leaves unwritten shows, instead of reading as the zero of fresh pages."""
     before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     fill = torch.utils.deterministic.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True)
     torch.utils.deterministic.fill_uninitialized_memory = True
     yield
-    torch.use_deterministic_algorithms(before)
+    torch.use_deterministic_algorithms(before, warn_only=warn_only)
     torch.utils.deterministic.fill_uninitialized_memory = fill
 
 

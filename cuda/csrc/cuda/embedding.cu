@@ -233,19 +233,25 @@ __global__ void multi_gather_kernel(const scalar_t* __restrict__ w, const index_
   }
 }
 
+// The layout is not checked on the host here (that would wait for the device every step; the
+// forward checked it, and the indices): an element whose index, column or target lies outside
+// its table or the weight (only a direct call can give one) is dropped.
 template <typename scalar_t, typename acc_t, typename index_t>
 __global__ void multi_backward_kernel(const scalar_t* __restrict__ grad, const index_t* __restrict__ idx,
                                       const int64_t* __restrict__ meta, acc_t* __restrict__ gw, int64_t batch,
-                                      int64_t nt, int64_t total_dim) {
+                                      int64_t nt, int64_t total_dim, int64_t numel) {
   const int64_t total = batch * total_dim;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = e / total_dim, c = e - b * total_dim;
     int64_t t = 0;
     while (t + 1 < nt && meta[4 * (t + 1) + 3] <= c) ++t;
-    const int64_t d = meta[4 * t + 1];
-    atomicAdd(gw + meta[4 * t + 2] + static_cast<int64_t>(idx[b * nt + t]) * d + (c - meta[4 * t + 3]),
-              static_cast<acc_t>(grad[e]));
+    const int64_t rows = meta[4 * t], d = meta[4 * t + 1], woff = meta[4 * t + 2], j = c - meta[4 * t + 3];
+    const int64_t k = static_cast<int64_t>(idx[b * nt + t]);
+    if (k < 0 || k >= rows || j < 0 || j >= d || woff < 0) continue;
+    const int64_t at = woff + k * d + j;
+    if (at >= numel) continue;
+    atomicAdd(gw + at, static_cast<acc_t>(grad[e]));
   }
 }
 
@@ -281,13 +287,21 @@ at::Tensor multi_embedding_backward_cuda(const at::Tensor& grad_, const at::Tens
   TORCH_CHECK_VALUE(indices.device() == grad_.device(), "vecfusion multi-embedding backward: indices on ",
                     indices.device(), ", gradient on ", grad_.device());
   c10::cuda::CUDAGuard guard(grad_.device());
-  const auto tabs = tables_of(meta, numel, grad_.size(1));
-  check_multi_index_range(indices, meta);
+  // shapes only: reading the layout or the indices on the host would wait for the device
+  TORCH_CHECK_VALUE(meta.dim() == 2 && meta.size(1) == 4 && meta.scalar_type() == at::kLong,
+                    "vecfusion multi-embedding: meta must be int64 (tables, 4)");
+  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong || indices.scalar_type() == at::kInt,
+                   "vecfusion embedding: indices must be int32 or int64, got ", indices.scalar_type());
+  TORCH_CHECK_VALUE(indices.dim() == 2 && indices.size(1) == meta.size(0),
+                    "vecfusion multi-embedding backward: indices must be (batch, ", meta.size(0), " tables)");
+  TORCH_CHECK_VALUE(numel >= 0, "vecfusion multi-embedding backward: numel must not be negative");
   auto grad = grad_.contiguous();
   auto idx = indices.contiguous();
   const int64_t batch = idx.size(0), nt = idx.size(1), total_dim = grad.size(1);
   const auto acc = acc_type_of(grad.scalar_type());
   if (at::globalContext().deterministicAlgorithms()) {
+    const auto tabs = tables_of(meta, numel, total_dim);  // (this path waits for the device anyway)
+    check_multi_index_range(indices, meta);
     // per table, ATen's deterministic (sort-based) backward into the table's region
     // (added, not copied: tables that share elements, possible in a direct call, sum)
     auto gw = at::zeros({numel}, grad.options());
@@ -309,7 +323,7 @@ at::Tensor multi_embedding_backward_cuda(const at::Tensor& grad_, const at::Tens
       using acc_t = acc_of<scalar_t>;
       multi_backward_kernel<scalar_t, acc_t, index_t><<<blocks_for(batch * total_dim, 256), 256, 0, stream>>>(
           grad.const_data_ptr<scalar_t>(), idx.const_data_ptr<index_t>(), m.const_data_ptr<int64_t>(),
-          gw.data_ptr<acc_t>(), batch, nt, total_dim);
+          gw.data_ptr<acc_t>(), batch, nt, total_dim, numel);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
