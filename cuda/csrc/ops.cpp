@@ -191,8 +191,7 @@ void check_multi_index_range(const at::Tensor& indices, const at::Tensor& meta_c
   }
 }
 
-// The tables of `meta`, each checked to lie inside a flat weight of `numel` elements and inside
-// `total_dim` output columns (the kernels then never read or write outside either).
+// (declared in ops.h, where its checks are described)
 std::vector<Table> tables_of(const at::Tensor& meta, int64_t numel, int64_t total_dim) {
   TORCH_CHECK_VALUE(meta.dim() == 2 && meta.size(1) == 4 && meta.scalar_type() == at::kLong,
                     "vecfusion multi-embedding: meta must be int64 (tables, 4)");
@@ -472,7 +471,6 @@ void embedding_renorm_cpu(at::Tensor& weight, const at::Tensor& indices, double 
 }
 
 // ---------------------------------------------------------------- multi-table
-
 
 // Calls `f(std::integral_constant<int64_t, B>{})` with B = `bytes` for the row widths of small
 // tables (multiples of 4 bytes up to 128), B = 0 otherwise (the runtime width is used).

@@ -20,9 +20,11 @@ struct Table {
   int64_t rows, dim, woff, coff;
 };
 
-// The tables of `meta` (on any device), each checked to lie inside a flat weight of `numel`
-// elements and inside `total_dim` output columns (ValueError otherwise): kernels given these
-// tables never read or write outside either.
+// The tables of `meta` (on any device; one on the GPU is copied to the host, which waits for
+// the device), each checked to lie inside a flat weight of `numel` elements, their output
+// columns one table after another filling exactly `total_dim` columns (ValueError otherwise):
+// kernels given these tables never read or write outside the weight or the output, and leave
+// no output element unwritten.
 std::vector<Table> tables_of(const at::Tensor& meta, int64_t numel, int64_t total_dim);
 
 // The type gradients are accumulated in: float for float/half/bfloat16, double for double.

@@ -300,8 +300,8 @@ const PART_ROWS: usize = 256;
 /// negative one; the values of an embedding, 1e-3 to 10, have top bytes of 0x3a to 0x41 or
 /// 0xba to 0xc1 (':', '<', '?', 'A', ... outside the set). Every byte of a whole record must
 /// be in the set, and form numbers between blanks: a record such as b"1.392.18" (1.7e-4,
-/// 4.2e-5) is not one number and loads. (A record of 1 or 2 values whose bytes all are
-/// digits, b"12345678", is taken for text: vanishingly rare in a real file.)
+/// 4.2e-5) is not one number and loads. (A record whose bytes all are digits, b"12345678",
+/// is taken for text: vanishingly rare in a real file.)
 fn looks_like_text_numbers(bytes: &[u8]) -> bool {
     let is_blank = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
     if !bytes.iter().all(|&b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E') || is_blank(&b)) {
