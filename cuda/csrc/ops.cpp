@@ -641,14 +641,19 @@ std::vector<Piece> backward_pieces(const std::vector<Table>& tabs, int64_t batch
   return pieces;
 }
 
-// True when no two tables share a weight element (the layout FastMultiEmbedding builds): the
-// backward's pieces may then each zero and fill their own rows at the same time.
-bool tables_disjoint(const std::vector<Table>& tabs) {
+// The weight elements [from, to) of the tables that have any, sorted by their start.
+std::vector<std::pair<int64_t, int64_t>> weight_spans(const std::vector<Table>& tabs) {
   std::vector<std::pair<int64_t, int64_t>> spans;
   for (const Table& tb : tabs) {
     if (tb.rows > 0 && tb.dim > 0) spans.emplace_back(tb.woff, tb.woff + tb.rows * tb.dim);
   }
   std::sort(spans.begin(), spans.end());
+  return spans;
+}
+
+// True when no two of the sorted `spans` share an element (the layout FastMultiEmbedding
+// builds): the backward's pieces may then each zero and fill their own rows at the same time.
+bool spans_disjoint(const std::vector<std::pair<int64_t, int64_t>>& spans) {
   for (size_t i = 1; i < spans.size(); ++i) {
     if (spans[i].first < spans[i - 1].second) return false;
   }
@@ -672,7 +677,8 @@ at::Tensor multi_embedding_backward_cpu(const at::Tensor& grad_, const at::Tenso
   // one after another into a zeroed gradient; otherwise every piece zeroes its own rows just
   // before adding into them (one pass over the gradient instead of two, the rows still in cache)
   // and only elements outside every table are zeroed here.
-  const bool disjoint = tables_disjoint(tabs);
+  const auto spans = weight_spans(tabs);
+  const bool disjoint = spans_disjoint(spans);
   auto gw = disjoint ? at::empty({numel}, grad.t.options().dtype(acc_t))
                      : at::zeros({numel}, grad.t.options().dtype(acc_t));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.t.scalar_type(), "vecfusion_multi_bwd", [&] {
@@ -680,9 +686,6 @@ at::Tensor multi_embedding_backward_cpu(const at::Tensor& grad_, const at::Tenso
     const scalar_t* gp = grad.t.const_data_ptr<scalar_t>();
     acc_t* wp = gw.data_ptr<acc_t>();
     if (disjoint) {  // elements outside every table (a layout with gaps) are zero
-      std::vector<std::pair<int64_t, int64_t>> spans;
-      for (const Table& tb : tabs) spans.emplace_back(tb.woff, tb.woff + tb.rows * tb.dim);
-      std::sort(spans.begin(), spans.end());
       int64_t at = 0;
       for (const auto& [from, to] : spans) {
         if (from > at) std::fill(wp + at, wp + from, acc_t(0));
