@@ -209,7 +209,8 @@ class Embeddings:
 
         Returns new Embeddings with a QuantizedArray storage (finalfusion's chunk); the
         vocabulary, metadata and norms are kept. ``n_subquantizers`` (M) must divide ``dims``;
-        default: the largest divisor of ``dims`` not above ``dims / 4`` (75 for 300 dims).
+        default: the largest divisor of ``dims`` not above ``dims / 4`` (75 for 300 dims;
+        a UserWarning when no divisor lies near it, as for 101 dims, where it is 1).
         Each subquantizer has ``2**bits`` centroids (bits 1 to 8: one u8 code per
         subquantizer). ``n_iterations`` Lloyd steps of k-means (k-means++ init, empty
         clusters split), best of ``n_attempts`` runs; with ``opq`` the rotation is

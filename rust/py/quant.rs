@@ -73,7 +73,8 @@ impl PyEmbeddings {
     ///
     /// Returns new Embeddings with a QuantizedArray storage (finalfusion's chunk); the
     /// vocabulary, metadata and norms are kept. ``n_subquantizers`` (M) must divide ``dims``;
-    /// default: the largest divisor of ``dims`` not above ``dims / 4`` (75 for 300 dims).
+    /// default: the largest divisor of ``dims`` not above ``dims / 4`` (75 for 300 dims;
+    /// a UserWarning when no divisor lies near it, as for 101 dims, where it is 1).
     /// Each subquantizer has ``2**bits`` centroids (bits 1 to 8: one u8 code per
     /// subquantizer). ``n_iterations`` Lloyd steps of k-means (k-means++ init, empty
     /// clusters split), best of ``n_attempts`` runs; with ``opq`` the rotation is
@@ -125,6 +126,12 @@ impl PyEmbeddings {
         }
         let (rows, dims) = self.inner.storage.shape();
         crate::quant::check_params(&params, rows, dims)?;
+        if params.n_subquantizers.is_none() {
+            if let Some(note) = crate::quant::default_subquantizers_note(dims) {
+                let msg = std::ffi::CString::new(note).map_err(|e| PyValueError::new_err(e.to_string()))?;
+                PyErr::warn(py, &py.get_type::<pyo3::exceptions::PyUserWarning>(), &msg, 1)?;
+            }
+        }
         // None (the default) means True: a bar.
         let reporter = match progress {
             Some(p) if p.is_callable() => Reporter::Callback(p.unbind()),

@@ -105,6 +105,29 @@ pub fn default_subquantizers(dims: usize) -> usize {
     (1..=target).rev().find(|m| dims % m == 0).unwrap_or(1)
 }
 
+/// Why the default number of subquantizers is a poor choice for `dims`, or `None`.
+///
+/// When no divisor of `dims` lies near `dims / 4` (a prime such as 101, or 202 = 2 x 101),
+/// the default falls far below it and each one-byte code then stands for many dimensions:
+/// a coarse reconstruction the caller did not ask for. The note says so and names the
+/// divisors on either side, so that the caller can pick `n_subquantizers` knowingly.
+pub fn default_subquantizers_note(dims: usize) -> Option<String> {
+    let target = (dims / 4).max(1);
+    let m = default_subquantizers(dims);
+    if m * 2 >= target {
+        return None;
+    }
+    let above = (target + 1..=dims).find(|d| dims % d == 0).unwrap_or(dims);
+    Some(format!(
+        "no divisor of the {dims} dimensions lies near {target} (about 4 dimensions per subquantizer), \
+         so the default n_subquantizers is {m}: {} dimensions per one-byte code, a coarse \
+         reconstruction; pass n_subquantizers={m} to accept it, or n_subquantizers={above} \
+         ({} per code) for a finer one",
+        dims / m,
+        dims / above
+    ))
+}
+
 /// Most k-means iterations (and attempts) a quantizer is trained with.
 pub const MAX_ITERATIONS: usize = 1_000_000;
 
@@ -343,6 +366,21 @@ mod tests {
         for d in 1..200 {
             assert_eq!(d % default_subquantizers(d), 0);
         }
+    }
+
+    #[test]
+    fn awkward_dims_get_a_note_on_the_default() {
+        // dims with a divisor near dims / 4: no note
+        for d in [1, 2, 3, 4, 7, 8, 50, 64, 100, 128, 300, 768] {
+            assert_eq!(default_subquantizers_note(d), None, "dims {d}");
+        }
+        let n = default_subquantizers_note(101).unwrap();
+        assert!(n.contains("default n_subquantizers is 1: 101 dimensions"), "{n}");
+        assert!(n.contains("n_subquantizers=101 (1 per code)"), "{n}");
+        let n = default_subquantizers_note(202).unwrap();
+        assert!(n.contains("is 2: 101 dimensions") && n.contains("n_subquantizers=101 (2 per code)"), "{n}");
+        // 13: target 3, default 1 (13 per code); the next divisor is 13 itself
+        assert!(default_subquantizers_note(13).unwrap().contains("n_subquantizers=13"));
     }
 
     #[test]

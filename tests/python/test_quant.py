@@ -241,6 +241,30 @@ def test_cli_quantize(ff, tmp_path, capsys):
     assert vf.load(odd).storage.n_subquantizers == 20
 
 
+def test_awkward_dimensions_warn_about_the_default_subquantizers(tmp_path, capsys):
+    """101 dimensions have no divisor near 101 / 4: the default M is 1 (one byte for all 101
+    dimensions), which is said, with the divisor above it; an explicit M, or dimensions with
+    a fitting divisor, say nothing (pytest turns any warning into an error)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((300, 101)).astype(np.float32)
+    emb = vf.Embeddings(words(300), x)
+    with pytest.warns(UserWarning, match=r"default n_subquantizers is 1: 101 dimensions per one-byte code.*n_subquantizers=101 \(1 per code\)"):
+        q = emb.quantize(bits=2, n_iterations=2, progress=False)
+    assert q.storage.n_subquantizers == 1
+    emb.quantize(n_subquantizers=1, bits=2, n_iterations=2, progress=False)  # chosen: no warning
+    vf.Embeddings(words(300), x[:, :100]).quantize(bits=2, n_iterations=2, progress=False)  # M=25
+
+    src, dst = tmp_path / "odd.fifu", tmp_path / "q.fifu"
+    emb.write(src)
+    capsys.readouterr()
+    assert cli_main(["quantize", str(src), str(dst), "-b", "2", "-i", "2", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "vecfusion quantize: note: no divisor of the 101 dimensions" in err
+    assert "the default --subquantizers is 1" in err and "--subquantizers 101 (1 per code)" in err
+    assert "n_subquantizers" not in err and "UserWarning" not in err
+    assert vf.load(dst).storage.n_subquantizers == 1
+
+
 @pytest.mark.parametrize("scale", [1.0, 1e-5, 1e-30, 1e19])
 def test_quantization_does_not_depend_on_the_matrix_magnitude(scale: float) -> None:
     """normalize=False trains on the rows as they are: the error relative to the data is the

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
+import warnings
 
 from . import add_word_options
 
@@ -72,17 +74,22 @@ def run(args: argparse.Namespace) -> int:
         )
     emb = load_any(args.src, args.fmt, mmap=True, lossy=args.lossy, encoding=args.encoding)
     start = time.perf_counter()
-    q = emb.quantize(
-        n_subquantizers=args.subquantizers,
-        bits=args.bits,
-        opq=args.opq,
-        n_iterations=args.iterations,
-        n_attempts=args.attempts,
-        normalize=args.normalize,
-        sample=args.sample,
-        seed=args.seed,
-        progress=not args.quiet,
-    )
+    with warnings.catch_warnings():
+        # a warning (the default M of awkward dimensions) is a note in the command's terms,
+        # printed when it is raised, before the training's progress bar
+        warnings.simplefilter("always", UserWarning)
+        warnings.showwarning = _note
+        q = emb.quantize(
+            n_subquantizers=args.subquantizers,
+            bits=args.bits,
+            opq=args.opq,
+            n_iterations=args.iterations,
+            n_attempts=args.attempts,
+            normalize=args.normalize,
+            sample=args.sample,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
     q.write(args.dst)
     if not args.quiet:
         s = q.storage
@@ -93,3 +100,10 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _note(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Print a warning of the quantizer as this command's note, with its options' names."""
+    text = re.sub(r"\bn_subquantizers=(\d+)", r"--subquantizers \1", str(message))
+    text = text.replace("n_subquantizers", "--subquantizers")
+    print(f"vecfusion quantize: note: {text}", file=sys.stderr)
