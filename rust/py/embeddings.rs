@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use numpy::{PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyKeyError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use super::metadata::{py_to_toml, toml_to_py};
 use super::storage::PyQuantizedStorage;
@@ -60,6 +60,33 @@ impl PyEmbeddings {
         };
         let found = if word.len() > 256 { crate::py::fork::detach(py, fill) } else { fill() };
         found.map(|()| arr)
+    }
+}
+
+/// Rebuild embeddings pickled by `Embeddings.__reduce__`: a finalfusion file's bytes, and
+/// whether the vocabulary's n-grams follow fastText's rule (which a finalfusion chunk does
+/// not record). The rebuilt embeddings hold their matrix in memory.
+#[pyfunction]
+#[pyo3(signature = (data, fasttext_ngrams=false))]
+pub fn _embeddings_from_bytes(py: Python<'_>, data: &[u8], fasttext_ngrams: bool) -> PyResult<PyEmbeddings> {
+    let mut emb = crate::py::fork::detach(py, || Embeddings::from_bytes(data, None))?;
+    if let crate::vocab::Vocab::Subword(s) = &mut emb.vocab {
+        s.fasttext_ngrams = fasttext_ngrams;
+    }
+    Ok(PyEmbeddings::from_rust(emb))
+}
+
+/// An `io::Write` that only counts the bytes written to it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -374,6 +401,56 @@ impl PyEmbeddings {
     #[getter]
     fn storage_kind(&self) -> &'static str {
         self.inner.storage.kind()
+    }
+
+    /// Pickling: the embeddings as a finalfusion file in memory (vocabulary, matrix, norms
+    /// and the current metadata); they come back with their matrix in memory, whatever
+    /// storage they had (a memory-mapped file is read, as pickling a numpy memmap does).
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>, bool))> {
+        let emb = &self.inner;
+        // a memory-mapped fst chunk is verified before its words are copied
+        emb.vocab.verify_fst()?;
+        let meta = self.metadata_text();
+        let write = |w: &mut dyn std::io::Write| {
+            emb.write_to_with_metadata(w, meta.as_deref())
+                .map_err(|e| crate::Error::io("cannot serialize the embeddings", e))
+        };
+        // the size first (a pass that copies nothing), so that the bytes object is written
+        // in place: no second copy of the matrix
+        let mut count = ByteCount(0);
+        crate::py::fork::detach(py, || write(&mut count))?;
+        let data = PyBytes::new_with(py, count.0, |buf| {
+            crate::py::fork::detach(py, || {
+                let mut rest: &mut [u8] = buf;
+                write(&mut rest)?;
+                if rest.is_empty() {
+                    Ok(())
+                } else {
+                    Err(crate::Error::io(
+                        "cannot serialize the embeddings",
+                        std::io::Error::other("the second pass wrote fewer bytes than the first"),
+                    ))
+                }
+            })
+            .map_err(PyErr::from)
+        })?;
+        let fasttext_ngrams = matches!(&emb.vocab, crate::vocab::Vocab::Subword(s) if s.fasttext_ngrams);
+        let f = py.import("vecfusion._native")?.getattr("_embeddings_from_bytes")?;
+        Ok((f, (data, fasttext_ngrams)))
+    }
+
+    /// `copy.copy`: the same (immutable) vocabulary and matrix, shared; its own metadata.
+    fn __copy__(&self) -> PyEmbeddings {
+        PyEmbeddings {
+            inner: Arc::clone(&self.inner),
+            metadata: Mutex::new(self.metadata_text()),
+        }
+    }
+
+    /// `copy.deepcopy`: as `copy.copy`. Nothing of embeddings can be changed in place but
+    /// their metadata, which the copy has its own of, so the matrix is shared, not copied.
+    fn __deepcopy__(&self, _memo: &Bound<'_, PyAny>) -> PyEmbeddings {
+        self.__copy__()
     }
 
     fn __repr__(&self) -> String {

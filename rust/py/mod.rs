@@ -59,6 +59,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fork::_after_fork_in_child, m)?)?;
     m.add_class::<vocab::PyVocab>()?;
     m.add_function(wrap_pyfunction!(vocab::_vocab_from_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(embeddings::_embeddings_from_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(bag::_normalize_rows_as_lookup, m)?)?;
     m.add_class::<storage::PyQuantizedStorage>()?;
     m.add_class::<embeddings::WordIter>()?;

@@ -648,3 +648,65 @@ def test_bytes_paths(tmp_path: Path) -> None:
     assert vf.load(p).vocab.words == ["a", "b"]
     emb.write_text(os.fsencode(tmp_path / "b.txt"))
     assert vf.load_text(os.fsencode(tmp_path / "b.txt")).vocab.words == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "name", ["python/embeddings.fifu", "python/ff_buckets.fifu", "python/pq.fifu", "rust/quantized.fifu", "fst"]
+)
+def test_embeddings_pickle_and_copy(tmp_path: Path, ff: Path, mmap: bool, name: str) -> None:
+    """Pickled embeddings come back as the same embeddings (vocabulary, matrix, norms,
+    metadata), with their matrix in memory, even after the file they were mapped from is
+    gone; copies share the matrix and have their own metadata."""
+    import copy
+    import pickle
+
+    if name == "fst":
+        src = tmp_path / "fst.fifu"
+        vf.load(ff / "python/ff_buckets.fifu").write(src, vocab="fst")
+    else:
+        src = tmp_path / Path(name).name
+        src.write_bytes((ff / name).read_bytes())
+    emb = vf.load(src, mmap=mmap)
+    emb.metadata = {"pickled": True, "name": name}
+    data = pickle.dumps(emb, protocol=pickle.HIGHEST_PROTOCOL)
+    del emb
+    emb = vf.load(src, mmap=mmap)
+    os.remove(src)  # the copy no longer needs the file; `emb` keeps its own mapping
+    back = pickle.loads(data)
+    assert back.metadata == {"pickled": True, "name": name}
+    assert (back.vocab_kind, len(back), back.dims) == (emb.vocab_kind, len(emb), emb.dims)
+    assert back.storage_kind == {"MmapArray": "NdArray", "MmapQuantizedArray": "QuantizedArray"}.get(emb.storage_kind, emb.storage_kind)
+    assert list(back.vocab.words) == list(emb.vocab.words)
+    words = list(emb.vocab.words) + ["unknownish", "über", ""]
+    got, found = back.lookup(words)
+    want, want_found = emb.lookup(words)
+    np.testing.assert_array_equal(found, want_found)
+    np.testing.assert_array_equal(got, want)  # bit for bit, unknown words included
+    if emb.norms is None:
+        assert back.norms is None
+    else:
+        np.testing.assert_array_equal(back.norms, emb.norms)
+    # the pickle is the finalfusion file (with the metadata as it was set)
+    again = tmp_path / "again.fifu"
+    back.write(again)
+    np.testing.assert_array_equal(vf.load(again).lookup(words)[0], want)
+
+    for c in (copy.copy(emb), copy.deepcopy(emb)):
+        assert c.storage_kind == emb.storage_kind and c.metadata == emb.metadata
+        np.testing.assert_array_equal(c.lookup(words)[0], want)
+        c.metadata = {"other": 1}
+        assert emb.metadata != c.metadata
+
+
+def test_pickled_fasttext_model_keeps_fasttexts_ngram_rule(peers: Path) -> None:
+    """A model read from fastText leaves the single `<` and `>` out of its n-grams (a rule the
+    finalfusion chunk does not record): its pickle keeps the rule, and fastText's vectors."""
+    import pickle
+
+    ft = vf.load_fasttext(peers / "ft_skipgram.bin")
+    back = pickle.loads(pickle.dumps(ft))
+    for w in ["a", "über", "zzqx", ft.vocab[3]]:
+        assert back.vocab.ngrams(w) == ft.vocab.ngrams(w), w
+        assert back.vocab.subword_indices(w) == ft.vocab.subword_indices(w), w
+        np.testing.assert_array_equal(back.fasttext_vector(w), ft.fasttext_vector(w))
+        np.testing.assert_array_equal(back[w], ft[w])

@@ -405,6 +405,7 @@ def test_writing_a_corrupt_mapped_vocabulary_raises(fst_file: tuple[Path, list[s
             lambda: emb.write_text(tmp_path / "o.txt"),
             lambda: emb.write_word2vec(tmp_path / "o.bin"),
             lambda: pickle.dumps(emb.vocab),
+            lambda: pickle.dumps(emb),
             # the whole word list reads every word too: checked as fully (it skipped the
             # automaton's checksum, so a flip that still decoded gave a wrong word)
             lambda: emb.vocab.words,
