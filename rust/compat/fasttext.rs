@@ -1091,18 +1091,24 @@ pub fn write_fasttext(emb: &Embeddings, path: &Path) -> Result<()> {
             let end = (start + GROUP).min(nwords);
             let mut block = vec![0f32; (end - start) * dims];
             if dims > 0 {
-                block.par_chunks_mut(dims).enumerate().with_min_len(64).for_each_init(<(Vec<usize>, Vec<f32>)>::default, |(idx, g), (k, row)| {
-                    let i = start + k;
-                    super::export_row(emb, i, row);
-                    idx.clear();
-                    let word = words.get(i).unwrap_or_default();
-                    if fasttext_import {
-                        fasttext_ngram_rows(word, minn, maxn, bucket, nwords, idx);
-                    } else {
-                        emb.vocab.push_subword_indices(word, idx);
-                    }
-                    unmean_row(emb, row, idx, g);
-                });
+                block
+                    .par_chunks_mut(dims)
+                    .enumerate()
+                    .with_min_len(64)
+                    .try_for_each_init(<(Vec<usize>, Vec<f32>)>::default, |(idx, g), (k, row)| {
+                        let i = start + k;
+                        super::export_row_checked(emb, words, i, row, "fastText")?;
+                        idx.clear();
+                        let word = words.get(i).unwrap_or_default();
+                        if fasttext_import {
+                            fasttext_ngram_rows(word, minn, maxn, bucket, nwords, idx);
+                        } else {
+                            emb.vocab.push_subword_indices(word, idx);
+                        }
+                        unmean_row(emb, row, idx, g);
+                        Ok::<(), Error>(())
+                    })
+                    .map_err(std::io::Error::other)?;
             }
             write_f32s(w, &block)?;
             start = end;

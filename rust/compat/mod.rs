@@ -300,6 +300,38 @@ pub(crate) fn export_row(emb: &Embeddings, i: usize, out: &mut [f32]) {
     }
 }
 
+/// [`export_row`] for a writer of `format` files: an error naming the word when its stored
+/// norm is no length (NaN, infinite or negative: a memory-mapped file's norms are not
+/// checked at open) or when the vector to be written holds NaN or infinity, which the
+/// readers of these formats (vecfusion's among them) refuse.
+pub(crate) fn export_row_checked(emb: &Embeddings, words: &WordList, i: usize, out: &mut [f32], format: &str) -> Result<()> {
+    let word = || words.get(i).unwrap_or_default();
+    if let Some(norms) = &emb.norms {
+        let n = norms[i];
+        if !(n.is_finite() && n >= 0.0) {
+            return Err(Error::invalid(
+                "norms",
+                format!(
+                    "the stored norm of {:?} (row {i}) is {n}, which is no length (a norm is finite and >= 0): \
+                     its vector cannot be written as {format}",
+                    word()
+                ),
+            ));
+        }
+    }
+    export_row(emb, i, out);
+    // (an exponent of all ones is infinity or NaN; the OR of all rows' tests vectorizes)
+    let non_finite = out.iter().fold(false, |acc, x| acc | (x.to_bits() & 0x7f80_0000 == 0x7f80_0000));
+    if non_finite {
+        let x = out.iter().find(|x| !x.is_finite()).copied().unwrap_or(f32::NAN);
+        return Err(Error::invalid(
+            "vectors",
+            format!("the vector of {:?} (row {i}) holds {x}: {format} files hold finite numbers only", word()),
+        ));
+    }
+    Ok(())
+}
+
 /// The known words of `emb` (floret vocabularies have none: an error).
 pub(crate) fn known_words<'a>(emb: &'a Embeddings, format: &str) -> Result<&'a WordList> {
     let words = emb.vocab.words().ok_or_else(|| {

@@ -12,7 +12,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use super::fmt::push_f32;
-use super::{assemble, export_row, known_words, Decode, ReadOptions, WordsBuilder};
+use super::{assemble, export_row_checked, known_words, Decode, ReadOptions, WordsBuilder};
 use crate::embeddings::{write_atomically, Embeddings};
 use crate::error::{Error, Result};
 
@@ -574,16 +574,17 @@ pub fn write_text(emb: &Embeddings, path: &Path, header: bool) -> Result<()> {
                     let mut row = vec![0f32; dims];
                     for i in s..e {
                         out.extend_from_slice(words.get(i).unwrap_or_default().as_bytes());
-                        export_row(emb, i, &mut row);
+                        export_row_checked(emb, words, i, &mut row, "text")?;
                         for &x in &row {
                             out.push(b' ');
                             push_f32(&mut out, x);
                         }
                         out.push(b'\n');
                     }
-                    out
+                    Ok(out)
                 })
-                .collect();
+                .collect::<Result<_>>()
+                .map_err(std::io::Error::other)?;
             for b in bufs {
                 w.write_all(&b)?;
             }

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use super::{export_row, known_words, normalize_block, ReadOptions, WordsBuilder};
+use super::{export_row_checked, known_words, normalize_block, ReadOptions, WordsBuilder};
 use crate::embeddings::{write_atomically, Embeddings};
 use crate::error::{Error, Result};
 use crate::storage::{ArrayStorage, Storage};
@@ -389,7 +389,7 @@ pub fn write_word2vec_binary(emb: &Embeddings, path: &Path) -> Result<()> {
             if i % 65_536 == 0 {
                 crate::cancel::check_io()?;
             }
-            export_row(emb, i, &mut row);
+            export_row_checked(emb, words, i, &mut row, "word2vec").map_err(std::io::Error::other)?;
             bytes.clear();
             bytes.extend_from_slice(word.as_bytes());
             bytes.push(b' ');

@@ -1112,3 +1112,49 @@ def test_load_fasttext_refuses_non_finite_values(tmp_path: Path, bad: float) -> 
     vf.Embeddings(words, big, vocab="fasttext", buckets=50, min_n=3, max_n=4).write_fasttext(tmp_path / "big.bin")
     with pytest.raises(vf.FormatError, match="overflows"):
         vf.load_fasttext(tmp_path / "big.bin", normalize=False)
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_writers_refuse_values_their_readers_refuse(tmp_path: Path, mmap: bool) -> None:
+    """A finalfusion file may hold what no word2vec, text or fastText file may: a NaN,
+    infinite or negative norm (finalfusion's norms are lengths; a memory-mapped file's are
+    not checked at open) or NaN and infinity in a row. Writing such a vector raised nothing
+    and wrote `b NaN NaN` (or, for a negative norm, the vector with its sign flipped), which
+    vecfusion's own readers then refused: now the writer refuses, naming the word, and
+    leaves no file."""
+    words = ["a", "b", "c"]
+    rows = np.array([[1, 0], [0, 1], [0.6, 0.8]], np.float32)
+    good = tmp_path / "good.fifu"
+    vf.Embeddings(words, rows, norms=np.array([1, 2, 3], np.float32)).write(good)
+    data = good.read_bytes()
+    assert data[-12:] == np.array([1, 2, 3], "<f4").tobytes()  # the norms chunk ends the file
+    cases = {}
+    for norm, say in ((np.nan, "is nan"), (-2.0, "is -2"), (np.inf, "is inf")):
+        cases[f"norm {norm}"] = (data[:-8] + np.array([norm, 3], "<f4").tobytes(), f'stored norm of "b" (row 1) {say}')
+    at = data.index(np.float32(0.6).tobytes())
+    for value in (np.nan, np.inf):
+        cases[f"row {value}"] = (data[:at] + np.float32(value).tobytes() + data[at + 4:], f'vector of "c" (row 2) holds {value}')
+    writers = {
+        "text": lambda e, p: e.write_text(p),
+        "word2vec": lambda e, p: e.write_word2vec(p),
+        "fastText": lambda e, p: e.write_fasttext(p),
+    }
+    for name, (body, says) in cases.items():
+        src = tmp_path / "bad.fifu"
+        src.write_bytes(body)
+        emb = vf.load(src, mmap=mmap)  # loads: the file is finalfusion's to judge
+        for fmt, write in writers.items():
+            out = tmp_path / f"out.{fmt}"
+            with pytest.raises(vf.FormatError) as ei:
+                write(emb, out)
+            msg = str(ei.value).lower()
+            assert says in msg and fmt.lower() in msg, (name, fmt, msg)
+            assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.fifu", "good.fifu"]
+        with pytest.raises(vf.FormatError, match="row"):
+            vf.convert(src, tmp_path / "out.txt", progress=False)
+        assert cli_main(["convert", str(src), str(tmp_path / "out.vec")]) == 1
+        assert not (tmp_path / "out.vec").exists()
+        emb = None
+    # the good file writes as before
+    for fmt, write in writers.items():
+        write(vf.load(good, mmap=mmap), tmp_path / f"out.{fmt}")
