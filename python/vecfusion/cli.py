@@ -91,7 +91,10 @@ _COMMAND_OPTIONS: dict[str, list[tuple[str, Any]]] = {
         (r"^sample(?:=(-?\d+))? (must|is smaller|is out of range)\b", lambda m: _opt("--sample", m)),
         (r"^seed(?:=(-?\d+))? (must|is out of range)\b", lambda m: _opt("--seed", m)),
     ],
-    "convert": [(r"^vocab='(\w+)' applies to\b", r"--vocab \1 applies to")],
+    "convert": [
+        (r"^vocab='(\w+)' applies to\b", r"--vocab \1 applies to"),
+        (r": load with normalize=False\b", ": convert with --no-normalize"),
+    ],
     # the Python API's a, b, c are the command's A, B, C
     "analogy": [
         (

@@ -193,6 +193,7 @@ def convert(
     progress: bool = True,
     lossy: bool = False,
     encoding: str = "utf-8",
+    normalize: bool = True,
 ) -> Embeddings:
     """Convert an embedding file to another format and return the embeddings read.
 
@@ -201,7 +202,9 @@ def convert(
     detected from the magic bytes or the extension when None; ``dst_format`` from the
     extension (``.fifu``, ``.bin``/``.w2v``, ``.txt``/``.vec``, ``.glove``; a ``.bin``
     target stays fastText when the source is fastText). Converting to finalfusion
-    L2-normalizes rows and keeps their norms; other targets get the vectors as stored.
+    L2-normalizes rows and keeps their norms (``normalize=False``: the rows as stored, no
+    norms, which also takes rows too long for a float32 norm); other targets get the vectors
+    as stored.
     ``vocab`` other than ``"standard"`` is passed to ``Embeddings.write`` (finalfusion
     targets only). ``progress`` shows a progress bar for steps longer than a second.
     ``lossy`` reads words with invalid UTF-8 (word2vec, text and fastText sources) with
@@ -224,7 +227,7 @@ def convert(
                    bar_format="{desc}: {n_fmt}/{total_fmt} steps [{elapsed}]")
     try:
         with _step(bar, f"reading {src_p.name} ({sf})"):
-            emb = load_any(src, sf, normalize=(df == "finalfusion"), lossy=lossy, encoding=encoding)
+            emb = load_any(src, sf, normalize=(df == "finalfusion" and normalize), lossy=lossy, encoding=encoding)
         with _step(bar, f"writing {dst_p.name} ({df})"):
             # the path as given: "out.fifu/" names a directory (Path drops the slash)
             write_any(emb, dst, df, vocab)

@@ -33,8 +33,13 @@ const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Read a text embedding file.
 pub fn read_text(path: &Path, header: Header, opts: &ReadOptions) -> Result<Embeddings> {
-    // (names the file itself)
-    super::check_not_compressed(path)?;
+    // (names the file itself) A GloVe file may begin with a word that looks like a
+    // compressor's magic bytes ("BZh5"): it is compressed only if its first line is no text line.
+    if let Some(kind) = super::compression_of(path) {
+        if !first_line_reads_as_text(path) {
+            return Err(super::compressed_error(path, kind));
+        }
+    }
     read_text_inner(path, header, opts).map_err(|e| match e {
         // I/O errors name the file already
         e @ Error::Io { .. } => e,
@@ -426,6 +431,22 @@ fn parse_line_with(
 }
 
 /// Whether `line` is a header or `word v1 ... vd` with numbers for values.
+/// Whether the first line of the file at `path` (within its first MiB) reads as a line of a
+/// text embedding file (see [`reads_as_text_line`]); false if it cannot be read.
+fn first_line_reads_as_text(path: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut line = Vec::new();
+    // (a compressor's header holds control bytes, as a zip entry stored uncompressed, whose
+    // header is followed by the text itself, does; the words of text files do not)
+    let control = |&b: &u8| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)) || b == 0x7f;
+    match BufReader::new(file).take(1 << 20).read_until(b'\n', &mut line) {
+        Ok(_) if line.ends_with(b"\n") => !line.iter().any(control) && reads_as_text_line(&line),
+        _ => false,
+    }
+}
+
 fn reads_as_text_line(line: &[u8]) -> bool {
     if parse_header(line).is_some() {
         return true;
@@ -555,6 +576,24 @@ pub fn write_text(emb: &Embeddings, path: &Path, header: bool) -> Result<()> {
         ));
     }
     let n = words.len();
+    if !header && n > 0 {
+        // a 1-dimensional row of a number word can print as "2 1", which a reader that
+        // detects headers (vecfusion's and vf.convert's default) takes for one
+        let mut row = vec![0f32; dims];
+        export_row_checked(emb, words, 0, &mut row, "text")?;
+        let mut line = words.get(0).unwrap_or_default().as_bytes().to_vec();
+        for &x in &row {
+            line.push(b' ');
+            push_f32(&mut line, x);
+        }
+        if parse_header(&line).is_some() {
+            return Err(Error::argument(format!(
+                "the first line {} would read back as a header \"<words> <dims>\" (a number word with \
+                 one whole-number value): write it with a header (dims=True)",
+                super::excerpt(&line)
+            )));
+        }
+    }
     write_atomically(path, |w| {
         if header {
             writeln!(w, "{n} {dims}")?;

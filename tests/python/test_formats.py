@@ -331,6 +331,50 @@ def test_rows_longer_than_float32_range(tmp_path: Path) -> None:
             load(tmp_path / name)
         raw = load(tmp_path / name, normalize=False)
         np.testing.assert_array_equal(raw.storage[:2], rows)
+    # converting to finalfusion normalizes too: convert(normalize=False) and the command's
+    # --no-normalize keep the rows as they are, and the command's error names its option
+    src = tmp_path / "w.bin"
+    with pytest.raises(vf.FormatError, match="normalize=False"):
+        vf.convert(src, tmp_path / "c.fifu", progress=False)
+    out = vf.convert(src, tmp_path / "c.fifu", progress=False, normalize=False)
+    assert out.norms is None
+    np.testing.assert_array_equal(vf.load(tmp_path / "c.fifu").storage, rows)
+    assert cli_main(["convert", str(src), str(tmp_path / "d.fifu")]) == 1
+    assert not (tmp_path / "d.fifu").exists()
+    assert cli_main(["convert", str(src), str(tmp_path / "d.fifu"), "--no-normalize"]) == 0
+    np.testing.assert_array_equal(vf.load(tmp_path / "d.fifu").storage, rows)
+    # (normalizing stays the default and applies to finalfusion targets only)
+    ok = tmp_path / "ok.txt"
+    vf.Embeddings(["a"], np.array([[3, 4]], np.float32)).write_text(ok)
+    np.testing.assert_array_equal(vf.convert(ok, tmp_path / "n.fifu", progress=False).norms, [5])
+    assert vf.convert(ok, tmp_path / "n.txt", progress=False).norms is None
+
+
+def test_cli_convert_error_names_no_normalize(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    e = vf.Embeddings(["big", "ok"], np.array([[3e38, 3e38], [1, 2]], np.float32))
+    e.write_word2vec(tmp_path / "w.bin")
+    capsys.readouterr()
+    assert cli_main(["convert", str(tmp_path / "w.bin"), str(tmp_path / "d.fifu")]) == 1
+    err = capsys.readouterr().err
+    assert "convert with --no-normalize" in err and "normalize=False" not in err, err
+
+
+def test_a_headerless_first_line_that_reads_as_a_header_is_refused(tmp_path: Path) -> None:
+    """A 1-dimensional row of a number word prints as `2 1`, which the default reader (and
+    vf.convert) takes for a header: written without one, the file read back a word short,
+    silently. Such a file is refused (write it with a header); other first lines are not."""
+    e = vf.Embeddings(["2", "a", "b"], np.array([[1], [0.5], [0.25]], np.float32))
+    p = tmp_path / "amb.txt"
+    with pytest.raises(ValueError, match=r'first line "2 1" would read back as a header.*dims=True'):
+        e.write_text(p, dims=False)
+    assert not p.exists()
+    e.write_text(p, dims=True)
+    assert list(vf.load_text(p).vocab.words) == ["2", "a", "b"]
+    for words, rows in ((["2", "a"], [[0.5], [1]]), (["x", "2"], [[1], [1]]), (["2", "a"], [[1, 1], [2, 2]])):
+        e = vf.Embeddings(words, np.array(rows, np.float32))
+        e.write_text(p, dims=False)
+        assert list(vf.load_text(p, normalize=False).vocab.words) == words
+        np.testing.assert_array_equal(vf.load_text(p, normalize=False).storage, rows)
 
 
 def test_malformed_word2vec(tmp_path: Path, peers: Path) -> None:

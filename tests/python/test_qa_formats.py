@@ -297,6 +297,24 @@ def test_compressed_inputs_are_refused_clearly(tmp_path: Path, kind: str) -> Non
     assert not (tmp_path / "out.fifu").exists()
 
 
+@pytest.mark.parametrize("word", ["BZh5", "BZh9"])
+def test_a_glove_word_like_a_compressors_magic_is_a_word(tmp_path: Path, word: str) -> None:
+    """A GloVe file whose first word is `BZh5` starts with bzip2's magic bytes; it was
+    refused as compressed, even one vecfusion wrote (gensim reads it). A first line that
+    reads as text is text; a compressed file's first line never does."""
+    e = vf.Embeddings([word, "b"], np.array([[1, 2], [3, 4]], np.float32))
+    p = tmp_path / "w.txt"
+    e.write_text(p, dims=False)
+    for back in (vf.load_text(p, dims=False, normalize=False), vf.load_text(p, normalize=False),
+                 vf.convert(p, tmp_path / "w.fifu", progress=False)):
+        assert list(back.vocab.words) == [word, "b"]
+    np.testing.assert_array_equal(vf.load(tmp_path / "w.fifu", mmap=True)[word] * vf.load(tmp_path / "w.fifu").norms[0], [1, 2])
+    # a line without values after the magic is still the compressed file it looks like
+    p.write_bytes(word.encode() + b"\x00\x01binary\n")
+    with pytest.raises(vf.FormatError, match="compressed"):
+        vf.load_text(p)
+
+
 def test_wrong_loader_for_text_or_binary_says_which_to_use(tmp_path: Path) -> None:
     # a word2vec text file read as binary: the error says to use load_text
     with pytest.raises(vf.FormatError, match=r"looks like text embeddings.*vf\.load_text"):

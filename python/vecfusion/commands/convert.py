@@ -26,6 +26,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--to", dest="dst_format", metavar="FMT", help="output format")
     p.add_argument("--vocab", default="standard", help="finalfusion vocabulary layout (e.g. fst)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-normalize",
+        dest="normalize",
+        action="store_false",
+        help="finalfusion output: keep the rows as stored, without norms (default: L2-normalized rows and their norms)",
+    )
     add_word_options(p)
     p.set_defaults(func=run)
     return p
@@ -43,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress and sys.stderr.isatty(),
         lossy=args.lossy,
         encoding=args.encoding,
+        normalize=args.normalize,
     )
     print(f"wrote {args.dst}: {len(emb)} words x {emb.dims} dims")
     return 0
