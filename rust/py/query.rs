@@ -250,6 +250,9 @@ impl PyEmbeddings {
     /// Nearest words to each row of `matrix` (`(n, dims)`; rows are L2-normalized):
     /// `(indices int64 (n, w), scores float32 (n, w))` with `w = min(k, len(self))`, best
     /// first; row `i` equals `similar(matrix[i], k)`. Indices are word rows (`vocab[i]`).
+    /// A row with fewer than `w` answers (a word row scoring NaN, as a row holding NaN from
+    /// a file does, is never an answer) is filled up with index -1 and score NaN: -1 is a
+    /// valid Python index (the last word), so mask with `indices >= 0`.
     #[pyo3(signature = (matrix, k=WideInt(10)), text_signature = "(self, /, matrix, k=10)")]
     fn similar_batch<'py>(
         &self,

@@ -651,3 +651,25 @@ def test_restrict_vocab(w2v: vf.Embeddings) -> None:
         assert emb.most_similar("license", topn=3, restrict_vocab=2**70) == emb.most_similar("license", topn=3)
         with pytest.raises(ValueError, match="restrict_vocab must be >= 0"):
             emb.most_similar("license", restrict_vocab=-1)
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_batch_rows_with_fewer_answers_end_in_minus_one(tmp_path: Path, mmap: bool) -> None:
+    """A word row holding NaN (possible in a file) scores NaN and is never an answer: a batch
+    row with fewer answers than its width is filled up with index -1 and score NaN, the
+    rest equal to `similar`'s answers."""
+    words = ["a", "b", "c", "d"]
+    m = np.array([[1, 0, 0], [0.375, 0.125, 0.25], [0, 0, 1], [0.6, 0.8, 0]], np.float32)
+    good = tmp_path / "g.fifu"
+    vf.Embeddings(words, m).write(good)
+    data = good.read_bytes()
+    at = data.index(m[1].tobytes())
+    (tmp_path / "nan.fifu").write_bytes(data[:at] + np.float32(np.nan).tobytes() + data[at + 4:])
+    emb = vf.load(tmp_path / "nan.fifu", mmap=mmap)
+    q = np.ones((2, 3), np.float32)
+    idx, scores = emb.similar_batch(q, k=4)
+    single = emb.similar(q[0], k=4)
+    assert [w for w, _ in single] == ["d", "a", "c"]  # not "b"
+    np.testing.assert_array_equal(idx, [[3, 0, 2, -1]] * 2)
+    np.testing.assert_allclose(scores[:, :3], [[s for _, s in single]] * 2, rtol=1e-6)
+    assert np.isnan(scores[:, 3]).all()
