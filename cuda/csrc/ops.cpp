@@ -742,6 +742,15 @@ const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, 
   return op;
 }
 
+const c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, c10::SymInt,
+                                                                  int64_t, bool)>&
+sparse_backward_op() {
+  static auto op = op_handle("vecfusion_ops::embedding_sparse_backward")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, c10::SymInt,
+                                                                 int64_t, bool)>();
+  return op;
+}
+
 const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt)>& multi_embedding_op() {
   static auto op = op_handle("vecfusion_ops::multi_embedding").typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt)>();
   return op;
@@ -784,10 +793,8 @@ class EmbeddingFn : public torch::autograd::Function<EmbeddingFn> {
       gw = at::_sparse_coo_tensor_unsafe_symint(indices.reshape_symint({1, n}).to(at::kLong),
                                                 grad.reshape_symint({n, d}), {num_weights, d});
     } else if (ctx->saved_data["sparse"].toBool()) {
-      static auto op = op_handle("vecfusion_ops::embedding_sparse_backward")
-                           .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, c10::SymInt,
-                                                                     int64_t, bool)>();
-      auto [rows, values] = op.call(grad, indices, num_weights, padding_idx, scale);
+      // (through the dispatcher: its autograd kernel makes the gradient differentiable)
+      auto [rows, values] = sparse_backward_op().call(grad, indices, num_weights, padding_idx, scale);
       gw = at::_sparse_coo_tensor_unsafe_symint(rows.unsqueeze(0), values, {num_weights, grad.sym_size(-1)});
     } else {
       const auto& op = dense_backward_op();
@@ -892,6 +899,60 @@ at::Tensor dense_backward_autograd(const at::Tensor& grad, const at::Tensor& ind
   return DenseBackwardFn::apply(grad, indices, std::move(num_weights), padding_idx, scale_grad_by_freq);
 }
 
+// The sparse backward is linear in `grad` too: its values are the rows of `grad` at the
+// kept indices (padding_idx left out), times 1/count with scale_grad_by_freq. Its adjoint
+// puts the incoming values' gradient back at those rows (zero at padding_idx), scaled the
+// same way, so a double backward through a sparse gradient is exact instead of a zero
+// (the autograd fallback's silent answer for an op without an autograd kernel).
+class SparseBackwardFn : public torch::autograd::Function<SparseBackwardFn> {
+ public:
+  static tensor_list forward(AutogradContext* ctx, const at::Tensor& grad, const at::Tensor& indices,
+                             c10::SymInt num_weights, int64_t padding_idx, bool scale_grad_by_freq) {
+    const auto& op = sparse_backward_op();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [rows, values] = op.call(grad, indices, num_weights, padding_idx, scale_grad_by_freq);
+    ctx->mark_non_differentiable({rows});
+    ctx->save_for_backward({indices});
+    ctx->saved_data["grad_sizes"] = grad.sym_sizes().vec();
+    ctx->saved_data["num_weights"] = num_weights;
+    ctx->saved_data["padding_idx"] = padding_idx;
+    ctx->saved_data["scale"] = scale_grad_by_freq;
+    return {rows, values};
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const auto none = at::Tensor();
+    const auto& gv = grads[1];
+    if (!gv.defined()) return {none, none, none, none, none};
+    const auto flat = ctx->get_saved_variables()[0].reshape({-1}).to(at::kLong);
+    const int64_t padding_idx = ctx->saved_data["padding_idx"].toInt();
+    const auto keep = padding_idx >= 0 ? flat != padding_idx : at::Tensor();
+    const auto kept = keep.defined() ? flat.masked_select(keep) : flat;
+    auto g = gv;
+    if (ctx->saved_data["scale"].toBool()) {
+      const int64_t nw = ctx->saved_data["num_weights"].toSymInt().guard_int(__FILE__, __LINE__);
+      auto counts = at::bincount(kept, {}, nw).index_select(0, kept).to(g.scalar_type());
+      g = g / counts.unsqueeze(1);
+    }
+    if (keep.defined()) {
+      g = at::zeros({flat.numel(), gv.size(-1)}, gv.options()).index_put({keep}, g);
+    }
+    return {g.view_symint(ctx->saved_data["grad_sizes"].toSymIntVector()), none, none, none, none};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> sparse_backward_autograd(const at::Tensor& grad, const at::Tensor& indices,
+                                                            c10::SymInt num_weights, int64_t padding_idx,
+                                                            bool scale_grad_by_freq) {
+  if (!at::GradMode::is_enabled() || !grad.requires_grad()) {
+    const auto& op = sparse_backward_op();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(grad, indices, std::move(num_weights), padding_idx, scale_grad_by_freq);
+  }
+  auto out = SparseBackwardFn::apply(grad, indices, std::move(num_weights), padding_idx, scale_grad_by_freq);
+  return {out[0], out[1]};
+}
+
 at::Tensor multi_backward_autograd(const at::Tensor& grad, const at::Tensor& indices, const at::Tensor& meta,
                                    c10::SymInt numel) {
   if (!at::GradMode::is_enabled() || !grad.requires_grad()) {
@@ -970,6 +1031,7 @@ TORCH_LIBRARY_IMPL(vecfusion_ops, Autograd, m) {
   m.impl("embedding", &embedding_autograd);
   m.impl("multi_embedding", &multi_embedding_autograd);
   m.impl("embedding_dense_backward", &dense_backward_autograd);
+  m.impl("embedding_sparse_backward", &sparse_backward_autograd);
   m.impl("multi_embedding_backward", &multi_backward_autograd);
 }
 

@@ -271,6 +271,33 @@ def test_double_backward() -> None:
     assert torch.autograd.gradgradcheck(lambda w: ops.multi_embedding(w, xm, m.table_meta, m.total_dim), (wm,))
 
 
+def test_sparse_gradient_is_differentiable() -> None:
+    """A sparse gradient with padding_idx or scale_grad_by_freq comes from the extension's
+    own sparse backward: differentiating through it (a gradient penalty) gave a silent zero
+    with a warning (the autograd fallback of an op without an autograd kernel). Now its
+    second derivative equals the dense layer's, and the op passes gradgradcheck."""
+    x = torch.tensor([[1, 1, 2], [0, 5, 1]])
+    w = torch.randn(6, 3, dtype=torch.float64)
+    for pad in (None, 1):
+        for scale in (False, True):
+            second = {}
+            for sparse in (False, True):
+                e = FastEmbedding(6, 3, _weight=w.clone(), padding_idx=pad, scale_grad_by_freq=scale,
+                                  sparse=sparse, dtype=torch.float64)
+                (gw,) = torch.autograd.grad((e(x) ** 3).sum(), e.weight, create_graph=True)
+                (_dense(gw) ** 2).sum().backward()
+                second[sparse] = _dense(e.weight.grad)
+            assert second[True].abs().sum() > 0
+            torch.testing.assert_close(second[True], second[False], rtol=1e-12, atol=1e-12)
+    g = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    for pad in (-1, 1):
+        for scale in (False, True):
+            def values(g: torch.Tensor, pad: int = pad, scale: bool = scale) -> torch.Tensor:
+                return ops.embedding_sparse_backward(g, x, 6, pad, scale)[1]
+
+            assert torch.autograd.gradcheck(values, (g,)) and torch.autograd.gradgradcheck(values, (g,))
+
+
 def test_padding_idx_set_after_construction() -> None:
     ref, fast = _pair()
     ref.padding_idx = fast.padding_idx = -1  # counts from the end, as in F.embedding
