@@ -126,7 +126,8 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad, const index_t
       leaders &= leaders - 1;
       const unsigned peers = __shfl_sync(0xffffffffu, groups, l);
       const int64_t row = __shfl_sync(0xffffffffu, k, l);
-      const acc_t scale = counts ? acc_t(1) / static_cast<acc_t>(counts[row]) : acc_t(1);
+      // (1/count rounded from double, as the CPU kernels take it)
+      const acc_t scale = counts ? static_cast<acc_t>(1.0 / static_cast<double>(counts[row])) : acc_t(1);
       for (int64_t j = lane; j < dim; j += kWarp) {
         acc_t s = 0;
         unsigned p = peers;
@@ -204,8 +205,9 @@ std::tuple<at::Tensor, at::Tensor> embedding_sparse_backward_cuda(const at::Tens
   if (idx.is_alias_of(indices)) idx = idx.clone();
   if (!scale_grad_by_freq) return {idx, grad.is_alias_of(grad_) ? grad.clone() : grad};
   const auto acc = acc_type_of(grad.scalar_type());
-  auto counts = at::bincount(idx, {}, num_weights).index_select(0, idx).to(acc);
-  return {idx, (grad.to(acc) / counts.unsqueeze(1)).to(grad.scalar_type())};
+  // times 1/count (rounded from double), as the CPU kernel scales: the same bits
+  auto inv = at::bincount(idx, {}, num_weights).index_select(0, idx).to(at::kDouble).reciprocal().to(acc);
+  return {idx, (grad.to(acc) * inv.unsqueeze(1)).to(grad.scalar_type())};
 }
 
 void embedding_renorm_cuda(at::Tensor& weight, const at::Tensor& indices, double max_norm, double norm_type) {
