@@ -201,7 +201,8 @@ def convert(
     header), ``glove`` (text without header), ``fasttext`` (``.bin``). ``src_format`` is
     detected from the magic bytes or the extension when None; ``dst_format`` from the
     extension (``.fifu``, ``.bin``/``.w2v``, ``.txt``/``.vec``, ``.glove``; a ``.bin``
-    target stays fastText when the source is fastText). Converting to finalfusion
+    target stays fastText when the source is fastText or a finalfusion file with a fastText
+    vocabulary, whose n-grams word2vec would drop). Converting to finalfusion
     L2-normalizes rows and keeps their norms (``normalize=False``: the rows as stored, no
     norms, which also takes rows too long for a float32 norm); other targets get the vectors
     as stored.
@@ -228,6 +229,10 @@ def convert(
     try:
         with _step(bar, f"reading {src_p.name} ({sf})"):
             emb = load_any(src, sf, normalize=(df == "finalfusion" and normalize), lossy=lossy, encoding=encoding)
+        if dst_format is None and df == "word2vec" and dst_p.suffix.lower() == ".bin" \
+                and emb.vocab_kind == "FastTextSubwordVocab":
+            # (.bin is both formats; the n-grams of a fastText vocabulary survive only as fastText)
+            df = "fasttext"
         with _step(bar, f"writing {dst_p.name} ({df})"):
             # the path as given: "out.fifu/" names a directory (Path drops the slash)
             write_any(emb, dst, df, vocab)

@@ -748,6 +748,18 @@ def test_convert_fasttext(peers: Path, tmp_path: Path, ft_expected: dict) -> Non
     np.testing.assert_allclose(emb.embedding(w), want / np.linalg.norm(want), atol=1e-6)
     vf.convert(tmp_path / "ft.fifu", tmp_path / "ft2.bin", dst_format="fasttext", progress=False)
     np.testing.assert_allclose(vf.load_fasttext(tmp_path / "ft2.bin").fasttext_vector(w), want, atol=1e-6)
+    # a .bin name alone: a finalfusion file with a fastText vocabulary becomes fastText (its
+    # n-grams kept), other finalfusion files word2vec; dst_format says otherwise
+    vf.convert(tmp_path / "ft.fifu", tmp_path / "ft3.bin", progress=False)
+    assert detect_format(tmp_path / "ft3.bin") == "fasttext"
+    assert (tmp_path / "ft3.bin").read_bytes() == (tmp_path / "ft2.bin").read_bytes()
+    vf.convert(tmp_path / "ft.fifu", tmp_path / "ft4.bin", dst_format="word2vec", progress=False)
+    assert detect_format(tmp_path / "ft4.bin") == "word2vec"
+    assert cli_main(["convert", str(tmp_path / "ft.fifu"), str(tmp_path / "ft5.bin")]) == 0
+    assert detect_format(tmp_path / "ft5.bin") == "fasttext"
+    vf.Embeddings(["a", "b"], np.eye(2, dtype=np.float32)).write(tmp_path / "s.fifu")
+    vf.convert(tmp_path / "s.fifu", tmp_path / "s.bin", progress=False)
+    assert detect_format(tmp_path / "s.bin") == "word2vec"
 
 
 def test_convert_arguments(ff: Path, tmp_path: Path) -> None:
