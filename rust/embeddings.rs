@@ -782,13 +782,10 @@ where
             let _ = std::fs::remove_file(&tmp);
             // an error of the data being written (carried through `io::Error::other`) is
             // returned as it is, not as a failure to write the file
-            if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
-                if let Some(Ok(inner)) = e.into_inner().map(|b| b.downcast::<Error>()) {
-                    return Err(*inner);
-                }
-                unreachable!("checked to hold an Error");
+            match e.downcast::<Error>() {
+                Ok(data_error) => Err(data_error),
+                Err(e) => Err(Error::io(format!("cannot write {}", shown.display()), e)),
             }
-            Err(Error::io(format!("cannot write {}", shown.display()), e))
         }
     }
 }

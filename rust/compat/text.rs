@@ -430,7 +430,6 @@ fn parse_line_with(
     })
 }
 
-/// Whether `line` is a header or `word v1 ... vd` with numbers for values.
 /// Whether the first line of the file at `path` (within its first MiB) reads as a line of a
 /// text embedding file (see [`reads_as_text_line`]); false if it cannot be read.
 fn first_line_reads_as_text(path: &Path) -> bool {
@@ -447,6 +446,7 @@ fn first_line_reads_as_text(path: &Path) -> bool {
     }
 }
 
+/// Whether `line` is a header or `word v1 ... vd` with numbers for values.
 fn reads_as_text_line(line: &[u8]) -> bool {
     if parse_header(line).is_some() {
         return true;
