@@ -175,8 +175,14 @@ def _collect(folders: list[Any], suffix: str, what: str) -> tuple[list[Any], lis
 
 def _fetch(fs: Any, path: str, start: int, end: int) -> bytes:
     data = fs.cat_file(path, start=start, end=end)
-    if len(data) != end - start:
+    if len(data) < end - start:
         raise FormatError(f"{path}: expected {end - start} bytes at offset {start}, got {len(data)} (truncated?)")
+    if len(data) > end - start:
+        # (an HTTP server that ignores Range sends the whole file)
+        raise FormatError(
+            f"{path}: asked for {end - start} bytes at offset {start}, got {len(data)}: the server "
+            "ignored the byte range (it must support HTTP Range requests)"
+        )
     return bytes(data)
 
 
@@ -479,8 +485,9 @@ class EmbeddingReader:
 
     @property
     def nb_files(self) -> int:
-        """Number of embedding files."""
-        return len(self._npy) if self._npy else len(self._parquet)
+        """Number of embedding files with rows (files without rows are skipped, and not
+        counted, as embedding-reader counts them)."""
+        return int(np.count_nonzero(np.diff(self._starts)))
 
     @property
     def max_file_size(self) -> int:

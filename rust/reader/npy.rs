@@ -166,7 +166,7 @@ pub fn parse_header(prefix: &[u8], file_len: u64) -> Result<NpyMatrix> {
             (k, _) => return Err(Error::invalid("npy header", format!("unexpected entry {k:?}"))),
         }
     }
-    let (Some(descr), Some(fortran), Some(shape)) = (descr, fortran, shape) else {
+    let (Some(descr), Some(fortran), Some(mut shape)) = (descr, fortran, shape) else {
         return Err(Error::invalid(
             "npy header",
             "missing 'descr', 'fortran_order' or 'shape'",
@@ -176,11 +176,16 @@ pub fn parse_header(prefix: &[u8], file_len: u64) -> Result<NpyMatrix> {
         Some(b'<' | b'>' | b'=' | b'|') => descr.split_at(1),
         _ => ("=", descr.as_str()),
     };
+    // A file without rows (shape (0,), (0, d), ...) is skipped by the reader, whatever its
+    // dtype and rank (an empty shard saved as `np.array([])` is 1-D float64): only its
+    // header and size are checked.
+    let empty = shape.first() == Some(&0);
     let dtype = match code {
         // (numpy writes '<f4'; np.load also takes dtype names)
         "f2" | "e" | "float16" => DType::F16,
         "f4" | "f" | "float32" => DType::F32,
         "f8" | "d" | "float64" => DType::F64,
+        _ if empty => DType::F32,
         _ => {
             return Err(Error::invalid(
                 "npy dtype",
@@ -195,6 +200,9 @@ pub fn parse_header(prefix: &[u8], file_len: u64) -> Result<NpyMatrix> {
         // for multi-byte types, so treat them as this machine's order.
         _ => cfg!(target_endian = "big"),
     };
+    if empty && shape.len() != 2 {
+        shape = vec![0, 0];
+    }
     if shape.len() != 2 {
         return Err(Error::invalid(
             "npy shape",

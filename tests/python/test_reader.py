@@ -136,11 +136,11 @@ def test_attributes(collections: dict[str, Path]) -> None:
     assert r.dimension == DIM
     assert r.byte_per_item == DIM * 2
     assert r.total_size == r.count * DIM * 2
-    assert r.nb_files == len(ROWS)
+    assert r.nb_files == len(ROWS) - 1  # the file without rows is not counted
     assert r.max_file_size == max(ROWS.values()) * DIM * 2
     assert r.dtype == np.float16
     p = vf.EmbeddingReader(collections["parquet"], file_format="parquet", meta_columns=["caption"])
-    assert (p.count, p.dimension, p.byte_per_item, p.nb_files) == (r.count, DIM, DIM * 4, len(ROWS))
+    assert (p.count, p.dimension, p.byte_per_item, p.nb_files) == (r.count, DIM, DIM * 4, len(ROWS) - 1)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -288,7 +288,7 @@ def test_http_range_reads(collections: dict[str, Path]) -> None:
         url = f"http://127.0.0.1:{server.server_address[1]}/f16/"
         r = vf.EmbeddingReader(url)
         assert r.count == sum(ROWS.values())
-        assert r.nb_files == len(ROWS)
+        assert r.nb_files == len(ROWS) - 1  # the file without rows is not counted
         before = _RangeHandler.ranges_served
         emb, meta = _read_all(r, batch_size=8, start=1, end=30, max_piece_size=5, parallel_pieces=4)
         np.testing.assert_array_equal(emb, _truth("float16")[1:30].astype(np.float32))
@@ -297,6 +297,43 @@ def test_http_range_reads(collections: dict[str, Path]) -> None:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+    # a server that ignores Range sends whole files: said so (was "got 176 bytes (truncated?)")
+    class _Plain(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    plain = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a, **k: _Plain(*a, directory=str(root), **k))
+    thread = threading.Thread(target=plain.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(vf.FormatError, match=r"\.npy: asked for \d+ bytes .*ignored the byte range"):
+            _read_all(vf.EmbeddingReader(f"http://127.0.0.1:{plain.server_address[1]}/f16/"), batch_size=8)
+    finally:
+        plain.shutdown()
+        plain.server_close()
+        thread.join(5)
+
+
+def test_npy_files_without_rows_are_skipped_whatever_their_dtype_and_rank(tmp_path: Path) -> None:
+    """An empty shard saved as `np.array([])` is 1-D float64, and one of integers has an
+    integer dtype: files without rows are skipped (not counted) whatever their header says;
+    a 1-D or integer file with rows is still refused."""
+    rows = np.arange(12, dtype=np.float32).reshape(4, 3)
+    np.save(tmp_path / "0.npy", rows)
+    for i, empty in enumerate([np.array([]), np.zeros((0, 3), np.int64), np.zeros((0, 2, 5), np.float32),
+                               np.zeros((0,), np.uint8)]):
+        np.save(tmp_path / f"1_{i}.npy", empty)
+    r = vf.EmbeddingReader(tmp_path)
+    assert (r.count, r.dimension, r.nb_files) == (4, 3, 1)
+    emb, meta = _read_all(r, batch_size=3)
+    np.testing.assert_array_equal(emb, rows)
+    np.save(tmp_path / "2.npy", np.zeros((2,), np.float32))
+    with pytest.raises(vf.FormatError, match=r"2\.npy.*2-D"):
+        vf.EmbeddingReader(tmp_path)
+    np.save(tmp_path / "2.npy", np.zeros((2, 3), np.int64))
+    with pytest.raises(vf.FormatError, match=r"2\.npy.*not a float type"):
+        vf.EmbeddingReader(tmp_path)
 
 
 def test_dask_distributed_ranges(collections: dict[str, Path]) -> None:
