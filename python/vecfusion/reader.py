@@ -131,7 +131,11 @@ def _list(fs: Any, folder: str, suffix: str) -> list[tuple[str, int | None]]:
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"embedding folder not found: {folder!r}")
         out: list[tuple[str, int | None]] = []
-        for root, _dirs, names in os.walk(folder):
+        def unreadable(e: OSError) -> None:
+            # a folder that cannot be listed would silently leave its files out of the rows
+            raise OSError(e.errno, f"cannot list a folder of the collection: {e.strerror}", e.filename) from e
+
+        for root, _dirs, names in os.walk(folder, onerror=unreadable):
             for n in names:
                 p = os.path.join(root, n)
                 if n.endswith(suffix) and os.path.isfile(p):

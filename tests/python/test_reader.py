@@ -842,3 +842,23 @@ def test_float64_to_float16_rounds_as_numpy(tmp_path: Path) -> None:
     np.save(tmp_path / "0.npy", x)
     got = np.concatenate([e for e, _ in vf.EmbeddingReader(str(tmp_path))(batch_size=1000, dtype=np.float16, show_progress=False)])
     np.testing.assert_array_equal(got.view(np.uint16), x.astype(np.float16).view(np.uint16))
+
+
+def test_a_folder_that_cannot_be_listed_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A subfolder that cannot be listed (no read permission) left its files out of the
+    collection silently (os.walk's default); it raises, naming the folder."""
+    np.save(tmp_path / "0.npy", np.ones((2, 3), np.float32))
+    (tmp_path / "sub").mkdir()
+    np.save(tmp_path / "sub" / "1.npy", np.ones((2, 3), np.float32))
+    real = os.scandir
+
+    def scandir(path):  # type: ignore[no-untyped-def]
+        if os.fspath(path).endswith("sub"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(PermissionError, match=r"cannot list a folder of the collection.*sub"):
+        vf.EmbeddingReader(tmp_path)
+    monkeypatch.undo()
+    assert vf.EmbeddingReader(tmp_path).count == 4
