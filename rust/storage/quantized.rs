@@ -21,15 +21,24 @@ use crate::format::{checked_mul, padding, ByteReader, ChunkId, PosWriter, TYPE_F
 /// product and the load stays instant.
 const PROJECTED_TABLE_MIN_LIMIT: usize = 2 << 20;
 
-/// Largest projected-centroid table (floats) built at load: half the last-level cache, at
-/// least [`PROJECTED_TABLE_MIN_LIMIT`]. Measured on a Zen 4 (32 MiB L3, D = 300, OPQ): a
-/// 15 MB table (M = 50) rebuilds a row in 3.4 µs against 5.3 µs for the product, a 9 MB one
-/// (M = 30) in 2.2 µs; a 23 MB one (M = 75) takes 7.0 µs, the product 5.4 µs.
+/// Largest limit on the projected-centroid table (floats, 32 MiB), whatever the caches.
+///
+/// A virtual machine may report its host's whole last-level cache (480 MiB seen on a 2-core
+/// Xeon VM), of which one core gets a small share: there a 46 MB table (M = 150, D = 300)
+/// rebuilt a row in 11.7 µs against 7.0 µs for the product, and batches in 5.9 against
+/// 1.1 µs a row, while a 22 MB one (M = 75) still won one row at a time (6.1 against 7.0 µs).
+const PROJECTED_TABLE_MAX_LIMIT: usize = 8 << 20;
+
+/// Largest projected-centroid table (floats) built at load: half the last-level cache,
+/// within [`PROJECTED_TABLE_MIN_LIMIT`] and [`PROJECTED_TABLE_MAX_LIMIT`]. Measured on a
+/// Zen 4 (32 MiB L3, D = 300, OPQ): a 15 MB table (M = 50) rebuilds a row in 3.4 µs against
+/// 5.3 µs for the product, a 9 MB one (M = 30) in 2.2 µs; a 23 MB one (M = 75) takes
+/// 7.0 µs, the product 5.4 µs.
 fn projected_table_limit() -> usize {
     static LIMIT: OnceLock<usize> = OnceLock::new();
     *LIMIT.get_or_init(|| {
         let l3 = last_level_cache_bytes().unwrap_or(0);
-        PROJECTED_TABLE_MIN_LIMIT.max(l3 / 2 / std::mem::size_of::<f32>())
+        (l3 / 2 / std::mem::size_of::<f32>()).clamp(PROJECTED_TABLE_MIN_LIMIT, PROJECTED_TABLE_MAX_LIMIT)
     })
 }
 
