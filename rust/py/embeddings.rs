@@ -69,11 +69,17 @@ impl PyEmbeddings {
 #[pyfunction]
 #[pyo3(signature = (data, fasttext_ngrams=false))]
 pub fn _embeddings_from_bytes(py: Python<'_>, data: &[u8], fasttext_ngrams: bool) -> PyResult<PyEmbeddings> {
+    Ok(PyEmbeddings::from_rust(unpickle(py, data, fasttext_ngrams)?))
+}
+
+/// Embeddings from a pickle's finalfusion bytes (read into memory, without the GIL), with
+/// the fastText n-gram rule that the chunk does not record set back.
+pub(crate) fn unpickle(py: Python<'_>, data: &[u8], fasttext_ngrams: bool) -> PyResult<Embeddings> {
     let mut emb = crate::py::fork::detach(py, || Embeddings::from_bytes(data, None))?;
     if let crate::vocab::Vocab::Subword(s) = &mut emb.vocab {
         s.fasttext_ngrams = fasttext_ngrams;
     }
-    Ok(PyEmbeddings::from_rust(emb))
+    Ok(emb)
 }
 
 /// An `io::Write` that only counts the bytes written to it.

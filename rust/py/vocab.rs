@@ -33,11 +33,7 @@ impl PyVocab {
 #[pyfunction]
 #[pyo3(signature = (data, fasttext_ngrams=false))]
 pub fn _vocab_from_bytes(py: Python<'_>, data: &[u8], fasttext_ngrams: bool) -> PyResult<PyVocab> {
-    let mut emb = crate::py::fork::detach(py, || Embeddings::from_bytes(data, None))?;
-    if let crate::vocab::Vocab::Subword(s) = &mut emb.vocab {
-        s.fasttext_ngrams = fasttext_ngrams;
-    }
-    Ok(PyVocab { inner: Arc::new(emb) })
+    Ok(PyVocab { inner: Arc::new(super::embeddings::unpickle(py, data, fasttext_ngrams)?) })
 }
 
 #[pymethods]
