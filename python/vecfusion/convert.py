@@ -127,6 +127,13 @@ def _dst_format(path: Path, src_format: str) -> str:
     )
 
 
+def _pruned(emb: Embeddings) -> bool:
+    """Whether ``emb`` comes from a pruned fastText model (.ftz), as its metadata records."""
+    meta = emb.metadata
+    ft = meta.get("fasttext") if isinstance(meta, dict) else None
+    return isinstance(ft, dict) and "pruned_buckets" in ft
+
+
 def load_any(path: str | os.PathLike[str], fmt: str | None = None, *, normalize: bool = True,
              lossy: bool = False, mmap: bool = False, encoding: str = "utf-8") -> Embeddings:
     """Load embeddings of any supported format (detected when ``fmt`` is None).
@@ -202,10 +209,11 @@ def convert(
     detected from the magic bytes or the extension when None; ``dst_format`` from the
     extension (``.fifu``, ``.bin``/``.w2v``, ``.txt``/``.vec``, ``.glove``; a ``.bin``
     target stays fastText when the source is fastText or a finalfusion file with a fastText
-    vocabulary, whose n-grams word2vec would drop). Converting to finalfusion
-    L2-normalizes rows and keeps their norms (``normalize=False``: the rows as stored, no
-    norms, which also takes rows too long for a float32 norm); other targets get the vectors
-    as stored.
+    vocabulary, whose n-grams word2vec would drop, unless it comes from a pruned .ftz model).
+    Converting a word2vec, text or fastText file to finalfusion L2-normalizes rows and keeps
+    their norms (``normalize=False``: the rows as read, no norms, which also takes rows too
+    long for a float32 norm); a finalfusion source is written as it is stored, norms
+    included; other targets get the vectors as stored.
     ``vocab`` other than ``"standard"`` is passed to ``Embeddings.write`` (finalfusion
     targets only). ``progress`` shows a progress bar for steps longer than a second.
     ``lossy`` reads words with invalid UTF-8 (word2vec, text and fastText sources) with
@@ -230,8 +238,9 @@ def convert(
         with _step(bar, f"reading {src_p.name} ({sf})"):
             emb = load_any(src, sf, normalize=(df == "finalfusion" and normalize), lossy=lossy, encoding=encoding)
         if dst_format is None and df == "word2vec" and dst_p.suffix.lower() == ".bin" \
-                and emb.vocab_kind == "FastTextSubwordVocab":
-            # (.bin is both formats; the n-grams of a fastText vocabulary survive only as fastText)
+                and emb.vocab_kind == "FastTextSubwordVocab" and not _pruned(emb):
+            # (.bin is both formats; the n-grams of a fastText vocabulary survive only as
+            # fastText, which takes a pruned .ftz model's buckets only quantized)
             df = "fasttext"
         with _step(bar, f"writing {dst_p.name} ({df})"):
             # the path as given: "out.fifu/" names a directory (Path drops the slash)

@@ -285,20 +285,24 @@ fn is_pruned(emb: &Embeddings) -> bool {
 /// `row`, a stored word vector that is the mean of the word's own (fastText input) row and
 /// its n-gram rows `idx`, back to that own row: `row * (k + 1) - the k n-gram rows`, in the
 /// order [`write_fasttext`] uses. `scratch` is a row-sized buffer.
-fn unmean_row(emb: &Embeddings, row: &mut [f32], idx: &[usize], scratch: &mut Vec<f32>) {
+fn unmean_row(emb: &Embeddings, row: &mut [f32], idx: &[usize], scratch: &mut Vec<f32>, acc: &mut Vec<f64>) {
     if idx.is_empty() {
         return;
     }
+    // (in float64, rounded once: closer to the original row, and a row near float32's
+    // limit, whose product with k + 1 would overflow float32, comes back finite)
     scratch.resize(row.len(), 0.0);
-    let m = (idx.len() + 1) as f32;
-    for x in row.iter_mut() {
-        *x *= m;
-    }
+    let m = (idx.len() + 1) as f64;
+    acc.clear();
+    acc.extend(row.iter().map(|&x| f64::from(x) * m));
     for &r in idx {
         emb.storage.row_into(r, scratch);
-        for (x, v) in row.iter_mut().zip(scratch.iter()) {
-            *x -= v;
+        for (a, &v) in acc.iter_mut().zip(scratch.iter()) {
+            *a -= f64::from(v);
         }
+    }
+    for (x, &a) in row.iter_mut().zip(acc.iter()) {
+        *x = a as f32;
     }
 }
 
@@ -326,7 +330,7 @@ pub fn fasttext_vector(emb: &Embeddings, word: &str) -> Vec<f32> {
             a.sort_unstable();
             b.sort_unstable();
             if a != b {
-                unmean_row(emb, &mut out, &theirs, &mut Vec::new());
+                unmean_row(emb, &mut out, &theirs, &mut Vec::new(), &mut Vec::new());
                 // fastText: the sum of the word's row and its n-gram rows, times 1 / count
                 for &r in &ours {
                     emb.storage.add_row(r, &mut out);
@@ -1053,7 +1057,7 @@ pub fn write_fasttext(emb: &Embeddings, path: &Path) -> Result<()> {
         return Err(Error::argument(
             "these embeddings come from a pruned fastText model (.ftz): fastText takes a pruned \
              dictionary only with a quantized matrix, which vecfusion does not write; write them \
-             as finalfusion (which keeps the pruning for fasttext_vector) or as text instead",
+             as finalfusion (which keeps the pruning for fasttext_vector), as text or as word2vec instead",
         ));
     }
     let rows = nwords + bucket as usize;
@@ -1095,7 +1099,7 @@ pub fn write_fasttext(emb: &Embeddings, path: &Path) -> Result<()> {
                     .par_chunks_mut(dims)
                     .enumerate()
                     .with_min_len(64)
-                    .try_for_each_init(<(Vec<usize>, Vec<f32>)>::default, |(idx, g), (k, row)| {
+                    .try_for_each_init(<(Vec<usize>, Vec<f32>, Vec<f64>)>::default, |(idx, g, acc), (k, row)| {
                         let i = start + k;
                         super::export_row_checked(emb, words, i, row, "fastText")?;
                         idx.clear();
@@ -1105,7 +1109,18 @@ pub fn write_fasttext(emb: &Embeddings, path: &Path) -> Result<()> {
                         } else {
                             emb.vocab.push_subword_indices(word, idx);
                         }
-                        unmean_row(emb, row, idx, g);
+                        unmean_row(emb, row, idx, g, acc);
+                        // (finite rows can sum past float32's range)
+                        if let Some(x) = super::first_non_finite(row) {
+                            return Err(Error::invalid(
+                                "vectors",
+                                format!(
+                                    "the fastText input row of {word:?} (row {i}), its vector times {} less its \
+                                     n-gram rows, holds {x}: fastText files hold finite numbers only",
+                                    idx.len() + 1
+                                ),
+                            ));
+                        }
                         Ok::<(), Error>(())
                     })
                     .map_err(std::io::Error::other)?;
@@ -1121,6 +1136,12 @@ pub fn write_fasttext(emb: &Embeddings, path: &Path) -> Result<()> {
                 crate::cancel::check_io()?;
             }
             emb.storage.row_into(r, &mut row);
+            if let Some(x) = super::first_non_finite(&row) {
+                return Err(std::io::Error::other(Error::invalid(
+                    "vectors",
+                    format!("n-gram row {} (row {r}) holds {x}: fastText files hold finite numbers only", r - nwords),
+                )));
+            }
             bytes.clear();
             for x in &row {
                 bytes.extend_from_slice(&x.to_le_bytes());

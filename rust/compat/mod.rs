@@ -320,16 +320,25 @@ pub(crate) fn export_row_checked(emb: &Embeddings, words: &WordList, i: usize, o
         }
     }
     export_row(emb, i, out);
-    // (an exponent of all ones is infinity or NaN; the OR of all rows' tests vectorizes)
-    let non_finite = out.iter().fold(false, |acc, x| acc | (x.to_bits() & 0x7f80_0000 == 0x7f80_0000));
-    if non_finite {
-        let x = out.iter().find(|x| !x.is_finite()).copied().unwrap_or(f32::NAN);
+    if let Some(x) = first_non_finite(out) {
         return Err(Error::invalid(
             "vectors",
             format!("the vector of {:?} (row {i}) holds {x}: {format} files hold finite numbers only", word()),
         ));
     }
     Ok(())
+}
+
+/// The first NaN or infinity of `row`, if any.
+pub(crate) fn first_non_finite(row: &[f32]) -> Option<f32> {
+    // (an exponent of all ones is infinity or NaN; the OR of every value's test vectorizes,
+    // the search runs only when there is one)
+    let any = row.iter().fold(false, |acc, x| acc | (x.to_bits() & 0x7f80_0000 == 0x7f80_0000));
+    if any {
+        row.iter().find(|x| !x.is_finite()).copied()
+    } else {
+        None
+    }
 }
 
 /// The known words of `emb` (floret vocabularies have none: an error).
@@ -359,6 +368,8 @@ pub(crate) fn read_err(path: &std::path::Path, what: &'static str, e: std::io::E
 
 /// The compression format of a file, from its first bytes: `"gzip"`, `"bzip2"`, `"xz"`,
 /// `"zstd"` or `"zip"`; None when it does not start like a compressed file (or cannot be read).
+/// A text embedding file whose first word merely starts like a compressor's magic bytes (a
+/// GloVe word "BZh5") is no compressed file: its first line reads as text.
 pub fn compression_of(path: &std::path::Path) -> Option<&'static str> {
     use std::io::Read;
     let mut head = [0u8; 6];
@@ -371,7 +382,25 @@ pub fn compression_of(path: &std::path::Path) -> Option<&'static str> {
             Err(_) => return None,
         }
     }
-    compression_of_bytes(&head[..n])
+    compression_of_bytes(&head[..n]).filter(|_| !first_line_reads_as_text(path))
+}
+
+/// Whether the first line of the file at `path` (within its first MiB, or the whole file
+/// when it has no line break) reads as a line of a text embedding file; false if it cannot
+/// be read. A compressor's header holds control bytes (as does a zip entry stored
+/// uncompressed, whose header the text follows); the words of text files do not.
+fn first_line_reads_as_text(path: &std::path::Path) -> bool {
+    use std::io::{BufRead, BufReader, Read};
+    const LIMIT: u64 = 1 << 20;
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut line = Vec::new();
+    let control = |&b: &u8| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)) || b == 0x7f;
+    match BufReader::new(file).take(LIMIT).read_until(b'\n', &mut line) {
+        Ok(n) if line.ends_with(b"\n") || (n as u64) < LIMIT => !line.iter().any(control) && text::reads_as_text_line(&line),
+        _ => false,
+    }
 }
 
 /// See [`compression_of`].

@@ -33,13 +33,8 @@ const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Read a text embedding file.
 pub fn read_text(path: &Path, header: Header, opts: &ReadOptions) -> Result<Embeddings> {
-    // (names the file itself) A GloVe file may begin with a word that looks like a
-    // compressor's magic bytes ("BZh5"): it is compressed only if its first line is no text line.
-    if let Some(kind) = super::compression_of(path) {
-        if !first_line_reads_as_text(path) {
-            return Err(super::compressed_error(path, kind));
-        }
-    }
+    // (names the file itself)
+    super::check_not_compressed(path)?;
     read_text_inner(path, header, opts).map_err(|e| match e {
         // I/O errors name the file already
         e @ Error::Io { .. } => e,
@@ -430,24 +425,8 @@ fn parse_line_with(
     })
 }
 
-/// Whether the first line of the file at `path` (within its first MiB) reads as a line of a
-/// text embedding file (see [`reads_as_text_line`]); false if it cannot be read.
-fn first_line_reads_as_text(path: &Path) -> bool {
-    let Ok(file) = std::fs::File::open(path) else {
-        return false;
-    };
-    let mut line = Vec::new();
-    // (a compressor's header holds control bytes, as a zip entry stored uncompressed, whose
-    // header is followed by the text itself, does; the words of text files do not)
-    let control = |&b: &u8| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)) || b == 0x7f;
-    match BufReader::new(file).take(1 << 20).read_until(b'\n', &mut line) {
-        Ok(_) if line.ends_with(b"\n") => !line.iter().any(control) && reads_as_text_line(&line),
-        _ => false,
-    }
-}
-
 /// Whether `line` is a header or `word v1 ... vd` with numbers for values.
-fn reads_as_text_line(line: &[u8]) -> bool {
+pub(crate) fn reads_as_text_line(line: &[u8]) -> bool {
     if parse_header(line).is_some() {
         return true;
     }

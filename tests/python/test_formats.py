@@ -760,6 +760,12 @@ def test_convert_fasttext(peers: Path, tmp_path: Path, ft_expected: dict) -> Non
     vf.Embeddings(["a", "b"], np.eye(2, dtype=np.float32)).write(tmp_path / "s.fifu")
     vf.convert(tmp_path / "s.fifu", tmp_path / "s.bin", progress=False)
     assert detect_format(tmp_path / "s.bin") == "word2vec"
+    # a pruned .ftz model cannot be written as fastText .bin: its .fifu stays word2vec
+    vf.load_fasttext(peers / "ft_supervised.ftz").write(tmp_path / "ftz.fifu")
+    vf.convert(tmp_path / "ftz.fifu", tmp_path / "ftz.bin", progress=False)
+    assert detect_format(tmp_path / "ftz.bin") == "word2vec"
+    with pytest.raises(ValueError, match="pruned.*as word2vec instead"):
+        vf.convert(tmp_path / "ftz.fifu", tmp_path / "ftz2.bin", dst_format="fasttext", progress=False)
 
 
 def test_convert_arguments(ff: Path, tmp_path: Path) -> None:
@@ -1214,3 +1220,23 @@ def test_writers_refuse_values_their_readers_refuse(tmp_path: Path, mmap: bool) 
     # the good file writes as before
     for fmt, write in writers.items():
         write(vf.load(good, mmap=mmap), tmp_path / f"out.{fmt}")
+    for p in tmp_path.glob("out.*"):
+        p.unlink()
+
+    # fastText also writes n-gram rows, and word rows rebuilt as vector x (k + 1) - n-grams
+    words = ["alpha", "beta"]
+    ngram_rows = np.arange(1, 51 * 2 + 1, dtype=np.float32).reshape(51, 2) / 64
+    sub = vf.Embeddings(words, np.vstack([[[0.25, 0.5], [0.75, 1.0]], ngram_rows[:49]]).astype(np.float32),
+                        vocab="fasttext", buckets=49, min_n=3, max_n=4)
+    sub.write(src)
+    data = src.read_bytes()
+    at = data.index(np.float32(ngram_rows[47, 1]).tobytes())  # an n-gram row no word uses
+    src.write_bytes(data[:at] + np.float32(np.nan).tobytes() + data[at + 4:])
+    with pytest.raises(vf.FormatError, match=r"n-gram row 47 \(row 49\) holds NaN"):
+        vf.load(src, mmap=mmap).write_fasttext(tmp_path / "out.bin")
+    assert not (tmp_path / "out.bin").exists()
+    huge = vf.Embeddings(words, np.vstack([[[3e38, 1], [0.75, 1.0]], ngram_rows[:49]]).astype(np.float32),
+                         vocab="fasttext", buckets=49, min_n=3, max_n=4)
+    with pytest.raises(vf.FormatError, match=r'fastText input row of "alpha" \(row 0\).*holds inf'):
+        huge.write_fasttext(tmp_path / "out.bin")
+    assert not (tmp_path / "out.bin").exists()

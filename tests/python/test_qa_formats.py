@@ -309,6 +309,16 @@ def test_a_glove_word_like_a_compressors_magic_is_a_word(tmp_path: Path, word: s
                  vf.convert(p, tmp_path / "w.fifu", progress=False)):
         assert list(back.vocab.words) == [word, "b"]
     np.testing.assert_array_equal(vf.load(tmp_path / "w.fifu", mmap=True)[word] * vf.load(tmp_path / "w.fifu").norms[0], [1, 2])
+    # the other loaders say which loader to use, not "compressed"
+    with pytest.raises(vf.FormatError, match=r"vf\.load_text"):
+        vf.load(p)
+    with pytest.raises(vf.FormatError, match="looks like text embeddings"):
+        vf.load_word2vec(p)
+    with pytest.raises(vf.FormatError, match=r"looks like text embeddings.*vf\.load_text"):
+        vf.load_fasttext(p)
+    # a one-line file without a final line break
+    p.write_text(f"{word} 1 2")
+    assert list(vf.load_text(p).vocab.words) == [word]
     # a line without values after the magic is still the compressed file it looks like
     p.write_bytes(word.encode() + b"\x00\x01binary\n")
     with pytest.raises(vf.FormatError, match="compressed"):

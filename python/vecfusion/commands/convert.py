@@ -30,7 +30,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--no-normalize",
         dest="normalize",
         action="store_false",
-        help="finalfusion output: keep the rows as stored, without norms (default: L2-normalized rows and their norms)",
+        help="finalfusion output from word2vec, text or fastText: the rows as read, without norms "
+        "(default: L2-normalized rows and their norms; a finalfusion source is copied as stored)",
     )
     add_word_options(p)
     p.set_defaults(func=run)
