@@ -283,27 +283,126 @@ fn is_pruned(emb: &Embeddings) -> bool {
 }
 
 /// `row`, a stored word vector that is the mean of the word's own (fastText input) row and
-/// its n-gram rows `idx`, back to that own row: `row * (k + 1) - the k n-gram rows`, in the
-/// order [`write_fasttext`] uses. `scratch` is a row-sized buffer.
-fn unmean_row(emb: &Embeddings, row: &mut [f32], idx: &[usize], scratch: &mut Vec<f32>, acc: &mut Vec<f64>) {
+/// its n-gram rows `idx`, back to that own row: `row * (k + 1) - the k n-gram rows`, in
+/// float64, rounded once (a row near float32's limit, whose product with k + 1 would
+/// overflow float32, comes back finite). With `exact` (a mean taken as fastText takes it:
+/// the own row, plus each n-gram row in turn, times 1 / (k + 1) in float32) a value whose
+/// mean misses the stored value is replaced by a float near it whose mean gives that value
+/// back bit for bit (see [`own_value_for_mean`]), so that fastText's `get_word_vector` of
+/// the written model is the embeddings' vector.
+fn unmean_row(emb: &Embeddings, row: &mut [f32], idx: &[usize], b: &mut UnmeanBuffers, exact: bool) {
     if idx.is_empty() {
         return;
     }
-    // (in float64, rounded once: closer to the original row, and a row near float32's
-    // limit, whose product with k + 1 would overflow float32, comes back finite)
-    scratch.resize(row.len(), 0.0);
+    let dims = row.len();
+    b.grams.resize(idx.len() * dims, 0.0);
+    for (&r, g) in idx.iter().zip(b.grams.chunks_exact_mut(dims)) {
+        emb.storage.row_into(r, g);
+    }
+    // (row by row over the n-gram rows: the loops over a row vectorize)
     let m = (idx.len() + 1) as f64;
-    acc.clear();
-    acc.extend(row.iter().map(|&x| f64::from(x) * m));
-    for &r in idx {
-        emb.storage.row_into(r, scratch);
-        for (a, &v) in acc.iter_mut().zip(scratch.iter()) {
+    b.acc.clear();
+    b.acc.extend(row.iter().map(|&x| f64::from(x) * m));
+    for g in b.grams.chunks_exact(dims) {
+        for (a, &v) in b.acc.iter_mut().zip(g) {
             *a -= f64::from(v);
         }
     }
-    for (x, &a) in row.iter_mut().zip(acc.iter()) {
+    b.orig.clear();
+    b.orig.extend_from_slice(row);
+    for (x, &a) in row.iter_mut().zip(b.acc.iter()) {
         *x = a as f32;
     }
+    if !exact {
+        return;
+    }
+    let inv = 1.0 / (idx.len() + 1) as f32;
+    b.mean.clear();
+    b.mean.extend_from_slice(row);
+    for g in b.grams.chunks_exact(dims) {
+        for (s, &v) in b.mean.iter_mut().zip(g) {
+            *s += v;
+        }
+    }
+    let grams = &b.grams;
+    let mean = |w: f32, j: usize| grams.chunks_exact(dims).fold(w, |s, g| s + g[j]) * inv;
+    for (j, x) in row.iter_mut().enumerate() {
+        let target = b.orig[j];
+        if b.mean[j] * inv != target {
+            // the floats between two sums lie about (k + 1) ulps of the target apart, counted
+            // in ulps of the own value: the first step of the search
+            let ulp = |v: f32| v.abs().next_up() - v.abs();
+            let hint = (f64::from(ulp(target)) * m / f64::from(ulp(*x))).clamp(1.0, 1e6) as i64;
+            if let Some(w) = own_value_for_mean(*x, target, hint, |w| mean(w, j)) {
+                *x = w;
+            }
+        }
+    }
+}
+
+/// Reusable buffers of [`unmean_row`].
+#[derive(Default)]
+struct UnmeanBuffers {
+    grams: Vec<f32>,
+    orig: Vec<f32>,
+    mean: Vec<f32>,
+    acc: Vec<f64>,
+}
+
+/// A float32 `w` near `start` with `mean(w) == target`, for a `mean` that does not fall as
+/// `w` grows (a sum with other values, times a positive factor, each step rounded): found
+/// by doubling steps from `start` (the first `first_step` floats) until the target is
+/// passed, then bisection, over the floats in order. `None` when no float gives the target
+/// (or a value is not finite).
+fn own_value_for_mean(start: f32, target: f32, first_step: i64, mean: impl Fn(f32) -> f32) -> Option<f32> {
+    // floats in order as integers (-0 and 0 both 0)
+    let key = |w: f32| {
+        let b = w.to_bits();
+        if b >> 31 == 1 { -i64::from(b & 0x7fff_ffff) } else { i64::from(b) }
+    };
+    let float = |k: i64| {
+        let b = k.unsigned_abs() as u32;
+        f32::from_bits(if k < 0 { b | 0x8000_0000 } else { b })
+    };
+    let limit = key(f32::MAX);
+    let at = |k: i64| (k.abs() <= limit).then(|| mean(float(k))).filter(|m| m.is_finite());
+    let got = at(key(start))?;
+    if got == target || !target.is_finite() {
+        return (got == target).then_some(start);
+    }
+    // a bracket: at(lo) < target <= at(hi)
+    let k0 = key(start);
+    let (mut lo, mut hi) = (k0, k0);
+    let mut step = first_step.max(1);
+    loop {
+        if got < target {
+            hi = k0.checked_add(step)?;
+            if at(hi)? >= target {
+                break;
+            }
+            lo = hi;
+        } else {
+            lo = k0.checked_sub(step)?;
+            let m = at(lo)?;
+            if m == target {
+                return Some(float(lo));
+            }
+            if m < target {
+                break;
+            }
+            hi = lo;
+        }
+        step = step.checked_mul(2)?;
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if at(mid)? >= target {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    (at(hi)? == target).then(|| float(hi))
 }
 
 /// What fastText's `get_word_vector` returns: a known word's vector before
@@ -330,7 +429,7 @@ pub fn fasttext_vector(emb: &Embeddings, word: &str) -> Vec<f32> {
             a.sort_unstable();
             b.sort_unstable();
             if a != b {
-                unmean_row(emb, &mut out, &theirs, &mut Vec::new(), &mut Vec::new());
+                unmean_row(emb, &mut out, &theirs, &mut UnmeanBuffers::default(), false);
                 // fastText: the sum of the word's row and its n-gram rows, times 1 / count
                 for &r in &ours {
                     emb.storage.add_row(r, &mut out);
@@ -1099,7 +1198,7 @@ pub fn write_fasttext(emb: &Embeddings, path: &Path) -> Result<()> {
                     .par_chunks_mut(dims)
                     .enumerate()
                     .with_min_len(64)
-                    .try_for_each_init(<(Vec<usize>, Vec<f32>, Vec<f64>)>::default, |(idx, g, acc), (k, row)| {
+                    .try_for_each_init(<(Vec<usize>, UnmeanBuffers)>::default, |(idx, bufs), (k, row)| {
                         let i = start + k;
                         super::export_row_checked(emb, words, i, row, "fastText")?;
                         idx.clear();
@@ -1109,7 +1208,7 @@ pub fn write_fasttext(emb: &Embeddings, path: &Path) -> Result<()> {
                         } else {
                             emb.vocab.push_subword_indices(word, idx);
                         }
-                        unmean_row(emb, row, idx, g, acc);
+                        unmean_row(emb, row, idx, bufs, fasttext_import);
                         // (finite rows can sum past float32's range)
                         if let Some(x) = super::first_non_finite(row) {
                             return Err(Error::invalid(
@@ -1180,6 +1279,32 @@ fn write_f32s<W: Write>(w: &mut W, v: &[f32]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_own_value_is_found_for_every_mean_that_has_one() {
+        // means of an own value with n-gram values far larger or smaller than it, started
+        // from estimates off by many ulps: the value found gives the mean back exactly
+        let mut seed = 7u64;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
+        };
+        for case in 0..2000 {
+            let k = 1 + case % 40;
+            let scale = [1e-4f32, 1.0, 1e3][case % 3];
+            let grams: Vec<f32> = (0..k).map(|_| rnd() * scale).collect();
+            let w = rnd() * [1e-3f32, 1.0, 10.0][(case / 3) % 3];
+            let inv = 1.0 / (k + 1) as f32;
+            let mean = |w: f32| grams.iter().fold(w, |s, g| s + g) * inv;
+            let target = mean(w);
+            let estimate = ((f64::from(target) * (k + 1) as f64) - grams.iter().map(|&g| f64::from(g)).sum::<f64>()) as f32;
+            let start = f32::from_bits(estimate.to_bits().wrapping_add((case % 7) as u32 * 3));
+            let found = own_value_for_mean(start, target, 1, mean).expect("w itself gives the target");
+            assert_eq!(mean(found), target, "case {case}");
+        }
+        // a target no value gives: None
+        assert_eq!(own_value_for_mean(1.0, 0.75, 1, |w| (w * 4.0).round() / 4.0 + 0.1), None);
+    }
 
     #[test]
     fn ngrams_in_fasttext_order() {
