@@ -317,18 +317,19 @@ fn unmean_row(emb: &Embeddings, row: &mut [f32], idx: &[usize], b: &mut UnmeanBu
         return;
     }
     let inv = 1.0 / (idx.len() + 1) as f32;
+    // (fastText starts from a zero vector: 0 + w, which turns -0 into +0)
     b.mean.clear();
-    b.mean.extend_from_slice(row);
+    b.mean.extend(row.iter().map(|&x| 0.0 + x));
     for g in b.grams.chunks_exact(dims) {
         for (s, &v) in b.mean.iter_mut().zip(g) {
             *s += v;
         }
     }
     let grams = &b.grams;
-    let mean = |w: f32, j: usize| grams.chunks_exact(dims).fold(w, |s, g| s + g[j]) * inv;
+    let mean = |w: f32, j: usize| grams.chunks_exact(dims).fold(0.0 + w, |s, g| s + g[j]) * inv;
     for (j, x) in row.iter_mut().enumerate() {
         let target = b.orig[j];
-        if b.mean[j] * inv != target {
+        if (b.mean[j] * inv).to_bits() != target.to_bits() {
             // the floats between two sums lie about (k + 1) ulps of the target apart, counted
             // in ulps of the own value: the first step of the search
             let ulp = |v: f32| v.abs().next_up() - v.abs();
@@ -349,60 +350,75 @@ struct UnmeanBuffers {
     acc: Vec<f64>,
 }
 
-/// A float32 `w` near `start` with `mean(w) == target`, for a `mean` that does not fall as
-/// `w` grows (a sum with other values, times a positive factor, each step rounded): found
-/// by doubling steps from `start` (the first `first_step` floats) until the target is
-/// passed, then bisection, over the floats in order. `None` when no float gives the target
-/// (or a value is not finite).
+/// A float32 `w` near `start` whose `mean(w)` is `target` bit for bit, for a `mean` that does
+/// not fall as `w` grows (a sum with other values, times a positive factor, each step
+/// rounded): found by doubling steps from `start` (the first `first_step` floats) until the
+/// target is passed, then bisection, over the finite floats in order (-0 before +0; a mean
+/// that overflows counts as the infinity it is). `None` when no float gives the target.
 fn own_value_for_mean(start: f32, target: f32, first_step: i64, mean: impl Fn(f32) -> f32) -> Option<f32> {
-    // floats in order as integers (-0 and 0 both 0)
+    if !target.is_finite() {
+        return None;
+    }
+    // finite floats in order as integers: -0 is -1, +0 is 0
     let key = |w: f32| {
         let b = w.to_bits();
-        if b >> 31 == 1 { -i64::from(b & 0x7fff_ffff) } else { i64::from(b) }
+        if b >> 31 == 1 { -i64::from(b & 0x7fff_ffff) - 1 } else { i64::from(b) }
     };
     let float = |k: i64| {
-        let b = k.unsigned_abs() as u32;
-        f32::from_bits(if k < 0 { b | 0x8000_0000 } else { b })
+        if k < 0 {
+            f32::from_bits(((-k - 1) as u32) | 0x8000_0000)
+        } else {
+            f32::from_bits(k as u32)
+        }
     };
-    let limit = key(f32::MAX);
-    let at = |k: i64| (k.abs() <= limit).then(|| mean(float(k))).filter(|m| m.is_finite());
-    let got = at(key(start))?;
-    if got == target || !target.is_finite() {
-        return (got == target).then_some(start);
+    let (lowest, highest) = (key(f32::MIN), key(f32::MAX));
+    // the mean as an ordered value: -0 below +0; NaN has no place (None)
+    let order = |m: f32| (!m.is_nan()).then(|| if m == 0.0 { key(m) as f64 } else { f64::from(m) * 2f64.powi(200) });
+    let at = |k: i64| order(mean(float(k)));
+    let want = order(target)?;
+    let k0 = key(if start.is_finite() { start } else { f32::MAX.copysign(start) });
+    let got = at(k0)?;
+    if got == want {
+        return Some(float(k0));
     }
-    // a bracket: at(lo) < target <= at(hi)
-    let k0 = key(start);
+    // a bracket: at(lo) < want <= at(hi)
     let (mut lo, mut hi) = (k0, k0);
     let mut step = first_step.max(1);
     loop {
-        if got < target {
-            hi = k0.checked_add(step)?;
-            if at(hi)? >= target {
+        if got < want {
+            if hi == highest {
+                return None;
+            }
+            hi = k0.saturating_add(step).min(highest);
+            if at(hi)? >= want {
                 break;
             }
             lo = hi;
         } else {
-            lo = k0.checked_sub(step)?;
+            if lo == lowest {
+                return None;
+            }
+            lo = k0.saturating_sub(step).max(lowest);
             let m = at(lo)?;
-            if m == target {
+            if m == want {
                 return Some(float(lo));
             }
-            if m < target {
+            if m < want {
                 break;
             }
             hi = lo;
         }
-        step = step.checked_mul(2)?;
+        step = step.saturating_mul(2);
     }
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
-        if at(mid)? >= target {
+        if at(mid)? >= want {
             hi = mid;
         } else {
             lo = mid;
         }
     }
-    (at(hi)? == target).then(|| float(hi))
+    (at(hi)? == want).then(|| float(hi))
 }
 
 /// What fastText's `get_word_vector` returns: a known word's vector before
@@ -1059,6 +1075,10 @@ where
                         prefetch(&ngram_part[g * dims..(g + 1) * dims]);
                     }
                 }
+                // fastText adds the word's row to a zero vector: 0 + w (-0 becomes +0)
+                for o in row.iter_mut() {
+                    *o += 0.0;
+                }
                 if !cur.is_empty() {
                     for &g in &cur {
                         for (o, v) in row.iter_mut().zip(&ngram_part[g * dims..(g + 1) * dims]) {
@@ -1304,6 +1324,19 @@ mod tests {
         }
         // a target no value gives: None
         assert_eq!(own_value_for_mean(1.0, 0.75, 1, |w| (w * 4.0).round() / 4.0 + 0.1), None);
+        // near float32's limit (an estimate past it, a step past it) and far from the start
+        let grams = [0.0f32, 0.0];
+        let mean = |w: f32| grams.iter().fold(0.0 + w, |s, g| s + g) * (1.0 / 3.0f32);
+        let t = mean(f32::MAX);
+        let below = f32::from_bits(f32::MAX.to_bits() - 5);
+        assert_eq!(own_value_for_mean(below, t, 8, mean).map(mean), Some(t));
+        assert_eq!(own_value_for_mean(f32::INFINITY, t, 1, mean).map(mean), Some(t));
+        let ones = |w: f32| [1.0f32; 3].iter().fold(0.0 + w, |s, g| s + g) * 0.25;
+        assert_eq!(own_value_for_mean(f32::MIN_POSITIVE, 1e30, 1, ones).map(ones), Some(1e30));
+        // signed zeros are told apart: a +0 target is not met by a -0 mean
+        let tiny = |w: f32| (0.0 + w + 1e-40) * 0.5;
+        let w = own_value_for_mean(0.0, 0.0, 1, tiny).expect("some w gives +0");
+        assert_eq!(tiny(w).to_bits(), 0.0f32.to_bits());
     }
 
     #[test]

@@ -1266,3 +1266,13 @@ def test_fasttext_round_trip_is_exact(peers: Path, tmp_path: Path, name: str, no
         # and again: a second round trip writes the same file
         back.write_fasttext(tmp_path / "rt2.bin")
         assert (tmp_path / "rt2.bin").read_bytes() == (tmp_path / "rt.bin").read_bytes()
+
+
+def test_fasttext_word_vectors_start_from_zero_as_fasttexts(tmp_path: Path) -> None:
+    """fastText adds a word's input row to a zero vector, so a -0.0 in the row of `</s>`
+    (which has no n-grams) is +0.0 in its vector; vecfusion's import kept -0.0."""
+    m = np.array([[-0.0, 1.0], [0.5, -0.0]] + [[0.25, 0.125]] * 20, np.float32)
+    vf.Embeddings(["</s>", "ab"], m, vocab="fasttext", buckets=20, min_n=3, max_n=3).write_fasttext(tmp_path / "z.bin")
+    back = vf.load_fasttext(tmp_path / "z.bin", normalize=False)
+    assert np.signbit(back.fasttext_vector("</s>")).tolist() == [False, False]
+    assert back.fasttext_vector("</s>").tolist() == [0.0, 1.0]
