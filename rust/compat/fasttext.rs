@@ -290,9 +290,13 @@ fn is_pruned(emb: &Embeddings) -> bool {
 /// mean misses the stored value is replaced by a float near it whose mean gives that value
 /// back bit for bit (see [`own_value_for_mean`]), so that fastText's `get_word_vector` of
 /// the written model is the embeddings' vector.
-fn unmean_row(emb: &Embeddings, row: &mut [f32], idx: &[usize], b: &mut UnmeanBuffers, exact: bool) {
+///
+/// Returns, with `exact`, the first non-finite value of fastText's mean of the rebuilt row
+/// for a finite stored value (finite rows whose sum overflows): fastText and vecfusion's
+/// reader would see infinity there.
+fn unmean_row(emb: &Embeddings, row: &mut [f32], idx: &[usize], b: &mut UnmeanBuffers, exact: bool) -> Option<f32> {
     if idx.is_empty() {
-        return;
+        return None;
     }
     let dims = row.len();
     b.grams.resize(idx.len() * dims, 0.0);
@@ -314,7 +318,7 @@ fn unmean_row(emb: &Embeddings, row: &mut [f32], idx: &[usize], b: &mut UnmeanBu
         *x = a as f32;
     }
     if !exact {
-        return;
+        return None;
     }
     let inv = 1.0 / (idx.len() + 1) as f32;
     // (fastText starts from a zero vector: 0 + w, which turns -0 into +0)
@@ -327,6 +331,7 @@ fn unmean_row(emb: &Embeddings, row: &mut [f32], idx: &[usize], b: &mut UnmeanBu
     }
     let grams = &b.grams;
     let mean = |w: f32, j: usize| grams.chunks_exact(dims).fold(0.0 + w, |s, g| s + g[j]) * inv;
+    let mut overflow = None;
     for (j, x) in row.iter_mut().enumerate() {
         let target = b.orig[j];
         if (b.mean[j] * inv).to_bits() != target.to_bits() {
@@ -336,9 +341,13 @@ fn unmean_row(emb: &Embeddings, row: &mut [f32], idx: &[usize], b: &mut UnmeanBu
             let hint = (f64::from(ulp(target)) * m / f64::from(ulp(*x))).clamp(1.0, 1e6) as i64;
             if let Some(w) = own_value_for_mean(*x, target, hint, |w| mean(w, j)) {
                 *x = w;
+            } else if overflow.is_none() && target.is_finite() {
+                // (only a value the search did not meet can have a mean that is not finite)
+                overflow = Some(mean(*x, j)).filter(|m| !m.is_finite());
             }
         }
     }
+    overflow
 }
 
 /// Reusable buffers of [`unmean_row`].
@@ -445,7 +454,7 @@ pub fn fasttext_vector(emb: &Embeddings, word: &str) -> Vec<f32> {
             a.sort_unstable();
             b.sort_unstable();
             if a != b {
-                unmean_row(emb, &mut out, &theirs, &mut UnmeanBuffers::default(), false);
+                let _ = unmean_row(emb, &mut out, &theirs, &mut UnmeanBuffers::default(), false);
                 // fastText: the sum of the word's row and its n-gram rows, times 1 / count
                 for &r in &ours {
                     emb.storage.add_row(r, &mut out);
@@ -1228,7 +1237,17 @@ pub fn write_fasttext(emb: &Embeddings, path: &Path) -> Result<()> {
                         } else {
                             emb.vocab.push_subword_indices(word, idx);
                         }
-                        unmean_row(emb, row, idx, bufs, fasttext_import);
+                        let overflow = unmean_row(emb, row, idx, bufs, fasttext_import);
+                        if let Some(x) = overflow {
+                            return Err(Error::invalid(
+                                "vectors",
+                                format!(
+                                    "the vector of {word:?} (row {i}) has no fastText input row whose mean with its \
+                                     n-gram rows stays finite (the sum reaches {x}): fastText files hold finite \
+                                     vectors only"
+                                ),
+                            ));
+                        }
                         // (finite rows can sum past float32's range)
                         if let Some(x) = super::first_non_finite(row) {
                             return Err(Error::invalid(
