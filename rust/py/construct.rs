@@ -27,7 +27,7 @@ impl PyEmbeddings {
         py: Python<'_>,
         words: &Bound<'_, PyAny>,
         matrix: &Bound<'_, PyAny>,
-        norms: Option<PyArrayLike1<'_, f32, AllowTypeChange>>,
+        norms: Option<&Bound<'_, PyAny>>,
         metadata: Option<&Bound<'_, PyAny>>,
         vocab: &str,
         min_n: i128,
@@ -68,14 +68,9 @@ impl PyEmbeddings {
         let words = extract_word_buf(words)?;
         words.require_valid()?;
         let strs = words.strs();
-        let matrix: PyArrayLike2<'_, f32, AllowTypeChange> = matrix.extract().map_err(|_| {
-            let ndim = matrix.getattr("ndim").ok().and_then(|d| d.extract::<usize>().ok());
-            let got = ndim.map_or_else(
-                || matrix.get_type().name().map(|n| n.to_string()).unwrap_or_default(),
-                |d| format!("a {d}-D array"),
-            );
-            PyTypeError::new_err(format!("matrix must be a 2-D array of numbers (rows, dims), got {got}"))
-        })?;
+        let matrix: PyArrayLike2<'_, f32, AllowTypeChange> = matrix
+            .extract()
+            .map_err(|_| PyTypeError::new_err(format!("matrix must be a 2-D array of numbers (rows, dims), got {}", what_array(matrix))))?;
         let (rows, cols) = (matrix.shape()[0], matrix.shape()[1]);
         let data = matrix.as_array().iter().copied().collect::<Vec<f32>>();
         // NaN or infinity would make every query skip (or rank arbitrarily) that row
@@ -87,7 +82,13 @@ impl PyEmbeddings {
             };
             return Err(PyValueError::new_err(format!("matrix {row} holds {} at column {c}", data[at])));
         }
-        let norms = norms.map(|n| n.as_array().to_vec());
+        let norms = norms
+            .map(|n| {
+                n.extract::<PyArrayLike1<'_, f32, AllowTypeChange>>()
+                    .map(|a| a.as_array().to_vec())
+                    .map_err(|_| PyTypeError::new_err(format!("norms must be a 1-D array of numbers, one per word, got {}", what_array(n))))
+            })
+            .transpose()?;
         if let Some(at) = norms.as_deref().and_then(|n| n.iter().position(|x| !x.is_finite() || *x < 0.0)) {
             let v = norms.as_deref().map_or(0.0, |n| n[at]);
             let word = strs.get(at).map(|w| format!(" (word {w:?})")).unwrap_or_default();
@@ -171,5 +172,17 @@ impl PyEmbeddings {
             Ok(emb)
         });
         emb.map(PyEmbeddings::from_rust).map_err(|e| PyValueError::new_err(e.to_string()))
+    }
+}
+
+/// What an argument that should have been an array of numbers is: its dimensions and dtype
+/// when it has them (`a 2-D array of <U1`), else its type.
+fn what_array(v: &Bound<'_, PyAny>) -> String {
+    let ndim = v.getattr("ndim").ok().and_then(|d| d.extract::<usize>().ok());
+    let dtype = v.getattr("dtype").ok().and_then(|d| d.str().ok()).map(|d| d.to_string());
+    match (ndim, dtype) {
+        (Some(n), Some(d)) => format!("a {n}-D array of {d}"),
+        (Some(n), None) => format!("a {n}-D array"),
+        _ => v.get_type().name().map(|n| n.to_string()).unwrap_or_default(),
     }
 }

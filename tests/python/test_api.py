@@ -424,6 +424,13 @@ def test_constructor_checks(tmp_path: Path) -> None:
         vf.Embeddings(["a", "b"], m)
     with pytest.raises(ValueError, match="vocab"):
         vf.Embeddings(["a", "b", "c"], m, vocab="nope")
+    # arguments that are no arrays of numbers are named, with what they are (rust-numpy's
+    # "dimensionality mismatch: from=2, to=1" named neither)
+    for norms, got in (([[1, 2, 3]], "list"), (1.0, "float"), (np.ones((1, 3)), "a 2-D array of float64")):
+        with pytest.raises(TypeError, match=rf"^norms must be a 1-D array of numbers, one per word, got {got}$"):
+            vf.Embeddings(["a", "b", "c"], m, norms=norms)
+    with pytest.raises(TypeError, match=r"^matrix must be a 2-D array of numbers \(rows, dims\), got a 2-D array of <U1$"):
+        vf.Embeddings(["a", "b"], np.array([["a", "b"], ["c", "d"]]))
     emb = vf.Embeddings(["a", "b", "c"], m, metadata={"k": "v"})
     emb.write(tmp_path / "c.fifu")
     back = vf.load(tmp_path / "c.fifu", mmap=True)
