@@ -926,16 +926,26 @@ class SparseBackwardFn : public torch::autograd::Function<SparseBackwardFn> {
     if (!gv.defined()) return {none, none, none, none, none};
     const auto flat = ctx->get_saved_variables()[0].reshape({-1}).to(at::kLong);
     const int64_t padding_idx = ctx->saved_data["padding_idx"].toInt();
-    const auto keep = padding_idx >= 0 ? flat != padding_idx : at::Tensor();
-    const auto kept = keep.defined() ? flat.masked_select(keep) : flat;
-    auto g = gv;
+    // (no data-dependent shapes: torch.compile traces this; the values' row count is the
+    // number of kept indices, which only the data knows)
+    at::Tensor g = gv;
+    at::Tensor keep;
+    if (padding_idx >= 0) {
+      // index i's row is the values' row (kept indices before it); a padding index takes a
+      // zero row appended after the values
+      keep = flat != padding_idx;
+      const auto before = keep.cumsum(0) - 1;
+      const auto rows = at::where(keep, before, keep.sum());
+      const auto zero = at::zeros_symint({1, gv.sym_size(-1)}, gv.options());
+      g = at::cat({gv, zero}, 0).index_select(0, rows);
+    }
     if (ctx->saved_data["scale"].toBool()) {
       const int64_t nw = ctx->saved_data["num_weights"].toSymInt().guard_int(__FILE__, __LINE__);
-      auto counts = at::bincount(kept, {}, nw).index_select(0, kept).to(g.scalar_type());
-      g = g / counts.unsqueeze(1);
-    }
-    if (keep.defined()) {
-      g = at::zeros({flat.numel(), gv.size(-1)}, gv.options()).index_put({keep}, g);
+      // times 1/count, the count of kept indices of the row (rounded from double, as the
+      // forward takes it)
+      const auto ones = keep.defined() ? keep.to(at::kDouble) : at::ones_like(flat, flat.options().dtype(at::kDouble));
+      auto counts = at::zeros({nw}, ones.options()).index_add(0, flat, ones).index_select(0, flat).clamp_min(1);
+      g = g * counts.reciprocal().to(g.scalar_type()).unsqueeze(1);
     }
     return {g.view_symint(ctx->saved_data["grad_sizes"].toSymIntVector()), none, none, none, none};
   }

@@ -1011,3 +1011,26 @@ def test_multi_backward_any_table_layout(layout: str, two_threads, nan_filled_em
         assert torch.equal(got.double(), _multi_reference(grad, x, meta, numel)), (layout, batch)
         noisy = torch.randn(batch, total, generator=g)
         _threads_agree(lambda: ops.multi_embedding_backward(noisy, x, meta, numel))
+
+
+@pytest.mark.parametrize("scale", [False, True])
+def test_sparse_backward_adjoint_compiles(scale: bool) -> None:
+    """The sparse backward's adjoint has no data-dependent shapes: a fullgraph compile that
+    differentiates the op with padding_idx (a boolean-mask index_put and numel() failed to
+    trace) gives eager's gradient."""
+    x = torch.tensor([1, 2, 2, 3, 4, 2])
+
+    def values(g: torch.Tensor) -> torch.Tensor:
+        return ops.embedding_sparse_backward(g, x, 10, 2, scale)[1]
+
+    weights = None
+    for compiled in (False, True):
+        g = torch.randn(6, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
+        f = torch.compile(values, fullgraph=True, dynamic=True, backend="aot_eager") if compiled else values
+        out = f(g)
+        (out * torch.arange(out.numel(), dtype=out.dtype).reshape(out.shape)).sum().backward()
+        if weights is None:
+            weights = g.grad
+        else:
+            assert torch.equal(g.grad, weights)
+    assert weights is not None and weights[[1, 2, 5]].abs().sum() == 0  # padding rows get nothing
