@@ -90,6 +90,10 @@ _COMMAND_OPTIONS: dict[str, list[tuple[str, Any]]] = {
         (r"^bits=(-?\d+) is out of range$", r"--bits \1 is out of range"),
         (r"^sample(?:=(-?\d+))? (must|is smaller|is out of range)\b", lambda m: _opt("--sample", m)),
         (r"^seed(?:=(-?\d+))? (must|is out of range)\b", lambda m: _opt("--seed", m)),
+        # the note on the default M of awkward dimensions
+        (r"\bso the default n_subquantizers is (\d+):", r"so the default --subquantizers is \1:"),
+        (r"\bpass n_subquantizers=(\d+) to accept it, or n_subquantizers=(\d+) \(",
+         r"pass --subquantizers \1 to accept it, or --subquantizers \2 ("),
     ],
     "convert": [
         (r"^vocab='(\w+)' applies to\b", r"--vocab \1 applies to"),

@@ -313,7 +313,9 @@ fn unmean_row(emb: &Embeddings, row: &mut [f32], idx: &[usize], b: &mut UnmeanBu
         }
     }
     b.orig.clear();
-    b.orig.extend_from_slice(row);
+    if exact {
+        b.orig.extend_from_slice(row);
+    }
     for (x, &a) in row.iter_mut().zip(b.acc.iter()) {
         *x = a as f32;
     }

@@ -425,6 +425,15 @@ fn parse_line_with(
     })
 }
 
+/// `word v1 ... vd` (without the line break) onto `out`, as the text writer writes it.
+fn push_line(out: &mut Vec<u8>, word: &str, row: &[f32]) {
+    out.extend_from_slice(word.as_bytes());
+    for &x in row {
+        out.push(b' ');
+        push_f32(out, x);
+    }
+}
+
 /// Whether `line` is a header or `word v1 ... vd` with numbers for values.
 pub(crate) fn reads_as_text_line(line: &[u8]) -> bool {
     if parse_header(line).is_some() {
@@ -560,11 +569,8 @@ pub fn write_text(emb: &Embeddings, path: &Path, header: bool) -> Result<()> {
         // detects headers (vecfusion's and vf.convert's default) takes for one
         let mut row = vec![0f32; dims];
         export_row_checked(emb, words, 0, &mut row, "text")?;
-        let mut line = words.get(0).unwrap_or_default().as_bytes().to_vec();
-        for &x in &row {
-            line.push(b' ');
-            push_f32(&mut line, x);
-        }
+        let mut line = Vec::new();
+        push_line(&mut line, words.get(0).unwrap_or_default(), &row);
         if parse_header(&line).is_some() {
             return Err(Error::argument(format!(
                 "the first line {} would read back as a header \"<words> <dims>\" (a number word with \
@@ -591,12 +597,8 @@ pub fn write_text(emb: &Embeddings, path: &Path, header: bool) -> Result<()> {
                     let mut out = Vec::with_capacity((e - s) * (dims * 11 + 16));
                     let mut row = vec![0f32; dims];
                     for i in s..e {
-                        out.extend_from_slice(words.get(i).unwrap_or_default().as_bytes());
                         export_row_checked(emb, words, i, &mut row, "text")?;
-                        for &x in &row {
-                            out.push(b' ');
-                            push_f32(&mut out, x);
-                        }
+                        push_line(&mut out, words.get(i).unwrap_or_default(), &row);
                         out.push(b'\n');
                     }
                     Ok(out)

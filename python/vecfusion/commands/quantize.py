@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 import warnings
@@ -104,6 +103,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _note(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
     """Print a warning of the quantizer as this command's note, with its options' names."""
-    text = re.sub(r"\bn_subquantizers=(\d+)", r"--subquantizers \1", str(message))
-    text = text.replace("n_subquantizers", "--subquantizers")
-    print(f"vecfusion quantize: note: {text}", file=sys.stderr)
+    from ..cli import _as_options
+
+    print(f"vecfusion quantize: note: {_as_options(str(message), 'quantize')}", file=sys.stderr)
