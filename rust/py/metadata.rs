@@ -145,8 +145,11 @@ fn write_value(out: &mut String, v: &toml::Value) {
             }
             out.push_str(if t.is_empty() { "}" } else { " }" });
         }
-        // integers, floats (inf, nan, a decimal point), booleans and datetimes: the crate's
-        // own value syntax
+        // fractional seconds of at least six digits, as Python's isoformat writes them: the
+        // crate trims `01:02:03.120000` to `01:02:03.12`, which the TOML 0.4 reader of
+        // finalfusion-python reads as 01:02:03 for a local time
+        toml::Value::Datetime(d) => out.push_str(&fraction_digits(&d.to_string(), 6, usize::MAX)),
+        // integers, floats (inf, nan, a decimal point) and booleans: the crate's own syntax
         other => out.push_str(&other.to_string()),
     }
 }
@@ -204,23 +207,24 @@ fn datetime_to_py<'py>(py: Python<'py>, d: &toml::value::Datetime) -> PyResult<B
     let parsed = py
         .import("datetime")
         .and_then(|m| m.getattr(class))
-        .and_then(|c| c.call_method1("fromisoformat", (six_digit_fraction(&iso.replace(' ', "T")),)));
+        // exactly six digits: what Python 3.10's `fromisoformat` takes (nanoseconds dropped)
+        .and_then(|c| c.call_method1("fromisoformat", (fraction_digits(&iso.replace(' ', "T"), 6, 6),)));
     Ok(match parsed {
         Ok(v) => v,
         Err(_) => PyString::new(py, &text).into_any(),
     })
 }
 
-/// Fractional seconds with exactly six digits (what Python 3.10's `fromisoformat` takes;
-/// TOML allows any number; digits past microseconds are dropped).
-fn six_digit_fraction(iso: &str) -> String {
+/// The fractional seconds of a date-time text padded with zeros to at least `min` digits and
+/// cut to at most `max` (TOML allows any number of digits).
+fn fraction_digits(iso: &str, min: usize, max: usize) -> String {
     let Some(dot) = iso.find('.') else {
         return iso.to_string();
     };
     let digits = iso[dot + 1..].bytes().take_while(u8::is_ascii_digit).count();
     let frac = &iso[dot + 1..dot + 1 + digits];
-    let six: String = frac.chars().chain(std::iter::repeat('0')).take(6).collect();
-    format!("{}.{six}{}", &iso[..dot], &iso[dot + 1 + digits..])
+    let kept: String = frac.chars().chain(std::iter::repeat('0')).take(digits.clamp(min, max)).collect();
+    format!("{}.{kept}{}", &iso[..dot], &iso[dot + 1 + digits..])
 }
 
 fn py_to_value(v: &Bound<'_, PyAny>, depth: usize) -> PyResult<toml::Value> {

@@ -312,6 +312,31 @@ def test_metadata_toml_reads_the_same_in_older_toml_readers(tmp_path: Path) -> N
     assert vf.load(p).metadata == want
 
 
+def test_metadata_fractional_seconds_read_the_same_in_older_toml_readers(tmp_path: Path) -> None:
+    """A local time with fractional seconds was written as the toml crate trims it
+    (`07:08:09.12`), which toml 0.10 (finalfusion-python) reads as 07:08:09: fractions are
+    written with six digits, as Python's isoformat writes them."""
+    import datetime as dt
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    old_toml = pytest.importorskip("toml", reason="the toml package (requirements-dev.txt) is missing")
+    want = {
+        "t": dt.time(7, 8, 9, 120000),
+        "u": dt.time(7, 8, 9, 5),
+        "local": dt.datetime(2024, 5, 6, 7, 8, 9, 500000),
+        "utc": dt.datetime(2024, 5, 6, 7, 8, 9, 100000, tzinfo=dt.timezone.utc),
+        "whole": dt.time(7, 8, 9),
+    }
+    e = vf.Embeddings(["a"], np.ones((1, 2), np.float32), metadata=want)
+    text = _toml_text(e)
+    assert "t = 07:08:09.120000\n" in text and "whole = 07:08:09\n" in text
+    assert tomllib.loads(text) == want
+    assert old_toml.loads(text) == want
+    p = tmp_path / "m.fifu"
+    e.write(p)
+    assert vf.load(p).metadata == want
+
+
 def test_metadata_table_of_empty_name_is_refused() -> None:
     """`{"x": {"": {}}}` was written as a `[x.""]` section, which toml 0.10 (finalfusion-python)
     refuses ("Can't have a keygroup with an empty name"): the whole file would not open there."""
