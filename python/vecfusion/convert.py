@@ -238,7 +238,7 @@ def convert(
         with _step(bar, f"reading {src_p.name} ({sf})"):
             emb = load_any(src, sf, normalize=(df == "finalfusion" and normalize), lossy=lossy, encoding=encoding)
         if dst_format is None and df == "word2vec" and dst_p.suffix.lower() == ".bin" \
-                and emb.vocab_kind == "FastTextSubwordVocab" and not _pruned(emb):
+                and emb.vocab_kind in ("FastTextSubwordVocab", "FstFastTextSubwordVocab") and not _pruned(emb):
             # (.bin is both formats; the n-grams of a fastText vocabulary survive only as
             # fastText, which takes a pruned .ftz model's buckets only quantized)
             df = "fasttext"

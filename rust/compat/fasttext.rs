@@ -822,7 +822,9 @@ fn read_compact_model(
         }
         read_f32s(&mut r, path, stored * dims, file_len, "fastText input matrix")?
     };
-    let subwords = args.maxn > 0 && bucket > 0 && args.maxn >= args.minn && pruned.as_ref().is_none_or(|p| !p.is_empty());
+    // (a pruned model that kept no bucket still has n-grams: they all count for nothing, so an
+    // unknown word is a zero vector as in fastText, not a missing word)
+    let subwords = args.maxn > 0 && bucket > 0 && args.maxn >= args.minn;
     let minn = args.minn.max(1);
     let rows = if subwords { nwords + bucket } else { nwords };
     let mut kept = None;

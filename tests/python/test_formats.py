@@ -543,6 +543,38 @@ def test_pruned_ftz_kept_buckets_of_zeros_count_in_the_mean(tmp_path: Path) -> N
         np.testing.assert_array_equal(back.fasttext_vector(w), want, err_msg=w)
 
 
+def test_pruned_model_that_kept_no_bucket_keeps_its_ngrams(tmp_path: Path) -> None:
+    """`fasttext quantize -cutoff N` can keep only word rows (pruneidx_size 0): the model still
+    has n-grams (fastText's get_subwords lists them; none counts), so it reads as a fastText
+    subword vocabulary whose unknown words are zero vectors, not as a SimpleVocab where an
+    unknown word is a KeyError. (A dense pruned model, written here by hand.)"""
+    words = [("</s>", 9), ("this", 5), ("is", 4)]
+    dim, bucket, minn, maxn = 3, 50, 2, 4
+    rows = np.arange(1, 1 + len(words) * dim, dtype=np.float32).reshape(len(words), dim)
+    out = bytearray(struct.pack("<ii", 793712314, 12))
+    # args: dim ws epoch minCount neg wordNgrams loss model bucket minn maxn lrUpdateRate t
+    out += struct.pack("<12id", dim, 5, 1, 1, 5, 1, 1, 2, bucket, minn, maxn, 100, 1e-4)
+    out += struct.pack("<iiiqq", len(words), len(words), 0, 18, 0)  # pruneidx_size 0
+    for w, count in words:
+        out += w.encode() + b"\0" + struct.pack("<qb", count, 0)
+    out += b"\0" + struct.pack("<qq", len(words), dim) + rows.tobytes()  # dense input matrix
+    out += b"\0" + struct.pack("<qq", 1, dim) + np.zeros(dim, np.float32).tobytes()
+    p = tmp_path / "pruned.ftz"
+    p.write_bytes(bytes(out))
+    emb = vf.load_fasttext(p, normalize=False)
+    assert emb.vocab_kind == "FastTextSubwordVocab" and len(emb) == 3
+    assert emb.metadata["fasttext"]["pruned_buckets"] == 0
+    # fastText 0.9.3's get_subwords("this") on such a model (minn 2, maxn 4)
+    want = ["this", "<t", "<th", "<thi", "th", "thi", "this", "hi", "his", "his>", "is", "is>", "s>"]
+    assert emb.fasttext_subwords("this")[0] == want
+    for i, (w, _) in enumerate(words):  # no n-gram counts: a word is its own row
+        np.testing.assert_array_equal(emb.fasttext_vector(w), rows[i])
+        np.testing.assert_array_equal(emb[w], rows[i])
+    for w in ("xyzzy", "thi", "q"):
+        np.testing.assert_array_equal(emb.fasttext_vector(w), np.zeros(dim, np.float32))
+        np.testing.assert_array_equal(emb[w], np.zeros(dim, np.float32))
+
+
 def test_fasttext_bad_files(tmp_path: Path, peers: Path) -> None:
     p = tmp_path / "x.bin"
     p.write_bytes(b"FiFu" + b"\0" * 100)
@@ -757,6 +789,12 @@ def test_convert_fasttext(peers: Path, tmp_path: Path, ft_expected: dict) -> Non
     assert detect_format(tmp_path / "ft4.bin") == "word2vec"
     assert cli_main(["convert", str(tmp_path / "ft.fifu"), str(tmp_path / "ft5.bin")]) == 0
     assert detect_format(tmp_path / "ft5.bin") == "fasttext"
+    # the same with the vocabulary stored as an fst (it was written as word2vec, n-grams lost)
+    vf.load(tmp_path / "ft.fifu").write(tmp_path / "ft.fst.fifu", vocab="fst")
+    vf.convert(tmp_path / "ft.fst.fifu", tmp_path / "ft6.bin", progress=False)
+    assert (tmp_path / "ft6.bin").read_bytes() == (tmp_path / "ft2.bin").read_bytes()
+    assert cli_main(["convert", str(tmp_path / "ft.fst.fifu"), str(tmp_path / "ft7.bin")]) == 0
+    assert detect_format(tmp_path / "ft7.bin") == "fasttext"
     vf.Embeddings(["a", "b"], np.eye(2, dtype=np.float32)).write(tmp_path / "s.fifu")
     vf.convert(tmp_path / "s.fifu", tmp_path / "s.bin", progress=False)
     assert detect_format(tmp_path / "s.bin") == "word2vec"
