@@ -33,8 +33,18 @@ impl PyEmbeddings {
         min_n: i128,
         max_n: i128,
         buckets: Option<i128>,
-        ngrams: Option<Vec<(String, i128)>>,
+        ngrams: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let ngrams = ngrams
+            .map(|g| {
+                g.extract::<Vec<(String, i128)>>().map_err(|_| {
+                    let what = g.get_type().name().map_or_else(|_| "?".to_string(), |n| n.to_string());
+                    PyTypeError::new_err(format!(
+                        "ngrams must be a list of (n-gram, index) pairs of a str and an int, got {what}"
+                    ))
+                })
+            })
+            .transpose()?;
         // (wide integers: an out-of-range value is a ValueError naming it, not an OverflowError)
         let in_range = |name: &str, v: i128, max: u64| -> PyResult<u64> {
             u64::try_from(v)

@@ -172,9 +172,21 @@ fn dict_to_table(d: &Bound<'_, PyDict>, depth: usize) -> PyResult<toml::Table> {
     }
     let mut t = toml::Table::new();
     for (k, v) in d.iter() {
-        let key: String = k
-            .extract()
-            .map_err(|_| PyTypeError::new_err(format!("metadata keys must be strings, got {k}")))?;
+        let key: String = match k.cast::<PyString>() {
+            Ok(s) => s.to_str().map(str::to_string).map_err(|_| {
+                PyValueError::new_err(format!(
+                    "metadata key {} cannot be stored: it is not valid Unicode (a lone surrogate)",
+                    k.repr().map_or_else(|_| "?".to_string(), |r| r.to_string())
+                ))
+            })?,
+            Err(_) => {
+                return Err(PyTypeError::new_err(format!(
+                    "metadata keys must be strings, got {} of type {}",
+                    k.repr()?,
+                    k.get_type().name()?
+                )))
+            }
+        };
         let value = py_to_value(&v, depth + 1)?;
         // a table (or array of tables) is written as a `[a.""]` section, which TOML 0.4
         // readers (finalfusion-python's) refuse: "Can't have a keygroup with an empty name"
@@ -260,7 +272,13 @@ fn py_to_value(v: &Bound<'_, PyAny>, depth: usize) -> PyResult<toml::Value> {
         return Ok(toml::Value::Float(v.extract()?));
     }
     if let Ok(s) = v.cast::<PyString>() {
-        return Ok(toml::Value::String(s.to_str()?.to_string()));
+        let text = s.to_str().map_err(|_| {
+            PyValueError::new_err(format!(
+                "metadata value {} cannot be stored: it is not valid Unicode (a lone surrogate)",
+                v.repr().map_or_else(|_| "?".to_string(), |r| r.to_string())
+            ))
+        })?;
+        return Ok(toml::Value::String(text.to_string()));
     }
     if let Ok(d) = v.cast::<PyDict>() {
         return Ok(toml::Value::Table(dict_to_table(d, depth)?));

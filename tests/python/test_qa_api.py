@@ -537,3 +537,21 @@ def test_cli_paths_as_given(tmp_path: Path, capsys) -> None:
         assert cli(argv) == 1
         err = capsys.readouterr().err
         assert "No such file" in err and "directory: '.'" not in err, err
+
+
+def test_bad_metadata_keys_values_and_ngrams_name_the_problem() -> None:
+    """A lone surrogate in a metadata key was reported as "keys must be strings" (it is a
+    str), in a value as a bare UnicodeEncodeError; `ngrams=` of the wrong kind showed pyo3's
+    "'int' object is not an instance of 'Sequence'"."""
+    m = np.ones((1, 2), np.float32)
+    with pytest.raises(ValueError, match=r"metadata key '\\ud800' .*not valid Unicode"):
+        vf.Embeddings(["a"], m, metadata={"\ud800": 1})
+    with pytest.raises(ValueError, match=r"metadata value '\\udfff' .*not valid Unicode"):
+        vf.Embeddings(["a"], m, metadata={"a": {"b": ["\udfff"]}})
+    with pytest.raises(TypeError, match="metadata keys must be strings, got 1 of type int"):
+        vf.Embeddings(["a"], m, metadata={1: 2})
+    for bad, kind in ((5, "int"), ("ab", "str"), ([("ab", "x")], "list"), ([("ab",)], "list")):
+        with pytest.raises(TypeError, match=f"ngrams must be a list of \\(n-gram, index\\) pairs.*got {kind}"):
+            vf.Embeddings(["a"], np.ones((2, 2), np.float32), vocab="explicit", ngrams=bad, min_n=2, max_n=2)
+    e = vf.Embeddings(["a"], np.ones((2, 2), np.float32), vocab="explicit", ngrams=[("<a", 0)], min_n=2, max_n=2)
+    assert e.vocab.ngrams("a") == ["<a", "a>"] and e.vocab.subword_indices("a") == [1]
