@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use super::embeddings::PyEmbeddings;
@@ -135,7 +135,15 @@ impl PyEmbeddings {
         // None (the default) means True: a bar.
         let reporter = match progress {
             Some(p) if p.is_callable() => Reporter::Callback(p.unbind()),
-            Some(p) if !p.is_truthy()? => Reporter::None,
+            // a bool (numpy's too); any other value is refused rather than read as truthy
+            // (`progress="off"` would draw a bar)
+            Some(p) if !p.extract::<bool>().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "progress must be True, False, None or a callable (done, total), got {} of type {}",
+                    p.repr().map_or_else(|_| "?".to_string(), |r| r.to_string()),
+                    p.get_type().name().map_or_else(|_| "?".to_string(), |n| n.to_string())
+                ))
+            })? => Reporter::None,
             _ => {
                 let bar = py.import("vecfusion._progress")?.call_method1("bar", ("quantize",))?;
                 Reporter::Bar(bar.unbind())

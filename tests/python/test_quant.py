@@ -214,6 +214,17 @@ def test_progress_callback_errors_propagate():
         emb.quantize(n_subquantizers=4, bits=8, n_iterations=50, sample=20000, progress=boom)
 
 
+def test_progress_of_another_type_is_refused():
+    """progress="off" drew a bar (any truthy value meant a bar, any falsy one none)."""
+    x = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    emb = vf.Embeddings(words(len(x)), x)
+    for bad in ("off", 3.5, 1, 0, object()):
+        with pytest.raises(TypeError, match="progress must be True, False, None or a callable"):
+            emb.quantize(n_subquantizers=2, bits=2, n_iterations=1, progress=bad)
+    for ok in (False, np.False_):
+        assert emb.quantize(n_subquantizers=2, bits=2, n_iterations=1, progress=ok).storage_kind == "QuantizedArray"
+
+
 # --- CLI -------------------------------------------------------------------------------------------
 
 
