@@ -58,7 +58,8 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     """The format of an existing file: from its magic bytes (finalfusion, fastText),
     else from its extension or, failing that, its first bytes (text or word2vec)."""
     # (the path as given: Path("") is ".", a directory, where "" names no file)
-    path = os.path.expanduser(path)
+    # (bytes paths as the native loaders take them: decoded as the file system does)
+    path = os.path.expanduser(os.fsdecode(path))
     p = Path(path)
     mode = os.stat(os.fspath(path)).st_mode  # FileNotFoundError for a missing file, or ""
     if stat.S_ISDIR(mode):
@@ -220,7 +221,7 @@ def convert(
     U+FFFD in place of the bad bytes instead of failing; ``encoding="latin-1"`` reads them as
     ISO-8859-1 instead (every byte a character, so distinct words stay distinct).
     """
-    src, dst = os.path.expanduser(src), os.path.expanduser(dst)
+    src, dst = os.path.expanduser(os.fsdecode(src)), os.path.expanduser(os.fsdecode(dst))
     src_p, dst_p = Path(src), Path(dst)
     sf = _norm_format(src_format) if src_format else detect_format(src)
     df = _norm_format(dst_format) if dst_format else _dst_format(dst_p, sf)

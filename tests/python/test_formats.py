@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import re
 import struct
@@ -816,6 +817,11 @@ def test_convert_arguments(ff: Path, tmp_path: Path) -> None:
         vf.convert(src, tmp_path / "x.txt", vocab="fst", progress=False)
     with pytest.raises(FileNotFoundError):
         vf.convert(tmp_path / "missing.bin", tmp_path / "x.fifu", progress=False)
+    # bytes paths, as vf.load and write take them (Path() refused them)
+    out = os.fsencode(tmp_path / "b.fifu")
+    assert detect_format(os.fsencode(src)) == "word2vec"
+    vf.convert(os.fsencode(src), out, progress=False)
+    assert list(vf.load(out)) == list(vf.load(ff / "rust" / "similarity.fifu"))
 
 
 def test_convert_vocab_passthrough(ff: Path, tmp_path: Path) -> None:
