@@ -122,7 +122,8 @@ impl Embeddings {
     /// gensim's `most_similar(positive, negative, topn)`: the words nearest (by cosine) to
     /// the mean of the unit embeddings of `positive` minus those of `negative`, skipping
     /// the given words themselves (and `skip`). Embeddings with norms (rows stored as unit
-    /// vectors) use the fast scan; without, each row is normalized during a full scan.
+    /// vectors) use the plain dot-product search; without, each dot product is divided by the
+    /// row's length ([`Cosines`]).
     pub fn most_similar(&self, positive: &[&str], negative: &[&str], k: usize, skip: &[usize]) -> Result<Vec<Neighbor>> {
         let terms: Vec<(Term<'_>, f32)> = positive
             .iter()
@@ -193,14 +194,13 @@ impl Embeddings {
             // rebuilt rows are not unit vectors, norms chunk or not: cosines with them
             return Ok(self.quantized_cosines(q, &query, k, &skip, limit));
         }
-        // (a limit at or beyond the word count restricts nothing: the usual path)
-        if !self.unit_rows() || rows.is_some_and(|r| r < self.vocab.words_len()) {
+        if !self.unit_rows() {
             // Without a norms chunk the rows may not be unit vectors (vf.Embeddings from an
-            // array, a file read with normalize=False): gensim's cosine needs each row's
-            // norm, which the fast scan (a plain dot product) does not take.
+            // array, a file read with normalize=False): gensim's cosine divides each dot
+            // product by the row's length, which the plain dot-product search does not.
             return Ok(self.scan_cosines(&[&query], k, &skip, limit, |cos| cos[0]));
         }
-        Ok(self.search_normalized(&query, 1, k, &skip).pop().unwrap_or_default())
+        Ok(self.search_normalized_in(&query, 1, k, &skip, limit).pop().unwrap_or_default())
     }
 
     /// The cosine of every word row with the unit vector `query` (0 for a zero row), in row
@@ -208,30 +208,27 @@ impl Embeddings {
     /// lookup table over their rebuilt length. In parallel.
     /// Only the first `rows` word rows when given (gensim's `restrict_vocab`).
     pub fn cosines_all(&self, query: &[f32], rows: Option<usize>) -> Vec<f32> {
+        self.score_all(&[query], rows, |cos| cos[0])
+    }
+
+    /// `score(cosines)` of every word row (the first `rows` when given), in row order, where
+    /// `cosines[j]` is the row's cosine with the unit vector `queries[j]` ([`Cosines`]).
+    /// In parallel.
+    fn score_all<F>(&self, queries: &[&[f32]], rows: Option<usize>, score: F) -> Vec<f32>
+    where
+        F: Fn(&[f32]) -> f32 + Sync,
+    {
         let n = self.vocab.words().map_or(0, |w| w.len()).min(rows.unwrap_or(usize::MAX));
         let mut out = vec![0f32; n];
-        let d = self.dims();
-        if n == 0 || d == 0 {
+        if n == 0 || self.dims() == 0 {
             return out;
         }
-        match &self.storage {
-            Storage::Quantized(q) => {
-                let score = quantized_cosine(q, query);
-                out.par_iter_mut().with_min_len(4096).enumerate().for_each(|(i, o)| *o = score(i));
-            }
-            storage => {
-                out.par_chunks_mut(1024).enumerate().for_each_init(
-                    || vec![0f32; d],
-                    |row, (c, chunk)| {
-                        for (j, o) in chunk.iter_mut().enumerate() {
-                            storage.row_into(c * 1024 + j, row);
-                            let norm = row_norm(row);
-                            *o = row_cosine(row, query, norm);
-                        }
-                    },
-                );
-            }
-        }
+        const CHUNK: usize = 4096;
+        let cosines = Cosines::new(self, queries);
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
+            let start = c * CHUNK;
+            cosines.scan(start, start + chunk.len(), |i, cos| chunk[i - start] = score(cos));
+        });
         out
     }
 
@@ -239,8 +236,8 @@ impl Embeddings {
     /// the product over `positive` of `(1 + cos) / 2` divided by that product over
     /// `negative` plus 1e-6; the given words are not answers. `positive` must not be empty
     /// (as in gensim). A word counts by its unit embedding, a vector as given (gensim's
-    /// rule: `cos` is then the row's cosine times the vector's length). A full scan (every
-    /// row is read, or rebuilt for quantized storage), in parallel.
+    /// rule: `cos` is then the row's cosine times the vector's length). A full scan of the
+    /// rows ([`Cosines`]: quantized rows through lookup tables, never rebuilt), in parallel.
     /// Among the first `rows` word rows only when given (gensim's `restrict_vocab`).
     pub fn most_similar_cosmul(
         &self,
@@ -259,20 +256,7 @@ impl Embeddings {
     pub fn cosmul_all(&self, positive: &[Term<'_>], negative: &[Term<'_>], rows: Option<usize>) -> Result<Vec<f32>> {
         let (vectors, np, _) = self.cosmul_terms(positive, negative)?;
         let queries: Vec<&[f32]> = vectors.iter().map(Vec::as_slice).collect();
-        let n = self.vocab.words().map_or(0, |w| w.len()).min(rows.unwrap_or(usize::MAX));
-        let d = self.dims();
-        let mut out = vec![0f32; n];
-        out.par_chunks_mut(1024).enumerate().for_each_init(
-            || (vec![0f32; d], vec![0f32; queries.len()]),
-            |(row, cos), (c, chunk)| {
-                for (j, o) in chunk.iter_mut().enumerate() {
-                    self.storage.row_into(c * 1024 + j, row);
-                    row_cosines(row, &queries, cos);
-                    *o = cosmul_score(cos, np);
-                }
-            },
-        );
-        Ok(out)
+        Ok(self.score_all(&queries, rows, |cos| cosmul_score(cos, np)))
     }
 
     /// The query vectors of a 3CosMul query (positive terms first, then negative), the
@@ -308,41 +292,37 @@ impl Embeddings {
     }
 
     /// The `k` best word rows by `score(cosines)`, where `cosines[j]` is the cosine of the
-    /// row with the unit vector `queries[j]` (0 for a zero row); rows in `skip` are not
-    /// answers. Every row is read (rebuilt for quantized storage) and normalized here, so
-    /// this works whether or not the stored rows are unit vectors. In parallel.
+    /// row with the unit vector `queries[j]` ([`Cosines`]); rows in `skip` are not answers.
+    /// Works whether or not the stored rows are unit vectors. In parallel.
     fn scan_cosines<F>(&self, queries: &[&[f32]], k: usize, skip: &[usize], rows: usize, score: F) -> Vec<Neighbor>
     where
         F: Fn(&[f32]) -> f32 + Sync,
     {
-        let d = self.dims();
-        let make = || {
-            let (mut row, mut cos) = (vec![0f32; d], vec![0f32; queries.len()]);
-            let score = &score;
-            move |i: usize| {
-                self.storage.row_into(i, &mut row);
-                row_cosines(&row, queries, &mut cos);
-                score(&cos)
-            }
-        };
-        self.best_rows(k, skip, rows, d.saturating_mul(queries.len()), 4096, make)
+        let cosines = Cosines::new(self, queries);
+        let work = cosines.work_per_row();
+        self.best_rows(k, skip, rows, work, 4096, |start, end, top| {
+            cosines.scan(start, end, |i, cos| top.offer(i, score(cos)));
+        })
     }
 
     /// The `k` best word rows by cosine of the rebuilt (quantized) row with the unit vector
     /// `query` ([`quantized_cosine`]), rows in `skip` left out. A scan of the codes, in parallel.
     fn quantized_cosines(&self, q: &QuantizedStorage, query: &[f32], k: usize, skip: &[usize], rows: usize) -> Vec<Neighbor> {
         let score = quantized_cosine(q, query);
-        self.best_rows(k, skip, rows, q.n_subquantizers(), 8192, || &score)
+        self.best_rows(k, skip, rows, q.n_subquantizers(), 8192, |start, end, top| {
+            for i in start..end {
+                top.offer(i, score(i));
+            }
+        })
     }
 
-    /// The `k` best word rows by the score a scorer from `make` gives each row (one scorer per
-    /// block of rows, so that it can keep scratch buffers); rows in `skip` are not answers.
-    /// `work` (per row) decides whether the blocks are scanned in parallel. Only the first
-    /// `rows` word rows are candidates.
-    fn best_rows<M, S>(&self, k: usize, skip: &[usize], rows: usize, work: usize, block: usize, make: M) -> Vec<Neighbor>
+    /// The `k` best word rows by the scores `scan(start, end, top)` offers to `top` for rows
+    /// `start..end` (`top.offer(row, score)`, every row once); rows in `skip` are not answers.
+    /// `work` (per row) decides whether the blocks of `block` rows are scanned in parallel.
+    /// Only the first `rows` word rows are candidates.
+    fn best_rows<B>(&self, k: usize, skip: &[usize], rows: usize, work: usize, block: usize, scan: B) -> Vec<Neighbor>
     where
-        M: Fn() -> S + Sync,
-        S: FnMut(usize) -> f32,
+        B: for<'t, 'w> Fn(usize, usize, &'t mut TopK<'w>) + Sync,
     {
         let Some(words) = self.vocab.words() else {
             return Vec::new();
@@ -357,12 +337,7 @@ impl Embeddings {
         skip.dedup();
         let skip = &skip[..];
         let new_tops = || vec![TopK::new(k, words, skip)];
-        let scan = |tops: &mut [TopK<'_>], start: usize, end: usize| {
-            let mut score = make();
-            for i in start..end {
-                tops[0].offer(i, score(i));
-            }
-        };
+        let scan = |tops: &mut [TopK<'_>], start: usize, end: usize| scan(start, end, &mut tops[0]);
         let tops = run_blocks(n, n.saturating_mul(work), block, new_tops, scan);
         tops.into_iter().next().map(TopK::into_sorted).unwrap_or_default()
     }
@@ -504,10 +479,15 @@ impl Embeddings {
     /// Top-k of each of the `nq` queries (already normalized, `nq x dims`) over the word
     /// rows, skipping the rows in `skip`; the answers of each query, best first.
     fn search_normalized(&self, queries: &[f32], nq: usize, k: usize, skip: &[usize]) -> Vec<Vec<Neighbor>> {
+        self.search_normalized_in(queries, nq, k, skip, usize::MAX)
+    }
+
+    /// [`Embeddings::search_normalized`] over the first `rows` word rows only.
+    fn search_normalized_in(&self, queries: &[f32], nq: usize, k: usize, skip: &[usize], rows: usize) -> Vec<Vec<Neighbor>> {
         let Some(words) = self.vocab.words() else {
             return vec![Vec::new(); nq];
         };
-        let n = words.len();
+        let n = words.len().min(rows);
         let k = k.min(n);
         if k == 0 || nq == 0 {
             return vec![Vec::new(); nq];
@@ -544,24 +524,65 @@ impl Embeddings {
     }
 }
 
-/// The length of `row`: the f32 sum of squares, or, when that overflows or underflows (values
+/// The length of `row`: the f32 sum of squares (32 partial sums, multiplied then added, in a
+/// fixed order: the same bits whatever the vector width), or, when that overflows or underflows (values
 /// beyond about 1e19 or below 1e-19, in rows stored unnormalized), the f64 one, so that such
 /// rows get their true cosine instead of 0.
-#[inline]
+#[inline(always)]
 fn row_norm(row: &[f32]) -> f32 {
-    let sum_sq = row.iter().map(|x| x * x).sum::<f32>();
+    // four independent chains of eight lanes (one chain would wait on each addition)
+    let mut acc = [[0f32; 8]; 4];
+    let mut chunks = row.chunks_exact(32);
+    for c in &mut chunks {
+        for (j, a) in acc.iter_mut().enumerate() {
+            let c: &[f32; 8] = c[8 * j..8 * j + 8].try_into().expect("8 values");
+            for l in 0..8 {
+                a[l] += c[l] * c[l];
+            }
+        }
+    }
+    for (i, x) in chunks.remainder().iter().enumerate() {
+        acc[i / 8][i % 8] += x * x;
+    }
+    let lane = |l: usize| (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]);
+    let sum_sq = ((lane(0) + lane(4)) + (lane(2) + lane(6))) + ((lane(1) + lane(5)) + (lane(3) + lane(7)));
     if sum_sq.is_finite() && sum_sq >= f32::MIN_POSITIVE {
         return sum_sq.sqrt();
     }
     row.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt() as f32
 }
 
-/// The cosine of `row` (of length `norm`) with the unit vector `query`: 0 for a zero row, NaN
-/// for a row holding NaN (as gensim scores it; the searches leave NaN scores out).
+/// `out[i]` = [`row_norm`] of row `i` of `rows` (`d` columns each, `d > 0`): with AVX2 where
+/// the CPU has it (the same bits).
+fn row_norms(isa: Isa, rows: &[f32], d: usize, out: &mut [f32]) {
+    #[inline(always)]
+    fn all(rows: &[f32], d: usize, out: &mut [f32]) {
+        for (o, row) in out.iter_mut().zip(rows.chunks_exact(d)) {
+            *o = row_norm(row);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn all_avx2(rows: &[f32], d: usize, out: &mut [f32]) {
+        all(rows, d, out);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Baseline {
+        // SAFETY: the kernels above the baseline are only picked on CPUs with AVX2.
+        unsafe { all_avx2(rows, d, out) };
+        return;
+    }
+    let _ = isa;
+    all(rows, d, out);
+}
+
+/// The cosine of a row of length `norm` whose dot product with a unit query is `dot`: 0 for
+/// a zero row, NaN for a row holding NaN (as gensim scores it; the searches leave NaN
+/// scores out).
 #[inline]
-fn row_cosine(row: &[f32], query: &[f32], norm: f32) -> f32 {
+fn cosine_of(dot: f32, norm: f32) -> f32 {
     if norm > 0.0 {
-        row.iter().zip(query).map(|(a, b)| a * b).sum::<f32>() / norm
+        dot / norm
     } else if norm.is_nan() {
         f32::NAN
     } else {
@@ -569,13 +590,89 @@ fn row_cosine(row: &[f32], query: &[f32], norm: f32) -> f32 {
     }
 }
 
-/// `cos[j]` = the dot product of `row` with `queries[j]` over the length of `row` (the cosine
-/// for a unit query; 0 for a zero row, NaN for a row holding NaN).
-#[inline]
-fn row_cosines(row: &[f32], queries: &[&[f32]], cos: &mut [f32]) {
-    let norm = row_norm(row);
-    for (c, q) in cos.iter_mut().zip(queries) {
-        *c = row_cosine(row, q, norm);
+/// Rows of a dense cosine scan whose dot products are taken in one go (then each row's
+/// length, from the cache).
+const COSINE_BLOCK: usize = 32;
+
+/// The cosines of word rows with a few unit query vectors, for gensim's cosine queries
+/// (`most_similar` on rows that are not unit vectors, `most_similar_cosmul`, `topn=None`).
+/// Dense rows: the dot products by the search kernel (a block of rows at a time), each over
+/// the row's length (taken from the rows just read; 1 for the unit rows of embeddings with
+/// norms, as the plain search scores them). Quantized rows: through per-query lookup
+/// tables ([`quantized_cosine`]), never rebuilt.
+enum Cosines<'a> {
+    Dense { mat: &'a [f32], d: usize, queries: Vec<f32>, nq: usize, unit: bool, isa: Isa },
+    Quantized { m: usize, scorers: Vec<Box<dyn Fn(usize) -> f32 + Sync + 'a>> },
+}
+
+impl<'a> Cosines<'a> {
+    fn new(emb: &'a Embeddings, queries: &[&[f32]]) -> Self {
+        match &emb.storage {
+            Storage::Array(a) => Cosines::Dense {
+                mat: a.as_slice(),
+                d: a.cols(),
+                queries: queries.concat(),
+                nq: queries.len(),
+                unit: emb.unit_rows(),
+                isa: Isa::detect(),
+            },
+            Storage::Quantized(q) => Cosines::Quantized {
+                m: q.n_subquantizers(),
+                scorers: queries
+                    .iter()
+                    .map(|query| Box::new(quantized_cosine(q, query)) as Box<dyn Fn(usize) -> f32 + Sync + 'a>)
+                    .collect(),
+            },
+        }
+    }
+
+    /// Operations per row (to decide on parallelism).
+    fn work_per_row(&self) -> usize {
+        match self {
+            Cosines::Dense { d, nq, .. } => d.saturating_mul(nq + 1),
+            Cosines::Quantized { m, scorers } => scorers.len().saturating_mul(*m),
+        }
+    }
+
+    /// `f(i, cosines)` for each word row `i` of `start..end`, in order.
+    fn scan(&self, start: usize, end: usize, mut f: impl FnMut(usize, &[f32])) {
+        match self {
+            Cosines::Dense { mat, d, queries, nq, unit, isa } => {
+                let (d, nq) = (*d, *nq);
+                let mut dots = vec![0f32; COSINE_BLOCK * nq];
+                let mut norms = [1f32; COSINE_BLOCK];
+                let mut cos = vec![0f32; nq];
+                let mut b0 = start;
+                while b0 < end {
+                    let b1 = (b0 + COSINE_BLOCK).min(end);
+                    if d == 0 {
+                        dots.fill(0.0);
+                        norms.fill(0.0);
+                    } else {
+                        kernel::dots(*isa, mat, d, b0, b1, queries, nq, &mut dots);
+                        if !*unit {
+                            row_norms(*isa, &mat[b0 * d..b1 * d], d, &mut norms);
+                        }
+                    }
+                    for ((i, row_dots), &norm) in (b0..b1).zip(dots.chunks_exact(nq.max(1))).zip(&norms) {
+                        for (c, &dot) in cos.iter_mut().zip(row_dots) {
+                            *c = cosine_of(dot, norm);
+                        }
+                        f(i, &cos);
+                    }
+                    b0 = b1;
+                }
+            }
+            Cosines::Quantized { scorers, .. } => {
+                let mut cos = vec![0f32; scorers.len()];
+                for i in start..end {
+                    for (c, score) in cos.iter_mut().zip(scorers) {
+                        *c = score(i);
+                    }
+                    f(i, &cos);
+                }
+            }
+        }
     }
 }
 
@@ -1151,23 +1248,58 @@ mod kernel {
         ((32 * 1024 / d.max(1)) / 3 * 3).max(3)
     }
 
+    /// Where the scan's dot products go: `put(query, row, dot)`.
+    pub(crate) trait Sink {
+        fn queries(&self) -> usize;
+        fn put(&mut self, q: usize, row: usize, v: f32);
+    }
+
+    /// Each query's dot products offered to its top-k.
+    impl Sink for [TopK<'_>] {
+        #[inline(always)]
+        fn queries(&self) -> usize {
+            self.len()
+        }
+        #[inline(always)]
+        fn put(&mut self, q: usize, row: usize, v: f32) {
+            self[q].offer(row, v);
+        }
+    }
+
+    /// The dot products of rows `start..` kept row by row: `out[(row - start) * nq + q]`.
+    struct Dots<'o> {
+        out: &'o mut [f32],
+        start: usize,
+        nq: usize,
+    }
+
+    impl Sink for Dots<'_> {
+        #[inline(always)]
+        fn queries(&self) -> usize {
+            self.nq
+        }
+        #[inline(always)]
+        fn put(&mut self, q: usize, row: usize, v: f32) {
+            self.out[(row - self.start) * self.nq + q] = v;
+        }
+    }
+
     #[inline(always)]
-    fn scan<T: Tiles>(mat: &[f32], d: usize, start: usize, end: usize, queries: &[f32], tops: &mut [TopK<'_>]) {
+    fn scan<T: Tiles, S: Sink + ?Sized>(mat: &[f32], d: usize, start: usize, end: usize, queries: &[f32], tops: &mut S) {
         let row = |i: usize| &mat[i * d..(i + 1) * d];
-        let nq = tops.len();
+        let nq = tops.queries();
         if nq == 1 {
             let q = &queries[..d];
-            let top = &mut tops[0];
             let mut i = start;
             while i + 4 <= end {
                 let s = T::tile::<4, 1>([row(i), row(i + 1), row(i + 2), row(i + 3)], [q], d);
                 for (r, sr) in s.iter().enumerate() {
-                    top.offer(i + r, sr[0]);
+                    tops.put(0, i + r, sr[0]);
                 }
                 i += 4;
             }
             while i < end {
-                top.offer(i, T::tile::<1, 1>([row(i)], [q], d)[0][0]);
+                tops.put(0, i, T::tile::<1, 1>([row(i)], [q], d)[0][0]);
                 i += 1;
             }
             return;
@@ -1185,7 +1317,7 @@ mod kernel {
                     let s = T::tile::<3, 4>([row(i), row(i + 1), row(i + 2)], qs, d);
                     for (r, sr) in s.iter().enumerate() {
                         for (q, &v) in sr.iter().enumerate() {
-                            tops[j + q].offer(i + r, v);
+                            tops.put(j + q, i + r, v);
                         }
                     }
                     i += 3;
@@ -1193,7 +1325,7 @@ mod kernel {
                 while i < b1 {
                     let s = T::tile::<1, 4>([row(i)], qs, d);
                     for (q, &v) in s[0].iter().enumerate() {
-                        tops[j + q].offer(i, v);
+                        tops.put(j + q, i, v);
                     }
                     i += 1;
                 }
@@ -1205,12 +1337,12 @@ mod kernel {
                 while i + 4 <= b1 {
                     let s = T::tile::<4, 1>([row(i), row(i + 1), row(i + 2), row(i + 3)], [q], d);
                     for (r, sr) in s.iter().enumerate() {
-                        tops[j].offer(i + r, sr[0]);
+                        tops.put(j, i + r, sr[0]);
                     }
                     i += 4;
                 }
                 while i < b1 {
-                    tops[j].offer(i, T::tile::<1, 1>([row(i)], [q], d)[0][0]);
+                    tops.put(j, i, T::tile::<1, 1>([row(i)], [q], d)[0][0]);
                     i += 1;
                 }
                 j += 1;
@@ -1438,12 +1570,27 @@ mod kernel {
     /// Only call on a CPU with AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn scan_avx2_fma(mat: &[f32], d: usize, start: usize, end: usize, queries: &[f32], tops: &mut [TopK<'_>]) {
-        scan::<Avx2Fma>(mat, d, start, end, queries, tops);
+    unsafe fn scan_avx2_fma<S: Sink + ?Sized>(mat: &[f32], d: usize, start: usize, end: usize, queries: &[f32], tops: &mut S) {
+        scan::<Avx2Fma, S>(mat, d, start, end, queries, tops);
     }
 
-    fn scan_baseline(mat: &[f32], d: usize, start: usize, end: usize, queries: &[f32], tops: &mut [TopK<'_>]) {
-        scan::<Portable<Native>>(mat, d, start, end, queries, tops);
+    fn scan_baseline<S: Sink + ?Sized>(mat: &[f32], d: usize, start: usize, end: usize, queries: &[f32], tops: &mut S) {
+        scan::<Portable<Native>, S>(mat, d, start, end, queries, tops);
+    }
+
+    /// The dot products of rows `start..end` of `mat` (row-major, `d` columns) with each of
+    /// the `nq` queries (`nq x d`, row-major): `out[(i - start) * nq + q]`, the same bits as
+    /// [`scan_dense`] gives for them (the one-query-at-a-time tiles; no AVX-512 panels).
+    pub(crate) fn dots(isa: Isa, mat: &[f32], d: usize, start: usize, end: usize, queries: &[f32], nq: usize, out: &mut [f32]) {
+        assert!(queries.len() == nq * d && out.len() >= (end - start) * nq && mat.len() >= end * d);
+        let mut sink = Dots { out, start, nq };
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx512` and `Isa::Avx2Fma` are only produced by `Isa::best`
+            // after the CPU was found to support AVX2 and FMA.
+            Isa::Avx512 | Isa::Avx2Fma => unsafe { scan_avx2_fma(mat, d, start, end, queries, &mut sink) },
+            Isa::Baseline => scan_baseline(mat, d, start, end, queries, &mut sink),
+        }
     }
 
     /// Score rows `start..end` of `mat` (row-major, `d` columns) against every query

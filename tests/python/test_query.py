@@ -673,3 +673,42 @@ def test_batch_rows_with_fewer_answers_end_in_minus_one(tmp_path: Path, mmap: bo
     np.testing.assert_array_equal(idx, [[3, 0, 2, -1]] * 2)
     np.testing.assert_allclose(scores[:, :3], [[s for _, s in single]] * 2, rtol=1e-6)
     assert np.isnan(scores[:, 3]).all()
+
+
+@pytest.mark.parametrize("kind", ["raw", "quantized"])
+def test_cosine_queries_match_brute_force(kind: str) -> None:
+    """most_similar on rows that are not unit vectors, most_similar_cosmul and topn=None
+    (the cosine scans, dense by the search kernel with each row's length, quantized through
+    lookup tables without rebuilding rows) give numpy's cosines of the rows (rebuilt rows
+    for quantized storage), and the same order."""
+    rng = np.random.default_rng(5)
+    n, d = 3000, 40
+    m = (rng.standard_normal((n, d)) * rng.uniform(0.1, 10, (n, 1))).astype(np.float32)
+    m[7] = 0  # a zero row scores 0
+    words = [f"w{i:04d}" for i in range(n)]
+    emb = vf.Embeddings(words, m)
+    if kind == "quantized":
+        emb = emb.quantize(n_subquantizers=10, bits=6, opq=True, n_iterations=3, progress=False)
+    rows = emb.storage.reconstruct(np.arange(n)) if kind == "quantized" else m
+    lens = np.linalg.norm(rows.astype(np.float64), axis=1)
+    unit = rows / np.where(lens > 0, lens, 1)[:, None]
+
+    def q(w: str) -> np.ndarray:
+        v = emb[w].astype(np.float64)
+        return v / np.linalg.norm(v)
+
+    cos = {w: unit @ q(w) for w in ("w0001", "w0002", "w0003")}
+    np.testing.assert_allclose(emb.most_similar("w0001", topn=None), cos["w0001"], atol=2e-6)
+    query = q("w0001") + q("w0002")  # most_similar's query: the mean of the unit vectors
+    want = unit @ (query / np.linalg.norm(query))
+    got = emb.most_similar(positive=["w0001", "w0002"], topn=10)
+    order = [j for j in np.argsort(-want, kind="stable") if j not in (1, 2)][:10]
+    assert [w for w, _ in got] == [words[j] for j in order]
+    np.testing.assert_allclose([s for _, s in got], want[order], atol=2e-6)
+    shifted = {w: (1 + c) / 2 for w, c in cos.items()}
+    mul = shifted["w0001"] * shifted["w0002"] / (shifted["w0003"] + 1e-6)
+    np.testing.assert_allclose(emb.most_similar_cosmul(["w0001", "w0002"], ["w0003"], topn=None), mul, rtol=1e-5)
+    got = emb.most_similar_cosmul(["w0001", "w0002"], ["w0003"], topn=5)
+    order = [j for j in np.argsort(-mul, kind="stable") if j not in (1, 2, 3)][:5]
+    assert [w for w, _ in got] == [words[j] for j in order]
+    assert emb.most_similar("w0001", topn=None)[7] == 0.0
