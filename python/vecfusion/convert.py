@@ -24,7 +24,7 @@ from ._native import (
     load_word2vec,
 )
 
-__all__ = ["FORMATS", "convert", "detect_format", "load_any", "write_any"]
+__all__ = ["FORMATS", "check_output", "convert", "detect_format", "load_any", "write_any"]
 
 #: Format names; ``text`` has a ``"n d"`` header line, ``glove`` has none.
 FORMATS = ("finalfusion", "word2vec", "text", "glove", "fasttext")
@@ -135,6 +135,25 @@ def _pruned(emb: Embeddings) -> bool:
     return isinstance(ft, dict) and "pruned_buckets" in ft
 
 
+def check_output(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, replace_input: bool) -> None:
+    """Refuse, before any work, an output path that cannot be written: a directory, a name
+    ending in a slash, a directory that does not exist; and the input file itself unless
+    ``replace_input`` (the input would be replaced by the output)."""
+    src_s, dst_s = os.path.expanduser(os.fsdecode(src)), os.path.expanduser(os.fsdecode(dst))
+    if os.path.isdir(dst_s):
+        raise IsADirectoryError(errno.EISDIR, "the output is a directory: name a file in it", dst_s)
+    if dst_s.endswith(("/", os.sep)):
+        raise NotADirectoryError(errno.ENOTDIR, "the output name ends in a slash: name a file", dst_s)
+    parent = os.path.dirname(os.path.abspath(dst_s))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(errno.ENOENT, "the output's directory does not exist", parent)
+    if not replace_input and os.path.exists(src_s) and os.path.exists(dst_s) and os.path.samefile(src_s, dst_s):
+        raise ValueError(
+            f"the output {dst_s!r} is the input file, which writing it would replace: "
+            "write to another path"
+        )
+
+
 def load_any(path: str | os.PathLike[str], fmt: str | None = None, *, normalize: bool = True,
              lossy: bool = False, mmap: bool = False, encoding: str = "utf-8") -> Embeddings:
     """Load embeddings of any supported format (detected when ``fmt`` is None).
@@ -223,8 +242,12 @@ def convert(
     """
     src, dst = os.path.expanduser(os.fsdecode(src)), os.path.expanduser(os.fsdecode(dst))
     src_p, dst_p = Path(src), Path(dst)
+    check_output(src, dst, replace_input=True)
     sf = _norm_format(src_format) if src_format else detect_format(src)
     df = _norm_format(dst_format) if dst_format else _dst_format(dst_p, sf)
+    # (the same format again is a round trip, written to a new file and renamed over the
+    # input; another format would leave the input's name on a file of another kind)
+    check_output(src, dst, replace_input=(sf == df))
     if vocab not in ("standard", "fst"):
         raise ValueError(f"vocab must be 'standard' or 'fst', not {vocab!r}")
     if vocab != "standard" and df != "finalfusion":

@@ -824,6 +824,28 @@ def test_convert_arguments(ff: Path, tmp_path: Path) -> None:
     assert list(vf.load(out)) == list(vf.load(ff / "rust" / "similarity.fifu"))
 
 
+def test_convert_onto_its_input(ff: Path, tmp_path: Path) -> None:
+    """Converting a file onto itself in another format left a word2vec file named .txt (the
+    text input gone): refused; the same format again is a round trip (written, then renamed
+    over the input), e.g. a finalfusion file to the fst vocabulary in place."""
+    txt = tmp_path / "same.txt"
+    shutil.copy(ff / "rust" / "similarity.txt", txt)
+    before = txt.read_bytes()
+    with pytest.raises(ValueError, match="is the input file"):
+        vf.convert(txt, txt, dst_format="word2vec", progress=False)
+    assert cli_main(["convert", str(txt), str(txt), "--to", "word2vec"]) == 1
+    assert txt.read_bytes() == before
+    fifu = tmp_path / "x.fifu"
+    vf.convert(txt, fifu, progress=False)
+    words = list(vf.load(fifu))
+    vf.convert(fifu, fifu, vocab="fst", progress=False)
+    assert vf.load(fifu).vocab_kind == "FstSimpleVocab" and list(vf.load(fifu)) == words
+    with pytest.raises(IsADirectoryError, match="directory"):
+        vf.convert(txt, tmp_path, dst_format="text", progress=False)
+    with pytest.raises(FileNotFoundError, match="directory does not exist"):
+        vf.convert(txt, tmp_path / "no" / "x.fifu", progress=False)
+
+
 def test_convert_vocab_passthrough(ff: Path, tmp_path: Path) -> None:
     sig = getattr(vf.Embeddings.write, "__text_signature__", "") or ""
     if "vocab" in sig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -391,3 +392,19 @@ def test_more_attempts_are_never_worse_than_one(seed: int) -> None:
                              n_attempts=attempts, seed=seed, progress=False)
             errs[attempts] = float(((q.storage.reconstruct().astype(np.float64) - x) ** 2).sum())
         assert errs[4] <= errs[1] * (1 + 1e-9), (iterations, errs)
+
+
+def test_cli_quantize_refuses_its_input_and_bad_outputs_before_training(ff, tmp_path, capsys):
+    """`vecfusion quantize w.bin ./w.bin` replaced the word2vec input by a lossy quantized
+    file (exit 0); a missing output directory was found only after the training."""
+    src = tmp_path / "w.bin"
+    shutil.copy(ff / "rust/similarity.bin", src)
+    before = src.read_bytes()
+    assert cli_main(["quantize", str(src), str(tmp_path / "." / "w.bin"), "-b", "2", "-q"]) == 1
+    assert "is the input file" in capsys.readouterr().err
+    assert src.read_bytes() == before
+    for dst, why in ((tmp_path / "nodir" / "q.fifu", "directory does not exist"), (tmp_path, "is a directory"),
+                     (f"{tmp_path}/q.fifu/", "ends in a slash")):
+        assert cli_main(["quantize", str(src), str(dst), "-b", "2", "-q"]) == 1
+        err = capsys.readouterr().err
+        assert why in err and "Traceback" not in err

@@ -59,8 +59,11 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Quantize ``args.src`` into ``args.dst``."""
-    from ..convert import load_any
+    from ..convert import check_output, load_any
 
+    # (before the training: quantizing cannot be undone, and a wrong path found at the end
+    # would waste it)
+    check_output(args.src, args.dst, replace_input=False)
     suffix = os.path.splitext(str(args.dst))[1].lower()
     if suffix in (".bin", ".ftz", ".vec", ".txt", ".w2v", ".glove"):
         # (vecfusion knows a finalfusion file by its magic bytes, whatever its name; other
