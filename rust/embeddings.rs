@@ -187,7 +187,7 @@ impl Embeddings {
             return Err(Error::Version {
                 format: "finalfusion",
                 expected: VERSION.to_string(),
-                got: u64::from(version),
+                got: version.to_string(),
             });
         }
         let n_chunks = r.u32("chunk count")?;

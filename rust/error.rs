@@ -23,7 +23,7 @@ pub enum Error {
     Version {
         format: &'static str,
         expected: String,
-        got: u64,
+        got: String,
     },
 
     /// A chunk identifier that this implementation does not know.

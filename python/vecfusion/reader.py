@@ -47,6 +47,7 @@ Needs the ``reader`` extra (``pip install vecfusion[reader]``: fsspec, pandas, p
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import sys
@@ -138,8 +139,15 @@ def _list(fs: Any, folder: str, suffix: str) -> list[tuple[str, int | None]]:
         for root, _dirs, names in os.walk(folder, onerror=unreadable):
             for n in names:
                 p = os.path.join(root, n)
-                if n.endswith(suffix) and os.path.isfile(p):
+                if not n.endswith(suffix):
+                    continue
+                if os.path.isfile(p):
                     out.append((p, os.path.getsize(p)))
+                # a broken link or a special file would silently leave its rows out
+                elif os.path.islink(p) and not os.path.exists(p):
+                    raise FileNotFoundError(errno.ENOENT, "a file of the collection is a broken symbolic link", p)
+                else:
+                    raise OSError(errno.EINVAL, "a file of the collection is not a regular file", p)
         return out
     if folder.endswith(suffix) and fs.isfile(folder):
         return [(folder, fs.size(folder))]

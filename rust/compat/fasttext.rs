@@ -566,7 +566,7 @@ fn read_fasttext_inner(path: &Path, decode: super::Decode, normalize: bool) -> R
         return Err(Error::Version {
             format: "fastText",
             expected: format!("<= {FASTTEXT_VERSION}"),
-            got: version as u32 as u64,
+            got: version.to_string(),
         });
     }
     let mut ints = [0i32; 12];

@@ -120,7 +120,7 @@ pub fn header_size(prefix: &[u8]) -> Result<u64> {
             return Err(Error::Version {
                 format: "npy",
                 expected: "1.0, 2.0 or 3.0".into(),
-                got: u64::from(major) * 100 + u64::from(minor),
+                got: format!("{major}.{minor}"),
             })
         }
     };

@@ -862,3 +862,26 @@ def test_a_folder_that_cannot_be_listed_is_an_error(tmp_path: Path, monkeypatch:
         vf.EmbeddingReader(tmp_path)
     monkeypatch.undo()
     assert vf.EmbeddingReader(tmp_path).count == 4
+
+
+def test_a_broken_link_or_special_file_in_the_collection_is_an_error(tmp_path: Path) -> None:
+    """A broken symbolic link named *.npy was left out silently (its rows missing from
+    count and from the row numbers; embedding-reader fails on it): an error naming it. A
+    link to a file is read as that file; a FIFO named *.npy is refused too."""
+    np.save(tmp_path / "a.npy", np.ones((3, 2), np.float32))
+    (tmp_path / "b.npy").symlink_to(tmp_path / "moved_away.npy")
+    with pytest.raises(FileNotFoundError, match=r"broken symbolic link.*b\.npy"):
+        vf.EmbeddingReader(tmp_path)
+    (tmp_path / "b.npy").unlink()
+    os.mkfifo(tmp_path / "c.npy")
+    with pytest.raises(OSError, match=r"not a regular file.*c\.npy"):
+        vf.EmbeddingReader(tmp_path)
+    (tmp_path / "c.npy").unlink()
+    (tmp_path / "b.npy").symlink_to(tmp_path / "a.npy")
+    assert vf.EmbeddingReader(tmp_path).count == 6
+
+
+def test_npy_version_is_named_as_major_minor(tmp_path: Path) -> None:
+    (tmp_path / "v.npy").write_bytes(b"\x93NUMPY\x04\x00" + b"\x00" * 100)
+    with pytest.raises(vf.FormatError, match=r"unsupported npy version 4\.0 \(supported: 1\.0, 2\.0 or 3\.0\)"):
+        vf.EmbeddingReader(tmp_path).count
