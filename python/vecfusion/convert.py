@@ -146,7 +146,7 @@ def check_output(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, re
         raise NotADirectoryError(errno.ENOTDIR, "the output name ends in a slash: name a file", dst_s)
     parent = os.path.dirname(os.path.abspath(dst_s))
     if not os.path.isdir(parent):
-        raise FileNotFoundError(errno.ENOENT, "the output's directory does not exist", parent)
+        raise FileNotFoundError(errno.ENOENT, "the output's directory does not exist", dst_s)
     if not replace_input and os.path.exists(src_s) and os.path.exists(dst_s) and os.path.samefile(src_s, dst_s):
         raise ValueError(
             f"the output {dst_s!r} is the input file, which writing it would replace: "
