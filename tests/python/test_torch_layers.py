@@ -414,6 +414,27 @@ def test_sparse_op_equals_nn_embedding(padding_idx: int) -> None:
     torch.testing.assert_close(w.grad.to_dense(), ref.grad.to_dense(), rtol=0, atol=0)
 
 
+def test_torch_compile_sparse_without_padding_needs_no_graph_break() -> None:
+    """The sparse backward's fake kernel gave a data-dependent size even without a padding
+    row (where it is the number of indices): the default torch.compile (aot autograd without
+    dynamic output shapes) broke the graph there. With a padding row the size depends on the
+    data, and the graph breaks as nn.Embedding's does (its aten.nonzero)."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    fast = FastEmbedding.from_pretrained(torch.randn(10, 4), freeze=False, sparse=True, scale_grad_by_freq=True)
+    ref = nn.Embedding.from_pretrained(fast.weight.detach().clone(), freeze=False, scale_grad_by_freq=True)
+    x = torch.tensor([[1, 2, 2], [3, 1, 0]])
+    torch._dynamo.reset()
+    counters.clear()
+    torch.compile(fast, backend="aot_eager")(x).sum().backward()
+    assert not counters["unimplemented"] and not counters["graph_break"], dict(counters)
+    assert counters["aot_autograd"]["ok"] == 1
+    ref(x).sum().backward()
+    assert fast.weight.grad.is_sparse
+    torch.testing.assert_close(fast.weight.grad.to_dense(), ref.weight.grad, rtol=0, atol=0)
+
+
 def test_torch_compile_sparse_with_a_changing_batch() -> None:
     """A second batch size makes dynamo recompile with a symbolic batch; the C++ sparse
     backward asked for concrete sizes ("Cannot call numel() on tensor with symbolic sizes").

@@ -83,7 +83,10 @@ def _dense_backward_fake(grad, indices, num_weights, padding_idx, scale_grad_by_
 
 @torch.library.register_fake("vecfusion_ops::embedding_sparse_backward")
 def _sparse_backward_fake(grad, indices, num_weights, padding_idx, scale_grad_by_freq):
-    u = torch.library.get_ctx().new_dynamic_size()
+    # one gradient row per index, less those of the padding row: a size known only from the
+    # data when there is a padding row (torch.compile without capture_dynamic_output_shape_ops
+    # then breaks the graph there), else the number of indices
+    u = torch.library.get_ctx().new_dynamic_size() if padding_idx >= 0 else indices.numel()
     return indices.new_empty((u,), dtype=torch.int64), grad.new_empty((u, grad.shape[-1]))
 
 
