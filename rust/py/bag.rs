@@ -85,7 +85,9 @@ impl PyVocab {
         let words = extract_word_buf(words)?;
         let strs = words.strs();
         let vocab = &self.inner.vocab;
-        let (mut rows, mut offsets, mut known) = crate::py::fork::detach(py, || indices_batch(vocab, &strs));
+        // (a word's n-grams: a few dozen hashes, counted as 64)
+        let work = (strs.len() as u64).saturating_mul(64);
+        let (mut rows, mut offsets, mut known) = crate::py::fork::detach_if(py, work, || indices_batch(vocab, &strs));
         if !words.invalid().is_empty() {
             // words that are no valid text were taken as empty words: they have no rows
             let mut bad = words.invalid().iter().peekable();
@@ -121,7 +123,7 @@ pub fn _normalize_rows_as_lookup(py: Python<'_>, sums: &Bound<'_, PyArray2<f32>>
         .as_slice_mut()
         .map_err(|_| pyo3::exceptions::PyValueError::new_err("sums must be a C-contiguous array"))?;
     if dims > 0 {
-        crate::py::fork::detach(py, || {
+        crate::py::fork::detach_if(py, data.len() as u64, || {
             data.par_chunks_mut(dims).with_min_len(256).for_each(|row| {
                 crate::embeddings::l2_normalize(row);
             })

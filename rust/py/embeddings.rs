@@ -293,7 +293,12 @@ impl PyEmbeddings {
         let strs = words.strs();
         let n = strs.len();
         let out = match out {
-            None => PyArray2::<f32>::zeros(py, [n, dims], false),
+            // np.empty, not np.zeros: every value is written below (a word without an
+            // embedding gets zeros), and numpy releases the GIL to zero 1 KiB or more, which
+            // a small call should not do (see `detach_if`)
+            // SAFETY: an f32 array of `n x dims` values, each written by `lookup_into_with`
+            // (or by the fix-up of invalid words) before the array is handed out.
+            None => unsafe { PyArray2::<f32>::new(py, [n, dims], false) },
             Some(o) => {
                 let arr = o.cast_into::<PyArray2<f32>>().map_err(|e| {
                     let o = e.into_inner();
@@ -325,7 +330,9 @@ impl PyEmbeddings {
             let out_s = out_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
             let found_s = found_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
             let emb = &self.inner;
-            crate::py::fork::detach(py, || emb.lookup_into_with(&strs, out_s, found_s, reused));
+            // (unknown words read a few dozen rows each: counted as 32)
+            let work = (strs.len() as u64).saturating_mul(dims.max(1) as u64).saturating_mul(32);
+            crate::py::fork::detach_if(py, work, || emb.lookup_into_with(&strs, out_s, found_s, reused));
             // words that are no valid text were looked up as empty words: no embedding
             for &i in words.invalid() {
                 found_s[i] = false;

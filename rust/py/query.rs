@@ -219,7 +219,7 @@ impl PyEmbeddings {
             let Some(word) = super::embeddings::word_text(word) else {
                 return Err(PyKeyError::new_err(word.clone().unbind()));
             };
-            crate::py::fork::detach(py, || emb.similar_to_word(word, k, &skip_rows))?
+            crate::py::fork::detach_if(py, scan_work(emb, 1), || emb.similar_to_word(word, k, &skip_rows))?
         } else {
             if query.is_instance_of::<PyBytes>() || query.is_instance_of::<PyByteArray>() {
                 return Err(PyTypeError::new_err(format!(
@@ -242,7 +242,7 @@ impl PyEmbeddings {
                     &owned
                 }
             };
-            crate::py::fork::detach(py, || emb.similar_to_vector(slice, k, &skip_rows))?
+            crate::py::fork::detach_if(py, scan_work(emb, 1), || emb.similar_to_vector(slice, k, &skip_rows))?
         };
         answers(py, emb, found)
     }
@@ -296,7 +296,7 @@ impl PyEmbeddings {
             if work >= 1 << 28 {
                 crate::py::fork::detach_interruptible(py, || emb.similar_batch_into(slice, n, k, idx, sc))?;
             } else {
-                crate::py::fork::detach(py, || emb.similar_batch_into(slice, n, k, idx, sc))?;
+                crate::py::fork::detach_if(py, work, || emb.similar_batch_into(slice, n, k, idx, sc))?;
             }
         }
         Ok((indices, scores))
@@ -315,7 +315,8 @@ impl PyEmbeddings {
             })
         };
         let (a, b) = (key(a)?, key(b)?);
-        Ok(crate::py::fork::detach(py, || emb.similarity(&a, &b))?)
+        let work = (emb.dims() as u64).saturating_mul(64);
+        Ok(crate::py::fork::detach_if(py, work, || emb.similarity(&a, &b))?)
     }
 
     /// gensim's `most_similar`: the `topn` words nearest to the mean of the unit embeddings
@@ -345,10 +346,12 @@ impl PyEmbeddings {
         owned.extend(terms_arg(emb, negative, -1.0, true, "most_similar")?);
         let terms: Vec<(Term<'_>, f32)> = owned.iter().map(|(t, w)| (t.as_term(), *w)).collect();
         let Some(k) = k else {
-            let all = crate::py::fork::detach(py, || emb.terms_query(&terms).map(|(q, _)| emb.cosines_all(&q, rows)))?;
+            let all = crate::py::fork::detach_if(py, scan_work(emb, 1), || {
+                emb.terms_query(&terms).map(|(q, _)| emb.cosines_all(&q, rows))
+            })?;
             return Ok(PyArray1::from_vec(py, all).into_any());
         };
-        let found = crate::py::fork::detach(py, || emb.most_similar_terms_in(&terms, k, &[], rows))?;
+        let found = crate::py::fork::detach_if(py, scan_work(emb, 1), || emb.most_similar_terms_in(&terms, k, &[], rows))?;
         Ok(answers(py, emb, found)?.into_any())
     }
 
@@ -380,10 +383,11 @@ impl PyEmbeddings {
         let pos: Vec<Term<'_>> = pos.iter().map(|(t, _)| t.as_term()).collect();
         let neg: Vec<Term<'_>> = neg.iter().map(|(t, _)| t.as_term()).collect();
         let Some(k) = topn.map(|t| usize::try_from(t.0).unwrap_or(usize::MAX)) else {
-            let all = crate::py::fork::detach(py, || emb.cosmul_all(&pos, &neg, rows))?;
+            let all = crate::py::fork::detach_if(py, scan_work(emb, pos.len() + neg.len()), || emb.cosmul_all(&pos, &neg, rows))?;
             return Ok(PyArray1::from_vec(py, all).into_any());
         };
-        let found = crate::py::fork::detach(py, || emb.most_similar_cosmul(&pos, &neg, k, rows))?;
+        let found =
+            crate::py::fork::detach_if(py, scan_work(emb, pos.len() + neg.len()), || emb.most_similar_cosmul(&pos, &neg, k, rows))?;
         Ok(answers(py, emb, found)?.into_any())
     }
 
@@ -393,7 +397,8 @@ impl PyEmbeddings {
         let words = extract_word_buf(words)?;
         let strs = words.valid_strs();
         let emb = &self.inner;
-        match crate::py::fork::detach(py, || emb.doesnt_match(&strs))? {
+        let work = (strs.len() as u64).saturating_mul(emb.dims() as u64).saturating_mul(64);
+        match crate::py::fork::detach_if(py, work, || emb.doesnt_match(&strs))? {
             Some(w) => Ok(w.to_string()),
             None => Err(PyValueError::new_err("doesnt_match: none of the words has an embedding")),
         }
@@ -430,7 +435,15 @@ impl PyEmbeddings {
             let (noun, verb) = if missing.len() == 1 { ("word", "has") } else { ("words", "have") };
             return Err(PyKeyError::new_err(format!("analogy {noun} {} {verb} no embedding", missing.join(", "))));
         };
-        let found = crate::py::fork::detach(py, || emb.analogy(a, b, c, k, mask))?;
+        let found = crate::py::fork::detach_if(py, scan_work(emb, 1), || emb.analogy(a, b, c, k, mask))?;
         answers(py, emb, found)
     }
+}
+
+/// About how many values a scan of every word row with `queries` queries reads (for
+/// [`crate::py::fork::detach_if`]).
+fn scan_work(emb: &crate::embeddings::Embeddings, queries: usize) -> u64 {
+    (emb.vocab.words_len() as u64)
+        .saturating_mul(emb.dims().max(1) as u64)
+        .saturating_mul(queries.max(1) as u64)
 }
