@@ -24,6 +24,10 @@ pub struct Embeddings {
     /// With norms, whether the word rows are unit vectors, as finalfusion's convention has it
     /// (and gensim-style cosines may be taken as dot products): see [`Embeddings::unit_rows`].
     unit_rows: std::sync::OnceLock<bool>,
+    /// The length of each word row of dense storage, for gensim-style cosines with rows that
+    /// are not unit vectors: computed on the first such query and kept (4 bytes a word, as
+    /// gensim keeps its norms). See `Embeddings::word_row_lengths` in `query.rs`.
+    pub(crate) row_lengths: std::sync::OnceLock<Vec<f32>>,
 }
 
 /// Whether `row` is a unit vector or all zeros, as finalfusion stores rows with a norms
@@ -114,6 +118,7 @@ impl Embeddings {
             storage,
             norms,
             unit_rows: std::sync::OnceLock::new(),
+            row_lengths: std::sync::OnceLock::new(),
         })
     }
 

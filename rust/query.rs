@@ -476,6 +476,27 @@ impl Embeddings {
         Ok(self.search_normalized(&query, 1, k, &skip).pop().unwrap_or_default())
     }
 
+    /// Each word row's length ([`row_norm`]; dense storage, empty for quantized), computed
+    /// on the first call (in parallel) and kept: gensim's cosines divide by it.
+    fn word_row_lengths(&self) -> &[f32] {
+        crate::storage::get_or_compute::<Vec<f32>>(&self.row_lengths, || match &self.storage {
+            Storage::Array(a) => {
+                let d = a.cols();
+                let n = self.vocab.words_len().min(a.rows());
+                let mut out = vec![0f32; n];
+                if d > 0 {
+                    let isa = Isa::detect();
+                    let rows = &a.as_slice()[..n * d];
+                    out.par_chunks_mut(1024)
+                        .zip(rows.par_chunks(1024 * d))
+                        .for_each(|(o, block)| row_norms(isa, block, d, o));
+                }
+                out
+            }
+            Storage::Quantized(_) => Vec::new(),
+        })
+    }
+
     /// Top-k of each of the `nq` queries (already normalized, `nq x dims`) over the word
     /// rows, skipping the rows in `skip`; the answers of each query, best first.
     fn search_normalized(&self, queries: &[f32], nq: usize, k: usize, skip: &[usize]) -> Vec<Vec<Neighbor>> {
@@ -590,18 +611,18 @@ fn cosine_of(dot: f32, norm: f32) -> f32 {
     }
 }
 
-/// Rows of a dense cosine scan whose dot products are taken in one go (then each row's
-/// length, from the cache).
+/// Rows of a dense cosine scan whose dot products are taken in one go.
 const COSINE_BLOCK: usize = 32;
 
 /// The cosines of word rows with a few unit query vectors, for gensim's cosine queries
 /// (`most_similar` on rows that are not unit vectors, `most_similar_cosmul`, `topn=None`).
 /// Dense rows: the dot products by the search kernel (a block of rows at a time), each over
-/// the row's length (taken from the rows just read; 1 for the unit rows of embeddings with
-/// norms, as the plain search scores them). Quantized rows: through per-query lookup
+/// the row's length (kept after the first query, as gensim keeps its norms; 1 for the unit
+/// rows of embeddings with norms, as the plain search scores them). Quantized rows: through per-query lookup
 /// tables ([`quantized_cosine`]), never rebuilt.
 enum Cosines<'a> {
-    Dense { mat: &'a [f32], d: usize, queries: Vec<f32>, nq: usize, unit: bool, isa: Isa },
+    /// `lengths`: each word row's length, `None` for unit rows (taken as 1).
+    Dense { mat: &'a [f32], d: usize, queries: Vec<f32>, nq: usize, lengths: Option<&'a [f32]>, isa: Isa },
     Quantized { m: usize, scorers: Vec<Box<dyn Fn(usize) -> f32 + Sync + 'a>> },
 }
 
@@ -613,7 +634,7 @@ impl<'a> Cosines<'a> {
                 d: a.cols(),
                 queries: queries.concat(),
                 nq: queries.len(),
-                unit: emb.unit_rows(),
+                lengths: (!emb.unit_rows()).then(|| emb.word_row_lengths()),
                 isa: Isa::detect(),
             },
             Storage::Quantized(q) => Cosines::Quantized {
@@ -629,7 +650,7 @@ impl<'a> Cosines<'a> {
     /// Operations per row (to decide on parallelism).
     fn work_per_row(&self) -> usize {
         match self {
-            Cosines::Dense { d, nq, .. } => d.saturating_mul(nq + 1),
+            Cosines::Dense { d, nq, .. } => d.saturating_mul(*nq),
             Cosines::Quantized { m, scorers } => scorers.len().saturating_mul(*m),
         }
     }
@@ -637,24 +658,24 @@ impl<'a> Cosines<'a> {
     /// `f(i, cosines)` for each word row `i` of `start..end`, in order.
     fn scan(&self, start: usize, end: usize, mut f: impl FnMut(usize, &[f32])) {
         match self {
-            Cosines::Dense { mat, d, queries, nq, unit, isa } => {
+            Cosines::Dense { mat, d, queries, nq, lengths, isa } => {
                 let (d, nq) = (*d, *nq);
                 let mut dots = vec![0f32; COSINE_BLOCK * nq];
-                let mut norms = [1f32; COSINE_BLOCK];
                 let mut cos = vec![0f32; nq];
                 let mut b0 = start;
                 while b0 < end {
                     let b1 = (b0 + COSINE_BLOCK).min(end);
                     if d == 0 {
                         dots.fill(0.0);
-                        norms.fill(0.0);
                     } else {
                         kernel::dots(*isa, mat, d, b0, b1, queries, nq, &mut dots);
-                        if !*unit {
-                            row_norms(*isa, &mat[b0 * d..b1 * d], d, &mut norms);
-                        }
                     }
-                    for ((i, row_dots), &norm) in (b0..b1).zip(dots.chunks_exact(nq.max(1))).zip(&norms) {
+                    for (i, row_dots) in (b0..b1).zip(dots.chunks_exact(nq.max(1))) {
+                        let norm = match lengths {
+                            Some(l) => l[i],
+                            None if d == 0 => 0.0,
+                            None => 1.0,
+                        };
                         for (c, &dot) in cos.iter_mut().zip(row_dots) {
                             *c = cosine_of(dot, norm);
                         }

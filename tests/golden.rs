@@ -273,7 +273,7 @@ fn specific_corruptions_are_named() {
     assert!(matches!(Embeddings::from_bytes(&b, None), Err(Error::Magic { .. })));
     let mut b = bytes.clone();
     b[4] = 1;
-    assert!(matches!(Embeddings::from_bytes(&b, None), Err(Error::Version { got: 1, .. })));
+    assert!(matches!(Embeddings::from_bytes(&b, None), Err(Error::Version { ref got, .. }) if got == "1"));
     let mut b = bytes.clone();
     b[12] = 77; // first listed chunk id
     assert!(matches!(Embeddings::from_bytes(&b, None), Err(Error::UnknownChunk(77))));
