@@ -137,7 +137,14 @@ impl Embeddings {
             Storage::Array(a) => {
                 let d = a.cols();
                 let n = self.vocab.words_len().min(a.rows());
-                d == 0 || a.as_slice()[..n * d].par_chunks(d * 1024).all(|block| block.chunks_exact(d).all(is_unit_or_zero))
+                let rows = &a.as_slice()[..n * d];
+                // (small: on this thread, as the query that asks; see `query::PARALLEL_WORK`)
+                d == 0
+                    || if rows.len() < crate::query::PARALLEL_WORK {
+                        rows.chunks_exact(d).all(is_unit_or_zero)
+                    } else {
+                        rows.par_chunks(d * 1024).all(|block| block.chunks_exact(d).all(is_unit_or_zero))
+                    }
             }
             // rebuilt rows are only near unit length
             Storage::Quantized(_) => false,

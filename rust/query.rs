@@ -56,8 +56,10 @@ pub struct Neighbor {
 const DENSE_QUERY_CHUNK: usize = 2048;
 /// Bytes of lookup tables per chunk of a quantized batch.
 const TABLE_BUDGET: usize = 8 << 20;
-/// Below this many multiply-adds a query runs on the calling thread.
-const PARALLEL_WORK: usize = 1 << 18;
+/// Below this many multiply-adds a query runs on the calling thread, without the thread
+/// pool. It is above `crate::py::fork::SMALL_WORK`: a call that keeps the GIL must not wait
+/// for the pool, which another thread's long call may hold (every Python thread would wait).
+pub(crate) const PARALLEL_WORK: usize = 1 << 18;
 
 impl Embeddings {
     /// The `k` words nearest to `word`, best first, skipping `word` itself and the rows
@@ -225,10 +227,15 @@ impl Embeddings {
         }
         const CHUNK: usize = 4096;
         let cosines = Cosines::new(self, queries);
-        out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
+        let fill = |(c, chunk): (usize, &mut [f32])| {
             let start = c * CHUNK;
             cosines.scan(start, start + chunk.len(), |i, cos| chunk[i - start] = score(cos));
-        });
+        };
+        if n.saturating_mul(cosines.work_per_row()) < PARALLEL_WORK {
+            out.chunks_mut(CHUNK).enumerate().for_each(fill);
+        } else {
+            out.par_chunks_mut(CHUNK).enumerate().for_each(fill);
+        }
         out
     }
 
@@ -487,9 +494,13 @@ impl Embeddings {
                 if d > 0 {
                     let isa = Isa::detect();
                     let rows = &a.as_slice()[..n * d];
-                    out.par_chunks_mut(1024)
-                        .zip(rows.par_chunks(1024 * d))
-                        .for_each(|(o, block)| row_norms(isa, block, d, o));
+                    if n * d < PARALLEL_WORK {
+                        row_norms(isa, rows, d, &mut out);
+                    } else {
+                        out.par_chunks_mut(1024)
+                            .zip(rows.par_chunks(1024 * d))
+                            .for_each(|(o, block)| row_norms(isa, block, d, o));
+                    }
                 }
                 out
             }

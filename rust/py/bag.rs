@@ -15,9 +15,7 @@ use super::vocab::PyVocab;
 /// embedding at all).
 fn indices_batch(vocab: &crate::vocab::Vocab, words: &[&str]) -> (Vec<i64>, Vec<i64>, Vec<bool>) {
     const CHUNK: usize = 1024;
-    let parts: Vec<(Vec<i64>, Vec<i64>, Vec<bool>)> = words
-        .par_chunks(CHUNK)
-        .map(|chunk| {
+    let part = |chunk: &[&str]| {
             let mut rows = Vec::with_capacity(chunk.len());
             let mut lens = Vec::with_capacity(chunk.len());
             let mut known = Vec::with_capacity(chunk.len());
@@ -45,8 +43,13 @@ fn indices_batch(vocab: &crate::vocab::Vocab, words: &[&str]) -> (Vec<i64>, Vec<
                 }
             }
             (rows, lens, known)
-        })
-        .collect();
+    };
+    // (one chunk: on this thread, which may hold the GIL; see `query::PARALLEL_WORK`)
+    let parts: Vec<(Vec<i64>, Vec<i64>, Vec<bool>)> = if words.len() <= CHUNK {
+        words.chunks(CHUNK).map(part).collect()
+    } else {
+        words.par_chunks(CHUNK).map(part).collect()
+    };
     let total: usize = parts.iter().map(|p| p.0.len()).sum();
     let mut rows = Vec::with_capacity(total);
     let mut offsets = Vec::with_capacity(words.len() + 1);
@@ -123,11 +126,18 @@ pub fn _normalize_rows_as_lookup(py: Python<'_>, sums: &Bound<'_, PyArray2<f32>>
         .as_slice_mut()
         .map_err(|_| pyo3::exceptions::PyValueError::new_err("sums must be a C-contiguous array"))?;
     if dims > 0 {
-        crate::py::fork::detach_if(py, data.len() as u64, || {
-            data.par_chunks_mut(dims).with_min_len(256).for_each(|row| {
+        if data.len() < crate::query::PARALLEL_WORK {
+            // (small: with the GIL, without the thread pool)
+            data.chunks_mut(dims).for_each(|row| {
                 crate::embeddings::l2_normalize(row);
-            })
-        });
+            });
+        } else {
+            crate::py::fork::detach(py, || {
+                data.par_chunks_mut(dims).with_min_len(256).for_each(|row| {
+                    crate::embeddings::l2_normalize(row);
+                })
+            });
+        }
     }
     Ok(())
 }

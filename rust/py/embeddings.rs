@@ -330,8 +330,9 @@ impl PyEmbeddings {
             let out_s = out_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
             let found_s = found_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
             let emb = &self.inner;
-            // (unknown words read a few dozen rows each: counted as 32)
-            let work = (strs.len() as u64).saturating_mul(dims.max(1) as u64).saturating_mul(32);
+            // (unknown words read a few dozen rows each: counted as 32; more than 2048 words
+            // go to the thread pool, which a call that keeps the GIL must not wait for)
+            let work = (strs.len() as u64).saturating_mul(dims.max(64) as u64).saturating_mul(32);
             crate::py::fork::detach_if(py, work, || emb.lookup_into_with(&strs, out_s, found_s, reused));
             // words that are no valid text were looked up as empty words: no embedding
             for &i in words.invalid() {

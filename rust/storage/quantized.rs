@@ -213,24 +213,36 @@ impl QuantizedStorage {
             let orthogonal = self.projection.as_deref().is_none_or(|p| is_orthogonal(p, dims));
             if orthogonal {
                 let c2: Vec<f32> = self.centroids.chunks_exact(ds).map(|c| c.iter().map(|x| x * x).sum()).collect();
-                out.par_iter_mut().with_min_len(4096).enumerate().for_each(|(i, o)| {
+                let norm = |(i, o): (usize, &mut f32)| {
                     let code = &codes[i * m..(i + 1) * m];
                     let s: f32 = code.iter().enumerate().map(|(j, &c)| c2[j * k + usize::from(c)]).sum();
                     *o = s.sqrt();
-                });
+                };
+                // (small: on this thread, which may hold the GIL; see `query::PARALLEL_WORK`)
+                if rows.saturating_mul(m) < crate::query::PARALLEL_WORK {
+                    out.iter_mut().enumerate().for_each(norm);
+                } else {
+                    out.par_iter_mut().with_min_len(4096).enumerate().for_each(norm);
+                }
             } else {
                 // c·Pᵀ without the stored norm: the row's centroids side by side, then the
                 // product the rebuild uses
-                out.par_iter_mut().with_min_len(64).enumerate().for_each_init(
-                    || (vec![0f32; dims], vec![0f32; dims]),
-                    |(c, x), (i, o)| {
-                        c.fill(0.0);
-                        self.add_concat(i, 1.0, c);
-                        x.fill(0.0);
-                        self.add_projected(c, x);
-                        *o = x.iter().map(|v| v * v).sum::<f32>().sqrt();
-                    },
-                );
+                let rebuilt_norm = |(c, x): &mut (Vec<f32>, Vec<f32>), (i, o): (usize, &mut f32)| {
+                    c.fill(0.0);
+                    self.add_concat(i, 1.0, c);
+                    x.fill(0.0);
+                    self.add_projected(c, x);
+                    *o = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+                };
+                if rows.saturating_mul(dims).saturating_mul(dims) < crate::query::PARALLEL_WORK {
+                    let mut bufs = (vec![0f32; dims], vec![0f32; dims]);
+                    out.iter_mut().enumerate().for_each(|item| rebuilt_norm(&mut bufs, item));
+                } else {
+                    out.par_iter_mut().with_min_len(64).enumerate().for_each_init(
+                        || (vec![0f32; dims], vec![0f32; dims]),
+                        rebuilt_norm,
+                    );
+                }
             }
             out
         })
@@ -642,14 +654,20 @@ fn is_orthogonal(p: &[f32], d: usize) -> bool {
     if p.len() != d * d {
         return false;
     }
-    (0..d).into_par_iter().all(|i| {
+    let row_ok = |i: usize| {
         let a = &p[i * d..(i + 1) * d];
         (i..d).all(|j| {
             let b = &p[j * d..(j + 1) * d];
             let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
             (dot - if i == j { 1.0 } else { 0.0 }).abs() < 1e-4
         })
-    })
+    };
+    // (small: on this thread, which may hold the GIL; see `query::PARALLEL_WORK`)
+    if d.saturating_mul(d).saturating_mul(d) / 2 < crate::query::PARALLEL_WORK {
+        (0..d).all(row_ok)
+    } else {
+        (0..d).into_par_iter().all(row_ok)
+    }
 }
 
 #[cfg(test)]
