@@ -103,7 +103,7 @@ class Embeddings:
         min_n: int = 3,
         max_n: int = 6,
         buckets: int | None = None,
-        ngrams: list[tuple[str, int]] | None = None,
+        ngrams: Iterable[tuple[str, int] | list[str | int]] | None = None,
     ) -> Embeddings: ...
     @property
     def dims(self) -> int: ...

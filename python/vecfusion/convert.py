@@ -144,7 +144,8 @@ def check_output(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, re
         raise IsADirectoryError(errno.EISDIR, "the output is a directory: name a file in it", dst_s)
     if dst_s.endswith(("/", os.sep)):
         raise NotADirectoryError(errno.ENOTDIR, "the output name ends in a slash: name a file", dst_s)
-    parent = os.path.dirname(os.path.abspath(dst_s))
+    # (a link is written through: its target's directory counts)
+    parent = os.path.dirname(os.path.realpath(dst_s))
     if not os.path.isdir(parent):
         raise FileNotFoundError(errno.ENOENT, "the output's directory does not exist", dst_s)
     if not replace_input and os.path.exists(src_s) and os.path.exists(dst_s) and os.path.samefile(src_s, dst_s):

@@ -35,16 +35,7 @@ impl PyEmbeddings {
         buckets: Option<i128>,
         ngrams: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let ngrams = ngrams
-            .map(|g| {
-                g.extract::<Vec<(String, i128)>>().map_err(|_| {
-                    let what = g.get_type().name().map_or_else(|_| "?".to_string(), |n| n.to_string());
-                    PyTypeError::new_err(format!(
-                        "ngrams must be a list of (n-gram, index) pairs of a str and an int, got {what}"
-                    ))
-                })
-            })
-            .transpose()?;
+        let ngrams = ngrams.map(extract_ngrams).transpose()?;
         // (wide integers: an out-of-range value is a ValueError naming it, not an OverflowError)
         let in_range = |name: &str, v: i128, max: u64| -> PyResult<u64> {
             u64::try_from(v)
@@ -55,18 +46,6 @@ impl PyEmbeddings {
         let min_n = in_range("min_n", min_n, u64::from(u32::MAX))? as u32;
         let max_n = in_range("max_n", max_n, u64::from(u32::MAX))? as u32;
         let buckets = buckets.map(|b| in_range("buckets", b, u64::from(u32::MAX)).map(|b| b as u32)).transpose()?;
-        let ngrams = ngrams
-            .map(|list| {
-                list.into_iter()
-                    .map(|(g, i)| {
-                        let i = u64::try_from(i).map_err(|_| {
-                            PyValueError::new_err(format!("the index {i} of n-gram {g:?} is out of range (0 to 2**64 - 1)"))
-                        })?;
-                        Ok((g, i))
-                    })
-                    .collect::<PyResult<Vec<_>>>()
-            })
-            .transpose()?;
         if ngrams.is_some() != (vocab == "explicit") {
             return Err(PyValueError::new_err("ngrams is given exactly when vocab='explicit'"));
         }
@@ -195,4 +174,45 @@ fn what_array(v: &Bound<'_, PyAny>) -> String {
         (Some(n), None) => format!("a {n}-D array"),
         _ => v.get_type().name().map(|n| n.to_string()).unwrap_or_default(),
     }
+}
+
+/// `ngrams=` of `vf.Embeddings`: `(n-gram, index)` pairs of a str and an int, each problem
+/// named (an item of another kind, an n-gram that is no valid Unicode, an index outside
+/// 0 to 2**64 - 1).
+fn extract_ngrams(g: &Bound<'_, PyAny>) -> PyResult<Vec<(String, u64)>> {
+    let type_name = |o: &Bound<'_, PyAny>| o.get_type().name().map_or_else(|_| "?".to_string(), |n| n.to_string());
+    let shape = "ngrams must be a list of (n-gram, index) pairs of a str and an int";
+    let not_a_list = || PyTypeError::new_err(format!("{shape}, got {}", type_name(g)));
+    if g.is_instance_of::<pyo3::types::PyString>() || g.is_instance_of::<pyo3::types::PyBytes>() {
+        return Err(not_a_list());
+    }
+    let items = g.try_iter().map_err(|_| not_a_list())?;
+    let mut out = Vec::new();
+    for item in items {
+        let item = item?;
+        let bad_item = || {
+            let repr = item.repr().map_or_else(|_| "?".to_string(), |r| r.to_string());
+            PyTypeError::new_err(format!("{shape}, got {} holding {repr}", type_name(g)))
+        };
+        // a tuple, or a list of two (as JSON gives them)
+        let (gram, index) = match item.cast::<pyo3::types::PyList>() {
+            Ok(l) if l.len() == 2 => (l.get_item(0)?, l.get_item(1)?),
+            _ => item.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>().map_err(|_| bad_item())?,
+        };
+        let gram = gram.cast::<pyo3::types::PyString>().map_err(|_| bad_item())?;
+        let text = gram.to_str().map_err(|_| {
+            PyValueError::new_err(format!(
+                "n-gram {} is not valid Unicode (a lone surrogate)",
+                gram.repr().map_or_else(|_| "?".to_string(), |r| r.to_string())
+            ))
+        })?;
+        if !index.is_instance_of::<pyo3::types::PyInt>() || index.is_instance_of::<pyo3::types::PyBool>() {
+            return Err(bad_item());
+        }
+        let index = index.extract::<u64>().map_err(|_| {
+            PyValueError::new_err(format!("the index {index} of n-gram {text:?} is out of range (0 to 2**64 - 1)"))
+        })?;
+        out.push((text.to_string(), index));
+    }
+    Ok(out)
 }

@@ -844,6 +844,9 @@ def test_convert_onto_its_input(ff: Path, tmp_path: Path) -> None:
         vf.convert(txt, tmp_path, dst_format="text", progress=False)
     with pytest.raises(FileNotFoundError, match="directory does not exist"):
         vf.convert(txt, tmp_path / "no" / "x.fifu", progress=False)
+    (tmp_path / "dangling.fifu").symlink_to(tmp_path / "no" / "x.fifu")  # written through
+    with pytest.raises(FileNotFoundError, match="directory does not exist"):
+        vf.convert(txt, tmp_path / "dangling.fifu", progress=False)
 
 
 def test_convert_vocab_passthrough(ff: Path, tmp_path: Path) -> None:

@@ -550,8 +550,17 @@ def test_bad_metadata_keys_values_and_ngrams_name_the_problem() -> None:
         vf.Embeddings(["a"], m, metadata={"a": {"b": ["\udfff"]}})
     with pytest.raises(TypeError, match="metadata keys must be strings, got 1 of type int"):
         vf.Embeddings(["a"], m, metadata={1: 2})
-    for bad, kind in ((5, "int"), ("ab", "str"), ([("ab", "x")], "list"), ([("ab",)], "list")):
+    two = np.ones((2, 2), np.float32)
+    for bad, kind in ((5, "int"), ("ab", "str"), ([("ab", "x")], "list holding \\('ab', 'x'\\)"),
+                      ([("ab",)], "list"), ([("ab", True)], "list"), ([(b"ab", 0)], "list")):
         with pytest.raises(TypeError, match=f"ngrams must be a list of \\(n-gram, index\\) pairs.*got {kind}"):
-            vf.Embeddings(["a"], np.ones((2, 2), np.float32), vocab="explicit", ngrams=bad, min_n=2, max_n=2)
-    e = vf.Embeddings(["a"], np.ones((2, 2), np.float32), vocab="explicit", ngrams=[("<a", 0)], min_n=2, max_n=2)
-    assert e.vocab.ngrams("a") == ["<a", "a>"] and e.vocab.subword_indices("a") == [1]
+            vf.Embeddings(["a"], two, vocab="explicit", ngrams=bad, min_n=2, max_n=2)
+    with pytest.raises(ValueError, match=r"n-gram '\\udcff' is not valid Unicode"):
+        vf.Embeddings(["a"], two, vocab="explicit", ngrams=[("\udcff", 0)], min_n=2, max_n=2)
+    for big in (2**200, -1):
+        with pytest.raises(ValueError, match=f"the index {big} of n-gram \"ab\" is out of range"):
+            vf.Embeddings(["a"], two, vocab="explicit", ngrams=[("ab", big)], min_n=2, max_n=2)
+    # tuples, or lists of two as JSON gives them, in any iterable
+    for ok in ([("<a", 0)], [["<a", 0]], iter([("<a", 0)])):
+        e = vf.Embeddings(["a"], two, vocab="explicit", ngrams=ok, min_n=2, max_n=2)
+        assert e.vocab.ngrams("a") == ["<a", "a>"] and e.vocab.subword_indices("a") == [1]
