@@ -315,7 +315,7 @@ impl Embeddings {
     /// The `k` best word rows by cosine of the rebuilt (quantized) row with the unit vector
     /// `query` ([`quantized_cosine`]), rows in `skip` left out. A scan of the codes, in parallel.
     fn quantized_cosines(&self, q: &QuantizedStorage, query: &[f32], k: usize, skip: &[usize], rows: usize) -> Vec<Neighbor> {
-        let score = quantized_cosine(q, query);
+        let score = quantized_cosine(q, query, self.vocab.words_len());
         self.best_rows(k, skip, rows, q.n_subquantizers(), 8192, |start, end, top| {
             for i in start..end {
                 top.offer(i, score(i));
@@ -652,7 +652,7 @@ impl<'a> Cosines<'a> {
                 m: q.n_subquantizers(),
                 scorers: queries
                     .iter()
-                    .map(|query| Box::new(quantized_cosine(q, query)) as Box<dyn Fn(usize) -> f32 + Sync + 'a>)
+                    .map(|query| Box::new(quantized_cosine(q, query, emb.vocab.words_len())) as Box<dyn Fn(usize) -> f32 + Sync + 'a>)
                     .collect(),
             },
         }
@@ -922,10 +922,10 @@ impl<'a> TopK<'a> {
 /// row's lookup-table score over the length of its rebuilt vector before its stored norm
 /// ([`QuantizedStorage::code_norms`]); the stored norm cancels but for its sign, and a zero
 /// norm or length (a zero row) scores 0.
-fn quantized_cosine<'a>(q: &'a QuantizedStorage, query: &[f32]) -> impl Fn(usize) -> f32 + Sync + 'a {
+fn quantized_cosine<'a>(q: &'a QuantizedStorage, query: &[f32], words: usize) -> impl Fn(usize) -> f32 + Sync + 'a {
     let (m, kc) = (q.n_subquantizers(), q.n_centroids());
     let tables = lookup_tables(q, query, 1);
-    let lengths = q.code_norms();
+    let lengths = q.code_norms(words);
     let (codes, norms) = (q.codes(), q.norms());
     move |i| {
         let sign = norms.map_or(1.0, |nr| if nr[i] > 0.0 { 1.0 } else if nr[i] < 0.0 { -1.0 } else { 0.0 });

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use vecfusion::query::Term;
 use vecfusion::storage::{QuantizedStorage, U8Data};
+use vecfusion::vocab::{Indexer, SubwordVocab};
 use vecfusion::{ArrayStorage, Embeddings, Storage, Vocab, WordList};
 
 fn words(n: usize) -> Vocab {
@@ -117,5 +118,29 @@ fn small_calls_do_not_wait_for_a_busy_pool() {
     let quantized = Embeddings::new(None, words(n), Storage::Quantized(q), None).unwrap();
     without_pool("the first quantized cosine query", move || {
         assert_eq!(quantized.most_similar(&["w00001"], &[], 3, &[]).unwrap().len(), 3);
+    });
+    // OPQ at 96 dims (the orthogonality check: d³ work whatever the rows) over a subword
+    // vocabulary whose n-gram rows outnumber the words (only word rows get lengths)
+    let (n, d, m, k, exponent) = (500, 96, 24, 8, 15);
+    let rows = n + (1 << exponent);
+    let mut rotation = vec![0f32; d * d];
+    for i in 0..d {
+        rotation[i * d + (i * 7 + 3) % d] = 1.0; // a permutation: orthogonal
+    }
+    let list: Vec<String> = (0..n).map(|i| format!("w{i:05}")).collect();
+    let vocab = Vocab::Subword(SubwordVocab {
+        words: WordList::new(list.iter().map(String::as_str)).unwrap(),
+        min_n: 3,
+        max_n: 6,
+        indexer: Indexer::Bucket { exponent },
+        fasttext_ngrams: false,
+    });
+    let codes: Vec<u8> = values(rows * m, 19).iter().map(|v| ((v + 1.0) * 3.9) as u8).collect();
+    let q = QuantizedStorage::new(Some(rotation), values(m * k * (d / m), 23), None, U8Data::Owned(codes.into()), rows, d, m, k)
+        .unwrap();
+    let subword = Embeddings::new(None, vocab, Storage::Quantized(q), None).unwrap();
+    without_pool("the first OPQ cosine query of a subword vocabulary", move || {
+        assert_eq!(subword.most_similar(&["w00001"], &[], 3, &[]).unwrap().len(), 3);
+        assert_eq!(subword.cosines_all(&values(d, 29), None).len(), n);
     });
 }

@@ -8,6 +8,12 @@ use super::embeddings::extract_word_buf;
 use crate::vocab::INDEX_GROUP;
 use super::vocab::PyVocab;
 
+/// The work of [`indices_batch`] for `n` words (a word's n-grams: a few dozen hashes, counted
+/// as 64): below [`crate::py::fork::SMALL_WORK`] it keeps the GIL and runs on its thread.
+fn indices_work(n: usize) -> u64 {
+    (n as u64).saturating_mul(64)
+}
+
 /// Storage rows of many words: `(rows, offsets, known)`, flattened like `embedding_bag` input.
 ///
 /// The rows of word `i` are `rows[offsets[i]:offsets[i + 1]]`: its own row for a known word
@@ -44,8 +50,8 @@ fn indices_batch(vocab: &crate::vocab::Vocab, words: &[&str]) -> (Vec<i64>, Vec<
             }
             (rows, lens, known)
     };
-    // (one chunk: on this thread, which may hold the GIL; see `query::PARALLEL_WORK`)
-    let parts: Vec<(Vec<i64>, Vec<i64>, Vec<bool>)> = if words.len() <= CHUNK {
+    // (small: on this thread, which holds the GIL then; see `query::PARALLEL_WORK`)
+    let parts: Vec<(Vec<i64>, Vec<i64>, Vec<bool>)> = if indices_work(words.len()) < crate::py::fork::SMALL_WORK {
         words.chunks(CHUNK).map(part).collect()
     } else {
         words.par_chunks(CHUNK).map(part).collect()
@@ -88,8 +94,7 @@ impl PyVocab {
         let words = extract_word_buf(words)?;
         let strs = words.strs();
         let vocab = &self.inner.vocab;
-        // (a word's n-grams: a few dozen hashes, counted as 64)
-        let work = (strs.len() as u64).saturating_mul(64);
+        let work = indices_work(strs.len());
         let (mut rows, mut offsets, mut known) = crate::py::fork::detach_if(py, work, || indices_batch(vocab, &strs));
         if !words.invalid().is_empty() {
             // words that are no valid text were taken as empty words: they have no rows

@@ -206,12 +206,19 @@ fn extract_ngrams(g: &Bound<'_, PyAny>) -> PyResult<Vec<(String, u64)>> {
                 gram.repr().map_or_else(|_| "?".to_string(), |r| r.to_string())
             ))
         })?;
-        if !index.is_instance_of::<pyo3::types::PyInt>() || index.is_instance_of::<pyo3::types::PyBool>() {
+        // an int or what stands for one (numpy's integers: `__index__`), not a bool
+        if index.is_instance_of::<pyo3::types::PyBool>() {
             return Err(bad_item());
         }
-        let index = index.extract::<u64>().map_err(|_| {
-            PyValueError::new_err(format!("the index {index} of n-gram {text:?} is out of range (0 to 2**64 - 1)"))
-        })?;
+        let index = match index.extract::<u64>() {
+            Ok(i) => i,
+            Err(_) if index.call_method0("__index__").is_ok() => {
+                return Err(PyValueError::new_err(format!(
+                    "the index {index} of n-gram {text:?} is out of range (0 to 2**64 - 1)"
+                )))
+            }
+            Err(_) => return Err(bad_item()),
+        };
         out.push((text.to_string(), index));
     }
     Ok(out)

@@ -201,9 +201,13 @@ impl QuantizedStorage {
     /// rebuilt row divides by. Made on first use and kept (4 bytes per row). Without a
     /// projection, or with an orthogonal one (OPQ's rotation), it is `sqrt(Σ ‖centroid‖²)`
     /// over the row's subquantizers; otherwise each row is rebuilt.
-    pub fn code_norms(&self) -> &[f32] {
-        super::get_or_compute::<Vec<f32>>(&self.code_norms, || {
-            let (rows, dims, m, k) = (self.rows, self.dims, self.m, self.k);
+    ///
+    /// Only the first `rows` rows (the word rows: what the searches score), fixed by the first
+    /// call; in parallel only when that work is large (see `query::PARALLEL_WORK`), as a
+    /// caller that keeps the GIL counts it.
+    pub fn code_norms(&self, rows: usize) -> &[f32] {
+        let norms = super::get_or_compute::<Vec<f32>>(&self.code_norms, || {
+            let (rows, dims, m, k) = (rows.min(self.rows), self.dims, self.m, self.k);
             if rows == 0 || dims == 0 || m == 0 {
                 return vec![0f32; rows];
             }
@@ -245,7 +249,9 @@ impl QuantizedStorage {
                 }
             }
             out
-        })
+        });
+        debug_assert!(norms.len() >= rows.min(self.rows), "code_norms asked for more rows than its first call");
+        norms
     }
 
     #[inline]
@@ -662,12 +668,9 @@ fn is_orthogonal(p: &[f32], d: usize) -> bool {
             (dot - if i == j { 1.0 } else { 0.0 }).abs() < 1e-4
         })
     };
-    // (small: on this thread, which may hold the GIL; see `query::PARALLEL_WORK`)
-    if d.saturating_mul(d).saturating_mul(d) / 2 < crate::query::PARALLEL_WORK {
-        (0..d).all(row_ok)
-    } else {
-        (0..d).into_par_iter().all(row_ok)
-    }
+    // (on this thread: once per storage, ~10 ms at 300 dims, and its caller may hold the GIL,
+    // which must not wait for a pool another thread keeps busy)
+    (0..d).all(row_ok)
 }
 
 #[cfg(test)]
@@ -759,7 +762,7 @@ mod lookup_tests {
         assert!(is_orthogonal(orth.projection().unwrap(), dims));
         assert!(!is_orthogonal(skew.projection().unwrap(), dims));
         for q in [&orth, &skew] {
-            let lengths = q.code_norms();
+            let lengths = q.code_norms(q.rows());
             assert_eq!(lengths.len(), q.rows);
             let mut x = vec![0f32; dims];
             for (i, &len) in lengths.iter().enumerate() {

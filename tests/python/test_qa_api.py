@@ -561,6 +561,6 @@ def test_bad_metadata_keys_values_and_ngrams_name_the_problem() -> None:
         with pytest.raises(ValueError, match=f"the index {big} of n-gram \"ab\" is out of range"):
             vf.Embeddings(["a"], two, vocab="explicit", ngrams=[("ab", big)], min_n=2, max_n=2)
     # tuples, or lists of two as JSON gives them, in any iterable
-    for ok in ([("<a", 0)], [["<a", 0]], iter([("<a", 0)])):
+    for ok in ([("<a", 0)], [["<a", 0]], iter([("<a", 0)]), [("<a", np.int64(0))], list(zip(["<a"], np.arange(1)))):
         e = vf.Embeddings(["a"], two, vocab="explicit", ngrams=ok, min_n=2, max_n=2)
         assert e.vocab.ngrams("a") == ["<a", "a>"] and e.vocab.subword_indices("a") == [1]

@@ -268,6 +268,7 @@ def test_small_calls_keep_the_gil_and_large_ones_release_it() -> None:
     small = vf.Embeddings(words[:100], rng.standard_normal((100, 50)).astype(np.float32))
     assert not _released_during(emb.lookup, [words[:10]] * 20000)
     assert not _released_during(emb.vocab.indices_batch, [words[:10]] * 20000)
+    assert not _released_during(emb.vocab.indices_batch, [words[:1500]] * 100)
     assert not _released_during(small.similar, ["w1"] * 5000)
     assert _released_during(emb.lookup, [words] * 200)
     assert _released_during(emb.similar, ["w1"] * 200)
