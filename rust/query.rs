@@ -557,9 +557,9 @@ impl Embeddings {
 }
 
 /// The length of `row`: the f32 sum of squares (32 partial sums, multiplied then added, in a
-/// fixed order: the same bits whatever the vector width), or, when that overflows or underflows (values
-/// beyond about 1e19 or below 1e-19, in rows stored unnormalized), the f64 one, so that such
-/// rows get their true cosine instead of 0.
+/// fixed order: the same bits whatever the vector width), or, when that overflows or
+/// underflows (values beyond about 1e19 or below 1e-19, in rows stored unnormalized), the
+/// f64 one, so that such rows get their true cosine instead of 0.
 #[inline(always)]
 fn row_norm(row: &[f32]) -> f32 {
     // four independent chains of eight lanes (one chain would wait on each addition)
@@ -629,8 +629,8 @@ const COSINE_BLOCK: usize = 32;
 /// (`most_similar` on rows that are not unit vectors, `most_similar_cosmul`, `topn=None`).
 /// Dense rows: the dot products by the search kernel (a block of rows at a time), each over
 /// the row's length (kept after the first query, as gensim keeps its norms; 1 for the unit
-/// rows of embeddings with norms, as the plain search scores them). Quantized rows: through per-query lookup
-/// tables ([`quantized_cosine`]), never rebuilt.
+/// rows of embeddings with norms, as the plain search scores them). Quantized rows: through
+/// per-query lookup tables ([`quantized_cosine`]), never rebuilt.
 enum Cosines<'a> {
     /// `lengths`: each word row's length, `None` for unit rows (taken as 1).
     Dense { mat: &'a [f32], d: usize, queries: Vec<f32>, nq: usize, lengths: Option<&'a [f32]>, isa: Isa },
