@@ -22,33 +22,33 @@ fn indices_work(n: usize) -> u64 {
 fn indices_batch(vocab: &crate::vocab::Vocab, words: &[&str]) -> (Vec<i64>, Vec<i64>, Vec<bool>) {
     const CHUNK: usize = 1024;
     let part = |chunk: &[&str]| {
-            let mut rows = Vec::with_capacity(chunk.len());
-            let mut lens = Vec::with_capacity(chunk.len());
-            let mut known = Vec::with_capacity(chunk.len());
-            let mut scratch = Vec::new();
-            // known words a group at a time, their table accesses overlapped
-            let mut found = [None; INDEX_GROUP];
-            for group in chunk.chunks(INDEX_GROUP) {
-                let found = &mut found[..group.len()];
-                match vocab.words() {
-                    Some(list) => list.index_group(group, found, |_| ()),
-                    None => found.fill(None),
-                }
-                for (w, f) in group.iter().zip(found.iter()) {
-                    let before = rows.len();
-                    if let Some(i) = *f {
-                        rows.push(i as i64);
-                        known.push(true);
-                    } else {
-                        scratch.clear();
-                        vocab.push_subword_indices(w, &mut scratch);
-                        rows.extend(scratch.iter().map(|&r| r as i64));
-                        known.push(false);
-                    }
-                    lens.push((rows.len() - before) as i64);
-                }
+        let mut rows = Vec::with_capacity(chunk.len());
+        let mut lens = Vec::with_capacity(chunk.len());
+        let mut known = Vec::with_capacity(chunk.len());
+        let mut scratch = Vec::new();
+        // known words a group at a time, their table accesses overlapped
+        let mut found = [None; INDEX_GROUP];
+        for group in chunk.chunks(INDEX_GROUP) {
+            let found = &mut found[..group.len()];
+            match vocab.words() {
+                Some(list) => list.index_group(group, found, |_| ()),
+                None => found.fill(None),
             }
-            (rows, lens, known)
+            for (w, f) in group.iter().zip(found.iter()) {
+                let before = rows.len();
+                if let Some(i) = *f {
+                    rows.push(i as i64);
+                    known.push(true);
+                } else {
+                    scratch.clear();
+                    vocab.push_subword_indices(w, &mut scratch);
+                    rows.extend(scratch.iter().map(|&r| r as i64));
+                    known.push(false);
+                }
+                lens.push((rows.len() - before) as i64);
+            }
+        }
+        (rows, lens, known)
     };
     // (small: on this thread, which holds the GIL then; see `query::PARALLEL_WORK`)
     let parts: Vec<(Vec<i64>, Vec<i64>, Vec<bool>)> = if indices_work(words.len()) < crate::py::fork::SMALL_WORK {
