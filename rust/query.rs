@@ -669,6 +669,11 @@ impl<'a> Cosines<'a> {
     /// `f(i, cosines)` for each word row `i` of `start..end`, in order.
     fn scan(&self, start: usize, end: usize, mut f: impl FnMut(usize, &[f32])) {
         match self {
+            Cosines::Dense { mat, d, queries, nq, lengths, isa } if *nq == 1 && *d > 0 => {
+                // one query: each dot product straight to `f` (no buffer)
+                let length = |i: usize| lengths.map_or(1.0, |l| l[i]);
+                kernel::dots_one(*isa, mat, *d, start, end, queries, |i, dot| f(i, &[cosine_of(dot, length(i))]));
+            }
             Cosines::Dense { mat, d, queries, nq, lengths, isa } => {
                 let (d, nq) = (*d, *nq);
                 let mut dots = vec![0f32; COSINE_BLOCK * nq];
@@ -1614,14 +1619,39 @@ mod kernel {
     /// the `nq` queries (`nq x d`, row-major): `out[(i - start) * nq + q]`, the same bits as
     /// [`scan_dense`] gives for them (the one-query-at-a-time tiles; no AVX-512 panels).
     pub(crate) fn dots(isa: Isa, mat: &[f32], d: usize, start: usize, end: usize, queries: &[f32], nq: usize, out: &mut [f32]) {
-        assert!(queries.len() == nq * d && out.len() >= (end - start) * nq && mat.len() >= end * d);
-        let mut sink = Dots { out, start, nq };
+        assert!(out.len() >= (end - start) * nq);
+        scan_into(isa, mat, d, start, end, queries, &mut Dots { out, start, nq });
+    }
+
+    /// `put(i, dot)` for each row `i` of `start..end` of `mat`, in order, with its dot
+    /// product with the one `query` (the bits of [`dots`]).
+    pub(crate) fn dots_one(isa: Isa, mat: &[f32], d: usize, start: usize, end: usize, query: &[f32], put: impl FnMut(usize, f32)) {
+        scan_into(isa, mat, d, start, end, query, &mut OneQuery(put));
+    }
+
+    /// A sink of one query's dot products, row after row.
+    struct OneQuery<F>(F);
+
+    impl<F: FnMut(usize, f32)> Sink for OneQuery<F> {
+        #[inline(always)]
+        fn queries(&self) -> usize {
+            1
+        }
+        #[inline(always)]
+        fn put(&mut self, _q: usize, row: usize, v: f32) {
+            (self.0)(row, v);
+        }
+    }
+
+    /// [`scan_dense`]'s one-query-at-a-time tiles into any sink.
+    fn scan_into<S: Sink + ?Sized>(isa: Isa, mat: &[f32], d: usize, start: usize, end: usize, queries: &[f32], sink: &mut S) {
+        assert!(queries.len() == sink.queries() * d && mat.len() >= end * d);
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::Avx512` and `Isa::Avx2Fma` are only produced by `Isa::best`
             // after the CPU was found to support AVX2 and FMA.
-            Isa::Avx512 | Isa::Avx2Fma => unsafe { scan_avx2_fma(mat, d, start, end, queries, &mut sink) },
-            Isa::Baseline => scan_baseline(mat, d, start, end, queries, &mut sink),
+            Isa::Avx512 | Isa::Avx2Fma => unsafe { scan_avx2_fma(mat, d, start, end, queries, sink) },
+            Isa::Baseline => scan_baseline(mat, d, start, end, queries, sink),
         }
     }
 
