@@ -221,8 +221,12 @@ impl Embeddings {
         F: Fn(&[f32]) -> f32 + Sync,
     {
         let n = self.vocab.words().map_or(0, |w| w.len()).min(rows.unwrap_or(usize::MAX));
+        if self.dims() == 0 {
+            // no component: every cosine is 0 (cosmul's score of those is not)
+            return vec![score(&vec![0f32; queries.len()]); n];
+        }
         let mut out = vec![0f32; n];
-        if n == 0 || self.dims() == 0 {
+        if n == 0 {
             return out;
         }
         const CHUNK: usize = 4096;

@@ -618,6 +618,17 @@ def test_cosines_of_huge_and_tiny_unnormalized_rows(tmp_path: Path) -> None:
         np.testing.assert_allclose(e.most_similar_cosmul(positive=["b"], topn=None), [1.0, 1.0, 0.5], rtol=1e-5)
 
 
+def test_zero_dimensional_rows_score_alike_in_both_cosmul_paths() -> None:
+    """Rows without components have cosine 0 with everything: 3CosMul scores each
+    (1 + 0) / 2 / (1 + 1e-6) with topn=None as with topn=k (topn=None gave 0)."""
+    e = vf.Embeddings(["a", "b", "c"], np.zeros((3, 0), np.float32))
+    want = 0.5 / (1 + 1e-6)
+    np.testing.assert_allclose(e.most_similar_cosmul(["a"], topn=None), [want] * 3, rtol=1e-6)
+    assert [w for w, _ in e.most_similar_cosmul(["a"], topn=3)] == ["b", "c"]
+    np.testing.assert_allclose([s for _, s in e.most_similar_cosmul(["a"], topn=3)], [want] * 2, rtol=1e-6)
+    np.testing.assert_array_equal(e.most_similar(["a"], topn=None), [0.0] * 3)
+
+
 def test_a_list_pair_with_a_row_number(w2v: vf.Embeddings) -> None:
     """gensim reads a two-item list as (key, weight), an int key too: [5, 2.0] is row 5
     weighted 2 (it was taken as a 2-value vector)."""
