@@ -10,8 +10,10 @@ use super::vocab::PyVocab;
 
 /// The work of [`indices_batch`] for `n` words (a word's n-grams: a few dozen hashes, counted
 /// as 64): below [`crate::py::fork::SMALL_WORK`] it keeps the GIL and runs on its thread.
-fn indices_work(n: usize) -> u64 {
-    (n as u64).saturating_mul(64)
+fn indices_work(words: &[&str]) -> u64 {
+    (words.len() as u64)
+        .saturating_mul(64)
+        .saturating_add(crate::py::fork::long_word_work(words.iter().map(|w| w.len()), 1))
 }
 
 /// Storage rows of many words: `(rows, offsets, known)`, flattened like `embedding_bag` input.
@@ -51,7 +53,7 @@ fn indices_batch(vocab: &crate::vocab::Vocab, words: &[&str]) -> (Vec<i64>, Vec<
         (rows, lens, known)
     };
     // (small: on this thread, which holds the GIL then; see `query::PARALLEL_WORK`)
-    let parts: Vec<(Vec<i64>, Vec<i64>, Vec<bool>)> = if indices_work(words.len()) < crate::py::fork::SMALL_WORK {
+    let parts: Vec<(Vec<i64>, Vec<i64>, Vec<bool>)> = if indices_work(words) < crate::py::fork::SMALL_WORK {
         words.chunks(CHUNK).map(part).collect()
     } else {
         words.par_chunks(CHUNK).map(part).collect()
@@ -94,7 +96,7 @@ impl PyVocab {
         let words = extract_word_buf(words)?;
         let strs = words.strs();
         let vocab = &self.inner.vocab;
-        let work = indices_work(strs.len());
+        let work = indices_work(&strs);
         let (mut rows, mut offsets, mut known) = crate::py::fork::detach_if(py, work, || indices_batch(vocab, &strs));
         if !words.invalid().is_empty() {
             // words that are no valid text were taken as empty words: they have no rows

@@ -332,7 +332,10 @@ impl PyEmbeddings {
             let emb = &self.inner;
             // (unknown words read a few dozen rows each: counted as 32; more than 2048 words
             // go to the thread pool, which a call that keeps the GIL must not wait for)
-            let work = (strs.len() as u64).saturating_mul(dims.max(64) as u64).saturating_mul(32);
+            let work = (strs.len() as u64)
+                .saturating_mul(dims.max(64) as u64)
+                .saturating_mul(32)
+                .saturating_add(crate::py::fork::long_word_work(strs.iter().map(|w| w.len()), dims));
             crate::py::fork::detach_if(py, work, || emb.lookup_into_with(&strs, out_s, found_s, reused));
             // words that are no valid text were looked up as empty words: no embedding
             for &i in words.invalid() {

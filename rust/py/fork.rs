@@ -135,10 +135,22 @@ pub fn detach<R: Send>(py: Python<'_>, f: impl FnOnce() -> R + Send) -> R {
 /// this small (some 10-30 µs of work) keep it, as numpy keeps it for small arrays.
 pub const SMALL_WORK: u64 = 1 << 17;
 
-/// [`detach`] for work of at least [`SMALL_WORK`]; smaller work runs with the GIL held.
+/// Work of looking up words of these byte lengths beyond what a call counts per word: an
+/// unknown word reads a row of `dims` values for each of its n-grams, several per byte. Words
+/// of up to 32 bytes are within the per-word count; a longer one (a megabyte of text is one
+/// "word" to the vocabulary) adds its extra bytes.
+pub fn long_word_work(lens: impl IntoIterator<Item = usize>, dims: usize) -> u64 {
+    let extra = lens.into_iter().map(|l| l.saturating_sub(32) as u64).fold(0u64, u64::saturating_add);
+    extra.saturating_mul(dims.max(64) as u64).saturating_mul(8)
+}
+
+/// [`detach`] for work of at least [`SMALL_WORK`]; smaller work runs with the GIL held, but
+/// only where it runs on this thread: in a forked child (or without rayon's global pool) it
+/// runs in this process's own pool, where it may wait for another thread's long call, so it
+/// lets the GIL go there too.
 pub fn detach_if<R: Send>(py: Python<'_>, work: u64, f: impl FnOnce() -> R + Send) -> R {
-    if work < SMALL_WORK {
-        in_pool(f)
+    if work < SMALL_WORK && FORKS.load(Ordering::Relaxed) == 0 && !NO_GLOBAL_POOL.load(Ordering::Relaxed) {
+        f()
     } else {
         detach(py, f)
     }

@@ -219,7 +219,8 @@ impl PyEmbeddings {
             let Some(word) = super::embeddings::word_text(word) else {
                 return Err(PyKeyError::new_err(word.clone().unbind()));
             };
-            crate::py::fork::detach_if(py, scan_work(emb, 1), || emb.similar_to_word(word, k, &skip_rows))?
+            let work = scan_work(emb, 1).saturating_add(crate::py::fork::long_word_work([word.len()], emb.dims()));
+            crate::py::fork::detach_if(py, work, || emb.similar_to_word(word, k, &skip_rows))?
         } else {
             if query.is_instance_of::<PyBytes>() || query.is_instance_of::<PyByteArray>() {
                 return Err(PyTypeError::new_err(format!(
@@ -315,7 +316,9 @@ impl PyEmbeddings {
             })
         };
         let (a, b) = (key(a)?, key(b)?);
-        let work = (emb.dims() as u64).saturating_mul(64);
+        let work = (emb.dims() as u64)
+            .saturating_mul(64)
+            .saturating_add(crate::py::fork::long_word_work([a.len(), b.len()], emb.dims()));
         Ok(crate::py::fork::detach_if(py, work, || emb.similarity(&a, &b))?)
     }
 
@@ -345,13 +348,14 @@ impl PyEmbeddings {
         let mut owned = terms_arg(emb, positive, 1.0, true, "most_similar")?;
         owned.extend(terms_arg(emb, negative, -1.0, true, "most_similar")?);
         let terms: Vec<(Term<'_>, f32)> = owned.iter().map(|(t, w)| (t.as_term(), *w)).collect();
+        let work = scan_work(emb, 1).saturating_add(terms_work(emb, terms.iter().map(|(t, _)| t)));
         let Some(k) = k else {
-            let all = crate::py::fork::detach_if(py, scan_work(emb, 1), || {
+            let all = crate::py::fork::detach_if(py, work, || {
                 emb.terms_query(&terms).map(|(q, _)| emb.cosines_all(&q, rows))
             })?;
             return Ok(PyArray1::from_vec(py, all).into_any());
         };
-        let found = crate::py::fork::detach_if(py, scan_work(emb, 1), || emb.most_similar_terms_in(&terms, k, &[], rows))?;
+        let found = crate::py::fork::detach_if(py, work, || emb.most_similar_terms_in(&terms, k, &[], rows))?;
         Ok(answers(py, emb, found)?.into_any())
     }
 
@@ -382,12 +386,12 @@ impl PyEmbeddings {
         let (pos, neg) = (terms_arg(emb, positive, 1.0, false, name)?, terms_arg(emb, negative, -1.0, false, name)?);
         let pos: Vec<Term<'_>> = pos.iter().map(|(t, _)| t.as_term()).collect();
         let neg: Vec<Term<'_>> = neg.iter().map(|(t, _)| t.as_term()).collect();
+        let work = scan_work(emb, pos.len() + neg.len()).saturating_add(terms_work(emb, pos.iter().chain(&neg)));
         let Some(k) = topn.map(|t| usize::try_from(t.0).unwrap_or(usize::MAX)) else {
-            let all = crate::py::fork::detach_if(py, scan_work(emb, pos.len() + neg.len()), || emb.cosmul_all(&pos, &neg, rows))?;
+            let all = crate::py::fork::detach_if(py, work, || emb.cosmul_all(&pos, &neg, rows))?;
             return Ok(PyArray1::from_vec(py, all).into_any());
         };
-        let found =
-            crate::py::fork::detach_if(py, scan_work(emb, pos.len() + neg.len()), || emb.most_similar_cosmul(&pos, &neg, k, rows))?;
+        let found = crate::py::fork::detach_if(py, work, || emb.most_similar_cosmul(&pos, &neg, k, rows))?;
         Ok(answers(py, emb, found)?.into_any())
     }
 
@@ -397,7 +401,10 @@ impl PyEmbeddings {
         let words = extract_word_buf(words)?;
         let strs = words.valid_strs();
         let emb = &self.inner;
-        let work = (strs.len() as u64).saturating_mul(emb.dims() as u64).saturating_mul(64);
+        let work = (strs.len() as u64)
+            .saturating_mul(emb.dims() as u64)
+            .saturating_mul(64)
+            .saturating_add(crate::py::fork::long_word_work(strs.iter().map(|w| w.len()), emb.dims()));
         match crate::py::fork::detach_if(py, work, || emb.doesnt_match(&strs))? {
             Some(w) => Ok(w.to_string()),
             None => Err(PyValueError::new_err("doesnt_match: none of the words has an embedding")),
@@ -435,15 +442,32 @@ impl PyEmbeddings {
             let (noun, verb) = if missing.len() == 1 { ("word", "has") } else { ("words", "have") };
             return Err(PyKeyError::new_err(format!("analogy {noun} {} {verb} no embedding", missing.join(", "))));
         };
-        let found = crate::py::fork::detach_if(py, scan_work(emb, 1), || emb.analogy(a, b, c, k, mask))?;
+        let work = scan_work(emb, 1).saturating_add(crate::py::fork::long_word_work([a.len(), b.len(), c.len()], emb.dims()));
+        let found = crate::py::fork::detach_if(py, work, || emb.analogy(a, b, c, k, mask))?;
         answers(py, emb, found)
     }
 }
 
+/// [`crate::py::fork::long_word_work`] of the words among query terms.
+fn terms_work<'t>(emb: &Embeddings, terms: impl Iterator<Item = &'t Term<'t>>) -> u64 {
+    let lens = terms.filter_map(|t| match t {
+        Term::Word(w) => Some(w.len()),
+        Term::Vector(_) => None,
+    });
+    crate::py::fork::long_word_work(lens, emb.dims())
+}
+
 /// About how many values a scan of every word row with `queries` queries reads (for
 /// [`crate::py::fork::detach_if`]).
+/// On quantized storage with a projection, a first cosine query also checks the projection
+/// (`d³`) and may rebuild each word row (`d²` each) to learn their lengths.
 fn scan_work(emb: &crate::embeddings::Embeddings, queries: usize) -> u64 {
-    (emb.vocab.words_len() as u64)
-        .saturating_mul(emb.dims().max(1) as u64)
-        .saturating_mul(queries.max(1) as u64)
+    let (words, d) = (emb.vocab.words_len() as u64, emb.dims().max(1) as u64);
+    let first = match &emb.storage {
+        crate::storage::Storage::Quantized(q) if q.projection().is_some() && !q.code_norms_made() => {
+            d.saturating_mul(d).saturating_mul(d.saturating_add(words))
+        }
+        _ => 0,
+    };
+    words.saturating_mul(d).saturating_mul(queries.max(1) as u64).saturating_add(first)
 }

@@ -4,6 +4,7 @@
 //! multiplying by the transposed projection if there is one, and scaling by the
 //! row's norm if norms are stored.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::sync::{Arc, OnceLock};
 
@@ -202,56 +203,69 @@ impl QuantizedStorage {
     /// projection, or with an orthogonal one (OPQ's rotation), it is `sqrt(Σ ‖centroid‖²)`
     /// over the row's subquantizers; otherwise each row is rebuilt.
     ///
-    /// Only the first `rows` rows (the word rows: what the searches score), fixed by the first
-    /// call; in parallel only when that work is large (see `query::PARALLEL_WORK`), as a
-    /// caller that keeps the GIL counts it.
-    pub fn code_norms(&self, rows: usize) -> &[f32] {
-        let norms = super::get_or_compute::<Vec<f32>>(&self.code_norms, || {
-            let (rows, dims, m, k) = (rows.min(self.rows), self.dims, self.m, self.k);
-            if rows == 0 || dims == 0 || m == 0 {
-                return vec![0f32; rows];
-            }
-            let ds = dims / m;
-            let codes = self.codes();
-            let mut out = vec![0f32; rows];
-            let orthogonal = self.projection.as_deref().is_none_or(|p| is_orthogonal(p, dims));
-            if orthogonal {
-                let c2: Vec<f32> = self.centroids.chunks_exact(ds).map(|c| c.iter().map(|x| x * x).sum()).collect();
-                let norm = |(i, o): (usize, &mut f32)| {
-                    let code = &codes[i * m..(i + 1) * m];
-                    let s: f32 = code.iter().enumerate().map(|(j, &c)| c2[j * k + usize::from(c)]).sum();
-                    *o = s.sqrt();
-                };
-                // (small: on this thread, which may hold the GIL; see `query::PARALLEL_WORK`)
-                if rows.saturating_mul(m) < crate::query::PARALLEL_WORK {
-                    out.iter_mut().enumerate().for_each(norm);
-                } else {
-                    out.par_iter_mut().with_min_len(4096).enumerate().for_each(norm);
-                }
+    /// Only the first `rows` rows (the word rows: what the searches score). The first call's
+    /// rows are kept; a later call that asks for more (another vocabulary over a clone of this
+    /// storage) gets its own, not kept. In parallel only when that work is large (see
+    /// `query::PARALLEL_WORK`), as a caller that keeps the GIL counts it.
+    pub fn code_norms(&self, rows: usize) -> Cow<'_, [f32]> {
+        let rows = rows.min(self.rows);
+        let kept = super::get_or_compute::<Vec<f32>>(&self.code_norms, || self.compute_code_norms(rows));
+        match kept.get(..rows) {
+            Some(norms) => Cow::Borrowed(norms),
+            None => Cow::Owned(self.compute_code_norms(rows)),
+        }
+    }
+
+    /// Whether [`Self::code_norms`] has been made (its first call checks the projection,
+    /// some `d³` of work, and may rebuild each row).
+    pub fn code_norms_made(&self) -> bool {
+        self.code_norms.get().is_some()
+    }
+
+    /// [`Self::code_norms`] of the first `rows` rows (at most the storage's), computed.
+    fn compute_code_norms(&self, rows: usize) -> Vec<f32> {
+        let (dims, m, k) = (self.dims, self.m, self.k);
+        if rows == 0 || dims == 0 || m == 0 {
+            return vec![0f32; rows];
+        }
+        let ds = dims / m;
+        let codes = self.codes();
+        let mut out = vec![0f32; rows];
+        let orthogonal = self.projection.as_deref().is_none_or(|p| is_orthogonal(p, dims));
+        if orthogonal {
+            let c2: Vec<f32> = self.centroids.chunks_exact(ds).map(|c| c.iter().map(|x| x * x).sum()).collect();
+            let norm = |(i, o): (usize, &mut f32)| {
+                let code = &codes[i * m..(i + 1) * m];
+                let s: f32 = code.iter().enumerate().map(|(j, &c)| c2[j * k + usize::from(c)]).sum();
+                *o = s.sqrt();
+            };
+            // (small: on this thread, which may hold the GIL; see `query::PARALLEL_WORK`)
+            if rows.saturating_mul(m) < crate::query::PARALLEL_WORK {
+                out.iter_mut().enumerate().for_each(norm);
             } else {
-                // c·Pᵀ without the stored norm: the row's centroids side by side, then the
-                // product the rebuild uses
-                let rebuilt_norm = |(c, x): &mut (Vec<f32>, Vec<f32>), (i, o): (usize, &mut f32)| {
-                    c.fill(0.0);
-                    self.add_concat(i, 1.0, c);
-                    x.fill(0.0);
-                    self.add_projected(c, x);
-                    *o = x.iter().map(|v| v * v).sum::<f32>().sqrt();
-                };
-                if rows.saturating_mul(dims).saturating_mul(dims) < crate::query::PARALLEL_WORK {
-                    let mut bufs = (vec![0f32; dims], vec![0f32; dims]);
-                    out.iter_mut().enumerate().for_each(|item| rebuilt_norm(&mut bufs, item));
-                } else {
-                    out.par_iter_mut().with_min_len(64).enumerate().for_each_init(
-                        || (vec![0f32; dims], vec![0f32; dims]),
-                        rebuilt_norm,
-                    );
-                }
+                out.par_iter_mut().with_min_len(4096).enumerate().for_each(norm);
             }
-            out
-        });
-        debug_assert!(norms.len() >= rows.min(self.rows), "code_norms asked for more rows than its first call");
-        norms
+        } else {
+            // c·Pᵀ without the stored norm: the row's centroids side by side, then the
+            // product the rebuild uses
+            let rebuilt_norm = |(c, x): &mut (Vec<f32>, Vec<f32>), (i, o): (usize, &mut f32)| {
+                c.fill(0.0);
+                self.add_concat(i, 1.0, c);
+                x.fill(0.0);
+                self.add_projected(c, x);
+                *o = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+            };
+            if rows.saturating_mul(dims).saturating_mul(dims) < crate::query::PARALLEL_WORK {
+                let mut bufs = (vec![0f32; dims], vec![0f32; dims]);
+                out.iter_mut().enumerate().for_each(|item| rebuilt_norm(&mut bufs, item));
+            } else {
+                out.par_iter_mut().with_min_len(64).enumerate().for_each_init(
+                    || (vec![0f32; dims], vec![0f32; dims]),
+                    rebuilt_norm,
+                );
+            }
+        }
+        out
     }
 
     #[inline]
@@ -655,22 +669,23 @@ mod kernels {
 }
 
 /// Is the `d x d` row-major matrix `p` orthogonal (`PPᵀ = I`, hence `PᵀP = I`, within float32
-/// rounding)?
+/// rounding)? `PPᵀ` a block of rows at a time, by the matrix product (the check costs `d³`:
+/// some 0.1 s at 1024 dims, where dot products one at a time took 1 s).
 fn is_orthogonal(p: &[f32], d: usize) -> bool {
     if p.len() != d * d {
         return false;
     }
-    let row_ok = |i: usize| {
-        let a = &p[i * d..(i + 1) * d];
-        (i..d).all(|j| {
-            let b = &p[j * d..(j + 1) * d];
-            let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
-            (dot - if i == j { 1.0 } else { 0.0 }).abs() < 1e-4
+    const BLOCK: usize = 64;
+    let mut block = vec![0f32; BLOCK.min(d) * d];
+    // (on this thread: once per storage, and its caller may hold the GIL, which must not
+    // wait for a pool another thread keeps busy)
+    (0..d).step_by(BLOCK).all(|i0| {
+        let n = BLOCK.min(d - i0);
+        crate::quant::linalg::gemm_nt(&mut block, &p[i0 * d..], n, d, d, p, d, faer::Par::Seq);
+        block[..n * d].chunks_exact(d).enumerate().all(|(r, row)| {
+            row.iter().enumerate().all(|(j, &v)| (f64::from(v) - if i0 + r == j { 1.0 } else { 0.0 }).abs() < 1e-4)
         })
-    };
-    // (on this thread: once per storage, ~10 ms at 300 dims, and its caller may hold the GIL,
-    // which must not wait for a pool another thread keeps busy)
-    (0..d).all(row_ok)
+    })
 }
 
 #[cfg(test)]
@@ -762,8 +777,12 @@ mod lookup_tests {
         assert!(is_orthogonal(orth.projection().unwrap(), dims));
         assert!(!is_orthogonal(skew.projection().unwrap(), dims));
         for q in [&orth, &skew] {
+            // the first call keeps one row; a later, longer call still gets every row
+            let first = q.code_norms(1).into_owned();
             let lengths = q.code_norms(q.rows());
             assert_eq!(lengths.len(), q.rows);
+            assert_eq!(first[..], lengths[..1]);
+            assert_eq!(q.code_norms(q.rows() + 5).len(), q.rows);
             let mut x = vec![0f32; dims];
             for (i, &len) in lengths.iter().enumerate() {
                 q.reconstruct_into(i, &mut x);

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import functools
+import inspect
 import os
 import subprocess
 import sys
@@ -270,6 +272,67 @@ def test_small_calls_keep_the_gil_and_large_ones_release_it() -> None:
     assert not _released_during(emb.vocab.indices_batch, [words[:10]] * 20000)
     assert not _released_during(emb.vocab.indices_batch, [words[:1500]] * 100)
     assert not _released_during(small.similar, ["w1"] * 5000)
-    assert _released_during(emb.lookup, [words] * 200)
-    assert _released_during(emb.similar, ["w1"] * 200)
-    assert _released_during(emb.most_similar, ["w1"] * 200)
+    # (loops of some 0.1-0.2 s: the waiting thread must have been scheduled, on a busy machine)
+    assert _released_during(emb.lookup, [words] * 2000)
+    assert _released_during(emb.similar, ["w1"] * 2000)
+    assert _released_during(emb.most_similar, ["w1"] * 2000)
+
+
+_FORKED_SMALL_CALLS = r'''
+import collections, os, sys, threading, numpy as np, vecfusion as vf
+{released_during}
+words = [f"w{{i}}" for i in range(3000)]
+emb = vf.Embeddings(words, np.random.default_rng(0).standard_normal((3000, 50)).astype(np.float32))
+parent = _released_during(emb.lookup, [words[:10]] * 20000)
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.write(w, b"1" if _released_during(emb.lookup, [words[:10]] * 20000) else b"0")
+    os._exit(0)
+os.close(w)
+child = os.read(r, 1) == b"1"
+os.waitpid(pid, 0)
+print(parent, child)
+'''
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_small_calls_in_a_forked_child_release_the_gil() -> None:
+    """In a forked child every call runs in the child's own thread pool, where a small call
+    may wait behind another thread's long one: holding the GIL there stalled every Python
+    thread (a ticker's gaps went from 16 ms to 110 ms), so small calls release it in a
+    child, while the parent's run on the calling thread and keep it."""
+    script = _FORKED_SMALL_CALLS.format(released_during=inspect.getsource(_released_during))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["False", "True"], out.stdout + out.stderr
+
+
+def test_calls_on_long_words_release_the_gil() -> None:
+    """An unknown word reads a row for each of its n-grams: one word of 60 kB is some
+    15 million values to add up, yet the work estimates counted words, not their length, and
+    such a call kept the GIL for its whole length (0.15-0.3 s for a megabyte)."""
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(100)]
+    e = vf.Embeddings(words, rng.standard_normal((100 + 1024, 64)).astype(np.float32), vocab="fasttext", buckets=1024)
+    long, short = "x" * 60_000, "xyzzy"
+    assert _released_during(e.lookup, [[long]] * 3)
+    assert _released_during(e.vocab.indices_batch, [[long]] * 3)
+    assert _released_during(functools.partial(e.similarity, "w1"), [long] * 3)
+    assert _released_during(e.similar, [long] * 3)
+    assert _released_during(e.most_similar, [long] * 3)
+    assert _released_during(e.fasttext_vector, [long] * 3)
+    # words of everyday length still keep it
+    assert not _released_during(e.lookup, [[short]] * 5000)
+    assert not _released_during(functools.partial(e.similarity, "w1"), [short] * 5000)
+
+
+def test_first_query_on_a_rotated_quantized_storage_releases_the_gil() -> None:
+    """The first cosine query on OPQ storage checks that its rotation is orthogonal (d³ of
+    work, now a matrix product) before it learns the rows' lengths; on a small vocabulary
+    the call kept the GIL for all of it (0.4 s at 1024 dims). Later calls are small."""
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(50)]
+    e = vf.Embeddings(words, rng.standard_normal((50 + 256, 512)).astype(np.float32), vocab="fasttext", buckets=256)
+    q = e.quantize(n_subquantizers=8, bits=4, opq=True, n_iterations=1, progress=False)
+    assert _released_during(q.most_similar, ["w1", "w1"])
+    assert not _released_during(q.most_similar, ["w1"] * 200)
