@@ -166,14 +166,24 @@ impl Embeddings {
             Error::Magic { .. } if crate::compat::compression_of(path).is_some() => {
                 crate::compat::compressed_error(path, crate::compat::compression_of(path).unwrap_or("gzip"))
             }
-            Error::Magic { .. } => Error::invalid(
-                "file",
-                format!(
-                    "{e} ({}); word2vec, text/GloVe and fastText files open with vf.load_word2vec, \
-                     vf.load_text and vf.load_fasttext, or convert them with vf.convert",
-                    path.display()
-                ),
-            ),
+            Error::Magic { ref got, .. } => {
+                // the loader to use, where the first bytes or lines tell
+                let hint = crate::compat::other_format(got)
+                    .or_else(|| {
+                        crate::compat::looks_like_text(path)
+                            .then_some("this looks like text embeddings: read it with vf.load_text")
+                    })
+                    .or_else(|| {
+                        got.first().is_some_and(u8::is_ascii_digit).then_some(
+                            "this starts like word2vec (a \"words dims\" header): read it with vf.load_word2vec",
+                        )
+                    })
+                    .unwrap_or(
+                        "word2vec, text/GloVe and fastText files open with vf.load_word2vec, vf.load_text and \
+                         vf.load_fasttext, or convert them with vf.convert",
+                    );
+                Error::invalid("file", format!("{e} ({}); {hint}", path.display()))
+            }
             e @ (Error::Io { .. } | Error::Invalid { .. }) => e.context(path.display()),
             // not a format error: MemoryError / KeyboardInterrupt / ValueError as they are
             e @ (Error::OutOfMemory { .. } | Error::Interrupted | Error::Argument(_)) => e,

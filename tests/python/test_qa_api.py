@@ -149,8 +149,8 @@ def test_cli_wrong_format_hint_names_the_option(files: dict[str, Path], capsys) 
         (["info", "--format", "text", str(files["word2vec"])], "give --format word2vec"),
         (["info", "--format", "word2vec", str(files["text"])], "give --format text"),
         (["info", "--format", "fasttext", str(files["finalfusion"])], "give --format finalfusion"),
-        (["similar", "--format", "finalfusion", str(files["word2vec"]), "the"],
-         "give --format word2vec, text or fasttext"),
+        (["similar", "--format", "finalfusion", str(files["word2vec"]), "the"], "give --format word2vec"),
+        (["similar", "--format", "finalfusion", str(files["text"]), "the"], "give --format text"),
         (["convert", "--from", "fasttext", str(files["word2vec"]), str(files["word2vec"]) + ".fifu"],
          "give --from word2vec"),
     ]
@@ -158,6 +158,20 @@ def test_cli_wrong_format_hint_names_the_option(files: dict[str, Path], capsys) 
         assert cli(argv) == 1
         err = capsys.readouterr().err
         assert hint in err and "vf." not in err, err
+
+
+def test_load_of_another_format_names_its_loader(files: dict[str, Path], ff: Path, tmp_path: Path) -> None:
+    """vf.load on a file of another format says which loader reads it, where the first
+    bytes or lines tell (it gave the same list of loaders for every file)."""
+    for path, loader in ((files["word2vec"], "vf.load_word2vec"), (files["text"], "vf.load_text"),
+                         (ff / "rust" / "fasttext.bin", "vf.load_fasttext")):
+        with pytest.raises(vf.FormatError, match="bad magic") as e:
+            vf.load(path)
+        assert f"read it with {loader}" in str(e.value) and str(path) in str(e.value), e.value
+    odd = tmp_path / "odd.bin"
+    odd.write_bytes(b"\xff\xfe\x00\x01" * 8)
+    with pytest.raises(vf.FormatError, match="open with vf.load_word2vec, vf.load_text and vf.load_fasttext"):
+        vf.load(odd)
 
 
 def test_cli_errors_name_the_command_options(files: dict[str, Path], tmp_path: Path, capsys) -> None:
