@@ -136,19 +136,31 @@ def _pruned(emb: Embeddings) -> bool:
 
 
 def check_output(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, replace_input: bool) -> None:
-    """Refuse, before any work, an output path that cannot be written: a directory, a name
-    ending in a slash, a directory that does not exist; and the input file itself unless
-    ``replace_input`` (the input would be replaced by the output)."""
+    """Refuse, before any work, an output path that cannot be written: an empty one, a
+    directory, a name ending in a slash, ``.`` or ``..``, a directory that does not exist, a
+    path whose symbolic links loop; and the input file itself unless ``replace_input`` (the
+    input would be replaced by the output; another hard link to it is a name of its own,
+    which the output replaces while the input keeps its data)."""
     src_s, dst_s = os.path.expanduser(os.fsdecode(src)), os.path.expanduser(os.fsdecode(dst))
+    if not dst_s:
+        raise ValueError("the output path is empty: name a file")
     if os.path.isdir(dst_s):
         raise IsADirectoryError(errno.EISDIR, "the output is a directory: name a file in it", dst_s)
     if dst_s.endswith(("/", os.sep)):
         raise NotADirectoryError(errno.ENOTDIR, "the output name ends in a slash: name a file", dst_s)
+    if os.path.basename(dst_s) in (os.curdir, os.pardir):
+        raise IsADirectoryError(errno.EISDIR, "the output name is a directory's: name a file", dst_s)
+    try:
+        os.stat(dst_s)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "the output path's symbolic links loop", dst_s) from None
     # (a link is written through: its target's directory counts)
     parent = os.path.dirname(os.path.realpath(dst_s))
     if not os.path.isdir(parent):
         raise FileNotFoundError(errno.ENOENT, "the output's directory does not exist", dst_s)
-    if not replace_input and os.path.exists(src_s) and os.path.exists(dst_s) and os.path.samefile(src_s, dst_s):
+    if not replace_input and os.path.exists(src_s) and os.path.exists(dst_s) and os.path.samefile(src_s, dst_s) \
+            and (os.stat(dst_s).st_nlink == 1 or os.path.realpath(src_s) == os.path.realpath(dst_s)):
         raise ValueError(
             f"the output {dst_s!r} is the input file, which writing it would replace: "
             "write to another path"
@@ -262,11 +274,17 @@ def convert(
     try:
         with _step(bar, f"reading {src_p.name} ({sf})"):
             emb = load_any(src, sf, normalize=(df == "finalfusion" and normalize), lossy=lossy, encoding=encoding)
-        if dst_format is None and df == "word2vec" and dst_p.suffix.lower() == ".bin" \
-                and emb.vocab_kind in ("FastTextSubwordVocab", "FstFastTextSubwordVocab") and not _pruned(emb):
+        if dst_format is None and dst_p.suffix.lower() == ".bin":
             # (.bin is both formats; the n-grams of a fastText vocabulary survive only as
-            # fastText, which takes a pruned .ftz model's buckets only quantized)
-            df = "fasttext"
+            # fastText, which takes a pruned .ftz model's buckets only quantized: word2vec)
+            fasttext_vocab = emb.vocab_kind in ("FastTextSubwordVocab", "FstFastTextSubwordVocab")
+            pruned = _pruned(emb)
+            bin_format = "fasttext" if df == "fasttext" and not pruned else "word2vec"
+            if df == "word2vec" and fasttext_vocab and not pruned:
+                bin_format = "fasttext"
+            if bin_format != df:
+                df = bin_format
+                check_output(src, dst, replace_input=(sf == df))
         with _step(bar, f"writing {dst_p.name} ({df})"):
             # the path as given: "out.fifu/" names a directory (Path drops the slash)
             write_any(emb, dst, df, vocab)

@@ -471,6 +471,21 @@ def test_fasttext_supervised_bin(peers: Path) -> None:
         np.testing.assert_allclose(emb.fasttext_vector(w), v, atol=1e-6, err_msg=w)
 
 
+def test_convert_pruned_ftz_to_bin_writes_word2vec(peers: Path, tmp_path: Path) -> None:
+    """fastText takes a pruned model's buckets only quantized, so a .bin target from a
+    pruned .ftz is word2vec, as convert's docstring says (it raised, writing nothing).
+    --to fasttext still names what cannot be written."""
+    src = peers / "ft_supervised.ftz"
+    out = tmp_path / "pruned.bin"
+    vf.convert(src, out, progress=False)
+    assert detect_format(out) == "word2vec"
+    w2v, emb = vf.load_word2vec(out, normalize=False), vf.load_fasttext(src, normalize=False)
+    assert list(w2v) == list(emb)
+    np.testing.assert_array_equal(w2v.lookup(list(emb))[0], emb.lookup(list(emb))[0])
+    with pytest.raises(ValueError, match="pruned fastText model"):
+        vf.convert(src, tmp_path / "forced.bin", dst_format="fasttext", progress=False)
+
+
 def test_ftz_quantized_and_pruned_model(peers: Path, tmp_path: Path) -> None:
     """A quantized .ftz (product-quantized input matrix with quantized norms, pruned
     dictionary and n-gram buckets) gives fastText's own word vectors bit for bit."""

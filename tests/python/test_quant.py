@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -408,3 +409,17 @@ def test_cli_quantize_refuses_its_input_and_bad_outputs_before_training(ff, tmp_
         assert cli_main(["quantize", str(src), str(dst), "-b", "2", "-q"]) == 1
         err = capsys.readouterr().err
         assert why in err and "Traceback" not in err
+    # an empty name, names of directories and a link that loops were found only after
+    # the training
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    for dst, why in (("", "path is empty"), (f"{tmp_path}/nodir/.", "a directory's"),
+                     (f"{tmp_path}/x/..", "a directory's"), (tmp_path / "loop", "links loop")):
+        assert cli_main(["quantize", str(src), str(dst), "-b", "2", "-q"]) == 1
+        err = capsys.readouterr().err
+        assert why in err and "Traceback" not in err, err
+    # another hard link to the input is a name of its own: the output replaces it, and
+    # the input keeps its data
+    link = tmp_path / "link.bin"
+    os.link(src, link)
+    assert cli_main(["quantize", str(src), str(link), "-b", "2", "-q", "--iterations", "2"]) == 0
+    assert src.read_bytes() == before and vf.load(link).storage_kind == "QuantizedArray"
