@@ -67,6 +67,7 @@ def main() -> int:
     queries = np.stack([emb[w] for w in (emb.vocab[int(i)] for i in rng.integers(0, n_words, args.batch))])
     bw, bc, _ = timed(emb.similar_batch, queries, k=args.k)
     fastscan = os.environ.get("VECFUSION_FASTSCAN", "on")
+    print(f"# bench_fastscan: vecfusion {vf.__version__} ({vf.build_profile})")
     print(f"{args.file}: {len(emb)} rows, {codes_bytes / 1e6:.0f} MB of codes; VECFUSION_FASTSCAN={fastscan}")
     print(f"floor: {floor_ms:.2f} ms ({bandwidth / 1e9:.1f} GB/s numpy copy)")
     print(f"similar (k={args.k}, median of {args.singles}): wall {wall:.2f} ms ({wall / floor_ms:.2f}x floor), "

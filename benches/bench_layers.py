@@ -195,6 +195,9 @@ def main() -> None:
     args = p.parse_args()
     if not args.adaptive_malloc:
         steady_malloc()
+    import vecfusion as vf
+
+    print(f"# bench_layers: vecfusion {vf.__version__} ({vf.build_profile}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"glibc heap: MALLOC_TRIM_THRESHOLD_={os.environ.get('MALLOC_TRIM_THRESHOLD_', 'adaptive')}, "
           f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'adaptive')}")
     if args.threads:

@@ -57,7 +57,8 @@ def worker(lib: str, mode: str, path: str, n_words: int) -> dict:
     if lib == "vecfusion":
         import vecfusion as vf
 
-        assert vf.build_profile == "release", "benchmark a release build (make build)"
+        if vf.build_profile != "release":
+            raise SystemExit(f"benchmark a release build (make build), not {vf.build_profile}")
         t = time.perf_counter()
         emb = vf.load(path, mmap=(mode == "mmap"))
         out["open"] = time.perf_counter() - t

@@ -181,6 +181,9 @@ def main() -> None:
     if not have_peer:
         modes = [m for m in modes if not m[0].startswith("er")]
 
+    import vecfusion as vf
+
+    print(f"# bench_reader: vecfusion {vf.__version__} ({vf.build_profile})")
     print(f"collection: {args.files} files, {rows} x {args.dim} float16, {data_bytes / 2**30:.2f} GiB on disk; "
           f"batch {args.batch_size} rows; machine: {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M %Z')}")
     results: dict[tuple[str, str], dict[str, float]] = {}

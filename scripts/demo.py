@@ -62,7 +62,7 @@ def main() -> None:
     cli("info", str(FIFU))
     for word in ("king", "berlin", "python"):
         cli("similar", str(FIFU), word, "-k", "8", "--mmap")
-    cli("analogy", str(FIFU), "man", "king", "woman", "-k", "5")
+    cli("analogy", str(FIFU), "man", "king", "woman", "-k", "5", "--mmap")
 
 
 if __name__ == "__main__":
