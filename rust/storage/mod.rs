@@ -4,6 +4,7 @@
 mod array;
 mod quantized;
 pub(crate) mod rowsum;
+pub(crate) mod vecmat;
 
 pub use array::{ArrayStorage, F32Data};
 pub use quantized::{QuantizedStorage, U8Data};

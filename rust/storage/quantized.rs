@@ -89,8 +89,10 @@ impl U8Data {
 pub struct QuantizedStorage {
     /// `dims x dims` row-major projection P (encoding used x·P), if any.
     projection: Option<Arc<Vec<f32>>>,
-    /// Pᵀ row-major: rebuilding a row is `concat · Pᵀ`, read row after row.
+    /// Pᵀ row-major, each row padded with zeros to `projection_t_stride` values
+    /// (`vecmat::PAD`): rebuilding a row is `concat · Pᵀ`, read row after row.
     projection_t: Option<Arc<Vec<f32>>>,
+    projection_t_stride: usize,
     /// `m x k x (dims / m)` centroids.
     centroids: Arc<Vec<f32>>,
     /// One norm per row, if stored.
@@ -173,18 +175,17 @@ impl QuantizedStorage {
             .as_ref()
             .filter(|_| m.saturating_mul(k).saturating_mul(dims) <= projected_table_limit())
             .map(|p| Arc::new(project_centroids(p, &centroids, dims, m, k)));
-        let projection_t = projection.as_ref().map(|p| {
-            let mut t = vec![0f32; dims * dims];
-            for (j, row) in p.chunks_exact(dims).enumerate() {
-                for (i, &v) in row.iter().enumerate() {
-                    t[i * dims + j] = v;
-                }
+        let (projection_t, projection_t_stride) = match &projection {
+            Some(p) => {
+                let (t, stride) = super::vecmat::transpose_padded(p, dims, dims);
+                (Some(Arc::new(t)), stride)
             }
-            Arc::new(t)
-        });
+            None => (None, 0),
+        };
         Ok(QuantizedStorage {
             projection: projection.map(Arc::new),
             projection_t,
+            projection_t_stride,
             centroids: Arc::new(centroids),
             norms: norms.map(Arc::new),
             codes,
@@ -322,13 +323,12 @@ impl QuantizedStorage {
             // m rows of the projected table, summed in registers (no matrix product).
             Some(table) => kernels::add_table_rows(out, table, codes, self.k, self.dims, scale),
             None if self.projection.is_some() => {
-                // the same matrix product as `rows_into` rebuilds groups of rows with (one
-                // row of it), so that a row is the same bits one at a time or in a group
-                let pt = self.projection_t.as_deref().map_or(&[][..], Vec::as_slice);
+                // the kernel `rows_into` rebuilds groups of rows with, so that a row is the
+                // same bits one at a time or in a group
                 with_buffer(2 * self.dims, |buf| {
                     let (concat, product) = buf.split_at_mut(self.dims);
                     self.add_concat(i, scale, concat);
-                    crate::quant::linalg::gemm_nn(product, concat, 1, self.dims, pt, self.dims, faer::Par::Seq);
+                    self.times_pt(concat, 1, product);
                     for (o, p) in out.iter_mut().zip(product.iter()) {
                         *o += p;
                     }
@@ -363,16 +363,23 @@ impl QuantizedStorage {
         self.projection_t.is_some() && self.projected.is_none()
     }
 
+    /// `out = concat · Pᵀ` for `n` rows of concatenated centroids (`vecmat::rows_times`: a
+    /// row's bits do not depend on the rows beside it).
+    fn times_pt(&self, concat: &[f32], n: usize, out: &mut [f32]) {
+        let pt = self.projection_t.as_deref().map_or(&[][..], Vec::as_slice);
+        super::vecmat::rows_times(out, concat, n, self.dims, pt, self.dims, self.projection_t_stride);
+    }
+
     /// Rebuild the rows `rows[t]` that are `Some` into `out[t·dims..][..dims]` (the others are
     /// left as they are). With a projection and no table, the rows' concatenated centroids
-    /// are multiplied by Pᵀ in one matrix product (single-threaded: callers split the work),
-    /// which is compute-bound instead of streaming Pᵀ once per row.
+    /// are multiplied by Pᵀ a group of rows at a time (single-threaded: callers split the
+    /// work), sharing each read of Pᵀ.
     pub fn rows_into(&self, rows: &[Option<usize>], out: &mut [f32]) {
         let dims = self.dims;
         debug_assert_eq!(out.len(), rows.len() * dims);
         let some = rows.iter().flatten().count();
-        let pt = match &self.projection_t {
-            Some(pt) if self.rebuilds_in_batches() && some >= 2 && dims > 0 => pt,
+        match &self.projection_t {
+            Some(_) if self.rebuilds_in_batches() && some >= 2 && dims > 0 => {}
             _ => {
                 for (&r, o) in rows.iter().zip(out.chunks_exact_mut(dims.max(1))) {
                     if let Some(i) = r {
@@ -387,11 +394,11 @@ impl QuantizedStorage {
             self.add_concat(*i, self.norms.as_ref().map_or(1.0, |n| n[*i]), c);
         }
         if some == rows.len() {
-            crate::quant::linalg::gemm_nn(out, &concat, some, dims, pt, dims, faer::Par::Seq);
+            self.times_pt(&concat, some, out);
             return;
         }
         let mut product = vec![0f32; some * dims];
-        crate::quant::linalg::gemm_nn(&mut product, &concat, some, dims, pt, dims, faer::Par::Seq);
+        self.times_pt(&concat, some, &mut product);
         let dst = rows.iter().zip(out.chunks_exact_mut(dims)).filter(|(r, _)| r.is_some());
         for ((_, o), p) in dst.zip(product.chunks_exact(dims)) {
             o.copy_from_slice(p);
@@ -450,11 +457,14 @@ impl QuantizedStorage {
         }
     }
 
-    /// `out += concat · Pᵀ`, i.e. `out_j += Σ_i concat_i P[j][i]`: the rows of Pᵀ weighted
-    /// by `concat` and summed, the matrix read once front to back.
+    /// `out += concat · Pᵀ`, i.e. `out_j += Σ_i concat_i P[j][i]` ([`Self::times_pt`]).
     fn add_projected(&self, concat: &[f32], out: &mut [f32]) {
-        let pt = self.projection_t.as_deref().map_or(&[][..], Vec::as_slice);
-        crate::storage::rowsum::add_vec_mat(out, concat, pt);
+        with_buffer(self.dims, |product| {
+            self.times_pt(concat, 1, product);
+            for (o, p) in out.iter_mut().zip(product.iter()) {
+                *o += p;
+            }
+        });
     }
 
     /// Rebuild row `i` into `out`.

@@ -22,40 +22,13 @@ pub fn add_in_order(out: &mut [f32], rows: &[&[f32]]) {
     add(out, rows, Mode::InOrder);
 }
 
-/// `out[j] += Σ_i weights[i] · rows[i][j]` (the sum taken first, from zero, one row after
-/// another, each term rounded before it is added): a vector-matrix product read row by row,
-/// the matrix streaming through the cache once. `weights.len() == rows.len()`.
-pub fn add_weighted_sum(out: &mut [f32], rows: &[&[f32]], weights: &[f32]) {
-    assert_eq!(rows.len(), weights.len(), "one weight per row");
-    add(out, rows, Mode::Weighted(weights));
-}
-
-/// `out += x · M` for a row-major `x.len() x out.len()` matrix `M` (`add_weighted_sum` over
-/// its rows).
-pub fn add_vec_mat(out: &mut [f32], x: &[f32], mat: &[f32]) {
-    let dims = out.len();
-    assert_eq!(mat.len(), x.len() * dims, "the matrix is x.len() x out.len()");
-    const STACK: usize = 512;
-    if x.len() <= STACK {
-        let mut rows: [&[f32]; STACK] = [&[]; STACK];
-        for (r, row) in rows.iter_mut().zip(mat.chunks_exact(dims)) {
-            *r = row;
-        }
-        add_weighted_sum(out, &rows[..x.len()], x);
-    } else {
-        let rows: Vec<&[f32]> = mat.chunks_exact(dims).collect();
-        add_weighted_sum(out, &rows, x);
-    }
-}
-
 #[derive(Clone, Copy)]
-enum Mode<'w> {
+enum Mode {
     InOrder,
     Scaled(f32),
-    Weighted(&'w [f32]),
 }
 
-fn add(out: &mut [f32], rows: &[&[f32]], mode: Mode<'_>) {
+fn add(out: &mut [f32], rows: &[&[f32]], mode: Mode) {
     let dims = out.len();
     assert!(rows.iter().all(|r| r.len() >= dims), "a row is shorter than the output");
     #[cfg(target_arch = "x86_64")]
@@ -78,13 +51,13 @@ fn add(out: &mut [f32], rows: &[&[f32]], mode: Mode<'_>) {
 /// Only call on a CPU with AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn add_blocks_avx2(out: &mut [f32], rows: &[&[f32]], mode: Mode<'_>) {
+unsafe fn add_blocks_avx2(out: &mut [f32], rows: &[&[f32]], mode: Mode) {
     add_blocks(out, rows, mode);
 }
 
 /// The portable order: a block of `W` columns in registers while every row passes.
 #[inline(always)]
-fn add_blocks(out: &mut [f32], rows: &[&[f32]], mode: Mode<'_>) {
+fn add_blocks(out: &mut [f32], rows: &[&[f32]], mode: Mode) {
     const W: usize = 64;
     let dims = out.len();
     let mut c0 = 0;
@@ -94,13 +67,7 @@ fn add_blocks(out: &mut [f32], rows: &[&[f32]], mode: Mode<'_>) {
         if let Mode::InOrder = mode {
             acc[..w].copy_from_slice(&out[c0..c0 + w]);
         }
-        if let Mode::Weighted(ws) = mode {
-            for (r, &x) in rows.iter().zip(ws) {
-                for (a, v) in acc[..w].iter_mut().zip(&r[c0..c0 + w]) {
-                    *a += x * v;
-                }
-            }
-        } else if w == W {
+        if w == W {
             for r in rows {
                 let src: &[f32; W] = r[c0..c0 + W].try_into().expect("a block of W columns");
                 for (a, v) in acc.iter_mut().zip(src) {
@@ -122,11 +89,6 @@ fn add_blocks(out: &mut [f32], rows: &[&[f32]], mode: Mode<'_>) {
                     *o += s * a;
                 }
             }
-            Mode::Weighted(_) => {
-                for (o, a) in dst.iter_mut().zip(&acc) {
-                    *o += a;
-                }
-            }
         }
         c0 += w;
     }
@@ -145,7 +107,7 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX-512F; every row holds at least `out.len()` values.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn add(out: &mut [f32], rows: &[&[f32]], mode: Mode<'_>) {
+    pub(super) unsafe fn add(out: &mut [f32], rows: &[&[f32]], mode: Mode) {
         let dims = out.len();
         let mut c0 = 0;
         while c0 < dims {
@@ -223,7 +185,7 @@ mod x86 {
     /// AVX-512F; columns `c0..c0+w` exist in `out` and in every row.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn pass<const NZ: usize>(out: &mut [f32], rows: &[&[f32]], c0: usize, w: usize, mode: Mode<'_>) {
+    unsafe fn pass<const NZ: usize>(out: &mut [f32], rows: &[&[f32]], c0: usize, w: usize, mode: Mode) {
         debug_assert!(w > 16 * (NZ - 1) && w <= 16 * NZ);
         // the last register takes the 1..=16 columns left: a masked load never touches the rest
         let last: __mmask16 = (u32::MAX >> (32 - (w - 16 * (NZ - 1)))) as __mmask16;
@@ -238,16 +200,6 @@ mod x86 {
                 }
             }
             let bytes = w * 4;
-            if let Mode::Weighted(ws) = mode {
-                // a matrix read row after row: the hardware prefetchers follow it
-                for (r, &x) in rows.iter().zip(ws) {
-                    let (p, x) = (r.as_ptr().add(c0), _mm512_set1_ps(x));
-                    for (z, a) in acc.iter_mut().enumerate() {
-                        *a = _mm512_add_ps(*a, _mm512_mul_ps(x, load(p, z)));
-                    }
-                }
-            }
-            let rows = if let Mode::Weighted(_) = mode { &[][..] } else { rows };
             for (i, r) in rows.iter().enumerate() {
                 if let Some(next) = rows.get(i + AHEAD) {
                     let p = next.as_ptr().add(c0).cast::<i8>();
@@ -274,11 +226,6 @@ mod x86 {
                     let s = _mm512_set1_ps(s);
                     for (z, a) in acc.iter().enumerate() {
                         store(z, _mm512_add_ps(load(o, z), _mm512_mul_ps(s, *a)));
-                    }
-                }
-                Mode::Weighted(_) => {
-                    for (z, a) in acc.iter().enumerate() {
-                        store(z, _mm512_add_ps(load(o, z), *a));
                     }
                 }
             }
@@ -338,33 +285,6 @@ mod tests {
                 let mut port = start.clone();
                 add_blocks(&mut port, &rows, Mode::Scaled(scale));
                 assert_eq!(bits(&port), bits(&want), "portable scaled, dims {dims}, {k} rows");
-            }
-        }
-    }
-
-    /// The vector-matrix product on every path against a scalar loop, bit for bit.
-    #[test]
-    fn weighted_sums_equal_scalar_loops_bit_for_bit() {
-        for dims in [1usize, 7, 16, 33, 300, 384, 401, 1000] {
-            for n in [0usize, 1, 5, 300, 600] {
-                let mat: Vec<f32> = (0..n * dims).map(|i| ((i * 2654435761usize) % 997) as f32 / 89.0 - 5.0).collect();
-                let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
-                let start: Vec<f32> = (0..dims).map(|j| j as f32 * 0.25 - 1.0).collect();
-                let mut want = start.clone();
-                for (j, o) in want.iter_mut().enumerate() {
-                    let mut s = 0f32;
-                    for (i, &xi) in x.iter().enumerate() {
-                        s += xi * mat[i * dims + j];
-                    }
-                    *o += s;
-                }
-                let mut got = start.clone();
-                add_vec_mat(&mut got, &x, &mat);
-                assert_eq!(bits(&got), bits(&want), "dims {dims}, {n} rows");
-                let rows: Vec<&[f32]> = mat.chunks_exact(dims).collect();
-                let mut port = start.clone();
-                add_blocks(&mut port, &rows, Mode::Weighted(&x));
-                assert_eq!(bits(&port), bits(&want), "portable, dims {dims}, {n} rows");
             }
         }
     }
