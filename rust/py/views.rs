@@ -24,6 +24,11 @@ pub fn readonly_2d<'py, T: numpy::Element>(
     rows: usize,
     cols: usize,
 ) -> PyResult<Bound<'py, PyArray2<T>>> {
+    // (numpy returns no array, which `borrow_from_array` does not expect, for shapes whose
+    // bytes exceed isize::MAX, counted one dimension at a time: even with no columns)
+    if std::mem::size_of::<T>().checked_mul(rows).and_then(|b| b.checked_mul(cols.max(1))).is_none_or(|b| b > isize::MAX as usize) {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!("a {rows} x {cols} array is larger than numpy can make")));
+    }
     let view = ArrayView2::from_shape((rows, cols), data)
         .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
     // SAFETY: `owner` holds an `Arc` of the buffer behind `data` (an owned vector or a

@@ -172,6 +172,11 @@ impl ArrayStorage {
                 have: r.remaining() as u64,
             });
         }
+        // (no data bound the rows of a matrix without columns: numpy's limit on an array's
+        // bytes, which it applies to each dimension in turn, does)
+        if rows > isize::MAX as u64 / 4 {
+            return Err(Error::invalid("matrix rows", format!("{rows} rows are more than an array can hold")));
+        }
         let (rows, cols, n) = (rows as usize, cols as usize, n as usize);
         let data = match map {
             Some(bytes) => {

@@ -492,6 +492,17 @@ impl Vocab {
                 if n_buckets == 0 {
                     return Err(Error::invalid("floret buckets", "bucket count is 0"));
                 }
+                for (what, marker) in [("floret bow", &bow), ("floret eow", &eow)] {
+                    if marker.len() > MAX_FLORET_MARKER {
+                        return Err(Error::invalid(
+                            what,
+                            format!(
+                                "a marker of {} bytes (at most {MAX_FLORET_MARKER}): it is part of every unknown word",
+                                marker.len()
+                            ),
+                        ));
+                    }
+                }
                 if !(1..=4).contains(&n_hashes) {
                     return Err(Error::invalid(
                         "floret hash count",
@@ -674,6 +685,10 @@ fn bucket_indexer(finalfusion: bool, buckets: u32) -> Result<Indexer> {
 /// (or worse) in its length. The constructors refuse the same, so every file vecfusion writes
 /// reads back.
 pub const MAX_NGRAM_LEN: u32 = 1024;
+
+/// The longest floret word-boundary marker (`bow`, `eow`) read: floret writes one character,
+/// and a long one would make every unknown word as long (a 20 kB marker: seconds a word).
+pub const MAX_FLORET_MARKER: usize = 64;
 
 /// finalfusion's n-gram lengths: `1 <= min_n <= max_n <= MAX_NGRAM_LEN`.
 pub fn check_ngram_range(min_n: u32, max_n: u32) -> Result<()> {

@@ -382,3 +382,45 @@ def test_invalid_metadata_toml_is_a_one_line_error(tmp_path: Path) -> None:
         vf.load(p)
     msg = str(e.value)
     assert "\n" not in msg and "line 1, column 11" in msg and "invalid boolean" in msg, msg
+
+
+def _fifu(vocab_id: int, vocab_body: bytes, rows: int, cols: int, data: bytes = b"") -> bytes:
+    """A finalfusion file: header, one vocabulary chunk, one NdArray chunk (FORMAT.md)."""
+    head = b"FiFu" + struct.pack("<5I", 0, 2, vocab_id, 2, 9) + struct.pack("<Q", len(vocab_body)) + vocab_body
+    pad = b"\0" * ((4 - (len(head) + 4 + 8 + 16) % 4) % 4)
+    body = struct.pack("<QII", rows, cols, 10) + pad + data
+    return head + struct.pack("<IQ", 2, len(body)) + body
+
+
+def _floret_vocab(n_buckets: int, bow: bytes = b"<", eow: bytes = b">", min_n: int = 3, max_n: int = 5) -> bytes:
+    return (struct.pack("<IIQII", min_n, max_n, n_buckets, 2, 7) + struct.pack("<I", len(bow)) + bow
+            + struct.pack("<I", len(eow)) + eow)
+
+
+def test_a_matrix_of_no_columns_and_too_many_rows_is_refused(tmp_path: Path) -> None:
+    """No data bound the rows of a matrix without columns: a 96-byte floret file claiming
+    2^63 - 1 buckets of 0 columns loaded, and its storage view crashed the interpreter
+    (numpy made no array of 2^61 rows or more)."""
+    p = tmp_path / "huge.fifu"
+    for n in (2**61, 2**63 - 1):
+        p.write_bytes(_fifu(9, _floret_vocab(n), n, 0))
+        for mmap in (False, True):
+            with pytest.raises(vf.FormatError, match="more than an array can hold"):
+                vf.load(p, mmap=mmap)
+    p.write_bytes(_fifu(9, _floret_vocab(5), 5, 0))  # a few rows of no columns still read
+    assert vf.load(p).storage.shape == (5, 0)
+
+
+def test_a_long_floret_marker_is_refused(tmp_path: Path) -> None:
+    """floret's bow/eow markers are part of every unknown word: a 20 kB marker made each
+    lookup take seconds and `vocab.ngrams` minutes, from a 20 kB file."""
+    data = np.ones((16, 4), "<f4").tobytes()
+    p = tmp_path / "bow.fifu"
+    p.write_bytes(_fifu(9, _floret_vocab(16, bow=b"<" * 20000, min_n=1, max_n=1024), 16, 4, data))
+    with pytest.raises(vf.FormatError, match="floret bow.*20000 bytes"):
+        vf.load(p)
+    p.write_bytes(_fifu(9, _floret_vocab(16, eow=b">" * 65), 16, 4, data))
+    with pytest.raises(vf.FormatError, match="floret eow"):
+        vf.load(p)
+    p.write_bytes(_fifu(9, _floret_vocab(16, bow=b"<" * 64), 16, 4, data))
+    assert vf.load(p)["x"].shape == (4,)
