@@ -704,6 +704,9 @@ fn read_fasttext_inner(path: &Path, decode: super::Decode, normalize: bool) -> R
             ),
         ));
     }
+    // (the matrix is read by position below: the reader goes on after it)
+    r.r.seek(std::io::SeekFrom::Start(offset + nbytes)).map_err(|e| read_err(path, "fastText output matrix", e))?;
+    check_output_matrix(&mut r, path, file_len)?;
     let words = words.finish()?;
     // fastText uses n-grams whenever maxn > 0 (and minn <= maxn): lengths start at 1, so
     // minn 0 (the supervised default, with -maxn given) means the same as minn 1.
@@ -822,6 +825,7 @@ fn read_compact_model(
         }
         read_f32s(&mut r, path, stored * dims, file_len, "fastText input matrix")?
     };
+    check_output_matrix(&mut r, path, file_len)?;
     // (a pruned model that kept no bucket still has n-grams: they all count for nothing, so an
     // unknown word is a zero vector as in fastText, not a missing word)
     let subwords = args.maxn > 0 && bucket > 0 && args.maxn >= args.minn;
@@ -985,6 +989,69 @@ impl FtPq {
             &self.centroids[at..at + self.dsub]
         }
     }
+}
+
+/// fastText's output matrix, which ends the file: read far enough (headers; the data
+/// skipped) to know that it is whole and that nothing follows it. Nothing of it is kept, but
+/// a file whose input matrix was read with the wrong layout (a flag byte flipped) ends
+/// elsewhere, so this is where such damage shows, as fastText itself refuses such files.
+fn check_output_matrix(r: &mut Reader<BufReader<File>>, path: &Path, file_len: u64) -> Result<()> {
+    let bad = |why: String| Error::invalid("fastText output matrix", why);
+    let mut skip = |r: &mut Reader<BufReader<File>>, bytes: u64| -> Result<()> {
+        let at = r.r.stream_position().map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        if bytes > file_len.saturating_sub(at) {
+            return Err(bad(format!("{bytes} bytes at byte {at} do not fit in a file of {file_len} bytes: the file ends early")));
+        }
+        r.r.seek_relative(bytes as i64).map_err(|e| read_err(path, "fastText output matrix", e))
+    };
+    let shape = |r: &mut Reader<BufReader<File>>| -> Result<(u64, u64)> {
+        let (m, n) = (r.i64(path, "output matrix rows")?, r.i64(path, "output matrix columns")?);
+        if m < 0 || n < 0 {
+            return Err(bad(format!("shape ({m}, {n})")));
+        }
+        Ok((m as u64, n as u64))
+    };
+    let quantizer = |r: &mut Reader<BufReader<File>>, skip: &mut dyn FnMut(&mut Reader<BufReader<File>>, u64) -> Result<()>, dims: u64| -> Result<()> {
+        let dim = r.i32(path, "output quantizer dim")?;
+        for what in ["output quantizer subquantizers", "output quantizer dsub", "output quantizer last dsub"] {
+            r.i32(path, what)?;
+        }
+        if i64::from(dim) != dims as i64 {
+            return Err(bad(format!("a quantizer of {dim} dimensions for {dims}")));
+        }
+        skip(r, dims * 256 * 4)
+    };
+    match r.u8(path, "output quantization flag")? {
+        0 => {
+            let (m, n) = shape(r)?;
+            let bytes = m.checked_mul(n).and_then(|x| x.checked_mul(4)).ok_or_else(|| bad(format!("shape ({m}, {n})")))?;
+            skip(r, bytes)?;
+        }
+        1 => {
+            let qnorm = match r.u8(path, "output quantized norm flag")? {
+                0 => false,
+                1 => true,
+                other => return Err(bad(format!("quantized norm flag {other} (0 or 1)"))),
+            };
+            let (m, n) = shape(r)?;
+            let codesize = r.i32(path, "output code size")?;
+            if codesize < 0 {
+                return Err(bad(format!("{codesize} bytes of codes")));
+            }
+            skip(r, codesize as u64)?;
+            quantizer(r, &mut skip, n)?;
+            if qnorm {
+                skip(r, m)?;
+                quantizer(r, &mut skip, 1)?;
+            }
+        }
+        other => return Err(bad(format!("quantization flag {other} (0 or 1)"))),
+    }
+    let end = r.r.stream_position().map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    if end != file_len {
+        return Err(bad(format!("it ends at byte {end}, but the file has {file_len} bytes: something follows it")));
+    }
+    Ok(())
 }
 
 /// A fastText `QuantMatrix` (`rows` x `dims`) rebuilt row by row: element j of row i is

@@ -1368,3 +1368,31 @@ def test_fasttext_word_vectors_start_from_zero_as_fasttexts(tmp_path: Path) -> N
     back = vf.load_fasttext(tmp_path / "z.bin", normalize=False)
     assert np.signbit(back.fasttext_vector("</s>")).tolist() == [False, False]
     assert back.fasttext_vector("</s>").tolist() == [0.0, 1.0]
+
+
+def test_fasttext_output_matrix_must_end_the_file(tmp_path: Path, peers: Path) -> None:
+    """The reader stopped after the input matrix: a file cut inside the output matrix,
+    with bytes after it, or whose input matrix was read with another layout (a quantized
+    model's norm flag cleared: the norm codes were then taken for the output matrix) loaded,
+    the last with other vectors, where fastText refuses it."""
+    m = np.arange(40, dtype=np.float32).reshape(10, 4) / 10
+    ok = tmp_path / "ok.bin"
+    vf.Embeddings(["a", "b"], m, vocab="fasttext", buckets=8).write_fasttext(ok)
+    data = ok.read_bytes()
+    assert vf.load_fasttext(ok).storage.shape == (10, 4)
+    bad = tmp_path / "bad.bin"
+    end = data.index(np.int64(10).tobytes() + np.int64(4).tobytes()) + 16 + 160  # after the input matrix
+    for cut, why in ((data[:end], "output quantization flag"), (data[:end + 5], "output matrix"),
+                     (data[:-4], "ends early"), (data + b"\xff" * 64, "something follows it"),
+                     (data[:end] + b"\0" + np.int64(-1).tobytes() * 2, r"shape \(-1, -1\)"),
+                     (data[:end] + b"\x07" + data[end + 1:], "quantization flag 7")):
+        bad.write_bytes(cut)
+        with pytest.raises(vf.FormatError, match=why):
+            vf.load_fasttext(bad)
+    ftz = bytearray((peers / "ft_supervised.ftz").read_bytes())
+    qnorm = 31564  # the quantized input matrix's norm flag, after its quantization flag
+    assert ftz[qnorm - 1] == 1 and ftz[qnorm] == 1
+    ftz[qnorm] = 0
+    bad.write_bytes(bytes(ftz))
+    with pytest.raises(vf.FormatError, match="fastText"):
+        vf.load_fasttext(bad)
