@@ -38,9 +38,32 @@ const PROJECTED_TABLE_MAX_LIMIT: usize = 8 << 20;
 fn projected_table_limit() -> usize {
     static LIMIT: OnceLock<usize> = OnceLock::new();
     *LIMIT.get_or_init(|| {
+        // (`VECFUSION_CENTROID_TABLE=off`: never, for comparisons)
+        if std::env::var("VECFUSION_CENTROID_TABLE").is_ok_and(|v| v == "off") {
+            return 0;
+        }
         let l3 = last_level_cache_bytes().unwrap_or(0);
         (l3 / 2 / std::mem::size_of::<f32>()).clamp(PROJECTED_TABLE_MIN_LIMIT, PROJECTED_TABLE_MAX_LIMIT)
     })
+}
+
+/// Tables of up to this many floats (1 MiB) are always built: they stay in the level-2 cache.
+const PROJECTED_TABLE_SMALL: usize = 256 << 10;
+
+/// Whether rows are rebuilt from the projected-centroid table (`m` scattered rows of `dims`
+/// floats each) rather than by the product `concat · Pᵀ` (`dims²` floats read in order, from
+/// the level-2 cache). A small table always; else one within [`projected_table_limit`] for
+/// `m <= dims / 8`: the table's rows come from the last-level cache or memory, some 8-10 times
+/// slower a byte than Pᵀ from L2. Measured on a 2-core Xeon VM (OPQ, 300 dims, random words,
+/// `benches/bench_rebuild.py`): at M = 50 the 15 MB table took 4.7-5.0 µs a row, the product
+/// 3.7 µs (batches 1.9-2.0 against 1.0 µs a row); only a word looked up again and again,
+/// whose table rows stay in cache, was faster from the table (1.4-1.5 against 3.0-3.3 µs).
+fn use_projected_table(m: usize, k: usize, dims: usize) -> bool {
+    let floats = m.saturating_mul(k).saturating_mul(dims);
+    if projected_table_limit() == 0 {
+        return false; // VECFUSION_CENTROID_TABLE=off
+    }
+    floats <= PROJECTED_TABLE_SMALL || (floats <= projected_table_limit() && m.saturating_mul(8) <= dims)
 }
 
 /// Size of the largest CPU cache, from sysfs (`None` where it cannot be read).
@@ -170,10 +193,10 @@ impl QuantizedStorage {
                 ));
             }
         }
-        // The table costs m·k·dims floats; beyond the limit rows are rebuilt with a product.
+        // The table costs m·k·dims floats; where it would not win, rows are rebuilt with a product.
         let projected = projection
             .as_ref()
-            .filter(|_| m.saturating_mul(k).saturating_mul(dims) <= projected_table_limit())
+            .filter(|_| use_projected_table(m, k, dims))
             .map(|p| Arc::new(project_centroids(p, &centroids, dims, m, k)));
         let (projection_t, projection_t_stride) = match &projection {
             Some(p) => {
