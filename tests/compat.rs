@@ -1,5 +1,7 @@
 //! Golden files of the reference implementations: word2vec, text and fastText.
 
+mod common;
+
 use std::path::PathBuf;
 
 use vecfusion::compat::text::{read_text, write_text, Header};
@@ -87,12 +89,10 @@ fn fasttext_reference_neighbours() {
 
 /// Deterministic pseudo-random floats (xorshift), with some exact zeros and wide exponents.
 fn floats(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
+    let mut next = common::xorshift(seed);
     (0..n)
         .map(|i| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
+            let s = next();
             if i % 97 == 0 {
                 0.0
             } else {

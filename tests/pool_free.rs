@@ -5,6 +5,8 @@
 //! for that call (a heartbeat thread stalled 1.7 s). Here the pool is kept busy on purpose
 //! and each small call must finish without it. (Its own test binary: it blocks the pool.)
 
+mod common;
+
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -19,15 +21,8 @@ fn words(n: usize) -> Vocab {
 }
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s % 2000) as f32 / 1000.0 - 1.0
-        })
-        .collect()
+    let mut next = common::xorshift(seed);
+    (0..n).map(|_| (next() % 2000) as f32 / 1000.0 - 1.0).collect()
 }
 
 /// Runs `f` while every thread of rayon's global pool is blocked; panics if `f` does not

@@ -46,215 +46,112 @@ fn rows_times_generic<const FUSED: bool>(out: &mut [f32], x: &[f32], n: usize, k
     }
 }
 
-/// The kernels with AVX-512 and AVX2: `R` rows x `V` vectors of sums in registers while `i`
-/// runs over the rows of the matrix (one row alone: 8 vectors, so that 8 independent sums
-/// hide the multiply-add's latency; groups of 4 rows share each load of the matrix).
+/// The kernels with AVX-512 and AVX2, made from one template: `R` rows x `V` vectors of sums
+/// in registers while `i` runs over the rows of the matrix. One row alone keeps 8 vectors, so
+/// that 8 independent sums hide the multiply-add's latency; groups of rows go through the
+/// matrix a panel of 2 vectors' columns at a time (it stays in the level-1 cache while every
+/// group passes), each panel load shared by the group's rows.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// # Safety
-    /// AVX-512F; `out`, `x`, `mt` as [`super::rows_times`] checks.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn rows_times_avx512(out: &mut [f32], x: &[f32], n: usize, k: usize, mt: &[f32], m: usize, stride: usize) {
-        // SAFETY: the features this function is compiled for, which its callers checked; the
-        // slices are as long as `rows_times` checked (the pointers stay within them)
-        unsafe {
-            // column panels outer: a panel of the matrix (32 columns) stays in the level-1
-            // cache while every group of 8 rows passes; rows left over go one at a time
-            let groups = n / 8;
-            let mut c0 = 0;
-            while groups > 0 && c0 < stride {
-                let v = ((stride - c0) / 16).min(2);
-                for g in 0..groups {
-                    block_512_v::<8>(v, out, x, g * 8, k, mt, m, stride, c0);
+    macro_rules! kernel {
+        ($entry:ident, $feature:literal, $lanes:literal, $group:literal, $vec:ty,
+         $zero:ident, $load:ident, $splat:ident, $fmadd:ident, $store:ident) => {
+            /// # Safety
+            #[doc = concat!("The CPU has ", $feature, "; `out`, `x`, `mt` as [`super::rows_times`] checks.")]
+            #[target_feature(enable = $feature)]
+            pub unsafe fn $entry(out: &mut [f32], x: &[f32], n: usize, k: usize, mt: &[f32], m: usize, stride: usize) {
+                /// `R` rows from `r0`, columns `c0..c0 + V·lanes` (those below `m` written).
+                #[target_feature(enable = $feature)]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn block<const R: usize, const V: usize>(
+                    out: &mut [f32], x: &[f32], r0: usize, k: usize, mt: &[f32], m: usize, stride: usize, c0: usize,
+                ) {
+                    // SAFETY: the features this function is compiled for, which its callers
+                    // checked; the slices are as long as `rows_times` checked, and the pointers
+                    // stay within them (columns below the stride, rows below n)
+                    unsafe {
+                        debug_assert!(c0 + $lanes * V <= stride && (r0 + R) * k <= x.len());
+                        let mut acc: [[$vec; V]; R] = [[$zero(); V]; R];
+                        let (xp, mp) = (x.as_ptr().add(r0 * k), mt.as_ptr().add(c0));
+                        for i in 0..k {
+                            let row = mp.add(i * stride);
+                            let mut p: [$vec; V] = [$zero(); V];
+                            for (v, pv) in p.iter_mut().enumerate() {
+                                *pv = $load(row.add($lanes * v));
+                            }
+                            for (r, a) in acc.iter_mut().enumerate() {
+                                let xi = $splat(*xp.add(r * k + i));
+                                for v in 0..V {
+                                    a[v] = $fmadd(xi, p[v], a[v]);
+                                }
+                            }
+                        }
+                        for (r, a) in acc.iter().enumerate() {
+                            let o = &mut out[(r0 + r) * m..(r0 + r + 1) * m];
+                            for (v, av) in a.iter().enumerate() {
+                                let c = c0 + $lanes * v;
+                                if c >= m {
+                                    break;
+                                }
+                                let mut lanes = [0f32; $lanes];
+                                $store(lanes.as_mut_ptr(), *av);
+                                let w = ($lanes as usize).min(m - c);
+                                o[c..c + w].copy_from_slice(&lanes[..w]);
+                            }
+                        }
+                    }
                 }
-                c0 += 16 * v;
-            }
-            for r0 in groups * 8..n {
-                row_group_512::<1, 8>(out, x, r0, k, mt, m, stride);
-            }
-        }
-    }
 
-    /// Rows `r0..r0 + R`: blocks of `V` vectors, then one block of what is left.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn row_group_512<const R: usize, const V: usize>(
-        out: &mut [f32], x: &[f32], r0: usize, k: usize, mt: &[f32], m: usize, stride: usize,
-    ) {
-        // SAFETY: the features this function is compiled for, which its callers checked; the
-        // slices are as long as `rows_times` checked (the pointers stay within them)
-        unsafe {
-            let mut c0 = 0;
-            while c0 + 16 * V <= stride {
-                block_512::<R, V>(out, x, r0, k, mt, m, stride, c0);
-                c0 += 16 * V;
-            }
-            block_512_v::<R>((stride - c0) / 16, out, x, r0, k, mt, m, stride, c0);
-        }
-    }
-
-    /// [`block_512`] with `v` (at most 7) vectors of columns.
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn block_512_v<const R: usize>(
-        v: usize, out: &mut [f32], x: &[f32], r0: usize, k: usize, mt: &[f32], m: usize, stride: usize, c0: usize,
-    ) {
-        // SAFETY: as the caller's: the same features, and columns within the stride
-        unsafe {
-            match v {
-                0 => {}
-                1 => block_512::<R, 1>(out, x, r0, k, mt, m, stride, c0),
-                2 => block_512::<R, 2>(out, x, r0, k, mt, m, stride, c0),
-                3 => block_512::<R, 3>(out, x, r0, k, mt, m, stride, c0),
-                4 => block_512::<R, 4>(out, x, r0, k, mt, m, stride, c0),
-                5 => block_512::<R, 5>(out, x, r0, k, mt, m, stride, c0),
-                6 => block_512::<R, 6>(out, x, r0, k, mt, m, stride, c0),
-                _ => block_512::<R, 7>(out, x, r0, k, mt, m, stride, c0),
-            }
-        }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn block_512<const R: usize, const V: usize>(
-        out: &mut [f32], x: &[f32], r0: usize, k: usize, mt: &[f32], m: usize, stride: usize, c0: usize,
-    ) {
-        // SAFETY: the features this function is compiled for, which its callers checked; the
-        // slices are as long as `rows_times` checked (the pointers stay within them)
-        unsafe {
-            debug_assert!(c0 + 16 * V <= stride && (r0 + R) * k <= x.len());
-            let mut acc = [[_mm512_setzero_ps(); V]; R];
-            let (xp, mp) = (x.as_ptr().add(r0 * k), mt.as_ptr().add(c0));
-            for i in 0..k {
-                let row = mp.add(i * stride);
-                let mut p = [_mm512_setzero_ps(); V];
-                for (v, pv) in p.iter_mut().enumerate() {
-                    *pv = _mm512_loadu_ps(row.add(16 * v));
+                /// [`block`] with `v` (at most 7) vectors of columns.
+                #[target_feature(enable = $feature)]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn block_v<const R: usize>(
+                    v: usize, out: &mut [f32], x: &[f32], r0: usize, k: usize, mt: &[f32], m: usize, stride: usize, c0: usize,
+                ) {
+                    // SAFETY: as the caller's: the same features, columns within the stride
+                    unsafe {
+                        match v {
+                            0 => {}
+                            1 => block::<R, 1>(out, x, r0, k, mt, m, stride, c0),
+                            2 => block::<R, 2>(out, x, r0, k, mt, m, stride, c0),
+                            3 => block::<R, 3>(out, x, r0, k, mt, m, stride, c0),
+                            4 => block::<R, 4>(out, x, r0, k, mt, m, stride, c0),
+                            5 => block::<R, 5>(out, x, r0, k, mt, m, stride, c0),
+                            6 => block::<R, 6>(out, x, r0, k, mt, m, stride, c0),
+                            _ => block::<R, 7>(out, x, r0, k, mt, m, stride, c0),
+                        }
+                    }
                 }
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let xi = _mm512_set1_ps(*xp.add(r * k + i));
-                    for v in 0..V {
-                        a[v] = _mm512_fmadd_ps(xi, p[v], a[v]);
+
+                // SAFETY: the features this function is compiled for, which its callers checked;
+                // the slices are as long as `rows_times` checked
+                unsafe {
+                    let groups = n / $group;
+                    let mut c0 = 0;
+                    while groups > 0 && c0 < stride {
+                        let v = ((stride - c0) / $lanes).min(2);
+                        for g in 0..groups {
+                            block_v::<$group>(v, out, x, g * $group, k, mt, m, stride, c0);
+                        }
+                        c0 += $lanes * v;
+                    }
+                    for r0 in groups * $group..n {
+                        let mut c0 = 0;
+                        while c0 + $lanes * 8 <= stride {
+                            block::<1, 8>(out, x, r0, k, mt, m, stride, c0);
+                            c0 += $lanes * 8;
+                        }
+                        block_v::<1>((stride - c0) / $lanes, out, x, r0, k, mt, m, stride, c0);
                     }
                 }
             }
-            for (r, a) in acc.iter().enumerate() {
-                let o = &mut out[(r0 + r) * m..(r0 + r + 1) * m];
-                for (v, av) in a.iter().enumerate() {
-                    let c = c0 + 16 * v;
-                    if c >= m {
-                        break;
-                    }
-                    let mut lanes = [0f32; 16];
-                    _mm512_storeu_ps(lanes.as_mut_ptr(), *av);
-                    let w = 16.min(m - c);
-                    o[c..c + w].copy_from_slice(&lanes[..w]);
-                }
-            }
-        }
+        };
     }
 
-    /// # Safety
-    /// AVX2 and FMA; `out`, `x`, `mt` as [`super::rows_times`] checks.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn rows_times_avx2(out: &mut [f32], x: &[f32], n: usize, k: usize, mt: &[f32], m: usize, stride: usize) {
-        // SAFETY: the features this function is compiled for, which its callers checked; the
-        // slices are as long as `rows_times` checked (the pointers stay within them)
-        unsafe {
-            // column panels outer: a panel of the matrix (16 columns) stays in the level-1
-            // cache while every group of 6 rows passes; rows left over go one at a time
-            let groups = n / 6;
-            let mut c0 = 0;
-            while groups > 0 && c0 < stride {
-                let v = ((stride - c0) / 8).min(2);
-                for g in 0..groups {
-                    block_256_v::<6>(v, out, x, g * 6, k, mt, m, stride, c0);
-                }
-                c0 += 8 * v;
-            }
-            for r0 in groups * 6..n {
-                row_group_256::<1, 8>(out, x, r0, k, mt, m, stride);
-            }
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn row_group_256<const R: usize, const V: usize>(
-        out: &mut [f32], x: &[f32], r0: usize, k: usize, mt: &[f32], m: usize, stride: usize,
-    ) {
-        // SAFETY: the features this function is compiled for, which its callers checked; the
-        // slices are as long as `rows_times` checked (the pointers stay within them)
-        unsafe {
-            let mut c0 = 0;
-            while c0 + 8 * V <= stride {
-                block_256::<R, V>(out, x, r0, k, mt, m, stride, c0);
-                c0 += 8 * V;
-            }
-            block_256_v::<R>((stride - c0) / 8, out, x, r0, k, mt, m, stride, c0);
-        }
-    }
-
-    /// [`block_256`] with `v` (at most 7) vectors of columns.
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn block_256_v<const R: usize>(
-        v: usize, out: &mut [f32], x: &[f32], r0: usize, k: usize, mt: &[f32], m: usize, stride: usize, c0: usize,
-    ) {
-        // SAFETY: as the caller's: the same features, and columns within the stride
-        unsafe {
-            match v {
-                0 => {}
-                1 => block_256::<R, 1>(out, x, r0, k, mt, m, stride, c0),
-                2 => block_256::<R, 2>(out, x, r0, k, mt, m, stride, c0),
-                3 => block_256::<R, 3>(out, x, r0, k, mt, m, stride, c0),
-                4 => block_256::<R, 4>(out, x, r0, k, mt, m, stride, c0),
-                5 => block_256::<R, 5>(out, x, r0, k, mt, m, stride, c0),
-                6 => block_256::<R, 6>(out, x, r0, k, mt, m, stride, c0),
-                _ => block_256::<R, 7>(out, x, r0, k, mt, m, stride, c0),
-            }
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn block_256<const R: usize, const V: usize>(
-        out: &mut [f32], x: &[f32], r0: usize, k: usize, mt: &[f32], m: usize, stride: usize, c0: usize,
-    ) {
-        // SAFETY: the features this function is compiled for, which its callers checked; the
-        // slices are as long as `rows_times` checked (the pointers stay within them)
-        unsafe {
-            debug_assert!(c0 + 8 * V <= stride && (r0 + R) * k <= x.len());
-            let mut acc = [[_mm256_setzero_ps(); V]; R];
-            let (xp, mp) = (x.as_ptr().add(r0 * k), mt.as_ptr().add(c0));
-            for i in 0..k {
-                let row = mp.add(i * stride);
-                let mut p = [_mm256_setzero_ps(); V];
-                for (v, pv) in p.iter_mut().enumerate() {
-                    *pv = _mm256_loadu_ps(row.add(8 * v));
-                }
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let xi = _mm256_set1_ps(*xp.add(r * k + i));
-                    for v in 0..V {
-                        a[v] = _mm256_fmadd_ps(xi, p[v], a[v]);
-                    }
-                }
-            }
-            for (r, a) in acc.iter().enumerate() {
-                let o = &mut out[(r0 + r) * m..(r0 + r + 1) * m];
-                for (v, av) in a.iter().enumerate() {
-                    let c = c0 + 8 * v;
-                    if c >= m {
-                        break;
-                    }
-                    let mut lanes = [0f32; 8];
-                    _mm256_storeu_ps(lanes.as_mut_ptr(), *av);
-                    let w = 8.min(m - c);
-                    o[c..c + w].copy_from_slice(&lanes[..w]);
-                }
-            }
-        }
-    }
+    kernel!(rows_times_avx512, "avx512f", 16, 8, __m512, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_storeu_ps);
+    kernel!(rows_times_avx2, "avx2,fma", 8, 6, __m256, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_storeu_ps);
 }
 
 /// `mat` (row-major `rows x cols`) transposed, its rows padded with zeros to a multiple of
