@@ -706,7 +706,7 @@ fn read_fasttext_inner(path: &Path, decode: super::Decode, normalize: bool) -> R
     }
     // (the matrix is read by position below: the reader goes on after it)
     r.r.seek(std::io::SeekFrom::Start(offset + nbytes)).map_err(|e| read_err(path, "fastText output matrix", e))?;
-    check_output_matrix(&mut r, path, file_len)?;
+    check_output_matrix(&mut r, path, file_len, false)?;
     let words = words.finish()?;
     // fastText uses n-grams whenever maxn > 0 (and minn <= maxn): lengths start at 1, so
     // minn 0 (the supervised default, with -maxn given) means the same as minn 1.
@@ -825,7 +825,7 @@ fn read_compact_model(
         }
         read_f32s(&mut r, path, stored * dims, file_len, "fastText input matrix")?
     };
-    check_output_matrix(&mut r, path, file_len)?;
+    check_output_matrix(&mut r, path, file_len, quant)?;
     // (a pruned model that kept no bucket still has n-grams: they all count for nothing, so an
     // unknown word is a zero vector as in fastText, not a missing word)
     let subwords = args.maxn > 0 && bucket > 0 && args.maxn >= args.minn;
@@ -995,7 +995,10 @@ impl FtPq {
 /// skipped) to know that it is whole and that nothing follows it. Nothing of it is kept, but
 /// a file whose input matrix was read with the wrong layout (a flag byte flipped) ends
 /// elsewhere, so this is where such damage shows, as fastText itself refuses such files.
-fn check_output_matrix(r: &mut Reader<BufReader<File>>, path: &Path, file_len: u64) -> Result<()> {
+///
+/// As fastText reads it, the output matrix is quantized only when the input matrix is and the
+/// output's flag is set (`-qout` sets it for any command: a dense model may carry it).
+fn check_output_matrix(r: &mut Reader<BufReader<File>>, path: &Path, file_len: u64, quantized_input: bool) -> Result<()> {
     let bad = |why: String| Error::invalid("fastText output matrix", why);
     let mut skip = |r: &mut Reader<BufReader<File>>, bytes: u64| -> Result<()> {
         let at = r.r.stream_position().map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
@@ -1021,7 +1024,8 @@ fn check_output_matrix(r: &mut Reader<BufReader<File>>, path: &Path, file_len: u
         }
         skip(r, dims * 256 * 4)
     };
-    match r.u8(path, "output quantization flag")? {
+    let flag = r.u8(path, "output quantization flag")?;
+    match u8::from(quantized_input && flag != 0) {
         0 => {
             let (m, n) = shape(r)?;
             let bytes = m.checked_mul(n).and_then(|x| x.checked_mul(4)).ok_or_else(|| bad(format!("shape ({m}, {n})")))?;
@@ -1045,7 +1049,7 @@ fn check_output_matrix(r: &mut Reader<BufReader<File>>, path: &Path, file_len: u
                 quantizer(r, &mut skip, 1)?;
             }
         }
-        other => return Err(bad(format!("quantization flag {other} (0 or 1)"))),
+        _ => unreachable!("0 or 1"),
     }
     let end = r.r.stream_position().map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
     if end != file_len {

@@ -269,7 +269,11 @@ impl PyEmbeddings {
     /// `(embedding, norm)` of `word`, or None. The norm is the stored norm of a known
     /// word (1.0 without a norms chunk) or the norm of the n-gram sum of an unknown word.
     fn embedding_with_norm<'py>(&self, py: Python<'py>, word: &Bound<'py, PyString>) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        match word_text(word).and_then(|w| self.inner.embedding_with_norm(w)) {
+        let Some(w) = word_text(word) else { return Ok(None) };
+        let emb = &self.inner;
+        // (a long unknown word, which takes a while, without the GIL, as `embedding`)
+        let found = if w.len() > 256 { crate::py::fork::detach(py, || emb.embedding_with_norm(w)) } else { emb.embedding_with_norm(w) };
+        match found {
             Some((v, n)) => Ok(Some(PyTuple::new(py, [PyArray1::from_vec(py, v).into_any(), n.into_pyobject(py)?.into_any()])?)),
             None => Ok(None),
         }

@@ -348,7 +348,7 @@ impl PyEmbeddings {
         let mut owned = terms_arg(emb, positive, 1.0, true, "most_similar")?;
         owned.extend(terms_arg(emb, negative, -1.0, true, "most_similar")?);
         let terms: Vec<(Term<'_>, f32)> = owned.iter().map(|(t, w)| (t.as_term(), *w)).collect();
-        let work = scan_work(emb, 1).saturating_add(terms_work(emb, terms.iter().map(|(t, _)| t)));
+        let work = cosine_scan_work(emb, 1).saturating_add(terms_work(emb, terms.iter().map(|(t, _)| t)));
         let Some(k) = k else {
             let all = crate::py::fork::detach_if(py, work, || {
                 emb.terms_query(&terms).map(|(q, _)| emb.cosines_all(&q, rows))
@@ -386,7 +386,7 @@ impl PyEmbeddings {
         let (pos, neg) = (terms_arg(emb, positive, 1.0, false, name)?, terms_arg(emb, negative, -1.0, false, name)?);
         let pos: Vec<Term<'_>> = pos.iter().map(|(t, _)| t.as_term()).collect();
         let neg: Vec<Term<'_>> = neg.iter().map(|(t, _)| t.as_term()).collect();
-        let work = scan_work(emb, pos.len() + neg.len()).saturating_add(terms_work(emb, pos.iter().chain(&neg)));
+        let work = cosine_scan_work(emb, pos.len() + neg.len()).saturating_add(terms_work(emb, pos.iter().chain(&neg)));
         let Some(k) = topn.map(|t| usize::try_from(t.0).unwrap_or(usize::MAX)) else {
             let all = crate::py::fork::detach_if(py, work, || emb.cosmul_all(&pos, &neg, rows))?;
             return Ok(PyArray1::from_vec(py, all).into_any());
@@ -459,9 +459,16 @@ fn terms_work<'t>(emb: &Embeddings, terms: impl Iterator<Item = &'t Term<'t>>) -
 
 /// About how many values a scan of every word row with `queries` queries reads (for
 /// [`crate::py::fork::detach_if`]).
-/// On quantized storage with a projection, a first cosine query also checks the projection
-/// (`d³`) and may rebuild each word row (`d²` each) to learn their lengths.
 fn scan_work(emb: &crate::embeddings::Embeddings, queries: usize) -> u64 {
+    (emb.vocab.words_len() as u64)
+        .saturating_mul(emb.dims().max(1) as u64)
+        .saturating_mul(queries.max(1) as u64)
+}
+
+/// [`scan_work`] of gensim's cosine queries (`most_similar`, `most_similar_cosmul`): on
+/// quantized storage with a projection the first one also checks the projection (`d³`) and
+/// may rebuild each word row (`d²` each) to learn the rows' lengths.
+fn cosine_scan_work(emb: &crate::embeddings::Embeddings, queries: usize) -> u64 {
     let (words, d) = (emb.vocab.words_len() as u64, emb.dims().max(1) as u64);
     let first = match &emb.storage {
         crate::storage::Storage::Quantized(q) if q.projection().is_some() && !q.code_norms_made() => {
@@ -469,5 +476,5 @@ fn scan_work(emb: &crate::embeddings::Embeddings, queries: usize) -> u64 {
         }
         _ => 0,
     };
-    words.saturating_mul(d).saturating_mul(queries.max(1) as u64).saturating_add(first)
+    scan_work(emb, queries).saturating_add(first)
 }

@@ -321,6 +321,7 @@ def test_calls_on_long_words_release_the_gil() -> None:
     assert _released_during(e.similar, [long] * 3)
     assert _released_during(e.most_similar, [long] * 3)
     assert _released_during(e.fasttext_vector, [long] * 3)
+    assert _released_during(e.embedding_with_norm, [long] * 3)
     # words of everyday length still keep it
     assert not _released_during(e.lookup, [[short]] * 5000)
     assert not _released_during(functools.partial(e.similarity, "w1"), [short] * 5000)
@@ -334,5 +335,7 @@ def test_first_query_on_a_rotated_quantized_storage_releases_the_gil() -> None:
     words = [f"w{i}" for i in range(50)]
     e = vf.Embeddings(words, rng.standard_normal((50 + 256, 512)).astype(np.float32), vocab="fasttext", buckets=256)
     q = e.quantize(n_subquantizers=8, bits=4, opq=True, n_iterations=1, progress=False)
+    # (dot-product queries need no row lengths: small ones keep the GIL from the start)
+    assert not _released_during(q.similar, ["w1"] * 200)
     assert _released_during(q.most_similar, ["w1", "w1"])
     assert not _released_during(q.most_similar, ["w1"] * 200)
