@@ -278,10 +278,7 @@ def convert(
             # (.bin is both formats; the n-grams of a fastText vocabulary survive only as
             # fastText, which takes a pruned .ftz model's buckets only quantized: word2vec)
             fasttext_vocab = emb.vocab_kind in ("FastTextSubwordVocab", "FstFastTextSubwordVocab")
-            pruned = _pruned(emb)
-            bin_format = "fasttext" if df == "fasttext" and not pruned else "word2vec"
-            if df == "word2vec" and fasttext_vocab and not pruned:
-                bin_format = "fasttext"
+            bin_format = "fasttext" if (df == "fasttext" or fasttext_vocab) and not _pruned(emb) else "word2vec"
             if bin_format != df:
                 df = bin_format
                 check_output(src, dst, replace_input=(sf == df))
