@@ -214,9 +214,7 @@ impl PyEmbeddings {
     /// the mean of its n-gram rows; zeros when the word has no n-grams.
     fn fasttext_vector<'py>(&self, py: Python<'py>, word: &str) -> Bound<'py, PyArray1<f32>> {
         let emb = &self.inner;
-        let work = (emb.dims() as u64)
-            .saturating_mul(64)
-            .saturating_add(crate::py::fork::long_word_work([word.len()], emb.dims()));
+        let work = crate::py::fork::words_work(&[word], emb.dims());
         let v = crate::py::fork::detach_if(py, work, || fasttext::fasttext_vector(emb, word));
         PyArray1::from_vec(py, v)
     }

@@ -45,20 +45,20 @@ impl PyEmbeddings {
         }
         // An unknown word's n-grams (or a rebuilt quantized row), summed straight into a
         // new array; a long word, which takes a while, without the GIL (a few microseconds
-        // are not worth the release).
+        // are not worth the release: `detach_if`).
         let arr = PyArray1::<f32>::zeros(py, emb.dims(), false);
         // SAFETY: the array was created just above, is contiguous, and nothing else holds
         // a reference to it (nor can Python code run before the slice's last use).
         let out = unsafe { arr.as_slice_mut() }.ok()?;
         let mut scratch = Vec::with_capacity(crate::embeddings::SCRATCH_ROWS);
-        let mut fill = || match known {
+        let fill = || match known {
             Some(i) => {
                 emb.storage.row_into(i, out);
                 Some(())
             }
             None => emb.subword_embedding_into(word, out, &mut scratch).map(|_| ()),
         };
-        let found = if word.len() > 256 { crate::py::fork::detach(py, fill) } else { fill() };
+        let found = crate::py::fork::detach_if(py, crate::py::fork::words_work(&[word], emb.dims()), fill);
         found.map(|()| arr)
     }
 }
@@ -272,7 +272,7 @@ impl PyEmbeddings {
         let Some(w) = word_text(word) else { return Ok(None) };
         let emb = &self.inner;
         // (a long unknown word, which takes a while, without the GIL, as `embedding`)
-        let found = if w.len() > 256 { crate::py::fork::detach(py, || emb.embedding_with_norm(w)) } else { emb.embedding_with_norm(w) };
+        let found = crate::py::fork::detach_if(py, crate::py::fork::words_work(&[w], emb.dims()), || emb.embedding_with_norm(w));
         match found {
             Some((v, n)) => Ok(Some(PyTuple::new(py, [PyArray1::from_vec(py, v).into_any(), n.into_pyobject(py)?.into_any()])?)),
             None => Ok(None),
@@ -334,12 +334,9 @@ impl PyEmbeddings {
             let out_s = out_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
             let found_s = found_rw.as_slice_mut().map_err(|e| PyTypeError::new_err(e.to_string()))?;
             let emb = &self.inner;
-            // (unknown words read a few dozen rows each: counted as 32; more than 2048 words
-            // go to the thread pool, which a call that keeps the GIL must not wait for)
-            let work = (strs.len() as u64)
-                .saturating_mul(dims.max(64) as u64)
-                .saturating_mul(32)
-                .saturating_add(crate::py::fork::long_word_work(strs.iter().map(|w| w.len()), dims));
+            // (more than 2048 words go to the thread pool, which a call that keeps the GIL
+            // must not wait for: those count more than `SMALL_WORK`)
+            let work = crate::py::fork::words_work(&strs, dims);
             crate::py::fork::detach_if(py, work, || emb.lookup_into_with(&strs, out_s, found_s, reused));
             // words that are no valid text were looked up as empty words: no embedding
             for &i in words.invalid() {

@@ -144,6 +144,15 @@ pub fn long_word_work(lens: impl IntoIterator<Item = usize>, dims: usize) -> u64
     extra.saturating_mul(dims.max(64) as u64).saturating_mul(8)
 }
 
+/// About how many values looking `words` up reads, for [`detach_if`]: a word's own row or a
+/// few dozen n-gram rows of `dims` values (counted as 32), plus [`long_word_work`].
+pub fn words_work(words: &[&str], dims: usize) -> u64 {
+    (words.len() as u64)
+        .saturating_mul(dims.max(64) as u64)
+        .saturating_mul(32)
+        .saturating_add(long_word_work(words.iter().map(|w| w.len()), dims))
+}
+
 /// [`detach`] for work of at least [`SMALL_WORK`]; smaller work runs with the GIL held, but
 /// only where it runs on this thread: in a forked child (or without rayon's global pool) it
 /// runs in this process's own pool, where it may wait for another thread's long call, so it

@@ -316,9 +316,7 @@ impl PyEmbeddings {
             })
         };
         let (a, b) = (key(a)?, key(b)?);
-        let work = (emb.dims() as u64)
-            .saturating_mul(64)
-            .saturating_add(crate::py::fork::long_word_work([a.len(), b.len()], emb.dims()));
+        let work = crate::py::fork::words_work(&[&a, &b], emb.dims());
         Ok(crate::py::fork::detach_if(py, work, || emb.similarity(&a, &b))?)
     }
 
@@ -401,10 +399,7 @@ impl PyEmbeddings {
         let words = extract_word_buf(words)?;
         let strs = words.valid_strs();
         let emb = &self.inner;
-        let work = (strs.len() as u64)
-            .saturating_mul(emb.dims() as u64)
-            .saturating_mul(64)
-            .saturating_add(crate::py::fork::long_word_work(strs.iter().map(|w| w.len()), emb.dims()));
+        let work = crate::py::fork::words_work(&strs, emb.dims());
         match crate::py::fork::detach_if(py, work, || emb.doesnt_match(&strs))? {
             Some(w) => Ok(w.to_string()),
             None => Err(PyValueError::new_err("doesnt_match: none of the words has an embedding")),

@@ -275,8 +275,7 @@ impl QuantizedStorage {
             let rebuilt_norm = |(c, x): &mut (Vec<f32>, Vec<f32>), (i, o): (usize, &mut f32)| {
                 c.fill(0.0);
                 self.add_concat(i, 1.0, c);
-                x.fill(0.0);
-                self.add_projected(c, x);
+                self.times_pt(c, 1, x);
                 *o = x.iter().map(|v| v * v).sum::<f32>().sqrt();
             };
             if rows.saturating_mul(dims).saturating_mul(dims) < crate::query::PARALLEL_WORK {
@@ -401,17 +400,14 @@ impl QuantizedStorage {
         let dims = self.dims;
         debug_assert_eq!(out.len(), rows.len() * dims);
         let some = rows.iter().flatten().count();
-        match &self.projection_t {
-            Some(_) if self.rebuilds_in_batches() && some >= 2 && dims > 0 => {}
-            _ => {
-                for (&r, o) in rows.iter().zip(out.chunks_exact_mut(dims.max(1))) {
-                    if let Some(i) = r {
-                        self.reconstruct_into(i, o);
-                    }
+        if !(self.rebuilds_in_batches() && some >= 2 && dims > 0) {
+            for (&r, o) in rows.iter().zip(out.chunks_exact_mut(dims.max(1))) {
+                if let Some(i) = r {
+                    self.reconstruct_into(i, o);
                 }
-                return;
             }
-        };
+            return;
+        }
         let mut concat = vec![0f32; some * dims];
         for (i, c) in rows.iter().flatten().zip(concat.chunks_exact_mut(dims)) {
             self.add_concat(*i, self.norms.as_ref().map_or(1.0, |n| n[*i]), c);
