@@ -47,23 +47,16 @@ fn projected_table_limit() -> usize {
     })
 }
 
-/// Tables of up to this many floats (1 MiB) are always built: they stay in the level-2 cache.
-const PROJECTED_TABLE_SMALL: usize = 256 << 10;
-
 /// Whether rows are rebuilt from the projected-centroid table (`m` scattered rows of `dims`
-/// floats each) rather than by the product `concat · Pᵀ` (`dims²` floats read in order, from
-/// the level-2 cache). A small table always; else one within [`projected_table_limit`] for
-/// `m <= dims / 8`: the table's rows come from the last-level cache or memory, some 8-10 times
-/// slower a byte than Pᵀ from L2. Measured on a 2-core Xeon VM (OPQ, 300 dims, random words,
-/// `benches/bench_rebuild.py`): at M = 50 the 15 MB table took 4.7-5.0 µs a row, the product
-/// 3.7 µs (batches 1.9-2.0 against 1.0 µs a row); only a word looked up again and again,
-/// whose table rows stay in cache, was faster from the table (1.4-1.5 against 3.0-3.3 µs).
+/// floats each) rather than by the product `concat · Pᵀ` (`dims²` floats read in order):
+/// when the table fits [`projected_table_limit`]. Measured on a 2-core Xeon VM (OPQ M = 50,
+/// 300 dims, 15 MB table), the two trade places with the workload: the issue's benchmark
+/// (`bench_quant.py --lookups-only`, cold words of 200k) takes 5.7 µs a known word from the
+/// table against 6.6-7.0 by the product (batches 2.8-3.5 against 2.0-2.5 µs a row), a warm
+/// loop over 50k words (`bench_rebuild.py`) 4.7-5.0 against 3.7 µs. The table stays, as the
+/// quantized-lookup issue asks.
 fn use_projected_table(m: usize, k: usize, dims: usize) -> bool {
-    let floats = m.saturating_mul(k).saturating_mul(dims);
-    if projected_table_limit() == 0 {
-        return false; // VECFUSION_CENTROID_TABLE=off
-    }
-    floats <= PROJECTED_TABLE_SMALL || (floats <= projected_table_limit() && m.saturating_mul(8) <= dims)
+    m.saturating_mul(k).saturating_mul(dims) <= projected_table_limit()
 }
 
 /// Size of the largest CPU cache, from sysfs (`None` where it cannot be read).
